@@ -1,0 +1,57 @@
+"""What a node can run (its probe result) and what a model variant needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._codec import struct
+from ._errors import InvalidValue
+
+__all__ = ["GpuInfo", "Capabilities", "Requirements"]
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class GpuInfo:
+    name: str
+    total_memory_mb: int
+    free_memory_mb: int
+    driver: str
+    compute_capability: str  # "9.0"; "" when unknown
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """A node's hardware as its probe (or its config overrides) saw it."""
+
+    cpu_arch: str  # normalised: "x86_64", "aarch64", ...
+    cpu_cores: int
+    ram_mb: int
+    storage_free_mb: int
+    gpus: tuple[GpuInfo, ...]
+    execution_providers: tuple[str, ...]  # e.g. ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+    @property
+    def max_gpu_memory_gb(self) -> float:
+        """Total memory of the largest GPU in GiB (0.0 with no GPU)."""
+        return max((g.total_memory_mb for g in self.gpus), default=0) / 1024.0
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class Requirements:
+    """What a variant needs. Empty tuples / zeros mean "no requirement"."""
+
+    cpu_arch: tuple[str, ...] = ()
+    min_gpu_mem_gb: float = 0.0
+    execution_providers: tuple[str, ...] = ()  # at least one of these must be usable
+    precision: str = "fp32"
+    min_ram_gb: float = 0.0
+    min_storage_mb: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_gpu_mem_gb < 0 or self.min_ram_gb < 0 or self.min_storage_mb < 0:
+            raise InvalidValue("requirements cannot be negative")
+        if self.precision not in ("fp32", "fp16", "bf16", "int8", "int4", "fp8"):
+            raise InvalidValue(f"unknown precision {self.precision!r}")

@@ -1,0 +1,42 @@
+"""Protocol tunables: one frozen :class:`Config` per node, split by concern.
+
+Each sub-config belongs to one engine (gossip, swarm); the agent builds them
+from its TOML file, the simulator from its flags. Defaults are what a small LAN
+fleet wants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["GossipConfig", "SwarmConfig", "Config"]
+
+
+@dataclass(frozen=True, slots=True)
+class GossipConfig:
+    interval: float = 1.0          # seconds between anti-entropy rounds
+    fanout: int = 3                # peers contacted per round
+    jitter: float = 0.1            # fraction of interval, drawn from the injected rng
+    max_delta_bytes: int = 256 * 1024   # a delta larger than this is split
+    suspect_after: float = 10.0    # seconds of silence before a peer is suspected
+    unreachable_after: float = 30.0  # seconds before a node is declared unreachable
+    min_suspecting_peers: int = 2  # distinct peers that must also have lost it
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmConfig:
+    max_requests_per_peer: int = 8     # pipelined requests outstanding to one peer
+    max_requests_total: int = 64
+    upload_slots: int = 8              # peers served at once
+    optimistic_slots: int = 1          # of those, rotated to newcomers
+    upload_rate: float = 0.0           # bytes/s cap, 0 = none
+    download_rate: float = 0.0         # bytes/s cap, 0 = none
+    endgame_chunks: int = 8            # duplicate requests allowed for the last N chunks
+    request_timeout: float = 30.0      # seconds before a request is re-issued elsewhere
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    fleet_id: str = "default"
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    swarm: SwarmConfig = field(default_factory=SwarmConfig)

@@ -1,0 +1,231 @@
+"""Ed25519 identities, signatures, fingerprints and the fleet's certificates.
+
+Every key in a fleet is Ed25519. The fleet *root* key admits the others by
+signing a :class:`Certificate` (subject key, role, name); a
+:class:`Revocation` signed by the root withdraws one. :class:`FleetTrust` is
+the pure check "is this key admitted for this role right now?" that the ledger,
+the handshake and manifest verification all share.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import blake3
+import nacl.exceptions
+import nacl.signing
+
+from ._codec import canonical, struct
+from ._errors import InvalidValue, SignatureError, UntrustedKey
+
+__all__ = [
+    "Role",
+    "SigningIdentity",
+    "fingerprint",
+    "verify_signature",
+    "Certificate",
+    "Revocation",
+    "FleetTrust",
+]
+
+PUBLIC_KEY_SIZE = 32
+SIGNATURE_SIZE = 64
+
+
+def fingerprint(public_key: bytes) -> str:
+    """A key's short, stable name: the first 16 bytes of its BLAKE3 hash, hex."""
+    return blake3.blake3(public_key).hexdigest()[:32]
+
+
+def verify_signature(public_key: bytes, data: bytes, signature: bytes) -> None:
+    """Raise :class:`SignatureError` unless ``signature`` is ``public_key``'s over ``data``."""
+    if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
+        raise SignatureError("malformed key or signature")
+    try:
+        nacl.signing.VerifyKey(public_key).verify(data, signature)
+    except nacl.exceptions.BadSignatureError:
+        raise SignatureError(f"signature does not verify for key {fingerprint(public_key)}") \
+            from None
+
+
+class SigningIdentity:
+    """A private Ed25519 key. ``seed`` is the 32-byte secret; keep it 0600 on disk."""
+
+    __slots__ = ("_key", "public_key", "key_id")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != 32:
+            raise InvalidValue("an Ed25519 seed is 32 bytes")
+        self._key = nacl.signing.SigningKey(seed)
+        self.public_key: bytes = bytes(self._key.verify_key)
+        self.key_id: str = fingerprint(self.public_key)
+
+    @classmethod
+    def generate(cls) -> SigningIdentity:
+        """A fresh key from the OS's randomness (call from agent/, never inside protocol)."""
+        return cls(bytes(nacl.signing.SigningKey.generate()))
+
+    @property
+    def seed(self) -> bytes:
+        return bytes(self._key)
+
+    def sign(self, data: bytes) -> bytes:
+        return bytes(self._key.sign(data).signature)
+
+    def __repr__(self) -> str:
+        return f"SigningIdentity({self.key_id})"
+
+
+class Role(enum.StrEnum):
+    NODE = "node"
+    PUBLISHER = "publisher"
+    OPERATOR = "operator"
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class _CertificateBody:
+    fleet_id: str
+    subject_key: bytes
+    role: Role
+    name: str
+    issued_at: int  # milliseconds since the epoch, as the issuer saw it
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """The fleet root's statement that ``subject_key`` may act as ``role``."""
+
+    fleet_id: str
+    subject_key: bytes
+    role: Role
+    name: str
+    issued_at: int
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.subject_key) != PUBLIC_KEY_SIZE:
+            raise InvalidValue("certificate subject key must be 32 bytes")
+        if not self.name or len(self.name) > 128:
+            raise InvalidValue("certificate name must be 1..128 characters")
+
+    @property
+    def subject_id(self) -> str:
+        return fingerprint(self.subject_key)
+
+    def signed_bytes(self) -> bytes:
+        return canonical(_CertificateBody(self.fleet_id, self.subject_key, self.role,
+                                          self.name, self.issued_at))
+
+    @classmethod
+    def issue(cls, root: SigningIdentity, fleet_id: str, subject_key: bytes, role: Role,
+              name: str, issued_at: int) -> Certificate:
+        body = _CertificateBody(fleet_id, subject_key, role, name, issued_at)
+        return cls(fleet_id, subject_key, role, name, issued_at, root.sign(canonical(body)))
+
+    def verify(self, root_key: bytes, fleet_id: str) -> None:
+        if self.fleet_id != fleet_id:
+            raise UntrustedKey(f"certificate for fleet {self.fleet_id!r}, not {fleet_id!r}")
+        verify_signature(root_key, self.signed_bytes(), self.signature)
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class _RevocationBody:
+    fleet_id: str
+    subject_key: bytes
+    issued_at: int
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """The fleet root withdraws every certificate of ``subject_key``."""
+
+    fleet_id: str
+    subject_key: bytes
+    issued_at: int
+    signature: bytes
+
+    def signed_bytes(self) -> bytes:
+        return canonical(_RevocationBody(self.fleet_id, self.subject_key, self.issued_at))
+
+    @classmethod
+    def issue(cls, root: SigningIdentity, fleet_id: str, subject_key: bytes,
+              issued_at: int) -> Revocation:
+        sig = root.sign(canonical(_RevocationBody(fleet_id, subject_key, issued_at)))
+        return cls(fleet_id, subject_key, issued_at, sig)
+
+    def verify(self, root_key: bytes, fleet_id: str) -> None:
+        if self.fleet_id != fleet_id:
+            raise UntrustedKey(f"revocation for fleet {self.fleet_id!r}, not {fleet_id!r}")
+        verify_signature(root_key, self.signed_bytes(), self.signature)
+
+
+class FleetTrust:
+    """The admitted keys of one fleet: root key, certificates, revocations.
+
+    Pure and deterministic: adding the same certificates in any order gives the
+    same answers. Only root-signed certificates and revocations are accepted.
+    """
+
+    __slots__ = ("fleet_id", "root_key", "_certs", "_revoked", "rejected")
+
+    def __init__(self, fleet_id: str, root_key: bytes) -> None:
+        if len(root_key) != PUBLIC_KEY_SIZE:
+            raise InvalidValue("the fleet root key must be 32 bytes")
+        self.fleet_id = fleet_id
+        self.root_key = root_key
+        self._certs: dict[tuple[bytes, Role], Certificate] = {}
+        self._revoked: dict[bytes, Revocation] = {}
+        self.rejected = 0
+
+    def add_certificate(self, cert: Certificate) -> bool:
+        """Verify and keep ``cert``; False (and counted) when it does not verify."""
+        try:
+            cert.verify(self.root_key, self.fleet_id)
+        except (SignatureError, UntrustedKey):
+            self.rejected += 1
+            return False
+        key = (cert.subject_key, cert.role)
+        old = self._certs.get(key)
+        if old is None or (old.issued_at, old.signature) < (cert.issued_at, cert.signature):
+            self._certs[key] = cert
+        return True
+
+    def add_revocation(self, rev: Revocation) -> bool:
+        try:
+            rev.verify(self.root_key, self.fleet_id)
+        except (SignatureError, UntrustedKey):
+            self.rejected += 1
+            return False
+        old = self._revoked.get(rev.subject_key)
+        if old is None or old.issued_at < rev.issued_at:
+            self._revoked[rev.subject_key] = rev
+        return True
+
+    def certificates(self) -> list[Certificate]:
+        return sorted(self._certs.values(), key=lambda c: (c.subject_key, c.role))
+
+    def revocations(self) -> list[Revocation]:
+        return sorted(self._revoked.values(), key=lambda r: r.subject_key)
+
+    def certificate(self, key: bytes, role: Role) -> Certificate | None:
+        return self._certs.get((key, role))
+
+    def is_admitted(self, key: bytes, role: Role) -> bool:
+        if key == self.root_key:
+            return True  # the root may act in every role
+        cert = self._certs.get((key, role))
+        if cert is None:
+            return False
+        rev = self._revoked.get(key)
+        return rev is None or rev.issued_at < cert.issued_at
+
+    def check(self, key: bytes, role: Role) -> None:
+        """Raise :class:`UntrustedKey` unless ``key`` is admitted for ``role``."""
+        if not self.is_admitted(key, role):
+            raise UntrustedKey(f"key {fingerprint(key)} is not an admitted {role.value} "
+                               f"of fleet {self.fleet_id!r}")

@@ -1,0 +1,306 @@
+"""Signed model manifests: what a ``(model_id, version)`` is made of.
+
+A manifest lists *variants* in preference order (best first). A variant lists
+its files; a file lists its ordered chunks ``(BLAKE3 hash, size)`` and a Merkle
+root over those chunk hashes, so a file can be verified chunk by chunk as it
+arrives and as a whole once assembled. The publisher signs the canonical
+encoding of everything but the signature; the manifest's id is the BLAKE3 hash
+of that same encoding, so two nodes that name the same id hold the same bytes.
+
+Validation is done when a manifest is *built*, locally or by the decoder: model
+ids and versions have a fixed grammar (versions are semantic versions), file
+paths are relative, normalised and can never leave the model directory.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import total_ordering
+
+import blake3
+
+from ._capabilities import Requirements
+from ._codec import canonical, struct
+from ._errors import HostilePath, InvalidValue, MalformedMessage
+from ._identity import FleetTrust, Role, SigningIdentity, fingerprint, verify_signature
+
+__all__ = [
+    "HASH_SIZE",
+    "ChunkRef",
+    "FileEntry",
+    "Variant",
+    "Manifest",
+    "SemVer",
+    "validate_model_id",
+    "validate_version",
+    "validate_relative_path",
+    "merkle_root",
+]
+
+HASH_SIZE = 32
+_MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+_VARIANT_ID = _MODEL_ID
+_SEMVER = re.compile(
+    r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
+)
+MAX_PATH = 1024
+MAX_FILES = 100_000
+
+
+def validate_model_id(model_id: str) -> str:
+    if not isinstance(model_id, str) or not _MODEL_ID.fullmatch(model_id):
+        raise InvalidValue(f"invalid model id {model_id!r}: use 1-128 of a-z 0-9 . _ -, "
+                           "starting with a letter or digit")
+    return model_id
+
+
+def validate_variant_id(variant_id: str) -> str:
+    if not isinstance(variant_id, str) or not _VARIANT_ID.fullmatch(variant_id):
+        raise InvalidValue(f"invalid variant id {variant_id!r}: use 1-128 of a-z 0-9 . _ -")
+    return variant_id
+
+
+def validate_version(version: str) -> str:
+    if not isinstance(version, str) or not _SEMVER.fullmatch(version):
+        raise InvalidValue(f"invalid version {version!r}: versions are semantic versions "
+                           "such as 1.2.0 or 2.0.0-rc.1")
+    return version
+
+
+@total_ordering
+@dataclass(frozen=True, slots=True)
+class SemVer:
+    """Semantic-version precedence (build metadata ignored, as semver.org says)."""
+
+    major: int
+    minor: int
+    patch: int
+    pre: tuple[int | str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> SemVer:
+        m = _SEMVER.fullmatch(text)
+        if m is None:
+            validate_version(text)
+            raise AssertionError  # unreachable: validate_version raised
+        pre: tuple[int | str, ...] = ()
+        if m.group(4):
+            pre = tuple(int(p) if p.isdigit() else p for p in m.group(4).split("."))
+        return cls(int(m.group(1)), int(m.group(2)), int(m.group(3)), pre)
+
+    def _key(self) -> tuple[object, ...]:
+        # a release sorts after its pre-releases; numeric identifiers before alphanumeric
+        pre_key = tuple((0, p, "") if isinstance(p, int) else (1, 0, p) for p in self.pre)
+        return (self.major, self.minor, self.patch, not self.pre, pre_key)
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, SemVer):
+            return NotImplemented
+        return self._key() < other._key()
+
+
+def validate_relative_path(path: str) -> str:
+    """Refuse any path that is not a plain, normalised, relative POSIX path."""
+    if not isinstance(path, str) or not path:
+        raise HostilePath("empty file path")
+    if len(path) > MAX_PATH:
+        raise HostilePath(f"file path longer than {MAX_PATH} characters")
+    if "\x00" in path:
+        raise HostilePath(f"file path contains NUL: {path!r}")
+    if "\\" in path:
+        raise HostilePath(f"file path contains a backslash: {path!r}")
+    if path.startswith("/"):
+        raise HostilePath(f"absolute file path: {path!r}")
+    if re.match(r"[A-Za-z]:", path):
+        raise HostilePath(f"drive-letter file path: {path!r}")
+    for segment in path.split("/"):
+        if segment == "":
+            raise HostilePath(f"empty segment in file path: {path!r}")
+        if segment in (".", ".."):
+            raise HostilePath(f"file path escapes or is not normalised: {path!r}")
+        if any(ord(ch) < 0x20 for ch in segment):
+            raise HostilePath(f"control character in file path: {path!r}")
+    return path
+
+
+def merkle_root(hashes: list[bytes] | tuple[bytes, ...]) -> bytes:
+    """Binary Merkle root over chunk hashes (BLAKE3, domain-separated leaves/nodes).
+
+    An odd node at a level is promoted unchanged. The root of no chunks is the
+    hash of the empty leaf list.
+    """
+    if not hashes:
+        return blake3.blake3(b"shoal-merkle-empty").digest()
+    level = [blake3.blake3(b"\x00" + h).digest() for h in hashes]
+    while len(level) > 1:
+        nxt = []
+        for i in range(0, len(level) - 1, 2):
+            nxt.append(blake3.blake3(b"\x01" + level[i] + level[i + 1]).digest())
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    hash: bytes
+    size: int
+
+    def __post_init__(self) -> None:
+        if len(self.hash) != HASH_SIZE:
+            raise InvalidValue("a chunk hash is 32 bytes")
+        if not 0 < self.size <= 64 * 1024 * 1024:
+            raise InvalidValue(f"chunk size {self.size} out of range")
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    path: str
+    size: int
+    chunks: tuple[ChunkRef, ...]
+    merkle_root: bytes
+    executable: bool = False
+
+    def __post_init__(self) -> None:
+        validate_relative_path(self.path)
+        if sum(c.size for c in self.chunks) != self.size:
+            raise InvalidValue(f"{self.path}: chunk sizes do not add up to the file size")
+        if len(self.merkle_root) != HASH_SIZE:
+            raise InvalidValue(f"{self.path}: a Merkle root is 32 bytes")
+
+    def check_merkle(self) -> None:
+        if merkle_root([c.hash for c in self.chunks]) != self.merkle_root:
+            raise MalformedMessage(f"{self.path}: Merkle root does not match its chunk list")
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class Variant:
+    variant_id: str
+    requirements: Requirements
+    files: tuple[FileEntry, ...]
+    migrator: str | None = None  # a file path in this variant, run as the model's migrator
+
+    def __post_init__(self) -> None:
+        validate_variant_id(self.variant_id)
+        if len(self.files) > MAX_FILES:
+            raise InvalidValue(f"variant {self.variant_id} has more than {MAX_FILES} files")
+        seen: set[str] = set()
+        for f in self.files:
+            key = f.path.casefold()
+            if key in seen:
+                raise HostilePath(f"duplicate file path in variant {self.variant_id}: {f.path}")
+            seen.add(key)
+        # a file may not also be a directory of another file ("a" and "a/b")
+        dirs = {p.rsplit("/", 1)[0].casefold() for p in seen if "/" in p}
+        for d in dirs:
+            parts = d.split("/")
+            for i in range(1, len(parts) + 1):
+                if "/".join(parts[:i]) in seen:
+                    raise HostilePath(f"path {d!r} is both a file and a directory")
+        if self.migrator is not None and self.migrator.casefold() not in seen:
+            raise InvalidValue(f"migrator {self.migrator!r} is not a file of the variant")
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def chunk_refs(self) -> list[ChunkRef]:
+        """Distinct chunks of the variant in first-use order."""
+        seen: set[bytes] = set()
+        out: list[ChunkRef] = []
+        for f in self.files:
+            for c in f.chunks:
+                if c.hash not in seen:
+                    seen.add(c.hash)
+                    out.append(c)
+        return out
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class _ManifestBody:
+    model_id: str
+    version: str
+    variants: tuple[Variant, ...]
+    publisher_key: bytes
+    created_at: int
+    base_version: str | None
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A signed ``(model_id, version)``. Variants are in preference order, best first."""
+
+    model_id: str
+    version: str
+    variants: tuple[Variant, ...]
+    publisher_key: bytes
+    created_at: int  # ms since the epoch, as the publisher saw it
+    base_version: str | None  # a derived version (migrator export) names its base
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        validate_model_id(self.model_id)
+        validate_version(self.version)
+        if self.base_version is not None:
+            validate_version(self.base_version)
+        if not self.variants:
+            raise InvalidValue(f"{self.model_id} {self.version}: a manifest needs a variant")
+        ids = [v.variant_id for v in self.variants]
+        if len(set(ids)) != len(ids):
+            raise InvalidValue(f"{self.model_id} {self.version}: duplicate variant ids")
+        if len(self.publisher_key) != 32:
+            raise InvalidValue("publisher key must be 32 bytes")
+
+    def _body(self) -> _ManifestBody:
+        return _ManifestBody(self.model_id, self.version, self.variants, self.publisher_key,
+                             self.created_at, self.base_version)
+
+    @property
+    def manifest_id(self) -> str:
+        """BLAKE3 of the canonical unsigned body, hex."""
+        return blake3.blake3(canonical(self._body())).hexdigest()
+
+    @property
+    def publisher_id(self) -> str:
+        return fingerprint(self.publisher_key)
+
+    @classmethod
+    def sign(cls, publisher: SigningIdentity, model_id: str, version: str,
+             variants: tuple[Variant, ...], created_at: int,
+             base_version: str | None = None) -> Manifest:
+        unsigned = cls(model_id, version, variants, publisher.public_key, created_at,
+                       base_version, b"\x00" * 64)
+        return cls(model_id, version, variants, publisher.public_key, created_at,
+                   base_version, publisher.sign(canonical(unsigned._body())))
+
+    def verify(self, trust: FleetTrust | None = None) -> None:
+        """Raise unless signed by its publisher key (admitted by ``trust`` if given) and
+        every file's Merkle root matches its chunk list."""
+        if trust is not None:
+            trust.check(self.publisher_key, Role.PUBLISHER)
+        verify_signature(self.publisher_key, canonical(self._body()), self.signature)
+        for v in self.variants:
+            for f in v.files:
+                f.check_merkle()
+
+    def variant(self, variant_id: str) -> Variant:
+        for v in self.variants:
+            if v.variant_id == variant_id:
+                return v
+        raise InvalidValue(f"{self.model_id} {self.version} has no variant {variant_id!r}; "
+                           f"it has {', '.join(v.variant_id for v in self.variants)}")
+
+    def iter_chunks(self) -> Iterator[ChunkRef]:
+        for v in self.variants:
+            for f in v.files:
+                yield from f.chunks
