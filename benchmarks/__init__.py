@@ -1,0 +1,1 @@
+"""shoal's performance suite (``make bench``). See docs/PERFORMANCE.md."""
