@@ -21,6 +21,8 @@ class GossipConfig:
     suspect_after: float = 10.0    # seconds of silence before a peer is suspected
     unreachable_after: float = 30.0  # seconds before a node is declared unreachable
     min_suspecting_peers: int = 2  # distinct peers that must also have lost it
+    heartbeat_every: int = 5       # rounds between heartbeat writes of the own record
+    record_min_interval: float = 1.0  # seconds between progress-only writes of the own record
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,13 @@ class SwarmConfig:
     download_rate: float = 0.0         # bytes/s cap, 0 = none
     endgame_chunks: int = 8            # duplicate requests allowed for the last N chunks
     request_timeout: float = 30.0      # seconds before a request is re-issued elsewhere
+    # --- added by the swarm engine (see docs/SWARM.md) ---
+    rate_burst: float = 1.0            # token-bucket depth, in seconds of the rate
+    rechoke_interval: float = 10.0     # seconds between upload-slot rotations
+    interest_retry: float = 5.0        # re-ask a peer that could not help after this long
+    endgame_fanout: int = 2            # most peers asked for one chunk during endgame
+    max_queued_per_peer: int = 32      # upload requests queued per peer before "busy"
+    max_peer_failures: int = 16        # consecutive unanswered requests before a peer is dropped
 
 
 @dataclass(frozen=True, slots=True)

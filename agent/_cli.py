@@ -1,0 +1,267 @@
+"""The ``shoal`` command line.
+
+Every subcommand takes ``--data-dir`` (default ``$SHOAL_DATA_DIR`` or
+``~/.local/share/shoal``) and ``--json`` (one JSON object on stdout). A
+:class:`~protocol.ShoalError` (or an OS error) becomes one line on stderr and
+exit status 2 — never a traceback.
+
+Other modules add subcommands by appending a ``register(subparsers, common)``
+function to :data:`REGISTRARS` (or passing ``registrars=`` to :func:`build_parser`);
+each subparser sets ``func`` to a callable ``(args) -> (json_obj, text)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from protocol._errors import ShoalError
+from protocol._manifest import Manifest, Variant
+
+from ._errors import InstallError
+from ._install import Installer
+from ._keys import init_keys, load_key
+from ._paths import DataDir, default_data_dir
+from ._publish import publish
+from ._store import ChunkStore
+
+__all__ = ["REGISTRARS", "build_parser", "main"]
+
+Handler = Callable[[argparse.Namespace], tuple[Any, str]]
+Registrar = Callable[[Any, argparse.ArgumentParser], None]
+
+EXIT_ERROR = 2
+
+
+def _data(args: argparse.Namespace) -> DataDir:
+    return DataDir(Path(args.data_dir) if args.data_dir else default_data_dir())
+
+
+def _store(args: argparse.Namespace) -> ChunkStore:
+    return ChunkStore(_data(args).store)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
+# ---------------------------------------------------------------------- keys
+
+
+def _cmd_keys_init(args: argparse.Namespace) -> tuple[Any, str]:
+    keys = init_keys(_data(args).keys)
+    text = "\n".join(f"created {k.name} key {k.key_id} at {k.path}" for k in keys)
+    return {"keys": [dataclasses.asdict(k) for k in keys]}, text
+
+
+def _register_keys(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("keys", help="manage this node's keys")
+    ksub = p.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    init = ksub.add_parser("init", parents=[common],
+                           help="create the node and publisher keys (never overwrites)")
+    init.set_defaults(func=_cmd_keys_init)
+
+
+# ---------------------------------------------------------------------- publish / models
+
+
+def _cmd_publish(args: argparse.Namespace) -> tuple[Any, str]:
+    data = _data(args)
+    publisher = load_key(data.keys, "publisher")
+    store = ChunkStore(data.store)
+    res = publish(store, args.path, args.model, args.version, publisher)
+    verb = "already published" if res.already_published else "published"
+    text = (f"{verb} {res.model_id} {res.version} ({', '.join(res.variants)}): "
+            f"{res.files} files, {_mib(res.bytes_total)}, {res.chunks_total} chunks; "
+            f"new: {res.chunks_new} chunks, {_mib(res.bytes_new)}\n"
+            f"manifest {res.manifest_id}")
+    return dataclasses.asdict(res), text
+
+
+def _manifest_json(m: Manifest, store: ChunkStore) -> dict[str, Any]:
+    return {
+        "manifest_id": m.manifest_id,
+        "model_id": m.model_id,
+        "version": m.version,
+        "publisher": m.publisher_id,
+        "created_at_ms": m.created_at,
+        "pinned": store.is_pinned(m.manifest_id),
+        "variants": [_variant_json(v) for v in m.variants],
+    }
+
+
+def _variant_json(v: Variant) -> dict[str, Any]:
+    return {"variant_id": v.variant_id, "files": len(v.files), "bytes": v.size,
+            "chunks": len(v.chunk_refs()),
+            "requirements": dataclasses.asdict(v.requirements), "migrator": v.migrator}
+
+
+def _cmd_models(args: argparse.Namespace) -> tuple[Any, str]:
+    data = _data(args)
+    store = ChunkStore(data.store)
+    installer = Installer(data, store)
+    installed = installer.installed()
+    manifests = [_manifest_json(m, store) for m in store.manifests()]
+    lines = []
+    for m in manifests:
+        here = [i for i in installed if i.model_id == m["model_id"] and i.version == m["version"]]
+        state = ""
+        if here:
+            state = f"  installed ({here[0].variant_id}{', active' if here[0].active else ''})"
+        variants = ", ".join(f"{v['variant_id']} {_mib(v['bytes'])}" for v in m["variants"])
+        lines.append(f"{m['model_id']} {m['version']}  [{variants}]{state}")
+    return ({"manifests": manifests, "installed": [dataclasses.asdict(i) for i in installed]},
+            "\n".join(lines) or "no models in the store")
+
+
+def _cmd_verify(args: argparse.Namespace) -> tuple[Any, str]:
+    store = _store(args)
+    m = store.find_manifest(args.model, args.version)
+    m.verify()
+    problems = store.verify_manifest(m)
+    out = {"manifest_id": m.manifest_id, "model_id": m.model_id, "version": m.version,
+           "publisher": m.publisher_id, "signature": "ok",
+           "chunks_checked": len({c.hash for c in m.iter_chunks()}),
+           "problems": [dataclasses.asdict(p) for p in problems], "ok": not problems}
+    if problems:
+        detail = "; ".join(f"{p.problem} chunk {p.chunk_hash[:16]}…" for p in problems[:5])
+        raise _VerifyFailed(out, f"{m.model_id} {m.version}: {len(problems)} of "
+                                 f"{out['chunks_checked']} chunks failed verification "
+                                 f"({detail}); corrupt chunks were quarantined")
+    return out, (f"{m.model_id} {m.version} ok: signature by {m.publisher_id} verifies, "
+                 f"{out['chunks_checked']} chunks verified")
+
+
+class _VerifyFailed(ShoalError):
+    def __init__(self, result: dict[str, Any], message: str) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def _pick_variant(m: Manifest, data: DataDir) -> str:
+    """The best variant (preference order) this machine's probe satisfies."""
+    from protocol._selection import select_variant
+
+    from ._probe import probe
+
+    data.root.mkdir(parents=True, exist_ok=True)
+    choice = select_variant(m, probe(str(data.root)), None)
+    if choice.variant_id is None:
+        raise InstallError(f"no variant of {m.model_id} {m.version} fits this machine "
+                           f"({choice.detail}); choose one with --variant")
+    return choice.variant_id
+
+
+def _cmd_install(args: argparse.Namespace) -> tuple[Any, str]:
+    data = _data(args)
+    store = ChunkStore(data.store)
+    m = store.find_manifest(args.model, args.version)
+    m.verify()
+    variant_id = args.variant or _pick_variant(m, data)
+    res = Installer(data, store).install(m, variant_id)
+    verb = "already installed" if res.already_installed else "installed"
+    prev = f" (previous: {res.previous}, kept)" if res.previous else ""
+    return dataclasses.asdict(res), (f"{verb} {res.model_id} {res.version} variant "
+                                     f"{res.variant_id} at {res.path}; active{prev}")
+
+
+def _cmd_activate(args: argparse.Namespace) -> tuple[Any, str]:
+    data = _data(args)
+    iv = Installer(data, ChunkStore(data.store)).activate(args.model, args.version)
+    return dataclasses.asdict(iv), f"{iv.model_id} {iv.version} ({iv.variant_id}) is active"
+
+
+def _cmd_gc(args: argparse.Namespace) -> tuple[Any, str]:
+    res = _store(args).gc()
+    return dataclasses.asdict(res), (f"freed {res.chunks_freed} chunks ({_mib(res.bytes_freed)});"
+                                     f" kept {res.chunks_kept} ({_mib(res.bytes_kept)})")
+
+
+def _register_models(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("publish", parents=[common],
+                       help="chunk, store and sign a model package")
+    p.add_argument("path", help="a package directory (with shoal-model.toml) or a file")
+    p.add_argument("--model", required=True, help="model id, e.g. detector")
+    p.add_argument("--version", required=True, help="semantic version, e.g. 1.2.0")
+    p.set_defaults(func=_cmd_publish)
+    p = sub.add_parser("models", parents=[common], help="list stored and installed models")
+    p.set_defaults(func=_cmd_models)
+    p = sub.add_parser("verify", parents=[common],
+                       help="check a stored version's signature and re-verify every chunk")
+    p.add_argument("model")
+    p.add_argument("version")
+    p.set_defaults(func=_cmd_verify)
+    p = sub.add_parser("install", parents=[common],
+                       help="install a stored version and make it active")
+    p.add_argument("model")
+    p.add_argument("version")
+    p.add_argument("--variant", help="variant id, installed whatever the probe says "
+                   "(default: the best variant this machine's probe satisfies)")
+    p.set_defaults(func=_cmd_install)
+    p = sub.add_parser("activate", parents=[common],
+                       help="switch back to an installed version (no transfer)")
+    p.add_argument("model")
+    p.add_argument("version")
+    p.set_defaults(func=_cmd_activate)
+    p = sub.add_parser("gc", parents=[common],
+                       help="delete chunks no pinned manifest references")
+    p.set_defaults(func=_cmd_gc)
+
+
+#: Functions that add subcommands; later issues append theirs.
+REGISTRARS: list[Registrar] = [_register_keys, _register_models]
+
+
+def build_parser(registrars: Sequence[Registrar] | None = None) -> argparse.ArgumentParser:
+    # the shared options work before or after the subcommand: the subparsers'
+    # copies default to SUPPRESS so they never overwrite a value given earlier
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=argparse.SUPPRESS,
+                        help="data directory (default: $SHOAL_DATA_DIR or "
+                             "~/.local/share/shoal)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print one JSON object")
+    parser = argparse.ArgumentParser(prog="shoal",
+                                     description="peer-to-peer model distribution agent")
+    parser.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in (REGISTRARS if registrars is None else registrars):
+        register(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Handler = args.func
+    try:
+        obj, text = func(args)
+    except _VerifyFailed as exc:
+        return _fail(args, str(exc), exc.result)
+    except ShoalError as exc:
+        return _fail(args, str(exc), None)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(args, f"{exc.strerror or exc}{where}", None)
+    if args.json:
+        print(json.dumps(obj, indent=2, sort_keys=True))
+    elif text:
+        print(text)
+    return 0
+
+
+def _fail(args: argparse.Namespace, message: str, result: dict[str, Any] | None) -> int:
+    if args.json:
+        print(json.dumps({**(result or {}), "error": message}, sort_keys=True))
+    print(f"shoal: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

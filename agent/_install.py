@@ -1,0 +1,312 @@
+"""Installing a model version from the content store, and switching versions.
+
+Theory of operation
+-------------------
+Layout per model::
+
+    models/<model_id>/versions/<version>/...files...
+    models/<model_id>/versions/<version>/.shoal-install   (the install record)
+    models/<model_id>/current -> versions/<version>
+
+An install assembles the variant's files in a fresh temporary directory
+``models/<model_id>/.tmp-install-…`` (same filesystem, so the final rename is
+atomic). Every chunk read from the store is verified against its hash, written,
+and the file is then checked against the manifest: its size, and each
+chunk-range re-read from disk and hashed. The install record (manifest id,
+variant) is written last, the directory is fsynced and renamed to
+``versions/<version>``, and only then is ``current`` switched: a new symlink is
+made under a temporary name and ``os.replace``d over ``current``. At every
+moment ``current`` names a complete, verified version — a crash leaves at worst
+a ``.tmp-install-…`` directory, which the next :class:`Installer` removes.
+The previous version stays on disk, so :meth:`Installer.activate` can switch back
+without any transfer.
+
+Every file path is joined through :func:`agent._paths.confine`, and files are
+created with ``O_EXCL | O_NOFOLLOW``: a manifest cannot write outside its version
+directory even if something planted a symlink there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol._chunking import hash_chunk
+from protocol._errors import ChunkIntegrityError, InvalidValue
+from protocol._manifest import FileEntry, Manifest, SemVer, validate_model_id, validate_version
+
+from ._errors import ChunkNotFound, InstallError, InsufficientStorage, NotFound
+from ._paths import DataDir, confine, fsync_dir
+from ._store import ChunkStore
+
+__all__ = ["RECORD_NAME", "InstalledVersion", "InstallResult", "Installer"]
+
+RECORD_NAME = ".shoal-install"
+_TMP_PREFIX = ".tmp-install-"
+_LINK_TMP_PREFIX = ".tmp-current-"
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledVersion:
+    model_id: str
+    version: str
+    variant_id: str
+    manifest_id: str
+    path: str
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InstallResult:
+    model_id: str
+    version: str
+    variant_id: str
+    manifest_id: str
+    path: str
+    bytes: int
+    files: int
+    previous: str | None        # the version that was active before (kept on disk)
+    already_installed: bool
+
+
+class Installer:
+    """Installs versions under ``<data>/models`` from a :class:`ChunkStore`."""
+
+    def __init__(self, data: DataDir, store: ChunkStore) -> None:
+        self.data = data
+        self.store = store
+        data.models.mkdir(parents=True, exist_ok=True)
+        self._remove_stale()
+
+    def _remove_stale(self) -> None:
+        for model in os.scandir(self.data.models):
+            if not model.is_dir(follow_symlinks=False):
+                continue
+            for e in os.scandir(model.path):
+                if e.name.startswith(_TMP_PREFIX):
+                    shutil.rmtree(e.path, ignore_errors=True)
+                elif e.name.startswith(_LINK_TMP_PREFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(e.path)
+
+    # ------------------------------------------------------------------ queries
+
+    def _record(self, version_dir: Path) -> dict[str, str] | None:
+        try:
+            with open(version_dir / RECORD_NAME, encoding="utf-8") as f:
+                rec = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) for k in
+                                                ("manifest_id", "variant_id", "version")):
+            return None
+        return rec
+
+    def active(self, model_id: str) -> InstalledVersion | None:
+        """The version ``current`` points at, or None."""
+        link = self.data.model_dir(model_id) / "current"
+        try:
+            target = os.readlink(link)
+        except OSError:
+            return None
+        version = os.path.basename(target)
+        return self._installed_version(model_id, version, active=True)
+
+    def _installed_version(self, model_id: str, version: str,
+                           active: bool) -> InstalledVersion | None:
+        vdir = self.data.model_dir(model_id) / "versions" / version
+        rec = self._record(vdir)
+        if rec is None:
+            return None
+        return InstalledVersion(model_id, version, rec["variant_id"], rec["manifest_id"],
+                                str(vdir), active)
+
+    def installed(self, model_id: str | None = None) -> list[InstalledVersion]:
+        """Every installed version (of one model, or of all), by model then version."""
+        out: list[InstalledVersion] = []
+        models = [model_id] if model_id is not None else sorted(
+            e.name for e in os.scandir(self.data.models) if e.is_dir(follow_symlinks=False))
+        for mid in models:
+            vroot = self.data.model_dir(mid) / "versions"
+            if not vroot.is_dir():
+                continue
+            current = self.active(mid)
+            versions = []
+            for e in os.scandir(vroot):
+                try:
+                    versions.append((SemVer.parse(e.name), e.name))
+                except InvalidValue:
+                    continue
+            for _, v in sorted(versions):
+                iv = self._installed_version(mid, v, current is not None
+                                             and current.version == v)
+                if iv is not None:
+                    out.append(iv)
+        return out
+
+    # ------------------------------------------------------------------ install
+
+    def install(self, manifest: Manifest, variant_id: str) -> InstallResult:
+        """Assemble, verify and activate ``variant_id`` of ``manifest``."""
+        variant = manifest.variant(variant_id)
+        model_id, version = manifest.model_id, manifest.version
+        if any(f.path.split("/")[0] == RECORD_NAME for f in variant.files):
+            raise InstallError(f"{model_id} {version}: file name {RECORD_NAME} is reserved")
+        model_dir = self.data.model_dir(model_id)
+        versions = model_dir / "versions"
+        final = versions / version
+        previous = self.active(model_id)
+        prev_version = previous.version if previous is not None else None
+        rec = self._record(final)
+        if rec is not None and rec["manifest_id"] == manifest.manifest_id \
+                and rec["variant_id"] == variant_id:
+            self._switch(model_id, version)
+            return InstallResult(model_id, version, variant_id, manifest.manifest_id,
+                                 str(final), variant.size, len(variant.files),
+                                 prev_version if prev_version != version else None, True)
+        if final.exists() and prev_version == version:
+            raise InstallError(f"{model_id} {version} is active with another variant or "
+                               "manifest; activate another version before replacing it")
+        versions.mkdir(parents=True, exist_ok=True)
+        tmp = model_dir / f"{_TMP_PREFIX}{version}-{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir()
+            for entry in variant.files:
+                self._write_file(tmp, entry)
+            self._write_record(tmp, manifest, variant_id)
+            fsync_dir(tmp)
+            if final.exists() or final.is_symlink():
+                trash = model_dir / f"{_TMP_PREFIX}old-{secrets.token_hex(4)}"
+                os.rename(final, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            os.rename(tmp, final)
+            fsync_dir(versions)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._switch(model_id, version)
+        if self._stored(manifest):
+            self.store.pin(manifest.manifest_id)
+        return InstallResult(model_id, version, variant_id, manifest.manifest_id, str(final),
+                             variant.size, len(variant.files), prev_version, False)
+
+    def _stored(self, manifest: Manifest) -> bool:
+        try:
+            self.store.get_manifest(manifest.manifest_id)
+        except NotFound:
+            return False
+        return True
+
+    def _write_file(self, root: Path, entry: FileEntry) -> None:
+        target = confine(root, entry.path)
+        parent = target.parent
+        if parent != root:
+            os.makedirs(parent, exist_ok=True)
+            confine(root, entry.path)  # re-check now that the parents exist
+        mode = 0o755 if entry.executable else 0o644
+        try:
+            fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, mode)
+        except OSError as exc:
+            raise InstallError(f"cannot create {target}: {exc.strerror or exc}") from exc
+        try:
+            for ref in entry.chunks:
+                try:
+                    data = self.store.get(ref.hash)
+                except ChunkNotFound:
+                    raise InstallError(f"{entry.path}: chunk {ref.hash.hex()} is not in the "
+                                       "store; fetch the version first") from None
+                if len(data) != ref.size:
+                    raise InstallError(f"{entry.path}: chunk {ref.hash.hex()} has "
+                                       f"{len(data)} bytes, the manifest says {ref.size}")
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            os.fsync(fd)
+            os.fchmod(fd, mode)
+            self._verify_written(fd, entry)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage(f"no space left to install {entry.path} under "
+                                          f"{root.parent}; free space and retry") from exc
+            raise InstallError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _verify_written(fd: int, entry: FileEntry) -> None:
+        """Re-read the file as written and hash each chunk range."""
+        size = os.fstat(fd).st_size
+        if size != entry.size:
+            raise InstallError(f"{entry.path}: {size} bytes on disk, the manifest says "
+                               f"{entry.size}")
+        offset = 0
+        for ref in entry.chunks:
+            data = os.pread(fd, ref.size, offset)
+            if len(data) != ref.size or hash_chunk(data) != ref.hash:
+                raise InstallError(f"{entry.path}: bytes at offset {offset} do not match "
+                                   f"chunk {ref.hash.hex()} after writing")
+            offset += ref.size
+
+    @staticmethod
+    def _write_record(root: Path, manifest: Manifest, variant_id: str) -> None:
+        rec = {"manifest_id": manifest.manifest_id, "model_id": manifest.model_id,
+               "version": manifest.version, "variant_id": variant_id}
+        path = root / RECORD_NAME
+        with open(path, "x", encoding="utf-8") as f:
+            json.dump(rec, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    # ------------------------------------------------------------------ activate
+
+    def _switch(self, model_id: str, version: str) -> None:
+        model_dir = self.data.model_dir(model_id)
+        tmp_link = model_dir / f"{_LINK_TMP_PREFIX}{secrets.token_hex(4)}"
+        os.symlink(f"versions/{version}", tmp_link)
+        try:
+            os.replace(tmp_link, model_dir / "current")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_link)
+            raise
+        fsync_dir(model_dir)
+
+    def activate(self, model_id: str, version: str) -> InstalledVersion:
+        """Point ``current`` at an installed version (no transfer)."""
+        validate_model_id(model_id)
+        validate_version(version)
+        iv = self._installed_version(model_id, version, active=True)
+        if iv is None:
+            have = ", ".join(v.version for v in self.installed(model_id)) or "none"
+            raise NotFound(f"{model_id} {version} is not installed (installed: {have})")
+        self._switch(model_id, version)
+        return iv
+
+    def verify(self, model_id: str, version: str) -> list[str]:
+        """Re-hash an installed version's files against its manifest; the problems found."""
+        iv = self._installed_version(model_id, version, active=False)
+        if iv is None:
+            raise NotFound(f"{model_id} {version} is not installed")
+        variant = self.store.get_manifest(iv.manifest_id).variant(iv.variant_id)
+        problems = []
+        for entry in variant.files:
+            path = confine(Path(iv.path), entry.path)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as exc:
+                problems.append(f"{entry.path}: {exc.strerror or exc}")
+                continue
+            try:
+                self._verify_written(fd, entry)
+            except (InstallError, ChunkIntegrityError) as exc:
+                problems.append(str(exc))
+            finally:
+                os.close(fd)
+        return problems

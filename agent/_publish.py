@@ -1,0 +1,354 @@
+"""Publishing: turn a model package on disk into stored chunks and a signed manifest.
+
+A *package* is one of:
+
+* a directory with ``shoal-model.toml`` listing its variants, best first::
+
+      [[variant]]
+      id = "fp16-gpu"                 # the subdirectory, unless `path` says otherwise
+      precision = "fp16"
+      min_gpu_mem_gb = 4
+      execution_providers = ["CUDAExecutionProvider"]
+      cpu_arch = ["x86_64", "aarch64"]
+      min_ram_gb = 8
+      min_storage_mb = 600
+      migrator = "migrate.py"         # optional, a file of the variant
+
+      [[variant]]
+      id = "int8-cpu"
+      precision = "int8"
+
+* a directory without that file, or a single file: one variant named ``default``.
+
+Every file is streamed through :func:`protocol._chunking.chunk_stream` (memory
+bounded by its window, whatever the file size) while a small thread pool writes
+the chunks to the store, so cutting/hashing and disk writes overlap. Symlinks
+are followed only when they resolve to a regular file inside the package;
+symlinked directories, sockets, FIFOs and devices are refused.
+
+Publishing is idempotent: the same package under the same ``(model, version)``
+stores nothing new and returns the manifest already stored. The same version
+with *different* content is refused — a fleet must never see two meanings of
+one version.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import stat
+import time
+import tomllib
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocol._capabilities import Requirements
+from protocol._chunking import DEFAULT_PARAMS, DEFAULT_WINDOW, ChunkParams, chunk_stream
+from protocol._errors import InvalidValue
+from protocol._identity import SigningIdentity
+from protocol._manifest import (
+    ChunkRef,
+    FileEntry,
+    Manifest,
+    Variant,
+    merkle_root,
+    validate_model_id,
+    validate_relative_path,
+    validate_version,
+)
+
+from ._errors import ConfigError, PublishError
+from ._store import ChunkStore
+
+__all__ = ["PACKAGE_FILE", "VariantSpec", "PublishResult", "load_package", "publish"]
+
+PACKAGE_FILE = "shoal-model.toml"
+DEFAULT_VARIANT = "default"
+_REQUIREMENT_KEYS = {"cpu_arch", "min_gpu_mem_gb", "execution_providers", "precision",
+                     "min_ram_gb", "min_storage_mb"}
+_VARIANT_KEYS = _REQUIREMENT_KEYS | {"id", "path", "migrator"}
+#: Chunks handed to the writer threads but not yet on disk (bounds memory: <= 32 * max_size).
+_MAX_IN_FLIGHT = 32
+
+
+@dataclass(frozen=True, slots=True)
+class VariantSpec:
+    variant_id: str
+    path: Path                 # a directory, or a single file
+    requirements: Requirements
+    migrator: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    manifest_id: str
+    model_id: str
+    version: str
+    variants: tuple[str, ...]
+    files: int
+    bytes_total: int        # logical bytes of every file of every variant
+    chunks_total: int       # distinct chunks the manifest references
+    chunks_new: int         # chunks this publish wrote to the store
+    bytes_new: int          # their bytes
+    already_published: bool  # the same content was stored under this version before
+
+
+# ---------------------------------------------------------------------- package
+
+
+def _inside(root_real: str, path: str) -> bool:
+    return path == root_real or path.startswith(root_real + os.sep)
+
+
+def _requirements(table: dict[str, Any], where: str) -> Requirements:
+    kwargs: dict[str, Any] = {}
+    for key in ("cpu_arch", "execution_providers"):
+        if key in table:
+            value = table[key]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: {key} must be a list of strings")
+            kwargs[key] = tuple(value)
+    for key in ("min_gpu_mem_gb", "min_ram_gb"):
+        if key in table:
+            value = table[key]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{where}: {key} must be a number")
+            kwargs[key] = float(value)
+    if "min_storage_mb" in table:
+        value = table["min_storage_mb"]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: min_storage_mb must be an integer")
+        kwargs["min_storage_mb"] = value
+    if "precision" in table:
+        if not isinstance(table["precision"], str):
+            raise ConfigError(f"{where}: precision must be a string")
+        kwargs["precision"] = table["precision"]
+    try:
+        return Requirements(**kwargs)
+    except InvalidValue as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_package(path: Path | str) -> list[VariantSpec]:
+    """The variants of the package at ``path``, in preference order."""
+    root = Path(path)
+    try:
+        st = os.stat(root)
+    except OSError as exc:
+        raise PublishError(f"cannot read package {root}: {exc.strerror or exc}") from None
+    if stat.S_ISREG(st.st_mode):
+        return [VariantSpec(DEFAULT_VARIANT, root, Requirements(), None)]
+    if not stat.S_ISDIR(st.st_mode):
+        raise PublishError(f"{root} is neither a regular file nor a directory")
+    toml_path = root / PACKAGE_FILE
+    if not toml_path.exists():
+        return [VariantSpec(DEFAULT_VARIANT, root, Requirements(), None)]
+    try:
+        with open(toml_path, "rb") as f:
+            doc = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{toml_path}: {exc}") from None
+    unknown = set(doc) - {"variant"}
+    if unknown:
+        raise ConfigError(f"{toml_path}: unknown key(s) {', '.join(sorted(unknown))}; "
+                          "a package file holds [[variant]] tables")
+    tables = doc.get("variant")
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError(f"{toml_path}: no [[variant]] tables; list at least one variant")
+    root_real = os.path.realpath(root)
+    specs: list[VariantSpec] = []
+    for i, table in enumerate(tables):
+        where = f"{toml_path} variant #{i + 1}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: must be a table")
+        unknown = set(table) - _VARIANT_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        vid = table.get("id")
+        if not isinstance(vid, str):
+            raise ConfigError(f"{where}: needs id = \"...\"")
+        where = f"{toml_path} variant {vid!r}"
+        rel = table.get("path", vid)
+        migrator = table.get("migrator")
+        if not isinstance(rel, str) or (migrator is not None and not isinstance(migrator, str)):
+            raise ConfigError(f"{where}: path and migrator must be strings")
+        try:
+            validate_relative_path(rel)
+            if migrator is not None:
+                validate_relative_path(migrator)
+        except InvalidValue as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        vpath = root / rel
+        if not _inside(root_real, os.path.realpath(vpath)):
+            raise PublishError(f"{where}: {rel} resolves outside the package")
+        if not vpath.is_dir():
+            raise ConfigError(f"{where}: {vpath} is not a directory")
+        specs.append(VariantSpec(vid, vpath, _requirements(table, where), migrator))
+    ids = [s.variant_id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{toml_path}: duplicate variant ids")
+    return specs
+
+
+def _walk(base: Path, root_real: str) -> Iterator[tuple[str, str, bool]]:
+    """(relative path, path to open, executable) for every file under ``base``, sorted."""
+    if base.is_file():
+        yield base.name, str(base), bool(os.stat(base).st_mode & 0o111)
+        return
+
+    def visit(directory: str, prefix: str) -> Iterator[tuple[str, str, bool]]:
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            rel = f"{prefix}{e.name}"
+            if not prefix and e.name == PACKAGE_FILE:
+                continue
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                raise PublishError(f"file name {rel!r} is not valid UTF-8") from None
+            st = e.stat(follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                target = os.path.realpath(e.path)
+                if not _inside(root_real, target):
+                    raise PublishError(f"refusing symlink {e.path} -> {os.readlink(e.path)}: "
+                                       "it leads outside the package")
+                tst = os.stat(target)
+                if not stat.S_ISREG(tst.st_mode):
+                    raise PublishError(f"refusing symlink {e.path}: only symlinks to regular "
+                                       "files inside the package are published")
+                yield rel, target, bool(tst.st_mode & 0o111)
+            elif stat.S_ISDIR(st.st_mode):
+                yield from visit(e.path, rel + "/")
+            elif stat.S_ISREG(st.st_mode):
+                yield rel, e.path, bool(st.st_mode & 0o111)
+            else:
+                raise PublishError(f"refusing {e.path}: not a regular file or directory "
+                                   "(sockets, FIFOs and devices are not published)")
+
+    yield from visit(str(base), "")
+
+
+# ---------------------------------------------------------------------- publish
+
+
+class _Writer:
+    """Overlaps chunk writes with chunking: a few threads, bounded chunks in flight."""
+
+    def __init__(self, store: ChunkStore, threads: int) -> None:
+        self.store = store
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="shoal-put")
+        self.pending: collections.deque[tuple[Future[bool], int]] = collections.deque()
+        self.chunks_new = 0
+        self.bytes_new = 0
+
+    def submit(self, chunk_hash: bytes, data: bytes) -> None:
+        if self.store.has(chunk_hash):
+            return
+        while len(self.pending) >= _MAX_IN_FLIGHT:
+            self._reap()
+        fut = self.pool.submit(self.store.put, chunk_hash, data, trusted_hash=True)
+        self.pending.append((fut, len(data)))
+
+    def _reap(self) -> None:
+        fut, size = self.pending.popleft()
+        if fut.result():
+            self.chunks_new += 1
+            self.bytes_new += size
+
+    def drain(self) -> None:
+        while self.pending:
+            self._reap()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _publish_file(rel: str, open_path: str, executable: bool, writer: _Writer,
+                  params: ChunkParams, window: int) -> FileEntry:
+    try:
+        fd = os.open(open_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise PublishError(f"cannot read {open_path}: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PublishError(f"refusing {open_path}: not a regular file")
+        refs: list[ChunkRef] = []
+        for h, data in chunk_stream(f.read, params, window):
+            writer.submit(h, data)
+            refs.append(ChunkRef(h, len(data)))
+        size = sum(r.size for r in refs)
+        if size != st.st_size or os.fstat(fd).st_size != size:
+            raise PublishError(f"{open_path} changed while it was being published; retry")
+    try:
+        return FileEntry(rel, size, tuple(refs), merkle_root([r.hash for r in refs]),
+                         executable)
+    except InvalidValue as exc:
+        raise PublishError(f"cannot publish {open_path}: {exc}") from None
+
+
+def publish(store: ChunkStore, package: Path | str, model_id: str, version: str,
+            publisher: SigningIdentity, *, params: ChunkParams = DEFAULT_PARAMS,
+            window: int = DEFAULT_WINDOW, created_at_ms: int | None = None,
+            writer_threads: int = 2) -> PublishResult:
+    """Chunk, store, sign and pin ``package`` as ``(model_id, version)``."""
+    try:
+        validate_model_id(model_id)
+        validate_version(version)
+    except InvalidValue as exc:
+        raise PublishError(str(exc)) from None
+    specs = load_package(package)
+    root_real = os.path.realpath(package)
+    if os.path.isfile(root_real):
+        root_real = os.path.dirname(root_real)
+    variants: list[Variant] = []
+    writer = _Writer(store, writer_threads)
+    try:
+        with store.batch():
+            try:
+                for spec in specs:
+                    files = [_publish_file(rel, p, x, writer, params, window)
+                             for rel, p, x in _walk(spec.path, root_real)]
+                    try:
+                        variants.append(Variant(spec.variant_id, spec.requirements,
+                                                tuple(files), spec.migrator))
+                    except InvalidValue as exc:
+                        raise PublishError(f"variant {spec.variant_id}: {exc}") from None
+            finally:
+                writer.drain()
+    finally:
+        writer.close()
+    body = tuple(variants)
+    for existing in store.manifests():
+        if existing.model_id == model_id and existing.version == version:
+            if existing.variants == body and existing.publisher_key == publisher.public_key:
+                store.pin(existing.manifest_id)
+                return _result(existing, writer, already=True)
+            raise PublishError(f"{model_id} {version} is already published with different "
+                               "content; publish the change under a new version")
+    if created_at_ms is None:
+        created_at_ms = int(time.time() * 1000)
+    manifest = Manifest.sign(publisher, model_id, version, body, created_at_ms)
+    store.put_manifest(manifest)
+    store.pin(manifest.manifest_id)
+    return _result(manifest, writer, already=False)
+
+
+def _result(manifest: Manifest, writer: _Writer, *, already: bool) -> PublishResult:
+    refs = {c.hash: c.size for c in manifest.iter_chunks()}
+    return PublishResult(
+        manifest_id=manifest.manifest_id,
+        model_id=manifest.model_id,
+        version=manifest.version,
+        variants=tuple(v.variant_id for v in manifest.variants),
+        files=sum(len(v.files) for v in manifest.variants),
+        bytes_total=sum(v.size for v in manifest.variants),
+        chunks_total=len(refs),
+        chunks_new=writer.chunks_new,
+        bytes_new=writer.bytes_new,
+        already_published=already,
+    )

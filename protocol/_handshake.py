@@ -1,0 +1,488 @@
+"""Mutually authenticated, encrypted sessions between two nodes (sans-IO).
+
+Theory of operation
+-------------------
+A session runs over any ordered byte stream (TCP in the agent, memory in tests).
+Every unit on the stream is a frame: a 4-byte big-endian length and a body
+(:func:`protocol._codec.frame`); :class:`~protocol._codec.FrameDecoder` checks
+the announced length against the limit *before* buffering a body.
+
+Handshake (message type ids 1-19), initiator I (the dialler), responder R::
+
+    I -> R   Hello(fleet_id, version, ephemeral_I, certificate_I, nonce_I)
+    R -> I   Hello(fleet_id, version, ephemeral_R, certificate_R, nonce_R)
+    R -> I   Auth(sig_R)
+    I -> R   Auth(sig_I)
+
+``transcript = BLAKE3("shoal-handshake-v1" || len || Hello_I || len || Hello_R)``
+over the exact wire bytes of both hellos, so it binds both ephemeral keys, both
+certificates and both nonces. ``sig_X`` is X's node Ed25519 signature over
+``"shoal-auth-v1" || role(X) || transcript``; the role byte stops a signature
+being reflected back at its author. Each side checks the other's certificate
+(fleet, signature by the fleet root, role ``node``, not revoked) as soon as its
+Hello arrives, and the signature when its Auth arrives. Any failure is sent to
+the peer as a plaintext :class:`HandshakeReject` (code + operator-readable
+detail) before the local side raises, so both ends log *why*.
+
+Keys: ``shared = X25519(eph_secret, peer_eph_public)`` (an all-zero result from
+a low-order point is refused); ``BLAKE3-derive_key("shoal 2025 session keys
+v1", shared || transcript)`` gives 64 bytes, split into the initiator->responder
+and responder->initiator keys.
+
+Records: after the handshake every frame body is
+``ChaCha20-Poly1305-IETF(key_dir, nonce = 0^4 || counter_dir (64-bit BE),
+plaintext = codec.encode(message))``. Counters are implicit and start at 0, so
+a tampered, replayed, dropped or reordered record fails authentication; that
+raises :class:`RecordError` (a :class:`RemoteProtocolError`) and the session is
+dead for good (state ``CLOSED``) - only this session.
+
+Randomness (the ephemeral secret, the nonce) is an input: ``protocol/`` has
+none of its own.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct as _struct
+from dataclasses import dataclass
+
+import blake3
+import nacl.bindings
+import nacl.exceptions
+
+from ._codec import DEFAULT_MAX_FRAME, FrameDecoder, decode, encode, frame, message
+from ._errors import (
+    LocalProtocolError,
+    MalformedMessage,
+    ProtocolError,
+    RemoteProtocolError,
+    SignatureError,
+    UntrustedKey,
+)
+from ._identity import Certificate, FleetTrust, Role, SigningIdentity, verify_signature
+
+__all__ = [
+    "HANDSHAKE_VERSION",
+    "Hello",
+    "Auth",
+    "HandshakeReject",
+    "RejectCode",
+    "HandshakeRejected",
+    "RecordError",
+    "ConnectionRole",
+    "ConnectionState",
+    "SecureConnection",
+    "ConnectionStatistics",
+    "check_node_certificate",
+]
+
+HANDSHAKE_VERSION = 1
+_AEAD_TAG = 16
+_NONCE_SIZE = 32
+_KEY_CONTEXT = "shoal 2025 session keys v1"
+_TRANSCRIPT_LABEL = b"shoal-handshake-v1"
+_AUTH_LABEL = b"shoal-auth-v1"
+_LEN = _struct.Struct(">I")
+_COUNTER = _struct.Struct(">4xQ")
+_MAX_COUNTER = 2**64 - 1
+
+
+class RejectCode(enum.StrEnum):
+    """Why a handshake was refused (sent to the peer in :class:`HandshakeReject`)."""
+
+    UNTRUSTED_KEY = "untrusted_key"    # no valid node certificate, or revoked
+    WRONG_FLEET = "wrong_fleet"
+    BAD_VERSION = "bad_version"
+    BAD_SIGNATURE = "bad_signature"
+    UNEXPECTED_PEER = "unexpected_peer"  # authenticated, but not the node we dialled
+    MALFORMED = "malformed"            # undecodable, oversize, or out-of-order message
+
+
+@message(1)
+@dataclass(frozen=True, slots=True)
+class Hello:
+    fleet_id: str
+    version: int
+    ephemeral_key: bytes  # X25519 public key, 32 bytes
+    certificate: Certificate
+    nonce: bytes  # 32 random bytes
+
+
+@message(2)
+@dataclass(frozen=True, slots=True)
+class Auth:
+    signature: bytes  # Ed25519 over "shoal-auth-v1" || role || transcript
+
+
+@message(3)
+@dataclass(frozen=True, slots=True)
+class HandshakeReject:
+    code: RejectCode
+    detail: str
+
+
+class HandshakeRejected(RemoteProtocolError):
+    """The peer refused our handshake; ``code`` and ``detail`` are its reason."""
+
+    def __init__(self, code: RejectCode, detail: str) -> None:
+        super().__init__(f"peer refused the handshake ({code.value}): {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class RecordError(RemoteProtocolError):
+    """An encrypted record failed authentication: tampered, replayed or reordered."""
+
+
+class ConnectionRole(enum.Enum):
+    INITIATOR = "initiator"
+    RESPONDER = "responder"
+
+
+class ConnectionState(enum.Enum):
+    HANDSHAKE = "handshake"
+    ESTABLISHED = "established"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    state: ConnectionState
+    records_sent: int
+    records_received: int
+    plaintext_bytes_sent: int
+    plaintext_bytes_received: int
+    wire_bytes_sent: int
+    wire_bytes_received: int
+
+
+def check_node_certificate(cert: Certificate, trust: FleetTrust) -> None:
+    """Raise :class:`UntrustedKey` unless ``cert`` admits its key as a node of ``trust``'s fleet.
+
+    Accepts a certificate the local trust store has not seen yet (it may arrive by
+    gossip later) as long as the fleet root signed it, and refuses revoked keys.
+    Does not modify ``trust``.
+    """
+    if cert.fleet_id != trust.fleet_id:
+        raise UntrustedKey(f"certificate of node {cert.subject_id} is for fleet "
+                           f"{cert.fleet_id!r}, not {trust.fleet_id!r}")
+    if cert.role is not Role.NODE:
+        raise UntrustedKey(f"key {cert.subject_id} presented a {cert.role.value} "
+                           f"certificate; a node certificate is required")
+    if cert.subject_key == trust.root_key:
+        return
+    try:
+        cert.verify(trust.root_key, trust.fleet_id)
+    except SignatureError:
+        raise UntrustedKey(f"node {cert.subject_id} ({cert.name!r}) is not admitted by the "
+                           f"root of fleet {trust.fleet_id!r}: its certificate is not signed "
+                           f"by the fleet root key") from None
+    for rev in trust.revocations():
+        if rev.subject_key == cert.subject_key and rev.issued_at >= cert.issued_at:
+            raise UntrustedKey(f"node {cert.subject_id} ({cert.name!r}) was revoked by the "
+                               f"fleet root (revocation issued at {rev.issued_at})")
+
+
+def _transcript(hello_i: bytes, hello_r: bytes) -> bytes:
+    h = blake3.blake3(_TRANSCRIPT_LABEL)
+    h.update(_LEN.pack(len(hello_i)))
+    h.update(hello_i)
+    h.update(_LEN.pack(len(hello_r)))
+    h.update(hello_r)
+    return h.digest()
+
+
+def _auth_payload(role: ConnectionRole, transcript: bytes) -> bytes:
+    return _AUTH_LABEL + (b"I" if role is ConnectionRole.INITIATOR else b"R") + transcript
+
+
+class SecureConnection:
+    """One end of a shoal session: handshake, then encrypted records.
+
+    Feed received bytes to :meth:`receive_data` (it returns the messages they
+    completed), send with :meth:`send`, and write whatever :meth:`data_to_send`
+    returns to the stream. Any :class:`ProtocolError` closes the connection for
+    good; after a handshake failure :meth:`data_to_send` still holds the
+    :class:`HandshakeReject` to deliver before closing the stream.
+    """
+
+    __slots__ = (
+        "role", "state", "peer_certificate", "max_frame", "_identity", "_certificate",
+        "_trust", "_expected_peer", "_eph_secret", "_eph_public", "_nonce", "_decoder",
+        "_out", "_hello_i", "_hello_r", "_transcript", "_send_key", "_recv_key",
+        "_send_ctr", "_recv_ctr", "_peer_authed", "_records_sent", "_records_received",
+        "_pt_sent", "_pt_received", "_wire_sent", "_wire_received", "_received_any",
+        "_peer_eph", "failure",
+    )
+
+    def __init__(self, *, role: ConnectionRole, identity: SigningIdentity,
+                 certificate: Certificate, trust: FleetTrust, ephemeral_secret: bytes,
+                 nonce: bytes, max_frame: int = DEFAULT_MAX_FRAME,
+                 expected_peer: str | None = None) -> None:
+        if len(ephemeral_secret) != 32 or len(nonce) != _NONCE_SIZE:
+            raise LocalProtocolError("the ephemeral secret and the nonce are 32 random bytes")
+        if certificate.subject_key != identity.public_key:
+            raise LocalProtocolError("our certificate does not name our own identity key")
+        if max_frame <= _AEAD_TAG:
+            raise LocalProtocolError("max_frame is too small to carry a record")
+        self.role = role
+        self.state = ConnectionState.HANDSHAKE
+        self.peer_certificate: Certificate | None = None
+        self.max_frame = max_frame
+        self._identity = identity
+        self._certificate = certificate
+        self._trust = trust
+        self._expected_peer = expected_peer
+        self._eph_secret = ephemeral_secret
+        self._eph_public = nacl.bindings.crypto_scalarmult_base(ephemeral_secret)
+        self._peer_eph = b""
+        self._nonce = nonce
+        self._decoder = FrameDecoder(max_frame)
+        self._out = bytearray()
+        self._hello_i: bytes | None = None
+        self._hello_r: bytes | None = None
+        self._transcript = b""
+        self._send_key = b""
+        self._recv_key = b""
+        self._send_ctr = 0
+        self._recv_ctr = 0
+        self._peer_authed = False
+        self._received_any = False
+        #: (code, detail) of the failure that closed the handshake, ours or the peer's.
+        self.failure: tuple[RejectCode, str] | None = None
+        self._records_sent = self._records_received = 0
+        self._pt_sent = self._pt_received = 0
+        self._wire_sent = self._wire_received = 0
+        if role is ConnectionRole.INITIATOR:
+            self._hello_i = self._make_hello()
+            self._emit(self._hello_i)
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def peer_id(self) -> str | None:
+        """The authenticated peer's node id (None until the handshake is done)."""
+        if self.state is not ConnectionState.ESTABLISHED or self.peer_certificate is None:
+            return None
+        return self.peer_certificate.subject_id
+
+    @property
+    def established(self) -> bool:
+        return self.state is ConnectionState.ESTABLISHED
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write to the stream now (possibly empty)."""
+        out = bytes(self._out)
+        self._out.clear()
+        self._wire_sent += len(out)
+        return out
+
+    def send(self, msg: object) -> None:
+        """Encrypt ``msg`` as the next record; fetch the bytes with :meth:`data_to_send`."""
+        self.send_bytes(encode(msg))
+
+    def send_bytes(self, plaintext: bytes) -> None:
+        if self.state is not ConnectionState.ESTABLISHED:
+            raise LocalProtocolError(f"cannot send records in state {self.state.value}")
+        if len(plaintext) + _AEAD_TAG > self.max_frame:
+            raise LocalProtocolError(f"message of {len(plaintext)} bytes exceeds the "
+                                     f"{self.max_frame}-byte frame limit")
+        if self._send_ctr >= _MAX_COUNTER:
+            raise LocalProtocolError("record counter exhausted; open a new session")
+        ct = nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt(
+            plaintext, None, _COUNTER.pack(self._send_ctr), self._send_key)
+        self._send_ctr += 1
+        self._records_sent += 1
+        self._pt_sent += len(plaintext)
+        self._out += frame(ct, self.max_frame)
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[object]:
+        """Consume bytes from the stream; return the messages of complete records.
+
+        Raises a :class:`ProtocolError` (the connection is then ``CLOSED``):
+        :class:`HandshakeRejected` when the peer refused us,
+        :class:`UntrustedKey` / :class:`SignatureError` / :class:`MalformedMessage`
+        when we refused the peer, :class:`RecordError` for a bad record.
+        """
+        if self.state is ConnectionState.CLOSED:
+            raise LocalProtocolError("the session is closed")
+        self._wire_received += len(data)
+        out: list[object] = []
+        try:
+            for body in self._decoder.feed(data):
+                if self.state is ConnectionState.HANDSHAKE:
+                    self._handshake_frame(body)
+                else:
+                    out.append(self._record(body))
+        except HandshakeRejected as exc:
+            self.failure = (exc.code, exc.detail)
+            self._close()
+            raise
+        except ProtocolError as exc:
+            if self.state is ConnectionState.HANDSHAKE:
+                self.failure = (_code_for(exc), str(exc))
+                self._reject(*self.failure)
+            self._close()
+            raise
+        return out
+
+    def close(self) -> None:
+        self._close()
+
+    def statistics(self) -> ConnectionStatistics:
+        return ConnectionStatistics(
+            state=self.state, records_sent=self._records_sent,
+            records_received=self._records_received, plaintext_bytes_sent=self._pt_sent,
+            plaintext_bytes_received=self._pt_received, wire_bytes_sent=self._wire_sent,
+            wire_bytes_received=self._wire_received,
+        )
+
+    # ------------------------------------------------------------------ handshake
+
+    def _make_hello(self) -> bytes:
+        return encode(Hello(self._trust.fleet_id, HANDSHAKE_VERSION, self._eph_public,
+                            self._certificate, self._nonce))
+
+    def _emit(self, body: bytes) -> None:
+        self._out += frame(body, self.max_frame)
+
+    def _reject(self, code: RejectCode, detail: str) -> None:
+        self._emit(encode(HandshakeReject(code, detail[:1000])))
+
+    def _handshake_frame(self, body: bytes) -> None:
+        msg = decode(body, self.max_frame)
+        if isinstance(msg, HandshakeReject):
+            raise HandshakeRejected(msg.code, msg.detail)
+        if self.peer_certificate is None:
+            if not isinstance(msg, Hello):
+                raise MalformedMessage(f"expected Hello, got {type(msg).__name__}")
+            self._on_hello(msg, body)
+        elif not isinstance(msg, Auth):
+            raise MalformedMessage(f"expected Auth, got {type(msg).__name__}")
+        else:
+            self._on_auth(msg)
+
+    def _on_hello(self, hello: Hello, body: bytes) -> None:
+        if hello.version != HANDSHAKE_VERSION:
+            raise _VersionMismatch(f"peer speaks handshake version {hello.version}, "
+                                   f"we speak {HANDSHAKE_VERSION}")
+        if hello.fleet_id != self._trust.fleet_id:
+            raise _WrongFleet(f"peer belongs to fleet {hello.fleet_id!r}, "
+                              f"this node to {self._trust.fleet_id!r}")
+        if len(hello.ephemeral_key) != 32 or len(hello.nonce) != _NONCE_SIZE:
+            raise MalformedMessage("Hello: ephemeral key and nonce must be 32 bytes")
+        check_node_certificate(hello.certificate, self._trust)
+        peer_id = hello.certificate.subject_id
+        if peer_id == self._certificate.subject_id:
+            raise _UnexpectedPeer("connected to ourselves")
+        if self._expected_peer is not None and peer_id != self._expected_peer:
+            raise _UnexpectedPeer(f"dialled node {self._expected_peer} but node {peer_id} "
+                                  f"answered")
+        self.peer_certificate = hello.certificate
+        self._peer_eph = hello.ephemeral_key
+        if self.role is ConnectionRole.RESPONDER:
+            self._hello_i = body
+            self._hello_r = self._make_hello()
+            self._emit(self._hello_r)
+            self._derive()
+            self._emit(encode(Auth(self._identity.sign(
+                _auth_payload(ConnectionRole.RESPONDER, self._transcript)))))
+        else:
+            self._hello_r = body
+            self._derive()
+
+    def _derive(self) -> None:
+        assert self._hello_i is not None and self._hello_r is not None
+        self._transcript = _transcript(self._hello_i, self._hello_r)
+        try:
+            shared = nacl.bindings.crypto_scalarmult(self._eph_secret, self._peer_eph)
+        except nacl.exceptions.RuntimeError:
+            raise MalformedMessage("peer's ephemeral key is a low-order point") from None
+        if shared == bytes(32):
+            raise MalformedMessage("peer's ephemeral key is a low-order point")
+        okm = blake3.blake3(shared + self._transcript,
+                            derive_key_context=_KEY_CONTEXT).digest(length=64)
+        i2r, r2i = okm[:32], okm[32:]
+        if self.role is ConnectionRole.INITIATOR:
+            self._send_key, self._recv_key = i2r, r2i
+        else:
+            self._send_key, self._recv_key = r2i, i2r
+
+    def _on_auth(self, auth: Auth) -> None:
+        assert self.peer_certificate is not None
+        peer_role = (ConnectionRole.RESPONDER if self.role is ConnectionRole.INITIATOR
+                     else ConnectionRole.INITIATOR)
+        try:
+            verify_signature(self.peer_certificate.subject_key,
+                             _auth_payload(peer_role, self._transcript), auth.signature)
+        except SignatureError:
+            raise SignatureError(f"node {self.peer_certificate.subject_id} did not prove "
+                                 f"it holds the key of its certificate (bad handshake "
+                                 f"signature)") from None
+        if self.role is ConnectionRole.INITIATOR:
+            self._emit(encode(Auth(self._identity.sign(
+                _auth_payload(ConnectionRole.INITIATOR, self._transcript)))))
+        self.state = ConnectionState.ESTABLISHED
+
+    # ------------------------------------------------------------------ records
+
+    def _record(self, body: bytes) -> object:
+        try:
+            pt = nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt(
+                body, None, _COUNTER.pack(self._recv_ctr), self._recv_key)
+        except nacl.exceptions.CryptoError:
+            if not self._received_any and self.role is ConnectionRole.INITIATOR:
+                # The responder may refuse our Auth after we considered the session
+                # open; its HandshakeReject then arrives in place of the first record.
+                rejected = _try_reject(body, self.max_frame)
+                if rejected is not None:
+                    raise rejected from None
+            raise RecordError(f"record {self._recv_ctr} from node {self.peer_id} failed "
+                              f"authentication (tampered, replayed or reordered); "
+                              f"closing the session") from None
+        self._recv_ctr += 1
+        self._received_any = True
+        self._records_received += 1
+        self._pt_received += len(pt)
+        return decode(pt, self.max_frame)
+
+    def _close(self) -> None:
+        self.state = ConnectionState.CLOSED
+        self._send_key = self._recv_key = self._eph_secret = b""
+
+
+class _VersionMismatch(MalformedMessage):
+    pass
+
+
+class _WrongFleet(UntrustedKey):
+    pass
+
+
+class _UnexpectedPeer(UntrustedKey):
+    pass
+
+
+def _code_for(exc: ProtocolError) -> RejectCode:
+    if isinstance(exc, _WrongFleet):
+        return RejectCode.WRONG_FLEET
+    if isinstance(exc, _UnexpectedPeer):
+        return RejectCode.UNEXPECTED_PEER
+    if isinstance(exc, _VersionMismatch):
+        return RejectCode.BAD_VERSION
+    if isinstance(exc, UntrustedKey):
+        return RejectCode.UNTRUSTED_KEY
+    if isinstance(exc, SignatureError):
+        return RejectCode.BAD_SIGNATURE
+    return RejectCode.MALFORMED
+
+
+def _try_reject(body: bytes, max_frame: int) -> HandshakeRejected | None:
+    try:
+        msg = decode(body, max_frame)
+    except RemoteProtocolError:
+        return None
+    if isinstance(msg, HandshakeReject):
+        return HandshakeRejected(msg.code, msg.detail)
+    return None
+

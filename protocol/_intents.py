@@ -1,0 +1,212 @@
+"""Operator intents, their scopes, and desired-state resolution.
+
+Theory of operation
+-------------------
+An :class:`Intent` is an immutable command signed by an operator key the fleet
+root admitted. Its id is the BLAKE3 hash of its canonical unsigned body.
+
+A node's *desired state* for a model is a pure function of the ledger:
+:func:`resolve` takes every ``distribute``/``rollback`` intent for the model
+whose issuer is admitted, that no admitted ``cancel`` names, and whose scope
+matches the node's *current* record, and returns the newest (HLC stamp, then
+intent id). Scopes are evaluated continuously, never frozen at issue time: a
+node that joins later, or moves to another formation, or gains a GPU, picks up
+the standing intents that now cover it (and drops those that no longer do).
+Every node holding the same ledger computes the same answer for every node.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import blake3
+
+from ._codec import canonical, struct
+from ._errors import InvalidValue
+from ._hlc import HLC
+from ._identity import FleetTrust, Role, SigningIdentity, fingerprint, verify_signature
+from ._manifest import validate_model_id, validate_version
+from ._types import TransferPriority
+
+if TYPE_CHECKING:
+    from ._ledger import NodeRecord
+
+__all__ = ["IntentKind", "ScopeKind", "Scope", "Intent", "scope_matches", "resolve"]
+
+
+class IntentKind(enum.StrEnum):
+    DISTRIBUTE = "distribute"
+    ROLLBACK = "rollback"
+    CANCEL = "cancel"
+
+
+class ScopeKind(enum.StrEnum):
+    ALL = "all"
+    FORMATION = "formation"
+    NODES = "nodes"
+    CAPABLE = "capable"
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class Scope:
+    kind: ScopeKind = ScopeKind.ALL
+    formation: str = ""
+    nodes: tuple[str, ...] = ()        # node ids (32 hex) or node names
+    min_gpu_gb: float = 0.0
+    cpu_arch: str = ""
+    min_storage_mb: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind is ScopeKind.FORMATION and not self.formation:
+            raise InvalidValue("a formation scope needs a formation name")
+        if self.kind is ScopeKind.NODES and not self.nodes:
+            raise InvalidValue("a nodes scope needs at least one node id or name")
+        if self.min_gpu_gb < 0 or self.min_storage_mb < 0:
+            raise InvalidValue("scope minimums cannot be negative")
+
+    @classmethod
+    def all(cls) -> Scope:
+        return cls()
+
+    @classmethod
+    def of_formation(cls, name: str) -> Scope:
+        return cls(ScopeKind.FORMATION, formation=name)
+
+    @classmethod
+    def of_nodes(cls, *nodes: str) -> Scope:
+        return cls(ScopeKind.NODES, nodes=tuple(nodes))
+
+    @classmethod
+    def capable(cls, min_gpu_gb: float = 0.0, cpu_arch: str = "",
+                min_storage_mb: int = 0) -> Scope:
+        return cls(ScopeKind.CAPABLE, min_gpu_gb=min_gpu_gb, cpu_arch=cpu_arch,
+                   min_storage_mb=min_storage_mb)
+
+
+def scope_matches(scope: Scope, node_id: str, record: NodeRecord | None) -> bool:
+    """Does ``scope`` cover node ``node_id`` as its current ``record`` describes it?"""
+    if scope.kind is ScopeKind.ALL:
+        return True
+    if scope.kind is ScopeKind.NODES:
+        return node_id in scope.nodes or (record is not None and bool(record.name)
+                                          and record.name in scope.nodes)
+    if record is None:
+        return False
+    if scope.kind is ScopeKind.FORMATION:
+        return record.formation == scope.formation
+    caps = record.capabilities
+    if caps is None:
+        return False
+    if scope.cpu_arch and caps.cpu_arch != scope.cpu_arch:
+        return False
+    if caps.max_gpu_memory_gb < scope.min_gpu_gb:
+        return False
+    return caps.storage_free_mb >= scope.min_storage_mb
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class _IntentBody:
+    kind: IntentKind
+    model_id: str
+    version: str
+    variant_id: str | None
+    delta_from: str | None
+    scope: Scope
+    priority: TransferPriority
+    issuer_key: bytes
+    stamp: HLC
+    cancels: str | None
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """A signed operator command. ``cancels`` names another intent's id (cancel only)."""
+
+    kind: IntentKind
+    model_id: str
+    version: str
+    variant_id: str | None
+    delta_from: str | None
+    scope: Scope
+    priority: TransferPriority
+    issuer_key: bytes
+    stamp: HLC
+    cancels: str | None
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        validate_model_id(self.model_id)
+        validate_version(self.version)
+        if self.delta_from is not None:
+            validate_version(self.delta_from)
+        if (self.kind is IntentKind.CANCEL) != (self.cancels is not None):
+            raise InvalidValue("a cancel intent, and only a cancel intent, names the "
+                               "intent it cancels")
+        if len(self.issuer_key) != 32:
+            raise InvalidValue("issuer key must be 32 bytes")
+
+    def _body(self) -> _IntentBody:
+        return _IntentBody(self.kind, self.model_id, self.version, self.variant_id,
+                           self.delta_from, self.scope, self.priority, self.issuer_key,
+                           self.stamp, self.cancels)
+
+    @property
+    def intent_id(self) -> str:
+        return blake3.blake3(canonical(self._body())).hexdigest()
+
+    @property
+    def issuer_id(self) -> str:
+        return fingerprint(self.issuer_key)
+
+    @classmethod
+    def create(cls, operator: SigningIdentity, kind: IntentKind, model_id: str, version: str,
+               stamp: HLC, *, scope: Scope | None = None,
+               priority: TransferPriority = TransferPriority.NORMAL,
+               variant_id: str | None = None, delta_from: str | None = None,
+               cancels: str | None = None) -> Intent:
+        scope = scope if scope is not None else Scope()
+        body = _IntentBody(kind, model_id, version, variant_id, delta_from, scope, priority,
+                           operator.public_key, stamp, cancels)
+        return cls(kind, model_id, version, variant_id, delta_from, scope, priority,
+                   operator.public_key, stamp, cancels, operator.sign(canonical(body)))
+
+    def verify(self, trust: FleetTrust) -> None:
+        """Raise UntrustedKey / SignatureError unless an admitted operator signed it."""
+        trust.check(self.issuer_key, Role.OPERATOR)
+        verify_signature(self.issuer_key, canonical(self._body()), self.signature)
+
+
+def resolve(intents: Iterable[Intent], model_id: str, node_id: str,
+            records: Mapping[str, NodeRecord], trust: FleetTrust) -> Intent | None:
+    """The intent node ``node_id`` should follow for ``model_id`` (None: no standing one).
+
+    ``intents`` must already be verified; admission is re-checked so a revoked
+    operator's intents stop counting everywhere at once.
+    """
+    candidates: list[Intent] = []
+    cancelled: set[str] = set()
+    for it in intents:
+        if it.model_id != model_id or not trust.is_admitted(it.issuer_key, Role.OPERATOR):
+            continue
+        if it.kind is IntentKind.CANCEL:
+            assert it.cancels is not None
+            cancelled.add(it.cancels)
+        else:
+            candidates.append(it)
+    record = records.get(node_id)
+    best: Intent | None = None
+    best_key: tuple[HLC, str] | None = None
+    for it in candidates:
+        iid = it.intent_id
+        if iid in cancelled or not scope_matches(it.scope, node_id, record):
+            continue
+        key = (it.stamp, iid)
+        if best_key is None or key > best_key:
+            best, best_key = it, key
+    return best

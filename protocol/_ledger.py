@@ -1,0 +1,442 @@
+"""The fleet ledger: a state-based CRDT of node records, intents, manifests and trust.
+
+Theory of operation
+-------------------
+Everything the fleet knows is an :class:`Entry` stamped ``(origin, counter)``
+and signed by the origin's admitted node key:
+
+* a :class:`NodeRecord` is written only by its own node (origin = the node); a
+  record with a higher counter *replaces* the older one (last writer wins by
+  counter, and there is only one writer);
+* an intent, a manifest, a certificate or a revocation has no writer counter of
+  its own, so the node that first accepts it (the one an operator or publisher
+  handed it to) wraps it in an entry stamped with *its* next counter. Such
+  relay entries are never replaced. If two nodes accept the same intent, it is
+  held twice under two stamps; every reader dedups by content id.
+
+The ledger is the set of surviving entries plus a version vector ``vv`` with
+the invariant: for every origin ``o``, every entry ``o`` ever stamped with a
+counter ``<= vv[o]`` is held, or has been replaced by a newer record of ``o``.
+
+``merge`` is a join: the union of entries (a record keeps the highest counter)
+and the element-wise maximum of vectors — commutative, associative, idempotent.
+``delta_since(peer_vv)`` returns the entries above the peer's vector, in counter
+order per origin, cut into pieces of bounded size. Each piece carries, per
+origin, a claim ``(since, upto)`` — "all survivors of ``o`` in ``(since, upto]``
+are in here"; the receiver advances ``vv[o]`` to ``upto`` only when it already
+holds ``vv[o] >= since``. Pieces can therefore be lost, duplicated or reordered:
+entries are always kept, the vector only moves over a gap-free prefix, and the
+next anti-entropy round resends what is still missing. Applying every piece of
+``b.delta_since(a.vv)`` to ``a`` gives the same ledger as ``a.merge(b)``.
+
+Nothing enters unverified: the entry signature (origin admitted as a node),
+then the payload (record: origin must be the node it describes; intent: an
+admitted operator; manifest: an admitted publisher and Merkle roots;
+certificate / revocation: the fleet root). Certificates and revocations in a
+batch are applied to the trust store first, so a node's certificate may travel
+in the same delta as its first entries. A rejected entry is counted by kind and
+never merged, and the vector of its origin does not move in that batch.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from ._capabilities import Capabilities
+from ._codec import canonical, encode_value, struct
+from ._errors import InvalidValue, RemoteProtocolError
+from ._hlc import VersionVector, vv_join
+from ._identity import (
+    Certificate,
+    FleetTrust,
+    Revocation,
+    Role,
+    SigningIdentity,
+    fingerprint,
+    verify_signature,
+)
+from ._intents import Intent
+from ._manifest import Manifest
+from ._types import BlockerReason, ModelOperationalStatus
+
+__all__ = [
+    "ModelState",
+    "NodeRecord",
+    "EntryKind",
+    "Entry",
+    "DeltaPiece",
+    "MergeResult",
+    "LedgerStatistics",
+    "Ledger",
+]
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class ModelState:
+    """One model as its node reports it."""
+
+    model_id: str
+    version: str                       # "" when nothing is installed
+    variant_id: str
+    status: ModelOperationalStatus
+    bytes_done: int = 0
+    bytes_total: int = 0
+    bytes_reused: int = 0
+    bytes_fetched: int = 0
+    blocker: BlockerReason | None = None
+    blocker_detail: str = ""
+    blocker_since: float = 0.0
+    started_at: float = 0.0            # when the current transfer began
+    updated_at: float = 0.0
+    intent_id: str = ""                # the intent being carried out
+    installed: tuple[str, ...] = ()    # versions on disk (rollback targets)
+    active_version: str = ""           # the version running now ("" when none)
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """What a node says about itself. Only its owner writes it."""
+
+    name: str
+    formation: str
+    capabilities: Capabilities | None
+    address: str
+    models: tuple[ModelState, ...]     # sorted by model id
+    suspects: tuple[str, ...]          # node ids this node has not heard of for long
+    written_at: float
+
+    def model(self, model_id: str) -> ModelState | None:
+        for m in self.models:
+            if m.model_id == model_id:
+                return m
+        return None
+
+
+class EntryKind(enum.StrEnum):
+    RECORD = "record"
+    INTENT = "intent"
+    MANIFEST = "manifest"
+    CERTIFICATE = "certificate"
+    REVOCATION = "revocation"
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class _EntryBody:
+    origin_key: bytes
+    counter: int
+    record: NodeRecord | None
+    intent: Intent | None
+    manifest: Manifest | None
+    certificate: Certificate | None
+    revocation: Revocation | None
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One ledger fact, stamped ``(origin, counter)`` and signed by the origin."""
+
+    origin_key: bytes
+    counter: int
+    record: NodeRecord | None
+    intent: Intent | None
+    manifest: Manifest | None
+    certificate: Certificate | None
+    revocation: Revocation | None
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        present = sum(x is not None for x in (self.record, self.intent, self.manifest,
+                                              self.certificate, self.revocation))
+        if present != 1:
+            raise InvalidValue("a ledger entry holds exactly one payload")
+        if self.counter < 1 or len(self.origin_key) != 32:
+            raise InvalidValue("an entry needs a 32-byte origin key and a counter >= 1")
+
+    @property
+    def origin(self) -> str:
+        return fingerprint(self.origin_key)
+
+    @property
+    def kind(self) -> EntryKind:
+        if self.record is not None:
+            return EntryKind.RECORD
+        if self.intent is not None:
+            return EntryKind.INTENT
+        if self.manifest is not None:
+            return EntryKind.MANIFEST
+        if self.certificate is not None:
+            return EntryKind.CERTIFICATE
+        return EntryKind.REVOCATION
+
+    def _body(self) -> _EntryBody:
+        return _EntryBody(self.origin_key, self.counter, self.record, self.intent,
+                          self.manifest, self.certificate, self.revocation)
+
+    @classmethod
+    def create(cls, origin: SigningIdentity, counter: int, payload: object) -> Entry:
+        slots: dict[str, object] = {"record": None, "intent": None, "manifest": None,
+                                    "certificate": None, "revocation": None}
+        name = {NodeRecord: "record", Intent: "intent", Manifest: "manifest",
+                Certificate: "certificate", Revocation: "revocation"}.get(type(payload))
+        if name is None:
+            raise InvalidValue(f"{type(payload).__name__} cannot go into the ledger")
+        slots[name] = payload
+        body = _EntryBody(origin.public_key, counter, **slots)  # type: ignore[arg-type]
+        return cls(origin.public_key, counter, body.record, body.intent, body.manifest,
+                   body.certificate, body.revocation, origin.sign(canonical(body)))
+
+    def verify(self, trust: FleetTrust) -> None:
+        """Raise a RemoteProtocolError unless the entry and its payload check out."""
+        trust.check(self.origin_key, Role.NODE)
+        verify_signature(self.origin_key, canonical(self._body()), self.signature)
+        if self.intent is not None:
+            self.intent.verify(trust)
+        elif self.manifest is not None:
+            self.manifest.verify(trust)
+        elif self.certificate is not None:
+            self.certificate.verify(trust.root_key, trust.fleet_id)
+        elif self.revocation is not None:
+            self.revocation.verify(trust.root_key, trust.fleet_id)
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaPiece:
+    """A bounded slice of a delta: entries plus per-origin completeness claims."""
+
+    entries: tuple[Entry, ...]
+    ranges: dict[str, tuple[int, int]]   # origin -> (since, upto)
+    size: int                            # encoded bytes of the entries
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    added: tuple[Entry, ...]
+    rejected: dict[str, int] = field(default_factory=dict)   # kind -> count
+    errors: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerStatistics:
+    entries: int
+    records: int
+    intents: int
+    manifests: int
+    certificates: int
+    revocations: int
+    origins: int
+    rejected: dict[str, int]
+    duplicates: int
+
+
+class Ledger:
+    """The CRDT. Holds the node's :class:`FleetTrust` and feeds it root-signed certs."""
+
+    def __init__(self, trust: FleetTrust) -> None:
+        self.trust = trust
+        self._entries: dict[tuple[str, int], Entry] = {}
+        self._record_at: dict[str, int] = {}    # origin -> counter of its live record
+        self._top: dict[str, int] = {}          # origin -> highest counter held
+        self._vv: VersionVector = {}
+        self._sizes: dict[tuple[str, int], int] = {}
+        self._rejected: dict[str, int] = {}
+        self._duplicates = 0
+        self._intents: dict[str, Intent] = {}
+        self._manifests: dict[str, Manifest] = {}
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def version_vector(self) -> VersionVector:
+        return dict(self._vv)
+
+    def entries(self) -> Iterator[Entry]:
+        for key in sorted(self._entries):
+            yield self._entries[key]
+
+    def record(self, node_id: str) -> NodeRecord | None:
+        c = self._record_at.get(node_id)
+        return None if c is None else self._entries[(node_id, c)].record
+
+    def records(self) -> dict[str, NodeRecord]:
+        out: dict[str, NodeRecord] = {}
+        for origin, c in self._record_at.items():
+            rec = self._entries[(origin, c)].record
+            assert rec is not None
+            out[origin] = rec
+        return out
+
+    def record_counter(self, node_id: str) -> int:
+        return self._record_at.get(node_id, 0)
+
+    def intents(self) -> list[Intent]:
+        """Distinct intents, in id order."""
+        return [self._intents[k] for k in sorted(self._intents)]
+
+    def intent(self, intent_id: str) -> Intent | None:
+        return self._intents.get(intent_id)
+
+    def manifests(self) -> list[Manifest]:
+        return [self._manifests[k] for k in sorted(self._manifests)]
+
+    def manifest_by_id(self, manifest_id: str) -> Manifest | None:
+        return self._manifests.get(manifest_id)
+
+    def manifest_for(self, model_id: str, version: str) -> Manifest | None:
+        """The manifest of ``(model_id, version)``; newest (created_at, id) if re-published."""
+        best: Manifest | None = None
+        for mid in sorted(self._manifests):
+            m = self._manifests[mid]
+            if (m.model_id == model_id and m.version == version and self.trust.is_admitted(
+                    m.publisher_key, Role.PUBLISHER)
+                    and (best is None or m.created_at >= best.created_at)):
+                best = m
+        return best
+
+    def state_key(self) -> tuple[frozenset[tuple[str, int, bytes]], tuple[tuple[str, int], ...]]:
+        """A value equal for two ledgers exactly when they hold the same state."""
+        return (frozenset((o, c, e.signature) for (o, c), e in self._entries.items()),
+                tuple(sorted((k, v) for k, v in self._vv.items() if v > 0)))
+
+    def statistics(self) -> LedgerStatistics:
+        kinds: dict[EntryKind, int] = dict.fromkeys(EntryKind, 0)
+        for e in self._entries.values():
+            kinds[e.kind] += 1
+        return LedgerStatistics(
+            entries=len(self._entries), records=kinds[EntryKind.RECORD],
+            intents=kinds[EntryKind.INTENT], manifests=kinds[EntryKind.MANIFEST],
+            certificates=kinds[EntryKind.CERTIFICATE],
+            revocations=kinds[EntryKind.REVOCATION], origins=len(self._top),
+            rejected=dict(self._rejected), duplicates=self._duplicates)
+
+    # ------------------------------------------------------------------ local writes
+    def append(self, origin: SigningIdentity, payload: object) -> Entry:
+        """Stamp ``payload`` with ``origin``'s next counter, sign, and merge it."""
+        me = origin.key_id
+        counter = max(self._top.get(me, 0), self._vv.get(me, 0)) + 1
+        entry = Entry.create(origin, counter, payload)
+        result = self.merge_entries([entry], {me: (self._vv.get(me, 0), counter)})
+        if result.errors:
+            raise InvalidValue(f"local ledger write refused: {result.errors[0]}")
+        return entry
+
+    # ------------------------------------------------------------------ merging
+    def merge(self, other: Ledger) -> MergeResult:
+        """Join the whole of ``other`` into this ledger."""
+        ranges = {o: (0, c) for o, c in other._vv.items()}
+        return self.merge_entries(list(other._entries.values()), ranges)
+
+    def merge_entries(self, entries: Iterable[Entry],
+                      ranges: Mapping[str, tuple[int, int]] | None = None) -> MergeResult:
+        batch = list(entries)
+        for e in batch:   # trust first: a certificate may admit the origin of its neighbours
+            if e.certificate is not None:
+                self.trust.add_certificate(e.certificate)
+            elif e.revocation is not None:
+                self.trust.add_revocation(e.revocation)
+        added: list[Entry] = []
+        rejected: dict[str, int] = {}
+        errors: list[str] = []
+        bad: set[str] = set()
+        for e in sorted(batch, key=lambda x: (x.origin_key, x.counter)):
+            origin = e.origin
+            key = (origin, e.counter)
+            held = self._entries.get(key)
+            if held is not None and held.signature == e.signature:
+                self._duplicates += 1
+                continue
+            if e.record is not None and self._record_at.get(origin, 0) >= e.counter:
+                self._duplicates += 1   # replaced already
+                continue
+            try:
+                if held is not None:
+                    raise RemoteProtocolError(f"origin {origin} signed two different entries "
+                                              f"with counter {e.counter}")
+                e.verify(self.trust)
+            except RemoteProtocolError as exc:
+                kind = e.kind.value
+                rejected[kind] = rejected.get(kind, 0) + 1
+                self._rejected[kind] = self._rejected.get(kind, 0) + 1
+                errors.append(f"{kind} from {origin}: {exc}")
+                bad.add(origin)
+                continue
+            self._insert(origin, e)
+            added.append(e)
+        for origin, (since, upto) in (ranges or {}).items():
+            if origin not in bad and self._vv.get(origin, 0) >= since and upto > self._vv.get(
+                    origin, 0):
+                self._vv[origin] = upto
+        return MergeResult(tuple(added), rejected, tuple(errors))
+
+    def _insert(self, origin: str, e: Entry) -> None:
+        if e.record is not None:
+            old = self._record_at.get(origin)
+            if old is not None:
+                del self._entries[(origin, old)]
+                self._sizes.pop((origin, old), None)
+            self._record_at[origin] = e.counter
+        elif e.intent is not None:
+            self._intents.setdefault(e.intent.intent_id, e.intent)
+        elif e.manifest is not None:
+            self._manifests.setdefault(e.manifest.manifest_id, e.manifest)
+        self._entries[(origin, e.counter)] = e
+        if e.counter > self._top.get(origin, 0):
+            self._top[origin] = e.counter
+
+    # ------------------------------------------------------------------ deltas
+    def _size(self, key: tuple[str, int]) -> int:
+        s = self._sizes.get(key)
+        if s is None:
+            s = self._sizes[key] = len(encode_value(self._entries[key]))
+        return s
+
+    def missing_for(self, peer_vv: Mapping[str, int]) -> bool:
+        """Does this ledger hold anything a peer with ``peer_vv`` lacks?"""
+        return any(top > peer_vv.get(o, 0) for o, top in self._top.items())
+
+    def delta_since(self, peer_vv: Mapping[str, int],
+                    max_bytes: int = 1 << 62) -> list[DeltaPiece]:
+        """What a peer whose vector is ``peer_vv`` lacks, cut into pieces of at most
+        ``max_bytes`` of entries (a single larger entry travels alone)."""
+        keys = sorted(k for k in self._entries if k[1] > peer_vv.get(k[0], 0))
+        pieces: list[DeltaPiece] = []
+        cur: list[Entry] = []
+        cur_size = 0
+        ranges: dict[str, tuple[int, int]] = {}
+        last: dict[str, int] = {}     # origin -> highest counter shipped in earlier pieces
+
+        def close() -> None:
+            nonlocal cur, cur_size, ranges
+            if cur or ranges:
+                pieces.append(DeltaPiece(tuple(cur), ranges, cur_size))
+            cur, cur_size, ranges = [], 0, {}
+
+        for i, key in enumerate(keys):
+            size = self._size(key)
+            if cur and cur_size + size > max_bytes:
+                close()
+            origin, counter = key
+            cur.append(self._entries[key])
+            cur_size += size
+            since = last.get(origin, peer_vv.get(origin, 0))
+            final = i + 1 == len(keys) or keys[i + 1][0] != origin
+            upto = self._vv.get(origin, 0) if final else min(counter, self._vv.get(origin, 0))
+            if upto > since:
+                ranges[origin] = (ranges.get(origin, (since, 0))[0], upto)
+            last[origin] = counter
+        for origin, c in self._vv.items():   # vector moves with no entry to carry
+            if c > peer_vv.get(origin, 0) and origin not in last:
+                ranges[origin] = (peer_vv.get(origin, 0), c)
+        close()
+        return pieces
+
+    def vv_joined(self, other: Mapping[str, int]) -> VersionVector:
+        return vv_join(self._vv, other)

@@ -1,0 +1,397 @@
+"""The node state machine: ledger + gossip + desired state + variant choice + swarm.
+
+Theory of operation
+-------------------
+:class:`NodeMachine` is sans-IO (after h11): inputs are method calls carrying
+``now``; outputs (``protocol/_events.py``) pile up until the driver calls
+:meth:`take_outputs`. After every input that may have changed the ledger, the
+machine *reconciles* each model: it resolves the desired intent for itself
+(pure function of the ledger), and if the node does not run that version yet it
+
+* switches back with :class:`ActivateVersion` when the version is on disk
+  (rollback: no transfer),
+* else picks a variant (:func:`select_variant`) and asks the swarm for
+  ``f"{manifest_id}/{variant_id}"`` (the store already holds every chunk an
+  earlier version shared: that is the delta), reporting progress,
+* then on completion emits :class:`InstallVariant`, and on
+  :meth:`install_finished` marks the model operational or failed.
+
+A model whose desired intent disappears (cancelled) has its transfer dropped
+and returns to the version it runs. The node's own record is rewritten on
+every status change, at most every ``record_min_interval`` seconds for mere
+progress, and every ``heartbeat_every`` gossip rounds as a heartbeat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from ._capabilities import Capabilities
+from ._chunking import chunk_matches
+from ._config import Config
+from ._convergence import ModelConvergenceStatus, compute_convergence, unreachable_nodes
+from ._errors import RemoteProtocolError
+from ._events import ActivateVersion, DropPeer, InstallVariant, Notice, Output, SendMessage
+from ._gossip import GossipEngine, GossipStatistics
+from ._hlc import HybridClock
+from ._identity import Certificate, FleetTrust, Role, SigningIdentity, fingerprint
+from ._intents import Intent, resolve
+from ._ledger import Ledger, LedgerStatistics, ModelState, NodeRecord
+from ._manifest import ChunkRef, Manifest
+from ._selection import select_variant
+from ._swarm import SwarmEngine, SwarmStatistics
+from ._types import BlockerReason, ModelOperationalStatus
+
+if TYPE_CHECKING:
+    import random
+
+__all__ = ["NodeMachine", "NodeStatistics"]
+
+_S = ModelOperationalStatus
+_DONE = (_S.OPERATIONAL, _S.DEGRADED)
+_RETRYABLE = (BlockerReason.INSUFFICIENT_GPU_MEMORY, BlockerReason.INSUFFICIENT_STORAGE,
+              BlockerReason.INCOMPATIBLE_CAPABILITIES, BlockerReason.UNKNOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatistics:
+    node_id: str
+    peers: int
+    record_writes: int
+    rejected_entries: dict[str, int]     # kind -> entries dropped for bad signatures/keys
+    dropped_peers: int
+    gossip: GossipStatistics
+    ledger: LedgerStatistics
+    swarm: SwarmStatistics
+
+
+class NodeMachine:
+    def __init__(self, *, config: Config, identity: SigningIdentity, certificate: Certificate,
+                 trust: FleetTrust, rng: random.Random, now: float, name: str = "",
+                 formation: str = "", capabilities: Capabilities | None = None,
+                 held_chunks: Iterable[bytes] = (), ledger: Ledger | None = None,
+                 installed: Iterable[tuple[str, str, str]] = (),
+                 chunk_verifier: Callable[[bytes, int, bytes], bool] | None = None) -> None:
+        self.config = config
+        self.identity = identity
+        self.node_id: str = fingerprint(identity.public_key)
+        self.trust = trust
+        self.ledger: Ledger = ledger if ledger is not None else Ledger(trust)
+        self.clock = HybridClock(self.node_id)
+        self.name = name
+        self.formation = formation
+        self.capabilities = capabilities
+        self._outputs: list[Output] = []
+        self._peers: set[str] = set()
+        self._record_writes = 0
+        self._dropped = 0
+        self._last_write = -1e18
+        self._dirty = False
+        self._states: dict[str, ModelState] = {}
+        self._transfers: dict[str, str] = {}     # model -> swarm key being fetched
+        self._installing: dict[str, str] = {}    # model -> swarm key being installed
+        self._disk: dict[str, dict[str, str]] = {}   # model -> version -> variant on disk
+        for model_id, version, variant_id in installed:   # last listed per model is active
+            self._disk.setdefault(model_id, {})[version] = variant_id
+            self._states[model_id] = ModelState(model_id, version, variant_id, _S.OPERATIONAL,
+                                                updated_at=now, active_version=version)
+        for model_id, versions in self._disk.items():
+            self._states[model_id] = replace(self._states[model_id],
+                                             installed=tuple(sorted(versions)))
+        self.gossip = GossipEngine(node_id=self.node_id, config=config.gossip, rng=rng,
+                                   ledger=self.ledger, now=now)
+        self.swarm = SwarmEngine(node_id=self.node_id, config=config.swarm, rng=rng,
+                                 held=set(held_chunks), lookup=self._lookup,
+                                 verifier=chunk_verifier or chunk_matches)
+        if not trust.add_certificate(certificate):
+            raise RemoteProtocolError("this node's certificate is not signed by the fleet root")
+        if not any(c.certificate == certificate for c in self.ledger.entries()):
+            self.ledger.append(identity, certificate)
+        self._write_record(now, urgent=True)
+        self._reconcile(now)
+
+    # ------------------------------------------------------------------ helpers
+    def _lookup(self, key: str) -> Sequence[ChunkRef] | None:
+        manifest_id, _, variant_id = key.partition("/")
+        m = self.ledger.manifest_by_id(manifest_id)
+        if m is None:
+            return None
+        for v in m.variants:
+            if v.variant_id == variant_id:
+                return v.chunk_refs()
+        return None
+
+    def _set_state(self, model_id: str, now: float, **changes: object) -> None:
+        old = self._states.get(model_id) or ModelState(model_id, "", "", _S.NOT_DEPLOYED)
+        new = replace(old, **changes)  # type: ignore[arg-type]
+        if new != old:
+            self._states[model_id] = replace(new, updated_at=now)
+            self._dirty = True
+
+    def _write_record(self, now: float, urgent: bool) -> None:
+        if not urgent and now - self._last_write < self.config.gossip.record_min_interval:
+            self._dirty = True
+            return
+        record = NodeRecord(self.name, self.formation, self.capabilities, "",
+                            tuple(self._states[m] for m in sorted(self._states)),
+                            self.gossip.suspects(now), now)
+        self.ledger.append(self.identity, record)
+        self._record_writes += 1
+        self._last_write = now
+        self._dirty = False
+
+    def _ensure_cert(self, key: bytes, role: Role, now: float) -> None:
+        cert = self.trust.certificate(key, role)
+        if cert is not None and not any(e.certificate == cert for e in self.ledger.entries()):
+            self.ledger.append(self.identity, cert)
+
+    def _drop_transfer(self, model_id: str, now: float) -> None:
+        key = self._transfers.pop(model_id, None)
+        if key is not None:
+            self.swarm.drop(key, now)
+
+    # ------------------------------------------------------------------ reconcile
+    def _reconcile(self, now: float) -> None:
+        records = self.ledger.records()
+        intents = self.ledger.intents()
+        models = {i.model_id for i in intents} | set(self._states)
+        status_changed = False
+        for model_id in sorted(models):
+            before = self._states.get(model_id)
+            self._reconcile_model(model_id, intents, records, now)
+            after = self._states.get(model_id)
+            if (before is None) != (after is None) or (
+                    before is not None and after is not None
+                    and (before.status, before.version, before.blocker, before.intent_id)
+                    != (after.status, after.version, after.blocker, after.intent_id)):
+                status_changed = True
+        self._drain_swarm(now)
+        if status_changed:
+            self._write_record(now, urgent=True)
+
+    def _reconcile_model(self, model_id: str, intents: list[Intent],
+                         records: dict[str, NodeRecord], now: float) -> None:
+        target = resolve(intents, model_id, self.node_id, records, self.trust)
+        st = self._states.get(model_id)
+        disk = self._disk.get(model_id, {})
+        if target is None:
+            if st is not None and st.status is not _S.LOADING and (
+                    model_id in self._transfers or st.version != st.active_version):
+                self._drop_transfer(model_id, now)   # cancelled: back to what runs
+                active = st.active_version
+                self._set_state(model_id, now, version=active,
+                                variant_id=disk.get(active, ""), intent_id="", blocker=None,
+                                blocker_detail="", bytes_done=0, bytes_total=0,
+                                status=_S.OPERATIONAL if active else _S.NOT_DEPLOYED)
+                self._outputs.append(Notice("transfer_cancelled", f"{model_id}: no standing "
+                                            "intent any more", model_id=model_id))
+            return
+        version, iid = target.version, target.intent_id
+        if st is not None and st.version == version:
+            if st.status in _DONE and st.active_version == version:
+                if st.intent_id != iid:
+                    self._set_state(model_id, now, intent_id=iid)
+                return
+            if st.status is _S.LOADING or (st.status is _S.FAILED and st.intent_id == iid):
+                return
+            if st.status is _S.DOWNLOADING and model_id in self._transfers:
+                self.swarm.want(self._transfers[model_id], target.priority, now)
+                self._set_state(model_id, now, intent_id=iid)
+                return
+        if version in disk:
+            self._drop_transfer(model_id, now)
+            self._outputs.append(ActivateVersion(model_id, version, disk[version]))
+            self._set_state(model_id, now, version=version, variant_id=disk[version],
+                            status=_S.OPERATIONAL, active_version=version, intent_id=iid,
+                            blocker=None, blocker_detail="")
+            return
+        manifest = self.ledger.manifest_for(model_id, version)
+        if manifest is None:
+            self._drop_transfer(model_id, now)
+            self._set_state(model_id, now, version=version, status=_S.NOT_DEPLOYED,
+                            intent_id=iid, blocker=None,
+                            blocker_detail="waiting for the manifest to arrive by gossip")
+            return
+        choice = select_variant(manifest, self.capabilities, target.variant_id)
+        if choice.variant_id is None:
+            self._drop_transfer(model_id, now)
+            assert choice.reason is not None
+            self._set_state(model_id, now, version=version, variant_id="", status=_S.FAILED,
+                            intent_id=iid, blocker=choice.reason,
+                            blocker_detail=choice.detail, blocker_since=now)
+            return
+        key = f"{manifest.manifest_id}/{choice.variant_id}"
+        if self._transfers.get(model_id) != key:
+            self._drop_transfer(model_id, now)
+            self._transfers[model_id] = key
+            self._set_state(model_id, now, started_at=now, bytes_done=0, bytes_reused=0,
+                            bytes_fetched=0, bytes_total=manifest.variant(choice.variant_id).size)
+        self._set_state(model_id, now, version=version, variant_id=choice.variant_id,
+                        status=_S.DOWNLOADING, intent_id=iid, blocker=None, blocker_detail="")
+        self.swarm.want(key, target.priority, now)
+
+    def _drain_swarm(self, now: float) -> None:
+        for key in self.swarm.take_completed():
+            for model_id, k in list(self._transfers.items()):
+                if k != key:
+                    continue
+                del self._transfers[model_id]
+                self._installing[model_id] = key
+                st = self._states[model_id]
+                manifest_id = key.partition("/")[0]
+                self._outputs.append(InstallVariant(model_id, st.version, manifest_id,
+                                                    st.variant_id, st.active_version or None))
+                self._set_state(model_id, now, status=_S.LOADING, bytes_done=st.bytes_total)
+                self._write_record(now, urgent=True)
+
+    def _update_progress(self, now: float) -> None:
+        for model_id, key in self._transfers.items():
+            p = self.swarm.progress(key)
+            self._set_state(model_id, now, bytes_done=p.bytes_held, bytes_total=p.bytes_total,
+                            bytes_reused=p.bytes_reused, bytes_fetched=p.bytes_fetched)
+
+    def _after_input(self, now: float) -> None:
+        self._drain_swarm(now)
+        for out in self.swarm.take_outputs() + self.gossip.take_outputs():
+            if isinstance(out, DropPeer):
+                self._dropped += 1
+            self._outputs.append(out)
+
+    # ------------------------------------------------------------------ inputs
+    def peer_connected(self, peer: str, now: float) -> None:
+        self._peers.add(peer)
+        self.gossip.peer_connected(peer, now)
+        self.swarm.peer_connected(peer, now)
+        self._after_input(now)
+
+    def peer_disconnected(self, peer: str, now: float) -> None:
+        self._peers.discard(peer)
+        self.gossip.peer_disconnected(peer, now)
+        self.swarm.peer_disconnected(peer, now)
+        self._after_input(now)
+
+    def receive(self, peer: str, message: object, now: float) -> None:
+        try:
+            if self.gossip.handles(message):
+                result = self.gossip.receive(peer, message, now)
+                if result is not None and result.changed:
+                    for e in result.added:
+                        if e.intent is not None:
+                            self.clock.observe(e.intent.stamp, now)
+                    self._reconcile(now)
+            elif self.swarm.handles(message):
+                self.swarm.receive(peer, message, now)
+            else:
+                self._outputs.append(Notice("unexpected_message",
+                                            f"{type(message).__name__} from {peer}"))
+        except RemoteProtocolError as exc:
+            self._outputs.append(DropPeer(peer, str(exc)))
+            self._dropped += 1
+        self._after_input(now)
+
+    def on_timer(self, now: float) -> None:
+        self.swarm.on_timer(now)
+        self._update_progress(now)
+        if self.gossip.on_timer(now) and self.gossip.heartbeat_due():
+            self._write_record(now, urgent=True)
+        elif self._dirty:
+            self._write_record(now, urgent=False)
+        self._after_input(now)
+
+    def next_deadline(self) -> float | None:
+        times = [self.gossip.next_deadline()]
+        s = self.swarm.next_deadline()
+        if s is not None:
+            times.append(s)
+        if self._dirty:
+            times.append(self._last_write + self.config.gossip.record_min_interval)
+        return min(times)
+
+    def issue_intent(self, intent: Intent, now: float) -> None:
+        """Accept an operator-signed intent here; raises if it does not verify."""
+        intent.verify(self.trust)
+        self._ensure_cert(intent.issuer_key, Role.OPERATOR, now)
+        if self.ledger.intent(intent.intent_id) is None:
+            self.ledger.append(self.identity, intent)
+        self.clock.observe(intent.stamp, now)
+        self._reconcile(now)
+        self._after_input(now)
+
+    def publish_manifest(self, manifest: Manifest, now: float) -> None:
+        manifest.verify(self.trust)
+        self._ensure_cert(manifest.publisher_key, Role.PUBLISHER, now)
+        if self.ledger.manifest_by_id(manifest.manifest_id) is None:
+            self.ledger.append(self.identity, manifest)
+        self._reconcile(now)
+        self._after_input(now)
+
+    def set_capabilities(self, caps: Capabilities, now: float) -> None:
+        self.capabilities = caps
+        for model_id, st in list(self._states.items()):
+            if st.status is _S.FAILED and st.blocker in _RETRYABLE:
+                self._set_state(model_id, now, intent_id="")   # try again with the new probe
+        self._write_record(now, urgent=True)
+        self._reconcile(now)
+        self._after_input(now)
+
+    def chunk_stored(self, chunk_hash: bytes, now: float) -> None:
+        self.swarm.chunk_stored(chunk_hash, now)
+        self._after_input(now)
+
+    def chunk_store_failed(self, chunk_hash: bytes, reason: BlockerReason, detail: str,
+                           now: float) -> None:
+        self.swarm.chunk_store_failed(chunk_hash, now)
+        for model_id in self._transfers:
+            self._set_state(model_id, now, blocker=reason, blocker_detail=detail,
+                            blocker_since=now)
+        self._write_record(now, urgent=True)
+        self._after_input(now)
+
+    def chunk_missing(self, chunk_hash: bytes, now: float) -> None:
+        self.swarm.chunk_missing(chunk_hash, now)
+        self._after_input(now)
+
+    def install_finished(self, model_id: str, version: str, variant_id: str, ok: bool,
+                         reason: BlockerReason | None, detail: str, now: float) -> None:
+        self._installing.pop(model_id, None)
+        if ok:
+            disk = self._disk.setdefault(model_id, {})
+            disk[version] = variant_id
+            self._set_state(model_id, now, version=version, variant_id=variant_id,
+                            status=_S.OPERATIONAL, active_version=version, blocker=None,
+                            blocker_detail="", installed=tuple(sorted(disk)))
+        else:
+            self._set_state(model_id, now, version=version, variant_id=variant_id,
+                            status=_S.FAILED, blocker=reason or BlockerReason.DEPLOYMENT_FAILED,
+                            blocker_detail=detail, blocker_since=now)
+        self._write_record(now, urgent=True)
+        self._reconcile(now)
+        self._after_input(now)
+
+    # ------------------------------------------------------------------ outputs, queries
+    def take_outputs(self) -> list[Output]:
+        out = [o for o in self._outputs
+               if not isinstance(o, SendMessage) or o.peer in self._peers]
+        self._outputs = []
+        return out
+
+    def model_state(self, model_id: str) -> ModelState | None:
+        return self._states.get(model_id)
+
+    def desired(self, model_id: str) -> Intent | None:
+        return resolve(self.ledger.intents(), model_id, self.node_id, self.ledger.records(),
+                       self.trust)
+
+    def convergence(self, model_id: str, version: str, now: float) -> ModelConvergenceStatus:
+        records = self.ledger.records()
+        return compute_convergence(model_id, version, self.ledger.intents(), records,
+                                   self.trust, unreachable_nodes(
+                                       records, self.config.gossip.min_suspecting_peers), now)
+
+    def statistics(self) -> NodeStatistics:
+        led = self.ledger.statistics()
+        return NodeStatistics(self.node_id, len(self._peers), self._record_writes,
+                              led.rejected, self._dropped, self.gossip.statistics(), led,
+                              self.swarm.statistics())

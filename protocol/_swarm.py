@@ -1,0 +1,860 @@
+"""The swarm engine: content-addressed, multi-source chunk transfer (sans-IO).
+
+Theory of operation
+-------------------
+A *swarm* is keyed by a content key ``f"{manifest_id}/{variant_id}"``; its chunk
+list comes from ``lookup(key)`` (the signed manifest), so every peer agrees on
+it. ``want(key)`` sends :class:`Interested` to every connected peer; a peer that
+knows the key answers with a :class:`HaveSet` bitfield computed from its local
+store (``held``) — so a chunk held because of *another* version counts — and
+from then on sends a :class:`Have` each time it stores another chunk of that
+key. A peer that lacks the manifest answers :class:`CannotHelp` and is asked
+again every ``interest_retry`` seconds.
+
+What each peer holds is kept per peer as a set of chunk hashes (not per key),
+so availability of a chunk shared by two keys is counted once. The picker
+(:meth:`SwarmEngine._schedule`) runs after every input that can change its
+answer. It walks the wanted keys from the highest priority down (FIFO at equal
+priority) and requests their missing chunks *rarest first* (fewest connected
+providers; ties broken by a per-chunk random rank drawn from the injected rng),
+each from the provider with the fewest outstanding requests, within
+``max_requests_per_peer`` and ``max_requests_total``. Outside endgame a chunk has
+at most one outstanding request. Once every remaining chunk of a key is
+requested and at most ``endgame_chunks`` remain, a chunk may be requested from
+up to ``endgame_fanout`` peers; the first verified copy wins and the others get
+:class:`Cancel`. A request unanswered after ``request_timeout`` is re-issued
+elsewhere; that peer is not asked for that chunk again for a while, and after
+``max_peer_failures`` consecutive failures (timeouts, or "missing" answers for
+chunks it advertised) it is dropped as a liar.
+
+A download cap is enforced on the *requests*: each request spends its chunk
+size from a token bucket refilled at ``download_rate``; since keys are served in
+priority order, a critical key gets the budget before a low one. The upload
+side lives in :mod:`._swarm_uploads`.
+
+Every :class:`Piece` is checked with ``verifier(hash, size, data)`` before
+anything else. A bad one drops the peer (``DropPeer``), bans it for good and is
+reported; a good one that we asked for and still need becomes a ``StoreChunk``;
+a good one no longer needed is a counted duplicate; one we never asked for is
+ignored and counted. ``held`` grows only in :meth:`chunk_stored`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ._config import SwarmConfig
+from ._events import DropPeer, Notice, Output, SendMessage, ServeChunk, StoreChunk
+from ._manifest import ChunkRef
+from ._swarm_messages import (
+    SWARM_MESSAGES,
+    Cancel,
+    CannotHelp,
+    Have,
+    HaveSet,
+    Interested,
+    NotInterested,
+    Piece,
+    Reject,
+    Request,
+    bitfield_indices,
+    make_bitfield,
+)
+from ._swarm_uploads import TokenBucket, UploadScheduler
+from ._types import BlockerReason, TransferPriority
+
+if TYPE_CHECKING:
+    import random
+
+__all__ = [
+    "ContentKey",
+    "SwarmEngine",
+    "TransferProgress",
+    "SwarmStatistics",
+    "make_piece",
+    "Piece",
+]
+
+ContentKey = str
+
+
+def make_piece(chunk_hash: bytes, data: bytes, priority: int) -> object:
+    """The message a driver sends when it carries out ``ServeChunk(peer, hash, priority)``."""
+    return Piece(chunk_hash, data, int(priority))
+
+
+@dataclass(frozen=True, slots=True)
+class TransferProgress:
+    """Where one wanted key stands. Byte counts are over the key's *distinct* chunks.
+
+    ``bytes_reused``: already held at ``want()`` (the delta saving);
+    ``bytes_fetched``: accepted from peers; ``bytes_duplicate``: verified bytes that
+    arrived but were not needed (endgame duplicates, late or unrequested pieces).
+    """
+
+    bytes_total: int
+    bytes_held: int
+    bytes_reused: int
+    bytes_fetched: int
+    bytes_duplicate: int
+    stalled: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmStatistics:
+    keys_wanted: int
+    keys_completed: int
+    peers_connected: int
+    requests_sent: int
+    requests_outstanding: int
+    endgame_requests: int
+    requests_timed_out: int
+    requests_rejected: int
+    cancels_sent: int
+    pieces_received: int
+    pieces_accepted: int
+    corrupt_pieces: int
+    unsolicited_pieces: int
+    duplicate_pieces: int
+    bytes_fetched: int
+    bytes_duplicate: int
+    bytes_reused: int
+    uploads_served: int
+    bytes_uploaded: int
+    uploads_queued: int
+    uploads_refused: int
+    upload_preemptions: int
+    bad_have_messages: int
+    store_failures: int
+    dropped_peers: tuple[tuple[str, str], ...]   # (peer, reason)
+
+
+@dataclass(slots=True)
+class _KeyInfo:
+    refs: tuple[ChunkRef, ...]
+    index_of: dict[bytes, int]     # first position of each hash
+    size_of: dict[bytes, int]
+
+
+@dataclass(slots=True)
+class _Download:
+    key: str
+    priority: TransferPriority
+    order: int
+    info: _KeyInfo | None = None
+    missing: set[bytes] = field(default_factory=set)
+    rank: dict[bytes, float] = field(default_factory=dict)   # random tie-break
+    bytes_total: int = 0
+    bytes_reused: int = 0
+    bytes_fetched: int = 0
+    bytes_duplicate: int = 0
+    completed: bool = False
+    cannot_help: dict[str, float] = field(default_factory=dict)   # peer -> answered at
+    lookup_retry_at: float = 0.0
+    last_problem: str = ""
+
+
+@dataclass(slots=True)
+class _Outstanding:
+    peer: str
+    key: str
+    size: int
+    sent_at: float
+
+
+class SwarmEngine:
+    """See the module docstring. Inputs append outputs; take them with :meth:`take_outputs`."""
+
+    def __init__(self, *, node_id: str, config: SwarmConfig, rng: random.Random,
+                 held: set[bytes], lookup: Callable[[str], Sequence[ChunkRef] | None],
+                 verifier: Callable[[bytes, int, bytes], bool]) -> None:
+        self.node_id = node_id
+        self._config = config
+        self._rng = rng
+        self._held = held
+        self._lookup = lookup
+        self._verifier = verifier
+        self._outputs: list[Output] = []
+        self._completed: list[str] = []
+        self._connected: set[str] = set()
+        self._banned: dict[str, str] = {}
+        self._peer_has: dict[str, set[bytes]] = {}
+        self._avail: dict[bytes, int] = {}   # hash -> connected peers that have it
+        self._peer_out: dict[str, dict[bytes, _Outstanding]] = {}
+        self._requests: dict[bytes, dict[str, _Outstanding]] = {}
+        self._stale: dict[str, dict[bytes, float]] = {}   # peer -> hash -> given up at
+        self._pending_store: dict[bytes, str] = {}
+        self._retry_after: dict[bytes, float] = {}
+        self._busy_until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self._downloads: dict[str, _Download] = {}
+        self._infos: dict[str, _KeyInfo] = {}
+        self._hash_keys: dict[bytes, set[str]] = {}
+        self._remote_interest: dict[str, set[str]] = {}
+        self._uploads: UploadScheduler | None = None
+        self._down_bucket: TokenBucket | None = None
+        self._blocked_on_tokens = False
+        self._want_seq = 0
+        self._n_out = 0
+        self._c: dict[str, int] = dict.fromkeys(
+            ("requests_sent", "endgame_requests", "requests_timed_out", "requests_rejected",
+             "cancels_sent", "pieces_received", "pieces_accepted", "corrupt_pieces",
+             "unsolicited_pieces", "duplicate_pieces", "bytes_fetched", "bytes_duplicate",
+             "bytes_reused", "uploads_served", "bytes_uploaded", "uploads_refused",
+             "bad_have_messages", "store_failures", "keys_completed"), 0)
+
+    # ================================================================== helpers
+
+    def _buckets(self, now: float) -> tuple[UploadScheduler, TokenBucket]:
+        # Created lazily so that the first `now` the engine sees starts the buckets.
+        if self._uploads is None or self._down_bucket is None:
+            self._uploads = UploadScheduler(self._config, self._rng, now)
+            self._down_bucket = TokenBucket(self._config.download_rate,
+                                            self._config.rate_burst, now)
+        return self._uploads, self._down_bucket
+
+    def _send(self, peer: str, message: object) -> None:
+        if peer in self._connected:
+            self._outputs.append(SendMessage(peer, message))
+
+    def _info(self, key: str) -> _KeyInfo | None:
+        info = self._infos.get(key)
+        if info is not None:
+            return info
+        refs = self._lookup(key)
+        if refs is None:
+            return None
+        index_of: dict[bytes, int] = {}
+        size_of: dict[bytes, int] = {}
+        for i, ref in enumerate(refs):
+            if ref.hash not in index_of:
+                index_of[ref.hash] = i
+                size_of[ref.hash] = ref.size
+        info = _KeyInfo(tuple(refs), index_of, size_of)
+        self._infos[key] = info
+        for h in index_of:
+            self._hash_keys.setdefault(h, set()).add(key)
+        return info
+
+    def _forget_info(self, key: str) -> None:
+        if key in self._downloads or any(key in s for s in self._remote_interest.values()):
+            return
+        info = self._infos.pop(key, None)
+        if info is None:
+            return
+        for h in info.index_of:
+            keys = self._hash_keys.get(h)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._hash_keys[h]
+
+    def _expected_size(self, chunk_hash: bytes) -> int | None:
+        for key in self._hash_keys.get(chunk_hash, ()):
+            return self._infos[key].size_of[chunk_hash]
+        return None
+
+    def _needed(self, chunk_hash: bytes) -> bool:
+        return any(chunk_hash in d.missing for d in self._downloads.values())
+
+    def _needing(self, chunk_hash: bytes) -> _Download | None:
+        best: _Download | None = None
+        for d in self._downloads.values():
+            if chunk_hash in d.missing and (best is None or d.priority > best.priority):
+                best = d
+        return best
+
+    def _has_add(self, peer: str, chunk_hash: bytes) -> None:
+        has = self._peer_has[peer]
+        if chunk_hash not in has:
+            has.add(chunk_hash)
+            self._avail[chunk_hash] = self._avail.get(chunk_hash, 0) + 1
+
+    def _has_discard(self, peer: str, chunk_hash: bytes) -> None:
+        has = self._peer_has.get(peer)
+        if has is not None and chunk_hash in has:
+            has.discard(chunk_hash)
+            n = self._avail[chunk_hash] - 1
+            if n:
+                self._avail[chunk_hash] = n
+            else:
+                del self._avail[chunk_hash]
+
+    def _init_download(self, d: _Download, info: _KeyInfo) -> None:
+        d.info = info
+        d.bytes_total = sum(info.size_of.values())
+        d.missing = {h for h in info.size_of if h not in self._held}
+        d.bytes_reused = d.bytes_total - sum(info.size_of[h] for h in d.missing)
+        self._c["bytes_reused"] += d.bytes_reused
+        d.rank = {h: self._rng.random() for h in sorted(d.missing)}
+
+    def _check_complete(self, d: _Download) -> None:
+        if d.info is not None and not d.missing and not d.completed:
+            d.completed = True
+            self._completed.append(d.key)
+            self._c["keys_completed"] += 1
+            for peer in sorted(self._connected):
+                self._send(peer, NotInterested(d.key))
+
+    def _remove_request(self, peer: str, chunk_hash: bytes, *, stale_at: float | None) -> None:
+        rec = self._peer_out.get(peer, {}).pop(chunk_hash, None)
+        if rec is None:
+            return
+        self._n_out -= 1
+        by_peer = self._requests.get(chunk_hash)
+        if by_peer is not None:
+            by_peer.pop(peer, None)
+            if not by_peer:
+                del self._requests[chunk_hash]
+        if stale_at is not None:
+            self._stale.setdefault(peer, {})[chunk_hash] = stale_at
+
+    def _cancel_requests(self, chunk_hash: bytes, now: float) -> None:
+        for peer in sorted(self._requests.get(chunk_hash, {})):
+            self._remove_request(peer, chunk_hash, stale_at=now)
+            self._send(peer, Cancel(chunk_hash))
+            self._c["cancels_sent"] += 1
+
+    def _forget_peer(self, peer: str) -> None:
+        for h in list(self._peer_out.get(peer, {})):
+            self._remove_request(peer, h, stale_at=None)
+        self._peer_out.pop(peer, None)
+        for h in self._peer_has.pop(peer, ()):
+            n = self._avail[h] - 1
+            if n:
+                self._avail[h] = n
+            else:
+                del self._avail[h]
+        self._stale.pop(peer, None)
+        self._busy_until.pop(peer, None)
+        interest = self._remote_interest.pop(peer, set())
+        for key in interest:
+            self._forget_info(key)
+        for d in self._downloads.values():
+            d.cannot_help.pop(peer, None)
+        if self._uploads is not None:
+            self._uploads.remove_peer(peer)
+
+    def _drop_peer(self, peer: str, reason: str, now: float) -> None:
+        self._banned[peer] = reason
+        self._outputs.append(DropPeer(peer, reason))
+        self._outputs.append(Notice("swarm.peer_dropped", f"peer {peer}: {reason}",
+                                    reason=BlockerReason.TRANSFER_FAILED))
+        self._connected.discard(peer)
+        self._forget_peer(peer)
+
+    def _failure(self, peer: str, now: float, what: str) -> None:
+        n = self._failures.get(peer, 0) + 1
+        self._failures[peer] = n
+        if n >= self._config.max_peer_failures and peer in self._connected:
+            self._drop_peer(peer, f"{n} requests in a row for chunks it advertised went "
+                                  f"unserved (last: {what}); it advertises chunks it lacks "
+                                  "or has stopped serving", now)
+
+    # ================================================================== local inputs
+
+    def want(self, key: str, priority: TransferPriority, now: float) -> None:
+        """Start fetching ``key`` or change its priority."""
+        d = self._downloads.get(key)
+        if d is not None:
+            d.priority = TransferPriority(priority)
+        else:
+            self._want_seq += 1
+            d = _Download(key, TransferPriority(priority), self._want_seq)
+            self._downloads[key] = d
+            info = self._info(key)
+            if info is not None:
+                self._init_download(d, info)
+            else:
+                d.lookup_retry_at = now + self._config.interest_retry
+            if d.missing or info is None:
+                for peer in sorted(self._connected):
+                    self._send(peer, Interested(key))
+            self._check_complete(d)
+        self._schedule(now)
+
+    def drop(self, key: str, now: float) -> None:
+        """Stop fetching ``key``: cancel its requests; chunks already stored stay."""
+        d = self._downloads.pop(key, None)
+        if d is None:
+            return
+        for h in sorted(d.missing):
+            if h in self._requests and not self._needed(h):
+                self._cancel_requests(h, now)
+            elif len(self._requests.get(h, {})) > 1:
+                # Endgame copies asked for this key: keep only the oldest request.
+                extra = sorted(self._requests[h].values(), key=lambda r: (r.sent_at, r.peer))
+                for rec in extra[1:]:
+                    self._remove_request(rec.peer, h, stale_at=now)
+                    self._send(rec.peer, Cancel(h))
+                    self._c["cancels_sent"] += 1
+        if not d.completed:
+            for peer in sorted(self._connected):
+                self._send(peer, NotInterested(key))
+        self._completed = [k for k in self._completed if k != key]
+        self._forget_info(key)
+        self._schedule(now)
+
+    def chunk_stored(self, chunk_hash: bytes, now: float) -> None:
+        self._held.add(chunk_hash)
+        self._pending_store.pop(chunk_hash, None)
+        self._retry_after.pop(chunk_hash, None)
+        if chunk_hash in self._requests:
+            self._cancel_requests(chunk_hash, now)
+        for d in list(self._downloads.values()):
+            if chunk_hash in d.missing:
+                d.missing.discard(chunk_hash)
+                self._check_complete(d)
+        for key in sorted(self._hash_keys.get(chunk_hash, ())):
+            index = self._infos[key].index_of[chunk_hash]
+            for peer in sorted(self._connected):
+                if key in self._remote_interest.get(peer, ()):
+                    self._send(peer, Have(key, index))
+        self._schedule(now)
+
+    def chunk_store_failed(self, chunk_hash: bytes, now: float) -> None:
+        self._pending_store.pop(chunk_hash, None)
+        self._c["store_failures"] += 1
+        self._retry_after[chunk_hash] = now + self._config.request_timeout
+        for d in self._downloads.values():
+            if chunk_hash in d.missing:
+                d.last_problem = (f"the local store refused chunk {chunk_hash.hex()[:16]}; "
+                                  f"retrying in {self._config.request_timeout:g}s")
+        self._schedule(now)
+
+    def chunk_missing(self, chunk_hash: bytes, now: float) -> None:
+        """The store lost (or never had) a chunk we advertised: tell askers, fetch it again."""
+        self._held.discard(chunk_hash)
+        uploads, _ = self._buckets(now)
+        told = set(uploads.forget_chunk(chunk_hash))
+        for key in self._hash_keys.get(chunk_hash, ()):
+            told.update(p for p, keys in self._remote_interest.items() if key in keys)
+        for peer in sorted(told):
+            self._send(peer, Reject(chunk_hash, True))
+        for d in self._downloads.values():
+            if d.info is not None and chunk_hash in d.info.size_of:
+                d.missing.add(chunk_hash)
+                d.rank.setdefault(chunk_hash, self._rng.random())
+                if d.completed:
+                    d.completed = False
+                    for peer in sorted(self._connected):
+                        self._send(peer, Interested(d.key))
+        self._schedule(now)
+
+    # ================================================================== peers
+
+    def peer_connected(self, peer: str, now: float) -> None:
+        if peer in self._banned or peer in self._connected:
+            return
+        self._connected.add(peer)
+        self._peer_has[peer] = set()
+        self._peer_out[peer] = {}
+        self._failures[peer] = 0
+        for d in sorted(self._downloads.values(), key=lambda d: d.order):
+            if not d.completed:
+                self._send(peer, Interested(d.key))
+
+    def peer_disconnected(self, peer: str, now: float) -> None:
+        if peer not in self._connected:
+            return
+        self._connected.discard(peer)
+        self._forget_peer(peer)
+        self._schedule(now)
+
+    def handles(self, message: object) -> bool:
+        return isinstance(message, SWARM_MESSAGES)
+
+    def receive(self, peer: str, message: object, now: float) -> None:
+        if peer not in self._connected:
+            return   # a dropped or unknown peer: ignore whatever it still sends
+        if isinstance(message, Piece):
+            self._on_piece(peer, message, now)
+        elif isinstance(message, Request):
+            self._on_request(peer, message, now)
+        elif isinstance(message, Have):
+            info = self._info(message.key)
+            if info is None or message.index >= len(info.refs):
+                self._c["bad_have_messages"] += 1
+                return
+            self._has_add(peer, info.refs[message.index].hash)
+            self._schedule(now)
+        elif isinstance(message, HaveSet):
+            self._on_have_set(peer, message, now)
+        elif isinstance(message, Interested):
+            self._on_interested(peer, message)
+        elif isinstance(message, NotInterested):
+            self._remote_interest.get(peer, set()).discard(message.key)
+            self._forget_info(message.key)
+        elif isinstance(message, CannotHelp):
+            d = self._downloads.get(message.key)
+            if d is not None:
+                d.cannot_help[peer] = now
+        elif isinstance(message, Cancel):
+            if self._uploads is not None:
+                self._uploads.cancel(peer, message.chunk_hash)
+        elif isinstance(message, Reject):
+            self._on_reject(peer, message, now)
+
+    def _on_interested(self, peer: str, message: Interested) -> None:
+        info = self._info(message.key)
+        if info is None:
+            self._send(peer, CannotHelp(message.key))
+            return
+        self._remote_interest.setdefault(peer, set()).add(message.key)
+        bits = make_bitfield([r.hash in self._held for r in info.refs])
+        self._send(peer, HaveSet(message.key, len(info.refs), bits))
+
+    def _on_have_set(self, peer: str, message: HaveSet, now: float) -> None:
+        info = self._info(message.key)
+        if info is None or message.count != len(info.refs):
+            self._c["bad_have_messages"] += 1
+            return
+        for i in bitfield_indices(message.bitfield, message.count):
+            self._has_add(peer, info.refs[i].hash)
+        d = self._downloads.get(message.key)
+        if d is not None:
+            d.cannot_help.pop(peer, None)
+        self._schedule(now)
+
+    def _on_request(self, peer: str, message: Request, now: float) -> None:
+        uploads, _ = self._buckets(now)
+        h = message.chunk_hash
+        info = self._info(message.key)
+        size = info.size_of.get(h) if info is not None else None
+        if h not in self._held or size is None:
+            self._send(peer, Reject(h, True))
+            self._c["uploads_refused"] += 1
+            return
+        priority = min(max(message.priority, int(TransferPriority.LOW)),
+                       int(TransferPriority.CRITICAL))
+        if not uploads.enqueue(peer, h, size, priority, now):
+            self._send(peer, Reject(h, False))
+            self._c["uploads_refused"] += 1
+            return
+        self._pump_uploads(now)
+
+    def _on_reject(self, peer: str, message: Reject, now: float) -> None:
+        h = message.chunk_hash
+        if message.missing:
+            self._has_discard(peer, h)
+        if h not in self._peer_out[peer]:
+            return
+        self._c["requests_rejected"] += 1
+        self._remove_request(peer, h, stale_at=None)
+        if message.missing:
+            self._failure(peer, now, f"it answered 'missing' for chunk {h.hex()[:16]}")
+        else:
+            self._busy_until[peer] = now + self._config.interest_retry
+        self._schedule(now)
+
+    def _on_piece(self, peer: str, message: Piece, now: float) -> None:
+        h = message.chunk_hash
+        size = self._expected_size(h)
+        if size is None:
+            self._c["unsolicited_pieces"] += 1   # a chunk of no key we know: never asked
+            return
+        self._c["pieces_received"] += 1
+        if not self._verifier(h, size, message.data):
+            self._c["corrupt_pieces"] += 1
+            self._drop_peer(peer, f"sent bytes that do not match chunk {h.hex()[:16]} "
+                                  "(corrupt or forged); banned from this node's swarms", now)
+            self._schedule(now)
+            return
+        asked = self._peer_out[peer].get(h)
+        late = self._stale.get(peer, {}).pop(h, None)
+        if asked is None and late is None:
+            self._c["unsolicited_pieces"] += 1
+            self._count_duplicate(h, size)
+            return
+        key = asked.key if asked is not None else None
+        self._remove_request(peer, h, stale_at=None)
+        self._failures[peer] = 0
+        d = self._needing(h)
+        if d is None or h in self._held or h in self._pending_store:
+            self._c["duplicate_pieces"] += 1
+            self._count_duplicate(h, size, key)
+            self._schedule(now)
+            return
+        if key is not None and key in self._downloads and h in self._downloads[key].missing:
+            d = self._downloads[key]
+        self._pending_store[h] = d.key
+        d.bytes_fetched += size
+        self._c["bytes_fetched"] += size
+        self._c["pieces_accepted"] += 1
+        self._outputs.append(StoreChunk(h, message.data))
+        self._cancel_requests(h, now)   # endgame: the other copies are no longer needed
+        self._schedule(now)
+
+    def _count_duplicate(self, chunk_hash: bytes, size: int, key: str | None = None) -> None:
+        self._c["bytes_duplicate"] += size
+        d = self._downloads.get(key) if key is not None else None
+        if d is None:
+            for cand in self._downloads.values():
+                if cand.info is not None and chunk_hash in cand.info.size_of:
+                    d = cand
+                    break
+        if d is not None:
+            d.bytes_duplicate += size
+
+    # ================================================================== time
+
+    def on_timer(self, now: float) -> None:
+        timeout = self._config.request_timeout
+        expired = [(rec.sent_at, h, peer) for peer, out in self._peer_out.items()
+                   for h, rec in out.items() if rec.sent_at + timeout <= now]
+        for _, h, peer in sorted(expired):
+            if peer not in self._connected or h not in self._peer_out.get(peer, {}):
+                continue
+            self._remove_request(peer, h, stale_at=now)
+            self._c["requests_timed_out"] += 1
+            self._failure(peer, now, f"chunk {h.hex()[:16]} unanswered after {timeout:g}s")
+        for stale in self._stale.values():
+            for h in [h for h, t in stale.items() if t + 2 * timeout <= now]:
+                del stale[h]
+        for h in [h for h, t in self._retry_after.items() if t <= now]:
+            del self._retry_after[h]
+        for peer in [p for p, t in self._busy_until.items() if t <= now]:
+            del self._busy_until[peer]
+        for d in sorted(self._downloads.values(), key=lambda d: d.order):
+            if d.info is None and d.lookup_retry_at <= now:
+                info = self._info(d.key)
+                if info is None:
+                    d.lookup_retry_at = now + self._config.interest_retry
+                else:
+                    self._init_download(d, info)
+                    self._check_complete(d)
+            if d.completed:
+                continue
+            for peer, t in sorted(d.cannot_help.items()):
+                if t + self._config.interest_retry <= now:
+                    d.cannot_help[peer] = now
+                    self._send(peer, Interested(d.key))
+        uploads, _ = self._buckets(now)
+        uploads.on_timer(now)
+        for peer, h in uploads.take_rejected():
+            self._send(peer, Reject(h, False))
+            self._c["uploads_refused"] += 1
+        self._pump_uploads(now)
+        self._schedule(now)
+
+    def next_deadline(self) -> float | None:
+        deadlines: list[float] = []
+        timeout = self._config.request_timeout
+        if self._n_out:
+            deadlines.append(min(rec.sent_at for out in self._peer_out.values()
+                                 for rec in out.values()) + timeout)
+        for stale in self._stale.values():
+            if stale:
+                deadlines.append(min(stale.values()) + 2 * timeout)
+        deadlines.extend(self._retry_after.values())
+        deadlines.extend(self._busy_until.values())
+        for d in self._downloads.values():
+            if d.info is None:
+                deadlines.append(d.lookup_retry_at)
+            elif not d.completed and d.cannot_help:
+                deadlines.append(min(d.cannot_help.values()) + self._config.interest_retry)
+        if self._blocked_on_tokens and self._down_bucket is not None:
+            deadlines.append(self._down_bucket.ready_at())
+        if self._uploads is not None:
+            up = self._uploads.next_deadline()
+            if up is not None:
+                deadlines.append(up)
+        return min(deadlines) if deadlines else None
+
+    # ================================================================== uploads
+
+    def _pump_uploads(self, now: float) -> None:
+        uploads, _ = self._buckets(now)
+        for serve in uploads.pump(now):
+            self._outputs.append(ServeChunk(serve.peer, serve.chunk_hash, serve.priority))
+            self._c["uploads_served"] += 1
+            self._c["bytes_uploaded"] += serve.size
+
+    # ================================================================== the picker
+
+    def _schedule(self, now: float) -> None:
+        _, bucket = self._buckets(now)
+        self._blocked_on_tokens = False
+        cfg = self._config
+        if self._n_out >= cfg.max_requests_total:
+            return
+        spare = {p for p in self._connected
+                 if len(self._peer_out[p]) < cfg.max_requests_per_peer
+                 and self._busy_until.get(p, now) <= now}
+        if not spare:
+            return
+        active = sorted((d for d in self._downloads.values()
+                         if d.info is not None and d.missing),
+                        key=lambda d: (-d.priority, d.order))
+        for d in active:
+            if not self._schedule_download(d, spare, now, bucket):
+                return
+
+    def _schedule_download(self, d: _Download, spare: set[str], now: float,
+                           bucket: TokenBucket) -> bool:
+        """Request ``d``'s chunks; False when no more requests can go out at all."""
+        cfg = self._config
+        while spare:
+            # Only chunks some *spare* provider has can be requested now (set algebra in C).
+            cands: set[bytes] = set()
+            for p in spare:
+                cands |= self._peer_has[p] & d.missing
+            cands.difference_update(self._requests, self._pending_store)
+            if self._retry_after:
+                cands = {h for h in cands if self._retry_after.get(h, now) <= now}
+            if not cands:
+                break
+            room = min(cfg.max_requests_total - self._n_out,
+                       sum(cfg.max_requests_per_peer - len(self._peer_out[p]) for p in spare))
+
+            def rarity(h: bytes) -> tuple[int, float]:
+                return (self._avail.get(h, 0), d.rank[h])
+
+            if len(cands) > 2 * room + 4:
+                ordered = heapq.nsmallest(2 * room + 4, cands, key=rarity)
+            else:
+                ordered = sorted(cands, key=rarity)
+            issued = 0
+            for h in ordered:
+                result = self._issue(d, h, spare, now, bucket)
+                if result is None:
+                    return False
+                issued += result
+            if issued == 0 or len(ordered) == len(cands):
+                break
+        # Endgame: few chunks left and all of them asked for: ask another peer too.
+        if len(d.missing) <= cfg.endgame_chunks + len(self._pending_store):
+            left = [h for h in d.missing if h not in self._pending_store]
+            if left and len(left) <= cfg.endgame_chunks and all(
+                    h in self._requests for h in left):
+                for h in sorted(left, key=lambda h: d.rank[h]):
+                    if len(self._requests[h]) < cfg.endgame_fanout and self._issue(
+                            d, h, spare, now, bucket, endgame=True) is None:
+                        return False
+        return bool(spare) and self._n_out < cfg.max_requests_total
+
+    def _issue(self, d: _Download, h: bytes, spare: set[str], now: float,
+               bucket: TokenBucket, *, endgame: bool = False) -> int | None:
+        """Request ``h`` from the best spare provider: 1 if sent, 0 if no provider is
+        free, None when no more requests can go out at all (limits, cap)."""
+        cfg = self._config
+        asked = self._requests.get(h, {})
+        providers = [p for p in spare if h in self._peer_has[p] and p not in asked
+                     and h not in self._stale.get(p, ())]
+        if not providers:
+            return 0
+        if not bucket.ready(now):
+            self._blocked_on_tokens = True
+            return None
+        fewest = min(len(self._peer_out[p]) for p in providers)
+        peer = self._rng.choice(sorted(p for p in providers
+                                       if len(self._peer_out[p]) == fewest))
+        assert d.info is not None
+        size = d.info.size_of[h]
+        rec = _Outstanding(peer, d.key, size, now)
+        self._peer_out[peer][h] = rec
+        self._requests.setdefault(h, {})[peer] = rec
+        self._n_out += 1
+        bucket.spend(size, now)
+        self._send(peer, Request(d.key, h, int(d.priority)))
+        self._c["requests_sent"] += 1
+        if endgame:
+            self._c["endgame_requests"] += 1
+        if len(self._peer_out[peer]) >= cfg.max_requests_per_peer:
+            spare.discard(peer)
+        if not spare or self._n_out >= cfg.max_requests_total:
+            return None
+        return 1
+
+    # ================================================================== queries
+
+    def take_outputs(self) -> list[Output]:
+        out, self._outputs = self._outputs, []
+        return out
+
+    def take_completed(self) -> list[str]:
+        """Keys whose every chunk is now stored, each reported once (again only if a
+        chunk later goes missing and is fetched back)."""
+        out, self._completed = self._completed, []
+        return out
+
+    def wanted(self) -> Iterable[str]:
+        return tuple(self._downloads)
+
+    def progress(self, key: str) -> TransferProgress:
+        d = self._downloads.get(key)
+        if d is None:
+            return TransferProgress(0, 0, 0, 0, 0, False, f"{key} is not wanted")
+        if d.info is None:
+            return TransferProgress(0, 0, 0, 0, 0, True,
+                                    f"the manifest for {key} is not known yet")
+        missing_bytes = sum(d.info.size_of[h] for h in d.missing)
+        held = d.bytes_total - missing_bytes
+        if not d.missing:
+            return TransferProgress(d.bytes_total, held, d.bytes_reused, d.bytes_fetched,
+                                    d.bytes_duplicate, False, "complete")
+        in_flight = sum(1 for h in d.missing if h in self._requests or h in self._pending_store)
+        available = sum(1 for h in d.missing if h in self._avail)
+        stalled = in_flight == 0 and available == 0
+        parts = [f"{len(d.missing)} of {len(d.info.size_of)} chunks missing",
+                 f"{in_flight} in flight", f"{available} available from "
+                 f"{len(self._connected)} connected peers"]
+        if stalled:
+            parts.insert(0, "stalled: no connected peer holds any missing chunk")
+        if not self._connected:
+            parts.append("no peer connected")
+        if self._banned:
+            parts.append("dropped peers: " + "; ".join(
+                f"{p[:12]} ({r})" for p, r in sorted(self._banned.items())))
+        if d.last_problem:
+            parts.append(d.last_problem)
+        return TransferProgress(d.bytes_total, held, d.bytes_reused, d.bytes_fetched,
+                                d.bytes_duplicate, stalled, "; ".join(parts))
+
+    def statistics(self) -> SwarmStatistics:
+        c = self._c
+        uploads = self._uploads
+        return SwarmStatistics(
+            keys_wanted=len(self._downloads),
+            keys_completed=c["keys_completed"],
+            peers_connected=len(self._connected),
+            requests_sent=c["requests_sent"],
+            requests_outstanding=self._n_out,
+            endgame_requests=c["endgame_requests"],
+            requests_timed_out=c["requests_timed_out"],
+            requests_rejected=c["requests_rejected"],
+            cancels_sent=c["cancels_sent"],
+            pieces_received=c["pieces_received"],
+            pieces_accepted=c["pieces_accepted"],
+            corrupt_pieces=c["corrupt_pieces"],
+            unsolicited_pieces=c["unsolicited_pieces"],
+            duplicate_pieces=c["duplicate_pieces"],
+            bytes_fetched=c["bytes_fetched"],
+            bytes_duplicate=c["bytes_duplicate"],
+            bytes_reused=c["bytes_reused"],
+            uploads_served=c["uploads_served"],
+            bytes_uploaded=c["bytes_uploaded"],
+            uploads_queued=uploads.queued if uploads is not None else 0,
+            uploads_refused=c["uploads_refused"],
+            upload_preemptions=uploads.preemptions if uploads is not None else 0,
+            bad_have_messages=c["bad_have_messages"],
+            store_failures=c["store_failures"],
+            dropped_peers=tuple(sorted(self._banned.items())),
+        )
+
+    # ------------------------------------------------------------------ test hooks
+
+    def outstanding(self) -> dict[bytes, frozenset[str]]:
+        """Snapshot: chunk hash -> peers asked for it (for invariant checks)."""
+        return {h: frozenset(by_peer) for h, by_peer in self._requests.items()}
+
+    def in_endgame(self, key: str) -> bool:
+        d = self._downloads.get(key)
+        if d is None:
+            return False
+        left = [h for h in d.missing if h not in self._pending_store]
+        return len(left) <= self._config.endgame_chunks

@@ -1,0 +1,263 @@
+"""Upload side of the swarm: token buckets and fair, prioritised upload slots.
+
+Theory of operation
+-------------------
+Requests from peers are queued per peer (bounded: a peer that queues more than
+``max_queued_per_peer`` gets "busy"). Only peers holding an *upload slot* are
+served. There are ``upload_slots`` slots: ``optimistic_slots`` of them go to a
+random waiting peer, preferring peers we have served the fewest bytes (so a
+newcomer with nothing to offer still bootstraps); the rest go to waiting peers
+ranked by the highest priority they have queued, then by who was served least
+recently (round-robin). Slots are work-conserving: a peer whose queue empties
+gives its slot up at once. Every ``rechoke_interval`` seconds, while peers are
+waiting, the regular slot held longest and the optimistic slot are rotated; a
+peer still waiting after a whole interval has its old requests answered "busy"
+so it re-asks elsewhere rather than time out here.
+A waiting peer whose best queued priority beats the lowest slot holder's takes
+that slot at once (pre-emption).
+
+Among slot holders the next request served is the highest priority one; at
+equal priority the peer served least recently goes first. Serving stops when
+the upload :class:`TokenBucket` is in debt; the bucket is refilled from ``now``
+and the engine sets a timer for when it will be positive again. The scheduler
+never touches chunk bytes: it yields ``(peer, hash, priority, size)`` and the
+driver reads and sends the chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ._config import SwarmConfig
+
+if TYPE_CHECKING:
+    import random
+
+__all__ = ["TokenBucket", "UploadScheduler", "Serve"]
+
+_EPSILON = 1e-6  # bytes of float slack when deciding a bucket is no longer in debt
+
+
+class TokenBucket:
+    """A byte-rate limiter driven by ``now``; ``rate <= 0`` means unlimited.
+
+    Spending may take the bucket into debt (a chunk is larger than the depth);
+    nothing more is spent until the debt is paid back at ``rate``.
+    """
+
+    __slots__ = ("rate", "depth", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst_seconds: float, now: float) -> None:
+        self.rate = rate
+        self.depth = max(rate * burst_seconds, 1.0)
+        self.tokens = self.depth
+        self.stamp = now
+
+    @property
+    def unlimited(self) -> bool:
+        return self.rate <= 0
+
+    def _refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.tokens = min(self.depth, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+
+    def ready(self, now: float) -> bool:
+        if self.unlimited:
+            return True
+        self._refill(now)
+        return self.tokens > -_EPSILON
+
+    def spend(self, amount: int, now: float) -> None:
+        if not self.unlimited:
+            self._refill(now)
+            self.tokens -= amount
+
+    def ready_at(self) -> float:
+        """When the bucket stops being in debt (``stamp`` if it is not)."""
+        if self.unlimited or self.tokens > -_EPSILON:
+            return self.stamp
+        return self.stamp + (-self.tokens) / self.rate
+
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    peer: str
+    chunk_hash: bytes
+    priority: int
+    size: int
+
+
+@dataclass(slots=True)
+class _Queued:
+    priority: int
+    seq: int
+    chunk_hash: bytes
+    size: int
+    since: float
+
+
+class UploadScheduler:
+    def __init__(self, config: SwarmConfig, rng: random.Random, now: float) -> None:
+        self._config = config
+        self._rng = rng
+        self.bucket = TokenBucket(config.upload_rate, config.rate_burst, now)
+        self._queues: dict[str, list[_Queued]] = {}
+        self._regular: dict[str, float] = {}      # slot holder -> since
+        self._optimistic: dict[str, float] = {}
+        self._served_bytes: dict[str, int] = {}
+        self._last_turn: dict[str, int] = {}       # round-robin stamp of last serve
+        self._turn = 0
+        self._seq = 0
+        self._next_rechoke: float | None = None
+        n_slots = max(1, config.upload_slots)
+        self._n_optimistic = min(max(0, config.optimistic_slots), n_slots - 1)
+        self._n_regular = n_slots - self._n_optimistic
+        self.preemptions = 0
+        self._rejected: list[tuple[str, bytes]] = []
+        self.rechokes = 0
+
+    # ------------------------------------------------------------------ queue
+
+    def enqueue(self, peer: str, chunk_hash: bytes, size: int, priority: int,
+                now: float) -> bool:
+        """Queue a request; False when the peer's queue is full (answer "busy")."""
+        queue = self._queues.setdefault(peer, [])
+        if any(q.chunk_hash == chunk_hash for q in queue):
+            return True
+        if len(queue) >= self._config.max_queued_per_peer:
+            return False
+        self._seq += 1
+        queue.append(_Queued(priority, self._seq, chunk_hash, size, now))
+        return True
+
+    def cancel(self, peer: str, chunk_hash: bytes) -> bool:
+        queue = self._queues.get(peer)
+        if not queue:
+            return False
+        before = len(queue)
+        queue[:] = [q for q in queue if q.chunk_hash != chunk_hash]
+        return len(queue) != before
+
+    def forget_chunk(self, chunk_hash: bytes) -> list[str]:
+        """Remove every queued request for a chunk we lost; return the peers that asked."""
+        peers = [p for p in self._queues if self.cancel(p, chunk_hash)]
+        return sorted(peers)
+
+    def remove_peer(self, peer: str) -> None:
+        self._queues.pop(peer, None)
+        self._regular.pop(peer, None)
+        self._optimistic.pop(peer, None)
+        self._served_bytes.pop(peer, None)
+        self._last_turn.pop(peer, None)
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def slot_holders(self) -> frozenset[str]:
+        return frozenset(self._regular) | frozenset(self._optimistic)
+
+    # ------------------------------------------------------------------ slots
+
+    def _best_priority(self, peer: str) -> int:
+        return max((q.priority for q in self._queues.get(peer, ())), default=-1)
+
+    def _waiting(self) -> list[str]:
+        return sorted(p for p, q in self._queues.items()
+                      if q and p not in self._regular and p not in self._optimistic)
+
+    def _rank(self, peer: str) -> tuple[int, int]:
+        return (-self._best_priority(peer), self._last_turn.get(peer, -1))
+
+    def _fill(self, now: float) -> None:
+        for slots in (self._regular, self._optimistic):
+            for peer in [p for p in slots if not self._queues.get(p)]:
+                del slots[peer]
+        waiting = self._waiting()
+        while waiting and len(self._regular) < self._n_regular:
+            best = min(waiting, key=self._rank)
+            waiting.remove(best)
+            self._regular[best] = now
+        while waiting and len(self._optimistic) < self._n_optimistic:
+            fewest = min(self._served_bytes.get(p, 0) for p in waiting)
+            pick = self._rng.choice([p for p in waiting if self._served_bytes.get(p, 0) == fewest])
+            waiting.remove(pick)
+            self._optimistic[pick] = now
+        # Pre-emption: a waiting higher priority takes the lowest regular slot.
+        while waiting and self._regular:
+            best = min(waiting, key=self._rank)
+            lowest = min(self._regular, key=lambda p: (self._best_priority(p), p))
+            if self._best_priority(best) <= self._best_priority(lowest):
+                break
+            del self._regular[lowest]
+            waiting.remove(best)
+            waiting.append(lowest)
+            self._regular[best] = now
+            self.preemptions += 1
+        if waiting and self._next_rechoke is None:
+            self._next_rechoke = now + self._config.rechoke_interval
+        elif not waiting:
+            self._next_rechoke = None
+
+    def _rechoke(self, now: float) -> None:
+        self._fill(now)   # releases the slots of peers whose queues emptied
+        waiting = self._waiting()
+        if not waiting:
+            return
+        self.rechokes += 1
+        top = max(self._best_priority(p) for p in waiting)
+        eligible = [p for p in self._regular if self._best_priority(p) <= top]
+        if eligible:
+            oldest = min(eligible, key=lambda p: (self._regular[p], p))
+            del self._regular[oldest]
+        self._optimistic.clear()
+        self._next_rechoke = None
+        # The peers just choked rank behind the ones that were waiting (round-robin).
+        self._fill(now)
+        # A peer left waiting a whole interval is told "busy" so it asks elsewhere
+        # instead of letting its requests time out here.
+        limit = now - self._config.rechoke_interval
+        for peer in self._waiting():
+            queue = self._queues[peer]
+            for q in [q for q in queue if q.since <= limit]:
+                queue.remove(q)
+                self._rejected.append((peer, q.chunk_hash))
+
+    def take_rejected(self) -> list[tuple[str, bytes]]:
+        """Requests dropped by a rechoke: answer each with a "busy" reject."""
+        out, self._rejected = self._rejected, []
+        return out
+
+    # ------------------------------------------------------------------ serving
+
+    def pump(self, now: float) -> list[Serve]:
+        """Requests to serve now, in order, within the upload cap."""
+        out: list[Serve] = []
+        while True:
+            self._fill(now)
+            active = [p for p in (*self._regular, *self._optimistic) if self._queues.get(p)]
+            if not active or not self.bucket.ready(now):
+                return out
+            peer = min(active, key=self._rank)
+            queue = self._queues[peer]
+            item = max(queue, key=lambda q: (q.priority, -q.seq))
+            queue.remove(item)
+            self._turn += 1
+            self._last_turn[peer] = self._turn
+            self._served_bytes[peer] = self._served_bytes.get(peer, 0) + item.size
+            self.bucket.spend(item.size, now)
+            out.append(Serve(peer, item.chunk_hash, item.priority, item.size))
+
+    def on_timer(self, now: float) -> None:
+        if self._next_rechoke is not None and now >= self._next_rechoke:
+            self._rechoke(now)
+
+    def next_deadline(self) -> float | None:
+        deadlines = []
+        if self._next_rechoke is not None:
+            deadlines.append(self._next_rechoke)
+        if any(self._queues.get(p) for p in (*self._regular, *self._optimistic)):
+            deadlines.append(self.bucket.ready_at())
+        return min(deadlines) if deadlines else None

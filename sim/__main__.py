@@ -1,0 +1,117 @@
+"""``python -m sim`` / ``shoal-sim``: run one scenario and print what it measured.
+
+Examples::
+
+    shoal-sim gossip --nodes 1000 --seed 1 --json
+    shoal-sim swarm --nodes 100 --size 1073741824 --up 100 --down 100 --seed 1
+    shoal-sim delta --nodes 10 --size 67108864 --changed 0.1 --json --out delta.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import _scenarios as sc
+
+
+def _size(text: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shoal-sim", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="scenario", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--seed", type=int, default=1)
+        q.add_argument("--json", action="store_true", help="print one JSON object")
+        q.add_argument("--out", type=Path, help="also write the JSON result to this file")
+
+    g = sub.add_parser("gossip", help="intent dissemination rounds and quiet-fleet bytes")
+    g.add_argument("--nodes", type=int, default=100)
+    g.add_argument("--loss", type=float, default=0.0)
+    g.add_argument("--fanout", type=int, default=3)
+    g.add_argument("--degree", type=int, default=None)
+    common(g)
+
+    s = sub.add_parser("swarm", help="distribution time against Kumar-Ross T_min and a hub")
+    s.add_argument("--nodes", type=int, default=20)
+    s.add_argument("--size", type=_size, default=64 * sc.MiB, help="bytes (or 64M, 1G)")
+    s.add_argument("--up", type=float, default=100.0, help="upload Mbit/s per node")
+    s.add_argument("--down", type=float, default=100.0, help="download Mbit/s per node")
+    s.add_argument("--hetero", action="store_true", help="draw per-node rates around up/down")
+    s.add_argument("--chunk-size", type=_size, default=sc.MiB)
+    s.add_argument("--degree", type=int, default=None)
+    s.add_argument("--liars", type=int, default=0, help="nodes that serve wrong bytes")
+    s.add_argument("--no-hub", action="store_true", help="skip the hub baseline run")
+    common(s)
+
+    d = sub.add_parser("delta", help="bytes fetched for a new version against bytes changed")
+    d.add_argument("--nodes", type=int, default=10)
+    d.add_argument("--size", type=_size, default=64 * sc.MiB)
+    d.add_argument("--changed", type=float, default=0.1)
+    d.add_argument("--chunk-size", type=_size, default=sc.MiB)
+    common(d)
+
+    pa = sub.add_parser("partition", help="split during a rollout, heal, converge")
+    pa.add_argument("--nodes", type=int, default=12)
+    pa.add_argument("--size", type=_size, default=16 * sc.MiB)
+    pa.add_argument("--heal-after", type=float, default=30.0)
+    common(pa)
+
+    c = sub.add_parser("churn", help="nodes crash and return mid-transfer")
+    c.add_argument("--nodes", type=int, default=16)
+    c.add_argument("--size", type=_size, default=32 * sc.MiB)
+    c.add_argument("--crashes", type=int, default=6)
+    common(c)
+    return p
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.scenario == "gossip":
+        return sc.gossip(nodes=args.nodes, seed=args.seed, loss=args.loss, fanout=args.fanout,
+                         degree=args.degree)
+    if args.scenario == "swarm":
+        return sc.swarm(nodes=args.nodes, size=args.size, up=args.up, down=args.down,
+                        seed=args.seed, hetero=args.hetero, chunk_size=args.chunk_size,
+                        degree=args.degree, hub=not args.no_hub, liars=args.liars)
+    if args.scenario == "delta":
+        return sc.delta(nodes=args.nodes, size=args.size, changed=args.changed, seed=args.seed,
+                        chunk_size=args.chunk_size)
+    if args.scenario == "partition":
+        return sc.partition(nodes=args.nodes, size=args.size, seed=args.seed,
+                            heal_after=args.heal_after)
+    return sc.churn(nodes=args.nodes, size=args.size, seed=args.seed, crashes=args.crashes)
+
+
+def _human(result: dict[str, Any]) -> str:
+    lines = [f"scenario {result['scenario']}"]
+    for key, value in result.items():
+        if key == "scenario":
+            continue
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        lines.append(f"  {key:<28} {value}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    result = run(args)
+    text = json.dumps(result, sort_keys=True, default=str)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    print(text if args.json else _human(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,462 @@
+"""The fleet driver: real :class:`protocol._node.NodeMachine` objects on the
+simulated network.
+
+Theory of operation
+-------------------
+The driver plays the part ``agent/`` plays in a real node, with the network,
+disk and clock replaced by :mod:`sim._network` and virtual time:
+
+* every node gets a deterministic Ed25519 key (derived from the run's seed),
+  a root-signed certificate, and one *shared* :class:`FleetTrust` (the same
+  content every node would build; sharing it saves N^2 signature checks);
+* the overlay (``full``, a random ``degree``-regular-ish graph, or ``hub``: every
+  node connected only to the seeder) decides which pairs hold a session; a
+  session exists while both ends are up and reachable (partitions cut sessions
+  and healing re-dials them, as discovery would);
+* outputs are carried out as the agent would: ``SendMessage`` goes through the
+  network with its encoded size; ``ServeChunk`` sends ``make_piece(hash, token)``
+  charged at the chunk's declared size (a liar serves a wrong token);
+  ``StoreChunk`` answers ``chunk_stored`` after ``disk_delay``;
+  ``InstallVariant`` answers ``install_finished(ok=True)`` after
+  ``install_delay``; ``DropPeer`` closes the session on both sides and the pair
+  is never re-dialled; timers follow ``next_deadline()``;
+* a node's *disk* (held chunks, installed versions, its ledger object) survives
+  a crash; everything else (the machine, its sessions, messages in flight) is
+  lost and rebuilt on restart.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import blake3
+
+from protocol._capabilities import Capabilities
+from protocol._codec import decode, encode
+from protocol._config import Config
+from protocol._errors import ProtocolError
+from protocol._events import (
+    ActivateVersion,
+    DropPeer,
+    InstallVariant,
+    Notice,
+    SendMessage,
+    ServeChunk,
+    StoreChunk,
+)
+from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity
+from protocol._swarm import make_piece
+
+from ._content import SyntheticModel, verify_token
+from ._loop import EventLoop, derive_rng
+from ._network import LinkProfile, Network
+from ._speedups import memoize_signatures
+
+__all__ = ["NodeSpec", "Fleet", "FleetStatistics", "seeded_identity"]
+
+DEFAULT_CAPABILITIES = Capabilities(cpu_arch="x86_64", cpu_cores=8, ram_mb=16_384,
+                                    storage_free_mb=1_000_000, gpus=(),
+                                    execution_providers=("CPUExecutionProvider",))
+PIECE_TYPE: type[Any] = type(make_piece(b"\x00" * 32, b"", 0))
+PIECE_OVERHEAD = len(encode(make_piece(b"\x00" * 32, b"", 0)))
+
+
+def seeded_identity(seed: int | str, label: str) -> SigningIdentity:
+    return SigningIdentity(blake3.blake3(f"shoal-sim/{seed}/{label}".encode()).digest())
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    up: float                      # bytes/s
+    down: float                    # bytes/s
+    liar: bool = False             # serves wrong bytes for every chunk
+    join_at: float = 0.0           # virtual time the node first comes up
+    capabilities: Capabilities = field(default_factory=lambda: DEFAULT_CAPABILITIES)
+    formation: str = ""
+
+
+@dataclass(slots=True)
+class Disk:
+    """What survives a crash."""
+
+    held: set[bytes] = field(default_factory=set)
+    installed: set[tuple[str, str, str]] = field(default_factory=set)
+    active: dict[str, str] = field(default_factory=dict)
+    ledger: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class FleetStatistics:
+    nodes: int
+    up: int
+    sessions: int
+    messages: int
+    bytes_sent: int
+    piece_bytes_sent: int
+    pieces_received: int
+    drops: int
+    protocol_errors: int
+    notices: dict[str, int]
+
+
+class SimNode:
+    __slots__ = ("index", "spec", "identity", "certificate", "node_id", "machine", "disk",
+                 "peers", "timer_at", "timer_gen", "piece_bytes_in", "alive", "name", "life")
+
+    def __init__(self, index: int, spec: NodeSpec, identity: SigningIdentity,
+                 certificate: Certificate) -> None:
+        self.index = index
+        self.spec = spec
+        self.identity = identity
+        self.certificate = certificate
+        self.node_id = identity.key_id
+        self.name = f"n{index}"
+        self.machine: Any = None
+        self.disk = Disk()
+        self.peers: set[str] = set()
+        self.timer_at: float | None = None
+        self.timer_gen = 0
+        self.piece_bytes_in = 0
+        self.alive = False
+        self.life = 0  # bumped at every start: events of an earlier life are stale
+
+
+class Fleet:
+    """N simulated nodes, one seed, one virtual clock."""
+
+    def __init__(self, specs: list[NodeSpec], *, seed: int, config: Config | None = None,
+                 profile: LinkProfile | None = None, topology: str = "random",
+                 degree: int = 8, seeder: int = 0, disk_delay: float = 0.0,
+                 install_delay: float = 0.05, wire_check: bool = False,
+                 machine_factory: Callable[..., Any] | None = None,
+                 memo_signatures: bool = True) -> None:
+        if memo_signatures:
+            memoize_signatures()
+        self.seed = seed
+        self.config = config if config is not None else Config(fleet_id="sim")
+        self.loop = EventLoop()
+        self.net = Network(self.loop, derive_rng(seed, "network"),
+                           profile if profile is not None else LinkProfile(), self._deliver)
+        self.disk_delay = disk_delay
+        self.install_delay = install_delay
+        self.wire_check = wire_check
+        self.seeder = seeder
+        fleet_id = self.config.fleet_id
+        self.root = seeded_identity(seed, "root")
+        self.publisher = seeded_identity(seed, "publisher")
+        self.operator = seeded_identity(seed, "operator")
+        self.trust = FleetTrust(fleet_id, self.root.public_key)
+        for ident, role, name in ((self.publisher, Role.PUBLISHER, "publisher"),
+                                  (self.operator, Role.OPERATOR, "operator")):
+            self.trust.add_certificate(Certificate.issue(self.root, fleet_id, ident.public_key,
+                                                         role, name, 0))
+        self.nodes: list[SimNode] = []
+        for i, spec in enumerate(specs):
+            ident = seeded_identity(seed, f"node/{i}")
+            cert = Certificate.issue(self.root, fleet_id, ident.public_key, Role.NODE, f"n{i}", 0)
+            self.trust.add_certificate(cert)
+            node = SimNode(i, spec, ident, cert)
+            self.nodes.append(node)
+            self.net.add_node(node.node_id, spec.up, spec.down)
+        self.by_id = {n.node_id: n for n in self.nodes}
+        self.tokens: dict[bytes, bytes] = {}
+        self.sizes: dict[bytes, int] = {}
+        self.edges = self._overlay(topology, degree, derive_rng(seed, "overlay"))
+        self.neighbours: dict[int, set[int]] = {i: set() for i in range(len(specs))}
+        for a, b in self.edges:
+            self.neighbours[a].add(b)
+            self.neighbours[b].add(a)
+        self.banned: set[frozenset[str]] = set()
+        if machine_factory is None:
+            from protocol._node import NodeMachine
+            machine_factory = NodeMachine
+        self._factory = machine_factory
+        self.on_store: list[Callable[[SimNode, bytes], None]] = []
+        self.on_receive: list[Callable[[SimNode, str, Any], None]] = []
+        self._messages = self._bytes = self._piece_bytes = self._pieces_in = 0
+        self._drops = self._errors = 0
+        self._notices: dict[str, int] = {}
+        self.bytes_by_type: dict[str, int] = {}
+        self.drop_log: list[tuple[float, str, str, str]] = []
+        for node in self.nodes:
+            self.loop.call_at(node.spec.join_at, self.start, node.index)
+
+    # ------------------------------------------------------------------ setup
+
+    def _overlay(self, topology: str, degree: int, rng: random.Random) -> set[tuple[int, int]]:
+        n = len(self.nodes)
+        edges: set[tuple[int, int]] = set()
+        if topology == "hub":
+            edges = {(min(self.seeder, i), max(self.seeder, i)) for i in range(n)
+                     if i != self.seeder}
+        elif topology == "full" or n <= degree + 1:
+            edges = {(a, b) for a in range(n) for b in range(a + 1, n)}
+        elif topology == "random":
+            # a ring for connectivity plus random chords up to ~degree per node
+            for i in range(n):
+                j = (i + 1) % n
+                edges.add((min(i, j), max(i, j)))
+            want = max(0, degree - 2) * n // 2
+            attempts = 0
+            while want > 0 and attempts < want * 20:
+                attempts += 1
+                a, b = rng.randrange(n), rng.randrange(n)
+                if a == b:
+                    continue
+                e = (min(a, b), max(a, b))
+                if e not in edges:
+                    edges.add(e)
+                    want -= 1
+        else:
+            raise ValueError(f"unknown topology {topology!r}: use full, random or hub")
+        return edges
+
+    def add_content(self, model: SyntheticModel, holders: Iterable[int]) -> None:
+        """Put every chunk of ``model`` on the disks of ``holders`` (before they start)."""
+        self.tokens.update(model.tokens)
+        self.sizes.update(model.sizes)
+        hashes = model.chunk_hashes
+        for i in holders:
+            self.nodes[i].disk.held.update(hashes)
+
+    def install(self, model: SyntheticModel, holders: Iterable[int]) -> None:
+        """Mark ``model`` as installed and active on ``holders`` (before they start)."""
+        m = model.manifest
+        for i in holders:
+            disk = self.nodes[i].disk
+            disk.installed.add((m.model_id, m.version, m.variants[0].variant_id))
+            disk.active[m.model_id] = m.version
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, index: int) -> None:
+        node = self.nodes[index]
+        if node.alive:
+            return
+        now = self.loop.now
+        if not self.net.is_up(node.node_id):
+            self.net.restart(node.node_id)
+        node.machine = self._factory(
+            config=self.config, identity=node.identity, certificate=node.certificate,
+            trust=self.trust, rng=derive_rng(self.seed, f"node/{index}/{now!r}"), now=now,
+            name=node.name, formation=node.spec.formation,
+            capabilities=node.spec.capabilities, held_chunks=set(node.disk.held),
+            ledger=node.disk.ledger, installed=sorted(node.disk.installed),
+            chunk_verifier=verify_token)
+        node.disk.ledger = node.machine.ledger
+        node.alive = True
+        node.life += 1
+        node.timer_at = None
+        self.loop.log("start", index)
+        for j in sorted(self.neighbours[index]):
+            self._connect(node, self.nodes[j])
+        self._pump(node)
+
+    def crash(self, index: int) -> None:
+        node = self.nodes[index]
+        if not node.alive:
+            return
+        node.alive = False
+        node.timer_gen += 1
+        node.timer_at = None
+        self.net.crash(node.node_id)
+        for peer_id in sorted(node.peers):
+            other = self.by_id[peer_id]
+            other.peers.discard(node.node_id)
+            other.machine.peer_disconnected(node.node_id, self.loop.now)
+            self._pump(other)
+        node.peers.clear()
+        node.machine = None
+
+    def split(self, groups: list[list[int]]) -> None:
+        """Partition the fleet; sessions across the cut close."""
+        self.net.split([[self.nodes[i].node_id for i in g] for g in groups])
+        for node in self.nodes:
+            if not node.alive:
+                continue
+            for peer_id in sorted(node.peers):
+                if not self.net.reachable(node.node_id, peer_id):
+                    self._disconnect(node, self.by_id[peer_id])
+
+    def heal(self) -> None:
+        self.net.heal()
+        for a, b in sorted(self.edges):
+            self._connect(self.nodes[a], self.nodes[b])
+
+    def _connect(self, a: SimNode, b: SimNode) -> None:
+        if not (a.alive and b.alive) or b.node_id in a.peers:
+            return
+        if frozenset((a.node_id, b.node_id)) in self.banned:
+            return
+        if not self.net.reachable(a.node_id, b.node_id):
+            return
+        now = self.loop.now
+        a.peers.add(b.node_id)
+        b.peers.add(a.node_id)
+        a.machine.peer_connected(b.node_id, now)
+        b.machine.peer_connected(a.node_id, now)
+        self._pump(a)
+        self._pump(b)
+
+    def _disconnect(self, a: SimNode, b: SimNode) -> None:
+        if b.node_id not in a.peers:
+            return
+        now = self.loop.now
+        a.peers.discard(b.node_id)
+        b.peers.discard(a.node_id)
+        for x, y in ((a, b), (b, a)):
+            if x.alive:
+                x.machine.peer_disconnected(y.node_id, now)
+                self._pump(x)
+
+    # ------------------------------------------------------------------ driving
+
+    def _pump(self, node: SimNode, not_before: float | None = None) -> None:
+        """Carry out everything the machine asked for, then follow its next deadline."""
+        machine = node.machine
+        if machine is None:
+            return
+        while True:
+            outputs = machine.take_outputs()
+            if not outputs:
+                break
+            for out in outputs:
+                self._carry_out(node, out)
+                if node.machine is not machine:
+                    return  # crashed meanwhile
+        deadline = machine.next_deadline()
+        if deadline is None:
+            return
+        if not_before is not None and deadline < not_before:
+            deadline = not_before  # a machine asking for "now" again must not stall time
+        if deadline != node.timer_at:
+            node.timer_at = deadline
+            node.timer_gen += 1
+            self.loop.call_at(max(deadline, self.loop.now), self._timer, node.index,
+                              node.timer_gen)
+
+    def _timer(self, index: int, gen: int) -> None:
+        node = self.nodes[index]
+        if not node.alive or gen != node.timer_gen:
+            return
+        node.timer_at = None
+        now = self.loop.now
+        node.machine.on_timer(now)
+        self._pump(node, not_before=now + 1e-3)
+
+    def _carry_out(self, node: SimNode, out: Any) -> None:
+        now = self.loop.now
+        if isinstance(out, SendMessage):
+            if out.peer in node.peers:
+                msg = out.message
+                data = encode(msg)
+                size = len(data)
+                if self.wire_check:
+                    msg = decode(data)
+                self._messages += 1
+                self._bytes += size
+                kind = type(msg).__name__
+                self.bytes_by_type[kind] = self.bytes_by_type.get(kind, 0) + size
+                self.net.send(node.node_id, out.peer, msg, size)
+        elif isinstance(out, ServeChunk):
+            if out.peer not in node.peers:
+                return
+            if out.chunk_hash not in node.disk.held or out.chunk_hash not in self.tokens:
+                node.machine.chunk_missing(out.chunk_hash, now)
+                return
+            token = self.tokens[out.chunk_hash]
+            if node.spec.liar:
+                token = b"lie/" + token
+            size = self.sizes[out.chunk_hash] + PIECE_OVERHEAD
+            self._messages += 1
+            self._bytes += size
+            self._piece_bytes += size
+            self.net.send(node.node_id, out.peer, make_piece(out.chunk_hash, token, out.priority),
+                          size)
+        elif isinstance(out, StoreChunk):
+            self.loop.call_at(now + self.disk_delay, self._stored, node.index, node.life,
+                              out.chunk_hash)
+        elif isinstance(out, InstallVariant):
+            self.loop.call_at(now + self.install_delay, self._installed, node.index, node.life,
+                              out.model_id, out.version, out.variant_id)
+        elif isinstance(out, ActivateVersion):
+            node.disk.active[out.model_id] = out.version
+            self.loop.log("activate", node.index, out.model_id, out.version)
+        elif isinstance(out, DropPeer):
+            self._drops += 1
+            self.drop_log.append((now, node.node_id, out.peer, out.reason))
+            self.banned.add(frozenset((node.node_id, out.peer)))
+            other = self.by_id.get(out.peer)
+            if other is not None:
+                self._disconnect(node, other)
+        elif isinstance(out, Notice):
+            self._notices[out.kind] = self._notices.get(out.kind, 0) + 1
+
+    def _stored(self, index: int, life: int, chunk_hash: bytes) -> None:
+        node = self.nodes[index]
+        if not node.alive or node.life != life:
+            return  # the write was lost with the crash
+        node.disk.held.add(chunk_hash)
+        for hook in self.on_store:
+            hook(node, chunk_hash)
+        node.machine.chunk_stored(chunk_hash, self.loop.now)
+        self._pump(node)
+
+    def _installed(self, index: int, life: int, model_id: str, version: str,
+                   variant_id: str) -> None:
+        node = self.nodes[index]
+        if not node.alive or node.life != life:
+            return
+        node.disk.installed.add((model_id, version, variant_id))
+        node.disk.active[model_id] = version
+        self.loop.log("installed", index, model_id, version)
+        node.machine.install_finished(model_id, version, variant_id, True, None, "",
+                                      self.loop.now)
+        self._pump(node)
+
+    def _deliver(self, dst: str, src: str, message: Any) -> None:
+        node = self.by_id[dst]
+        if not node.alive or src not in node.peers:
+            return
+        if type(message) is PIECE_TYPE:
+            node.piece_bytes_in += self.sizes.get(message.chunk_hash, len(message.data))
+            self._pieces_in += 1
+        for hook in self.on_receive:
+            hook(node, src, message)
+        try:
+            node.machine.receive(src, message, self.loop.now)
+        except ProtocolError as exc:
+            self._errors += 1
+            node.machine.take_outputs()
+            self.loop.log("protocol-error", node.index, type(exc).__name__)
+            self.banned.add(frozenset((dst, src)))
+            self._disconnect(node, self.by_id[src])
+            return
+        self._pump(node)
+
+    # ------------------------------------------------------------------ operator
+
+    def publish(self, index: int, model: SyntheticModel) -> None:
+        node = self.nodes[index]
+        node.machine.publish_manifest(model.manifest, self.loop.now)
+        self._pump(node)
+
+    def issue(self, index: int, intent: Any) -> None:
+        node = self.nodes[index]
+        node.machine.issue_intent(intent, self.loop.now)
+        self._pump(node)
+
+    def run(self, until: float | None = None, stop_when: Callable[[], bool] | None = None,
+            check_every: int = 1) -> None:
+        self.loop.run(until, stop_when=stop_when)
+
+    def statistics(self) -> FleetStatistics:
+        return FleetStatistics(
+            nodes=len(self.nodes), up=sum(n.alive for n in self.nodes),
+            sessions=sum(len(n.peers) for n in self.nodes) // 2, messages=self._messages,
+            bytes_sent=self._bytes, piece_bytes_sent=self._piece_bytes,
+            pieces_received=self._pieces_in, drops=self._drops, protocol_errors=self._errors,
+            notices=dict(sorted(self._notices.items())))

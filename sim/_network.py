@@ -1,0 +1,253 @@
+"""The simulated network: bandwidth, latency, loss, duplication, reordering,
+partitions and crashes, over :class:`~sim._loop.EventLoop` virtual time.
+
+Theory of operation
+-------------------
+Each node has an uplink and a downlink with a rate in bytes/s. A message of
+``size`` bytes from ``a`` to ``b``:
+
+1. *serialises on a's uplink*: it starts when the uplink has finished the
+   messages queued before it (``up_free[a]``) and occupies it for
+   ``size / up[a]`` seconds;
+2. its head reaches ``b`` one link latency (+ jitter) after it started;
+3. *serialises on b's downlink*: it starts when the head has arrived and the
+   downlink is free (``down_free[b]``) and occupies it for ``size / down[b]``;
+4. it is delivered when both its downlink slot and its tail (uplink done +
+   latency) have passed, and never before an earlier message on the same
+   ``(a, b)`` connection (per-connection FIFO, as TCP gives) unless the message
+   was picked for reordering.
+
+So a transfer costs exactly its size in capacity on both ends (throughput of a
+saturated link is exact), the two serialisations overlap (cut-through, not
+store-and-forward) and a single message pays ``max(size/up, size/down) +
+latency``. Compared with fluid fair sharing (processor sharing per link) the
+model is FIFO: with k equal transfers queued on one uplink the last finishes at
+the same time under both, but the first finishes after 1/k of that time here
+instead of all finishing together. Total completion time of a swarm, which is
+bounded by link capacity, is the same to within one chunk's serialisation per
+hop; the error is the shape of completions inside a batch, which makes this
+model slightly *optimistic* for the first chunk of a batch and pessimistic for
+nothing. Small messages (``<= bypass_bytes``: gossip, requests, have-sets) are
+still charged their capacity but do not wait behind queued bulk data, which is
+what per-flow fair queuing (TCP flows sharing a link) gives a thin flow.
+
+Loss drops a message after it has used the sender's uplink. Duplication
+delivers a second copy with its own jitter. A partition is a list of groups:
+nodes in different groups cannot reach each other (checked at send and at
+arrival, so a message in flight when the split happens is lost). A crashed
+node loses everything queued to and from it (an epoch counter per node makes
+events of the previous life stale).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ._loop import EventLoop
+
+__all__ = ["LinkProfile", "Network", "NetworkStatistics"]
+
+Deliver = Callable[[str, str, Any], None]  # (dst, src, message)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkProfile:
+    """Impairments applied to every link (per-link latency may be overridden)."""
+
+    latency: float = 0.005        # one-way seconds
+    jitter: float = 0.0           # uniform extra in [0, jitter]
+    loss: float = 0.0             # probability a message is dropped
+    duplicate: float = 0.0        # probability a message is delivered twice
+    reorder: float = 0.0          # probability a message may overtake earlier ones
+    reorder_delay: float = 0.05   # extra delay (uniform in [0, x]) of a reordered message
+    bypass_bytes: int = 16 * 1024  # messages this small skip the bulk queue
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkStatistics:
+    sent: int
+    delivered: int
+    lost: int
+    blocked: int          # partition or crashed endpoint
+    duplicated: int
+    bytes_sent: int
+    bytes_delivered: int
+
+
+class Network:
+    """Message transport between named endpoints in virtual time."""
+
+    def __init__(self, loop: EventLoop, rng: random.Random, profile: LinkProfile = LinkProfile(),
+                 deliver: Deliver | None = None) -> None:
+        self.loop = loop
+        self.rng = rng
+        self.profile = profile
+        self.deliver: Deliver = deliver if deliver is not None else _nowhere
+        self._up: dict[str, float] = {}
+        self._down: dict[str, float] = {}
+        self._up_free: dict[str, float] = {}
+        self._down_free: dict[str, float] = {}
+        self._epoch: dict[str, int] = {}
+        self._alive: dict[str, bool] = {}
+        self._latency: dict[tuple[str, str], float] = {}
+        self._last_delivery: dict[tuple[str, str], float] = {}
+        self._last_head: dict[tuple[str, str], float] = {}
+        self._group: dict[str, int] | None = None
+        self.bytes_sent_by: dict[str, int] = {}
+        self._sent = self._delivered = self._lost = self._blocked = self._dup = 0
+        self._bytes_sent = self._bytes_delivered = 0
+
+    # ------------------------------------------------------------------ topology
+
+    def add_node(self, name: str, up: float, down: float) -> None:
+        """``up``/``down`` in bytes/s; 0 or inf means unlimited."""
+        self._up[name] = up if up > 0 else float("inf")
+        self._down[name] = down if down > 0 else float("inf")
+        self._up_free[name] = 0.0
+        self._down_free[name] = 0.0
+        self._epoch.setdefault(name, 0)
+        self._alive[name] = True
+        self.bytes_sent_by.setdefault(name, 0)
+
+    def rates(self, name: str) -> tuple[float, float]:
+        return self._up[name], self._down[name]
+
+    def set_latency(self, a: str, b: str, latency: float) -> None:
+        """Override the one-way latency of the link a<->b (both directions)."""
+        self._latency[(a, b)] = latency
+        self._latency[(b, a)] = latency
+
+    def split(self, groups: Iterable[Iterable[str]]) -> None:
+        """Start a partition: nodes of different groups cannot reach each other.
+        Nodes not named in any group reach everyone."""
+        mapping: dict[str, int] = {}
+        for i, group in enumerate(groups):
+            for name in group:
+                mapping[name] = i
+        self._group = mapping
+        self.loop.log("split", tuple(sorted(mapping.items())))
+
+    def heal(self) -> None:
+        self._group = None
+        self.loop.log("heal")
+
+    def reachable(self, a: str, b: str) -> bool:
+        if not (self._alive.get(a) and self._alive.get(b)):
+            return False
+        g = self._group
+        if g is None:
+            return True
+        ga, gb = g.get(a), g.get(b)
+        return ga is None or gb is None or ga == gb
+
+    def crash(self, name: str) -> None:
+        """Lose everything in flight to and from ``name``; it stays down until restart."""
+        self._alive[name] = False
+        self._epoch[name] += 1
+        self._up_free[name] = self.loop.now
+        self._down_free[name] = self.loop.now
+        for table in (self._last_delivery, self._last_head):
+            for key in [k for k in table if name in k]:
+                del table[key]
+        self.loop.log("crash", name)
+
+    def restart(self, name: str) -> None:
+        self._alive[name] = True
+        self._up_free[name] = self.loop.now
+        self._down_free[name] = self.loop.now
+        self.loop.log("restart", name)
+
+    def is_up(self, name: str) -> bool:
+        return self._alive.get(name, False)
+
+    # ------------------------------------------------------------------ transfer
+
+    def send(self, src: str, dst: str, message: Any, size: int) -> bool:
+        """Queue ``message`` (``size`` bytes on the wire). False if it was dropped at once
+        (partition, crashed endpoint); loss is silent, as on a real link."""
+        now = self.loop.now
+        if not self.reachable(src, dst):
+            self._blocked += 1
+            return False
+        p = self.profile
+        self._sent += 1
+        self._bytes_sent += size
+        self.bytes_sent_by[src] += size
+        up_time = size / self._up[src]
+        if size <= p.bypass_bytes:
+            up_start = now
+            self._up_free[src] = max(self._up_free[src], now) + up_time
+        else:
+            up_start = max(now, self._up_free[src])
+            self._up_free[src] = up_start + up_time
+        up_done = up_start + up_time
+        rng = self.rng
+        if p.loss and rng.random() < p.loss:
+            self._lost += 1
+            return True
+        copies = 2 if p.duplicate and rng.random() < p.duplicate else 1
+        if copies == 2:
+            self._dup += 1
+        base = self._latency.get((src, dst), p.latency)
+        epochs = (self._epoch[src], self._epoch[dst])
+        for _ in range(copies):
+            lat = base + (rng.random() * p.jitter if p.jitter else 0.0)
+            ordered = True
+            if p.reorder and rng.random() < p.reorder:
+                lat += rng.random() * p.reorder_delay
+                ordered = False
+            head = up_start + lat
+            if ordered:  # a connection delivers in send order: heads arrive in order too
+                key = (src, dst)
+                last = self._last_head.get(key, 0.0)
+                if head < last:
+                    head = last
+                self._last_head[key] = head
+            self.loop.call_at(head, self._arrive, src, dst, message, size,
+                              up_done + lat, epochs, ordered)
+        return True
+
+    def _stale(self, src: str, dst: str, epochs: tuple[int, int]) -> bool:
+        return (self._epoch[src], self._epoch[dst]) != epochs
+
+    def _arrive(self, src: str, dst: str, message: Any, size: int, tail: float,
+                epochs: tuple[int, int], ordered: bool) -> None:
+        if self._stale(src, dst, epochs) or not self.reachable(src, dst):
+            self._blocked += 1
+            return
+        now = self.loop.now
+        down_time = size / self._down[dst]
+        if size <= self.profile.bypass_bytes:
+            start = now
+            self._down_free[dst] = max(self._down_free[dst], now) + down_time
+        else:
+            start = max(now, self._down_free[dst])
+            self._down_free[dst] = start + down_time
+        at = max(start + down_time, tail)
+        if ordered:
+            key = (src, dst)
+            last = self._last_delivery.get(key, 0.0)
+            if at < last:
+                at = last
+            self._last_delivery[key] = at
+        self.loop.call_at(at, self._deliver, src, dst, message, size, epochs)
+
+    def _deliver(self, src: str, dst: str, message: Any, size: int,
+                 epochs: tuple[int, int]) -> None:
+        if self._stale(src, dst, epochs) or not self._alive[dst]:
+            self._blocked += 1
+            return
+        self._delivered += 1
+        self._bytes_delivered += size
+        self.deliver(dst, src, message)
+
+    def statistics(self) -> NetworkStatistics:
+        return NetworkStatistics(self._sent, self._delivered, self._lost, self._blocked,
+                                 self._dup, self._bytes_sent, self._bytes_delivered)
+
+
+def _nowhere(dst: str, src: str, message: Hashable) -> None:  # pragma: no cover
+    raise RuntimeError("Network.deliver was not set")

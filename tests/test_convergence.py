@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from protocol._convergence import compute_convergence, unreachable_nodes
+from protocol._intents import Scope
+from protocol._ledger import Ledger
+from protocol._types import BlockerReason, ModelOperationalStatus
+
+from ._fleet import admitted_ledger, intent, node_key, record, running
+
+S = ModelOperationalStatus
+
+
+def _status(led: Ledger, unreachable: set[str] | None = None, now: float = 100.0):  # type: ignore[no-untyped-def]
+    return compute_convergence("m", "2.0.0", led.intents(), led.records(), led.trust,
+                               unreachable or set(), now)
+
+
+def _fleet() -> Ledger:
+    led = admitted_ledger(5)
+    led.append(node_key(0), intent("2.0.0", scope=Scope.of_formation("a")))
+    led.append(node_key(0), record(formation="a", models=(running("m", "2.0.0"),)))
+    led.append(node_key(1), record(formation="a", models=(
+        running("m", "2.0.0", S.DOWNLOADING, bytes_done=500, bytes_total=1000,
+                started_at=50.0, updated_at=100.0),)))
+    led.append(node_key(2), record(formation="a", models=(
+        running("m", "2.0.0", S.FAILED, blocker=BlockerReason.DEPLOYMENT_FAILED,
+                blocker_detail="migrator exited 3", blocker_since=90.0),)))
+    led.append(node_key(3), record(formation="a", models=(running("m", "1.0.0"),)))
+    led.append(node_key(4), record(formation="b", models=(running("m", "1.0.0"),)))
+    return led
+
+
+def test_counts_distribution_blockers_and_eta() -> None:
+    s = _status(_fleet())
+    assert (s.total_platforms, s.converged, s.in_progress, s.failed, s.pending) == (4, 1, 1, 1, 1)
+    assert s.version_distribution == {"2.0.0": 1, "1.0.0": 1, "none": 2}
+    assert [(b.node_id, b.reason) for b in s.blockers] == [
+        (node_key(2).key_id, BlockerReason.DEPLOYMENT_FAILED)]
+    # node 1: 500 bytes left at 10 B/s = 50 s; node 3 not started: 1000 bytes at 10 B/s
+    assert s.estimated_completion == 100.0
+    assert not s.is_complete and not s.is_success and s.progress == 0.25
+
+
+def test_unreachable_node_in_scope_is_a_partition_blocker() -> None:
+    led = _fleet()
+    gone = node_key(3).key_id
+    led.append(node_key(0), record(formation="a", models=(running("m", "2.0.0"),),
+                                   suspects=(gone,)))
+    assert unreachable_nodes(led.records(), 2) == set()     # one voice is not enough
+    led.append(node_key(4), record(formation="b", suspects=(gone,)))
+    assert unreachable_nodes(led.records(), 2) == {gone}
+    s = _status(led, unreachable_nodes(led.records(), 2))
+    assert (gone, BlockerReason.NETWORK_PARTITION) in [(b.node_id, b.reason) for b in s.blockers]
+
+
+def test_complete_and_success() -> None:
+    led = admitted_ledger(2)
+    led.append(node_key(0), intent("2.0.0"))
+    for i in range(2):
+        led.append(node_key(i), record(models=(running("m", "2.0.0"),)))
+    s = _status(led)
+    assert s.is_complete and s.is_success and s.progress == 1.0
+    assert s.estimated_completion == 0.0
+
+
+def test_no_rate_observed_means_no_estimate() -> None:
+    led = admitted_ledger(1)
+    led.append(node_key(0), intent("2.0.0"))
+    led.append(node_key(0), record())
+    s = _status(led)
+    assert s.pending == 1 and s.estimated_completion is None

@@ -1,0 +1,102 @@
+"""Ledgers gossiping over a network that loses, duplicates and reorders deliveries."""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from protocol._convergence import compute_convergence
+from protocol._intents import IntentKind, Scope, resolve
+from protocol._ledger import DeltaPiece, Ledger
+
+from ._fleet import admitted_ledger, caps, intent, manifest, node_key, record, running
+
+N = 3
+POOL = [intent("1.0.0", wall=1), intent("2.0.0", wall=2, scope=Scope.of_formation("a")),
+        intent("3.0.0", wall=3, scope=Scope.capable(min_gpu_gb=8))]
+POOL.append(intent("2.0.0", wall=4, kind=IntentKind.CANCEL, cancels=POOL[1].intent_id))
+MANIFESTS = [manifest(version="1.0.0", size=2048)[0]]
+
+
+class GossipingLedgers(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ledgers = [admitted_ledger(N) for _ in range(N)]
+        self.wire: list[tuple[int, DeltaPiece]] = []
+        self.writes = [0] * N
+
+    @rule(node=st.integers(0, N - 1), formation=st.sampled_from(["a", "b"]),
+          gpu=st.sampled_from([0, 16]), version=st.sampled_from(["1.0.0", "2.0.0"]))
+    def write_record(self, node: int, formation: str, gpu: int, version: str) -> None:
+        self.writes[node] += 1
+        self.ledgers[node].append(node_key(node), record(
+            name=f"n{node}", formation=formation, capabilities=caps(gpu_gb=gpu),
+            models=(running("m", version),), written_at=float(self.writes[node])))
+
+    @rule(node=st.integers(0, N - 1), which=st.integers(0, len(POOL)))
+    def relay_intent_or_manifest(self, node: int, which: int) -> None:
+        led = self.ledgers[node]
+        payload = POOL[which] if which < len(POOL) else MANIFESTS[0]
+        led.append(node_key(node), payload)
+
+    @rule(src=st.integers(0, N - 1), dst=st.integers(0, N - 1),
+          max_bytes=st.sampled_from([200, 1500, 1 << 20]))
+    def send_delta(self, src: int, dst: int, max_bytes: int) -> None:
+        if src != dst:
+            for p in self.ledgers[src].delta_since(self.ledgers[dst].version_vector, max_bytes):
+                self.wire.append((dst, p))
+
+    @rule(data=st.data(), keep=st.booleans())
+    def deliver(self, data: st.DataObject, keep: bool) -> None:
+        if self.wire:
+            i = data.draw(st.integers(0, len(self.wire) - 1))   # any order
+            dst, piece = self.wire[i] if keep else self.wire.pop(i)   # keep = duplicate later
+            self.ledgers[dst].merge_entries(piece.entries, piece.ranges)
+
+    @rule(data=st.data())
+    def lose(self, data: st.DataObject) -> None:
+        if self.wire:
+            self.wire.pop(data.draw(st.integers(0, len(self.wire) - 1)))
+
+    @invariant()
+    def vector_never_claims_what_is_missing(self) -> None:
+        for led in self.ledgers:
+            for e in self._everything():
+                if e[1] <= led.version_vector.get(e[0], 0):
+                    assert (e in {(x.origin, x.counter) for x in led.entries()}
+                            or led.record_counter(e[0]) > e[1])
+
+    def _everything(self) -> set[tuple[str, int]]:
+        return {(x.origin, x.counter) for led in self.ledgers for x in led.entries()}
+
+    def teardown(self) -> None:
+        for dst, piece in self.wire:            # everything still in flight arrives...
+            self.ledgers[dst].merge_entries(piece.entries, piece.ranges)
+        for _ in range(2 * N):                  # ...and anti-entropy keeps running
+            for a in range(N):
+                for b in range(N):
+                    if a != b:
+                        for p in self.ledgers[a].delta_since(self.ledgers[b].version_vector):
+                            self.ledgers[b].merge_entries(p.entries, p.ranges)
+        keys = {led.state_key() for led in self.ledgers}
+        assert len(keys) == 1, "ledgers did not converge"
+        for node in range(N):
+            answers = set()
+            for led in self.ledgers:
+                it = resolve(led.intents(), "m", node_key(node).key_id, led.records(), led.trust)
+                answers.add(None if it is None else it.intent_id)
+            assert len(answers) == 1
+        for version in ("1.0.0", "2.0.0", "3.0.0"):
+            status = [_conv(led, version) for led in self.ledgers]
+            assert all(s == status[0] for s in status)
+
+
+def _conv(led: Ledger, version: str) -> object:
+    return compute_convergence("m", version, led.intents(), led.records(), led.trust, set(),
+                               100.0)
+
+
+GossipingLedgers.TestCase.settings = settings(max_examples=40, stateful_step_count=30,
+                                              deadline=None)
+TestGossipingLedgers = GossipingLedgers.TestCase
