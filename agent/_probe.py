@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]  # no stubs in the venv
+import psutil
 
 from protocol._capabilities import Capabilities, GpuInfo
 

@@ -15,7 +15,7 @@ the randomness (ephemeral keys, nonces) from the OS.
 
 Frames on the wire are the codec's: a 4-byte length prefix (checked against
 ``max_frame`` before the body is read) and a body, plaintext during the
-handshake and ChaCha20-Poly1305 records after it.
+handshake and AES-256-GCM records after it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Both runs move the same payload over 127.0.0.1 in the same process, side by
 side: raw ``send_all`` of 1 MiB blocks, and 1 MiB :class:`Note`-sized records
 through an authenticated, encrypted :class:`SecureChannel` (msgpack encode +
-ChaCha20-Poly1305 + framing on one side, the reverse on the other). The ratio
+AES-256-GCM + framing on one side, the reverse on the other). The ratio
 is what encryption and framing cost on this machine. Also: handshakes/s.
 """
 

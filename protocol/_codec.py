@@ -86,19 +86,19 @@ def _compile(tp: Any) -> tuple[_Converter, _Converter]:
             if v is not None:
                 raise _Bad(f"expected nil, got {type(v).__name__}")
             return None
-        return dec_none, _identity
+        return dec_none, _checker(type(None), "nil")
     if tp is bool:
         def dec_bool(v: Any) -> bool:
             if type(v) is not bool:
                 raise _Bad(f"expected bool, got {type(v).__name__}")
             return v
-        return dec_bool, _identity
+        return dec_bool, _checker(bool, "bool")
     if tp is int:
         def dec_int(v: Any) -> int:
             if type(v) is not int:
                 raise _Bad(f"expected int, got {type(v).__name__}")
             return v
-        return dec_int, _identity
+        return dec_int, _checker(int, "int")
     if tp is float:
         def dec_float(v: Any) -> float:
             if type(v) is float:
@@ -106,19 +106,26 @@ def _compile(tp: Any) -> tuple[_Converter, _Converter]:
             if type(v) is int:
                 return float(v)
             raise _Bad(f"expected float, got {type(v).__name__}")
-        return dec_float, _identity
+
+        def enc_float(v: Any) -> Any:
+            if type(v) is float:
+                return v
+            if type(v) is int:
+                return float(v)
+            raise LocalProtocolError(f"expected float, got {type(v).__name__}")
+        return dec_float, enc_float
     if tp is str:
         def dec_str(v: Any) -> str:
             if type(v) is not str:
                 raise _Bad(f"expected str, got {type(v).__name__}")
             return v
-        return dec_str, _identity
+        return dec_str, _checker(str, "str")
     if tp is bytes:
         def dec_bytes(v: Any) -> bytes:
             if type(v) is not bytes:
                 raise _Bad(f"expected bytes, got {type(v).__name__}")
             return v
-        return dec_bytes, _identity
+        return dec_bytes, _checker(bytes, "bytes")
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         enum_cls = tp
 
@@ -129,6 +136,8 @@ def _compile(tp: Any) -> tuple[_Converter, _Converter]:
                 raise _Bad(f"{v!r} is not a valid {enum_cls.__name__}") from None
 
         def enc_enum(v: Any) -> Any:
+            if not isinstance(v, enum_cls):
+                raise LocalProtocolError(f"expected {enum_cls.__name__}, got {type(v).__name__}")
             return v.value
         return dec_enum, enc_enum
     if isinstance(tp, type) and tp in _STRUCTS:
@@ -187,8 +196,14 @@ def _compile(tp: Any) -> tuple[_Converter, _Converter]:
     raise TypeError(f"type {tp!r} cannot be sent on the wire")
 
 
-def _identity(v: Any) -> Any:
-    return v
+def _checker(tp: type, name: str) -> _Converter:
+    """An encoder that refuses, on the sending side, a value of the wrong type."""
+
+    def enc(v: Any) -> Any:
+        if type(v) is not tp:
+            raise LocalProtocolError(f"expected {name}, got {type(v).__name__}")
+        return v
+    return enc
 
 
 def _struct_decoder(cls: type[Any]) -> _Converter:

@@ -30,11 +30,13 @@ v1", shared || transcript)`` gives 64 bytes, split into the initiator->responder
 and responder->initiator keys.
 
 Records: after the handshake every frame body is
-``ChaCha20-Poly1305-IETF(key_dir, nonce = 0^4 || counter_dir (64-bit BE),
-plaintext = codec.encode(message))``. Counters are implicit and start at 0, so
-a tampered, replayed, dropped or reordered record fails authentication; that
-raises :class:`RecordError` (a :class:`RemoteProtocolError`) and the session is
-dead for good (state ``CLOSED``) - only this session.
+``AES-256-GCM(key_dir, nonce = 0^4 || counter_dir (64-bit BE),
+plaintext = codec.encode(message))`` (``cryptography``'s AESGCM: AES-NI makes it
+about 10x faster here than PyNaCl's bundled ChaCha20-Poly1305, 2095 vs 221 MiB/s).
+Counters are implicit and start at 0, so a tampered, replayed, dropped or
+reordered record fails authentication; that raises :class:`RecordError` (a
+:class:`RemoteProtocolError`) and the session is dead for good (state ``CLOSED``)
+- only this session.
 
 Randomness (the ephemeral secret, the nonce) is an input: ``protocol/`` has
 none of its own.
@@ -49,6 +51,8 @@ from dataclasses import dataclass
 import blake3
 import nacl.bindings
 import nacl.exceptions
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ._codec import DEFAULT_MAX_FRAME, FrameDecoder, decode, encode, frame, message
 from ._errors import (
@@ -210,7 +214,8 @@ class SecureConnection:
         "role", "state", "peer_certificate", "max_frame", "_identity", "_certificate",
         "_trust", "_expected_peer", "_eph_secret", "_eph_public", "_nonce", "_decoder",
         "_out", "_hello_i", "_hello_r", "_transcript", "_send_key", "_recv_key",
-        "_send_ctr", "_recv_ctr", "_peer_authed", "_records_sent", "_records_received",
+        "_send_ctr", "_recv_ctr", "_send_aead", "_recv_aead", "_peer_authed",
+        "_records_sent", "_records_received",
         "_pt_sent", "_pt_received", "_wire_sent", "_wire_received", "_received_any",
         "_peer_eph", "failure",
     )
@@ -246,6 +251,8 @@ class SecureConnection:
         self._recv_key = b""
         self._send_ctr = 0
         self._recv_ctr = 0
+        self._send_aead: AESGCM | None = None
+        self._recv_aead: AESGCM | None = None
         self._peer_authed = False
         self._received_any = False
         #: (code, detail) of the failure that closed the handshake, ours or the peer's.
@@ -289,8 +296,8 @@ class SecureConnection:
                                      f"{self.max_frame}-byte frame limit")
         if self._send_ctr >= _MAX_COUNTER:
             raise LocalProtocolError("record counter exhausted; open a new session")
-        ct = nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt(
-            plaintext, None, _COUNTER.pack(self._send_ctr), self._send_key)
+        assert self._send_aead is not None
+        ct = self._send_aead.encrypt(_COUNTER.pack(self._send_ctr), plaintext, None)
         self._send_ctr += 1
         self._records_sent += 1
         self._pt_sent += len(plaintext)
@@ -407,6 +414,8 @@ class SecureConnection:
             self._send_key, self._recv_key = i2r, r2i
         else:
             self._send_key, self._recv_key = r2i, i2r
+        self._send_aead = AESGCM(self._send_key)
+        self._recv_aead = AESGCM(self._recv_key)
 
     def _on_auth(self, auth: Auth) -> None:
         assert self.peer_certificate is not None
@@ -427,10 +436,10 @@ class SecureConnection:
     # ------------------------------------------------------------------ records
 
     def _record(self, body: bytes) -> object:
+        assert self._recv_aead is not None
         try:
-            pt = nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt(
-                body, None, _COUNTER.pack(self._recv_ctr), self._recv_key)
-        except nacl.exceptions.CryptoError:
+            pt = self._recv_aead.decrypt(_COUNTER.pack(self._recv_ctr), body, None)
+        except InvalidTag:
             if not self._received_any and self.role is ConnectionRole.INITIATOR:
                 # The responder may refuse our Auth after we considered the session
                 # open; its HandshakeReject then arrives in place of the first record.
@@ -449,6 +458,7 @@ class SecureConnection:
     def _close(self) -> None:
         self.state = ConnectionState.CLOSED
         self._send_key = self._recv_key = self._eph_secret = b""
+        self._send_aead = self._recv_aead = None
 
 
 class _VersionMismatch(MalformedMessage):

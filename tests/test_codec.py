@@ -400,3 +400,19 @@ def test_encode_refuses_unregistered_values() -> None:
         encode(NotRegistered(1))
     with pytest.raises(LocalProtocolError):
         encode_value(NotRegistered(1))
+
+
+def test_encode_refuses_a_mistyped_field_on_the_sending_side() -> None:
+    """A value of the wrong type fails at encode (our fault), not at the peer's decode."""
+    ref = ChunkRef(b"\x01" * 32, 10)
+    bad = dataclasses.replace(ref)
+    object.__setattr__(bad, "size", "10")  # bypass __post_init__: a caller bug
+    with pytest.raises(LocalProtocolError, match="expected int"):
+        _codec.encode_value(bad)
+    object.__setattr__(bad, "size", True)  # bool is not an int on the wire
+    with pytest.raises(LocalProtocolError, match="expected int"):
+        _codec.encode_value(bad)
+    object.__setattr__(bad, "size", 10)
+    object.__setattr__(bad, "hash", bytearray(b"\x01" * 32))
+    with pytest.raises(LocalProtocolError, match="expected bytes"):
+        _codec.encode_value(bad)

@@ -456,3 +456,42 @@ def test_rechoke_after_a_slot_holder_cancelled_everything() -> None:
     assert up.cancel("a", _h(2))
     up.on_timer(1.0)
     assert up.slot_holders() == {"b"}
+
+
+def test_peer_left_waiting_a_whole_interval_is_told_busy() -> None:
+    from protocol._swarm_uploads import UploadScheduler
+
+    cfg = SwarmConfig(upload_slots=1, optimistic_slots=0, upload_rate=1000.0,
+                      rate_burst=0.001, rechoke_interval=2.0)
+    up = UploadScheduler(cfg, random.Random(1), now=0.0)
+    for i in range(10):
+        up.enqueue("a", _h(i), 1000, 1, 0.0)
+    up.enqueue("b", _h(50), 1000, 1, 0.0)
+    up.enqueue("c", _h(60), 1000, 1, 0.0)
+    up.pump(0.0)
+    assert up.take_rejected() == []
+    up.on_timer(2.0)   # one of b, c takes a's slot; a's older requests and the other's: busy
+    holders, rejected = up.slot_holders(), up.take_rejected()
+    assert len(holders) == 1 and "a" not in holders
+    other = ("c", _h(60)) if "b" in holders else ("b", _h(50))
+    assert sorted(rejected) == sorted([("a", _h(i)) for i in range(1, 10)] + [other])
+    assert up.queued == 1
+
+
+def test_busy_reject_moves_the_request_elsewhere_without_blame() -> None:
+    refs, _ = make_key("b", 1)
+    cfg = SwarmConfig(endgame_chunks=0, max_peer_failures=1)
+    eng = SwarmEngine(node_id=node_id(0), config=cfg, rng=random.Random(4),
+                      held=set(), lookup={KEY: refs}.get, verifier=cheap_verifier)
+    for p in (1, 2):
+        eng.peer_connected(node_id(p), 0.0)
+    eng.want(KEY, TransferPriority.NORMAL, 0.0)
+    for p in (1, 2):
+        eng.receive(node_id(p), HaveSet(KEY, 1, b"\x80"), 0.0)
+    (first,) = [o for o in eng.take_outputs()
+                if isinstance(o, SendMessage) and isinstance(o.message, Request)]
+    eng.receive(first.peer, Reject(refs[0].hash, False), 0.5)
+    (second,) = [o for o in eng.take_outputs()
+                 if isinstance(o, SendMessage) and isinstance(o.message, Request)]
+    assert second.peer != first.peer
+    assert eng.statistics().dropped_peers == ()
