@@ -216,6 +216,10 @@ def _register_models(sub: Any, common: argparse.ArgumentParser) -> None:
 #: Functions that add subcommands; later issues append theirs.
 REGISTRARS: list[Registrar] = [_register_keys, _register_models]
 
+from ._cli_daemon import register as _register_daemon  # noqa: E402  (daemon, fleet, peers...)
+
+REGISTRARS.append(_register_daemon)
+
 
 def build_parser(registrars: Sequence[Registrar] | None = None) -> argparse.ArgumentParser:
     # the shared options work before or after the subcommand: the subparsers'

@@ -18,10 +18,9 @@ class GossipConfig:
     fanout: int = 3                # peers contacted per round
     jitter: float = 0.1            # fraction of interval, drawn from the injected rng
     max_delta_bytes: int = 256 * 1024   # a delta larger than this is split
-    suspect_after: float = 10.0    # seconds of silence before a peer is suspected
-    unreachable_after: float = 30.0  # seconds before a node is declared unreachable
-    min_suspecting_peers: int = 2  # distinct peers that must also have lost it
-    heartbeat_every: int = 5       # rounds between heartbeat writes of the own record
+    suspect_after: float = 10.0    # seconds a direct peer may stay silent before it is suspected
+    unreachable_after: float = 30.0  # seconds of silence before a suspected node is unreachable
+    min_suspecting_peers: int = 2  # distinct peers that must suspect it
     record_min_interval: float = 1.0  # seconds between progress-only writes of the own record
 
 
@@ -42,6 +41,14 @@ class SwarmConfig:
     endgame_fanout: int = 2            # most peers asked for one chunk during endgame
     max_queued_per_peer: int = 32      # upload requests queued per peer before "busy"
     max_peer_failures: int = 16        # consecutive unanswered requests before a peer is dropped
+    # --- issue 4: link-sized pipelines, super-seeding, tail-only endgame (docs/SWARM.md) ---
+    min_requests_per_peer: int = 2     # floor of the adaptive per-peer pipeline (bandwidth x delay)
+    redirect_window: float = 5.0       # a repeat request for a chunk uploaded this recently is
+    #                                    redirected while never-uploaded chunks remain; 0 = off
+    redirect_backoff: float = 1.0      # a redirected peer re-asks the redirector after this long
+    endgame_fraction: float = 0.02     # endgame only for the last max(1, this x chunks) chunks
+    endgame_age: float = 3.0           # ... and only for requests older than this many times
+    #                                    their peer's expected answer time
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,15 @@ degraded), *failed*, *in progress* (downloading or loading that version) or
 ``now``, for the time estimate), every node holding the same ledger reports
 the same status.
 
-A node is *unreachable* when at least ``min_suspecting`` other nodes list it
-in the ``suspects`` of their own records (each node suspects the nodes whose
-records stopped advancing for ``unreachable_after`` seconds, see the gossip
-engine); in a fleet too small for that, every other node must suspect it.
-Unreachable nodes in scope get a ``network_partition`` blocker.
+A node ``x`` is *unreachable* when at least ``min_suspecting`` other nodes list
+it in the ``suspects`` of their own records (each node suspects the *direct*
+peers it has not heard from for ``suspect_after`` seconds, see the gossip
+engine), every one of those suspicions is newer than ``x``'s latest record
+(it names ``x``'s current record counter: a record ``x`` wrote since refutes
+it), and that state has lasted ``unreachable_after`` seconds (measured from
+when the silences began). In a fleet too small for ``min_suspecting``, every
+other node must suspect it. Unreachable nodes in scope get a
+``network_partition`` blocker.
 
 ``estimated_completion`` (seconds from ``now``): each transferring node's
 observed rate ``bytes_done / (updated_at - started_at)`` gives its remaining
@@ -77,14 +81,26 @@ class ModelConvergenceStatus:
         return self.converged / self.total_platforms
 
 
-def unreachable_nodes(records: Mapping[str, NodeRecord], min_suspecting: int) -> set[str]:
-    votes: dict[str, int] = {}
+def unreachable_nodes(records: Mapping[str, NodeRecord], counters: Mapping[str, int],
+                      min_suspecting: int, unreachable_after: float, now: float) -> set[str]:
+    """Nodes the fleet has lost: see the module docstring.
+
+    A suspicion of ``x`` counts when it names ``x``'s current record counter (or a
+    newer one): a record ``x`` wrote after the suspicion began refutes it. ``x`` is
+    unreachable once ``need`` suspicions count and the ``need``-th oldest silence
+    began at least ``unreachable_after`` seconds before ``now``."""
+    since: dict[str, list[float]] = {}
     for origin, rec in records.items():
         for s in rec.suspects:
-            if s != origin:
-                votes[s] = votes.get(s, 0) + 1
+            if s.node_id != origin and s.node_id in records and (
+                    s.counter >= counters.get(s.node_id, 0)):
+                since.setdefault(s.node_id, []).append(s.since)
     need = max(1, min(min_suspecting, len(records) - 1))
-    return {n for n, v in votes.items() if v >= need and n in records}
+    out: set[str] = set()
+    for node, times in since.items():
+        if len(times) >= need and now - sorted(times)[need - 1] >= unreachable_after:
+            out.add(node)
+    return out
 
 
 def compute_convergence(model_id: str, version: str, intents: Iterable[Intent],

@@ -6,39 +6,56 @@ Every ``interval`` (plus up to ``jitter`` x interval drawn from the injected
 rng) the engine picks ``fanout`` random connected peers and sends each a
 :class:`GossipSummary`: a 16-byte hash of its version vector. That is the
 whole cost of a quiet fleet: a peer whose vector hashes the same stays silent.
-When the hashes differ the peer answers with its full :class:`GossipDigest`
-(node ids as 16 raw bytes, ``reply=True``); we answer with the
-:class:`GossipDelta` pieces it lacks (each at most ``max_delta_bytes`` of
-entries) plus our own digest (``reply=False``), and it sends back what we lack.
-So one round is push-pull (Karp et al.): information spreads in about
-``log3 N + ln ln N`` rounds.
 
-Failure detection is indirect and slow on purpose. Each round the engine
-notes, for every node in the ledger, when that node's record counter last
-advanced (nodes write a heartbeat into their record every ``heartbeat_every``
-rounds, and records travel by gossip through any path, so one flaky link does
-not matter). A node silent for ``unreachable_after`` seconds is listed in our
-own record's ``suspects``; it counts as unreachable only once
-``min_suspecting_peers`` records list it (see ``_convergence``).
+When the hashes differ, the cost is kept proportional to the *difference*,
+not to the fleet. In a small fleet (fewer than ``BUCKETS_FROM`` origins) the
+peer answers with its whole :class:`GossipDigest` (node ids as 16 raw bytes,
+``reply=True``). In a larger one it answers with :class:`GossipBuckets`: the
+vector cut into ``2**bits`` buckets by the leading bits of the origin id
+(about ``BUCKET_TARGET`` origins each), one 8-byte hash per bucket. The
+initiator compares them with its own and sends a digest of only the
+differing buckets; from then on both sides exchange vector entries and
+deltas for those buckets only (``Ledger.delta_since(..., only=...)``). We
+answer a digest with the :class:`GossipDelta` pieces the peer lacks (each at
+most ``max_delta_bytes`` of entries) plus our own digest (``reply=False``), and
+the peer sends back what we lack. One round is push-pull (Karp et al.):
+information spreads in about ``log3 N + ln ln N`` rounds.
+
+Failure detection is local and event-driven: nothing is written while the
+fleet is quiet. The engine remembers when it last *heard from* each direct
+peer (session opened, or any message received). A peer silent for more than
+``suspect_after`` seconds (disconnected, crashed, or hung) becomes a
+:class:`~._ledger.Suspicion` — with the peer's record counter at that moment
+and the time the silence began — and the node rewrites its own record only
+when that set changes. So a link that drops and comes back within
+``suspect_after`` changes nothing. To keep silence meaningful on a healthy
+session, a round also sends a summary to every peer not contacted for
+``suspect_after / 3`` seconds (25 bytes, no answer when in sync). Whether a
+node counts as unreachable is decided by every reader from the records
+(``_convergence.unreachable_nodes``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import blake3
 
 from ._codec import encode, message
 from ._config import GossipConfig
 from ._errors import InvalidValue, MalformedMessage
 from ._events import Output, SendMessage
 from ._hlc import vv_from_wire, vv_hash, vv_to_wire
-from ._ledger import Entry, Ledger, MergeResult
+from ._ledger import Entry, Ledger, MergeResult, Suspicion, entry_size
 
 if TYPE_CHECKING:
     import random
 
-__all__ = ["GossipSummary", "GossipDigest", "GossipDelta", "GossipStatistics", "GossipEngine"]
+__all__ = ["GossipSummary", "GossipDigest", "GossipDelta", "GossipBuckets",
+           "GossipStatistics", "GossipEngine", "bucket_bits", "bucket_of", "bucket_hashes",
+           "wire_size"]
 
 
 @message(20)
@@ -51,8 +68,13 @@ class GossipSummary:
 @message(21)
 @dataclass(frozen=True, slots=True)
 class GossipDigest:
+    """Vector entries: the whole vector (``bits == 0``, no buckets) or only the
+    origins of ``buckets`` (bucket = leading ``bits`` bits of the origin id)."""
+
     vv: dict[bytes, int]
     reply: bool
+    bits: int
+    buckets: tuple[int, ...]
 
 
 @message(22)
@@ -62,7 +84,84 @@ class GossipDelta:
     ranges: dict[bytes, tuple[int, int]]
 
 
-_TYPES = (GossipSummary, GossipDigest, GossipDelta)
+@message(23)
+@dataclass(frozen=True, slots=True)
+class GossipBuckets:
+    """The sender's vector as ``2**bits`` bucket hashes (8 bytes each, concatenated)."""
+
+    bits: int
+    hashes: bytes
+
+
+_TYPES = (GossipSummary, GossipDigest, GossipDelta, GossipBuckets)
+_Msg = GossipSummary | GossipDigest | GossipDelta | GossipBuckets
+
+BUCKETS_FROM = 64        # origins from which a mismatch goes through bucket hashes
+BUCKET_TARGET = 16       # origins per bucket aimed at
+MAX_BITS = 12
+
+
+def bucket_bits(origins: int) -> int:
+    """How many leading id bits pick the bucket for a vector of ``origins`` entries."""
+    bits = 0
+    while bits < MAX_BITS and (origins >> bits) > BUCKET_TARGET:
+        bits += 1
+    return bits
+
+
+_PREFIX: dict[str, int] = {}
+
+
+def bucket_of(origin: str, bits: int) -> int:
+    """The bucket of ``origin``: the leading ``bits`` bits of its id."""
+    p = _PREFIX.get(origin)
+    if p is None:
+        if len(_PREFIX) > 1 << 16:
+            _PREFIX.clear()
+        p = _PREFIX[origin] = int(origin[:4], 16)
+    return p >> (16 - bits)
+
+
+def bucket_hashes(vv: Mapping[str, int], bits: int) -> bytes:
+    """One 8-byte hash per bucket, concatenated in bucket order."""
+    parts: list[list[str]] = [[] for _ in range(1 << bits)]
+    for origin, c in vv.items():
+        if c > 0:
+            parts[bucket_of(origin, bits)].append(origin)
+    out = bytearray()
+    for part in parts:
+        h = blake3.blake3()
+        for origin in sorted(part):
+            h.update(bytes.fromhex(origin) + vv[origin].to_bytes(8, "big"))
+        out += h.digest(8)
+    return bytes(out)
+
+
+_SIZE_MEMO: dict[int, tuple[object, int]] = {}
+_SIZE_MEMO_LIMIT = 8192
+
+
+def wire_size(msg: object) -> int:
+    """``len(encode(msg))``, remembered per message object (messages are immutable).
+
+    A sender counts what it sends and a receiver what it receives; when both live
+    in one process (the simulator) the same object is encoded once, not three
+    times. The memo holds a reference, so an id is never reused while cached."""
+    hit = _SIZE_MEMO.get(id(msg))
+    if hit is not None and hit[0] is msg:
+        return hit[1]
+    if isinstance(msg, GossipDelta):
+        # the entries' encodings are known to the ledger: add them up instead of
+        # encoding again (msgpack nests an array's items verbatim)
+        n = len(msg.entries)
+        size = (len(encode(GossipDelta((), msg.ranges))) - 1
+                + (1 if n < 16 else 3 if n < 65536 else 5) + sum(map(entry_size, msg.entries)))
+    else:
+        size = len(encode(msg))
+    if len(_SIZE_MEMO) >= _SIZE_MEMO_LIMIT:
+        _SIZE_MEMO.clear()
+    _SIZE_MEMO[id(msg)] = (msg, size)
+    return size
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +175,11 @@ class GossipStatistics:
     entries_received: int
     entries_added: int
     entries_rejected: int
+    full_digests_sent: int         # whole-vector digests (small fleets)
+    bucket_exchanges: int          # mismatches resolved through bucket hashes
+    keepalives_sent: int           # summaries sent only so a peer hears from us
+    suspects: int                  # direct peers suspected now
+    suspicion_changes: int         # times the suspected set changed
 
 
 class GossipEngine:
@@ -89,18 +193,31 @@ class GossipEngine:
         self._outputs: list[Output] = []
         self._next_round = now + self._rng.uniform(0, config.interval)
         self._rounds = 0
-        self._heard: dict[str, tuple[int, float]] = {}   # node -> (record counter, when)
+        self._heard: dict[str, float] = {}          # direct peer -> last heard from
+        self._last_sent: dict[str, float] = {}      # direct peer -> last message to it
+        self._suspected: dict[str, Suspicion] = {}
+        self._changes = 0
+        self._own_seen = -1     # highest own counter a peer's digest showed (restart gap)
+        self._hash_cache: tuple[int, bytes, int] = (-1, b"", 0)   # generation, hash, origins
+        self._bucket_cache: dict[int, tuple[int, bytes]] = {}     # bits -> (generation, hashes)
         self._sent = self._recv = self._bytes_sent = self._bytes_recv = 0
         self._in_sync = self._entries_recv = self._entries_added = self._rejected = 0
+        self._full = self._bucketed = self._keepalives = 0
 
     # ------------------------------------------------------------------ peers
     def peer_connected(self, peer: str, now: float) -> None:
         self.peers.add(peer)
-        self._send(peer, GossipSummary(vv_hash(self.ledger.version_vector),
-                                       len(self.ledger.version_vector)))
+        self._heard[peer] = now
+        self._send(peer, self._summary(), now)
 
     def peer_disconnected(self, peer: str, now: float) -> None:
         self.peers.discard(peer)
+        self._last_sent.pop(peer, None)
+
+    def heard(self, peer: str, now: float) -> None:
+        """Any message from ``peer`` (gossip or not) proves it alive."""
+        if peer in self.peers and self._heard.get(peer, -1e18) < now:
+            self._heard[peer] = now
 
     # ------------------------------------------------------------------ timers
     def next_deadline(self) -> float:
@@ -116,34 +233,41 @@ class GossipEngine:
         self._rounds += 1
         jitter = self._rng.uniform(0, self.config.jitter * self.config.interval)
         self._next_round = now + self.config.interval + jitter
-        self.observe(now)
         peers = sorted(self.peers)
         chosen = self._rng.sample(peers, min(self.config.fanout, len(peers)))
-        vv = self.ledger.version_vector
-        summary = GossipSummary(vv_hash(vv), len(vv))
+        summary = self._summary()
         for p in chosen:
-            self._send(p, summary)
+            self._send(p, summary, now)
+        keepalive = self.config.suspect_after / 3
+        for p in peers:
+            if now - self._last_sent.get(p, -1e18) >= keepalive:
+                self._keepalives += 1
+                self._send(p, summary, now)
         return True
 
     @property
     def rounds(self) -> int:
         return self._rounds
 
-    def heartbeat_due(self) -> bool:
-        return self._rounds % max(1, self.config.heartbeat_every) == 0
-
     # ------------------------------------------------------------------ failure detection
-    def observe(self, now: float) -> None:
-        for node in self.ledger.records():
-            c = self.ledger.record_counter(node)
-            seen = self._heard.get(node)
-            if seen is None or seen[0] != c:
-                self._heard[node] = (c, now)
+    def update_suspicions(self, now: float) -> bool:
+        """Re-evaluate which direct peers are silent; True when the set changed."""
+        limit = self.config.suspect_after
+        changed = False
+        for peer, t in self._heard.items():
+            silent = now - t > limit
+            if silent and peer not in self._suspected:
+                self._suspected[peer] = Suspicion(peer, self.ledger.record_counter(peer), t)
+                changed = True
+            elif not silent and peer in self._suspected:
+                del self._suspected[peer]
+                changed = True
+        if changed:
+            self._changes += 1
+        return changed
 
-    def suspects(self, now: float) -> tuple[str, ...]:
-        limit = self.config.unreachable_after
-        return tuple(sorted(n for n, (_, t) in self._heard.items()
-                            if n != self.node_id and now - t > limit))
+    def suspects(self) -> tuple[Suspicion, ...]:
+        return tuple(self._suspected[p] for p in sorted(self._suspected))
 
     # ------------------------------------------------------------------ messages
     def handles(self, msg: object) -> bool:
@@ -152,23 +276,49 @@ class GossipEngine:
     def receive(self, peer: str, msg: object, now: float) -> MergeResult | None:
         """Handle a gossip message; returns the merge result when entries arrived."""
         self._recv += 1
+        self.heard(peer, now)
         if isinstance(msg, _TYPES):
-            self._bytes_recv += len(encode(msg))   # what the message costs on the wire
+            self._bytes_recv += wire_size(msg)   # what the message costs on the wire
         if isinstance(msg, GossipSummary):
-            vv = self.ledger.version_vector
-            if msg.vv_hash == vv_hash(vv):
+            own = self._summary()
+            if msg.vv_hash == own.vv_hash:
                 self._in_sync += 1
+                return None
+            origins = max(msg.origins, own.origins)
+            if origins < BUCKETS_FROM:
+                self._full += 1
+                self._send(peer, GossipDigest(vv_to_wire(self.ledger.version_vector), True,
+                                              0, ()), now)
             else:
-                self._send(peer, GossipDigest(vv_to_wire(vv), True))
+                bits = bucket_bits(origins)
+                self._send(peer, GossipBuckets(bits, self._buckets(bits)), now)
+            return None
+        if isinstance(msg, GossipBuckets):
+            if not 0 <= msg.bits <= MAX_BITS or len(msg.hashes) != 8 << msg.bits:
+                raise MalformedMessage("bucket hashes must be 8 bytes for each of 2**bits "
+                                       f"buckets, bits <= {MAX_BITS}")
+            mine = self._buckets(msg.bits)
+            diff = tuple(i for i in range(1 << msg.bits)
+                         if mine[8 * i:8 * i + 8] != msg.hashes[8 * i:8 * i + 8]
+                         or (self.ledger.has_gap(self.node_id)
+                             and i == bucket_of(self.node_id, msg.bits)))
+            if diff:
+                self._bucketed += 1
+                self._send(peer, GossipDigest(self._partial_vv(msg.bits, diff), True,
+                                              msg.bits, diff), now)
             return None
         if isinstance(msg, GossipDigest):
             try:
                 their = vv_from_wire(msg.vv)
             except InvalidValue as exc:
                 raise MalformedMessage(f"bad digest: {exc}") from None
-            self._send_delta(peer, their)
+            only = self._only(msg.bits, msg.buckets)
+            self._learn_own(their, only is None or only(self.node_id))
+            self._send_delta(peer, their, only, now)
             if msg.reply:
-                self._send(peer, GossipDigest(vv_to_wire(self.ledger.version_vector), False))
+                vv = (vv_to_wire(self.ledger.version_vector) if only is None
+                      else self._partial_vv(msg.bits, msg.buckets))
+                self._send(peer, GossipDigest(vv, False, msg.bits, msg.buckets), now)
             return None
         if isinstance(msg, GossipDelta):
             ranges: dict[str, tuple[int, int]] = {}
@@ -177,23 +327,66 @@ class GossipEngine:
                     raise MalformedMessage("a delta range origin is 16 bytes")
                 ranges[k.hex()] = r
             result = self.ledger.merge_entries(msg.entries, ranges)
+            self._learn_own({}, False)
             self._entries_recv += len(msg.entries)
             self._entries_added += len(result.added)
             self._rejected += sum(result.rejected.values())
             return result
         raise MalformedMessage(f"not a gossip message: {type(msg).__name__}")
 
-    def _send_delta(self, peer: str, their: Mapping[str, int]) -> None:
-        if not self.ledger.missing_for(their):
-            return
-        for piece in self.ledger.delta_since(their, self.config.max_delta_bytes):
-            ranges = {bytes.fromhex(o): r for o, r in piece.ranges.items()}
-            self._send(peer, GossipDelta(piece.entries, ranges))
+    def _only(self, bits: int, buckets: tuple[int, ...]) -> Callable[[str], bool] | None:
+        if bits == 0 and not buckets:
+            return None
+        if not 0 < bits <= MAX_BITS or any(not 0 <= b < (1 << bits) for b in buckets):
+            raise MalformedMessage(f"a partial digest names buckets of 1..{MAX_BITS} bits")
+        wanted = frozenset(buckets)
+        return lambda origin: bucket_of(origin, bits) in wanted
 
-    def _send(self, peer: str, msg: GossipSummary | GossipDigest | GossipDelta) -> None:
+    def _partial_vv(self, bits: int, buckets: tuple[int, ...]) -> dict[bytes, int]:
+        wanted = frozenset(buckets)
+        return {bytes.fromhex(o): c for o, c in self.ledger.version_vector.items()
+                if c > 0 and bucket_of(o, bits) in wanted}
+
+    def _summary(self) -> GossipSummary:
+        gen = self.ledger.vv_generation
+        if self._hash_cache[0] != gen:
+            vv = self.ledger.version_vector
+            self._hash_cache = (gen, vv_hash(vv), len(vv))
+        h = self._hash_cache[1]
+        if self.ledger.has_gap(self.node_id):   # never "in sync" before the gap closes
+            h = blake3.blake3(b"restart-gap" + self.node_id.encode() + h).digest(16)
+        return GossipSummary(h, self._hash_cache[2])
+
+    def _learn_own(self, their: Mapping[str, int], covered: bool) -> None:
+        """A peer showed its vector entry for us: once we hold all it knows of our
+        own origin, close the restart gap (see ``Ledger.open_gap``)."""
+        if covered and self.ledger.has_gap(self.node_id):
+            self._own_seen = max(self._own_seen, their.get(self.node_id, 0))
+        if (self._own_seen >= 0 and self.ledger.has_gap(self.node_id)
+                and self.ledger.version_vector.get(self.node_id, 0) >= self._own_seen):
+            self.ledger.close_gap(self.node_id)
+
+    def _buckets(self, bits: int) -> bytes:
+        gen = self.ledger.vv_generation
+        cached = self._bucket_cache.get(bits)
+        if cached is None or cached[0] != gen:
+            cached = self._bucket_cache[bits] = (gen, bucket_hashes(
+                self.ledger.version_vector, bits))
+        return cached[1]
+
+    def _send_delta(self, peer: str, their: Mapping[str, int],
+                    only: Callable[[str], bool] | None, now: float) -> None:
+        if not self.ledger.missing_for(their, only):
+            return
+        for piece in self.ledger.delta_since(their, self.config.max_delta_bytes, only):
+            ranges = {bytes.fromhex(o): r for o, r in piece.ranges.items()}
+            self._send(peer, GossipDelta(piece.entries, ranges), now)
+
+    def _send(self, peer: str, msg: _Msg, now: float) -> None:
         self._outputs.append(SendMessage(peer, msg))
+        self._last_sent[peer] = now
         self._sent += 1
-        self._bytes_sent += len(encode(msg))
+        self._bytes_sent += wire_size(msg)
 
     def take_outputs(self) -> list[Output]:
         out, self._outputs = self._outputs, []
@@ -202,4 +395,6 @@ class GossipEngine:
     def statistics(self) -> GossipStatistics:
         return GossipStatistics(self._rounds, self._sent, self._recv, self._bytes_sent,
                                 self._bytes_recv, self._in_sync, self._entries_recv,
-                                self._entries_added, self._rejected)
+                                self._entries_added, self._rejected, self._full,
+                                self._bucketed, self._keepalives, len(self._suspected),
+                                self._changes)

@@ -41,7 +41,7 @@ never merged, and the vector of its origin does not move in that batch.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from ._capabilities import Capabilities
@@ -63,6 +63,7 @@ from ._types import BlockerReason, ModelOperationalStatus
 
 __all__ = [
     "ModelState",
+    "Suspicion",
     "NodeRecord",
     "EntryKind",
     "Entry",
@@ -70,6 +71,7 @@ __all__ = [
     "MergeResult",
     "LedgerStatistics",
     "Ledger",
+    "entry_size",
 ]
 
 
@@ -98,6 +100,20 @@ class ModelState:
 
 @struct
 @dataclass(frozen=True, slots=True)
+class Suspicion:
+    """A direct peer this node has not heard from for ``suspect_after`` seconds.
+
+    ``counter`` is the peer's record counter this node held when the suspicion
+    began: a newer record of the peer makes the suspicion stale (the peer spoke
+    since). ``since`` is when the silence began (the suspecting node's ``now``)."""
+
+    node_id: str
+    counter: int
+    since: float
+
+
+@struct
+@dataclass(frozen=True, slots=True)
 class NodeRecord:
     """What a node says about itself. Only its owner writes it."""
 
@@ -106,7 +122,7 @@ class NodeRecord:
     capabilities: Capabilities | None
     address: str
     models: tuple[ModelState, ...]     # sorted by model id
-    suspects: tuple[str, ...]          # node ids this node has not heard of for long
+    suspects: tuple[Suspicion, ...]    # direct peers silent for long, by node id
     written_at: float
 
     def model(self, model_id: str) -> ModelState | None:
@@ -194,7 +210,7 @@ class Entry:
     def verify(self, trust: FleetTrust) -> None:
         """Raise a RemoteProtocolError unless the entry and its payload check out."""
         trust.check(self.origin_key, Role.NODE)
-        verify_signature(self.origin_key, canonical(self._body()), self.signature)
+        verify_signature(self.origin_key, _encoded(self)[0], self.signature)
         if self.intent is not None:
             self.intent.verify(trust)
         elif self.manifest is not None:
@@ -203,6 +219,29 @@ class Entry:
             self.certificate.verify(trust.root_key, trust.fleet_id)
         elif self.revocation is not None:
             self.revocation.verify(trust.root_key, trust.fleet_id)
+
+
+_MEMO: dict[int, tuple[Entry, bytes, int]] = {}
+_MEMO_LIMIT = 65536
+
+
+def _encoded(e: Entry) -> tuple[bytes, int]:
+    """(canonical signed body, encoded size) of an entry, remembered per object.
+
+    Entries are immutable and one object is often checked and sized by many
+    ledgers in one process (the simulator); the memo holds a reference, so an id
+    is never reused while cached."""
+    hit = _MEMO.get(id(e))
+    if hit is None or hit[0] is not e:
+        if len(_MEMO) >= _MEMO_LIMIT:
+            _MEMO.clear()
+        hit = _MEMO[id(e)] = (e, canonical(e._body()), len(encode_value(e)))
+    return hit[1], hit[2]
+
+
+def entry_size(e: Entry) -> int:
+    """Encoded size of an entry (as a struct inside a message)."""
+    return _encoded(e)[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +288,8 @@ class Ledger:
         self._vv: VersionVector = {}
         self._sizes: dict[tuple[str, int], int] = {}
         self._rejected: dict[str, int] = {}
+        self._generation = 0                    # bumped whenever the vector moves
+        self._gaps: set[str] = set()            # own origins whose history is unknown
         self._duplicates = 0
         self._intents: dict[str, Intent] = {}
         self._manifests: dict[str, Manifest] = {}
@@ -257,6 +298,15 @@ class Ledger:
     @property
     def version_vector(self) -> VersionVector:
         return dict(self._vv)
+
+    @property
+    def vv_generation(self) -> int:
+        """Changes whenever the version vector changes (for caching digests of it)."""
+        return self._generation
+
+    def top_counter(self, origin: str) -> int:
+        """The highest counter of ``origin`` this ledger holds or has covered."""
+        return max(self._top.get(origin, 0), self._vv.get(origin, 0))
 
     def entries(self) -> Iterator[Entry]:
         for key in sorted(self._entries):
@@ -318,15 +368,39 @@ class Ledger:
             rejected=dict(self._rejected), duplicates=self._duplicates)
 
     # ------------------------------------------------------------------ local writes
-    def append(self, origin: SigningIdentity, payload: object) -> Entry:
-        """Stamp ``payload`` with ``origin``'s next counter, sign, and merge it."""
+    def append(self, origin: SigningIdentity, payload: object, floor: int = 0) -> Entry:
+        """Stamp ``payload`` with ``origin``'s next counter, sign, and merge it.
+
+        The counter is above everything this ledger holds for ``origin`` and at
+        least ``floor``: a node passes its wall clock in milliseconds, so a node
+        that restarts with an empty ledger still writes above its earlier life."""
         me = origin.key_id
-        counter = max(self._top.get(me, 0), self._vv.get(me, 0)) + 1
+        counter = max(self.top_counter(me) + 1, floor)
         entry = Entry.create(origin, counter, payload)
-        result = self.merge_entries([entry], {me: (self._vv.get(me, 0), counter)})
+        claim = {} if me in self._gaps else {me: (self._vv.get(me, 0), counter)}
+        result = self.merge_entries([entry], claim)
         if result.errors:
             raise InvalidValue(f"local ledger write refused: {result.errors[0]}")
         return entry
+
+    # ------------------------------------------------------------------ restart gap
+    def open_gap(self, origin: str) -> None:
+        """``origin`` (this node) may have written entries in an earlier life that
+        this ledger does not hold: stop claiming its counters in the vector (so no
+        peer is told "nothing below is missing") until :meth:`close_gap`."""
+        self._gaps.add(origin)
+
+    def has_gap(self, origin: str) -> bool:
+        return origin in self._gaps
+
+    def close_gap(self, origin: str) -> None:
+        """A peer has shown all it knows of ``origin``: claim our own writes again."""
+        if origin in self._gaps:
+            self._gaps.discard(origin)
+            top = self.top_counter(origin)
+            if top > self._vv.get(origin, 0):
+                self._vv[origin] = top
+                self._generation += 1
 
     # ------------------------------------------------------------------ merging
     def merge(self, other: Ledger) -> MergeResult:
@@ -374,6 +448,7 @@ class Ledger:
             if origin not in bad and self._vv.get(origin, 0) >= since and upto > self._vv.get(
                     origin, 0):
                 self._vv[origin] = upto
+                self._generation += 1
         return MergeResult(tuple(added), rejected, tuple(errors))
 
     def _insert(self, origin: str, e: Entry) -> None:
@@ -395,18 +470,28 @@ class Ledger:
     def _size(self, key: tuple[str, int]) -> int:
         s = self._sizes.get(key)
         if s is None:
-            s = self._sizes[key] = len(encode_value(self._entries[key]))
+            s = self._sizes[key] = _encoded(self._entries[key])[1]
         return s
 
-    def missing_for(self, peer_vv: Mapping[str, int]) -> bool:
-        """Does this ledger hold anything a peer with ``peer_vv`` lacks?"""
-        return any(top > peer_vv.get(o, 0) for o, top in self._top.items())
+    def missing_for(self, peer_vv: Mapping[str, int],
+                    only: Callable[[str], bool] | None = None) -> bool:
+        """Does this ledger hold anything a peer with ``peer_vv`` lacks?
 
-    def delta_since(self, peer_vv: Mapping[str, int],
-                    max_bytes: int = 1 << 62) -> list[DeltaPiece]:
+        ``only`` restricts the question to the origins it accepts."""
+        return any(max(top, self._vv.get(o, 0)) > peer_vv.get(o, 0)
+                   for o, top in self._top.items() if only is None or only(o)) or any(
+            c > peer_vv.get(o, 0) for o, c in self._vv.items()
+            if o not in self._top and (only is None or only(o)))
+
+    def delta_since(self, peer_vv: Mapping[str, int], max_bytes: int = 1 << 62,
+                    only: Callable[[str], bool] | None = None) -> list[DeltaPiece]:
         """What a peer whose vector is ``peer_vv`` lacks, cut into pieces of at most
-        ``max_bytes`` of entries (a single larger entry travels alone)."""
-        keys = sorted(k for k in self._entries if k[1] > peer_vv.get(k[0], 0))
+        ``max_bytes`` of entries (a single larger entry travels alone).
+
+        ``only`` restricts the delta to the origins it accepts (the others are
+        neither shipped nor claimed)."""
+        keys = sorted(k for k in self._entries if k[1] > peer_vv.get(k[0], 0)
+                      and (only is None or only(k[0])))
         pieces: list[DeltaPiece] = []
         cur: list[Entry] = []
         cur_size = 0
@@ -433,7 +518,8 @@ class Ledger:
                 ranges[origin] = (ranges.get(origin, (since, 0))[0], upto)
             last[origin] = counter
         for origin, c in self._vv.items():   # vector moves with no entry to carry
-            if c > peer_vv.get(origin, 0) and origin not in last:
+            if c > peer_vv.get(origin, 0) and origin not in last and (
+                    only is None or only(origin)):
                 ranges[origin] = (peer_vv.get(origin, 0), c)
         close()
         return pieces

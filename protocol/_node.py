@@ -19,7 +19,17 @@ machine *reconciles* each model: it resolves the desired intent for itself
 A model whose desired intent disappears (cancelled) has its transfer dropped
 and returns to the version it runs. The node's own record is rewritten on
 every status change, at most every ``record_min_interval`` seconds for mere
-progress, and every ``heartbeat_every`` gossip rounds as a heartbeat.
+progress, when its set of suspected direct peers changes (see ``_gossip``),
+and to *refute* a suspicion: when a record arrives that suspects this node at
+its current record counter, the node (alive, since it reads it) writes a new
+record, which makes that suspicion stale. A quiet fleet writes nothing.
+
+Counters survive a restart without persistence: every own write is stamped
+at least the wall clock in milliseconds (``now``), so a node that comes back
+with an empty ledger writes above its earlier life; and when gossip brings an
+own entry with a higher counter (an older life's record, or a clock that went
+backwards), the ledger's next counter moves past it and the record is
+rewritten at once.
 """
 
 from __future__ import annotations
@@ -107,8 +117,11 @@ class NodeMachine:
                                  verifier=chunk_verifier or chunk_matches)
         if not trust.add_certificate(certificate):
             raise RemoteProtocolError("this node's certificate is not signed by the fleet root")
+        self._own_record = 0                     # counter of our latest record
+        if self.ledger.top_counter(self.node_id) == 0:
+            self.ledger.open_gap(self.node_id)   # an earlier life's entries may exist
         if not any(c.certificate == certificate for c in self.ledger.entries()):
-            self.ledger.append(identity, certificate)
+            self._append(certificate, now)
         self._write_record(now, urgent=True)
         self._reconcile(now)
 
@@ -123,6 +136,10 @@ class NodeMachine:
                 return v.chunk_refs()
         return None
 
+    def _append(self, payload: object, now: float) -> int:
+        """Write an own entry; counters never fall below the wall clock in ms."""
+        return self.ledger.append(self.identity, payload, floor=int(now * 1000)).counter
+
     def _set_state(self, model_id: str, now: float, **changes: object) -> None:
         old = self._states.get(model_id) or ModelState(model_id, "", "", _S.NOT_DEPLOYED)
         new = replace(old, **changes)  # type: ignore[arg-type]
@@ -136,8 +153,8 @@ class NodeMachine:
             return
         record = NodeRecord(self.name, self.formation, self.capabilities, "",
                             tuple(self._states[m] for m in sorted(self._states)),
-                            self.gossip.suspects(now), now)
-        self.ledger.append(self.identity, record)
+                            self.gossip.suspects(), now)
+        self._own_record = self._append(record, now)
         self._record_writes += 1
         self._last_write = now
         self._dirty = False
@@ -145,7 +162,7 @@ class NodeMachine:
     def _ensure_cert(self, key: bytes, role: Role, now: float) -> None:
         cert = self.trust.certificate(key, role)
         if cert is not None and not any(e.certificate == cert for e in self.ledger.entries()):
-            self.ledger.append(self.identity, cert)
+            self._append(cert, now)
 
     def _drop_transfer(self, model_id: str, now: float) -> None:
         key = self._transfers.pop(model_id, None)
@@ -272,7 +289,21 @@ class NodeMachine:
         self.swarm.peer_disconnected(peer, now)
         self._after_input(now)
 
+    def _must_rewrite(self, added: Iterable[object]) -> bool:
+        """After a merge: is our record shadowed (an older life's higher counter) or
+        suspected by a record that has seen our latest one?"""
+        if self.ledger.record_counter(self.node_id) != self._own_record:
+            return True
+        for e in added:
+            rec = getattr(e, "record", None)
+            if rec is not None and any(s.node_id == self.node_id
+                                       and s.counter >= self._own_record
+                                       for s in rec.suspects):
+                return True
+        return False
+
     def receive(self, peer: str, message: object, now: float) -> None:
+        self.gossip.heard(peer, now)
         try:
             if self.gossip.handles(message):
                 result = self.gossip.receive(peer, message, now)
@@ -280,6 +311,8 @@ class NodeMachine:
                     for e in result.added:
                         if e.intent is not None:
                             self.clock.observe(e.intent.stamp, now)
+                    if self._must_rewrite(result.added):
+                        self._write_record(now, urgent=True)
                     self._reconcile(now)
             elif self.swarm.handles(message):
                 self.swarm.receive(peer, message, now)
@@ -294,7 +327,7 @@ class NodeMachine:
     def on_timer(self, now: float) -> None:
         self.swarm.on_timer(now)
         self._update_progress(now)
-        if self.gossip.on_timer(now) and self.gossip.heartbeat_due():
+        if self.gossip.on_timer(now) and self.gossip.update_suspicions(now):
             self._write_record(now, urgent=True)
         elif self._dirty:
             self._write_record(now, urgent=False)
@@ -314,7 +347,7 @@ class NodeMachine:
         intent.verify(self.trust)
         self._ensure_cert(intent.issuer_key, Role.OPERATOR, now)
         if self.ledger.intent(intent.intent_id) is None:
-            self.ledger.append(self.identity, intent)
+            self._append(intent, now)
         self.clock.observe(intent.stamp, now)
         self._reconcile(now)
         self._after_input(now)
@@ -323,7 +356,7 @@ class NodeMachine:
         manifest.verify(self.trust)
         self._ensure_cert(manifest.publisher_key, Role.PUBLISHER, now)
         if self.ledger.manifest_by_id(manifest.manifest_id) is None:
-            self.ledger.append(self.identity, manifest)
+            self._append(manifest, now)
         self._reconcile(now)
         self._after_input(now)
 
@@ -343,10 +376,18 @@ class NodeMachine:
     def chunk_store_failed(self, chunk_hash: bytes, reason: BlockerReason, detail: str,
                            now: float) -> None:
         self.swarm.chunk_store_failed(chunk_hash, now)
-        for model_id in self._transfers:
-            self._set_state(model_id, now, blocker=reason, blocker_detail=detail,
-                            blocker_since=now)
-        self._write_record(now, urgent=True)
+        hit = False
+        for model_id, key in self._transfers.items():   # only models that want this chunk
+            refs = self._lookup(key)
+            if refs is not None and any(r.hash == chunk_hash for r in refs):
+                hit = True
+                self._set_state(model_id, now, blocker=reason, blocker_detail=detail,
+                                blocker_since=now)
+        if hit:
+            self._write_record(now, urgent=True)
+        else:
+            self._outputs.append(Notice("store_failed", f"chunk {chunk_hash.hex()[:16]}: "
+                                        f"{reason.value}: {detail}"))
         self._after_input(now)
 
     def chunk_missing(self, chunk_hash: bytes, now: float) -> None:
@@ -386,9 +427,12 @@ class NodeMachine:
 
     def convergence(self, model_id: str, version: str, now: float) -> ModelConvergenceStatus:
         records = self.ledger.records()
+        g = self.config.gossip
+        counters = {n: self.ledger.record_counter(n) for n in records}
+        lost = unreachable_nodes(records, counters, g.min_suspecting_peers,
+                                 g.unreachable_after, now)
         return compute_convergence(model_id, version, self.ledger.intents(), records,
-                                   self.trust, unreachable_nodes(
-                                       records, self.config.gossip.min_suspecting_peers), now)
+                                   self.trust, lost, now)
 
     def statistics(self) -> NodeStatistics:
         led = self.ledger.statistics()

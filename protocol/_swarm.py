@@ -42,6 +42,7 @@ ignored and counted. ``held`` grows only in :meth:`chunk_stored`.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -58,6 +59,7 @@ from ._swarm_messages import (
     Interested,
     NotInterested,
     Piece,
+    Redirect,
     Reject,
     Request,
     bitfield_indices,
@@ -130,6 +132,9 @@ class SwarmStatistics:
     upload_preemptions: int
     bad_have_messages: int
     store_failures: int
+    redirects_sent: int
+    redirects_received: int
+    preempted_requests: int
     dropped_peers: tuple[tuple[str, str], ...]   # (peer, reason)
 
 
@@ -205,7 +210,19 @@ class SwarmEngine:
              "cancels_sent", "pieces_received", "pieces_accepted", "corrupt_pieces",
              "unsolicited_pieces", "duplicate_pieces", "bytes_fetched", "bytes_duplicate",
              "bytes_reused", "uploads_served", "bytes_uploaded", "uploads_refused",
-             "bad_have_messages", "store_failures", "keys_completed"), 0)
+             "bad_have_messages", "store_failures", "keys_completed", "redirects_sent",
+             "redirects_received", "preempted_requests"), 0)
+        # link estimates per peer (download side): smallest request->piece time seen,
+        # smoothed time per piece while pipelined, last piece arrival
+        self._rtt_min: dict[str, float] = {}
+        self._service: dict[str, float] = {}
+        self._last_arrival: dict[str, float] = {}
+        self._depth_of: dict[str, int] = {}   # cache of _compute_depth
+        self._avoid: dict[str, dict[bytes, float]] = {}   # peer -> hash -> do not ask before
+        self._endgame_wake: float | None = None
+        # upload side: (peer, hash) redirected once -> when; never-uploaded positions per key
+        self._redirected: dict[tuple[str, bytes], float] = {}
+        self._unsent: dict[str, list[int]] = {}
 
     # ================================================================== helpers
 
@@ -330,6 +347,11 @@ class SwarmEngine:
             else:
                 del self._avail[h]
         self._stale.pop(peer, None)
+        self._avoid.pop(peer, None)
+        self._rtt_min.pop(peer, None)
+        self._depth_of.pop(peer, None)
+        self._service.pop(peer, None)
+        self._last_arrival.pop(peer, None)
         self._busy_until.pop(peer, None)
         interest = self._remote_interest.pop(peer, set())
         for key in interest:
@@ -346,6 +368,38 @@ class SwarmEngine:
                                     reason=BlockerReason.TRANSFER_FAILED))
         self._connected.discard(peer)
         self._forget_peer(peer)
+
+    def _depth(self, peer: str) -> int:
+        depth = self._depth_of.get(peer)
+        if depth is None:
+            depth = self._depth_of[peer] = self._compute_depth(peer)
+        return depth
+
+    def _compute_depth(self, peer: str) -> int:
+        """Requests to keep outstanding to ``peer``: its bandwidth x delay in chunks, i.e.
+        enough that the next request reaches it before it runs dry: ``rtt / service``
+        (the smallest request-to-piece time already includes one piece's service),
+        within ``[min_requests_per_peer, max_requests_per_peer]``. Unmeasured peers get
+        the floor (slow start)."""
+        cfg = self._config
+        lo = max(1, min(cfg.min_requests_per_peer, cfg.max_requests_per_peer))
+        service = self._service.get(peer)
+        rtt = self._rtt_min.get(peer)
+        if not service or rtt is None:
+            return lo
+        return max(lo, min(cfg.max_requests_per_peer, math.ceil(rtt / service)))
+
+    def _expected_answer(self, peer: str) -> float:
+        """Seconds a request to ``peer`` should take with its pipeline full."""
+        service = self._service.get(peer)
+        rtt = self._rtt_min.get(peer)
+        if not service or rtt is None:
+            return 0.5
+        return rtt + service * max(1, len(self._peer_out.get(peer, ())))
+
+    def _avoid_until(self, peer: str, chunk_hash: bytes, until: float) -> None:
+        table = self._avoid.setdefault(peer, {})
+        table[chunk_hash] = max(until, table.get(chunk_hash, until))
 
     def _failure(self, peer: str, now: float, what: str) -> None:
         n = self._failures.get(peer, 0) + 1
@@ -375,7 +429,26 @@ class SwarmEngine:
                 for peer in sorted(self._connected):
                     self._send(peer, Interested(key))
             self._check_complete(d)
+        self._preempt(d, now)
         self._schedule(now)
+
+    def _preempt(self, d: _Download, now: float) -> None:
+        """Cancel requests in flight for lower-priority keys to the peers that can serve
+        ``d``, so their pipelines carry ``d`` next. A cancelled piece that still arrives
+        is accepted (it is still needed) and the chunk is asked again later."""
+        if d.info is None or not d.missing:
+            return
+        for peer, out in self._peer_out.items():
+            if not (self._peer_has[peer] & d.missing):
+                continue
+            for h, rec in list(out.items()):
+                low = self._downloads.get(rec.key)
+                if low is None or low.priority >= d.priority or h in d.missing:
+                    continue
+                self._remove_request(peer, h, stale_at=now)
+                self._send(peer, Cancel(h))
+                self._c["cancels_sent"] += 1
+                self._c["preempted_requests"] += 1
 
     def drop(self, key: str, now: float) -> None:
         """Stop fetching ``key``: cancel its requests; chunks already stored stay."""
@@ -498,6 +571,8 @@ class SwarmEngine:
                 self._uploads.cancel(peer, message.chunk_hash)
         elif isinstance(message, Reject):
             self._on_reject(peer, message, now)
+        elif isinstance(message, Redirect):
+            self._on_redirect(peer, message, now)
 
     def _on_interested(self, peer: str, message: Interested) -> None:
         info = self._info(message.key)
@@ -529,6 +604,20 @@ class SwarmEngine:
             self._send(peer, Reject(h, True))
             self._c["uploads_refused"] += 1
             return
+        cfg = self._config
+        if (cfg.redirect_window > 0 and info is not None and uploads.copies(h) > 0
+                and uploads.uploaded_since(h, now - cfg.redirect_window)
+                and (peer, h) not in self._redirected
+                and (message.key not in self._downloads
+                     or self._downloads[message.key].completed)):
+            hints = self._hints(message.key, info, uploads)
+            if hints:
+                # Super-seeding: this chunk left here moments ago and is spreading; spend
+                # the uplink on chunks nobody else has instead. Asked again, we serve it.
+                self._redirected[(peer, h)] = now
+                self._send(peer, Redirect(message.key, h, hints))
+                self._c["redirects_sent"] += 1
+                return
         priority = min(max(message.priority, int(TransferPriority.LOW)),
                        int(TransferPriority.CRITICAL))
         if not uploads.enqueue(peer, h, size, priority, now):
@@ -536,6 +625,56 @@ class SwarmEngine:
             self._c["uploads_refused"] += 1
             return
         self._pump_uploads(now)
+
+    def _hints(self, key: str, info: _KeyInfo, uploads: UploadScheduler,
+               count: int = 4) -> tuple[int, ...]:
+        """Up to ``count`` random positions of ``key`` we hold and never uploaded."""
+        pool = self._unsent.get(key)
+        if pool is None:
+            pool = [i for i, ref in enumerate(info.refs)
+                    if info.index_of[ref.hash] == i and ref.hash in self._held
+                    and uploads.copies(ref.hash) == 0]
+            self._unsent[key] = pool
+        out: list[int] = []
+        tries = 0
+        while pool and len(out) < count and tries < 4 * count:
+            j = self._rng.randrange(len(pool))
+            i = pool[j]
+            h = info.refs[i].hash
+            if uploads.copies(h) or h not in self._held:
+                pool[j] = pool[-1]
+                pool.pop()
+                continue
+            tries += 1
+            if i not in out:
+                out.append(i)
+        return tuple(sorted(out))
+
+    def _on_redirect(self, peer: str, message: Redirect, now: float) -> None:
+        h = message.chunk_hash
+        if h not in self._peer_out[peer]:
+            return
+        self._c["redirects_received"] += 1
+        self._remove_request(peer, h, stale_at=None)
+        self._avoid_until(peer, h, now + self._config.redirect_backoff)
+        info = self._info(message.key)
+        if info is not None:
+            _, bucket = self._buckets(now)
+            for i in message.hints:
+                if i >= len(info.refs):
+                    self._c["bad_have_messages"] += 1
+                    continue
+                hint = info.refs[i].hash
+                self._has_add(peer, hint)
+                d = self._needing(hint)
+                if (d is None or d.info is None or hint in self._requests
+                        or hint in self._pending_store or hint in self._retry_after):
+                    continue
+                if len(self._peer_out[peer]) >= self._depth(peer):
+                    break
+                if self._issue(d, hint, {peer}, now, bucket) is None:
+                    break
+        self._schedule(now)
 
     def _on_reject(self, peer: str, message: Reject, now: float) -> None:
         h = message.chunk_hash
@@ -571,6 +710,8 @@ class SwarmEngine:
             self._count_duplicate(h, size)
             return
         key = asked.key if asked is not None else None
+        if asked is not None:
+            self._measure(peer, asked.sent_at, now)
         self._remove_request(peer, h, stale_at=None)
         self._failures[peer] = 0
         d = self._needing(h)
@@ -588,6 +729,21 @@ class SwarmEngine:
         self._outputs.append(StoreChunk(h, message.data))
         self._cancel_requests(h, now)   # endgame: the other copies are no longer needed
         self._schedule(now)
+
+    def _measure(self, peer: str, sent_at: float, now: float) -> None:
+        """Update ``peer``'s link estimate from a piece asked at ``sent_at``."""
+        took = now - sent_at
+        if took >= 0 and took < self._rtt_min.get(peer, math.inf):
+            self._rtt_min[peer] = took
+        self._depth_of.pop(peer, None)
+        last = self._last_arrival.get(peer)
+        self._last_arrival[peer] = now
+        # Only a piece asked for before the previous one arrived measures the link: the
+        # gap is then its serialisation, not a round trip the pipeline left idle.
+        gap = now - last if last is not None and sent_at < last else 0.0
+        if gap > 0:
+            old = self._service.get(peer)
+            self._service[peer] = gap if old is None else 0.75 * old + 0.25 * gap
 
     def _count_duplicate(self, chunk_hash: bytes, size: int, key: str | None = None) -> None:
         self._c["bytes_duplicate"] += size
@@ -610,11 +766,18 @@ class SwarmEngine:
             if peer not in self._connected or h not in self._peer_out.get(peer, {}):
                 continue
             self._remove_request(peer, h, stale_at=now)
+            self._avoid_until(peer, h, now + 2 * timeout)
             self._c["requests_timed_out"] += 1
             self._failure(peer, now, f"chunk {h.hex()[:16]} unanswered after {timeout:g}s")
         for stale in self._stale.values():
             for h in [h for h, t in stale.items() if t + 2 * timeout <= now]:
                 del stale[h]
+        for avoid in self._avoid.values():
+            for h in [h for h, t in avoid.items() if t <= now]:
+                del avoid[h]
+        window = self._config.redirect_window
+        for pair in [k for k, t in self._redirected.items() if t + 2 * window <= now]:
+            del self._redirected[pair]
         for h in [h for h, t in self._retry_after.items() if t <= now]:
             del self._retry_after[h]
         for peer in [p for p, t in self._busy_until.items() if t <= now]:
@@ -650,6 +813,11 @@ class SwarmEngine:
         for stale in self._stale.values():
             if stale:
                 deadlines.append(min(stale.values()) + 2 * timeout)
+        for avoid in self._avoid.values():
+            if avoid:
+                deadlines.append(min(avoid.values()))
+        if self._endgame_wake is not None:
+            deadlines.append(self._endgame_wake)
         deadlines.extend(self._retry_after.values())
         deadlines.extend(self._busy_until.values())
         for d in self._downloads.values():
@@ -682,8 +850,9 @@ class SwarmEngine:
         cfg = self._config
         if self._n_out >= cfg.max_requests_total:
             return
+        self._endgame_wake = None
         spare = {p for p in self._connected
-                 if len(self._peer_out[p]) < cfg.max_requests_per_peer
+                 if len(self._peer_out[p]) < self._depth(p)
                  and self._busy_until.get(p, now) <= now}
         if not spare:
             return
@@ -709,7 +878,7 @@ class SwarmEngine:
             if not cands:
                 break
             room = min(cfg.max_requests_total - self._n_out,
-                       sum(cfg.max_requests_per_peer - len(self._peer_out[p]) for p in spare))
+                       sum(self._depth(p) - len(self._peer_out[p]) for p in spare))
 
             def rarity(h: bytes) -> tuple[int, float]:
                 return (self._avail.get(h, 0), d.rank[h])
@@ -726,16 +895,30 @@ class SwarmEngine:
                 issued += result
             if issued == 0 or len(ordered) == len(cands):
                 break
-        # Endgame: few chunks left and all of them asked for: ask another peer too.
-        if len(d.missing) <= cfg.endgame_chunks + len(self._pending_store):
+        # Endgame, only for the true tail: the last few chunks, all asked for, whose
+        # request is overdue (older than endgame_age x its peer's expected answer time).
+        limit = self._endgame_limit(d)
+        if len(d.missing) <= limit + len(self._pending_store):
             left = [h for h in d.missing if h not in self._pending_store]
-            if left and len(left) <= cfg.endgame_chunks and all(
-                    h in self._requests for h in left):
+            if left and len(left) <= limit and all(h in self._requests for h in left):
                 for h in sorted(left, key=lambda h: d.rank[h]):
-                    if len(self._requests[h]) < cfg.endgame_fanout and self._issue(
-                            d, h, spare, now, bucket, endgame=True) is None:
+                    recs = self._requests[h]
+                    if len(recs) >= cfg.endgame_fanout:
+                        continue
+                    due = min(r.sent_at + cfg.endgame_age * self._expected_answer(r.peer)
+                              for r in recs.values())
+                    if due > now:
+                        if self._endgame_wake is None or due < self._endgame_wake:
+                            self._endgame_wake = due
+                        continue
+                    if self._issue(d, h, spare, now, bucket, endgame=True) is None:
                         return False
         return bool(spare) and self._n_out < cfg.max_requests_total
+
+    def _endgame_limit(self, d: _Download) -> int:
+        cfg = self._config
+        n = len(d.info.size_of) if d.info is not None else 0
+        return min(cfg.endgame_chunks, max(1, math.ceil(cfg.endgame_fraction * n)))
 
     def _issue(self, d: _Download, h: bytes, spare: set[str], now: float,
                bucket: TokenBucket, *, endgame: bool = False) -> int | None:
@@ -743,8 +926,9 @@ class SwarmEngine:
         free, None when no more requests can go out at all (limits, cap)."""
         cfg = self._config
         asked = self._requests.get(h, {})
+        avoid = self._avoid
         providers = [p for p in spare if h in self._peer_has[p] and p not in asked
-                     and h not in self._stale.get(p, ())]
+                     and (p not in avoid or avoid[p].get(h, now) <= now)]
         if not providers:
             return 0
         if not bucket.ready(now):
@@ -764,7 +948,7 @@ class SwarmEngine:
         self._c["requests_sent"] += 1
         if endgame:
             self._c["endgame_requests"] += 1
-        if len(self._peer_out[peer]) >= cfg.max_requests_per_peer:
+        if len(self._peer_out[peer]) >= self._depth(peer):
             spare.discard(peer)
         if not spare or self._n_out >= cfg.max_requests_total:
             return None
@@ -819,6 +1003,9 @@ class SwarmEngine:
         c = self._c
         uploads = self._uploads
         return SwarmStatistics(
+            redirects_sent=c["redirects_sent"],
+            redirects_received=c["redirects_received"],
+            preempted_requests=c["preempted_requests"],
             keys_wanted=len(self._downloads),
             keys_completed=c["keys_completed"],
             peers_connected=len(self._connected),
@@ -857,4 +1044,4 @@ class SwarmEngine:
         if d is None:
             return False
         left = [h for h in d.missing if h not in self._pending_store]
-        return len(left) <= self._config.endgame_chunks
+        return len(left) <= self._endgame_limit(d)

@@ -24,6 +24,7 @@ __all__ = [
     "Piece",
     "Cancel",
     "Reject",
+    "Redirect",
     "SWARM_MESSAGES",
     "make_bitfield",
     "bitfield_indices",
@@ -155,8 +156,29 @@ class Reject:
         _check_hash(self.chunk_hash)
 
 
+_MAX_HINTS = 16
+
+
+@message(49)
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """I hold ``chunk_hash`` but uploaded it moments ago: fetch it from the peers that
+    got it (ask me again later if none has it). ``hints`` are positions in ``key`` of
+    chunks I have not uploaded to anyone yet: ask me for those instead (super-seeding)."""
+
+    key: str
+    chunk_hash: bytes
+    hints: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _check_key(self.key)
+        _check_hash(self.chunk_hash)
+        if len(self.hints) > _MAX_HINTS or any(i < 0 for i in self.hints):
+            raise InvalidValue(f"a redirect carries at most {_MAX_HINTS} chunk indices >= 0")
+
+
 SWARM_MESSAGES = (Interested, NotInterested, HaveSet, CannotHelp, Have, Request, Piece,
-                  Cancel, Reject)
+                  Cancel, Reject, Redirect)
 
 
 def make_bitfield(flags: list[bool]) -> bytes:

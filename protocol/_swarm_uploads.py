@@ -17,7 +17,11 @@ A waiting peer whose best queued priority beats the lowest slot holder's takes
 that slot at once (pre-emption).
 
 Among slot holders the next request served is the highest priority one; at
-equal priority the peer served least recently goes first. Serving stops when
+equal priority the peer served least recently goes first, and within a peer's
+queue the chunk this node has uploaded the fewest times goes first (first-copy
+priority: a scarce node spends its uplink on bytes nobody else can serve yet).
+The scheduler counts uploads per chunk (:meth:`UploadScheduler.copies`,
+:meth:`UploadScheduler.uploaded_since`) so the engine can redirect repeats. Serving stops when
 the upload :class:`TokenBucket` is in debt; the bucket is refilled from ``now``
 and the engine sets a timer for when it will be positive again. The scheduler
 never touches chunk bytes: it yields ``(peer, hash, priority, size)`` and the
@@ -117,6 +121,8 @@ class UploadScheduler:
         self.preemptions = 0
         self._rejected: list[tuple[str, bytes]] = []
         self.rechokes = 0
+        self._copies: dict[bytes, int] = {}        # chunk -> times uploaded
+        self._last_upload: dict[bytes, float] = {}  # chunk -> when last uploaded
 
     # ------------------------------------------------------------------ queue
 
@@ -242,13 +248,25 @@ class UploadScheduler:
                 return out
             peer = min(active, key=self._rank)
             queue = self._queues[peer]
-            item = max(queue, key=lambda q: (q.priority, -q.seq))
+            copies = self._copies
+            item = max(queue, key=lambda q: (q.priority, -copies.get(q.chunk_hash, 0), -q.seq))
             queue.remove(item)
             self._turn += 1
             self._last_turn[peer] = self._turn
             self._served_bytes[peer] = self._served_bytes.get(peer, 0) + item.size
             self.bucket.spend(item.size, now)
+            copies[item.chunk_hash] = copies.get(item.chunk_hash, 0) + 1
+            self._last_upload[item.chunk_hash] = now
             out.append(Serve(peer, item.chunk_hash, item.priority, item.size))
+
+    def copies(self, chunk_hash: bytes) -> int:
+        """How many times this node has uploaded ``chunk_hash``."""
+        return self._copies.get(chunk_hash, 0)
+
+    def uploaded_since(self, chunk_hash: bytes, since: float) -> bool:
+        """Whether ``chunk_hash`` was uploaded at or after ``since``."""
+        last = self._last_upload.get(chunk_hash)
+        return last is not None and last >= since
 
     def on_timer(self, now: float) -> None:
         if self._next_rechoke is not None and now >= self._next_rechoke:

@@ -47,6 +47,7 @@ from protocol._events import (
     ServeChunk,
     StoreChunk,
 )
+from protocol._gossip import wire_size
 from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity
 from protocol._swarm import make_piece
 
@@ -352,10 +353,9 @@ class Fleet:
         if isinstance(out, SendMessage):
             if out.peer in node.peers:
                 msg = out.message
-                data = encode(msg)
-                size = len(data)
+                size = wire_size(msg)
                 if self.wire_check:
-                    msg = decode(data)
+                    msg = decode(encode(msg))
                 self._messages += 1
                 self._bytes += size
                 kind = type(msg).__name__

@@ -43,7 +43,7 @@ def _package(root: Path) -> Path:
     (root / "gpu").mkdir(parents=True)
     (root / "cpu").mkdir()
     (root / "shoal-model.toml").write_text(
-        '[[variant]]\nid = "gpu"\nmin_gpu_mem_gb = 4\nprecision = "fp16"\n'
+        '[[variant]]\nid = "gpu"\nmin_gpu_mem_gb = 4096\nprecision = "fp16"\n'
         '[[variant]]\nid = "cpu"\nprecision = "int8"\n')
     (root / "gpu" / "w.bin").write_bytes(blake3.blake3(b"g").digest(length=600_000))
     (root / "cpu" / "w.bin").write_bytes(blake3.blake3(b"c").digest(length=300_000))
@@ -70,12 +70,12 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     [m] = models["manifests"]
     assert (m["model_id"], m["version"], m["pinned"]) == ("det", "1.0.0", True)
     assert [v["variant_id"] for v in m["variants"]] == ["gpu", "cpu"]
-    assert m["variants"][0]["requirements"]["min_gpu_mem_gb"] == 4.0
+    assert m["variants"][0]["requirements"]["min_gpu_mem_gb"] == 4096.0
 
     ver = _json(data, "verify", "det", "1.0.0")
     assert ver["ok"] and ver["signature"] == "ok" and ver["chunks_checked"] == pub["chunks_total"]
 
-    # no GPU probe: the CPU variant is picked; --variant overrides
+    # the probe finds no 4 TiB GPU here: the CPU variant is picked
     inst = _json(data, "install", "det", "1.0.0")
     assert inst["variant_id"] == "cpu" and inst["previous"] is None
     current = data / "models" / "det" / "current"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from protocol._convergence import compute_convergence, unreachable_nodes
 from protocol._intents import Scope
-from protocol._ledger import Ledger
+from protocol._ledger import Ledger, Suspicion
 from protocol._types import BlockerReason, ModelOperationalStatus
 
 from ._fleet import admitted_ledger, intent, node_key, record, running
@@ -41,16 +41,39 @@ def test_counts_distribution_blockers_and_eta() -> None:
     assert not s.is_complete and not s.is_success and s.progress == 0.25
 
 
+def _lost(led: Ledger, now: float, need: int = 2, after: float = 30.0) -> set[str]:
+    records = led.records()
+    return unreachable_nodes(records, {n: led.record_counter(n) for n in records}, need,
+                             after, now)
+
+
 def test_unreachable_node_in_scope_is_a_partition_blocker() -> None:
     led = _fleet()
     gone = node_key(3).key_id
+    seen = led.record_counter(gone)
     led.append(node_key(0), record(formation="a", models=(running("m", "2.0.0"),),
-                                   suspects=(gone,)))
-    assert unreachable_nodes(led.records(), 2) == set()     # one voice is not enough
-    led.append(node_key(4), record(formation="b", suspects=(gone,)))
-    assert unreachable_nodes(led.records(), 2) == {gone}
-    s = _status(led, unreachable_nodes(led.records(), 2))
+                                   suspects=(Suspicion(gone, seen, 50.0),)))
+    assert _lost(led, 100.0) == set()                   # one voice is not enough
+    led.append(node_key(4), record(formation="b", suspects=(Suspicion(gone, seen, 60.0),)))
+    assert _lost(led, 89.9) == set()                    # the 2nd silence is not 30 s old
+    assert _lost(led, 90.0) == {gone}
+    s = _status(led, _lost(led, 100.0))
     assert (gone, BlockerReason.NETWORK_PARTITION) in [(b.node_id, b.reason) for b in s.blockers]
+
+
+def test_a_newer_record_refutes_older_suspicions() -> None:
+    led = _fleet()
+    gone = node_key(3).key_id
+    seen = led.record_counter(gone)
+    for i in (0, 4):
+        led.append(node_key(i), record(suspects=(Suspicion(gone, seen, 10.0),)))
+    assert _lost(led, 100.0) == {gone}
+    led.append(node_key(3), record(models=(running("m", "1.0.0"),)))   # it spoke since
+    assert _lost(led, 100.0) == set()
+    # a node's own record cannot vouch against itself, and unknown nodes are ignored
+    led.append(node_key(3), record(suspects=(Suspicion(node_key(3).key_id, 99, 0.0),
+                                             Suspicion("ab" * 16, 1, 0.0))))
+    assert _lost(led, 100.0, need=1) == set()
 
 
 def test_complete_and_success() -> None:

@@ -36,18 +36,19 @@ def test_small_swarm_completes_and_respects_the_lower_bound() -> None:
     assert r["complete"]
     assert r["t_measured"] >= r["t_min"]
     assert r["t_hub"] >= r["t_measured"]  # a swarm never loses to the hub
-    # every downloader received at least the model; duplicates are reported, not judged
+    # every downloader received at least the model, and almost nothing twice (measured
+    # 0.0-1.8% over seeds 1-3 with first-copy uploads and a tail-only endgame)
     assert r["piece_bytes_received"] >= 7 * 8 * MiB
-    assert 0.0 <= r["duplicate_fraction"] < 1.0
+    assert 0.0 <= r["duplicate_fraction"] < 0.05
 
 
 def test_delta_fetches_about_the_changed_bytes() -> None:
-    r = sc.delta(nodes=5, size=64 * MiB, changed=0.25, seed=2)
+    r = sc.delta(nodes=5, size=16 * MiB, changed=0.25, seed=2)
     assert r["complete"]
-    assert r["bytes_changed"] == 16 * MiB
-    # every old-version node fetched the changed chunks, and far less than the model
-    # (the excess is endgame duplicates; the 1.1x aim is judged in bench_swarm)
-    assert r["bytes_changed"] <= r["bytes_fetched"] <= 2 * r["bytes_changed"]
+    assert r["bytes_changed"] == 4 * MiB
+    # every old-version node fetched the changed chunks and (endgame being only for
+    # overdue tail requests) hardly anything more: measured 1.00x over seeds 1-3
+    assert r["bytes_changed"] <= r["bytes_fetched"] <= 1.1 * r["bytes_changed"]
 
 
 def test_gossip_reaches_everyone_within_the_bound() -> None:

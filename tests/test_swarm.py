@@ -143,7 +143,9 @@ def test_random_swarm_completes(seed: int, n: int, chunks: int, extra: int,
 
 def test_corrupt_piece_is_dropped_not_stored() -> None:
     refs, _ = make_key("x", 3)
-    eng = SwarmEngine(node_id=node_id(0), config=SwarmConfig(), rng=random.Random(1),
+    # a pipeline deep enough for all three at once (not the subject here)
+    eng = SwarmEngine(node_id=node_id(0), config=SwarmConfig(min_requests_per_peer=8),
+                      rng=random.Random(1),
                       held=set(), lookup={KEY: refs}.get, verifier=cheap_verifier)
     eng.peer_connected(node_id(1), 0.0)
     eng.want(KEY, TransferPriority.NORMAL, 0.0)
@@ -328,7 +330,8 @@ def test_multi_source_fan_in() -> None:
 
 def test_drop_cancels_and_keeps_stored_chunks() -> None:
     refs, blobs = make_key("d", 6)
-    eng = SwarmEngine(node_id=node_id(0), config=SwarmConfig(), rng=random.Random(2),
+    eng = SwarmEngine(node_id=node_id(0), config=SwarmConfig(min_requests_per_peer=8),
+                      rng=random.Random(2),
                       held=set(), lookup={KEY: refs}.get, verifier=cheap_verifier)
     eng.peer_connected(node_id(1), 0.0)
     eng.want(KEY, TransferPriority.NORMAL, 0.0)

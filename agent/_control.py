@@ -1,0 +1,580 @@
+"""The local control socket: the CLI and the Python client talk to the daemon here.
+
+A Unix stream socket (mode 0600 inside a 0700 directory) carrying the codec's
+frames (4-byte length + message). Each request (type ids 100-149) gets one
+response, or an :class:`ErrorResponse` naming the error class and an
+operator-readable message; :class:`Subscribe` gets a stream of
+:class:`ConvergenceReport` until the rollout is complete or the client hangs up.
+
+The kernel tells the daemon who connected (``SO_PEERCRED``): any uid other than
+the daemon's own and root is refused before a byte is read, whatever the file
+mode says.
+
+Intents issued here are signed with the operator key of the data directory
+(``keys/operator.key`` with its ``operator.cert``); a daemon without one
+refuses distribute / rollback / cancel with an error saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import struct as _struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from protocol._codec import FrameDecoder, decode, encode, frame, message, struct
+from protocol._errors import ProtocolError, ShoalError
+from protocol._intents import Intent, IntentKind, Scope
+from protocol._ledger import NodeRecord
+from protocol._types import TransferPriority
+
+from ._errors import AgentError
+
+if TYPE_CHECKING:
+    from protocol._convergence import ModelConvergenceStatus
+    from protocol._node import NodeMachine
+
+    from ._runtime import NodeRuntime
+
+__all__ = [
+    "ControlServer", "ControlClient", "ControlError", "ControlRefused",
+    "StatusRequest", "StatusResponse", "PeersRequest", "PeersResponse", "PeerEntry",
+    "PublishRequest", "PublishResponse", "DistributeRequest", "CancelRequest",
+    "IntentResponse", "ConvergenceRequest", "ConvergenceReport", "BlockerEntry",
+    "NodeStatusRequest", "NodeStatusResponse", "NodesWithVersionRequest", "NodeListResponse",
+    "Subscribe", "ErrorResponse",
+]
+
+log = logging.getLogger("shoal.control")
+_MAX_FRAME = 16 * 1024 * 1024
+_ALL = Scope()
+
+
+class ControlError(AgentError):
+    """The daemon answered a control request with an error."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class ControlRefused(AgentError):
+    """The control socket is missing, or the daemon refused this user."""
+
+
+# ---------------------------------------------------------------------------- messages
+
+
+@message(100)
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    pass
+
+
+@message(101)
+@dataclass(frozen=True, slots=True)
+class StatusResponse:
+    node_id: str
+    name: str
+    fleet_id: str
+    formation: str
+    listen_port: int
+    peers: tuple[str, ...]
+    record: NodeRecord | None
+    statistics_json: str
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class PeerEntry:
+    node_id: str
+    name: str
+    address: str
+    initiated_by_us: bool
+    connected_for: float
+    bytes_sent: int
+    bytes_received: int
+
+
+@message(102)
+@dataclass(frozen=True, slots=True)
+class PeersRequest:
+    pass
+
+
+@message(103)
+@dataclass(frozen=True, slots=True)
+class PeersResponse:
+    peers: tuple[PeerEntry, ...]
+
+
+@message(104)
+@dataclass(frozen=True, slots=True)
+class PublishRequest:
+    path: str
+    model_id: str
+    version: str
+
+
+@message(105)
+@dataclass(frozen=True, slots=True)
+class PublishResponse:
+    manifest_id: str
+    model_id: str
+    version: str
+    variants: tuple[str, ...]
+    bytes_total: int
+    chunks_total: int
+    chunks_new: int
+    bytes_new: int
+
+
+@message(106)
+@dataclass(frozen=True, slots=True)
+class DistributeRequest:
+    kind: IntentKind                 # distribute or rollback
+    model_id: str
+    version: str
+    variant_id: str | None = None
+    delta_from: str | None = None
+    scope: Scope = dataclasses.field(default_factory=Scope)
+    priority: TransferPriority = TransferPriority.NORMAL
+
+
+@message(107)
+@dataclass(frozen=True, slots=True)
+class IntentResponse:
+    intent_id: str
+    model_id: str
+    version: str
+
+
+@message(108)
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    model_id: str
+    intent_id: str | None = None     # None: the intent this node follows for the model
+
+
+@message(110)
+@dataclass(frozen=True, slots=True)
+class ConvergenceRequest:
+    model_id: str
+    version: str
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class BlockerEntry:
+    node_id: str
+    reason: str
+    since: float
+    details: str
+
+
+@message(111)
+@dataclass(frozen=True, slots=True)
+class ConvergenceReport:
+    model_id: str
+    target_version: str
+    total_platforms: int
+    converged: int
+    in_progress: int
+    pending: int
+    failed: int
+    version_distribution: dict[str, int]
+    blockers: tuple[BlockerEntry, ...]
+    estimated_completion: float | None
+    bytes_done: int
+    bytes_total: int
+
+    @property
+    def is_complete(self) -> bool:
+        return self.in_progress == 0 and self.pending == 0
+
+    @property
+    def is_success(self) -> bool:
+        return self.total_platforms > 0 and self.converged == self.total_platforms
+
+
+@message(112)
+@dataclass(frozen=True, slots=True)
+class NodeStatusRequest:
+    node_id: str                     # id or name; "" = this node
+
+
+@message(113)
+@dataclass(frozen=True, slots=True)
+class NodeStatusResponse:
+    node_id: str
+    record: NodeRecord | None
+
+
+@message(114)
+@dataclass(frozen=True, slots=True)
+class NodesWithVersionRequest:
+    model_id: str
+    version: str
+
+
+@message(115)
+@dataclass(frozen=True, slots=True)
+class NodeListResponse:
+    node_ids: tuple[str, ...]
+
+
+@message(116)
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    model_id: str
+    version: str
+    until_complete: bool = True
+
+
+@message(149)
+@dataclass(frozen=True, slots=True)
+class ErrorResponse:
+    kind: str
+    message: str
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def report(status: ModelConvergenceStatus, machine: NodeMachine) -> ConvergenceReport:
+    done = total = 0
+    for rec in machine.ledger.records().values():
+        st = rec.model(status.model_id)
+        if st is not None and st.version == status.target_version:
+            done += st.bytes_done
+            total += st.bytes_total
+    return ConvergenceReport(
+        status.model_id, status.target_version, status.total_platforms, status.converged,
+        status.in_progress, status.pending, status.failed, dict(status.version_distribution),
+        tuple(BlockerEntry(b.node_id, str(b.reason), b.since, b.details)
+              for b in status.blockers), status.estimated_completion, done, total)
+
+
+def peer_uid(sock: trio.socket.SocketType) -> int:
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _struct.calcsize("3i"))
+    _pid, uid, _gid = _struct.unpack("3i", raw)
+    return int(uid)
+
+
+# ---------------------------------------------------------------------------- server
+
+
+class ControlServer:
+    """Serves the control socket of one :class:`NodeRuntime`."""
+
+    def __init__(self, runtime: NodeRuntime, path: str) -> None:
+        self.runtime = runtime
+        self.path = Path(path)
+        self.refused = 0
+        self.requests = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.path.parent, 0o700)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            await sock.bind(str(self.path))
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        sock.listen(16)
+        listener = trio.SocketListener(sock)
+        try:
+            task_status.started()
+            await trio.serve_listeners(self._handle, [listener])
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        uid = peer_uid(stream.socket)
+        if uid not in (os.getuid(), 0):
+            self.refused += 1
+            log.warning("refused control connection from uid %d", uid)
+            await trio.aclose_forcefully(stream)
+            return
+        decoder = FrameDecoder(_MAX_FRAME)
+        async with stream:
+            try:
+                while data := await stream.receive_some(65536):
+                    for body in decoder.feed(data):
+                        self.requests += 1
+                        try:
+                            req = decode(body, _MAX_FRAME)
+                        except ProtocolError as exc:
+                            await self._send(stream, ErrorResponse(type(exc).__name__,
+                                                                   str(exc)))
+                            return
+                        await self._dispatch(stream, req)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            except ProtocolError as exc:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._send(stream, ErrorResponse(type(exc).__name__, str(exc)))
+
+    @staticmethod
+    async def _send(stream: trio.SocketStream, msg: object) -> None:
+        await stream.send_all(frame(encode(msg), _MAX_FRAME))
+
+    async def _dispatch(self, stream: trio.SocketStream, req: object) -> None:
+        try:
+            if isinstance(req, Subscribe):
+                await self._subscribe(stream, req)
+                return
+            resp = await self._answer(req)
+        except (ShoalError, ValueError, OSError) as exc:
+            resp = ErrorResponse(type(exc).__name__, str(exc))
+        await self._send(stream, resp)
+
+    async def _answer(self, req: object) -> object:
+        rt = self.runtime
+        if isinstance(req, StatusRequest):
+            import json
+            from dataclasses import asdict
+
+            def status(m: NodeMachine, now: float) -> StatusResponse:
+                stats = {"runtime": asdict(rt.statistics()),
+                         "store": asdict(rt.store.statistics())}
+                return StatusResponse(rt.node_id, m.name, rt.config.fleet_id, m.formation,
+                                      rt.port, tuple(p.node_id for p in rt.peers()),
+                                      m.ledger.record(rt.node_id),
+                                      json.dumps(stats, default=str))
+            return await rt.call(status)
+        if isinstance(req, PeersRequest):
+            return PeersResponse(tuple(PeerEntry(p.node_id, p.name, p.address,
+                                                 p.initiated_by_us, p.connected_for,
+                                                 p.bytes_sent, p.bytes_received)
+                                       for p in rt.peers()))
+        if isinstance(req, PublishRequest):
+            return await self._publish(req)
+        if isinstance(req, DistributeRequest):
+            return await self._intent(req)
+        if isinstance(req, CancelRequest):
+            return await self._cancel(req)
+        if isinstance(req, ConvergenceRequest):
+            return await rt.call(lambda m, now: report(
+                m.convergence(req.model_id, req.version, now), m))
+        if isinstance(req, NodeStatusRequest):
+            def node_status(m: NodeMachine, now: float) -> NodeStatusResponse:
+                records = m.ledger.records()
+                nid = req.node_id or rt.node_id
+                if nid not in records:
+                    nid = next((k for k, r in records.items() if r.name == req.node_id), nid)
+                return NodeStatusResponse(nid, records.get(nid))
+            return await rt.call(node_status)
+        if isinstance(req, NodesWithVersionRequest):
+            def with_version(m: NodeMachine, now: float) -> NodeListResponse:
+                out = []
+                for nid, rec in sorted(m.ledger.records().items()):
+                    st = rec.model(req.model_id)
+                    if st is not None and st.active_version == req.version:
+                        out.append(nid)
+                return NodeListResponse(tuple(out))
+            return await rt.call(with_version)
+        raise ValueError(f"not a control request: {type(req).__name__}")
+
+    async def _publish(self, req: PublishRequest) -> PublishResponse:
+        from ._publish import publish
+
+        rt = self.runtime
+        if rt.publisher is None:
+            raise AgentError("this daemon holds no admitted publisher key (keys/publisher.key "
+                             "with keys/publisher.cert); publish on a node that has one")
+        publisher = rt.publisher
+        res = await trio.to_thread.run_sync(
+            lambda: publish(rt.store, req.path, req.model_id, req.version, publisher))
+        manifest = rt.store.get_manifest(res.manifest_id)
+        hashes = {c.hash for c in manifest.iter_chunks()}
+
+        def announce(m: NodeMachine, now: float) -> None:
+            for h in hashes:          # the swarm learns the publisher holds every chunk
+                m.chunk_stored(h, now)
+            m.publish_manifest(manifest, now)
+        await rt.call(announce)
+        return PublishResponse(res.manifest_id, res.model_id, res.version, res.variants,
+                               res.bytes_total, res.chunks_total, res.chunks_new, res.bytes_new)
+
+    def _operator(self) -> Any:
+        if self.runtime.operator is None:
+            raise AgentError("this daemon holds no admitted operator key (keys/operator.key "
+                             "with keys/operator.cert); issue intents from an operator node")
+        return self.runtime.operator
+
+    async def _intent(self, req: DistributeRequest) -> IntentResponse:
+        op = self._operator()
+        if req.kind is IntentKind.CANCEL:
+            raise ValueError("use CancelRequest to cancel")
+
+        def issue(m: NodeMachine, now: float) -> IntentResponse:
+            intent = Intent.create(op, req.kind, req.model_id, req.version, m.clock.tick(now),
+                                   scope=req.scope, priority=req.priority,
+                                   variant_id=req.variant_id, delta_from=req.delta_from)
+            m.issue_intent(intent, now)
+            return IntentResponse(intent.intent_id, req.model_id, req.version)
+        result: IntentResponse = await self.runtime.call(issue)
+        return result
+
+    async def _cancel(self, req: CancelRequest) -> IntentResponse:
+        op = self._operator()
+
+        def cancel(m: NodeMachine, now: float) -> IntentResponse:
+            target = (m.ledger.intent(req.intent_id) if req.intent_id
+                      else m.desired(req.model_id))
+            if target is None:
+                raise ValueError(f"no standing intent for {req.model_id} to cancel"
+                                 if not req.intent_id else f"no intent {req.intent_id}")
+            intent = Intent.create(op, IntentKind.CANCEL, target.model_id, target.version,
+                                   m.clock.tick(now), cancels=target.intent_id)
+            m.issue_intent(intent, now)
+            return IntentResponse(intent.intent_id, target.model_id, target.version)
+        result: IntentResponse = await self.runtime.call(cancel)
+        return result
+
+    async def _subscribe(self, stream: trio.SocketStream, req: Subscribe) -> None:
+        rt = self.runtime
+        last: ConvergenceReport | None = None
+        while True:
+            rep: ConvergenceReport = await rt.call(lambda m, now: report(
+                m.convergence(req.model_id, req.version, now), m))
+            if rep != last:
+                await self._send(stream, rep)
+                last = rep
+            if req.until_complete and rep.is_complete and rep.total_platforms > 0:
+                return
+            with trio.move_on_after(0.5):
+                await rt.wait_changed()
+            await trio.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------- client
+
+
+class ControlClient:
+    """Async client of a daemon's control socket (the seed API's nine operations)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        self._stream: trio.SocketStream | None = None
+        self._decoder = FrameDecoder(_MAX_FRAME)
+        self._pending: list[bytes] = []
+
+    async def __aenter__(self) -> ControlClient:
+        try:
+            self._stream = await trio.open_unix_socket(self.path)
+        except OSError as exc:
+            raise ControlRefused(f"cannot reach the daemon at {self.path}: "
+                                 f"{exc.strerror or exc}; is `shoal daemon` running?") from None
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._stream is not None:
+            await self._stream.aclose()
+
+    async def _receive(self) -> object:
+        assert self._stream is not None
+        while not self._pending:
+            data = await self._stream.receive_some(65536)
+            if not data:
+                raise ControlRefused("the daemon closed the control connection (refused "
+                                     "this user, or it is shutting down)")
+            self._pending.extend(self._decoder.feed(data))
+        msg = decode(self._pending.pop(0), _MAX_FRAME)
+        if isinstance(msg, ErrorResponse):
+            raise ControlError(msg.kind, msg.message)
+        return msg
+
+    async def request(self, req: object) -> Any:
+        assert self._stream is not None, "use `async with ControlClient(path)`"
+        try:
+            await self._stream.send_all(frame(encode(req), _MAX_FRAME))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ControlRefused("the daemon closed the control connection") from None
+        return await self._receive()
+
+    # -- the seed API
+    async def status(self) -> StatusResponse:
+        r: StatusResponse = await self.request(StatusRequest())
+        return r
+
+    async def peers(self) -> PeersResponse:
+        r: PeersResponse = await self.request(PeersRequest())
+        return r
+
+    async def publish(self, path: str, model_id: str, version: str) -> PublishResponse:
+        r: PublishResponse = await self.request(PublishRequest(path, model_id, version))
+        return r
+
+    async def distribute_model(self, model_id: str, version: str, scope: Scope = _ALL,
+                               priority: TransferPriority = TransferPriority.NORMAL
+                               ) -> IntentResponse:
+        r: IntentResponse = await self.request(DistributeRequest(
+            IntentKind.DISTRIBUTE, model_id, version, scope=scope, priority=priority))
+        return r
+
+    async def distribute_model_variant(self, model_id: str, version: str, variant_id: str,
+                                       scope: Scope = _ALL, priority: TransferPriority =
+                                       TransferPriority.NORMAL) -> IntentResponse:
+        r: IntentResponse = await self.request(DistributeRequest(
+            IntentKind.DISTRIBUTE, model_id, version, variant_id, scope=scope,
+            priority=priority))
+        return r
+
+    async def distribute_model_delta(self, model_id: str, version: str, delta_from: str,
+                                     scope: Scope = _ALL, priority: TransferPriority =
+                                     TransferPriority.NORMAL) -> IntentResponse:
+        r: IntentResponse = await self.request(DistributeRequest(
+            IntentKind.DISTRIBUTE, model_id, version, delta_from=delta_from, scope=scope,
+            priority=priority))
+        return r
+
+    async def rollback(self, model_id: str, version: str, scope: Scope = _ALL
+                       ) -> IntentResponse:
+        r: IntentResponse = await self.request(DistributeRequest(
+            IntentKind.ROLLBACK, model_id, version, scope=scope,
+            priority=TransferPriority.HIGH))
+        return r
+
+    async def cancel(self, model_id: str, intent_id: str | None = None) -> IntentResponse:
+        r: IntentResponse = await self.request(CancelRequest(model_id, intent_id))
+        return r
+
+    async def convergence_status(self, model_id: str, version: str) -> ConvergenceReport:
+        r: ConvergenceReport = await self.request(ConvergenceRequest(model_id, version))
+        return r
+
+    async def node_model_status(self, node_id: str = "") -> NodeStatusResponse:
+        r: NodeStatusResponse = await self.request(NodeStatusRequest(node_id))
+        return r
+
+    async def nodes_with_version(self, model_id: str, version: str) -> tuple[str, ...]:
+        r: NodeListResponse = await self.request(NodesWithVersionRequest(model_id, version))
+        return r.node_ids
+
+    async def subscribe_convergence(self, model_id: str, version: str
+                                    ) -> AsyncIterator[ConvergenceReport]:
+        assert self._stream is not None
+        await self._stream.send_all(frame(encode(Subscribe(model_id, version)), _MAX_FRAME))
+        while True:
+            rep = await self._receive()
+            assert isinstance(rep, ConvergenceReport)
+            yield rep
+            if rep.is_complete and rep.total_platforms > 0:
+                return

@@ -1,0 +1,115 @@
+"""Fleet administration on disk: the root key, certificates, provisioning a data dir.
+
+``shoal fleet init`` creates ``keys/root.key`` (keep it offline in a real
+fleet); ``shoal fleet admit`` signs a node, publisher or operator key with it.
+:func:`provision` builds a complete node data directory (keys, certificates,
+config file) - what the demo and the multi-process tests use.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol._identity import Certificate, Role, SigningIdentity
+
+from ._errors import ConfigError
+from ._keys import init_keys, load_key
+from ._persist import cert_path, write_cert, write_seed
+
+__all__ = ["fleet_init", "admit", "provision", "Provisioned", "SYSTEMD_UNIT", "systemd_unit"]
+
+
+def fleet_init(keys_dir: Path) -> SigningIdentity:
+    """Create the fleet root key (never overwrites)."""
+    root = SigningIdentity.generate()
+    write_seed(keys_dir / "root.key", root)
+    return root
+
+
+def admit(keys_dir: Path, fleet_id: str, role: str, public_key_hex: str, name: str
+          ) -> Certificate:
+    """Sign ``public_key_hex`` for ``role`` with the root key in ``keys_dir``."""
+    root = load_key(keys_dir, "root")
+    try:
+        key = bytes.fromhex(public_key_hex)
+    except ValueError:
+        raise ConfigError("--key: not hex") from None
+    if len(key) != 32:
+        raise ConfigError("--key: an Ed25519 public key is 64 hex digits")
+    try:
+        r = Role(role)
+    except ValueError:
+        raise ConfigError(f"--role: one of {', '.join(x.value for x in Role)}") from None
+    return Certificate.issue(root, fleet_id, key, r, name, int(time.time()))
+
+
+@dataclass(frozen=True, slots=True)
+class Provisioned:
+    data_dir: Path
+    config_path: Path
+    node_id: str
+    control_socket: Path
+
+
+def provision(data_dir: Path, *, root: SigningIdentity, fleet_id: str, name: str,
+              operator: bool = False, extra_config: str = "", listen_port: int = 0,
+              mdns_interface: str = "127.0.0.1", static_peers: tuple[str, ...] = ()
+              ) -> Provisioned:
+    """A ready-to-run node data directory: keys, certificates and ``shoal.toml``."""
+    keys = data_dir / "keys"
+    if not (keys / "node.key").exists():
+        init_keys(keys)
+    now = int(time.time())
+    node = load_key(keys, "node")
+    write_cert(cert_path(keys, "node"),
+               Certificate.issue(root, fleet_id, node.public_key, Role.NODE, name, now))
+    pub = load_key(keys, "publisher")
+    write_cert(cert_path(keys, "publisher"),
+               Certificate.issue(root, fleet_id, pub.public_key, Role.PUBLISHER,
+                                 f"{name}-publisher", now))
+    if operator:
+        if not (keys / "operator.key").exists():
+            write_seed(keys / "operator.key", SigningIdentity.generate())
+        op = load_key(keys, "operator")
+        write_cert(cert_path(keys, "operator"),
+                   Certificate.issue(root, fleet_id, op.public_key, Role.OPERATOR,
+                                     f"{name}-operator", now))
+    sock = data_dir / "run" / "control.sock"
+    peers = ", ".join(f'"{p}"' for p in static_peers)
+    text = (f'data_dir = "{data_dir}"\nfleet_id = "{fleet_id}"\n'
+            f'fleet_root_key = "{root.public_key.hex()}"\nnode_name = "{name}"\n'
+            f'listen_address = "127.0.0.1"\nlisten_port = {listen_port}\n'
+            f'control_socket = "{sock}"\nstatic_peers = [{peers}]\n'
+            f'[mdns]\nenabled = {"true" if mdns_interface else "false"}\n'
+            f'interfaces = [{f"{chr(34)}{mdns_interface}{chr(34)}" if mdns_interface else ""}]\n'
+            f'{extra_config}')
+    cfg = data_dir / "shoal.toml"
+    cfg.write_text(text)
+    return Provisioned(data_dir, cfg, node.key_id, sock)
+
+
+SYSTEMD_UNIT = """\
+[Unit]
+Description=shoal model distribution daemon
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+ExecStart={exe} daemon --config {config}
+Restart=on-failure
+RestartSec=2
+KillSignal=SIGTERM
+TimeoutStopSec=20
+NoNewPrivileges=true
+PrivateTmp=true
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def systemd_unit(exe: str, config: str) -> str:
+    return SYSTEMD_UNIT.format(exe=exe, config=config)

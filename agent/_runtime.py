@@ -1,0 +1,551 @@
+"""The daemon: drives one :class:`protocol._node.NodeMachine` with real I/O (trio).
+
+Theory of operation
+-------------------
+Everything runs in one trio nursery:
+
+* a :class:`PeerListener` accepts authenticated sessions; dialler tasks connect
+  to peers that discovery (mDNS and static peers) reports. Two nodes that dial
+  each other at once end up with two channels; both sides keep the one *opened
+  by the smaller node id* and close the other, so the choice agrees without a
+  message. The smaller id dials a discovered peer at once, the larger after a
+  short grace period (it normally gets dialled first).
+* each session has a reader task and a writer task. Readers put received
+  messages into the single *inbox* of the machine task, but only after taking
+  a token of a semaphore the machine task gives back once it has handled the
+  message: a fast sender cannot make the daemon queue without bound (TCP
+  backpressure reaches the sender). Writers drain a bounded per-peer queue;
+  a :class:`ServeChunk` is read from the store by the writer of that peer (in a
+  worker thread), so slow disks and slow peers never stall the machine.
+* ONE machine task owns the :class:`NodeMachine`: it takes batches from the
+  inbox, feeds them in, and carries out the outputs. It sleeps until the
+  machine's :meth:`next_deadline` (the machine's clock is ``time.time()``; the
+  deadline is converted to trio's clock for the sleep), then calls ``on_timer``.
+* chunk writes (``StoreChunk``) go to a small pool of store workers (fsync in
+  threads); installs run in a worker thread; both report back through the inbox.
+
+Persistence: the ledger is saved atomically. Whenever the node wrote a new
+entry of its *own* it is saved before any output is sent (an entry a peer has
+seen must survive a crash, or the node would reuse its counter after
+``kill -9``); other changes are saved at most every ``ledger_save_interval``
+seconds, and on shutdown. Chunks are durable once stored, so after a restart
+the store index *is* the set of held chunks and the transfer resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from protocol._errors import ProtocolError
+from protocol._events import (
+    ActivateVersion,
+    DropPeer,
+    InstallVariant,
+    Notice,
+    Output,
+    SendMessage,
+    ServeChunk,
+    StoreChunk,
+)
+from protocol._identity import FleetTrust, Role, SigningIdentity
+from protocol._manifest import Manifest
+from protocol._node import NodeMachine
+from protocol._swarm import make_piece
+from protocol._types import BlockerReason
+
+from ._config import AgentConfig
+from ._discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
+from ._errors import AgentError, ChunkCorrupted, ChunkNotFound, InsufficientStorage, StoreError
+from ._install import Installer
+from ._keys import load_key
+from ._paths import DataDir
+from ._persist import load_cert, load_ledger, save_ledger
+from ._probe import probe
+from ._store import ChunkStore
+from ._transport import PeerListener, SecureChannel, TransportError, backoff_delay, dial
+
+__all__ = ["NodeRuntime", "RuntimeStatistics", "PeerInfo"]
+
+log = logging.getLogger("shoal.daemon")
+
+_INBOX_TOKENS = 64            # network messages queued for the machine at most
+_OUTBOX = 64                  # messages queued per peer before the machine waits
+_SEND_STALL = 10.0            # seconds a peer may refuse to drain its queue before it is dropped
+_STORE_WORKERS = 4
+_DROP_BAN = 60.0              # seconds a dropped peer is not redialled / accepted
+_GRACE = 2.0                  # the larger id waits this long before dialling
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    node_id: str
+    name: str
+    address: str
+    initiated_by_us: bool
+    connected_for: float
+    bytes_sent: int
+    bytes_received: int
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeStatistics:
+    node_id: str
+    listen_port: int
+    peers: int
+    messages_in: int
+    outputs: int
+    chunks_stored: int
+    chunks_served: int
+    ledger_saves: int
+    installs: int
+    sessions_refused_duplicate: int
+    peers_dropped: int
+
+
+@dataclass
+class _Session:
+    channel: SecureChannel
+    initiated_by_us: bool
+    outbox_send: trio.MemorySendChannel[Any]
+    outbox_recv: trio.MemoryReceiveChannel[Any]
+    since: float
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+
+
+class NodeRuntime:
+    """Builds the node from its data directory and config and runs it until cancelled."""
+
+    def __init__(self, config: AgentConfig, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.data = DataDir(Path(config.data_dir))
+        self.data.root.mkdir(parents=True, exist_ok=True)
+        self.rng = rng or random.Random()
+        self.identity = load_key(self.data.keys, "node")
+        cert = load_cert(self.data.keys, "node")
+        assert cert is not None
+        self.certificate = cert
+        self.trust = FleetTrust(config.fleet_id, config.fleet_root_key)
+        for role in ("publisher", "operator"):
+            c = load_cert(self.data.keys, role, required=False)
+            if c is not None and not self.trust.add_certificate(c):
+                log.warning("%s certificate is not signed by this fleet's root; ignored", role)
+        self.publisher: SigningIdentity | None = self._optional_key("publisher")
+        self.operator: SigningIdentity | None = self._optional_key("operator")
+        self.store = ChunkStore(self.data.store)
+        self.installer = Installer(self.data, self.store)
+        ledger, note = load_ledger(self.data.root, self.trust)
+        log.info("%s", note)
+        installed: list[tuple[str, str, str]] = []
+        for iv in sorted(self.installer.installed(), key=lambda v: (v.model_id, v.active)):
+            installed.append((iv.model_id, iv.version, iv.variant_id))
+        self.capabilities = probe(str(self.data.root), config.probe)
+        now = time.time()
+        self.machine = NodeMachine(
+            config=config.protocol_config(), identity=self.identity,
+            certificate=self.certificate, trust=self.trust, rng=self.rng, now=now,
+            name=config.node_name or self.certificate.name, formation=config.formation,
+            capabilities=self.capabilities, held_chunks=self.store.hashes(), ledger=ledger,
+            installed=installed)
+        self.node_id = self.machine.node_id
+        for m in self.machine.ledger.manifests():
+            self.store.put_manifest(m)
+        self._stored_manifests = {m.manifest_id for m in self.store.manifests()}
+        self.port = 0
+        self._sessions: dict[str, _Session] = {}
+        self._banned: dict[str, float] = {}
+        self._dialing: dict[str, trio.CancelScope] = {}
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[tuple[Any, ...]](
+            math.inf)
+        self._tokens = trio.Semaphore(_INBOX_TOKENS)
+        self._store_send, self._store_recv = trio.open_memory_channel[StoreChunk](16)
+        self._nursery: trio.Nursery | None = None
+        self._changed = trio.Event()       # pulsed after every machine step (subscribers)
+        self._saved_own = -1
+        self._saved_vv: dict[str, int] = {}
+        self._last_save = 0.0
+        self.ledger_save_interval = 2.0
+        self.started = trio.Event()
+        self.listener: PeerListener | None = None
+        self.discovery: Discovery | None = None
+        self._messages_in = self._outputs = self._stored = self._served = 0
+        self._saves = self._installs = self._dup = self._drops = 0
+
+    def _optional_key(self, role: str) -> SigningIdentity | None:
+        if not (self.data.keys / f"{role}.key").exists():
+            return None
+        key = load_key(self.data.keys, role)
+        want = Role.PUBLISHER if role == "publisher" else Role.OPERATOR
+        return key if self.trust.is_admitted(key.public_key, want) else None
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+                  control: bool = True, handle_signals: bool = False) -> None:
+        """Serve until cancelled (or SIGTERM/SIGINT with ``handle_signals``)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if handle_signals:
+                    nursery.start_soon(self._signals, nursery.cancel_scope)
+                self.listener = PeerListener(
+                    identity=self.identity, certificate=self.certificate, trust=self.trust,
+                    handler=self._inbound, host=self.config.listen_address,
+                    port=self.config.listen_port, settings=self.config.transport)
+                self.port = await nursery.start(self.listener.serve)
+                nursery.start_soon(self._machine_task)
+                for _ in range(_STORE_WORKERS):
+                    nursery.start_soon(self._store_worker)
+                if control:
+                    from ._control import ControlServer
+
+                    server = ControlServer(self, self.config.control_socket)
+                    await nursery.start(server.serve)
+                nursery.start_soon(self._discovery_task)
+                log.info("node %s (%s) listening on %s:%d", self.node_id,
+                         self.machine.name, self.config.listen_address, self.port)
+                self.started.set()
+                task_status.started(self.port)
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await trio.to_thread.run_sync(save_ledger, self.data.root,
+                                                  self.machine.ledger)
+                    self._saves += 1
+                except AgentError as exc:
+                    log.error("could not save the ledger on shutdown: %s", exc)
+            log.info("node %s stopped", self.node_id)
+
+    async def _signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s; shutting down", signal.Signals(signum).name)
+                scope.cancel()
+                return
+
+    def post(self, *item: Any) -> None:
+        """Queue a local event for the machine task (from any trio task)."""
+        self._inbox_send.send_nowait(item)
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    # ------------------------------------------------------------------ discovery / dial
+
+    async def _discovery_task(self) -> None:
+        send, recv = trio.open_memory_channel[DiscoveryEvent](math.inf)
+        self.discovery = Discovery(
+            fleet_id=self.config.fleet_id, node_id=self.node_id, port=self.port, send_channel=send,
+            name=self.machine.name, interfaces=list(self.config.mdns_interfaces) or None,
+            static_peers=self.config.static_peers, mdns=self.config.mdns_enabled)
+        assert self._nursery is not None
+        async with self.discovery:
+            async for event in recv:
+                if isinstance(event, PeerFound):
+                    key = event.node_id or f"static:{event.host}:{event.port}"
+                    old = self._dialing.pop(key, None)
+                    if old is not None:
+                        old.cancel()
+                    scope = trio.CancelScope()
+                    self._dialing[key] = scope
+                    self._nursery.start_soon(self._dialer, event, scope)
+                elif isinstance(event, PeerLost) and event.node_id in self._dialing:
+                    self._dialing.pop(event.node_id).cancel()
+
+    async def _dialer(self, found: PeerFound, scope: trio.CancelScope) -> None:
+        attempt = 0
+        with scope:
+            if found.node_id is not None and found.node_id < self.node_id:
+                await trio.sleep(_GRACE)    # the smaller id dials; we wait to be dialled
+            while True:
+                peer = found.node_id
+                if peer is not None and (peer in self._sessions
+                                         or self._banned.get(peer, 0) > time.time()):
+                    s = self._sessions.get(peer)
+                    if s is not None:
+                        await s.done.wait()
+                    else:
+                        await trio.sleep(self._banned[peer] - time.time())
+                    continue
+                try:
+                    channel = await dial(found.host, found.port, identity=self.identity,
+                                         certificate=self.certificate, trust=self.trust,
+                                         settings=self.config.transport, expected_peer=peer)
+                except (ProtocolError, TransportError, OSError) as exc:
+                    delay = backoff_delay(attempt, self.rng, base=0.5, cap=30.0)
+                    attempt += 1
+                    log.info("dial %s:%d failed (%s); retry in %.1f s", found.host,
+                             found.port, exc, delay)
+                    await trio.sleep(delay)
+                    continue
+                attempt = 0
+                async with channel:
+                    await self._session(channel, initiated_by_us=True)
+                await trio.sleep(backoff_delay(0, self.rng, base=0.5, cap=30.0))
+
+    async def _inbound(self, channel: SecureChannel) -> None:
+        await self._session(channel, initiated_by_us=False)
+
+    # ------------------------------------------------------------------ sessions
+
+    def _keep_new(self, peer: str, new_initiated_by_us: bool) -> bool:
+        """Of two channels to ``peer``, keep the one opened by the smaller node id."""
+        opener_is_us = self.node_id < peer
+        return new_initiated_by_us == opener_is_us
+
+    async def _session(self, channel: SecureChannel, *, initiated_by_us: bool) -> None:
+        peer = channel.peer_id
+        if self._banned.get(peer, 0) > time.time():
+            return
+        self.trust.add_certificate(channel.peer_certificate)
+        old = self._sessions.get(peer)
+        if old is not None:
+            # same direction again: the old one is a dead session not yet noticed
+            self._dup += 1
+            if old.initiated_by_us != initiated_by_us and \
+                    not self._keep_new(peer, initiated_by_us):
+                return
+            await old.channel.aclose()
+            await old.done.wait()
+        out_send, out_recv = trio.open_memory_channel[Any](_OUTBOX)
+        sess = _Session(channel, initiated_by_us, out_send, out_recv, time.time())
+        self._sessions[peer] = sess
+        self.post("up", peer)
+        try:
+            async with trio.open_nursery() as n:
+                n.start_soon(self._writer, peer, sess, n.cancel_scope)
+                try:
+                    while True:
+                        msg = await channel.receive()
+                        await self._tokens.acquire()
+                        self.post("msg", peer, msg)
+                except (ProtocolError, TransportError) as exc:
+                    log.info("session with %s ended: %s", peer, exc)
+                n.cancel_scope.cancel()
+        finally:
+            if self._sessions.get(peer) is sess:
+                del self._sessions[peer]
+                self.post("down", peer)
+            sess.done.set()
+            with trio.CancelScope(shield=True):
+                await channel.aclose()
+
+    async def _writer(self, peer: str, sess: _Session, scope: trio.CancelScope) -> None:
+        try:
+            async for item in sess.outbox_recv:
+                if isinstance(item, ServeChunk):
+                    try:
+                        data = await trio.to_thread.run_sync(self.store.get, item.chunk_hash)
+                    except (ChunkNotFound, ChunkCorrupted, StoreError) as exc:
+                        log.warning("cannot serve chunk %s: %s", item.chunk_hash.hex()[:16], exc)
+                        self.post("missing", item.chunk_hash)
+                        continue
+                    await sess.channel.send(make_piece(item.chunk_hash, data, item.priority))
+                    self._served += 1
+                else:
+                    await sess.channel.send(item)
+        except (ProtocolError, TransportError) as exc:
+            log.info("sending to %s failed: %s", peer, exc)
+        scope.cancel()
+
+    async def _enqueue(self, peer: str, item: Any) -> None:
+        sess = self._sessions.get(peer)
+        if sess is None:
+            return
+        try:
+            sess.outbox_send.send_nowait(item)
+            return
+        except trio.WouldBlock:
+            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        with trio.move_on_after(_SEND_STALL) as cs:
+            try:
+                await sess.outbox_send.send(item)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+        if cs.cancelled_caught:
+            log.warning("peer %s did not drain its queue for %g s; dropping it", peer,
+                        _SEND_STALL)
+            await sess.channel.aclose()
+
+    # ------------------------------------------------------------------ machine task
+
+    async def _machine_task(self) -> None:
+        m = self.machine
+        while True:
+            deadline = m.next_deadline()
+            items: list[tuple[Any, ...]] = []
+            if deadline is not None:
+                wake = trio.current_time() + max(0.0, deadline - time.time())
+                with trio.move_on_at(wake):
+                    items.append(await self._inbox_recv.receive())
+            else:
+                items.append(await self._inbox_recv.receive())
+            while len(items) < 256:
+                try:
+                    items.append(self._inbox_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            for item in items:
+                self._handle(item)
+            deadline = m.next_deadline()
+            if deadline is not None and deadline <= time.time():
+                m.on_timer(time.time())
+            await self._persist()
+            outputs = m.take_outputs()
+            self._outputs += len(outputs)
+            for out in outputs:
+                await self._carry_out(out)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        m, now, kind = self.machine, time.time(), item[0]
+        if kind == "msg":
+            self._tokens.release()
+            self._messages_in += 1
+            if item[1] in self._sessions:
+                m.receive(item[1], item[2], now)
+        elif kind == "up":
+            m.peer_connected(item[1], now)
+        elif kind == "down":
+            m.peer_disconnected(item[1], now)
+        elif kind == "stored":
+            self._stored += 1
+            m.chunk_stored(item[1], now)
+        elif kind == "store_failed":
+            m.chunk_store_failed(item[1], item[2], item[3], now)
+        elif kind == "missing":
+            m.chunk_missing(item[1], now)
+        elif kind == "installed":
+            _, model_id, version, variant_id, ok, reason, detail = item
+            m.install_finished(model_id, version, variant_id, ok, reason, detail, now)
+        elif kind == "call":          # a control request: run fn(machine, now) here
+            fn, done = item[1], item[2]
+            try:
+                done(fn(m, now), None)
+            except Exception as exc:  # handed back to the requester
+                done(None, exc)
+
+    async def call(self, fn: Callable[[NodeMachine, float], Any]) -> Any:
+        """Run ``fn(machine, now)`` inside the machine task; its result (or exception)."""
+        box: dict[str, Any] = {}
+        ev = trio.Event()
+
+        def done(result: Any, exc: BaseException | None) -> None:
+            box["r"], box["e"] = result, exc
+            ev.set()
+
+        self.post("call", fn, done)
+        await ev.wait()
+        if box["e"] is not None:
+            raise box["e"]
+        return box["r"]
+
+    async def _persist(self) -> None:
+        ledger = self.machine.ledger
+        vv = ledger.version_vector
+        own = vv.get(self.node_id, 0)
+        now = time.time()
+        if own != self._saved_own or (vv != self._saved_vv
+                                      and now - self._last_save >= self.ledger_save_interval):
+            await trio.to_thread.run_sync(save_ledger, self.data.root, ledger)
+            self._saved_own, self._saved_vv, self._last_save = own, vv, now
+            self._saves += 1
+            for manifest in ledger.manifests():
+                if manifest.manifest_id not in self._stored_manifests:
+                    await trio.to_thread.run_sync(self.store.put_manifest, manifest)
+                    self._stored_manifests.add(manifest.manifest_id)
+
+    async def _carry_out(self, out: Output) -> None:
+        if isinstance(out, SendMessage):
+            await self._enqueue(out.peer, out.message)
+        elif isinstance(out, ServeChunk):
+            await self._enqueue(out.peer, out)
+        elif isinstance(out, StoreChunk):
+            await self._store_send.send(out)
+        elif isinstance(out, InstallVariant):
+            assert self._nursery is not None
+            self._nursery.start_soon(self._install, out)
+        elif isinstance(out, ActivateVersion):
+            try:
+                await trio.to_thread.run_sync(self.installer.activate, out.model_id,
+                                              out.version)
+                log.info("activated %s %s (%s)", out.model_id, out.version, out.variant_id)
+            except AgentError as exc:
+                log.error("could not activate %s %s: %s", out.model_id, out.version, exc)
+        elif isinstance(out, DropPeer):
+            self._drops += 1
+            self._banned[out.peer] = time.time() + _DROP_BAN
+            log.warning("dropping peer %s: %s", out.peer, out.reason)
+            sess = self._sessions.get(out.peer)
+            if sess is not None:
+                await sess.channel.aclose()
+        elif isinstance(out, Notice):
+            log.info("notice %s: %s", out.kind, out.detail)
+
+    async def _store_worker(self) -> None:
+        async for out in self._store_recv:
+            try:
+                await trio.to_thread.run_sync(self.store.put, out.chunk_hash, out.data)
+                self.post("stored", out.chunk_hash)
+            except InsufficientStorage as exc:
+                self.post("store_failed", out.chunk_hash, BlockerReason.INSUFFICIENT_STORAGE,
+                          str(exc))
+            except (StoreError, OSError) as exc:
+                self.post("store_failed", out.chunk_hash, BlockerReason.UNKNOWN, str(exc))
+
+    async def _install(self, out: InstallVariant) -> None:
+        manifest = self.machine.ledger.manifest_by_id(out.manifest_id)
+        ok, reason, detail = False, BlockerReason.DEPLOYMENT_FAILED, ""
+        if manifest is None:
+            detail = f"manifest {out.manifest_id} is not in the ledger"
+        else:
+            try:
+                res = await trio.to_thread.run_sync(self._install_sync, manifest,
+                                                    out.variant_id)
+                ok = True
+                detail = f"installed at {res}"
+                self._installs += 1
+                log.info("installed %s %s (%s)", out.model_id, out.version, out.variant_id)
+            except InsufficientStorage as exc:
+                reason, detail = BlockerReason.INSUFFICIENT_STORAGE, str(exc)
+            except (AgentError, ProtocolError, OSError) as exc:
+                detail = str(exc)
+        if not ok:
+            log.error("install of %s %s failed: %s", out.model_id, out.version, detail)
+        self.post("installed", out.model_id, out.version, out.variant_id, ok,
+                  None if ok else reason, detail)
+
+    def _install_sync(self, manifest: Manifest, variant_id: str) -> str:
+        self.store.put_manifest(manifest)
+        return self.installer.install(manifest, variant_id).path
+
+    # ------------------------------------------------------------------ queries
+
+    def peers(self) -> list[PeerInfo]:
+        now = time.time()
+        out = []
+        for peer, s in sorted(self._sessions.items()):
+            st = s.channel.statistics().connection
+            out.append(PeerInfo(peer, s.channel.peer_certificate.name, s.channel.peer_address,
+                                s.initiated_by_us, now - s.since, st.wire_bytes_sent,
+                                st.wire_bytes_received))
+        return out
+
+    def statistics(self) -> RuntimeStatistics:
+        return RuntimeStatistics(self.node_id, self.port, len(self._sessions),
+                                 self._messages_in, self._outputs, self._stored, self._served,
+                                 self._saves, self._installs, self._dup, self._drops)
+

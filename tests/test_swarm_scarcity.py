@@ -1,0 +1,249 @@
+"""Swarm engine, issue 4: super-seeding redirects, first-copy upload order, link-sized
+pipelines, tail-only endgame and download-side pre-emption (no I/O, seeded)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from protocol._codec import decode, encode
+from protocol._config import SwarmConfig
+from protocol._events import SendMessage, ServeChunk
+from protocol._manifest import ChunkRef
+from protocol._swarm import SwarmEngine
+from protocol._swarm_messages import (
+    Cancel,
+    HaveSet,
+    Interested,
+    Piece,
+    Redirect,
+    Request,
+    make_bitfield,
+)
+from protocol._swarm_uploads import UploadScheduler
+from protocol._types import TransferPriority
+from tests.swarm_sim import cheap_verifier, node_id, token_chunk
+
+KEY = "m1/v"
+LOW_KEY = "m2/v"
+
+
+def make_key(label: str, n: int, size: int = 1000) -> tuple[list[ChunkRef], dict[bytes, bytes]]:
+    refs, data = [], {}
+    for i in range(n):
+        ref, blob = token_chunk(f"{label}-{i}", size)
+        refs.append(ref)
+        data[ref.hash] = blob
+    return refs, data
+
+
+def sent(eng: SwarmEngine, kind: type) -> list[tuple[str, object]]:
+    return [(o.peer, o.message) for o in eng.take_outputs()
+            if isinstance(o, SendMessage) and isinstance(o.message, kind)]
+
+
+def seed(refs: list[ChunkRef], **cfg: object) -> SwarmEngine:
+    return SwarmEngine(node_id=node_id(0), config=SwarmConfig(**cfg),  # type: ignore[arg-type]
+                       rng=random.Random(7), held={r.hash for r in refs},
+                       lookup={KEY: refs}.get, verifier=cheap_verifier)
+
+
+def test_redirect_round_trips_and_validates() -> None:
+    h = bytes(range(32))
+    msg = Redirect(KEY, h, (1, 5, 9))
+    assert decode(encode(msg)) == msg
+    with pytest.raises(ValueError):
+        Redirect(KEY, h, (-1,))
+    with pytest.raises(ValueError):
+        Redirect(KEY, h, tuple(range(17)))
+
+
+def test_seed_redirects_a_repeat_to_unsent_chunks_then_serves_it_when_asked_again() -> None:
+    refs, _ = make_key("s", 10)
+    eng = seed(refs)
+    a, b = node_id(1), node_id(2)
+    for p in (a, b):
+        eng.peer_connected(p, 0.0)
+        eng.receive(p, Interested(KEY), 0.0)
+    eng.take_outputs()
+    x = refs[3].hash
+    eng.receive(a, Request(KEY, x, 2), 0.1)
+    assert [o for o in eng.take_outputs() if isinstance(o, ServeChunk)] == [ServeChunk(a, x, 2)]
+    # b asks for the chunk that just left: redirected, with never-uploaded positions
+    eng.receive(b, Request(KEY, x, 2), 0.2)
+    out = eng.take_outputs()
+    assert not [o for o in out if isinstance(o, ServeChunk)]
+    redirects = [o.message for o in out if isinstance(o, SendMessage)
+                 and isinstance(o.message, Redirect)]
+    assert len(redirects) == 1 and redirects[0].chunk_hash == x
+    assert redirects[0].hints and 3 not in redirects[0].hints
+    assert all(0 <= i < 10 for i in redirects[0].hints)
+    # asked again (nobody else had it): served, never redirected forever
+    eng.receive(b, Request(KEY, x, 2), 1.5)
+    assert [o for o in eng.take_outputs() if isinstance(o, ServeChunk)] == [ServeChunk(b, x, 2)]
+    assert eng.statistics().redirects_sent == 1
+
+
+def test_no_redirect_once_every_chunk_has_left_or_after_the_window() -> None:
+    refs, _ = make_key("w", 2)
+    eng = seed(refs, redirect_window=5.0)
+    a, b = node_id(1), node_id(2)
+    for p in (a, b):
+        eng.peer_connected(p, 0.0)
+    for i, r in enumerate(refs):
+        eng.receive(a, Request(KEY, r.hash, 2), 0.1 * i)
+    eng.take_outputs()
+    # every chunk has been uploaded once: nothing better to send, so serve repeats
+    eng.receive(b, Request(KEY, refs[0].hash, 2), 0.3)
+    assert [o for o in eng.take_outputs() if isinstance(o, ServeChunk)]
+    refs3, _ = make_key("v", 3)
+    eng = seed(refs3, redirect_window=5.0)
+    for p in (a, b):
+        eng.peer_connected(p, 0.0)
+    eng.receive(a, Request(KEY, refs3[0].hash, 2), 0.0)
+    eng.take_outputs()
+    eng.receive(b, Request(KEY, refs3[0].hash, 2), 6.0)   # outside the window
+    assert [o for o in eng.take_outputs() if isinstance(o, ServeChunk)]
+
+
+def test_downloader_follows_redirect_hints_and_backs_off_the_redirected_chunk() -> None:
+    refs, blobs = make_key("d", 6)
+    eng = SwarmEngine(node_id=node_id(0), config=SwarmConfig(redirect_backoff=1.0),
+                      rng=random.Random(3), held=set(), lookup={KEY: refs}.get,
+                      verifier=cheap_verifier)
+    s = node_id(1)
+    eng.peer_connected(s, 0.0)
+    eng.want(KEY, TransferPriority.NORMAL, 0.0)
+    eng.receive(s, HaveSet(KEY, 6, make_bitfield([True] * 6)), 0.0)
+    first = [m for _, m in sent(eng, Request)]
+    assert len(first) == 2   # unmeasured peer: the pipeline floor
+    x = first[0].chunk_hash  # type: ignore[attr-defined]
+    hint = next(i for i, r in enumerate(refs) if r.hash not in
+                {m.chunk_hash for m in first})  # type: ignore[attr-defined]
+    eng.receive(s, Redirect(KEY, x, (hint,)), 0.05)
+    again = [m for _, m in sent(eng, Request)]
+    assert [m.chunk_hash for m in again] == [refs[hint].hash]  # type: ignore[attr-defined]
+    assert eng.statistics().redirects_received == 1
+    # pieces come back; x is not asked of that peer before the back-off ends
+    for m in (first[1], again[0]):
+        h = m.chunk_hash  # type: ignore[attr-defined]
+        eng.receive(s, Piece(h, blobs[h], 2), 0.1)
+        eng.chunk_stored(h, 0.1)
+    asked = [m.chunk_hash for _, m in sent(eng, Request)]  # type: ignore[attr-defined]
+    assert x not in asked and asked
+    deadline = eng.next_deadline()
+    assert deadline is not None and deadline <= 1.05
+    eng.on_timer(1.06)
+    for h in list(eng.outstanding()):
+        eng.receive(s, Piece(h, blobs[h], 2), 1.07)
+        eng.chunk_stored(h, 1.07)
+    eng.on_timer(1.1)
+    later = {m.chunk_hash for _, m in sent(eng, Request)}  # type: ignore[attr-defined]
+    assert x in later or x in eng.outstanding()
+
+
+def test_upload_scheduler_serves_the_never_uploaded_chunk_first() -> None:
+    up = UploadScheduler(SwarmConfig(upload_slots=1, optimistic_slots=0), random.Random(1), 0.0)
+    old, new = b"o" * 32, b"n" * 32
+    up.enqueue("p", old, 10, 2, 0.0)
+    assert [s.chunk_hash for s in up.pump(0.0)] == [old]
+    assert up.copies(old) == 1 and up.uploaded_since(old, 0.0)
+    up.enqueue("p", old, 10, 2, 1.0)
+    up.enqueue("p", new, 10, 2, 1.0)   # queued after the repeat, served before it
+    assert [s.chunk_hash for s in up.pump(1.0)] == [new, old]
+    assert up.copies(old) == 2 and up.copies(new) == 1
+
+
+def _pipe_depth(rtt: float, service: float, pieces: int = 20) -> int:
+    """Drive one downloader over a link of round trip ``rtt`` that serialises a piece in
+    ``service`` seconds; return the most requests it kept in flight."""
+    refs, blobs = make_key("p", 60)
+    eng = SwarmEngine(node_id=node_id(0), config=SwarmConfig(max_requests_per_peer=8),
+                      rng=random.Random(4), held=set(), lookup={KEY: refs}.get,
+                      verifier=cheap_verifier)
+    s = node_id(1)
+    eng.peer_connected(s, 0.0)
+    eng.want(KEY, TransferPriority.NORMAL, 0.0)
+    eng.receive(s, HaveSet(KEY, 60, make_bitfield([True] * 60)), 0.0)
+    arrivals: dict[bytes, float] = {}
+    link_free = 0.0
+    now = 0.0
+    most = 0
+    for _ in range(pieces):
+        for _, m in sent(eng, Request):
+            h = m.chunk_hash  # type: ignore[attr-defined]
+            link_free = max(link_free, now + rtt / 2) + service
+            arrivals[h] = link_free + rtt / 2
+        most = max(most, len(eng.outstanding()))
+        h = min(arrivals, key=lambda k: arrivals[k])
+        now = arrivals.pop(h)
+        eng.receive(s, Piece(h, blobs[h], 2), now)
+        eng.chunk_stored(h, now)
+    return most
+
+
+def test_pipeline_is_sized_to_the_link_bandwidth_delay_product() -> None:
+    # a long fat link: 100 ms round trip, 10 ms per piece -> ~11 needed, capped at 8
+    assert _pipe_depth(0.1, 0.01) == 8
+    # a medium one: 40 ms round trip, 10 ms per piece -> about 5-6
+    assert 4 <= _pipe_depth(0.04, 0.01) <= 7
+    # a thin link: a piece takes longer to serialise than the round trip -> the floor
+    assert _pipe_depth(0.02, 0.5) == 2
+
+
+def test_endgame_only_for_the_tail_and_only_when_overdue() -> None:
+    refs, blobs = make_key("e", 100)
+    eng = SwarmEngine(node_id=node_id(0), config=SwarmConfig(min_requests_per_peer=8,
+                                                             max_requests_per_peer=8),
+                      rng=random.Random(5), held={r.hash for r in refs[:97]},
+                      lookup={KEY: refs}.get, verifier=cheap_verifier)
+    a, b = node_id(1), node_id(2)
+    for p in (a, b):
+        eng.peer_connected(p, 0.0)
+    eng.want(KEY, TransferPriority.NORMAL, 0.0)
+    for p in (a, b):
+        eng.receive(p, HaveSet(KEY, 100, make_bitfield([True] * 100)), 0.0)
+    eng.take_outputs()
+    assert all(len(v) == 1 for v in eng.outstanding().values())
+    assert not eng.in_endgame(KEY)   # 3 left > max(1, 2% of 100)
+    h0 = next(iter(eng.outstanding()))
+    peer0 = next(iter(eng.outstanding()[h0]))
+    eng.receive(peer0, Piece(h0, blobs[h0], 2), 0.2)
+    eng.chunk_stored(h0, 0.2)
+    eng.take_outputs()
+    assert eng.in_endgame(KEY)
+    assert all(len(v) == 1 for v in eng.outstanding().values())   # not overdue yet
+    wake = eng.next_deadline()
+    assert wake is not None and wake < 30.0   # an endgame check, before any timeout
+    eng.on_timer(wake)
+    assert any(len(v) == 2 for v in eng.outstanding().values())
+    assert eng.statistics().endgame_requests >= 1
+
+
+def test_a_critical_key_preempts_low_requests_in_flight() -> None:
+    low_refs, low_blobs = make_key("l", 6)
+    crit_refs, _ = make_key("c", 4)
+    eng = SwarmEngine(node_id=node_id(0), config=SwarmConfig(), rng=random.Random(6),
+                      held=set(), lookup={KEY: crit_refs, LOW_KEY: low_refs}.get,
+                      verifier=cheap_verifier)
+    s = node_id(1)
+    eng.peer_connected(s, 0.0)
+    eng.want(LOW_KEY, TransferPriority.LOW, 0.0)
+    eng.receive(s, HaveSet(LOW_KEY, 6, make_bitfield([True] * 6)), 0.0)
+    low = {m.chunk_hash for _, m in sent(eng, Request)}  # type: ignore[attr-defined]
+    assert len(low) == 2
+    eng.receive(s, HaveSet(KEY, 4, make_bitfield([True] * 4)), 0.1)
+    eng.want(KEY, TransferPriority.CRITICAL, 0.1)
+    out = eng.take_outputs()
+    cancels = {o.message.chunk_hash for o in out if isinstance(o, SendMessage)
+               and isinstance(o.message, Cancel)}
+    requests = [o.message for o in out if isinstance(o, SendMessage)
+                and isinstance(o.message, Request)]
+    assert cancels == low
+    assert requests and all(r.key == KEY for r in requests)
+    assert eng.statistics().preempted_requests == 2
+    # a cancelled piece that still arrives is accepted: it is still needed
+    h = next(iter(low))
+    eng.receive(s, Piece(h, low_blobs[h], 0), 0.2)
+    assert eng.progress(LOW_KEY).bytes_fetched == 1000
