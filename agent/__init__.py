@@ -1,0 +1,19 @@
+"""shoal's daemon side. The public Python API is :mod:`agent.client`."""
+
+from .client import (
+    BlockerReason,
+    ConvergenceBlocker,
+    DistributionScope,
+    ModelConvergenceStatus,
+    ModelDistributionHandle,
+    ModelOperationalStatus,
+    NodeModelStatus,
+    ShoalClient,
+    TransferPriority,
+)
+
+__all__ = [
+    "ShoalClient", "DistributionScope", "TransferPriority", "ModelDistributionHandle",
+    "ModelConvergenceStatus", "ConvergenceBlocker", "BlockerReason", "NodeModelStatus",
+    "ModelOperationalStatus",
+]

@@ -220,6 +220,10 @@ from ._cli_daemon import register as _register_daemon  # noqa: E402  (daemon, fl
 
 REGISTRARS.append(_register_daemon)
 
+from ._cli_migrate import register as _register_migrate  # noqa: E402  (export)
+
+REGISTRARS.append(_register_migrate)
+
 
 def build_parser(registrars: Sequence[Registrar] | None = None) -> argparse.ArgumentParser:
     # the shared options work before or after the subcommand: the subparsers'

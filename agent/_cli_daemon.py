@@ -1,6 +1,7 @@
 """CLI subcommands of the daemon: ``daemon``, ``fleet``, ``peers``, ``status``,
-``distribute``, ``rollback``, ``cancel``. The client ones are thin: one request
-over the control socket (``--socket``, else the config's ``control_socket``)."""
+``distribute``, ``rollback``, ``cancel``, ``node``, ``nodes``, ``handles``. The
+client ones are thin layers over :class:`agent.client.ShoalClient` on the control
+socket (``--socket``, else the config's ``control_socket``); see docs/API.md."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,14 +20,18 @@ from typing import Any
 import trio
 
 from protocol._codec import encode_value
-from protocol._intents import Scope
 from protocol._types import TransferPriority
 
 from ._config import load_config
-from ._control import ControlClient, ConvergenceReport
 from ._errors import ConfigError
 from ._fleet_admin import admit, fleet_init, systemd_unit
 from ._persist import write_cert
+from .client import (
+    DistributionScope,
+    ModelConvergenceStatus,
+    ModelDistributionHandle,
+    ShoalClient,
+)
 
 __all__ = ["register"]
 
@@ -104,11 +110,11 @@ def _cmd_fleet_admit(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _client(args: argparse.Namespace,
-            fn: Callable[[ControlClient], Awaitable[Any]]) -> Any:
+            fn: Callable[[ShoalClient], Awaitable[Any]]) -> Any:
     path = _socket(args)
 
     async def go() -> Any:
-        async with ControlClient(path) as c:
+        async with ShoalClient.connect(path) as c:
             return await fn(c)
     return trio.run(go)
 
@@ -126,27 +132,54 @@ def _plain(obj: Any) -> Any:
 
 
 def _cmd_peers(args: argparse.Namespace) -> tuple[Any, str]:
-    r = _client(args, lambda c: c.peers())
+    r = _client(args, lambda c: c.control.peers())
     lines = [f"{p.node_id}  {p.name:<16} {p.address:<22} "
              f"{'out' if p.initiated_by_us else 'in '}  {p.connected_for:7.1f} s  "
              f"sent {p.bytes_sent}  recv {p.bytes_received}" for p in r.peers]
     return _plain(r), "\n".join(lines) or "no peers connected"
 
 
-def _report_text(r: ConvergenceReport) -> str:
-    lines = [f"{r.model_id} {r.target_version}: {r.converged}/{r.total_platforms} converged, "
-             f"{r.in_progress} in progress, {r.pending} pending, {r.failed} failed"]
-    lines += [f"  blocker {b.node_id}: {b.reason} {b.details}" for b in r.blockers]
+def _status_text(r: ModelConvergenceStatus) -> str:
+    eta = ("-" if r.estimated_completion is None else f"{r.estimated_completion:.0f} s")
+    lines = [f"{r.model_id} {r.target_version}: {r.converged}/{r.total_platforms} converged "
+             f"({100 * r.progress:.0f}%), {r.in_progress} in progress, {r.pending} pending, "
+             f"{r.failed} failed; eta {eta}"]
+    if r.version_distribution:
+        lines.append("  running: " + ", ".join(f"{v}={n}" for v, n in
+                                               sorted(r.version_distribution.items())))
+    lines += [f"  blocker {b.node_id}: {b.reason.value} {b.details}" for b in r.blockers]
     return "\n".join(lines)
+
+
+_WATCH_HEADER = (f"{'time':<9}{'converged':>10}{'in-prog':>9}{'pending':>9}{'failed':>8}"
+                 f"{'bytes':>8}{'eta':>8}  blockers")
+
+
+def _watch_row(r: ModelConvergenceStatus) -> str:
+    pct = f"{100 * r.bytes_done / r.bytes_total:.0f}%" if r.bytes_total else "-"
+    eta = "-" if r.estimated_completion is None else f"{r.estimated_completion:.0f}s"
+    blockers = ", ".join(f"{b.node_id[:8]}:{b.reason.value}" for b in r.blockers)
+    return (f"{time.strftime('%H:%M:%S'):<9}{f'{r.converged}/{r.total_platforms}':>10}"
+            f"{r.in_progress:>9}{r.pending:>9}{r.failed:>8}{pct:>8}{eta:>8}  {blockers}")
+
+
+def _status_obj(r: ModelConvergenceStatus) -> dict[str, Any]:
+    obj: dict[str, Any] = _plain(r)
+    obj.update(is_complete=r.is_complete, is_success=r.is_success, progress=r.progress)
+    return obj
 
 
 def _cmd_status(args: argparse.Namespace) -> tuple[Any, str]:
     if args.model:
         if not args.version:
             raise ConfigError("status MODEL VERSION: give the version too")
+        if args.watch:
+            return _watch(args)
         rep = _client(args, lambda c: c.convergence_status(args.model, args.version))
-        return _plain(rep), _report_text(rep)
-    r = _client(args, lambda c: c.status())
+        return _status_obj(rep), _status_text(rep)
+    if args.watch:
+        raise ConfigError("--watch needs MODEL VERSION")
+    r = _client(args, lambda c: c.control.status())
     lines = [f"node {r.node_id} ({r.name}) fleet {r.fleet_id} port {r.listen_port}, "
              f"{len(r.peers)} peers"]
     if r.record is not None:
@@ -161,41 +194,105 @@ def _cmd_status(args: argparse.Namespace) -> tuple[Any, str]:
     return obj, "\n".join(lines)
 
 
-def _scope(text: str) -> Scope:
-    if text == "all":
-        return Scope()
-    kind, _, value = text.partition("=")
-    if kind == "formation" and value:
-        return Scope.of_formation(value)
-    if kind == "nodes" and value:
-        return Scope.of_nodes(*[v for v in value.split(",") if v])
-    raise ConfigError(f"--scope: expected all, formation=NAME or nodes=a,b; got {text!r}")
+def _watch(args: argparse.Namespace) -> tuple[Any, str]:
+    """Print a row (or, with --json, a one-line JSON object) per change until the
+    rollout completes; the final status is printed last like any command's result."""
+    last: list[ModelConvergenceStatus] = []
+
+    async def go(c: ShoalClient) -> None:
+        if not args.json:
+            print(_WATCH_HEADER, flush=True)
+        async with c.subscribe_convergence(args.model, args.version,
+                                           until_complete=not args.forever) as updates:
+            async for status in updates:
+                if last:      # everything but the final one is printed here
+                    print(json.dumps(_status_obj(last[-1]), sort_keys=True) if args.json
+                          else _watch_row(last[-1]), flush=True)
+                last[:] = [status]
+    _client(args, go)
+    if not last:
+        raise ConfigError("the daemon closed the subscription before any report")
+    final = last[-1]
+    return _status_obj(final), _watch_row(final) + "\n" + _status_text(final)
+
+
+def _handle_text(verb: str, h: ModelDistributionHandle) -> str:
+    extra = []
+    if h.variant_id:
+        extra.append(f"variant {h.variant_id}")
+    if h.delta_from:
+        extra.append(f"delta from {h.delta_from}")
+    more = f" ({', '.join(extra)})" if extra else ""
+    return (f"handle {h.handle_id}\n{verb} {h.model_id} {h.version}{more} to scope {h.scope} "
+            f"({h.targets} nodes now), priority {h.priority.name.lower()}")
+
+
+def _handle_obj(h: ModelDistributionHandle) -> dict[str, Any]:
+    obj: dict[str, Any] = _plain(h)
+    obj["scope"] = str(h.scope)
+    obj["priority"] = h.priority.name.lower()
+    return obj
+
+
+def _scope(text: str) -> DistributionScope:
+    return DistributionScope.parse(text)
 
 
 def _cmd_distribute(args: argparse.Namespace) -> tuple[Any, str]:
     scope = _scope(args.scope)
     prio = TransferPriority.parse(args.priority)
+    if args.variant and args.delta_from:
+        raise ConfigError("--variant and --from cannot be combined: a delta rollout picks "
+                          "each node's variant itself")
 
-    async def go(c: ControlClient) -> Any:
+    async def go(c: ShoalClient) -> ModelDistributionHandle:
         if args.variant:
             return await c.distribute_model_variant(args.model, args.version, args.variant,
                                                     scope, prio)
         if args.delta_from:
-            return await c.distribute_model_delta(args.model, args.version, args.delta_from,
+            return await c.distribute_model_delta(args.model, args.delta_from, args.version,
                                                   scope, prio)
         return await c.distribute_model(args.model, args.version, scope, prio)
-    r = _client(args, go)
-    return _plain(r), f"intent {r.intent_id}: distribute {r.model_id} {r.version}"
+    h = _client(args, go)
+    return _handle_obj(h), _handle_text("distribute", h)
 
 
 def _cmd_rollback(args: argparse.Namespace) -> tuple[Any, str]:
-    r = _client(args, lambda c: c.rollback(args.model, args.version, _scope(args.scope)))
-    return _plain(r), f"intent {r.intent_id}: roll {r.model_id} back to {r.version}"
+    h = _client(args, lambda c: c.rollback(args.model, args.version, _scope(args.scope)))
+    return _handle_obj(h), _handle_text("roll back", h)
 
 
 def _cmd_cancel(args: argparse.Namespace) -> tuple[Any, str]:
-    r = _client(args, lambda c: c.cancel(args.model, args.intent))
-    return _plain(r), f"intent {r.intent_id}: cancelled {r.model_id} {r.version}"
+    h = _client(args, lambda c: c.cancel(args.handle))
+    return _handle_obj(h), f"handle {h.handle_id}\ncancelled {h.cancels} ({h.model_id} {h.version})"
+
+
+def _cmd_node(args: argparse.Namespace) -> tuple[Any, str]:
+    st = _client(args, lambda c: c.node_model_status(args.model, args.node))
+    if st is None:
+        return ({"node": args.node, "model_id": args.model, "status": None},
+                f"node {args.node} reports nothing about {args.model}")
+    obj = _plain(st)
+    text = (f"{st.node_id} ({st.node_name}) {st.model_id}: {st.status.value} "
+            f"{st.version or '-'} [{st.variant_id or '-'}], running {st.active_version or '-'}, "
+            f"on disk {', '.join(st.installed) or '-'}; {st.bytes_done}/{st.bytes_total} B "
+            f"({st.bytes_fetched} fetched, {st.bytes_reused} reused)"
+            + (f"\n  blocker {st.blocker.value}: {st.blocker_detail}" if st.blocker else ""))
+    return obj, text
+
+
+def _cmd_nodes(args: argparse.Namespace) -> tuple[Any, str]:
+    ids = _client(args, lambda c: c.nodes_with_version(args.model, args.version))
+    return ({"model_id": args.model, "version": args.version, "node_ids": ids},
+            "\n".join(ids) or f"no node runs {args.model} {args.version}")
+
+
+def _cmd_handles(args: argparse.Namespace) -> tuple[Any, str]:
+    hs = _client(args, lambda c: c.handles(args.model or ""))
+    lines = [f"{h.handle_id}  {h.kind.value:<10} {h.model_id} {h.version}  scope {h.scope}"
+             + (f"  cancels {h.cancels}" if h.cancels else "")
+             + (f"  CANCELLED by {h.cancelled_by}" if h.cancelled_by else "") for h in hs]
+    return [_handle_obj(h) for h in hs], "\n".join(lines) or "no intents"
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -234,22 +331,39 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                        help="this node, or a rollout's convergence (MODEL VERSION)")
     p.add_argument("model", nargs="?")
     p.add_argument("version", nargs="?")
+    p.add_argument("--watch", action="store_true",
+                   help="print a row per change until the rollout completes")
+    p.add_argument("--forever", action="store_true",
+                   help="with --watch: keep watching after completion (Ctrl-C stops)")
     p.set_defaults(func=_cmd_status)
+    scope_help = ("all | formation=NAME | nodes=ID,ID | "
+                  "capable:min-gpu-gb=N,arch=NAME,min-storage-mb=N (default: all)")
     p = sub.add_parser("distribute", parents=[common, cli], help="roll out a version")
     p.add_argument("model")
     p.add_argument("version")
-    p.add_argument("--scope", default="all")
-    p.add_argument("--priority", default="normal")
-    p.add_argument("--variant")
-    p.add_argument("--from", dest="delta_from")
+    p.add_argument("--scope", default="all", help=scope_help)
+    p.add_argument("--priority", default="normal", help="critical | high | normal | low")
+    p.add_argument("--variant", help="one explicit variant (default: each node picks)")
+    p.add_argument("--from", dest="delta_from", metavar="VERSION",
+                   help="delta update from this version")
     p.set_defaults(func=_cmd_distribute)
     p = sub.add_parser("rollback", parents=[common, cli],
                        help="switch back to an earlier version")
     p.add_argument("model")
     p.add_argument("version")
-    p.add_argument("--scope", default="all")
+    p.add_argument("--scope", default="all", help=scope_help)
     p.set_defaults(func=_cmd_rollback)
-    p = sub.add_parser("cancel", parents=[common, cli], help="cancel a rollout")
-    p.add_argument("model")
-    p.add_argument("--intent", help="intent id (default: the one this node follows)")
+    p = sub.add_parser("cancel", parents=[common, cli], help="cancel a rollout fleet-wide")
+    p.add_argument("handle", metavar="HANDLE_ID", help="the handle id distribute printed")
     p.set_defaults(func=_cmd_cancel)
+    p = sub.add_parser("node", parents=[common, cli], help="one node's status on a model")
+    p.add_argument("model")
+    p.add_argument("node", help="node id or name")
+    p.set_defaults(func=_cmd_node)
+    p = sub.add_parser("nodes", parents=[common, cli], help="nodes running a version")
+    p.add_argument("model")
+    p.add_argument("version")
+    p.set_defaults(func=_cmd_nodes)
+    p = sub.add_parser("handles", parents=[common, cli], help="intents known to this node")
+    p.add_argument("model", nargs="?")
+    p.set_defaults(func=_cmd_handles)

@@ -32,7 +32,8 @@ import trio
 
 from protocol._codec import FrameDecoder, decode, encode, frame, message, struct
 from protocol._errors import ProtocolError, ShoalError
-from protocol._intents import Intent, IntentKind, Scope
+from protocol._identity import Role
+from protocol._intents import Intent, IntentKind, Scope, ScopeKind, scope_matches
 from protocol._ledger import NodeRecord
 from protocol._types import TransferPriority
 
@@ -50,7 +51,9 @@ __all__ = [
     "PublishRequest", "PublishResponse", "DistributeRequest", "CancelRequest",
     "IntentResponse", "ConvergenceRequest", "ConvergenceReport", "BlockerEntry",
     "NodeStatusRequest", "NodeStatusResponse", "NodesWithVersionRequest", "NodeListResponse",
-    "Subscribe", "ErrorResponse",
+    "Subscribe", "ErrorResponse", "IntentsRequest", "IntentListResponse",
+    "RequestRejected", "UnknownModel", "UnknownVersion", "UnknownVariant", "EmptyScope",
+    "UnknownIntent",
 ]
 
 log = logging.getLogger("shoal.control")
@@ -68,6 +71,38 @@ class ControlError(AgentError):
 
 class ControlRefused(AgentError):
     """The control socket is missing, or the daemon refused this user."""
+
+
+class RequestRejected(ControlError):
+    """The issuing daemon refused an operation before anything was sent to the fleet."""
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(kind or type(self).__name__, message)
+
+
+class UnknownModel(RequestRejected):
+    """No manifest of this model is in the ledger (publish it first)."""
+
+
+class UnknownVersion(RequestRejected):
+    """The model is known but not this version (publish it, or check the spelling)."""
+
+
+class UnknownVariant(RequestRejected):
+    """The version has no variant of that id."""
+
+
+class EmptyScope(RequestRejected):
+    """The scope names no node the fleet knows (or some node it names is unknown)."""
+
+
+class UnknownIntent(RequestRejected):
+    """No distribute / rollback intent with that handle id (or model) is known here."""
+
+
+REJECTIONS: dict[str, type[RequestRejected]] = {
+    c.__name__: c for c in (RequestRejected, UnknownModel, UnknownVersion, UnknownVariant,
+                            EmptyScope, UnknownIntent)}
 
 
 # ---------------------------------------------------------------------------- messages
@@ -152,15 +187,27 @@ class DistributeRequest:
 @message(107)
 @dataclass(frozen=True, slots=True)
 class IntentResponse:
+    """An intent as the client sees it (the handle of an operation)."""
+
     intent_id: str
     model_id: str
     version: str
+    kind: IntentKind = IntentKind.DISTRIBUTE
+    variant_id: str | None = None
+    delta_from: str | None = None
+    scope: Scope = dataclasses.field(default_factory=Scope)
+    priority: TransferPriority = TransferPriority.NORMAL
+    issued_at: float = 0.0           # the intent's HLC wall time (seconds)
+    issuer_id: str = ""              # operator key id that signed it
+    targets: int = 0                 # nodes the scope matched when answered, at this node
+    cancels: str | None = None       # for a cancel: the intent it cancels
+    cancelled_by: str | None = None  # for a distribute/rollback: its cancel, if any
 
 
 @message(108)
 @dataclass(frozen=True, slots=True)
 class CancelRequest:
-    model_id: str
+    model_id: str                    # "" when intent_id is given
     intent_id: str | None = None     # None: the intent this node follows for the model
 
 
@@ -239,6 +286,18 @@ class Subscribe:
     until_complete: bool = True
 
 
+@message(117)
+@dataclass(frozen=True, slots=True)
+class IntentsRequest:
+    model_id: str = ""               # "" = every model
+
+
+@message(118)
+@dataclass(frozen=True, slots=True)
+class IntentListResponse:
+    intents: tuple[IntentResponse, ...]
+
+
 @message(149)
 @dataclass(frozen=True, slots=True)
 class ErrorResponse:
@@ -261,6 +320,87 @@ def report(status: ModelConvergenceStatus, machine: NodeMachine) -> ConvergenceR
         status.in_progress, status.pending, status.failed, dict(status.version_distribution),
         tuple(BlockerEntry(b.node_id, str(b.reason), b.since, b.details)
               for b in status.blockers), status.estimated_completion, done, total)
+
+
+def count_targets(m: NodeMachine, scope: Scope) -> int:
+    """How many nodes of this node's ledger ``scope`` covers right now."""
+    return sum(1 for nid, rec in m.ledger.records().items() if scope_matches(scope, nid, rec))
+
+
+def check_request(m: NodeMachine, req: DistributeRequest) -> int:
+    """Refuse what cannot work before anything is signed or gossiped; the target count.
+
+    Unknown model, version, delta base or variant, and a scope that covers no
+    known node (or names a node nobody knows) are refused here, at the issuing
+    node, with an error an operator can act on."""
+    led = m.ledger
+    versions = sorted({x.version for x in led.manifests() if x.model_id == req.model_id})
+    if not versions:
+        raise UnknownModel(f"no published model {req.model_id!r} is known to this node; "
+                           f"publish it first (`shoal publish`), or wait for its manifest "
+                           f"to arrive by gossip")
+    manifest = led.manifest_for(req.model_id, req.version)
+    if manifest is None:
+        raise UnknownVersion(f"{req.model_id} has no published version {req.version!r}; "
+                             f"known versions: {', '.join(versions)}")
+    if req.delta_from is not None:
+        if req.delta_from == req.version:
+            raise UnknownVersion(f"a delta from {req.version} to itself moves nothing")
+        if led.manifest_for(req.model_id, req.delta_from) is None:
+            raise UnknownVersion(f"delta base {req.model_id} {req.delta_from!r} was never "
+                                 f"published; known versions: {', '.join(versions)}")
+    if req.variant_id is not None and req.variant_id not in {
+            v.variant_id for v in manifest.variants}:
+        raise UnknownVariant(f"{req.model_id} {req.version} has no variant "
+                             f"{req.variant_id!r}; it has "
+                             f"{', '.join(v.variant_id for v in manifest.variants)}")
+    records = led.records()
+    if req.scope.kind is ScopeKind.NODES:
+        names = {r.name for r in records.values() if r.name}
+        unknown = [n for n in req.scope.nodes if n not in records and n not in names]
+        if unknown:
+            raise EmptyScope(f"scope names nodes no record mentions: {', '.join(unknown)} "
+                             f"(use node ids or names from `shoal status`)")
+    targets = count_targets(m, req.scope)
+    if targets == 0:
+        raise EmptyScope(f"scope {describe_scope(req.scope)} matches none of the "
+                         f"{len(records)} known nodes; nothing was sent")
+    return targets
+
+
+def describe_scope(scope: Scope) -> str:
+    """The CLI spelling of ``scope`` (``all``, ``formation=x``, ``capable:...``)."""
+    if scope.kind is ScopeKind.ALL:
+        return "all"
+    if scope.kind is ScopeKind.FORMATION:
+        return f"formation={scope.formation}"
+    if scope.kind is ScopeKind.NODES:
+        return "nodes=" + ",".join(scope.nodes)
+    parts = []
+    if scope.min_gpu_gb:
+        parts.append(f"min-gpu-gb={scope.min_gpu_gb:g}")
+    if scope.cpu_arch:
+        parts.append(f"arch={scope.cpu_arch}")
+    if scope.min_storage_mb:
+        parts.append(f"min-storage-mb={scope.min_storage_mb}")
+    return "capable:" + ",".join(parts)
+
+
+def cancel_of(m: NodeMachine, intent_id: str) -> Intent | None:
+    """The admitted cancel intent naming ``intent_id`` (first by id), if any."""
+    for it in m.ledger.intents():
+        if it.kind is IntentKind.CANCEL and it.cancels == intent_id and \
+                m.trust.is_admitted(it.issuer_key, Role.OPERATOR):
+            return it
+    return None
+
+
+def describe(m: NodeMachine, intent: Intent, targets: int) -> IntentResponse:
+    cancel = cancel_of(m, intent.intent_id) if intent.kind is not IntentKind.CANCEL else None
+    return IntentResponse(intent.intent_id, intent.model_id, intent.version, intent.kind,
+                          intent.variant_id, intent.delta_from, intent.scope, intent.priority,
+                          intent.stamp.wall_ms / 1000.0, intent.issuer_id, targets,
+                          intent.cancels, cancel.intent_id if cancel is not None else None)
 
 
 def peer_uid(sock: trio.socket.SocketType) -> int:
@@ -369,6 +509,8 @@ class ControlServer:
             return await self._intent(req)
         if isinstance(req, CancelRequest):
             return await self._cancel(req)
+        if isinstance(req, IntentsRequest):
+            return await self._intents(req)
         if isinstance(req, ConvergenceRequest):
             return await rt.call(lambda m, now: report(
                 m.convergence(req.model_id, req.version, now), m))
@@ -424,11 +566,12 @@ class ControlServer:
             raise ValueError("use CancelRequest to cancel")
 
         def issue(m: NodeMachine, now: float) -> IntentResponse:
+            targets = check_request(m, req)       # raises before anything is written
             intent = Intent.create(op, req.kind, req.model_id, req.version, m.clock.tick(now),
                                    scope=req.scope, priority=req.priority,
                                    variant_id=req.variant_id, delta_from=req.delta_from)
             m.issue_intent(intent, now)
-            return IntentResponse(intent.intent_id, req.model_id, req.version)
+            return describe(m, intent, targets)
         result: IntentResponse = await self.runtime.call(issue)
         return result
 
@@ -436,16 +579,38 @@ class ControlServer:
         op = self._operator()
 
         def cancel(m: NodeMachine, now: float) -> IntentResponse:
-            target = (m.ledger.intent(req.intent_id) if req.intent_id
-                      else m.desired(req.model_id))
-            if target is None:
-                raise ValueError(f"no standing intent for {req.model_id} to cancel"
-                                 if not req.intent_id else f"no intent {req.intent_id}")
+            if req.intent_id:
+                target = m.ledger.intent(req.intent_id)
+                if target is None:
+                    raise UnknownIntent(
+                        f"no intent {req.intent_id} is known at this node (yet): check the "
+                        f"handle id, or wait for gossip to bring it from the issuing node")
+            else:
+                target = m.desired(req.model_id)
+                if target is None:
+                    raise UnknownIntent(f"this node follows no intent for {req.model_id!r}; "
+                                        f"give the handle id to cancel")
+            if target.kind is IntentKind.CANCEL:
+                raise UnknownIntent(f"{target.intent_id} is itself a cancel; cancel the "
+                                    f"distribute or rollback it names")
+            done = cancel_of(m, target.intent_id)
+            if done is not None:                  # idempotent: the cancel already stands
+                return describe(m, done, 0)
             intent = Intent.create(op, IntentKind.CANCEL, target.model_id, target.version,
                                    m.clock.tick(now), cancels=target.intent_id)
             m.issue_intent(intent, now)
-            return IntentResponse(intent.intent_id, target.model_id, target.version)
+            return describe(m, intent, 0)
         result: IntentResponse = await self.runtime.call(cancel)
+        return result
+
+    async def _intents(self, req: IntentsRequest) -> IntentListResponse:
+        def listing(m: NodeMachine, now: float) -> IntentListResponse:
+            out = [describe(m, i, count_targets(m, i.scope))
+                   for i in m.ledger.intents()
+                   if not req.model_id or i.model_id == req.model_id]
+            out.sort(key=lambda r: (r.issued_at, r.intent_id))
+            return IntentListResponse(tuple(out))
+        result: IntentListResponse = await self.runtime.call(listing)
         return result
 
     async def _subscribe(self, stream: trio.SocketStream, req: Subscribe) -> None:
@@ -498,6 +663,9 @@ class ControlClient:
             self._pending.extend(self._decoder.feed(data))
         msg = decode(self._pending.pop(0), _MAX_FRAME)
         if isinstance(msg, ErrorResponse):
+            rejected = REJECTIONS.get(msg.kind)
+            if rejected is not None:
+                raise rejected(msg.message)
             raise ControlError(msg.kind, msg.message)
         return msg
 
@@ -568,13 +736,20 @@ class ControlClient:
         r: NodeListResponse = await self.request(NodesWithVersionRequest(model_id, version))
         return r.node_ids
 
-    async def subscribe_convergence(self, model_id: str, version: str
+    async def intents(self, model_id: str = "") -> tuple[IntentResponse, ...]:
+        r: IntentListResponse = await self.request(IntentsRequest(model_id))
+        return r.intents
+
+    async def subscribe_convergence(self, model_id: str, version: str,
+                                    until_complete: bool = True
                                     ) -> AsyncIterator[ConvergenceReport]:
+        """Reports as they change. The connection is dedicated to the stream after this."""
         assert self._stream is not None
-        await self._stream.send_all(frame(encode(Subscribe(model_id, version)), _MAX_FRAME))
+        await self._stream.send_all(frame(encode(Subscribe(model_id, version, until_complete)),
+                                          _MAX_FRAME))
         while True:
             rep = await self._receive()
             assert isinstance(rep, ConvergenceReport)
             yield rep
-            if rep.is_complete and rep.total_platforms > 0:
+            if until_complete and rep.is_complete and rep.total_platforms > 0:
                 return

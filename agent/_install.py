@@ -34,6 +34,7 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,8 +153,15 @@ class Installer:
 
     # ------------------------------------------------------------------ install
 
-    def install(self, manifest: Manifest, variant_id: str) -> InstallResult:
-        """Assemble, verify and activate ``variant_id`` of ``manifest``."""
+    def install(self, manifest: Manifest, variant_id: str, *,
+                prepare: Callable[[Path], None] | None = None) -> InstallResult:
+        """Assemble, verify and activate ``variant_id`` of ``manifest``.
+
+        ``prepare(directory)``, if given, runs on the assembled and verified files
+        before the version is renamed into place and activated (the migrator's
+        ingest); if it raises, nothing is installed and ``current`` is unchanged.
+        It is not called when the version is already installed.
+        """
         variant = manifest.variant(variant_id)
         model_id, version = manifest.model_id, manifest.version
         if any(f.path.split("/")[0] == RECORD_NAME for f in variant.files):
@@ -179,6 +187,8 @@ class Installer:
             tmp.mkdir()
             for entry in variant.files:
                 self._write_file(tmp, entry)
+            if prepare is not None:
+                prepare(tmp)
             self._write_record(tmp, manifest, variant_id)
             fsync_dir(tmp)
             if final.exists() or final.is_symlink():

@@ -69,6 +69,8 @@ from ._discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
 from ._errors import AgentError, ChunkCorrupted, ChunkNotFound, InsufficientStorage, StoreError
 from ._install import Installer
 from ._keys import load_key
+from ._migrator import DEFAULT_TIMEOUT as _MIGRATOR_TIMEOUT
+from ._migrator import ingest_hook
 from ._paths import DataDir
 from ._persist import load_cert, load_ledger, save_ledger
 from ._probe import probe
@@ -180,6 +182,7 @@ class NodeRuntime:
         self.discovery: Discovery | None = None
         self._messages_in = self._outputs = self._stored = self._served = 0
         self._saves = self._installs = self._dup = self._drops = 0
+        self.migrator_timeout = _MIGRATOR_TIMEOUT   # seconds a model's migrator may run
 
     def _optional_key(self, role: str) -> SigningIdentity | None:
         if not (self.data.keys / f"{role}.key").exists():
@@ -514,7 +517,7 @@ class NodeRuntime:
         else:
             try:
                 res = await trio.to_thread.run_sync(self._install_sync, manifest,
-                                                    out.variant_id)
+                                                    out.variant_id, out.previous_version)
                 ok = True
                 detail = f"installed at {res}"
                 self._installs += 1
@@ -528,9 +531,14 @@ class NodeRuntime:
         self.post("installed", out.model_id, out.version, out.variant_id, ok,
                   None if ok else reason, detail)
 
-    def _install_sync(self, manifest: Manifest, variant_id: str) -> str:
+    def _install_sync(self, manifest: Manifest, variant_id: str,
+                      previous_version: str | None = None) -> str:
         self.store.put_manifest(manifest)
-        return self.installer.install(manifest, variant_id).path
+        # a version with a migrator ingests the state of the one it replaces before
+        # it is activated (agent/_migrator.py); on failure the node stays on the old one
+        prepare = ingest_hook(self.installer, manifest, variant_id, previous_version,
+                              timeout=self.migrator_timeout)
+        return self.installer.install(manifest, variant_id, prepare=prepare).path
 
     # ------------------------------------------------------------------ queries
 

@@ -72,7 +72,7 @@ class TransportSettings:
     connect_timeout: float = 10.0     # seconds for the TCP connect of a dial
     max_frame: int = DEFAULT_MAX_FRAME
     max_connections: int = 64         # simultaneous inbound connections on a listener
-    read_size: int = 256 * 1024
+    read_size: int = 1048576
 
 
 class TransportError(AgentError):

@@ -38,6 +38,13 @@ reordered record fails authentication; that raises :class:`RecordError` (a
 :class:`RemoteProtocolError`) and the session is dead for good (state ``CLOSED``)
 - only this session.
 
+Copies on the record path are kept to the ones the work needs (measured with
+``benchmarks/bench_transport.py``): a record is encrypted straight into one
+buffer that already holds its length prefix (one write per record), and
+received bytes are appended once to a receive buffer that records are
+decrypted from in place (no per-frame slice copies); the consumed prefix is
+dropped once per :meth:`SecureConnection.receive_data` call.
+
 Randomness (the ephemeral secret, the nonce) is an input: ``protocol/`` has
 none of its own.
 """
@@ -54,8 +61,9 @@ import nacl.exceptions
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ._codec import DEFAULT_MAX_FRAME, FrameDecoder, decode, encode, frame, message
+from ._codec import DEFAULT_MAX_FRAME, decode, encode, frame, message
 from ._errors import (
+    FrameTooLarge,
     LocalProtocolError,
     MalformedMessage,
     ProtocolError,
@@ -212,7 +220,7 @@ class SecureConnection:
 
     __slots__ = (
         "role", "state", "peer_certificate", "max_frame", "_identity", "_certificate",
-        "_trust", "_expected_peer", "_eph_secret", "_eph_public", "_nonce", "_decoder",
+        "_trust", "_expected_peer", "_eph_secret", "_eph_public", "_nonce", "_rbuf",
         "_out", "_hello_i", "_hello_r", "_transcript", "_send_key", "_recv_key",
         "_send_ctr", "_recv_ctr", "_send_aead", "_recv_aead", "_peer_authed",
         "_records_sent", "_records_received",
@@ -242,8 +250,8 @@ class SecureConnection:
         self._eph_public = nacl.bindings.crypto_scalarmult_base(ephemeral_secret)
         self._peer_eph = b""
         self._nonce = nonce
-        self._decoder = FrameDecoder(max_frame)
-        self._out = bytearray()
+        self._rbuf = bytearray()   # received bytes not yet consumed as whole frames
+        self._out: list[bytes | bytearray] = []
         self._hello_i: bytes | None = None
         self._hello_r: bytes | None = None
         self._transcript = b""
@@ -277,10 +285,15 @@ class SecureConnection:
     def established(self) -> bool:
         return self.state is ConnectionState.ESTABLISHED
 
-    def data_to_send(self) -> bytes:
-        """Bytes to write to the stream now (possibly empty)."""
-        out = bytes(self._out)
-        self._out.clear()
+    def data_to_send(self) -> bytes | bytearray:
+        """Bytes to write to the stream now (possibly empty), in one buffer.
+
+        A single pending record is handed over as is (no copy); the caller owns it.
+        """
+        if not self._out:
+            return b""
+        out: bytes | bytearray = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out = []
         self._wire_sent += len(out)
         return out
 
@@ -297,11 +310,16 @@ class SecureConnection:
         if self._send_ctr >= _MAX_COUNTER:
             raise LocalProtocolError("record counter exhausted; open a new session")
         assert self._send_aead is not None
-        ct = self._send_aead.encrypt(_COUNTER.pack(self._send_ctr), plaintext, None)
+        size = len(plaintext) + _AEAD_TAG
+        rec = bytearray(_LEN.size + size)
+        _LEN.pack_into(rec, 0, size)
+        with memoryview(rec) as view:
+            self._send_aead.encrypt_into(_COUNTER.pack(self._send_ctr), plaintext, None,
+                                         view[_LEN.size:])
         self._send_ctr += 1
         self._records_sent += 1
         self._pt_sent += len(plaintext)
-        self._out += frame(ct, self.max_frame)
+        self._out.append(rec)
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[object]:
         """Consume bytes from the stream; return the messages of complete records.
@@ -315,12 +333,25 @@ class SecureConnection:
             raise LocalProtocolError("the session is closed")
         self._wire_received += len(data)
         out: list[object] = []
+        buf = self._rbuf
+        buf += data
+        pos = 0
         try:
-            for body in self._decoder.feed(data):
-                if self.state is ConnectionState.HANDSHAKE:
-                    self._handshake_frame(body)
-                else:
-                    out.append(self._record(body))
+            with memoryview(buf) as view:
+                while len(buf) - pos >= _LEN.size:
+                    (length,) = _LEN.unpack_from(buf, pos)
+                    if length > self.max_frame:
+                        raise FrameTooLarge(length, self.max_frame)
+                    end = pos + _LEN.size + length
+                    if end > len(buf):
+                        break
+                    with view[pos + _LEN.size:end] as body:
+                        pos = end
+                        if self.state is ConnectionState.HANDSHAKE:
+                            self._handshake_frame(bytes(body))
+                        else:
+                            out.append(self._record(body))
+            del buf[:pos]
         except HandshakeRejected as exc:
             self.failure = (exc.code, exc.detail)
             self._close()
@@ -351,7 +382,7 @@ class SecureConnection:
                             self._certificate, self._nonce))
 
     def _emit(self, body: bytes) -> None:
-        self._out += frame(body, self.max_frame)
+        self._out.append(frame(body, self.max_frame))
 
     def _reject(self, code: RejectCode, detail: str) -> None:
         self._emit(encode(HandshakeReject(code, detail[:1000])))
@@ -435,7 +466,7 @@ class SecureConnection:
 
     # ------------------------------------------------------------------ records
 
-    def _record(self, body: bytes) -> object:
+    def _record(self, body: memoryview) -> object:
         assert self._recv_aead is not None
         try:
             pt = self._recv_aead.decrypt(_COUNTER.pack(self._recv_ctr), body, None)
@@ -443,7 +474,7 @@ class SecureConnection:
             if not self._received_any and self.role is ConnectionRole.INITIATOR:
                 # The responder may refuse our Auth after we considered the session
                 # open; its HandshakeReject then arrives in place of the first record.
-                rejected = _try_reject(body, self.max_frame)
+                rejected = _try_reject(bytes(body), self.max_frame)
                 if rejected is not None:
                     raise rejected from None
             raise RecordError(f"record {self._recv_ctr} from node {self.peer_id} failed "
@@ -457,6 +488,7 @@ class SecureConnection:
 
     def _close(self) -> None:
         self.state = ConnectionState.CLOSED
+        self._rbuf = bytearray()
         self._send_key = self._recv_key = self._eph_secret = b""
         self._send_aead = self._recv_aead = None
 

@@ -285,6 +285,7 @@ class Ledger:
         self._entries: dict[tuple[str, int], Entry] = {}
         self._record_at: dict[str, int] = {}    # origin -> counter of its live record
         self._top: dict[str, int] = {}          # origin -> highest counter held
+        self._held: dict[str, set[int]] = {}    # origin -> counters of held entries
         self._vv: VersionVector = {}
         self._sizes: dict[tuple[str, int], int] = {}
         self._rejected: dict[str, int] = {}
@@ -457,12 +458,14 @@ class Ledger:
             if old is not None:
                 del self._entries[(origin, old)]
                 self._sizes.pop((origin, old), None)
+                self._held[origin].discard(old)
             self._record_at[origin] = e.counter
         elif e.intent is not None:
             self._intents.setdefault(e.intent.intent_id, e.intent)
         elif e.manifest is not None:
             self._manifests.setdefault(e.manifest.manifest_id, e.manifest)
         self._entries[(origin, e.counter)] = e
+        self._held.setdefault(origin, set()).add(e.counter)
         if e.counter > self._top.get(origin, 0):
             self._top[origin] = e.counter
 
@@ -490,8 +493,12 @@ class Ledger:
 
         ``only`` restricts the delta to the origins it accepts (the others are
         neither shipped nor claimed)."""
-        keys = sorted(k for k in self._entries if k[1] > peer_vv.get(k[0], 0)
-                      and (only is None or only(k[0])))
+        keys: list[tuple[str, int]] = []
+        for origin, top in self._top.items():
+            have = peer_vv.get(origin, 0)
+            if top > have and (only is None or only(origin)):
+                keys.extend((origin, c) for c in self._held[origin] if c > have)
+        keys.sort()
         pieces: list[DeltaPiece] = []
         cur: list[Entry] = []
         cur_size = 0

