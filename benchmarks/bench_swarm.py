@@ -21,7 +21,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
         rows.append({"name": f"{tag} T_min/T_measured",
                      "value": None if r["ratio"] is None else round(r["ratio"], 3),
                      "unit": "ratio",
-                     "detail": f"T_min {r['t_min']:.1f} s, measured {r['t_measured']} s"})
+                     "detail": f"T_min {r['t_min']:.1f} s, measured {r['t_measured']} s "
+                               f"(of which gossip start-up {r['t_startup']} s)"})
         rows.append({"name": f"{tag} T_hub/T_measured",
                      "value": r.get("hub_speedup") and round(r["hub_speedup"], 2),
                      "unit": "x", "detail": f"hub run {r.get('t_hub')} s"})

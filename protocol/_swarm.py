@@ -82,7 +82,7 @@ __all__ = [
 
 ContentKey = str
 import os as _os
-_RA = bool(int(_os.environ.get('RA', '0')))
+_PV = bool(int(_os.environ.get('PV', '0')))
 
 
 def make_piece(chunk_hash: bytes, data: bytes, priority: int) -> object:
@@ -383,7 +383,8 @@ class SwarmEngine:
         enough that the next request reaches it before it runs dry: ``rtt / service``
         (the smallest request-to-piece time already includes one piece's service),
         within ``[min_requests_per_peer, max_requests_per_peer]``. Unmeasured peers get
-        the floor (slow start)."""
+        the floor (slow start); the service time is measured from two pieces asked back
+        to back, so a floor of 1 would never grow (hence the default of 2)."""
         cfg = self._config
         lo = max(1, min(cfg.min_requests_per_peer, cfg.max_requests_per_peer))
         service = self._service.get(peer)
@@ -610,7 +611,7 @@ class SwarmEngine:
         cfg = self._config
         if (cfg.redirect_window > 0 and info is not None and uploads.copies(h) > 0
                 and uploads.uploaded_since(h, now - cfg.redirect_window)
-                and (_RA or (peer, h) not in self._redirected)
+                and (peer, h) not in self._redirected
                 and (message.key not in self._downloads
                      or self._downloads[message.key].completed)):
             hints = self._hints(message.key, info, uploads)
@@ -937,9 +938,16 @@ class SwarmEngine:
         if not bucket.ready(now):
             self._blocked_on_tokens = True
             return None
-        fewest = min(len(self._peer_out[p]) for p in providers)
-        peer = self._rng.choice(sorted(p for p in providers
-                                       if len(self._peer_out[p]) == fewest))
+        if _PV:
+            def eta(p: str) -> float:
+                rtt = self._rtt_min.get(p, 0.0)
+                return rtt + self._service.get(p, rtt) * len(self._peer_out[p])
+            best = min(eta(p) for p in providers)
+            peer = self._rng.choice(sorted(p for p in providers if eta(p) <= best * 1.0001))
+        else:
+            fewest = min(len(self._peer_out[p]) for p in providers)
+            peer = self._rng.choice(sorted(p for p in providers
+                                           if len(self._peer_out[p]) == fewest))
         assert d.info is not None
         size = d.info.size_of[h]
         rec = _Outstanding(peer, d.key, size, now)
