@@ -10,10 +10,10 @@ signs it with its publisher key and announces it by gossip; distribute it like
 any other version (``shoal distribute MODEL NEW``), and a node that holds the
 base fetches only the state.
 
-The control socket's publish takes a package path, so the manifest made this
-way names no ``base_version``; the marker file carries the base instead (an
-installed derived version never runs ingest, whichever says so). In-process
-callers get ``base_version`` set with :func:`agent._migrator.export_version`.
+The publish request names the running version as ``base_version``, so the
+derived manifest says what it is layered on; the marker file carries the same
+base inside the version directory (an installed derived version never runs
+ingest, whichever of the two says so).
 """
 
 from __future__ import annotations
@@ -160,7 +160,8 @@ def _cmd_export(args: argparse.Namespace) -> tuple[Any, str]:
 
         async def go() -> Any:
             async with ControlClient(sock) as c:
-                return await c.publish(str(stage.resolve()), args.model, new_version)
+                return await c.publish(str(stage.resolve()), args.model, new_version,
+                                       base_version=version)
         res = trio.run(go)
     finally:
         with contextlib.suppress(OSError):

@@ -44,7 +44,7 @@ DEFAULT_PORT = 7411
 
 _TOP_KEYS = {"data_dir", "fleet_id", "fleet_root_key", "node_name", "formation",
              "listen_address", "listen_port", "static_peers", "control_socket",
-             "bandwidth", "gossip", "swarm", "transport", "mdns", "probe"}
+             "migrator_timeout", "bandwidth", "gossip", "swarm", "transport", "mdns", "probe"}
 _REQUIRED = ("data_dir", "fleet_id", "fleet_root_key")
 _FLEET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
@@ -62,6 +62,7 @@ class AgentConfig:
     listen_port: int = DEFAULT_PORT
     static_peers: tuple[tuple[str, int], ...] = ()
     control_socket: str = ""          # "" -> <data_dir>/control.sock
+    migrator_timeout: int = 120       # seconds a model's migrator may run
     upload_rate: float = 0.0          # bytes/s, 0 = unlimited
     download_rate: float = 0.0
     gossip: GossipConfig = field(default_factory=GossipConfig)
@@ -132,6 +133,8 @@ def parse_config(data: Mapping[str, Any] | str, base_dir: str = ".") -> AgentCon
     out["control_socket"] = (_path(data["control_socket"], "control_socket", base_dir)
                              if "control_socket" in data
                              else os.path.join(out["data_dir"], "control.sock"))
+    if "migrator_timeout" in data:
+        out["migrator_timeout"] = _int(data["migrator_timeout"], "migrator_timeout", 1, 86400)
     if "bandwidth" in data:
         bw = _table(data["bandwidth"], "bandwidth")
         _no_unknown(bw, {"upload", "download"}, "bandwidth.")

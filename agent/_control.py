@@ -157,6 +157,7 @@ class PublishRequest:
     path: str
     model_id: str
     version: str
+    base_version: str | None = None  # set for a derived version (`shoal export`)
 
 
 @message(105)
@@ -542,7 +543,8 @@ class ControlServer:
                              "with keys/publisher.cert); publish on a node that has one")
         publisher = rt.publisher
         res = await trio.to_thread.run_sync(
-            lambda: publish(rt.store, req.path, req.model_id, req.version, publisher))
+            lambda: publish(rt.store, req.path, req.model_id, req.version, publisher,
+                            base_version=req.base_version))
         manifest = rt.store.get_manifest(res.manifest_id)
         hashes = {c.hash for c in manifest.iter_chunks()}
 
@@ -686,8 +688,10 @@ class ControlClient:
         r: PeersResponse = await self.request(PeersRequest())
         return r
 
-    async def publish(self, path: str, model_id: str, version: str) -> PublishResponse:
-        r: PublishResponse = await self.request(PublishRequest(path, model_id, version))
+    async def publish(self, path: str, model_id: str, version: str,
+                      base_version: str | None = None) -> PublishResponse:
+        r: PublishResponse = await self.request(
+            PublishRequest(path, model_id, version, base_version))
         return r
 
     async def distribute_model(self, model_id: str, version: str, scope: Scope = _ALL,

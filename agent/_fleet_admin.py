@@ -55,8 +55,8 @@ class Provisioned:
 
 def provision(data_dir: Path, *, root: SigningIdentity, fleet_id: str, name: str,
               operator: bool = False, extra_config: str = "", listen_port: int = 0,
-              mdns_interface: str = "127.0.0.1", static_peers: tuple[str, ...] = ()
-              ) -> Provisioned:
+              mdns_interface: str = "127.0.0.1", static_peers: tuple[str, ...] = (),
+              formation: str = "") -> Provisioned:
     """A ready-to-run node data directory: keys, certificates and ``shoal.toml``."""
     keys = data_dir / "keys"
     if not (keys / "node.key").exists():
@@ -82,7 +82,8 @@ def provision(data_dir: Path, *, root: SigningIdentity, fleet_id: str, name: str
             f'fleet_root_key = "{root.public_key.hex()}"\nnode_name = "{name}"\n'
             f'listen_address = "127.0.0.1"\nlisten_port = {listen_port}\n'
             f'control_socket = "{sock}"\nstatic_peers = [{peers}]\n'
-            f'[mdns]\nenabled = {"true" if mdns_interface else "false"}\n'
+            + (f'formation = "{formation}"\n' if formation else '')
+            + f'[mdns]\nenabled = {"true" if mdns_interface else "false"}\n'
             f'interfaces = [{f"{chr(34)}{mdns_interface}{chr(34)}" if mdns_interface else ""}]\n'
             f'{extra_config}')
     cfg = data_dir / "shoal.toml"

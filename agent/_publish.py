@@ -294,11 +294,16 @@ def _publish_file(rel: str, open_path: str, executable: bool, writer: _Writer,
 def publish(store: ChunkStore, package: Path | str, model_id: str, version: str,
             publisher: SigningIdentity, *, params: ChunkParams = DEFAULT_PARAMS,
             window: int = DEFAULT_WINDOW, created_at_ms: int | None = None,
-            writer_threads: int = 2) -> PublishResult:
-    """Chunk, store, sign and pin ``package`` as ``(model_id, version)``."""
+            writer_threads: int = 2, base_version: str | None = None) -> PublishResult:
+    """Chunk, store, sign and pin ``package`` as ``(model_id, version)``.
+
+    ``base_version`` marks a derived version (a migrator export layered on a base).
+    """
     try:
         validate_model_id(model_id)
         validate_version(version)
+        if base_version is not None:
+            validate_version(base_version)
     except InvalidValue as exc:
         raise PublishError(str(exc)) from None
     specs = load_package(package)
@@ -332,7 +337,8 @@ def publish(store: ChunkStore, package: Path | str, model_id: str, version: str,
                                "content; publish the change under a new version")
     if created_at_ms is None:
         created_at_ms = int(time.time() * 1000)
-    manifest = Manifest.sign(publisher, model_id, version, body, created_at_ms)
+    manifest = Manifest.sign(publisher, model_id, version, body, created_at_ms,
+                             base_version=base_version)
     store.put_manifest(manifest)
     store.pin(manifest.manifest_id)
     return _result(manifest, writer, already=False)

@@ -69,7 +69,6 @@ from ._discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
 from ._errors import AgentError, ChunkCorrupted, ChunkNotFound, InsufficientStorage, StoreError
 from ._install import Installer
 from ._keys import load_key
-from ._migrator import DEFAULT_TIMEOUT as _MIGRATOR_TIMEOUT
 from ._migrator import ingest_hook
 from ._paths import DataDir
 from ._persist import load_cert, load_ledger, save_ledger
@@ -182,7 +181,7 @@ class NodeRuntime:
         self.discovery: Discovery | None = None
         self._messages_in = self._outputs = self._stored = self._served = 0
         self._saves = self._installs = self._dup = self._drops = 0
-        self.migrator_timeout = _MIGRATOR_TIMEOUT   # seconds a model's migrator may run
+        self.migrator_timeout = float(config.migrator_timeout)  # seconds a migrator may run
 
     def _optional_key(self, role: str) -> SigningIdentity | None:
         if not (self.data.keys / f"{role}.key").exists():

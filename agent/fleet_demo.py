@@ -76,7 +76,8 @@ class LocalFleet:
 
     def __init__(self, base: Path, n: int, *, fleet_id: str = "demo-fleet",
                  extra_config: str = FAST_GOSSIP, mdns: bool = True,
-                 per_node: dict[int, str] | None = None) -> None:
+                 per_node: dict[int, str] | None = None,
+                 formations: dict[int, str] | None = None) -> None:
         self.base = base
         self.fleet_id = fleet_id
         self.root = SigningIdentity.generate()
@@ -87,7 +88,8 @@ class LocalFleet:
                                         name=f"node{i}", operator=(i == 0),
                                         extra_config=(per_node or {}).get(i, "")
                                         + extra_config,
-                                        mdns_interface="127.0.0.1" if mdns else ""))
+                                        mdns_interface="127.0.0.1" if mdns else "",
+                                        formation=(formations or {}).get(i, "")))
             self.procs.append(None)
 
     def start(self, i: int) -> None:

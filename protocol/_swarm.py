@@ -81,8 +81,6 @@ __all__ = [
 ]
 
 ContentKey = str
-import os as _os
-_PV = bool(int(_os.environ.get('PV', '0')))
 
 
 def make_piece(chunk_hash: bytes, data: bytes, priority: int) -> object:
@@ -938,16 +936,9 @@ class SwarmEngine:
         if not bucket.ready(now):
             self._blocked_on_tokens = True
             return None
-        if _PV:
-            def eta(p: str) -> float:
-                rtt = self._rtt_min.get(p, 0.0)
-                return rtt + self._service.get(p, rtt) * len(self._peer_out[p])
-            best = min(eta(p) for p in providers)
-            peer = self._rng.choice(sorted(p for p in providers if eta(p) <= best * 1.0001))
-        else:
-            fewest = min(len(self._peer_out[p]) for p in providers)
-            peer = self._rng.choice(sorted(p for p in providers
-                                           if len(self._peer_out[p]) == fewest))
+        fewest = min(len(self._peer_out[p]) for p in providers)
+        peer = self._rng.choice(sorted(p for p in providers
+                                       if len(self._peer_out[p]) == fewest))
         assert d.info is not None
         size = d.info.size_of[h]
         rec = _Outstanding(peer, d.key, size, now)

@@ -25,6 +25,7 @@ listen_address = "10.0.0.5"
 listen_port = 7500
 static_peers = ["10.0.0.6:7411", "relay.example:7411", "[fd00::1]:7412"]
 control_socket = "/run/shoal/control.sock"
+migrator_timeout = 300
 
 [bandwidth]
 upload = "8mbit"
@@ -92,7 +93,7 @@ def test_every_key_is_parsed(tmp_path: Path) -> None:
     assert (cfg.listen_address, cfg.listen_port) == ("10.0.0.5", 7500)
     assert cfg.static_peers == (("10.0.0.6", 7411), ("relay.example", 7411),
                                 ("fd00::1", 7412))
-    assert cfg.control_socket == "/run/shoal/control.sock"
+    assert cfg.control_socket == "/run/shoal/control.sock" and cfg.migrator_timeout == 300
     assert cfg.upload_rate == 1_000_000.0 and cfg.download_rate == 2 * 1024 * 1024
     assert cfg.gossip == dataclasses.replace(
         GossipConfig(), interval=0.5, fanout=4, jitter=0.2, max_delta_bytes=65536,
@@ -171,6 +172,7 @@ BAD = [
     ("static_peers = \"a:1\"\n", "static_peers: expected an array"),
     ("static_peers = [\"a:1\", \"b\"]\n", "static_peers[1]: expected \"host:port\""),
     ("node_name = \"bad/name\"\n", "node_name: 'bad/name' must be"),
+    ("migrator_timeout = 0\n", "migrator_timeout: expected an integer 1..86400"),
     ("formation = 3\n", "formation: expected a string"),
     ("gossip = 3\n", "gossip: expected a table"),
 ]
@@ -215,7 +217,7 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
 
 def test_docs_mention_every_key() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "CONFIG.md").read_text()
-    keys = ["data_dir", "fleet_id", "fleet_root_key", "node_name", "formation",
+    keys = ["data_dir", "migrator_timeout", "fleet_id", "fleet_root_key", "node_name", "formation",
             "listen_address", "listen_port", "static_peers", "control_socket",
             "[bandwidth]", "upload", "download", "[gossip]", "[swarm]", "[transport]",
             "[mdns]", "enabled", "interfaces", "[probe]", "[[probe.gpus]]"]

@@ -56,19 +56,14 @@ PROBES = {
 FORMATIONS = {0: "alpha", 1: "alpha", 2: "bravo", 3: "bravo"}
 
 
-def _set_formation(config: Path, formation: str) -> None:
-    config.write_text(f'formation = "{formation}"\n' + config.read_text())
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
     base = tmp_path_factory.mktemp("apifleet")
-    f = LocalFleet(base, N, per_node=PROBES)
+    f = LocalFleet(base, N, per_node=PROBES, formations=FORMATIONS)
     # a second operator, so operations can be issued (and cancelled) from another node
     f.nodes[1] = provision(base / "node1", root=f.root, fleet_id=f.fleet_id, name="node1",
-                           operator=True, extra_config=PROBES[1] + FAST_GOSSIP)
-    for i, node in enumerate(f.nodes):
-        _set_formation(node.config_path, FORMATIONS[i])
+                           operator=True, extra_config=PROBES[1] + FAST_GOSSIP,
+                           formation=FORMATIONS[1])
     try:
         f.start_all()
         trio.run(_ready, f)

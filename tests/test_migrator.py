@@ -35,7 +35,7 @@ from agent._migrator import (
 from agent._paths import DataDir
 from agent._publish import publish
 from agent._store import ChunkStore
-from protocol._codec import decode, encode
+from protocol._codec import decode, decode_value, encode
 from protocol._errors import HostilePath
 from protocol._identity import SigningIdentity
 from protocol._manifest import Manifest, SemVer
@@ -355,6 +355,11 @@ def test_two_daemons_export_distribute_and_a_failing_ingest(tmp_path: Path) -> N
         state_size = len((current(0) / STATE).read_bytes())
         marker = len((current(1) / EXPORT_MARKER).read_bytes())
         assert moved == state_size + marker
+        # the derived manifest, as node 1 received it by gossip, names its base
+        received = [decode_value(Manifest, f.read_bytes())
+                    for f in (dirs[1].root / "store" / "manifests").iterdir() if f.is_file()]
+        derived = [m for m in received if m.version == "1.0.1"]
+        assert [m.base_version for m in derived] == ["1.0.0"]
 
         crash = package(tmp_path, "pkg2", "import sys\nsys.stderr.write('no cheese\\n')\n"
                                           "sys.exit(4)\n", model_version="2")
