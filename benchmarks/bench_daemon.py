@@ -23,6 +23,7 @@ quick=True: 128/256 MiB, a fleet of 4 and a 5 s window; full: 1/4 GiB, 10, 20 s.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import tempfile
@@ -96,7 +97,8 @@ async def _transfer(fleet: LocalFleet, pkg: Path, model: str, timeout: float
 
 def _run_transfer(base: Path, size: int, timeout: float) -> tuple[float, float, int, int]:
     pkg = _package(base / "pkg", size, seed=size)
-    fleet = LocalFleet(base / "fleet", 2)
+    # a fleet id of its own: other local fleets on the loopback mDNS stay out of it
+    fleet = LocalFleet(base / "fleet", 2, fleet_id=f"bench-xfer-{os.getpid()}")
     try:
         fleet.start_all()
         return trio.run(_transfer, fleet, pkg, "bench", timeout)
@@ -131,7 +133,8 @@ async def _idle(fleet: LocalFleet, n: int, pkg: Path, window: float
 def _run_idle(base: Path, n: int, window: float) -> tuple[list[float], float]:
     pkg = _package(base / "pkg", 2 * MiB, seed=7)
     # default gossip settings (interval 1 s): what an idle production fleet runs
-    fleet = LocalFleet(base / "fleet", n, extra_config="")
+    fleet = LocalFleet(base / "fleet", n, fleet_id=f"bench-idle-{os.getpid()}",
+                       extra_config="")
     try:
         fleet.start_all()
         return trio.run(_idle, fleet, n, pkg, window)
@@ -143,7 +146,7 @@ def _run_idle(base: Path, n: int, window: float) -> tuple[list[float], float]:
 def run(quick: bool) -> list[dict[str, Any]]:
     small, large = (128 * MiB, 256 * MiB) if quick else (1024 * MiB, 4096 * MiB)
     n_idle, window = (4, 5.0) if quick else (10, 20.0)
-    timeout = 120.0 if quick else 900.0
+    timeout = 120.0 if quick else 2400.0
     tmp = Path(tempfile.mkdtemp(prefix="shoal-bench-daemon-"))
     try:
         raw = _two_processes(small, secure=False)

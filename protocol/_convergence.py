@@ -3,12 +3,14 @@
 Theory of operation
 -------------------
 The nodes *in scope* are those whose desired state (:func:`~._intents.resolve`,
-scopes evaluated against the current records) targets ``version``. Each is
-classified from its own record: *converged* (that version, operational or
-degraded), *failed*, *in progress* (downloading or loading that version) or
-*pending* (anything else). Because the answer depends only on the ledger (and
-``now``, for the time estimate), every node holding the same ledger reports
-the same status.
+scopes evaluated against the current records) targets ``version``; a rollback
+targets only nodes that have (had) the model deployed, so a node that never ran
+it does not count. Each is classified from its own record: *converged* (that
+version, operational or degraded, and the intent's variant when it names one),
+*failed*, *in progress* (downloading or loading that version) or *pending*
+(anything else, e.g. still running another variant of the version). Because
+the answer depends only on the ledger (and ``now``, for the time estimate),
+every node holding the same ledger reports the same status.
 
 A node ``x`` is *unreachable* when at least ``min_suspecting`` other nodes list
 it in the ``suspects`` of their own records (each node suspects the *direct*
@@ -122,7 +124,9 @@ def compute_convergence(model_id: str, version: str, intents: Iterable[Intent],
         current = st.active_version if st is not None else ""
         dist[current or "none"] = dist.get(current or "none", 0) + 1
         on_target = st is not None and st.version == version
-        if on_target and st is not None and st.status in _DONE:
+        variant_ok = st is not None and (target.variant_id is None
+                                         or st.variant_id == target.variant_id)
+        if on_target and variant_ok and st is not None and st.status in _DONE:
             converged += 1
             if st.bytes_total and st.updated_at > st.started_at:
                 rates.append(st.bytes_done / (st.updated_at - st.started_at))

@@ -13,6 +13,15 @@ intent id). Scopes are evaluated continuously, never frozen at issue time: a
 node that joins later, or moves to another formation, or gains a GPU, picks up
 the standing intents that now cover it (and drops those that no longer do).
 Every node holding the same ledger computes the same answer for every node.
+
+A ``rollback`` applies only to nodes in its scope that have (had) the model
+deployed: their record reports a version of the model (running, being fetched
+or failed) or any version installed on disk (:func:`intent_applies`). A node
+that never ran the model is not targeted: a rollback never installs a model
+somewhere it was not, and such a node does not count in that rollback's
+convergence. The rule is stable: a node that follows the rollback reports its
+version, so it stays targeted; a node that does not, writes nothing about the
+model, so it stays untargeted.
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ from ._types import TransferPriority
 if TYPE_CHECKING:
     from ._ledger import NodeRecord
 
-__all__ = ["IntentKind", "ScopeKind", "Scope", "Intent", "scope_matches", "resolve"]
+__all__ = ["IntentKind", "ScopeKind", "Scope", "Intent", "scope_matches", "has_deployed",
+           "intent_applies", "resolve"]
 
 
 class IntentKind(enum.StrEnum):
@@ -106,6 +116,26 @@ def scope_matches(scope: Scope, node_id: str, record: NodeRecord | None) -> bool
     if caps.max_gpu_memory_gb < scope.min_gpu_gb:
         return False
     return caps.storage_free_mb >= scope.min_storage_mb
+
+
+def has_deployed(model_id: str, record: NodeRecord | None) -> bool:
+    """Does the node (as ``record`` describes it) run, fetch, or hold any version of
+    ``model_id``? A node that never had the model reports no version and nothing
+    installed (a cancelled first transfer returns it to that state)."""
+    if record is None:
+        return False
+    st = record.model(model_id)
+    return st is not None and bool(st.version or st.active_version or st.installed)
+
+
+def intent_applies(intent: Intent, node_id: str, record: NodeRecord | None) -> bool:
+    """Is node ``node_id`` a target of ``intent`` (a distribute or rollback)?
+
+    Its scope must cover the node; a rollback also needs the node to have (had)
+    the model deployed (:func:`has_deployed`)."""
+    if not scope_matches(intent.scope, node_id, record):
+        return False
+    return intent.kind is not IntentKind.ROLLBACK or has_deployed(intent.model_id, record)
 
 
 @struct
@@ -186,6 +216,9 @@ def resolve(intents: Iterable[Intent], model_id: str, node_id: str,
             records: Mapping[str, NodeRecord], trust: FleetTrust) -> Intent | None:
     """The intent node ``node_id`` should follow for ``model_id`` (None: no standing one).
 
+    Candidates are the uncancelled intents that apply to the node
+    (:func:`intent_applies`: scope, and for a rollback a deployed model).
+
     ``intents`` must already be verified; admission is re-checked so a revoked
     operator's intents stop counting everywhere at once.
     """
@@ -204,7 +237,7 @@ def resolve(intents: Iterable[Intent], model_id: str, node_id: str,
     best_key: tuple[HLC, str] | None = None
     for it in candidates:
         iid = it.intent_id
-        if iid in cancelled or not scope_matches(it.scope, node_id, record):
+        if iid in cancelled or not intent_applies(it, node_id, record):
             continue
         key = (it.stamp, iid)
         if best_key is None or key > best_key:

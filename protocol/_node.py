@@ -16,6 +16,20 @@ machine *reconciles* each model: it resolves the desired intent for itself
 * then on completion emits :class:`InstallVariant`, and on
   :meth:`install_finished` marks the model operational or failed.
 
+"Runs that version" means the version *and*, when the intent names a variant,
+that variant: an explicit-variant intent for the version a node already runs
+with another variant fetches and installs the named one (an on-disk copy of
+the version is reused only if it is that variant). An auto-selection intent
+leaves a node that runs the version alone, whatever variant it runs, even if
+the probe would now pick another: a running model is not replaced behind the
+operator's back (a changed probe matters only when a transfer starts; an
+operator who wants the new best choice names it explicitly).
+
+Progress (``bytes_done/total/reused/fetched`` of the model's record) is
+refreshed from the swarm on every timer, when a transfer completes and when
+the install finishes, so the final record always tells how many bytes the
+node reused from its store and how many it fetched from peers.
+
 A model whose desired intent disappears (cancelled) has its transfer dropped
 and returns to the version it runs. The node's own record is rewritten on
 every status change, at most every ``record_min_interval`` seconds for mere
@@ -181,8 +195,10 @@ class NodeMachine:
             after = self._states.get(model_id)
             if (before is None) != (after is None) or (
                     before is not None and after is not None
-                    and (before.status, before.version, before.blocker, before.intent_id)
-                    != (after.status, after.version, after.blocker, after.intent_id)):
+                    and (before.status, before.version, before.variant_id, before.blocker,
+                         before.intent_id)
+                    != (after.status, after.version, after.variant_id, after.blocker,
+                        after.intent_id)):
                 status_changed = True
         self._drain_swarm(now)
         if status_changed:
@@ -205,8 +221,11 @@ class NodeMachine:
                 self._outputs.append(Notice("transfer_cancelled", f"{model_id}: no standing "
                                             "intent any more", model_id=model_id))
             return
-        version, iid = target.version, target.intent_id
-        if st is not None and st.version == version:
+        version, iid, wanted = target.version, target.intent_id, target.variant_id
+        # an explicit variant must match too; auto selection accepts what runs
+        same = st is not None and st.version == version and (
+            wanted is None or st.variant_id == wanted)
+        if st is not None and same:
             if st.status in _DONE and st.active_version == version:
                 if st.intent_id != iid:
                     self._set_state(model_id, now, intent_id=iid)
@@ -217,7 +236,9 @@ class NodeMachine:
                 self.swarm.want(self._transfers[model_id], target.priority, now)
                 self._set_state(model_id, now, intent_id=iid)
                 return
-        if version in disk:
+        if st is not None and st.status is _S.LOADING:
+            return   # an install is running: act on the new target when it finishes
+        if version in disk and (wanted is None or disk[version] == wanted):
             self._drop_transfer(model_id, now)
             self._outputs.append(ActivateVersion(model_id, version, disk[version]))
             self._set_state(model_id, now, version=version, variant_id=disk[version],
@@ -254,6 +275,7 @@ class NodeMachine:
             for model_id, k in list(self._transfers.items()):
                 if k != key:
                     continue
+                self._refresh_progress(model_id, key, now)
                 del self._transfers[model_id]
                 self._installing[model_id] = key
                 st = self._states[model_id]
@@ -263,11 +285,16 @@ class NodeMachine:
                 self._set_state(model_id, now, status=_S.LOADING, bytes_done=st.bytes_total)
                 self._write_record(now, urgent=True)
 
+    def _refresh_progress(self, model_id: str, key: str, now: float) -> None:
+        p = self.swarm.progress(key)
+        if p.bytes_total == 0:
+            return          # the swarm does not know the key (yet, or any more)
+        self._set_state(model_id, now, bytes_done=p.bytes_held, bytes_total=p.bytes_total,
+                        bytes_reused=p.bytes_reused, bytes_fetched=p.bytes_fetched)
+
     def _update_progress(self, now: float) -> None:
         for model_id, key in self._transfers.items():
-            p = self.swarm.progress(key)
-            self._set_state(model_id, now, bytes_done=p.bytes_held, bytes_total=p.bytes_total,
-                            bytes_reused=p.bytes_reused, bytes_fetched=p.bytes_fetched)
+            self._refresh_progress(model_id, key, now)
 
     def _after_input(self, now: float) -> None:
         self._drain_swarm(now)
@@ -396,7 +423,9 @@ class NodeMachine:
 
     def install_finished(self, model_id: str, version: str, variant_id: str, ok: bool,
                          reason: BlockerReason | None, detail: str, now: float) -> None:
-        self._installing.pop(model_id, None)
+        key = self._installing.pop(model_id, None)
+        if key is not None:
+            self._refresh_progress(model_id, key, now)
         if ok:
             disk = self._disk.setdefault(model_id, {})
             disk[version] = variant_id

@@ -257,6 +257,9 @@ def test_delta_moves_only_changed_chunks(fleet: LocalFleet, tmp_path: Path) -> N
         st = api(fleet, i, lambda c: c.node_model_status("det", ""))
         assert st.active_version == "1.1.0"
         assert set(st.installed) == {"1.0.0", "1.1.0"}
+        # the node's final record says how many bytes were reused and fetched
+        assert 0 < st.bytes_fetched <= pub2.bytes_new, (i, st)
+        assert st.bytes_reused > 0 and st.bytes_reused + st.bytes_fetched == st.bytes_total
 
 
 def test_rollback_with_capable_scope_moves_no_bytes(fleet: LocalFleet) -> None:

@@ -364,3 +364,41 @@ def test_certificate_fixture_is_root_signed() -> None:
     cert = fleet.node("z").certificate
     assert isinstance(cert, Certificate)
     cert.verify(fleet.root.public_key, fleet.fleet_id)
+
+
+def test_auth_and_first_records_in_one_read_are_all_delivered() -> None:
+    """The initiator's last handshake frame and its first records arrive in one buffer."""
+    ci, cr = pair(_FLEET, _A, _B, seed=7)
+    cr.receive_data(ci.data_to_send())          # Hello(I)
+    ci.receive_data(cr.data_to_send())          # Hello(R) + Auth(R): I is established
+    assert (ci.established, cr.established) == (True, False)
+    ci.send(Note("first", b"1"))
+    ci.send(Note("second", b"2" * 70_000))
+    got = cr.receive_data(ci.data_to_send())    # Auth(I) + two records, one buffer
+    assert cr.established
+    assert got == [Note("first", b"1"), Note("second", b"2" * 70_000)]
+
+
+def test_a_record_is_one_length_prefixed_write() -> None:
+    ci, cr = pair(_FLEET, _A, _B, seed=8)
+    pump(ci, cr)
+    ci.send(Note("n", b"x" * 1000))
+    wire = ci.data_to_send()
+    assert int.from_bytes(wire[:4], "big") == len(wire) - 4
+    assert ci.data_to_send() == b""
+    assert cr.receive_data(wire) == [Note("n", b"x" * 1000)]
+
+
+def test_large_record_fed_in_small_reads_then_the_next_in_the_same_read() -> None:
+    ci, cr = pair(_FLEET, _A, _B, seed=9)
+    pump(ci, cr)
+    big = random.Random(3).randbytes(1 << 20)
+    ci.send(Note("big", big))
+    ci.send(Note("after", b"a"))
+    wire = bytes(ci.data_to_send())
+    got: list[object] = []
+    step = 64 * 1024 + 3
+    for pos in range(0, len(wire), step):
+        got += cr.receive_data(memoryview(wire)[pos:pos + step])
+    assert got == [Note("big", big), Note("after", b"a")]
+    assert cr.statistics().records_received == 2

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from protocol._capabilities import Requirements
+from protocol._chunking import chunk_bytes
 from protocol._config import Config
+from protocol._convergence import compute_convergence
 from protocol._events import (
     ActivateVersion,
     DropPeer,
@@ -16,11 +19,23 @@ from protocol._events import (
     StoreChunk,
 )
 from protocol._intents import IntentKind, Scope
+from protocol._manifest import FileEntry, Manifest, Variant, merkle_root
 from protocol._node import NodeMachine
 from protocol._swarm import make_piece
 from protocol._types import ModelOperationalStatus
 
-from ._fleet import caps, intent, make_trust, manifest, node_cert, node_key
+from ._fleet import (
+    PUBLISHER,
+    caps,
+    intent,
+    make_trust,
+    manifest,
+    model_files,
+    node_cert,
+    node_key,
+    record,
+    running,
+)
 
 S = ModelOperationalStatus
 
@@ -137,7 +152,7 @@ def test_intent_issued_at_one_node_reaches_all() -> None:
     fleet.run(15)
     for i in range(5):
         assert fleet.m(i).ledger.intent(it.intent_id) == it
-        assert len(fleet.m(i).ledger.records()) == 5     # heartbeats keep records moving
+        assert len(fleet.m(i).ledger.records()) == 5     # every node's record spread
         assert fleet.m(i).desired("m") == it
 
 
@@ -211,3 +226,124 @@ def test_quiet_fleet_gossip_is_small_and_statistics_add_up() -> None:
         assert a.rounds > b.rounds
         assert a.summaries_in_sync > b.summaries_in_sync
     assert all(fleet.m(i).statistics().rejected_entries == {} for i in range(3))
+
+
+# ---------------------------------------------------------------- fixes of 2026-11-23
+
+
+def _variant(variant_id: str, data: bytes) -> Variant:
+    refs = tuple(chunk_bytes(data))
+    f = FileEntry("model.bin", len(data), refs, merkle_root([r.hash for r in refs]))
+    return Variant(variant_id, Requirements(), (f,))
+
+
+def _publish_variants(fleet: LocalFleet, version: str,
+                      variants: list[tuple[str, bytes]]) -> Manifest:
+    """Sign a manifest of ``variants`` (all runnable anywhere, preference order) and
+    publish it at node 0, whose store holds every chunk."""
+    man = Manifest.sign(PUBLISHER, "m", version,
+                        tuple(_variant(vid, data) for vid, data in variants), 1)
+    host = fleet.hosts[0]
+    for v, (_, data) in zip(man.variants, variants, strict=True):
+        off = 0
+        for c in v.files[0].chunks:
+            host.store[c.hash] = data[off:off + c.size]
+            off += c.size
+            host.machine.chunk_stored(c.hash, fleet.now)
+    host.machine.publish_manifest(man, fleet.now)
+    return man
+
+
+def test_explicit_variant_replaces_another_variant_of_the_running_version() -> None:
+    installed = {i: [("m", "1.0.0", "fp32")] for i in range(3)}
+    fleet = LocalFleet(3, installed=installed)
+    _, fp32 = model_files("fp32", 300_000)
+    _, int8 = model_files("int8", 150_000)
+    man = _publish_variants(fleet, "1.0.0", [("fp32", fp32), ("int8", int8)])
+    explicit = intent("1.0.0", variant="int8", wall=5)
+    fleet.m(1).issue_intent(explicit, fleet.now)
+    fleet.run(40)
+    for h in fleet.hosts:
+        assert [(x.manifest_id, x.variant_id, x.previous_version) for x in h.installs] == [
+            (man.manifest_id, "int8", "1.0.0")]
+        st = h.machine.model_state("m")
+        assert st is not None and st.status is S.OPERATIONAL
+        assert (st.version, st.variant_id, st.active_version) == ("1.0.0", "int8", "1.0.0")
+        assert st.intent_id == explicit.intent_id
+    s = fleet.m(2).convergence("m", "1.0.0", fleet.now)
+    assert s.is_success and s.total_platforms == 3
+    # Auto selection would pick fp32 (first in preference order), but a node that
+    # runs the version is left alone whatever variant it runs.
+    auto = intent("1.0.0", wall=6)
+    fleet.m(0).issue_intent(auto, fleet.now)
+    fleet.run(20)
+    for h in fleet.hosts:
+        assert len(h.installs) == 1 and h.activations == []
+        st = h.machine.model_state("m")
+        assert st is not None and st.variant_id == "int8" and st.intent_id == auto.intent_id
+    assert fleet.m(0).convergence("m", "1.0.0", fleet.now).is_success
+
+
+def test_explicit_variant_counts_as_converged_only_on_that_variant() -> None:
+    trust = make_trust()
+    ids = [f"{i:032x}" for i in range(3)]
+    it = intent("1.0.0", variant="w")
+    records = {ids[0]: record("a", models=(running("m", "1.0.0"),)),    # variant "v"
+               ids[1]: record("b", models=(replace(running("m", "1.0.0"), variant_id="w"),)),
+               ids[2]: record("c", models=(replace(running("m", "1.0.0", S.FAILED),
+                                                   variant_id=""),))}
+    s = compute_convergence("m", "1.0.0", [it], records, trust, set(), 0.0)
+    assert (s.total_platforms, s.converged, s.pending, s.failed) == (3, 1, 1, 1)
+    s = compute_convergence("m", "1.0.0", [intent("1.0.0")], records, trust, set(), 0.0)
+    assert (s.converged, s.pending, s.failed) == (2, 0, 1)
+
+
+def test_final_record_reports_bytes_reused_and_fetched() -> None:
+    fleet = LocalFleet(3)
+    _, base = model_files("base", 600_000)
+    changed = base[:300_000] + model_files("patch", 40_000)[1] + base[340_000:]
+    _publish_variants(fleet, "1.0.0", [("cpu", base)])
+    fleet.m(0).issue_intent(intent("1.0.0", wall=1), fleet.now)
+    fleet.run(30)
+    m2 = _publish_variants(fleet, "1.1.0", [("cpu", changed)])
+    fleet.m(0).issue_intent(intent("1.1.0", wall=2), fleet.now)
+    fleet.run(30)
+    total = m2.variants[0].size
+    for i in range(3):
+        st = fleet.m(i).model_state("m")
+        assert st is not None and st.active_version == "1.1.0" and st.status is S.OPERATIONAL
+        assert st.bytes_total == st.bytes_done == total
+        assert st.bytes_reused + st.bytes_fetched == total
+        if i == 0:      # the publisher held every chunk
+            assert (st.bytes_reused, st.bytes_fetched) == (total, 0)
+        else:           # only the changed region moved
+            assert 0 < st.bytes_fetched < total // 2 < st.bytes_reused
+        for j in range(3):   # the record every node holds says the same
+            rec = fleet.m(j).ledger.records()[fleet.m(i).node_id].model("m")
+            assert rec is not None
+            assert (rec.bytes_reused, rec.bytes_fetched) == (st.bytes_reused, st.bytes_fetched)
+
+
+def test_rollback_targets_only_nodes_that_had_the_model() -> None:
+    installed = {i: [("m", "1.0.0", "cpu"), ("m", "2.0.0", "cpu")] for i in range(3)}
+    fleet = LocalFleet(4, installed=installed)        # node 3 never ran the model
+    _publish(fleet, version="1.0.0")                  # node 3 could fetch it
+    rb = intent("1.0.0", kind=IntentKind.ROLLBACK, wall=5)
+    fleet.m(3).issue_intent(rb, fleet.now)            # issued at the untargeted node
+    fleet.run(30)
+    for h in fleet.hosts[:3]:
+        assert h.activations == [ActivateVersion("m", "1.0.0", "cpu")]
+        assert h.installs == [] and h.machine.desired("m") == rb
+    n3 = fleet.hosts[3]
+    assert n3.installs == [] and n3.activations == [] and n3.machine.desired("m") is None
+    assert n3.machine.model_state("m") is None
+    assert all(c not in n3.store for c in fleet.hosts[0].store)
+    for i in range(4):
+        s = fleet.m(i).convergence("m", "1.0.0", fleet.now)
+        assert s.total_platforms == 3 and s.is_success
+        assert s.version_distribution == {"1.0.0": 3}
+    # a distribute (not a rollback) does reach node 3
+    fleet.m(0).issue_intent(intent("1.0.0", wall=6), fleet.now)
+    fleet.run(30)
+    assert [x.version for x in n3.installs] == ["1.0.0"]
+    assert fleet.m(3).convergence("m", "1.0.0", fleet.now).total_platforms == 4
