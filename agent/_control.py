@@ -33,7 +33,7 @@ import trio
 from protocol._codec import FrameDecoder, decode, encode, frame, message, struct
 from protocol._errors import ProtocolError, ShoalError
 from protocol._identity import Role
-from protocol._intents import Intent, IntentKind, Scope, ScopeKind, scope_matches
+from protocol._intents import Intent, IntentKind, Scope, ScopeKind, has_deployed, scope_matches
 from protocol._ledger import NodeRecord
 from protocol._types import TransferPriority
 
@@ -323,9 +323,14 @@ def report(status: ModelConvergenceStatus, machine: NodeMachine) -> ConvergenceR
               for b in status.blockers), status.estimated_completion, done, total)
 
 
-def count_targets(m: NodeMachine, scope: Scope) -> int:
-    """How many nodes of this node's ledger ``scope`` covers right now."""
-    return sum(1 for nid, rec in m.ledger.records().items() if scope_matches(scope, nid, rec))
+def count_targets(m: NodeMachine, scope: Scope, kind: IntentKind, model_id: str) -> int:
+    """How many nodes of this node's ledger an intent of ``kind`` with ``scope`` targets now.
+
+    The same rule as :func:`protocol._intents.intent_applies`: a rollback targets
+    only nodes in scope that have (had) the model deployed."""
+    return sum(1 for nid, rec in m.ledger.records().items()
+               if scope_matches(scope, nid, rec)
+               and (kind is not IntentKind.ROLLBACK or has_deployed(model_id, rec)))
 
 
 def check_request(m: NodeMachine, req: DistributeRequest) -> int:
@@ -362,7 +367,7 @@ def check_request(m: NodeMachine, req: DistributeRequest) -> int:
         if unknown:
             raise EmptyScope(f"scope names nodes no record mentions: {', '.join(unknown)} "
                              f"(use node ids or names from `shoal status`)")
-    targets = count_targets(m, req.scope)
+    targets = count_targets(m, req.scope, req.kind, req.model_id)
     if targets == 0:
         raise EmptyScope(f"scope {describe_scope(req.scope)} matches none of the "
                          f"{len(records)} known nodes; nothing was sent")
@@ -607,7 +612,7 @@ class ControlServer:
 
     async def _intents(self, req: IntentsRequest) -> IntentListResponse:
         def listing(m: NodeMachine, now: float) -> IntentListResponse:
-            out = [describe(m, i, count_targets(m, i.scope))
+            out = [describe(m, i, count_targets(m, i.scope, i.kind, i.model_id))
                    for i in m.ledger.intents()
                    if not req.model_id or i.model_id == req.model_id]
             out.sort(key=lambda r: (r.issued_at, r.intent_id))

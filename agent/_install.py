@@ -29,6 +29,7 @@ directory even if something planted a symlink there.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
@@ -50,6 +51,28 @@ __all__ = ["RECORD_NAME", "InstalledVersion", "InstallResult", "Installer"]
 
 RECORD_NAME = ".shoal-install"
 _TMP_PREFIX = ".tmp-install-"
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Atomically swap two directory entries (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False where the kernel or C library cannot (other platforms, old
+    kernels, filesystems without support); raises on any other error.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
 _LINK_TMP_PREFIX = ".tmp-current-"
 
 
@@ -178,9 +201,7 @@ class Installer:
             return InstallResult(model_id, version, variant_id, manifest.manifest_id,
                                  str(final), variant.size, len(variant.files),
                                  prev_version if prev_version != version else None, True)
-        if final.exists() and prev_version == version:
-            raise InstallError(f"{model_id} {version} is active with another variant or "
-                               "manifest; activate another version before replacing it")
+        replacing_active = final.exists() and prev_version == version
         versions.mkdir(parents=True, exist_ok=True)
         tmp = model_dir / f"{_TMP_PREFIX}{version}-{secrets.token_hex(4)}"
         try:
@@ -191,6 +212,18 @@ class Installer:
                 prepare(tmp)
             self._write_record(tmp, manifest, variant_id)
             fsync_dir(tmp)
+            if replacing_active:
+                # `current` names versions/<version>: swap the directories under it in
+                # one step, so it never points at a missing or half-written version
+                if not exchange_paths(tmp, final):
+                    raise InstallError(
+                        f"{model_id} {version} is active with another variant and this "
+                        "system cannot swap directories atomically; activate another "
+                        "version before replacing it")
+                shutil.rmtree(tmp, ignore_errors=True)   # now holds the old variant
+                fsync_dir(versions)
+                return self._finish(manifest, variant_id, final, variant.size,
+                                    len(variant.files), None)
             if final.exists() or final.is_symlink():
                 trash = model_dir / f"{_TMP_PREFIX}old-{secrets.token_hex(4)}"
                 os.rename(final, trash)
@@ -200,11 +233,16 @@ class Installer:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self._switch(model_id, version)
+        return self._finish(manifest, variant_id, final, variant.size, len(variant.files),
+                            prev_version)
+
+    def _finish(self, manifest: Manifest, variant_id: str, final: Path, size: int,
+                files: int, prev_version: str | None) -> InstallResult:
+        self._switch(manifest.model_id, manifest.version)
         if self._stored(manifest):
             self.store.pin(manifest.manifest_id)
-        return InstallResult(model_id, version, variant_id, manifest.manifest_id, str(final),
-                             variant.size, len(variant.files), prev_version, False)
+        return InstallResult(manifest.model_id, manifest.version, variant_id,
+                             manifest.manifest_id, str(final), size, files, prev_version, False)
 
     def _stored(self, manifest: Manifest) -> bool:
         try:

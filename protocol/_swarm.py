@@ -205,6 +205,9 @@ class SwarmEngine:
         self._blocked_on_tokens = False
         self._want_seq = 0
         self._n_out = 0
+        # every outstanding request in the order it was sent (so in sent_at order, since
+        # ``now`` never goes back): the first one is the next to time out
+        self._by_age: dict[tuple[str, bytes], _Outstanding] = {}
         self._c: dict[str, int] = dict.fromkeys(
             ("requests_sent", "endgame_requests", "requests_timed_out", "requests_rejected",
              "cancels_sent", "pieces_received", "pieces_accepted", "corrupt_pieces",
@@ -323,13 +326,16 @@ class SwarmEngine:
         if rec is None:
             return
         self._n_out -= 1
+        del self._by_age[(peer, chunk_hash)]
         by_peer = self._requests.get(chunk_hash)
         if by_peer is not None:
             by_peer.pop(peer, None)
             if not by_peer:
                 del self._requests[chunk_hash]
         if stale_at is not None:
-            self._stale.setdefault(peer, {})[chunk_hash] = stale_at
+            stale = self._stale.setdefault(peer, {})
+            stale.pop(chunk_hash, None)   # re-insert: each table stays in time order
+            stale[chunk_hash] = stale_at
 
     def _cancel_requests(self, chunk_hash: bytes, now: float) -> None:
         for peer in sorted(self._requests.get(chunk_hash, {})):
@@ -809,12 +815,11 @@ class SwarmEngine:
     def next_deadline(self) -> float | None:
         deadlines: list[float] = []
         timeout = self._config.request_timeout
-        if self._n_out:
-            deadlines.append(min(rec.sent_at for out in self._peer_out.values()
-                                 for rec in out.values()) + timeout)
+        if self._by_age:
+            deadlines.append(next(iter(self._by_age.values())).sent_at + timeout)
         for stale in self._stale.values():
-            if stale:
-                deadlines.append(min(stale.values()) + 2 * timeout)
+            if stale:   # kept in time order: the first entry is the oldest
+                deadlines.append(next(iter(stale.values())) + 2 * timeout)
         for avoid in self._avoid.values():
             if avoid:
                 deadlines.append(min(avoid.values()))
@@ -853,14 +858,17 @@ class SwarmEngine:
         if self._n_out >= cfg.max_requests_total:
             return
         self._endgame_wake = None
+        active = [d for d in self._downloads.values() if d.info is not None and d.missing]
+        if not active:
+            return   # a seed, or every wanted key is complete: nothing to pick
+        peer_out = self._peer_out
+        busy = self._busy_until
         spare = {p for p in self._connected
-                 if len(self._peer_out[p]) < self._depth(p)
-                 and self._busy_until.get(p, now) <= now}
+                 if len(peer_out[p]) < self._depth(p) and busy.get(p, now) <= now}
         if not spare:
             return
-        active = sorted((d for d in self._downloads.values()
-                         if d.info is not None and d.missing),
-                        key=lambda d: (-d.priority, d.order))
+        if len(active) > 1:
+            active.sort(key=lambda d: (-d.priority, d.order))
         for d in active:
             if not self._schedule_download(d, spare, now, bucket):
                 return
@@ -944,6 +952,7 @@ class SwarmEngine:
         rec = _Outstanding(peer, d.key, size, now)
         self._peer_out[peer][h] = rec
         self._requests.setdefault(h, {})[peer] = rec
+        self._by_age[(peer, h)] = rec
         self._n_out += 1
         bucket.spend(size, now)
         self._send(peer, Request(d.key, h, int(d.priority)))

@@ -50,6 +50,7 @@ from protocol._events import (
 from protocol._gossip import wire_size
 from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity
 from protocol._swarm import make_piece
+from protocol._swarm_messages import SWARM_MESSAGES
 
 from ._content import SyntheticModel, verify_token
 from ._loop import EventLoop, derive_rng
@@ -63,6 +64,25 @@ DEFAULT_CAPABILITIES = Capabilities(cpu_arch="x86_64", cpu_cores=8, ram_mb=16_38
                                     execution_providers=("CPUExecutionProvider",))
 PIECE_TYPE: type[Any] = type(make_piece(b"\x00" * 32, b"", 0))
 PIECE_OVERHEAD = len(encode(make_piece(b"\x00" * 32, b"", 0)))
+# Small swarm messages (Request, Have, Cancel...) repeat by value across the fleet: their
+# encoded size is remembered per value (frozen dataclasses compare and hash by value, and
+# equal values encode to equal bytes), so each distinct message is encoded once per run.
+_SMALL_SWARM = frozenset(t for t in SWARM_MESSAGES if t is not PIECE_TYPE)
+_SIZE_BY_VALUE: dict[Any, int] = {}
+_SIZE_BY_VALUE_LIMIT = 1_000_000
+
+
+def message_size(msg: Any) -> int:
+    """Bytes ``msg`` takes on the wire (``len(encode(msg))``), memoised."""
+    if type(msg) in _SMALL_SWARM:
+        size = _SIZE_BY_VALUE.get(msg)
+        if size is None:
+            size = len(encode(msg))
+            if len(_SIZE_BY_VALUE) >= _SIZE_BY_VALUE_LIMIT:
+                _SIZE_BY_VALUE.clear()
+            _SIZE_BY_VALUE[msg] = size
+        return size
+    return wire_size(msg)
 
 
 def seeded_identity(seed: int | str, label: str) -> SigningIdentity:
@@ -353,7 +373,7 @@ class Fleet:
         if isinstance(out, SendMessage):
             if out.peer in node.peers:
                 msg = out.message
-                size = wire_size(msg)
+                size = message_size(msg)
                 if self.wire_check:
                     msg = decode(encode(msg))
                 self._messages += 1

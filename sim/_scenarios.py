@@ -171,18 +171,18 @@ def _transfer(fleet: Fleet, model: SyntheticModel, targets: list[int], issuer: i
     """Publish ``model`` at ``issuer`` and order it everywhere; run until every node in
     ``targets`` holds every chunk of it (or ``horizon`` seconds pass)."""
     need = set(model.chunk_hashes)
-    missing = {i: len(need - fleet.nodes[i].disk.held) for i in targets}
-    done_at: dict[int, float] = {i: 0.0 for i, m in missing.items() if m == 0}
+    # chunks each target still lacks; a disk only grows and a write lost in a crash never
+    # reaches the hook, so discarding what the hook reports keeps this exact
+    missing = {i: need - fleet.nodes[i].disk.held for i in targets}
+    done_at: dict[int, float] = {i: 0.0 for i, m in missing.items() if not m}
     start_bytes = {i: fleet.nodes[i].piece_bytes_in for i in targets}
 
     def stored(node: SimNode, chunk_hash: bytes) -> None:
-        i = node.index
-        if i in missing and i not in done_at and chunk_hash in need:
-            # recount (a crash may have lost a write before it landed)
-            left = len(need - node.disk.held)
-            missing[i] = left
-            if left == 0:
-                done_at[i] = fleet.loop.now
+        left = missing.get(node.index)
+        if left is not None and chunk_hash in left:
+            left.discard(chunk_hash)
+            if not left:
+                done_at[node.index] = fleet.loop.now
 
     first_piece: dict[int, float] = {}
 
@@ -261,6 +261,9 @@ def swarm(nodes: int = 20, size: int = 64 * MiB, up: float = 100.0, down: float 
         "duplicate_fraction": dup, "piece_bytes_received": received,
         "drops": fleet.statistics().drops, "notices": fleet.statistics().notices,
         "t_hub_formula": len(honest) * model.size / specs[0].up,
+        # copies of the model the seeder's uplink carried (1.0 = every chunk left it once)
+        "seeder_copies": fleet.net.bytes_sent_by[fleet.nodes[0].node_id] / model.size,
+        "sim_events": fleet.loop.statistics().events_run,
     }
     if hub:
         _, hub_res = one("hub")

@@ -300,6 +300,9 @@ def test_explicit_variant_nodes_scope_and_blockers(fleet: LocalFleet, tmp_path: 
     [b] = s.blockers
     assert b.node_id == fleet.nodes[1].node_id
     assert b.reason is BlockerReason.INSUFFICIENT_GPU_MEMORY and "GiB" in b.details
+    # a rollback never installs a model where it was not: node3 never ran "cam"
+    with pytest.raises(EmptyScope, match="matches none"):
+        api(fleet, 0, lambda c: c.rollback("cam", "1.0.0", DistributionScope.nodes("node3")))
 
 
 def test_cancel_mid_transfer_from_another_node(fleet: LocalFleet, tmp_path: Path) -> None:

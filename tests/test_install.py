@@ -231,3 +231,35 @@ def test_current_always_names_a_complete_version_when_killed(tmp_path: Path) -> 
         fresh = Installer(data, ChunkStore(data.store))
         assert fresh.verify("det", version) == []
         assert not [p for p in data.model_dir("det").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_switching_the_active_version_to_another_variant_swaps_it_atomically(
+        tmp_path: Path) -> None:
+    """An explicit variant of the running version replaces it in place: ``current`` keeps
+    naming versions/<v>, which holds the new variant's files only, verified."""
+    pkg = tmp_path / "pkg"
+    (pkg / "gpu").mkdir(parents=True)
+    (pkg / "cpu").mkdir()
+    (pkg / "gpu" / "model.bin").write_bytes(_rand("gpu", 100_000))
+    (pkg / "cpu" / "model-int8.bin").write_bytes(_rand("cpu", 60_000))
+    (pkg / "shoal-model.toml").write_text(
+        '[[variant]]\nid = "gpu"\nprecision = "fp16"\n\n[[variant]]\nid = "cpu"\n'
+        'precision = "int8"\n')
+    data = DataDir(tmp_path / "data")
+    store = ChunkStore(data.store)
+    manifest = store.get_manifest(publish(store, pkg, "det", "1.0.0", PUB,
+                                          params=SMALL).manifest_id)
+    inst = Installer(data, store)
+    inst.install(manifest, "gpu")
+    current = data.model_dir("det") / "current"
+    assert _tree(current) == {"model.bin": _rand("gpu", 100_000)}
+
+    res = inst.install(manifest, "cpu")
+    assert os.readlink(current) == "versions/1.0.0"
+    assert _tree(current) == {"model-int8.bin": _rand("cpu", 60_000)}
+    active = inst.active("det")
+    assert active is not None and (active.version, active.variant_id) == ("1.0.0", "cpu")
+    assert res.variant_id == "cpu" and not res.already_installed
+    leftovers = [p.name for p in data.model_dir("det").iterdir() if p.name.startswith(".tmp")]
+    assert leftovers == []
+    assert inst.verify("det", "1.0.0") == []
