@@ -59,12 +59,20 @@ def _keys_dir(args: argparse.Namespace) -> Path:
 
 
 def _cmd_daemon(args: argparse.Namespace) -> tuple[Any, str]:
+    from ._log import configure_logging
     from ._runtime import NodeRuntime
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ctx = configure_logging(args.log_format or os.environ.get("SHOAL_LOG_FORMAT") or "text",
+                            level=logging.DEBUG if args.verbose else logging.INFO)
     cfg = load_config(_config_path(args))
     runtime = NodeRuntime(cfg)
+    ctx.node_id = runtime.node_id
+
+    def intent_of(model_id: str) -> str | None:
+        rec = runtime.machine.ledger.record(runtime.node_id)
+        st = rec.model(model_id) if rec is not None else None
+        return st.intent_id if st is not None and st.intent_id else None
+    ctx.intent_of = intent_of
     trio.run(lambda: runtime.run(handle_signals=True))
     return {"stopped": runtime.node_id}, ""
 
@@ -197,6 +205,8 @@ def _cmd_status(args: argparse.Namespace) -> tuple[Any, str]:
 def _watch(args: argparse.Namespace) -> tuple[Any, str]:
     """Print a row (or, with --json, a one-line JSON object) per change until the
     rollout completes; the final status is printed last like any command's result."""
+    if not args.json and sys.stdout.isatty():
+        return _watch_live(args)
     last: list[ModelConvergenceStatus] = []
 
     async def go(c: ShoalClient) -> None:
@@ -214,6 +224,39 @@ def _watch(args: argparse.Namespace) -> tuple[Any, str]:
         raise ConfigError("the daemon closed the subscription before any report")
     final = last[-1]
     return _status_obj(final), _watch_row(final) + "\n" + _status_text(final)
+
+
+def _watch_live(args: argparse.Namespace) -> tuple[Any, str]:
+    """On a terminal: the fleet table (agent/_watch.py), redrawn in place per change."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from ._watch import RateTracker, fleet_view, node_rows
+
+    last: list[ModelConvergenceStatus] = []
+    rates = RateTracker()
+    console = Console()
+
+    async def go(c: ShoalClient) -> None:
+        with Live(console=console, auto_refresh=False, transient=False) as live:
+            async with c.subscribe_convergence(args.model, args.version,
+                                               until_complete=not args.forever) as updates:
+                async for status in updates:
+                    last[:] = [status]
+                    records = [(e.node_id, e.record) for e in await c.control.records()]
+                    now = time.monotonic()
+                    for nid, rec in records:
+                        st = rec.model(args.model)
+                        if st is not None and st.version == args.version:
+                            rates.observe(nid, st.bytes_done, now)
+                    rows = node_rows(status, records, rates.rates())
+                    live.update(fleet_view(status, rows,
+                                           max_rows=max(5, console.size.height - 8)),
+                                refresh=True)
+    _client(args, go)
+    if not last:
+        raise ConfigError("the daemon closed the subscription before any report")
+    return _status_obj(last[-1]), _status_text(last[-1])
 
 
 def _handle_text(verb: str, h: ModelDistributionHandle) -> str:
@@ -304,6 +347,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("daemon", parents=[common, cfg], help="run the node daemon")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--log-format", choices=["text", "json"], default=None,
+                   help="one event per line on stderr: text (default) or json "
+                        "(default from $SHOAL_LOG_FORMAT)")
     p.set_defaults(func=_cmd_daemon)
     dsub = p.add_subparsers(dest="daemon_command", required=False, metavar="COMMAND")
     inst = dsub.add_parser("install", parents=[common, cfg],
@@ -332,7 +378,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?")
     p.add_argument("version", nargs="?")
     p.add_argument("--watch", action="store_true",
-                   help="print a row per change until the rollout completes")
+                   help="follow the rollout until it completes: a live fleet table on a "
+                        "terminal, a plain row per change otherwise")
     p.add_argument("--forever", action="store_true",
                    help="with --watch: keep watching after completion (Ctrl-C stops)")
     p.set_defaults(func=_cmd_status)

@@ -44,7 +44,8 @@ DEFAULT_PORT = 7411
 
 _TOP_KEYS = {"data_dir", "fleet_id", "fleet_root_key", "node_name", "formation",
              "listen_address", "listen_port", "static_peers", "control_socket",
-             "migrator_timeout", "bandwidth", "gossip", "swarm", "transport", "mdns", "probe"}
+             "migrator_timeout", "bandwidth", "gossip", "swarm", "transport", "mdns", "probe",
+             "metrics"}
 _REQUIRED = ("data_dir", "fleet_id", "fleet_root_key")
 _FLEET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
@@ -71,6 +72,7 @@ class AgentConfig:
     mdns_enabled: bool = True
     mdns_interfaces: tuple[str, ...] = ()   # IPv4 addresses; () = every interface
     probe: ProbeOverrides = field(default_factory=ProbeOverrides)
+    metrics_listen: tuple[str, int] | None = None   # [metrics] listen; None = no endpoint
 
     def protocol_config(self) -> Config:
         """The node state machine's :class:`protocol.Config` (rates folded into swarm)."""
@@ -168,6 +170,12 @@ def parse_config(data: Mapping[str, Any] | str, base_dir: str = ".") -> AgentCon
                                            for i, a in enumerate(ifs))
     if "probe" in data:
         out["probe"] = overrides_from_mapping(_table(data["probe"], "probe"), "probe")
+    if "metrics" in data:
+        met = _table(data["metrics"], "metrics")
+        _no_unknown(met, {"listen"}, "metrics.")
+        if "listen" in met and met["listen"] != "":
+            host, port = parse_peer(met["listen"], "metrics.listen")
+            out["metrics_listen"] = (_ip(host, "metrics.listen"), port)
     return AgentConfig(**out)
 
 

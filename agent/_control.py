@@ -52,6 +52,7 @@ __all__ = [
     "IntentResponse", "ConvergenceRequest", "ConvergenceReport", "BlockerEntry",
     "NodeStatusRequest", "NodeStatusResponse", "NodesWithVersionRequest", "NodeListResponse",
     "Subscribe", "ErrorResponse", "IntentsRequest", "IntentListResponse",
+    "RecordsRequest", "RecordsResponse", "RecordEntry",
     "RequestRejected", "UnknownModel", "UnknownVersion", "UnknownVariant", "EmptyScope",
     "UnknownIntent",
 ]
@@ -299,6 +300,25 @@ class IntentListResponse:
     intents: tuple[IntentResponse, ...]
 
 
+@message(119)
+@dataclass(frozen=True, slots=True)
+class RecordsRequest:
+    """Every node record this node's ledger holds (for fleet views: ``status --watch``)."""
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class RecordEntry:
+    node_id: str
+    record: NodeRecord
+
+
+@message(120)
+@dataclass(frozen=True, slots=True)
+class RecordsResponse:
+    records: tuple[RecordEntry, ...]
+
+
 @message(149)
 @dataclass(frozen=True, slots=True)
 class ErrorResponse:
@@ -528,6 +548,9 @@ class ControlServer:
                     nid = next((k for k, r in records.items() if r.name == req.node_id), nid)
                 return NodeStatusResponse(nid, records.get(nid))
             return await rt.call(node_status)
+        if isinstance(req, RecordsRequest):
+            return await rt.call(lambda m, now: RecordsResponse(tuple(
+                RecordEntry(nid, rec) for nid, rec in sorted(m.ledger.records().items()))))
         if isinstance(req, NodesWithVersionRequest):
             def with_version(m: NodeMachine, now: float) -> NodeListResponse:
                 out = []
@@ -744,6 +767,11 @@ class ControlClient:
     async def nodes_with_version(self, model_id: str, version: str) -> tuple[str, ...]:
         r: NodeListResponse = await self.request(NodesWithVersionRequest(model_id, version))
         return r.node_ids
+
+    async def records(self) -> tuple[RecordEntry, ...]:
+        """Every node record the daemon's ledger holds, by node id."""
+        r: RecordsResponse = await self.request(RecordsRequest())
+        return r.records
 
     async def intents(self, model_id: str = "") -> tuple[IntentResponse, ...]:
         r: IntentListResponse = await self.request(IntentsRequest(model_id))

@@ -62,7 +62,7 @@ from protocol._identity import FleetTrust, Role, SigningIdentity
 from protocol._manifest import Manifest
 from protocol._node import NodeMachine
 from protocol._swarm import make_piece
-from protocol._types import BlockerReason
+from protocol._types import BlockerReason, TransferPriority
 
 from ._config import AgentConfig
 from ._discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
@@ -175,6 +175,7 @@ class NodeRuntime:
         self._saved_own = -1
         self._saved_vv: dict[str, int] = {}
         self._last_save = 0.0
+        self._save_retry_at = 0.0         # after a failed save (disk full)
         self.ledger_save_interval = 2.0
         self.started = trio.Event()
         self.listener: PeerListener | None = None
@@ -182,6 +183,7 @@ class NodeRuntime:
         self._messages_in = self._outputs = self._stored = self._served = 0
         self._saves = self._installs = self._dup = self._drops = 0
         self.migrator_timeout = float(config.migrator_timeout)  # seconds a migrator may run
+        self.bytes_served_by_priority: dict[str, int] = {}  # priority name -> bytes (metrics)
 
     def _optional_key(self, role: str) -> SigningIdentity | None:
         if not (self.data.keys / f"{role}.key").exists():
@@ -214,6 +216,10 @@ class NodeRuntime:
                     server = ControlServer(self, self.config.control_socket)
                     await nursery.start(server.serve)
                 nursery.start_soon(self._discovery_task)
+                if self.config.metrics_listen is not None:
+                    from ._metrics import serve_metrics
+
+                    await nursery.start(serve_metrics, self, *self.config.metrics_listen)
                 log.info("node %s (%s) listening on %s:%d", self.node_id,
                          self.machine.name, self.config.listen_address, self.port)
                 self.started.set()
@@ -354,6 +360,9 @@ class NodeRuntime:
                         continue
                     await sess.channel.send(make_piece(item.chunk_hash, data, item.priority))
                     self._served += 1
+                    prio = TransferPriority(item.priority).name.lower()
+                    self.bytes_served_by_priority[prio] = (
+                        self.bytes_served_by_priority.get(prio, 0) + len(data))
                 else:
                     await sess.channel.send(item)
         except (ProtocolError, TransportError) as exc:
@@ -460,15 +469,23 @@ class NodeRuntime:
         vv = ledger.version_vector
         own = vv.get(self.node_id, 0)
         now = time.time()
+        if now < self._save_retry_at:
+            return
         if own != self._saved_own or (vv != self._saved_vv
                                       and now - self._last_save >= self.ledger_save_interval):
-            await trio.to_thread.run_sync(save_ledger, self.data.root, ledger)
-            self._saved_own, self._saved_vv, self._last_save = own, vv, now
-            self._saves += 1
-            for manifest in ledger.manifests():
-                if manifest.manifest_id not in self._stored_manifests:
-                    await trio.to_thread.run_sync(self.store.put_manifest, manifest)
-                    self._stored_manifests.add(manifest.manifest_id)
+            try:
+                await trio.to_thread.run_sync(save_ledger, self.data.root, ledger)
+                self._saved_own, self._saved_vv, self._last_save = own, vv, now
+                self._saves += 1
+                for manifest in ledger.manifests():
+                    if manifest.manifest_id not in self._stored_manifests:
+                        await trio.to_thread.run_sync(self.store.put_manifest, manifest)
+                        self._stored_manifests.add(manifest.manifest_id)
+            except AgentError as exc:
+                # disk full or unwritable: keep serving and retry; own counters are
+                # wall-clock floored, so an unsaved own entry is never reused
+                self._save_retry_at = now + 1.0
+                log.error("could not save the ledger: %s; retrying in 1 s", exc)
 
     async def _carry_out(self, out: Output) -> None:
         if isinstance(out, SendMessage):
@@ -484,18 +501,22 @@ class NodeRuntime:
             try:
                 await trio.to_thread.run_sync(self.installer.activate, out.model_id,
                                               out.version)
-                log.info("activated %s %s (%s)", out.model_id, out.version, out.variant_id)
+                log.info("activated %s %s (%s)", out.model_id, out.version, out.variant_id,
+                         extra={"model_id": out.model_id, "version": out.version})
             except AgentError as exc:
-                log.error("could not activate %s %s: %s", out.model_id, out.version, exc)
+                log.error("could not activate %s %s: %s", out.model_id, out.version, exc,
+                          extra={"model_id": out.model_id, "version": out.version})
         elif isinstance(out, DropPeer):
             self._drops += 1
             self._banned[out.peer] = time.time() + _DROP_BAN
-            log.warning("dropping peer %s: %s", out.peer, out.reason)
+            log.warning("dropping peer %s: %s", out.peer, out.reason,
+                        extra={"peer": out.peer})
             sess = self._sessions.get(out.peer)
             if sess is not None:
                 await sess.channel.aclose()
         elif isinstance(out, Notice):
-            log.info("notice %s: %s", out.kind, out.detail)
+            log.info("notice %s: %s", out.kind, out.detail,
+                     extra={"model_id": out.model_id, "intent_id": out.intent_id})
 
     async def _store_worker(self) -> None:
         async for out in self._store_recv:
@@ -520,13 +541,15 @@ class NodeRuntime:
                 ok = True
                 detail = f"installed at {res}"
                 self._installs += 1
-                log.info("installed %s %s (%s)", out.model_id, out.version, out.variant_id)
+                log.info("installed %s %s (%s)", out.model_id, out.version, out.variant_id,
+                         extra={"model_id": out.model_id, "version": out.version})
             except InsufficientStorage as exc:
                 reason, detail = BlockerReason.INSUFFICIENT_STORAGE, str(exc)
             except (AgentError, ProtocolError, OSError) as exc:
                 detail = str(exc)
         if not ok:
-            log.error("install of %s %s failed: %s", out.model_id, out.version, detail)
+            log.error("install of %s %s failed: %s", out.model_id, out.version, detail,
+                      extra={"model_id": out.model_id, "version": out.version})
         self.post("installed", out.model_id, out.version, out.variant_id, ok,
                   None if ok else reason, detail)
 

@@ -1050,6 +1050,11 @@ class SwarmEngine:
         """Snapshot: chunk hash -> peers asked for it (for invariant checks)."""
         return {h: frozenset(by_peer) for h, by_peer in self._requests.items()}
 
+    def request_times(self) -> dict[tuple[str, bytes], float]:
+        """Snapshot: (peer, chunk hash) -> when that outstanding request was sent."""
+        return {(peer, h): rec.sent_at for peer, out in self._peer_out.items()
+                for h, rec in out.items()}
+
     def in_endgame(self, key: str) -> bool:
         d = self._downloads.get(key)
         if d is None:

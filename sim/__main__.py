@@ -4,6 +4,7 @@ Examples::
 
     shoal-sim gossip --nodes 1000 --seed 1 --json
     shoal-sim swarm --nodes 100 --size 1073741824 --up 100 --down 100 --seed 1
+    shoal-sim swarm --nodes 20 --size 16M --plot swarm.png --html swarm.html
     shoal-sim delta --nodes 10 --size 67108864 --changed 0.1 --json --out delta.json
 """
 
@@ -52,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--degree", type=int, default=None)
     s.add_argument("--liars", type=int, default=0, help="nodes that serve wrong bytes")
     s.add_argument("--no-hub", action="store_true", help="skip the hub baseline run")
+    s.add_argument("--plot", type=Path, metavar="PNG",
+                   help="draw convergence over time (with T_min and the hub) and bytes "
+                        "per node to this PNG")
+    s.add_argument("--html", type=Path, metavar="HTML",
+                   help="write a one-page report (plots + summary table) to this file")
     common(s)
 
     d = sub.add_parser("delta", help="bytes fetched for a new version against bytes changed")
@@ -82,7 +88,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.scenario == "swarm":
         return sc.swarm(nodes=args.nodes, size=args.size, up=args.up, down=args.down,
                         seed=args.seed, hetero=args.hetero, chunk_size=args.chunk_size,
-                        degree=args.degree, hub=not args.no_hub, liars=args.liars)
+                        degree=args.degree, hub=not args.no_hub, liars=args.liars,
+                        timeline=bool(args.plot or args.html))
     if args.scenario == "delta":
         return sc.delta(nodes=args.nodes, size=args.size, changed=args.changed, seed=args.seed,
                         chunk_size=args.chunk_size)
@@ -109,6 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, sort_keys=True, default=str)
     if args.out is not None:
         args.out.write_text(text + "\n")
+    if getattr(args, "plot", None) or getattr(args, "html", None):
+        from . import _report
+
+        png = _report.plot_png([result])
+        if args.plot:
+            args.plot.write_bytes(png)
+        if args.html:
+            _report.html([result], args.html, png)
+        result = {k: v for k, v in result.items() if k != "timeline"}
+        text = json.dumps(result, sort_keys=True, default=str)
     print(text if args.json else _human(result))
     return 0
 

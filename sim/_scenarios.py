@@ -214,14 +214,20 @@ def _transfer(fleet: Fleet, model: SyntheticModel, targets: list[int], issuer: i
         # the last node to receive its first piece: gossip + swarm start-up latency
         "t_startup": (max(first_piece.values()) - t0) if first_piece else None,
         "now": fleet.loop.now,
+        # seconds after the order at which each finished target held everything (plots)
+        "done_times": sorted(max(0.0, v - t0) for v in done_at.values()),
     }
 
 
 def swarm(nodes: int = 20, size: int = 64 * MiB, up: float = 100.0, down: float = 100.0,
           seed: int = 1, hetero: bool = False, chunk_size: int = 1 * MiB,
           degree: int | None = None, hub: bool = True, latency: float = 0.01,
-          swarm_config: SwarmConfig | None = None, liars: int = 0) -> dict[str, Any]:
-    """One seeder (node 0) holds ``size`` bytes; every other node must get them."""
+          swarm_config: SwarmConfig | None = None, liars: int = 0,
+          timeline: bool = False) -> dict[str, Any]:
+    """One seeder (node 0) holds ``size`` bytes; every other node must get them.
+
+    ``timeline``: add ``out["timeline"]`` (per-node completion times of the swarm and
+    hub runs, bytes fetched per node) for ``sim/_report.py``'s plots."""
     wall = time.perf_counter()
     specs = _specs(nodes, up, down, hetero, seed)
     if liars:
@@ -271,6 +277,10 @@ def swarm(nodes: int = 20, size: int = 64 * MiB, up: float = 100.0, down: float 
         out["hub_complete"] = hub_res["complete"]
         out["hub_speedup"] = (hub_res["t_measured"] / res["t_measured"]
                               if hub_res["t_measured"] and res["t_measured"] else None)
+    if timeline:
+        out["timeline"] = {"targets": len(honest), "swarm": res["done_times"],
+                           "hub": hub_res["done_times"] if hub else None,
+                           "bytes_per_node": sorted(res["fetched"].values())}
     out["wall_seconds"] = time.perf_counter() - wall
     out["trace"] = fleet.loop.trace_digest()
     return out

@@ -220,7 +220,8 @@ def test_docs_mention_every_key() -> None:
     keys = ["data_dir", "migrator_timeout", "fleet_id", "fleet_root_key", "node_name", "formation",
             "listen_address", "listen_port", "static_peers", "control_socket",
             "[bandwidth]", "upload", "download", "[gossip]", "[swarm]", "[transport]",
-            "[mdns]", "enabled", "interfaces", "[probe]", "[[probe.gpus]]"]
+            "[mdns]", "enabled", "interfaces", "[probe]", "[[probe.gpus]]",
+            "[metrics]", "listen"]
     keys += [f.name for f in dataclasses.fields(GossipConfig)]
     keys += [f.name for f in dataclasses.fields(SwarmConfig)
              if f.name not in ("upload_rate", "download_rate")]

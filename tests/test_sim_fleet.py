@@ -130,3 +130,17 @@ def test_cli_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     out = json.loads(capsys.readouterr().out)
     assert out["scenario"] == "delta"
     assert out["complete"] is True
+
+
+def test_message_size_is_the_encoded_size_and_is_remembered() -> None:
+    from protocol._codec import encode
+    from protocol._swarm_messages import Cancel, Have, HaveSet, Reject, Request
+    from sim._fleet import message_size
+
+    key = "ab" * 32 + "/cpu"
+    h = bytes(range(32))
+    for msg in (Have(key, 0), Have(key, 300), Have(key, 70_000), Request(key, h, 3),
+                Cancel(h), Reject(h, True), HaveSet(key, 9, b"\xff\x80")):
+        assert message_size(msg) == len(encode(msg))
+        assert message_size(msg) == len(encode(msg))   # from the memo this time
+    assert message_size(Have(key, 1)) != message_size(Have(key, 70_000))

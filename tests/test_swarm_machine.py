@@ -130,6 +130,7 @@ class SwarmMachine(RuleBasedStateMachine):
         self.requests_are_bounded_and_unique()
         self.caps_hold()
         self.corrupt_pieces_are_counted()
+        self.timeouts_are_scheduled()
 
     def held_grows_only_by_verified_chunks(self) -> None:
         for i in range(N):
@@ -155,6 +156,16 @@ class SwarmMachine(RuleBasedStateMachine):
             assert all(n <= CONFIG.max_requests_per_peer for n in per_peer.values())
             assert sum(per_peer.values()) <= CONFIG.max_requests_total
             assert engine.statistics().requests_outstanding == sum(per_peer.values())
+
+    def timeouts_are_scheduled(self) -> None:
+        # next_deadline() reads the oldest request from an age-ordered table; check it
+        # against a scan of every outstanding request
+        for engine in self.net.engines.values():
+            times = engine.request_times()
+            if times:
+                deadline = engine.next_deadline()
+                assert deadline is not None
+                assert deadline <= min(times.values()) + CONFIG.request_timeout
 
     def caps_hold(self) -> None:
         for i, engine in self.net.engines.items():
