@@ -13,10 +13,11 @@ each subparser sets ``func`` to a callable ``(args) -> (json_obj, text)``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +71,39 @@ def _register_keys(sub: Any, common: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------- publish / models
 
 
+@contextlib.contextmanager
+def progress_bar(args: argparse.Namespace, label: str
+                 ) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar on stderr when it is a terminal (and not ``--json``);
+    otherwise no callback at all, so pipes and logs get plain output only."""
+    if getattr(args, "json", False) or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+        yield update
+
+
 def _cmd_publish(args: argparse.Namespace) -> tuple[Any, str]:
     data = _data(args)
     publisher = load_key(data.keys, "publisher")
     store = ChunkStore(data.store)
-    res = publish(store, args.path, args.model, args.version, publisher)
+    with progress_bar(args, f"publish {args.model} {args.version}") as update:
+        res = publish(store, args.path, args.model, args.version, publisher, progress=update)
     verb = "already published" if res.already_published else "published"
     text = (f"{verb} {res.model_id} {res.version} ({', '.join(res.variants)}): "
             f"{res.files} files, {_mib(res.bytes_total)}, {res.chunks_total} chunks; "
@@ -163,7 +192,8 @@ def _cmd_install(args: argparse.Namespace) -> tuple[Any, str]:
     m = store.find_manifest(args.model, args.version)
     m.verify()
     variant_id = args.variant or _pick_variant(m, data)
-    res = Installer(data, store).install(m, variant_id)
+    with progress_bar(args, f"install {args.model} {args.version} ({variant_id})") as update:
+        res = Installer(data, store).install(m, variant_id, progress=update)
     verb = "already installed" if res.already_installed else "installed"
     prev = f" (previous: {res.previous}, kept)" if res.previous else ""
     return dataclasses.asdict(res), (f"{verb} {res.model_id} {res.version} variant "

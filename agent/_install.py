@@ -177,13 +177,15 @@ class Installer:
     # ------------------------------------------------------------------ install
 
     def install(self, manifest: Manifest, variant_id: str, *,
-                prepare: Callable[[Path], None] | None = None) -> InstallResult:
+                prepare: Callable[[Path], None] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> InstallResult:
         """Assemble, verify and activate ``variant_id`` of ``manifest``.
 
         ``prepare(directory)``, if given, runs on the assembled and verified files
         before the version is renamed into place and activated (the migrator's
         ingest); if it raises, nothing is installed and ``current`` is unchanged.
         It is not called when the version is already installed.
+        ``progress(bytes_done, bytes_total)`` is called as files are assembled.
         """
         variant = manifest.variant(variant_id)
         model_id, version = manifest.model_id, manifest.version
@@ -206,8 +208,12 @@ class Installer:
         tmp = model_dir / f"{_TMP_PREFIX}{version}-{secrets.token_hex(4)}"
         try:
             tmp.mkdir()
+            done = 0
             for entry in variant.files:
                 self._write_file(tmp, entry)
+                done += entry.size
+                if progress is not None:
+                    progress(done, variant.size)
             if prepare is not None:
                 prepare(tmp)
             self._write_record(tmp, manifest, variant_id)

@@ -39,7 +39,7 @@ import os
 import stat
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,7 +268,8 @@ class _Writer:
 
 
 def _publish_file(rel: str, open_path: str, executable: bool, writer: _Writer,
-                  params: ChunkParams, window: int) -> FileEntry:
+                  params: ChunkParams, window: int,
+                  tick: Callable[[int], None] | None = None) -> FileEntry:
     try:
         fd = os.open(open_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
@@ -281,6 +282,8 @@ def _publish_file(rel: str, open_path: str, executable: bool, writer: _Writer,
         for h, data in chunk_stream(f.read, params, window):
             writer.submit(h, data)
             refs.append(ChunkRef(h, len(data)))
+            if tick is not None:
+                tick(len(data))
         size = sum(r.size for r in refs)
         if size != st.st_size or os.fstat(fd).st_size != size:
             raise PublishError(f"{open_path} changed while it was being published; retry")
@@ -294,10 +297,12 @@ def _publish_file(rel: str, open_path: str, executable: bool, writer: _Writer,
 def publish(store: ChunkStore, package: Path | str, model_id: str, version: str,
             publisher: SigningIdentity, *, params: ChunkParams = DEFAULT_PARAMS,
             window: int = DEFAULT_WINDOW, created_at_ms: int | None = None,
-            writer_threads: int = 2, base_version: str | None = None) -> PublishResult:
+            writer_threads: int = 2, base_version: str | None = None,
+            progress: Callable[[int, int], None] | None = None) -> PublishResult:
     """Chunk, store, sign and pin ``package`` as ``(model_id, version)``.
 
     ``base_version`` marks a derived version (a migrator export layered on a base).
+    ``progress(bytes_done, bytes_total)`` is called as the files are chunked.
     """
     try:
         validate_model_id(model_id)
@@ -315,9 +320,18 @@ def publish(store: ChunkStore, package: Path | str, model_id: str, version: str,
     try:
         with store.batch():
             try:
-                for spec in specs:
-                    files = [_publish_file(rel, p, x, writer, params, window)
-                             for rel, p, x in _walk(spec.path, root_real)]
+                walked = [list(_walk(spec.path, root_real)) for spec in specs]
+                total = sum(os.path.getsize(p) for files in walked for _, p, _ in files)
+                done = 0
+
+                def tick(n: int) -> None:
+                    nonlocal done
+                    done += n
+                    if progress is not None:
+                        progress(done, total)
+                for spec, listing in zip(specs, walked, strict=True):
+                    files = [_publish_file(rel, p, x, writer, params, window, tick)
+                             for rel, p, x in listing]
                     try:
                         variants.append(Variant(spec.variant_id, spec.requirements,
                                                 tuple(files), spec.migrator))

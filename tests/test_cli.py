@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -121,3 +122,31 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path) -> None:
                                         "--version", "one")
     proc = _shoal(data, "verify", "nope", "1.0.0", "--json", ok=False)
     assert "error" in json.loads(proc.stdout)
+
+
+def test_publish_draws_a_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    """On a terminal (a real pty) publish draws a bar on stderr; piped, stderr stays quiet."""
+    import pty
+
+    pkg = _package(tmp_path / "pkg")
+    data = tmp_path / "data"
+    _json(data, "keys", "init")
+    env = {k: v for k, v in os.environ.items() if k != "SHOAL_DATA_DIR"}
+    env.update(COLUMNS="100", TERM="xterm")
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "agent._cli", "publish", str(pkg), "--model", "det",
+             "--version", "1.0.0", "--data-dir", str(data)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=terminal, env=env, timeout=120)
+        os.close(terminal)
+        seen = b""
+        with contextlib.suppress(OSError):     # EIO once the child's side is closed
+            while chunk := os.read(controller, 65536):
+                seen += chunk
+    finally:
+        os.close(controller)
+    assert proc.returncode == 0
+    assert b"publish det 1.0.0" in seen and b"\x1b[" in seen    # a live bar was drawn
+    piped = _shoal(data, "publish", str(pkg), "--model", "det", "--version", "1.0.1")
+    assert piped.stderr == ""

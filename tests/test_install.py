@@ -263,3 +263,12 @@ def test_switching_the_active_version_to_another_variant_swaps_it_atomically(
     leftovers = [p.name for p in data.model_dir("det").iterdir() if p.name.startswith(".tmp")]
     assert leftovers == []
     assert inst.verify("det", "1.0.0") == []
+
+
+def test_install_reports_progress_per_file(tmp_path: Path) -> None:
+    _data, store, inst, ids = _setup(tmp_path, ("1.0.0",))
+    calls: list[tuple[int, int]] = []
+    inst.install(store.get_manifest(ids["1.0.0"]), "default",
+                 progress=lambda done, total: calls.append((done, total)))
+    total = sum(len(b) for b in _files("1.0.0").values())
+    assert len(calls) == 3 and {t for _, t in calls} == {total} and calls[-1][0] == total

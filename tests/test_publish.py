@@ -212,3 +212,14 @@ def test_invalid_model_id_or_version(tmp_path: Path) -> None:
         publish(ChunkStore(tmp_path / "s"), f, "Bad/Id", "1.0.0", PUB)
     with pytest.raises(PublishError, match="semantic version"):
         publish(ChunkStore(tmp_path / "s"), f, "ok", "1.0", PUB)
+
+
+def test_publish_reports_progress_up_to_the_total(tmp_path: Path) -> None:
+    pkg = _package(tmp_path / "pkg")
+    calls: list[tuple[int, int]] = []
+    res = publish(ChunkStore(tmp_path / "store"), pkg, "det", "1.0.0", PUB, params=SMALL,
+                  progress=lambda done, total: calls.append((done, total)))
+    assert len(calls) == res.chunks_total              # one report per chunk cut
+    assert {t for _, t in calls} == {res.bytes_total}  # the total is known from the start
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == res.bytes_total
