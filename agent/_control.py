@@ -518,7 +518,8 @@ class ControlServer:
 
             def status(m: NodeMachine, now: float) -> StatusResponse:
                 stats = {"runtime": asdict(rt.statistics()),
-                         "store": asdict(rt.store.statistics())}
+                         "store": asdict(rt.store.statistics()),
+                         "rejected_entries": dict(m.ledger.statistics().rejected)}
                 return StatusResponse(rt.node_id, m.name, rt.config.fleet_id, m.formation,
                                       rt.port, tuple(p.node_id for p in rt.peers()),
                                       m.ledger.record(rt.node_id),

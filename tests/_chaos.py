@@ -6,8 +6,8 @@
   chunk range of every file against the manifest; does not use the installer);
 * tmpfs mounts (root only) and seeded fault plans.
 
-Long runs are opt-in: ``SHOAL_SOAK=1`` (what ``make soak`` sets) raises the
-counts; without it each test runs its fast, bounded subset.
+Long runs carry the ``soak`` marker (``make soak``); the default selection runs
+each test's fast, bounded subset.
 """
 
 from __future__ import annotations
@@ -26,12 +26,7 @@ import blake3
 from agent._store import ChunkStore
 from protocol._manifest import Manifest
 
-SOAK = os.environ.get("SHOAL_SOAK", "") not in ("", "0")
 MiB = 1024 * 1024
-
-
-def soak_or(fast: int, soak: int) -> int:
-    return soak if SOAK else fast
 
 
 # ---------------------------------------------------------------------------- raw sockets

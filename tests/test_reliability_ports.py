@@ -8,7 +8,7 @@ checks what must hold afterwards: the daemon is up, its RSS grew by a bounded
 amount, the honest peer converges on a rollout, and every refused connection
 left a line with its reason in the log.
 
-Fast subset by default; ``SHOAL_SOAK=1`` raises the example counts.
+Fast subset by default; the ``soak`` marked variants (``make soak``) raise the counts.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from protocol._codec import FrameDecoder, decode, encode, frame
 from protocol._handshake import ConnectionRole, SecureConnection
 from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity
 
-from ._chaos import MiB, rss_bytes, soak_or, tcp_exchange, unix_exchange
+from ._chaos import MiB, rss_bytes, tcp_exchange, unix_exchange
 
 pytestmark = pytest.mark.slow
 
@@ -80,15 +80,16 @@ def status(f: LocalFleet, i: int = TARGET) -> Any:
 
 
 @pytest.fixture(scope="module")
-def port(fleet: LocalFleet) -> int:
-    return int(status(fleet).listen_port)
-
-
-@pytest.fixture(scope="module")
 def baseline_rss(fleet: LocalFleet) -> int:
     p = fleet.procs[TARGET]
     assert p is not None
     return rss_bytes(p.pid)
+
+
+@pytest.fixture(scope="module")
+def port(fleet: LocalFleet, baseline_rss: int) -> int:
+    # taking the baseline here puts it before the first hostile input in any selection
+    return int(status(fleet).listen_port)
 
 
 @pytest.fixture(scope="module")
@@ -127,32 +128,42 @@ def test_peer_port_closes_on_hostile_framing(fleet: LocalFleet, port: int,
         "tls client hello": bytes.fromhex("160301") + b"\x00\x50" + b"\x01" * 80,
     }
     for name, data in cases.items():
-        got, closed = tcp_exchange(port, data, wait=HS_TIMEOUT + 3)
+        _, closed = tcp_exchange(port, data, wait=HS_TIMEOUT + 3)
         held = closed and alive(fleet)
         tally("hostile framing (peer port)", held)
         assert held, f"{name}: daemon kept the connection open or died"
 
 
-@settings(max_examples=soak_or(40, 1500), deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
-@given(data=st.one_of(
+PEER_BYTES = st.one_of(
     st.binary(max_size=512),
     st.builds(lambda n, body: struct.pack(">I", n) + body,
               st.integers(0, 2**32 - 1), st.binary(max_size=256)),
-))
-def test_peer_port_random_bytes(fleet: LocalFleet, port: int, data: bytes) -> None:
+)
+
+
+def _random_bytes(fleet: LocalFleet, port: int, data: bytes) -> None:
     _, closed = tcp_exchange(port, data, wait=HS_TIMEOUT + 3)
     held = closed and alive(fleet)
     tally("random bytes (peer port)", held)
     assert held
 
 
-@settings(max_examples=soak_or(40, 1500), deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
-@given(seed=st.integers(0, 2**32 - 1), flips=st.integers(1, 8),
-       cut=st.one_of(st.none(), st.integers(0, 400)))
-def test_peer_port_mutated_handshake(fleet: LocalFleet, port: int, hello: bytes, seed: int,
-                                     flips: int, cut: int | None) -> None:
+def _examples(n: int) -> Any:
+    return settings(max_examples=n, deadline=None, derandomize=n < 100,
+                    suppress_health_check=list(HealthCheck))
+
+
+test_peer_port_random_bytes = _examples(40)(given(data=PEER_BYTES)(_random_bytes))
+test_peer_port_random_bytes_soak = pytest.mark.soak(
+    _examples(1500)(given(data=PEER_BYTES)(_random_bytes)))
+
+
+MUTATION = {"seed": st.integers(0, 2**32 - 1), "flips": st.integers(1, 8),
+            "cut": st.one_of(st.none(), st.integers(0, 400))}
+
+
+def _mutated_handshake(fleet: LocalFleet, port: int, hello: bytes, seed: int,
+                       flips: int, cut: int | None) -> None:
     rng = random.Random(seed)
     data = bytearray(hello)
     for _ in range(flips):
@@ -165,13 +176,18 @@ def test_peer_port_mutated_handshake(fleet: LocalFleet, port: int, hello: bytes,
     assert held
 
 
-def test_garbage_records_after_a_valid_handshake(fleet: LocalFleet, port: int) -> None:
+test_peer_port_mutated_handshake = _examples(40)(given(**MUTATION)(_mutated_handshake))
+test_peer_port_mutated_handshake_soak = pytest.mark.soak(
+    _examples(1500)(given(**MUTATION)(_mutated_handshake)))
+
+
+@pytest.mark.parametrize("n", [5, pytest.param(200, marks=pytest.mark.soak)])
+def test_garbage_records_after_a_valid_handshake(fleet: LocalFleet, port: int, n: int) -> None:
     """An admitted peer that sends undecryptable records is cut off; the daemon stays up."""
     ident = SigningIdentity.generate()
     cert = Certificate.issue(fleet.root, fleet.fleet_id, ident.public_key, Role.NODE,
                              "garbler", int(time.time()))
     trust = FleetTrust(fleet.fleet_id, fleet.root.public_key)
-    n = soak_or(5, 100)
 
     async def one(i: int) -> bool:
         ch = await dial("127.0.0.1", port, identity=ident, certificate=cert, trust=trust)
@@ -205,22 +221,28 @@ def _responses(raw: bytes) -> list[object]:
     return [decode(b, 16 * MiB) for b in dec.feed(raw)]
 
 
-@settings(max_examples=soak_or(60, 2000), deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
-@given(data=st.one_of(
+CONTROL_BYTES = st.one_of(
     st.binary(max_size=512),
     st.builds(lambda n, body: struct.pack(">I", n) + body,
               st.integers(0, 2**32 - 1), st.binary(max_size=256)),
     st.builds(lambda seed, flips: _mutate(frame(encode(StatusRequest())), seed, flips),
               st.integers(0, 2**32 - 1), st.integers(1, 4)),
-))
-def test_control_socket_random_and_mutated_frames(fleet: LocalFleet, data: bytes) -> None:
+)
+
+
+def _control_frames(fleet: LocalFleet, data: bytes) -> None:
     raw, closed = unix_exchange(fleet.socket(TARGET), data, wait=5)
     answers = _responses(raw)            # whatever came back is well-formed frames
     held = closed and alive(fleet) and all(
         not isinstance(a, ErrorResponse) or a.kind for a in answers)
     tally("random/mutated frames (control socket)", held)
     assert held
+
+
+test_control_socket_random_and_mutated_frames = _examples(60)(
+    given(data=CONTROL_BYTES)(_control_frames))
+test_control_socket_random_and_mutated_frames_soak = pytest.mark.soak(
+    _examples(2000)(given(data=CONTROL_BYTES)(_control_frames)))
 
 
 def _mutate(data: bytes, seed: int, flips: int) -> bytes:
@@ -243,16 +265,19 @@ def test_control_socket_oversize_prefix_gets_a_typed_error(fleet: LocalFleet) ->
 # ---------------------------------------------------------------------------- slow loris / flood
 
 
-def test_slow_loris_and_flood_while_honest_peer_downloads(fleet: LocalFleet, port: int,
-                                                          tmp_path: Path) -> None:
+@pytest.mark.parametrize(("loris_n", "flood_n"), [
+    (8, 24), pytest.param(MAX_CONN * 2, 400, marks=pytest.mark.soak)])
+def test_slow_loris_and_flood_while_honest_peer_downloads(
+        fleet: LocalFleet, port: int, tmp_path: Path, loris_n: int, flood_n: int) -> None:
     honest_id = fleet.nodes[HONEST].node_id
     pkg = make_package(tmp_path / "pkg", 24 * MiB, seed=81)   # cpu variant 12 MiB at 4 MiB/s
-    trio.run(fleet.call, TARGET, lambda c: c.publish(str(pkg), "under-fire", "1.0.0"))
-    trio.run(fleet.call, TARGET, lambda c: c.distribute_model("under-fire", "1.0.0"))
+    model = f"under-fire-{flood_n}"
+    trio.run(fleet.call, TARGET, lambda c: c.publish(str(pkg), model, "1.0.0"))
+    trio.run(fleet.call, TARGET, lambda c: c.distribute_model(model, "1.0.0"))
 
     # slow loris: connections that dribble one byte at a time are cut at the handshake
     # timeout; a flood beyond max_connections is closed at once
-    loris = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(8)]
+    loris = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(loris_n)]
     stop = threading.Event()
     cut: list[bool] = [False] * len(loris)
 
@@ -279,7 +304,7 @@ def test_slow_loris_and_flood_while_honest_peer_downloads(fleet: LocalFleet, por
         t.start()
     flood = []
     refused_at_once = 0
-    for _ in range(MAX_CONN + soak_or(24, 400)):
+    for _ in range(MAX_CONN + flood_n):
         try:
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
         except OSError:
@@ -308,14 +333,15 @@ def test_slow_loris_and_flood_while_honest_peer_downloads(fleet: LocalFleet, por
     tally("flood beyond max_connections refused", refused_at_once >= 20)
     assert all(cut), f"slow-loris connections still open: {cut}"
     assert refused_at_once >= 20, refused_at_once
-    rep = trio.run(fleet.wait_converged, TARGET, "under-fire", "1.0.0", 90)
+    rep = trio.run(fleet.wait_converged, TARGET, model, "1.0.0", 90)
     assert rep.converged == 2 and rep.failed == 0
 
 
-def test_control_socket_slow_clients_do_not_block_others(fleet: LocalFleet) -> None:
+@pytest.mark.parametrize("n", [32, pytest.param(256, marks=pytest.mark.soak)])
+def test_control_socket_slow_clients_do_not_block_others(fleet: LocalFleet, n: int) -> None:
     """Half-sent control requests held open do not stop the daemon answering others."""
     held_open = []
-    for _ in range(soak_or(32, 256)):
+    for _ in range(n):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(fleet.socket(TARGET))
         s.sendall(struct.pack(">I", 1000) + b"x")
@@ -332,18 +358,23 @@ def test_control_socket_slow_clients_do_not_block_others(fleet: LocalFleet) -> N
 # ---------------------------------------------------------------------------- what held
 
 
-def test_after_the_barrage(fleet: LocalFleet, baseline_rss: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("run", ["fast", pytest.param("soak", marks=pytest.mark.soak)])
+def test_after_the_barrage(fleet: LocalFleet, baseline_rss: int, tmp_path: Path,
+                           run: str) -> None:
     assert alive(fleet)
     p = fleet.procs[TARGET]
     assert p is not None
     grown = rss_bytes(p.pid) - baseline_rss
+    print(f"\nreliability/ports ({run}): RSS of the target grew by {grown / MiB:.1f} MiB "
+          f"from {baseline_rss / MiB:.1f} MiB")
     tally("RSS growth under 96 MiB", grown < 96 * MiB)
     assert grown < 96 * MiB, f"RSS grew by {grown / MiB:.1f} MiB"
     # the honest peer is still served: a fresh rollout converges
     pkg = make_package(tmp_path / "after", 2 * MiB, seed=82)
-    trio.run(fleet.call, TARGET, lambda c: c.publish(str(pkg), "after", "1.0.0"))
-    trio.run(fleet.call, TARGET, lambda c: c.distribute_model("after", "1.0.0"))
-    rep = trio.run(fleet.wait_converged, TARGET, "after", "1.0.0", 60)
+    model = f"after-{run}"
+    trio.run(fleet.call, TARGET, lambda c: c.publish(str(pkg), model, "1.0.0"))
+    trio.run(fleet.call, TARGET, lambda c: c.distribute_model(model, "1.0.0"))
+    rep = trio.run(fleet.wait_converged, TARGET, model, "1.0.0", 60)
     assert rep.converged == 2
     # every refused connection left its reason in the log
     text = (fleet.nodes[TARGET].data_dir / "daemon.log").read_text(errors="replace")

@@ -9,7 +9,6 @@ reader could see it, and must resume by itself once space is freed.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -20,11 +19,11 @@ from typing import Any
 import pytest
 import trio
 
-from agent.fleet_demo import FAST_GOSSIP, LocalFleet, make_package
 from agent._fleet_admin import provision
+from agent.fleet_demo import FAST_GOSSIP, LocalFleet, make_package
 from protocol._identity import SigningIdentity
 
-from ._chaos import SOAK, MiB, can_mount, tmpfs, verify_installed, visible_partial_files
+from ._chaos import MiB, can_mount, tmpfs, verify_installed, visible_partial_files
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not can_mount(), reason="mounting a tmpfs needs root")]
@@ -55,7 +54,9 @@ def call(f: LocalFleet, i: int, fn: Any) -> Any:
     return trio.run(f.call, i, fn)
 
 
-LEAVE_KIB = [5 * 1024, 16] if not SOAK else [16, 256, 1024, 3 * 1024, 5 * 1024, 7 * 1024]
+LEAVE_KIB = [5 * 1024, 16] + [pytest.param(k, marks=pytest.mark.soak)
+                              for k in (4, 64, 256, 1024, 2048, 3 * 1024, 4 * 1024, 6 * 1024,
+                                        7 * 1024)]
 
 
 @pytest.mark.parametrize("leave_kib", LEAVE_KIB)
@@ -118,8 +119,3 @@ def test_unwritable_data_directory_fails_at_start_with_a_clear_error(tmp_path: P
     assert res.returncode != 0
     assert "Read-only file system" in out or "read-only" in out.lower(), out[-2000:]
     assert "Traceback" not in out, out[-3000:]
-
-
-def _store_json(f: LocalFleet, i: int) -> dict[str, Any]:
-    st = call(f, i, lambda c: c.status())
-    return dict(json.loads(st.statistics_json))

@@ -1,0 +1,142 @@
+"""Lying peers: an admitted node that gossips forgeries to a live daemon.
+
+The liar is a test build of a peer written here with the protocol's own types: it
+authenticates with a certificate the fleet root really issued (so only what it
+*says* is false), then sends ledger deltas holding
+
+* an intent signed by a key the root never admitted,
+* a manifest signed by an unadmitted publisher,
+* a record forged in another node's name (its origin key, the liar's signature),
+* an admitted operator's intent altered after signing,
+* a replay of every entry the daemon itself gossiped to it.
+
+Must hold: nothing forged is merged or acted on, the rejections are counted in the
+daemon's statistics (``rejected_entries`` of ``shoal status``), the daemon stays up
+and the honest node still converges. Serving corrupt chunks and advertising
+chunks a peer lacks are covered sans-IO in tests/test_swarm*.py (liar detection
+drops the peer); see docs/RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from agent._keys import load_key
+from agent._transport import dial
+from agent.fleet_demo import FAST_GOSSIP, LocalFleet, make_package
+from protocol._gossip import GossipDelta, GossipDigest
+from protocol._hlc import HLC
+from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity
+from protocol._intents import Intent, IntentKind
+from protocol._ledger import Entry
+
+from ._chaos import MiB
+from ._fleet import manifest, record
+
+pytestmark = pytest.mark.slow
+
+TARGET, HONEST = 0, 1
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
+    f = LocalFleet(tmp_path_factory.mktemp("liars"), 2, extra_config=FAST_GOSSIP)
+    try:
+        f.start_all()
+        trio.run(_ready, f)
+        yield f
+    finally:
+        f.stop_all()
+
+
+async def _ready(f: LocalFleet) -> None:
+    for i in range(2):
+        await f.wait_ready(i, timeout=30)
+    await f.wait_peers(TARGET, 1, timeout=30)
+
+
+def status(f: LocalFleet, i: int = TARGET) -> Any:
+    return trio.run(f.call, i, lambda c: c.status())
+
+
+def forgeries(f: LocalFleet, liar: SigningIdentity, base: int) -> dict[str, list[Entry]]:
+    rogue = SigningIdentity.generate()
+    now_ms = int(time.time() * 1000)
+    evil = Intent.create(rogue, IntentKind.DISTRIBUTE, "evil", "6.6.6",
+                         HLC(now_ms + 10_000, 0, liar.key_id))
+    m, _ = manifest(model="evil", version="6.6.6", publisher=rogue)
+    operator = load_key(f.nodes[TARGET].data_dir / "keys", "operator")
+    real = Intent.create(operator, IntentKind.DISTRIBUTE, "evil", "1.0.0",
+                         HLC(now_ms + 20_000, 0, liar.key_id))
+    tampered = dataclasses.replace(real, version="9.9.9")
+    honest_key = load_key(f.nodes[HONEST].data_dir / "keys", "node")
+    forged_record = Entry(honest_key.public_key, 2**50, record("hijacked"), None, None, None,
+                          None, liar.sign(b"not the body"))
+    return {
+        "intent signed by an unadmitted key": [Entry.create(liar, base + 1, evil)],
+        "manifest signed by an unadmitted publisher": [Entry.create(liar, base + 2, m)],
+        "record forged in another node's name": [forged_record],
+        "operator intent altered after signing": [Entry.create(liar, base + 3, tampered)],
+    }
+
+
+@pytest.mark.parametrize("rounds", [1, pytest.param(25, marks=pytest.mark.soak)])
+def test_forged_gossip_is_rejected_and_counted(fleet: LocalFleet, tmp_path: Path,
+                                               rounds: int) -> None:
+    f = fleet
+    port = status(f).listen_port
+    trust = FleetTrust(f.fleet_id, f.root.public_key)
+    before = json.loads(status(f).statistics_json).get("rejected_entries", {})
+
+    async def lie() -> int:
+        liar = SigningIdentity.generate()
+        cert = Certificate.issue(f.root, f.fleet_id, liar.public_key, Role.NODE, "liar",
+                                 int(time.time()))
+        cases = forgeries(f, liar, int(time.time() * 1000))
+        ch = await dial("127.0.0.1", port, identity=liar, certificate=cert, trust=trust)
+        heard: list[Entry] = []
+        async with ch:
+            await ch.send(GossipDigest({}, True, 0, ()))      # "send me everything"
+            with trio.move_on_after(2.0):
+                async for msg in ch:
+                    if isinstance(msg, GossipDelta):
+                        heard.extend(msg.entries)
+            for entries in cases.values():
+                await ch.send(GossipDelta(tuple(entries), {}))
+            await ch.send(GossipDelta(tuple(heard), {}))        # replay what it heard
+            with trio.move_on_after(1.0):
+                async for _ in ch:
+                    pass
+        return len(heard)
+
+    replayed = sum(trio.run(lie) for _ in range(rounds))
+    p = f.procs[TARGET]
+    assert p is not None and p.poll() is None
+    after = json.loads(status(f).statistics_json)["rejected_entries"]
+    # nothing forged is merged or acted on
+    intents = trio.run(f.call, TARGET, lambda c: c.intents("evil"))
+    assert intents == ()
+    rec = trio.run(f.call, TARGET, lambda c: c.node_model_status(f.nodes[HONEST].node_id))
+    assert rec.record is not None and rec.record.name == "node1"
+    # ... and every forgery is counted by kind
+    def grew(kind: str) -> int:
+        return int(after.get(kind, 0)) - int(before.get(kind, 0))
+    assert grew("intent") == 2 * rounds and grew("manifest") == rounds \
+        and grew("record") == rounds, after
+    print(f"\nreliability/liars: {rounds} liars x 4 forgery kinds sent, all rejected "
+          f"(rejected_entries {after}); {replayed} replayed entries changed nothing")
+    # the honest node is still served
+    pkg = make_package(tmp_path / "pkg", 2 * MiB, seed=71)
+    model = f"honest-{rounds}"
+    trio.run(f.call, TARGET, lambda c: c.publish(str(pkg), model, "1.0.0"))
+    trio.run(f.call, TARGET, lambda c: c.distribute_model(model, "1.0.0"))
+    rep = trio.run(f.wait_converged, TARGET, model, "1.0.0", 60)
+    assert rep.converged == 2
