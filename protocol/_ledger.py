@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 from ._capabilities import Capabilities
 from ._codec import canonical, encode_value, struct
-from ._errors import InvalidValue, RemoteProtocolError
+from ._errors import InvalidValue, RemoteProtocolError, SignatureError
 from ._hlc import VersionVector, vv_join
 from ._identity import (
     Certificate,
@@ -258,6 +258,10 @@ class MergeResult:
     added: tuple[Entry, ...]
     rejected: dict[str, int] = field(default_factory=dict)   # kind -> count
     errors: tuple[str, ...] = ()
+    # entries whose signature does not verify: honest nodes verify before they relay,
+    # so whoever sent these forged or tampered them (an unknown key is not counted here:
+    # its certificate may still be on its way)
+    forged: int = 0
 
     @property
     def changed(self) -> bool:
@@ -421,6 +425,7 @@ class Ledger:
         rejected: dict[str, int] = {}
         errors: list[str] = []
         bad: set[str] = set()
+        forged = 0
         for e in sorted(batch, key=lambda x: (x.origin_key, x.counter)):
             origin = e.origin
             key = (origin, e.counter)
@@ -442,6 +447,7 @@ class Ledger:
                 self._rejected[kind] = self._rejected.get(kind, 0) + 1
                 errors.append(f"{kind} from {origin}: {exc}")
                 bad.add(origin)
+                forged += isinstance(exc, SignatureError)
                 continue
             self._insert(origin, e)
             added.append(e)
@@ -450,7 +456,7 @@ class Ledger:
                     origin, 0):
                 self._vv[origin] = upto
                 self._generation += 1
-        return MergeResult(tuple(added), rejected, tuple(errors))
+        return MergeResult(tuple(added), rejected, tuple(errors), forged)
 
     def _insert(self, origin: str, e: Entry) -> None:
         if e.record is not None:

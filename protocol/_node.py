@@ -56,7 +56,7 @@ from ._capabilities import Capabilities
 from ._chunking import chunk_matches
 from ._config import Config
 from ._convergence import ModelConvergenceStatus, compute_convergence, unreachable_nodes
-from ._errors import RemoteProtocolError
+from ._errors import RemoteProtocolError, SignatureError
 from ._events import ActivateVersion, DropPeer, InstallVariant, Notice, Output, SendMessage
 from ._gossip import GossipEngine, GossipStatistics
 from ._hlc import HybridClock
@@ -341,6 +341,9 @@ class NodeMachine:
                     if self._must_rewrite(result.added):
                         self._write_record(now, urgent=True)
                     self._reconcile(now)
+                if result is not None and result.forged:   # honest entries above are kept
+                    raise SignatureError(f"sent {result.forged} ledger entries whose "
+                                         "signatures do not verify (forged or tampered)")
             elif self.swarm.handles(message):
                 self.swarm.receive(peer, message, now)
             else:

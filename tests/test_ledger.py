@@ -168,11 +168,13 @@ def test_entries_need_an_admitted_origin_and_its_own_signature() -> None:
     r = led.merge_entries([Entry.create(stranger, 1, INTENTS[0])],
                           {stranger.key_id: (0, 1)})
     assert r.rejected == {"intent": 1} and not led.intents()
+    assert r.forged == 0      # an unknown key is not proof of forgery: its cert may be late
     assert led.version_vector.get(stranger.key_id, 0) == 0
     # a record "for node 0" signed by node 1's key
     real = Entry.create(node_key(0), 1, record(name="n0"))
     forged = replace(real, signature=Entry.create(node_key(1), 1, record(name="n0")).signature)
-    assert led.merge_entries([forged]).rejected == {"record": 1}
+    r = led.merge_entries([forged])
+    assert r.rejected == {"record": 1} and r.forged == 1
     assert led.record(node_key(0).key_id) is None
 
 

@@ -347,3 +347,28 @@ def test_rollback_targets_only_nodes_that_had_the_model() -> None:
     fleet.run(30)
     assert [x.version for x in n3.installs] == ["1.0.0"]
     assert fleet.m(3).convergence("m", "1.0.0", fleet.now).total_platforms == 4
+
+
+def test_a_peer_relaying_a_tampered_entry_is_dropped_and_honest_entries_kept() -> None:
+    """Honest nodes verify before they relay, so a delta carrying an entry whose signature
+    does not verify proves its sender lied: the node keeps the good entries, drops the peer."""
+    from protocol._events import DropPeer
+    from protocol._gossip import GossipDelta
+    from protocol._ledger import Entry
+
+    from ._fleet import node_key, record
+
+    fleet = LocalFleet(3)
+    fleet.run(5.0)                     # gossip: every node learns the others' certificates
+    target, liar = fleet.hosts[0].machine, fleet.hosts[2].machine
+    good = Entry.create(node_key(1), 10**13, record(name="n1-renamed"))
+    real = Entry.create(node_key(1), 10**13 + 1, record(name="n1-again"))
+    tampered = replace(real, signature=good.signature)
+    target.take_outputs()
+    target.receive(liar.node_id, GossipDelta((good, tampered), {}), fleet.now)
+    outs = target.take_outputs()
+    drops = [o for o in outs if isinstance(o, DropPeer)]
+    assert [d.peer for d in drops] == [liar.node_id]
+    assert "do not verify" in drops[0].reason
+    rec = target.ledger.record(node_key(1).key_id)
+    assert rec is not None and rec.name == "n1-renamed"      # the honest entry was merged
