@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -74,12 +75,16 @@ def mutate_package(src: Path, dst: Path, fraction: float, seed: int = 2) -> Path
 class LocalFleet:
     """N daemon processes under ``base`` (one data dir each); node 0 holds the operator key."""
 
-    def __init__(self, base: Path, n: int, *, fleet_id: str = "demo-fleet",
+    def __init__(self, base: Path, n: int, *, fleet_id: str | None = None,
                  extra_config: str = FAST_GOSSIP, mdns: bool = True,
                  per_node: dict[int, str] | None = None,
                  formations: dict[int, str] | None = None) -> None:
         self.base = base
-        self.fleet_id = fleet_id
+        # a fleet id of its own: fleets started side by side on loopback mDNS (parallel
+        # test runs, a demo next to a benchmark) then ignore each other instead of dialling
+        # and being refused
+        self.fleet_id = fleet_id or f"local-{secrets.token_hex(4)}"
+        fleet_id = self.fleet_id
         self.root = SigningIdentity.generate()
         self.nodes: list[Provisioned] = []
         self.procs: list[subprocess.Popen[bytes] | None] = []
