@@ -37,6 +37,12 @@ anything else. A bad one drops the peer (``DropPeer``), bans it for good and is
 reported; a good one that we asked for and still need becomes a ``StoreChunk``;
 a good one no longer needed is a counted duplicate; one we never asked for is
 ignored and counted. ``held`` grows only in :meth:`chunk_stored`.
+
+Picker cost: each download keeps a lazy min-heap of its idle missing chunks keyed by
+(availability, rank), kept in step by :meth:`SwarmEngine._requeue` whenever a chunk's
+availability or request/store state changes; the picker pops from it instead of
+scanning every missing chunk, so its work follows the requests it issues (see
+:meth:`SwarmEngine._schedule_download` for why the picks are the same as a full scan).
 """
 
 from __future__ import annotations
@@ -135,6 +141,7 @@ class SwarmStatistics:
     redirects_sent: int
     redirects_received: int
     preempted_requests: int
+    picker_pops: int   # picker queue entries examined (live or stale): cost, not wall time
     dropped_peers: tuple[tuple[str, str], ...]   # (peer, reason)
 
 
@@ -153,6 +160,11 @@ class _Download:
     info: _KeyInfo | None = None
     missing: set[bytes] = field(default_factory=set)
     rank: dict[bytes, float] = field(default_factory=dict)   # random tie-break
+    # the picker's queue ("Picker cost" in the module docstring): a lazy min-heap of
+    # (availability, rank, hash, seq); ``queued[h] == (availability, seq)`` marks h's one
+    # live entry, any other entry for h is stale and skipped when popped
+    heap: list[tuple[int, float, bytes, int]] = field(default_factory=list)
+    queued: dict[bytes, tuple[int, int]] = field(default_factory=dict)
     bytes_total: int = 0
     bytes_reused: int = 0
     bytes_fetched: int = 0
@@ -214,7 +226,8 @@ class SwarmEngine:
              "unsolicited_pieces", "duplicate_pieces", "bytes_fetched", "bytes_duplicate",
              "bytes_reused", "uploads_served", "bytes_uploaded", "uploads_refused",
              "bad_have_messages", "store_failures", "keys_completed", "redirects_sent",
-             "redirects_received", "preempted_requests"), 0)
+             "redirects_received", "preempted_requests", "picker_pops"), 0)
+        self._queue_seq = 0
         # link estimates per peer (download side): smallest request->piece time seen,
         # smoothed time per piece while pipelined, last piece arrival
         self._rtt_min: dict[str, float] = {}
@@ -294,6 +307,7 @@ class SwarmEngine:
         if chunk_hash not in has:
             has.add(chunk_hash)
             self._avail[chunk_hash] = self._avail.get(chunk_hash, 0) + 1
+            self._requeue(chunk_hash)
 
     def _has_discard(self, peer: str, chunk_hash: bytes) -> None:
         has = self._peer_has.get(peer)
@@ -304,6 +318,52 @@ class SwarmEngine:
                 self._avail[chunk_hash] = n
             else:
                 del self._avail[chunk_hash]
+            self._requeue(chunk_hash)
+
+    # ------------------------------------------------------------------ picker queue
+
+    def _requeue(self, chunk_hash: bytes) -> None:
+        """Keep every download's queue in step after ``chunk_hash`` changed (availability,
+        request or store state). Cheap: a dict probe per wanted key."""
+        for d in self._downloads.values():
+            if chunk_hash in d.missing:
+                self._requeue_in(d, chunk_hash)
+
+    def _requeue_in(self, d: _Download, h: bytes) -> None:
+        # Invariant: every chunk of d.missing that is idle (not requested, not waiting
+        # for the store) and that some connected peer holds has one live entry, keyed by
+        # its current availability. Requested / pending / unavailable chunks need none.
+        if h in self._requests or h in self._pending_store or h in self._held:
+            return
+        avail = self._avail.get(h, 0)
+        live = d.queued.get(h)
+        if avail == 0:
+            if live is not None:
+                del d.queued[h]
+            return
+        if live is not None and live[0] == avail:
+            return
+        self._queue_seq += 1
+        seq = self._queue_seq
+        d.queued[h] = (avail, seq)
+        heapq.heappush(d.heap, (avail, d.rank[h], h, seq))
+        if len(d.heap) > 4 * len(d.queued) + 1024:
+            self._rebuild_queue(d)   # mostly stale entries (availability churn): compact
+
+    def _rebuild_queue(self, d: _Download) -> None:
+        requests, pending, avail_of = self._requests, self._pending_store, self._avail
+        entries: list[tuple[int, float, bytes, int]] = []
+        queued: dict[bytes, tuple[int, int]] = {}
+        for h in d.missing:
+            avail = avail_of.get(h, 0)
+            if avail == 0 or h in requests or h in pending:
+                continue
+            self._queue_seq += 1
+            queued[h] = (avail, self._queue_seq)
+            entries.append((avail, d.rank[h], h, self._queue_seq))
+        heapq.heapify(entries)
+        d.heap = entries
+        d.queued = queued
 
     def _init_download(self, d: _Download, info: _KeyInfo) -> None:
         d.info = info
@@ -312,6 +372,9 @@ class SwarmEngine:
         d.bytes_reused = d.bytes_total - sum(info.size_of[h] for h in d.missing)
         self._c["bytes_reused"] += d.bytes_reused
         d.rank = {h: self._rng.random() for h in sorted(d.missing)}
+        d.heap = []
+        d.queued = {}
+        self._rebuild_queue(d)
 
     def _check_complete(self, d: _Download) -> None:
         if d.info is not None and not d.missing and not d.completed:
@@ -332,6 +395,7 @@ class SwarmEngine:
             by_peer.pop(peer, None)
             if not by_peer:
                 del self._requests[chunk_hash]
+                self._requeue(chunk_hash)
         if stale_at is not None:
             stale = self._stale.setdefault(peer, {})
             stale.pop(chunk_hash, None)   # re-insert: each table stays in time order
@@ -353,6 +417,7 @@ class SwarmEngine:
                 self._avail[h] = n
             else:
                 del self._avail[h]
+            self._requeue(h)
         self._stale.pop(peer, None)
         self._avoid.pop(peer, None)
         self._rtt_min.pop(peer, None)
@@ -499,6 +564,7 @@ class SwarmEngine:
 
     def chunk_store_failed(self, chunk_hash: bytes, now: float) -> None:
         self._pending_store.pop(chunk_hash, None)
+        self._requeue(chunk_hash)
         self._c["store_failures"] += 1
         self._retry_after[chunk_hash] = now + self._config.request_timeout
         for d in self._downloads.values():
@@ -520,6 +586,7 @@ class SwarmEngine:
             if d.info is not None and chunk_hash in d.info.size_of:
                 d.missing.add(chunk_hash)
                 d.rank.setdefault(chunk_hash, self._rng.random())
+                self._requeue_in(d, chunk_hash)
                 if d.completed:
                     d.completed = False
                     for peer in sorted(self._connected):
@@ -875,36 +942,79 @@ class SwarmEngine:
 
     def _schedule_download(self, d: _Download, spare: set[str], now: float,
                            bucket: TokenBucket) -> bool:
-        """Request ``d``'s chunks; False when no more requests can go out at all."""
+        """Request ``d``'s chunks; False when no more requests can go out at all.
+
+        Equivalent, pick for pick, to this reference loop (which cost O(missing) per
+        call): in passes, take the ``2 x room + 4`` rarest *candidates* (missing chunks
+        a spare peer holds at the start of the pass, not requested, not waiting for the
+        store, not in store back-off; ``room`` = free request slots of the spare
+        peers), try to request each in turn; stop after a pass that issued nothing or
+        saw every candidate. Here candidates come off ``d.heap`` in (availability,
+        rank) order; a chunk no spare peer holds, or in back-off, is parked (it cannot
+        become a candidate again during this call: spare only shrinks); a candidate
+        that found no provider (its spare holders all back off from it, or filled up
+        meanwhile) is kept aside and counted again in later passes while a spare peer
+        holds it, exactly as the reference loop re-sees it. Parked and aside entries go
+        back on the heap at the end. So the work is proportional to the requests issued
+        plus the chunks skipped, not to the chunks missing."""
         cfg = self._config
-        while spare:
-            # Only chunks some *spare* provider has can be requested now (set algebra in C).
-            cands: set[bytes] = set()
-            for p in spare:
-                cands |= self._peer_has[p] & d.missing
-            cands.difference_update(self._requests, self._pending_store)
-            if self._retry_after:
-                cands = {h for h in cands if self._retry_after.get(h, now) <= now}
-            if not cands:
-                break
-            room = min(cfg.max_requests_total - self._n_out,
-                       sum(self._depth(p) - len(self._peer_out[p]) for p in spare))
-
-            def rarity(h: bytes) -> tuple[int, float]:
-                return (self._avail.get(h, 0), d.rank[h])
-
-            if len(cands) > 2 * room + 4:
-                ordered = heapq.nsmallest(2 * room + 4, cands, key=rarity)
-            else:
-                ordered = sorted(cands, key=rarity)
-            issued = 0
-            for h in ordered:
-                result = self._issue(d, h, spare, now, bucket)
-                if result is None:
-                    return False
-                issued += result
-            if issued == 0 or len(ordered) == len(cands):
-                break
+        heap, queued = d.heap, d.queued
+        requests, pending, retry = self._requests, self._pending_store, self._retry_after
+        peer_has, peer_out, missing = self._peer_has, self._peer_out, d.missing
+        c = self._c
+        parked: list[tuple[int, float, bytes, int]] = []
+        aside: list[tuple[int, float, bytes, int]] = []
+        try:
+            while spare:
+                pass_spare = [peer_has[p] for p in spare]
+                # candidates set aside by earlier passes that a spare peer still holds
+                # (they find no provider again: spare and back-off only shrink)
+                still = []
+                for e in aside:
+                    if any(e[2] in has for has in pass_spare):
+                        still.append(e)
+                    else:
+                        parked.append(e)
+                aside = still
+                room = min(cfg.max_requests_total - self._n_out,
+                           sum(self._depth(p) - len(peer_out[p]) for p in spare))
+                window = 2 * room + 4
+                seen = len(aside)
+                issued = 0
+                while seen < window and heap:
+                    e = heapq.heappop(heap)
+                    c["picker_pops"] += 1
+                    _, _, h, seq = e
+                    live = queued.get(h)
+                    if live is None or live[1] != seq:
+                        continue   # stale: superseded or consumed
+                    if h not in missing or h in requests or h in pending:
+                        del queued[h]   # requeued when it becomes idle again
+                        continue
+                    if (retry and retry.get(h, now) > now) or not any(
+                            h in has for has in pass_spare):
+                        parked.append(e)
+                        continue
+                    seen += 1
+                    result = self._issue(d, h, spare, now, bucket)
+                    if result is None:
+                        if h in requests:
+                            del queued[h]
+                        else:
+                            parked.append(e)   # the download cap: ask again later
+                        return False
+                    if result:
+                        issued += 1
+                        del queued[h]
+                    else:
+                        aside.append(e)
+                if issued == 0 or seen < window:
+                    break   # nothing issued, or every candidate was seen
+        finally:
+            for e in parked:
+                heapq.heappush(heap, e)
+            for e in aside:
+                heapq.heappush(heap, e)
         # Endgame, only for the true tail: the last few chunks, all asked for, whose
         # request is overdue (older than endgame_age x its peer's expected answer time).
         limit = self._endgame_limit(d)
@@ -1017,6 +1127,7 @@ class SwarmEngine:
             redirects_sent=c["redirects_sent"],
             redirects_received=c["redirects_received"],
             preempted_requests=c["preempted_requests"],
+            picker_pops=c["picker_pops"],
             keys_wanted=len(self._downloads),
             keys_completed=c["keys_completed"],
             peers_connected=len(self._connected),
