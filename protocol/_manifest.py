@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import total_ordering
 
 import blake3
@@ -247,6 +247,9 @@ class Manifest:
     created_at: int  # ms since the epoch, as the publisher saw it
     base_version: str | None  # a derived version (migrator export) names its base
     signature: bytes
+    # memo of manifest_id: not a field on the wire, not compared (the id is a pure
+    # function of the fields above, and computing it encodes every chunk reference)
+    _id: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         validate_model_id(self.model_id)
@@ -267,8 +270,10 @@ class Manifest:
 
     @property
     def manifest_id(self) -> str:
-        """BLAKE3 of the canonical unsigned body, hex."""
-        return blake3.blake3(canonical(self._body())).hexdigest()
+        """BLAKE3 of the canonical unsigned body, hex (computed once)."""
+        if not self._id:
+            object.__setattr__(self, "_id", blake3.blake3(canonical(self._body())).hexdigest())
+        return self._id
 
     @property
     def publisher_id(self) -> str:
