@@ -24,8 +24,8 @@ from protocol._types import TransferPriority
 
 from ._config import load_config
 from ._errors import ConfigError
-from ._fleet_admin import admit, fleet_init, systemd_unit
-from ._persist import write_cert
+from ._fleet_admin import admit, fleet_init, read_trust_file, revoke, systemd_unit
+from ._persist import atomic_write, write_cert
 from .client import (
     DistributionScope,
     ModelConvergenceStatus,
@@ -112,6 +112,29 @@ def _cmd_fleet_admit(args: argparse.Namespace) -> tuple[Any, str]:
     text = (f"admitted {cert.subject_id} as {cert.role.value} {cert.name!r} in fleet "
             f"{cert.fleet_id}" + (f"; wrote {args.out}" if args.out else f"\n{raw.hex()}"))
     return obj, text
+
+
+def _cmd_fleet_revoke(args: argparse.Namespace) -> tuple[Any, str]:
+    rev = revoke(_keys_dir(args), args.fleet, args.key)
+    raw = encode_value(rev)
+    if args.out:
+        atomic_write(Path(args.out), raw, 0o600)
+    subject = rev.subject_key.hex()
+    obj = {"revoked_key": subject, "fleet_id": rev.fleet_id, "issued_at": rev.issued_at,
+           "revocation_hex": raw.hex(), "written_to": args.out}
+    text = (f"revoked every certificate of {subject} in fleet {rev.fleet_id}"
+            + (f"; wrote {args.out}\nhand it to any daemon: shoal fleet announce {args.out}"
+               if args.out else f"\n{raw.hex()}"))
+    return obj, text
+
+
+def _cmd_fleet_announce(args: argparse.Namespace) -> tuple[Any, str]:
+    item = read_trust_file(Path(args.file))
+    r = _client(args, lambda c: c.control.announce_trust(item))
+    text = (f"{r.kind} for key {r.subject_id} "
+            + ("written to the ledger; gossip carries it to the fleet" if r.added
+               else "was already in the ledger"))
+    return _plain(r), text
 
 
 # ---------------------------------------------------------------------- client commands
@@ -370,6 +393,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     q.add_argument("--fleet", required=True, help="fleet id")
     q.add_argument("--out", help="write the certificate here (e.g. keys/node.cert)")
     q.set_defaults(func=_cmd_fleet_admit)
+    q = fsub.add_parser("revoke", parents=[common],
+                        help="sign a revocation of a key with the root key (offline)")
+    q.add_argument("--key", required=True, help="the public key to revoke, hex")
+    q.add_argument("--fleet", required=True, help="fleet id")
+    q.add_argument("--out", help="write the revocation here (mode 0600)")
+    q.set_defaults(func=_cmd_fleet_revoke)
+    q = fsub.add_parser("announce", parents=[common, cli],
+                        help="hand a certificate or revocation file to the local daemon, "
+                             "which writes it to the ledger (gossip spreads it)")
+    q.add_argument("file", help="written by `fleet admit --out` or `fleet revoke --out`")
+    q.set_defaults(func=_cmd_fleet_announce)
 
     p = sub.add_parser("peers", parents=[common, cli], help="connected peers")
     p.set_defaults(func=_cmd_peers)

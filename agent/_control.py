@@ -32,7 +32,7 @@ import trio
 
 from protocol._codec import FrameDecoder, decode, encode, frame, message, struct
 from protocol._errors import ProtocolError, ShoalError
-from protocol._identity import Role
+from protocol._identity import Certificate, Revocation, Role, fingerprint
 from protocol._intents import Intent, IntentKind, Scope, ScopeKind, has_deployed, scope_matches
 from protocol._ledger import NodeRecord
 from protocol._types import TransferPriority
@@ -54,11 +54,16 @@ __all__ = [
     "Subscribe", "ErrorResponse", "IntentsRequest", "IntentListResponse",
     "RecordsRequest", "RecordsResponse", "RecordEntry",
     "RequestRejected", "UnknownModel", "UnknownVersion", "UnknownVariant", "EmptyScope",
-    "UnknownIntent",
+    "UnknownIntent", "AnnounceTrustRequest", "AnnounceTrustResponse",
+    "MAX_CONTROL_CONNECTIONS", "CONTROL_IDLE_TIMEOUT", "ControlStatistics",
 ]
 
 log = logging.getLogger("shoal.control")
 _MAX_FRAME = 16 * 1024 * 1024
+MAX_CONTROL_CONNECTIONS = 64      # concurrent control connections; more are refused
+CONTROL_IDLE_TIMEOUT = 30.0       # seconds a connection may send nothing (between or in
+                                  # the middle of requests); a subscription is exempt
+_BACKLOG = 128
 _ALL = Scope()
 
 
@@ -319,6 +324,25 @@ class RecordsResponse:
     records: tuple[RecordEntry, ...]
 
 
+@message(121)
+@dataclass(frozen=True, slots=True)
+class AnnounceTrustRequest:
+    """Hand a root-signed certificate or revocation (exactly one) to the daemon: it
+    verifies it against the fleet root and writes it to the ledger, so gossip spreads it."""
+
+    certificate: Certificate | None = None
+    revocation: Revocation | None = None
+
+
+@message(122)
+@dataclass(frozen=True, slots=True)
+class AnnounceTrustResponse:
+    kind: str                        # "certificate" or "revocation"
+    subject_id: str                  # key id the certificate admits / the revocation revokes
+    added: bool                      # False: the ledger already held it
+    revoked_keys: tuple[str, ...]    # every key id this node's trust now holds revoked
+
+
 @message(149)
 @dataclass(frozen=True, slots=True)
 class ErrorResponse:
@@ -394,6 +418,17 @@ def check_request(m: NodeMachine, req: DistributeRequest) -> int:
     return targets
 
 
+def check_operator(m: NodeMachine, key: bytes) -> None:
+    """Refuse to sign with an operator key this node's trust no longer admits."""
+    if not m.trust.is_admitted(key, Role.OPERATOR):
+        revoked = any(r.subject_key == key for r in m.trust.revocations())
+        raise RequestRejected(
+            f"this daemon's operator key {fingerprint(key)} is "
+            + ("revoked by the fleet root" if revoked else "not admitted")
+            + "; nothing was sent. Have the fleet root admit a new operator key "
+              "(`shoal fleet admit --role operator`) and install it here")
+
+
 def describe_scope(scope: Scope) -> str:
     """The CLI spelling of ``scope`` (``all``, ``formation=x``, ``capable:...``)."""
     if scope.kind is ScopeKind.ALL:
@@ -439,14 +474,41 @@ def peer_uid(sock: trio.socket.SocketType) -> int:
 # ---------------------------------------------------------------------------- server
 
 
-class ControlServer:
-    """Serves the control socket of one :class:`NodeRuntime`."""
+@dataclass(frozen=True, slots=True)
+class ControlStatistics:
+    active: int                      # connections open now
+    accepted: int
+    refused_uid: int                 # another user (SO_PEERCRED)
+    refused_over_limit: int          # beyond ``max_connections``
+    idle_closed: int                 # sent nothing for ``idle_timeout`` seconds
+    requests: int
 
-    def __init__(self, runtime: NodeRuntime, path: str) -> None:
+
+class ControlServer:
+    """Serves the control socket of one :class:`NodeRuntime`.
+
+    At most ``max_connections`` connections are served at once (more are closed at
+    once, with a log line), and a connection that sends nothing for ``idle_timeout``
+    seconds - between requests or in the middle of one - is closed (a subscription
+    that is streaming reports is not idle)."""
+
+    def __init__(self, runtime: NodeRuntime, path: str, *,
+                 max_connections: int = MAX_CONTROL_CONNECTIONS,
+                 idle_timeout: float = CONTROL_IDLE_TIMEOUT) -> None:
         self.runtime = runtime
         self.path = Path(path)
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
         self.refused = 0
         self.requests = 0
+        self._active = 0
+        self._accepted = 0
+        self._over_limit = 0
+        self._idle_closed = 0
+
+    def statistics(self) -> ControlStatistics:
+        return ControlStatistics(self._active, self._accepted, self.refused,
+                                 self._over_limit, self._idle_closed, self.requests)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -461,7 +523,7 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
-        sock.listen(16)
+        sock.listen(_BACKLOG)
         listener = trio.SocketListener(sock)
         try:
             task_status.started()
@@ -477,10 +539,32 @@ class ControlServer:
             log.warning("refused control connection from uid %d", uid)
             await trio.aclose_forcefully(stream)
             return
+        if self._active >= self.max_connections:
+            self._over_limit += 1
+            log.warning("refused control connection: over the limit of %d concurrent "
+                        "control connections", self.max_connections)
+            await trio.aclose_forcefully(stream)
+            return
+        self._active += 1
+        self._accepted += 1
+        try:
+            await self._serve_connection(stream)
+        finally:
+            self._active -= 1
+
+    async def _receive(self, stream: trio.SocketStream) -> bytes:
+        """The next bytes, or b"" when the peer closed or sent nothing for too long."""
+        with trio.move_on_after(self.idle_timeout):
+            return await stream.receive_some(65536)
+        self._idle_closed += 1
+        log.info("closed control connection: idle for %g s", self.idle_timeout)
+        return b""
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
         decoder = FrameDecoder(_MAX_FRAME)
         async with stream:
             try:
-                while data := await stream.receive_some(65536):
+                while data := await self._receive(stream):
                     for body in decoder.feed(data):
                         self.requests += 1
                         try:
@@ -519,7 +603,10 @@ class ControlServer:
             def status(m: NodeMachine, now: float) -> StatusResponse:
                 stats = {"runtime": asdict(rt.statistics()),
                          "store": asdict(rt.store.statistics()),
-                         "rejected_entries": dict(m.ledger.statistics().rejected)}
+                         "rejected_entries": dict(m.ledger.statistics().rejected),
+                         "control": asdict(self.statistics()),
+                         "revoked_keys": [fingerprint(r.subject_key)
+                                          for r in m.trust.revocations()]}
                 return StatusResponse(rt.node_id, m.name, rt.config.fleet_id, m.formation,
                                       rt.port, tuple(p.node_id for p in rt.peers()),
                                       m.ledger.record(rt.node_id),
@@ -552,6 +639,8 @@ class ControlServer:
         if isinstance(req, RecordsRequest):
             return await rt.call(lambda m, now: RecordsResponse(tuple(
                 RecordEntry(nid, rec) for nid, rec in sorted(m.ledger.records().items()))))
+        if isinstance(req, AnnounceTrustRequest):
+            return await self._announce_trust(req)
         if isinstance(req, NodesWithVersionRequest):
             def with_version(m: NodeMachine, now: float) -> NodeListResponse:
                 out = []
@@ -597,6 +686,7 @@ class ControlServer:
             raise ValueError("use CancelRequest to cancel")
 
         def issue(m: NodeMachine, now: float) -> IntentResponse:
+            check_operator(m, op.public_key)
             targets = check_request(m, req)       # raises before anything is written
             intent = Intent.create(op, req.kind, req.model_id, req.version, m.clock.tick(now),
                                    scope=req.scope, priority=req.priority,
@@ -610,6 +700,7 @@ class ControlServer:
         op = self._operator()
 
         def cancel(m: NodeMachine, now: float) -> IntentResponse:
+            check_operator(m, op.public_key)
             if req.intent_id:
                 target = m.ledger.intent(req.intent_id)
                 if target is None:
@@ -632,6 +723,24 @@ class ControlServer:
             m.issue_intent(intent, now)
             return describe(m, intent, 0)
         result: IntentResponse = await self.runtime.call(cancel)
+        return result
+
+    async def _announce_trust(self, req: AnnounceTrustRequest) -> AnnounceTrustResponse:
+        item: Certificate | Revocation
+        if req.certificate is not None and req.revocation is None:
+            item, kind = req.certificate, "certificate"
+        elif req.revocation is not None and req.certificate is None:
+            item, kind = req.revocation, "revocation"
+        else:
+            raise ValueError("announce exactly one certificate or one revocation")
+
+        def announce(m: NodeMachine, now: float) -> AnnounceTrustResponse:
+            added = m.announce_trust(item, now)     # raises unless root-signed
+            revoked = tuple(fingerprint(r.subject_key) for r in m.trust.revocations())
+            return AnnounceTrustResponse(kind, fingerprint(item.subject_key), added, revoked)
+        result: AnnounceTrustResponse = await self.runtime.call(announce)
+        if result.added:
+            log.warning("announced %s of key %s (by the fleet root)", kind, result.subject_id)
         return result
 
     async def _intents(self, req: IntentsRequest) -> IntentListResponse:
@@ -773,6 +882,13 @@ class ControlClient:
         """Every node record the daemon's ledger holds, by node id."""
         r: RecordsResponse = await self.request(RecordsRequest())
         return r.records
+
+    async def announce_trust(self, item: Certificate | Revocation) -> AnnounceTrustResponse:
+        """Hand a root-signed certificate or revocation to the daemon (spreads by gossip)."""
+        req = (AnnounceTrustRequest(certificate=item) if isinstance(item, Certificate)
+               else AnnounceTrustRequest(revocation=item))
+        r: AnnounceTrustResponse = await self.request(req)
+        return r
 
     async def intents(self, model_id: str = "") -> tuple[IntentResponse, ...]:
         r: IntentListResponse = await self.request(IntentsRequest(model_id))

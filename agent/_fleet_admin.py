@@ -1,7 +1,10 @@
 """Fleet administration on disk: the root key, certificates, provisioning a data dir.
 
 ``shoal fleet init`` creates ``keys/root.key`` (keep it offline in a real
-fleet); ``shoal fleet admit`` signs a node, publisher or operator key with it.
+fleet); ``shoal fleet admit`` signs a node, publisher or operator key with it;
+``shoal fleet revoke`` signs a revocation of a key with it. Either file is handed
+to any running daemon with ``shoal fleet announce FILE``, which writes it to the
+ledger so that gossip carries it to the whole fleet.
 :func:`provision` builds a complete node data directory (keys, certificates,
 config file) - what the demo and the multi-process tests use.
 """
@@ -12,13 +15,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol._identity import Certificate, Role, SigningIdentity
+from protocol._codec import decode_value
+from protocol._errors import MalformedMessage
+from protocol._identity import Certificate, Revocation, Role, SigningIdentity
 
 from ._errors import ConfigError
 from ._keys import init_keys, load_key
 from ._persist import cert_path, write_cert, write_seed
 
-__all__ = ["fleet_init", "admit", "provision", "Provisioned", "SYSTEMD_UNIT", "systemd_unit"]
+__all__ = ["fleet_init", "admit", "revoke", "read_trust_file", "provision", "Provisioned",
+           "SYSTEMD_UNIT", "systemd_unit"]
 
 
 def fleet_init(keys_dir: Path) -> SigningIdentity:
@@ -28,21 +34,53 @@ def fleet_init(keys_dir: Path) -> SigningIdentity:
     return root
 
 
-def admit(keys_dir: Path, fleet_id: str, role: str, public_key_hex: str, name: str
-          ) -> Certificate:
-    """Sign ``public_key_hex`` for ``role`` with the root key in ``keys_dir``."""
-    root = load_key(keys_dir, "root")
+def _public_key(public_key_hex: str) -> bytes:
     try:
         key = bytes.fromhex(public_key_hex)
     except ValueError:
         raise ConfigError("--key: not hex") from None
     if len(key) != 32:
         raise ConfigError("--key: an Ed25519 public key is 64 hex digits")
+    return key
+
+
+def admit(keys_dir: Path, fleet_id: str, role: str, public_key_hex: str, name: str
+          ) -> Certificate:
+    """Sign ``public_key_hex`` for ``role`` with the root key in ``keys_dir``."""
+    root = load_key(keys_dir, "root")
+    key = _public_key(public_key_hex)
     try:
         r = Role(role)
     except ValueError:
         raise ConfigError(f"--role: one of {', '.join(x.value for x in Role)}") from None
     return Certificate.issue(root, fleet_id, key, r, name, int(time.time()))
+
+
+def revoke(keys_dir: Path, fleet_id: str, public_key_hex: str) -> Revocation:
+    """Sign a revocation of every certificate of ``public_key_hex`` issued up to now."""
+    root = load_key(keys_dir, "root")
+    key = _public_key(public_key_hex)
+    if key == root.public_key:
+        raise ConfigError("--key: the fleet root cannot revoke itself; start a new fleet")
+    return Revocation.issue(root, fleet_id, key, int(time.time()))
+
+
+def read_trust_file(path: Path) -> Certificate | Revocation:
+    """A certificate (``fleet admit --out``) or revocation (``fleet revoke --out``) file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return decode_value(Certificate, raw)
+    except (MalformedMessage, ValueError):
+        pass
+    try:
+        return decode_value(Revocation, raw)
+    except (MalformedMessage, ValueError):
+        pass
+    raise ConfigError(f"{path} is neither a shoal certificate nor a revocation (files "
+                      f"written by `shoal fleet admit --out` / `shoal fleet revoke --out`)")
 
 
 @dataclass(frozen=True, slots=True)

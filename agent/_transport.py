@@ -323,8 +323,12 @@ class PeerListener:
             task_status.started(self.port)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        address = _address(stream)    # before the handshake: it may close the stream
         if self._active >= self.settings.max_connections:
             self._refused += 1
+            log.warning("refused connection from %s: over the limit of %d concurrent "
+                        "peer connections (max_connections)", address,
+                        self.settings.max_connections)
             await trio.aclose_forcefully(stream)
             return
         self._active += 1
@@ -336,7 +340,7 @@ class PeerListener:
                     certificate=self._certificate, trust=self._trust, settings=self.settings)
             except (ProtocolError, TransportError) as exc:
                 self._hs_failures += 1
-                self._last_failure = f"{_address(stream)}: {exc}"
+                self._last_failure = f"{address}: {type(exc).__name__}: {exc}"
                 log.info("refused connection: %s", self._last_failure)
                 return
             self._sessions += 1

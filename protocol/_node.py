@@ -44,6 +44,13 @@ with an empty ledger writes above its earlier life; and when gossip brings an
 own entry with a higher counter (an older life's record, or a clock that went
 backwards), the ledger's next counter moves past it and the record is
 rewritten at once.
+
+A wall clock that steps *back* would otherwise leave every timer armed in the
+old time (the next gossip round, the next record write, when peers were last
+heard): the node would sleep, and suspect nobody, until the clock caught up.
+Every input that finds ``now`` below the previous input's ``now`` pulls those
+times back to ``now`` (``GossipEngine.clock_stepped_back``). A step *forward*
+needs nothing: due timers fire once and re-arm from the new ``now``.
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ from ._errors import RemoteProtocolError, SignatureError
 from ._events import ActivateVersion, DropPeer, InstallVariant, Notice, Output, SendMessage
 from ._gossip import GossipEngine, GossipStatistics
 from ._hlc import HybridClock
-from ._identity import Certificate, FleetTrust, Role, SigningIdentity, fingerprint
+from ._identity import Certificate, FleetTrust, Revocation, Role, SigningIdentity, fingerprint
 from ._intents import Intent, resolve
 from ._ledger import Ledger, LedgerStatistics, ModelState, NodeRecord
 from ._manifest import ChunkRef, Manifest
@@ -112,6 +119,7 @@ class NodeMachine:
         self._record_writes = 0
         self._dropped = 0
         self._last_write = -1e18
+        self._latest_now = now                   # detects a wall clock stepping back
         self._dirty = False
         self._states: dict[str, ModelState] = {}
         self._transfers: dict[str, str] = {}     # model -> swarm key being fetched
@@ -297,6 +305,10 @@ class NodeMachine:
             self._refresh_progress(model_id, key, now)
 
     def _after_input(self, now: float) -> None:
+        if now < self._latest_now:          # the wall clock stepped back: re-arm timers
+            self.gossip.clock_stepped_back(now)
+            self._last_write = min(self._last_write, now)
+        self._latest_now = now
         self._drain_swarm(now)
         for out in self.swarm.take_outputs() + self.gossip.take_outputs():
             if isinstance(out, DropPeer):
@@ -381,6 +393,20 @@ class NodeMachine:
         self.clock.observe(intent.stamp, now)
         self._reconcile(now)
         self._after_input(now)
+
+    def announce_trust(self, item: Certificate | Revocation, now: float) -> bool:
+        """Admit a root-signed certificate or revocation here and write it to the ledger,
+        so that gossip carries it to every node. Raises :class:`UntrustedKey` or
+        :class:`SignatureError` when the fleet root did not sign it (for this fleet);
+        False when the ledger already holds it (nothing written)."""
+        item.verify(self.trust.root_key, self.trust.fleet_id)
+        for e in self.ledger.entries():
+            if e.certificate == item or e.revocation == item:
+                return False
+        self._append(item, now)
+        self._reconcile(now)
+        self._after_input(now)
+        return True
 
     def publish_manifest(self, manifest: Manifest, now: float) -> None:
         manifest.verify(self.trust)
