@@ -245,6 +245,16 @@ class GossipEngine:
                 self._send(p, summary, now)
         return True
 
+    def clock_stepped_back(self, now: float) -> None:
+        """The wall clock went back: no time kept here may lie after ``now``, or
+        rounds stop and silent peers go unsuspected until the clock catches up."""
+        period = self.config.interval * (1 + self.config.jitter)
+        self._next_round = min(self._next_round, now + period)
+        for times in (self._heard, self._last_sent):
+            for peer, t in times.items():
+                if t > now:
+                    times[peer] = now
+
     @property
     def rounds(self) -> int:
         return self._rounds

@@ -10,6 +10,13 @@ multicast across the bridge. One host sits behind a slow link (``tc tbf`` at
 all must reach every host, and every host's control socket (a Unix socket,
 reachable from the test's namespace) must report the rollout complete.
 
+A second test cuts one host's link mid-rollout (``ip link set VETH down`` on
+the bridge side): the others complete the rollout, the fleet's convergence
+report shows the cut host with a ``network_partition`` blocker once the
+(shortened) ``unreachable_after`` has passed, the cut host keeps answering its
+control socket, and once the link is back the fleet converges 4/4 and every
+host reports the same.
+
 Namespaces, veths and the bridge are deleted afterwards, also on failure.
 Skipped, with the reason, where namespaces cannot be created (not root, no
 ``ip`` from iproute2, or the kernel refuses).
@@ -27,7 +34,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.fleet_demo import LocalFleet, make_package
+from agent.fleet_demo import FAST_GOSSIP, LocalFleet, make_package
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +44,9 @@ SUBNET = "10.213.7"
 MiB = 1024 * 1024
 _TAG = f"{os.getpid() % 100000}"
 BRIDGE = f"shbr{_TAG}"
+# liveness shortened so a partition shows within seconds (defaults: 10 s / 30 s)
+SUSPECT_AFTER, UNREACHABLE_AFTER = 2.0, 4.0
+LIVENESS = f"suspect_after = {SUSPECT_AFTER}\nunreachable_after = {UNREACHABLE_AFTER}\n"
 
 
 def _ns(i: int) -> str:
@@ -94,7 +104,7 @@ class NamespaceFleet(LocalFleet):
     """A :class:`LocalFleet` whose node ``i`` runs in namespace ``_ns(i)`` at ``_addr(i)``."""
 
     def __init__(self, base: Path) -> None:
-        super().__init__(base, N)
+        super().__init__(base, N, extra_config=FAST_GOSSIP + LIVENESS)
         for i, node in enumerate(self.nodes):
             text = node.config_path.read_text()
             text = text.replace('listen_address = "127.0.0.1"',
@@ -182,3 +192,75 @@ def test_rollout_across_namespaces_with_a_slow_link(hosts: NamespaceFleet,
     for i in range(N):
         current = hosts.nodes[i].data_dir / "models" / "det" / "current"
         assert current.resolve().name == "1.0.0"
+
+
+def _outer(i: int) -> str:
+    return f"shv{_TAG}o{i}"
+
+
+def test_partition_mid_rollout_then_heal(hosts: NamespaceFleet, tmp_path: Path) -> None:
+    cut = SLOW                    # its 8 mbit/s link keeps the rollout in flight when cut
+    rest = [i for i in range(N) if i != cut]
+    pkg = make_package(tmp_path / "pkg", 16 * MiB, seed=11)   # a different model: "part"
+    ids = [n.node_id for n in hosts.nodes]
+
+    async def scenario() -> None:
+        for i in range(N):
+            await hosts.wait_peers(i, N - 1, timeout=30)
+        await hosts.call(0, lambda c: c.publish(str(pkg), "part", "1.0.0"))
+        await hosts.call(0, lambda c: c.distribute_model("part", "1.0.0"))
+        await trio.sleep(0.5)     # the rollout has started everywhere ...
+        _ip("ip", "link", "set", _outer(cut), "down")        # ... cut host 3 off
+        t_cut = trio.current_time()
+        # the other side goes on: 0-2 complete; host 3 is not converged
+        with trio.fail_after(30):
+            while True:
+                nodes = await hosts.call(0, lambda c: c.nodes_with_version("part", "1.0.0"))
+                if set(nodes) >= {ids[i] for i in rest}:
+                    break
+                await trio.sleep(0.3)
+        assert ids[cut] not in nodes
+        t_rest = trio.current_time() - t_cut
+        # host 0 reports host 3 cut off, once it has been silent unreachable_after
+        with trio.fail_after(SUSPECT_AFTER + UNREACHABLE_AFTER + 15):
+            while True:
+                rep = await hosts.call(0, lambda c: c.convergence_status("part", "1.0.0"))
+                blocked = {b.node_id for b in rep.blockers if b.reason == "network_partition"}
+                if blocked:
+                    break
+                await trio.sleep(0.3)
+        assert blocked == {ids[cut]}
+        t_blocked = trio.current_time() - t_cut
+        assert (rep.total_platforms, rep.converged, rep.failed) == (N, N - 1, 0)
+        assert not rep.is_success
+        for i in rest[1:]:        # the connected side agrees
+            rep_i = await hosts.call(i, lambda c: c.convergence_status("part", "1.0.0"))
+            assert rep_i.converged == N - 1
+        # the cut host is alive: its daemon answers its control socket
+        proc = hosts.procs[cut]
+        assert proc is not None and proc.poll() is None
+        st = await hosts.call(cut, lambda c: c.status())
+        assert st is not None
+        # heal: every host converges 4/4 and reports the same
+        _ip("ip", "link", "set", _outer(cut), "up")
+        t_heal = trio.current_time()
+        for i in range(N):
+            rep = await hosts.wait_converged(i, "part", "1.0.0", timeout=40)
+            assert (rep.total_platforms, rep.converged, rep.failed, rep.pending) == \
+                (N, N, 0, 0)
+            assert not any(b.reason == "network_partition" for b in rep.blockers)
+            nodes = await hosts.call(i, lambda c: c.nodes_with_version("part", "1.0.0"))
+            assert nodes == tuple(sorted(ids))
+        print(f"reliability/partition: hosts 0-2 done {t_rest:.1f} s after the cut, "
+              f"network_partition shown at {t_blocked:.1f} s, 4/4 everywhere "
+              f"{trio.current_time() - t_heal:.1f} s after the heal")
+
+    try:
+        trio.run(scenario)
+    except BaseException:
+        print(_logs(hosts))
+        raise
+    finally:
+        _ip("ip", "link", "set", _outer(cut), "up", check=False)
+    current = hosts.nodes[cut].data_dir / "models" / "part" / "current"
+    assert current.resolve().name == "1.0.0"

@@ -1,0 +1,206 @@
+"""Wall-clock jumps mid-rollout (sans-IO).
+
+An in-process fleet (``tests/test_node.py``'s :class:`LocalFleet`) where every node
+reads its own wall clock: ``local now = true time + BASE + offset[i]``. Mid-rollout
+one node's clock steps forward by an hour and another's backward by an hour (what
+an NTP step after a long suspend, or a bad RTC, does). What must hold:
+
+* nothing raises; the rollout completes on every node;
+* the HLC of the node that issues intents stays monotone across the step;
+* intents resolve identically at every node, and an intent issued *after* seeing
+  another (causally later) wins, even from the node whose clock went back;
+* timers re-arm sanely: after a step, a node's ``next_deadline`` is never more
+  than a few gossip intervals after its own ``now`` (a deadline an hour ahead
+  means the node sleeps for an hour), and ``on_timer`` is not called in a busy
+  loop (counted over a simulated interval);
+* no node is *unreachable* (``network_partition``) only because of a clock step.
+"""
+
+from __future__ import annotations
+
+from protocol._events import (
+    ActivateVersion,
+    DropPeer,
+    InstallVariant,
+    SendMessage,
+    ServeChunk,
+    StoreChunk,
+)
+from protocol._hlc import HLC
+from protocol._intents import Intent, IntentKind
+from protocol._node import NodeMachine
+from protocol._swarm import make_piece
+from protocol._types import BlockerReason, ModelOperationalStatus
+
+from ._fleet import OPERATOR
+from .test_node import LocalFleet, _Host, _publish
+
+S = ModelOperationalStatus
+BASE = 1_800_000_000.0      # local clocks read like real wall clocks
+HOUR = 3600.0
+SANE_AHEAD = 70.0           # longest legitimate timer: swarm request timeout (30 s) x 2 + slack
+
+
+class SkewedFleet(LocalFleet):
+    """A LocalFleet whose node ``i`` sees ``now = self.now + BASE + offset[i]``."""
+
+    def __init__(self, n: int, seed: int = 1) -> None:
+        self.offset = [BASE] * n
+        super().__init__(n, seed=seed)
+        self.timer_calls = [0] * n
+        self.worst_ahead = [0.0] * n     # max of next_deadline - local now, after inputs
+
+    def local(self, i: int) -> float:
+        return self.now + self.offset[i]
+
+    def step(self, i: int, seconds: float) -> None:
+        self.offset[i] += seconds
+
+    def _pump(self) -> None:
+        progressed = True
+        while progressed:
+            progressed = False
+            for i, h in enumerate(self.hosts):
+                for out in h.machine.take_outputs():
+                    progressed = True
+                    self._carry_out(i, h, out)
+            while self.queue:
+                progressed = True
+                dst, src, msg = self.queue.popleft()
+                self.hosts[dst].machine.receive(src, msg, self.local(dst))
+                self._note(dst)
+
+    def _note(self, i: int) -> None:
+        """After an input at node ``i``: how far ahead of its own clock is its next timer?"""
+        d = self.hosts[i].machine.next_deadline()
+        if d is not None:
+            self.worst_ahead[i] = max(self.worst_ahead[i], d - self.local(i))
+
+    def _carry_out(self, i: int, h: _Host, out: object) -> None:
+        m, now = h.machine, self.local(i)
+        if isinstance(out, SendMessage):
+            self.queue.append((self.index[out.peer], m.node_id, out.message))
+        elif isinstance(out, ServeChunk):
+            data = h.store.get(out.chunk_hash)
+            if data is None:
+                m.chunk_missing(out.chunk_hash, now)
+            else:
+                h.served += 1
+                self.queue.append((self.index[out.peer], m.node_id,
+                                   make_piece(out.chunk_hash, data, out.priority)))
+        elif isinstance(out, StoreChunk):
+            h.store[out.chunk_hash] = out.data
+            m.chunk_stored(out.chunk_hash, now)
+        elif isinstance(out, InstallVariant):
+            h.installs.append(out)
+            m.install_finished(out.model_id, out.version, out.variant_id, True, None, "", now)
+        elif isinstance(out, ActivateVersion):
+            h.activations.append(out)
+        elif isinstance(out, DropPeer):
+            raise AssertionError(f"unexpected drop: {out}")
+
+    def run(self, seconds: float) -> None:
+        end = self.now + seconds
+        self._pump()
+        for _ in range(1_000_000):       # bounded: a busy loop fails instead of hanging
+            due = [d - self.offset[i] for i, h in enumerate(self.hosts)
+                   if (d := h.machine.next_deadline()) is not None]
+            t = min(due, default=end)
+            if t > end:
+                break
+            self.now = max(self.now, t)
+            for i, h in enumerate(self.hosts):
+                d = h.machine.next_deadline()
+                if d is not None and d <= self.local(i):
+                    self.timer_calls[i] += 1
+                    h.machine.on_timer(self.local(i))
+                    self._note(i)
+            self._pump()
+        else:
+            raise AssertionError("timer loop did not settle: busy loop")
+        self.now = end
+
+
+def _issue(m: NodeMachine, version: str, now: float) -> Intent:
+    """As the control socket does: stamp the intent with the node's own HLC."""
+    it = Intent.create(OPERATOR, IntentKind.DISTRIBUTE, "m", version, m.clock.tick(now))
+    m.issue_intent(it, now)
+    return it
+
+
+def _partitioned(fleet: SkewedFleet, version: str) -> set[str]:
+    out: set[str] = set()
+    for i in range(len(fleet.hosts)):
+        st = fleet.m(i).convergence("m", version, fleet.local(i))
+        out |= {b.node_id for b in st.blockers if b.reason is BlockerReason.NETWORK_PARTITION}
+    return out
+
+
+def test_clock_steps_mid_rollout() -> None:
+    fleet = SkewedFleet(4, seed=7)
+    FWD, BACK = 1, 2
+    _publish(fleet, size=2_000_000)
+    fleet.run(5)
+    first = _issue(fleet.m(0), "1.0.0", fleet.local(0))
+    # mid-rollout: issued at node 0, not yet delivered anywhere (in-process transfers
+    # are instant, so the steps land between the issue and the first hop)
+    assert all(fleet.m(i).model_state("m") is None for i in range(1, 4))
+    stamps_before = fleet.m(BACK).clock.peek()
+    fleet.step(FWD, +HOUR)
+    fleet.step(BACK, -HOUR)
+    calls_before = list(fleet.timer_calls)
+    fleet.worst_ahead = [0.0] * 4
+    seen_partitioned: set[str] = set()
+    for _ in range(60):
+        fleet.run(1)
+        seen_partitioned |= _partitioned(fleet, "1.0.0")
+    # the node stepped forward finds every peer silent for an hour and suspects them
+    # all for a moment (one record); the next message from each clears it. One node's
+    # suspicion is below min_suspecting_peers (2), so nobody is ever unreachable.
+    assert fleet.m(FWD).statistics().gossip.suspicion_changes >= 2
+    assert fleet.m(FWD).statistics().gossip.suspects == 0
+    assert seen_partitioned == set()
+
+    # timers re-armed sanely: no deadline an hour away, no busy loop
+    for i in range(4):
+        assert fleet.worst_ahead[i] < SANE_AHEAD, (i, fleet.worst_ahead[i])
+        calls = fleet.timer_calls[i] - calls_before[i]
+        assert 30 <= calls <= 60 * 10, (i, calls)   # about one per gossip interval (1 s)
+
+    # the rollout completed everywhere, and every node gives the same answer
+    for i in range(4):
+        st = fleet.m(i).model_state("m")
+        assert st is not None and st.status is S.OPERATIONAL and st.active_version == "1.0.0"
+    answers = [fleet.m(i).convergence("m", "1.0.0", fleet.local(i)) for i in range(4)]
+    assert all(a.is_success and a.total_platforms == 4 for a in answers)
+    assert all(fleet.m(i).desired("m") == first for i in range(4))
+    assert _partitioned(fleet, "1.0.0") == set()
+
+    # the node whose clock went back: its HLC never went backwards, and an intent it
+    # issues now (having seen the first one) sorts after it and wins everywhere
+    assert fleet.m(BACK).clock.peek() >= stamps_before
+    _publish(fleet, version="2.0.0", seed="b", size=300_000)
+    second = _issue(fleet.m(BACK), "2.0.0", fleet.local(BACK))
+    assert second.stamp > first.stamp
+    assert second.stamp.wall_ms > int(fleet.local(BACK) * 1000)   # ahead of its own wall
+    fleet.run(40)
+    for i in range(4):
+        assert fleet.m(i).desired("m") == second
+        st = fleet.m(i).model_state("m")
+        assert st is not None and st.active_version == "2.0.0"
+    assert _partitioned(fleet, "2.0.0") == set()
+
+
+def test_hlc_stays_monotone_through_steps() -> None:
+    fleet = SkewedFleet(3, seed=3)
+    m = fleet.m(0)
+    seen: list[HLC] = []
+    for k, step in enumerate([0.0, -HOUR, +2 * HOUR, -HOUR, -30.0, 0.0]):
+        fleet.step(0, step)
+        fleet.run(3)
+        seen.append(_issue(m, f"1.0.{k}", fleet.local(0)).stamp)
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+    fleet.run(10)
+    for i in range(3):     # the last-issued intent wins everywhere
+        assert fleet.m(i).desired("m") is not None
+        assert fleet.m(i).desired("m").stamp == seen[-1]  # type: ignore[union-attr]
