@@ -39,7 +39,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import blake3
 
@@ -49,9 +48,7 @@ from ._errors import InvalidValue, MalformedMessage
 from ._events import Output, SendMessage
 from ._hlc import vv_from_wire, vv_hash, vv_to_wire
 from ._ledger import Entry, Ledger, MergeResult, Suspicion, entry_size
-
-if TYPE_CHECKING:
-    import random
+from ._rng import Rng
 
 __all__ = ["GossipSummary", "GossipDigest", "GossipDelta", "GossipBuckets",
            "GossipStatistics", "GossipEngine", "bucket_bits", "bucket_of", "bucket_hashes",
@@ -183,7 +180,7 @@ class GossipStatistics:
 
 
 class GossipEngine:
-    def __init__(self, *, node_id: str, config: GossipConfig, rng: random.Random,
+    def __init__(self, *, node_id: str, config: GossipConfig, rng: Rng,
                  ledger: Ledger, now: float) -> None:
         self.node_id = node_id
         self.config = config

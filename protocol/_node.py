@@ -57,7 +57,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from ._capabilities import Capabilities
 from ._chunking import chunk_matches
@@ -71,12 +70,10 @@ from ._identity import Certificate, FleetTrust, Revocation, Role, SigningIdentit
 from ._intents import Intent, resolve
 from ._ledger import Ledger, LedgerStatistics, ModelState, NodeRecord
 from ._manifest import ChunkRef, Manifest
+from ._rng import Rng
 from ._selection import select_variant
 from ._swarm import SwarmEngine, SwarmStatistics
 from ._types import BlockerReason, ModelOperationalStatus
-
-if TYPE_CHECKING:
-    import random
 
 __all__ = ["NodeMachine", "NodeStatistics"]
 
@@ -100,7 +97,7 @@ class NodeStatistics:
 
 class NodeMachine:
     def __init__(self, *, config: Config, identity: SigningIdentity, certificate: Certificate,
-                 trust: FleetTrust, rng: random.Random, now: float, name: str = "",
+                 trust: FleetTrust, rng: Rng, now: float, name: str = "",
                  formation: str = "", capabilities: Capabilities | None = None,
                  held_chunks: Iterable[bytes] = (), ledger: Ledger | None = None,
                  installed: Iterable[tuple[str, str, str]] = (),

@@ -51,11 +51,11 @@ import heapq
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ._config import SwarmConfig
 from ._events import DropPeer, Notice, Output, SendMessage, ServeChunk, StoreChunk
 from ._manifest import ChunkRef
+from ._rng import Rng
 from ._swarm_messages import (
     SWARM_MESSAGES,
     Cancel,
@@ -73,9 +73,6 @@ from ._swarm_messages import (
 )
 from ._swarm_uploads import TokenBucket, UploadScheduler
 from ._types import BlockerReason, TransferPriority
-
-if TYPE_CHECKING:
-    import random
 
 __all__ = [
     "ContentKey",
@@ -186,7 +183,7 @@ class _Outstanding:
 class SwarmEngine:
     """See the module docstring. Inputs append outputs; take them with :meth:`take_outputs`."""
 
-    def __init__(self, *, node_id: str, config: SwarmConfig, rng: random.Random,
+    def __init__(self, *, node_id: str, config: SwarmConfig, rng: Rng,
                  held: set[bytes], lookup: Callable[[str], Sequence[ChunkRef] | None],
                  verifier: Callable[[bytes, int, bytes], bool]) -> None:
         self.node_id = node_id

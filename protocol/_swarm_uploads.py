@@ -31,12 +31,9 @@ driver reads and sends the chunk.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ._config import SwarmConfig
-
-if TYPE_CHECKING:
-    import random
+from ._rng import Rng
 
 __all__ = ["TokenBucket", "UploadScheduler", "Serve"]
 
@@ -103,7 +100,7 @@ class _Queued:
 
 
 class UploadScheduler:
-    def __init__(self, config: SwarmConfig, rng: random.Random, now: float) -> None:
+    def __init__(self, config: SwarmConfig, rng: Rng, now: float) -> None:
         self._config = config
         self._rng = rng
         self.bucket = TokenBucket(config.upload_rate, config.rate_burst, now)
