@@ -301,11 +301,16 @@ class NodeMachine:
         for model_id, key in self._transfers.items():
             self._refresh_progress(model_id, key, now)
 
-    def _after_input(self, now: float) -> None:
+    def _observe_clock(self, now: float) -> None:
+        """Called first by every input: when the wall clock stepped back, move the times
+        the engines keep before this input records new ones in the new clock."""
         if now < self._latest_now:          # the wall clock stepped back: re-arm timers
             self.gossip.clock_stepped_back(now)
+            self.swarm.clock_stepped_back(self._latest_now - now)
             self._last_write = min(self._last_write, now)
         self._latest_now = now
+
+    def _after_input(self, now: float) -> None:
         self._drain_swarm(now)
         for out in self.swarm.take_outputs() + self.gossip.take_outputs():
             if isinstance(out, DropPeer):
@@ -314,12 +319,14 @@ class NodeMachine:
 
     # ------------------------------------------------------------------ inputs
     def peer_connected(self, peer: str, now: float) -> None:
+        self._observe_clock(now)
         self._peers.add(peer)
         self.gossip.peer_connected(peer, now)
         self.swarm.peer_connected(peer, now)
         self._after_input(now)
 
     def peer_disconnected(self, peer: str, now: float) -> None:
+        self._observe_clock(now)
         self._peers.discard(peer)
         self.gossip.peer_disconnected(peer, now)
         self.swarm.peer_disconnected(peer, now)
@@ -339,6 +346,7 @@ class NodeMachine:
         return False
 
     def receive(self, peer: str, message: object, now: float) -> None:
+        self._observe_clock(now)
         self.gossip.heard(peer, now)
         try:
             if self.gossip.handles(message):
@@ -364,6 +372,7 @@ class NodeMachine:
         self._after_input(now)
 
     def on_timer(self, now: float) -> None:
+        self._observe_clock(now)
         self.swarm.on_timer(now)
         self._update_progress(now)
         if self.gossip.on_timer(now) and self.gossip.update_suspicions(now):
@@ -383,6 +392,7 @@ class NodeMachine:
 
     def issue_intent(self, intent: Intent, now: float) -> None:
         """Accept an operator-signed intent here; raises if it does not verify."""
+        self._observe_clock(now)
         intent.verify(self.trust)
         self._ensure_cert(intent.issuer_key, Role.OPERATOR, now)
         if self.ledger.intent(intent.intent_id) is None:
@@ -396,6 +406,7 @@ class NodeMachine:
         so that gossip carries it to every node. Raises :class:`UntrustedKey` or
         :class:`SignatureError` when the fleet root did not sign it (for this fleet);
         False when the ledger already holds it (nothing written)."""
+        self._observe_clock(now)
         item.verify(self.trust.root_key, self.trust.fleet_id)
         for e in self.ledger.entries():
             if e.certificate == item or e.revocation == item:
@@ -406,6 +417,7 @@ class NodeMachine:
         return True
 
     def publish_manifest(self, manifest: Manifest, now: float) -> None:
+        self._observe_clock(now)
         manifest.verify(self.trust)
         self._ensure_cert(manifest.publisher_key, Role.PUBLISHER, now)
         if self.ledger.manifest_by_id(manifest.manifest_id) is None:
@@ -414,6 +426,7 @@ class NodeMachine:
         self._after_input(now)
 
     def set_capabilities(self, caps: Capabilities, now: float) -> None:
+        self._observe_clock(now)
         self.capabilities = caps
         for model_id, st in list(self._states.items()):
             if st.status is _S.FAILED and st.blocker in _RETRYABLE:
@@ -423,11 +436,13 @@ class NodeMachine:
         self._after_input(now)
 
     def chunk_stored(self, chunk_hash: bytes, now: float) -> None:
+        self._observe_clock(now)
         self.swarm.chunk_stored(chunk_hash, now)
         self._after_input(now)
 
     def chunk_store_failed(self, chunk_hash: bytes, reason: BlockerReason, detail: str,
                            now: float) -> None:
+        self._observe_clock(now)
         self.swarm.chunk_store_failed(chunk_hash, now)
         hit = False
         for model_id, key in self._transfers.items():   # only models that want this chunk
@@ -444,11 +459,13 @@ class NodeMachine:
         self._after_input(now)
 
     def chunk_missing(self, chunk_hash: bytes, now: float) -> None:
+        self._observe_clock(now)
         self.swarm.chunk_missing(chunk_hash, now)
         self._after_input(now)
 
     def install_finished(self, model_id: str, version: str, variant_id: str, ok: bool,
                          reason: BlockerReason | None, detail: str, now: float) -> None:
+        self._observe_clock(now)
         key = self._installing.pop(model_id, None)
         if key is not None:
             self._refresh_progress(model_id, key, now)

@@ -51,6 +51,7 @@ import heapq
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._config import SwarmConfig
 from ._events import DropPeer, Notice, Output, SendMessage, ServeChunk, StoreChunk
@@ -236,6 +237,30 @@ class SwarmEngine:
         # upload side: (peer, hash) redirected once -> when; never-uploaded positions per key
         self._redirected: dict[tuple[str, bytes], float] = {}
         self._unsent: dict[str, list[int]] = {}
+
+    def clock_stepped_back(self, delta: float) -> None:
+        """The wall clock went back by ``delta`` seconds. Every time kept here (request
+        stamps, deadlines, link estimates, buckets, slots) moves back with it, so each
+        timer keeps its remaining duration instead of waiting for the clock to catch up
+        (an unanswered request would otherwise be re-issued only ``delta`` later)."""
+        shift = -delta
+        for rec in self._by_age.values():
+            rec.sent_at += shift
+        maps: list[dict[Any, float]] = [self._retry_after, self._busy_until,
+                                        self._last_arrival, self._redirected,
+                                        *self._stale.values(), *self._avoid.values()]
+        for d in self._downloads.values():
+            maps.append(d.cannot_help)
+            d.lookup_retry_at += shift
+        for times in maps:
+            for key in times:
+                times[key] += shift
+        if self._endgame_wake is not None:
+            self._endgame_wake += shift
+        if self._uploads is not None:
+            self._uploads.shift_time(shift)
+        if self._down_bucket is not None:
+            self._down_bucket.shift_time(shift)
 
     # ================================================================== helpers
 

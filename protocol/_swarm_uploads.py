@@ -75,6 +75,10 @@ class TokenBucket:
             self._refill(now)
             self.tokens -= amount
 
+    def shift_time(self, delta: float) -> None:
+        """The clock stepped by ``delta`` seconds: keep the bucket's state, move its stamp."""
+        self.stamp += delta
+
     def ready_at(self) -> float:
         """When the bucket stops being in debt (``stamp`` if it is not)."""
         if self.unlimited or self.tokens > -_EPSILON:
@@ -120,6 +124,22 @@ class UploadScheduler:
         self.rechokes = 0
         self._copies: dict[bytes, int] = {}        # chunk -> times uploaded
         self._last_upload: dict[bytes, float] = {}  # chunk -> when last uploaded
+
+    def shift_time(self, delta: float) -> None:
+        """The wall clock stepped by ``delta``: move every time kept here with it, so
+        slots, rechokes and the bucket keep their remaining durations."""
+        self.bucket.shift_time(delta)
+        for peer in self._regular:
+            self._regular[peer] += delta
+        for peer in self._optimistic:
+            self._optimistic[peer] += delta
+        for chunk in self._last_upload:
+            self._last_upload[chunk] += delta
+        for queue in self._queues.values():
+            for q in queue:
+                q.since += delta
+        if self._next_rechoke is not None:
+            self._next_rechoke += delta
 
     # ------------------------------------------------------------------ queue
 

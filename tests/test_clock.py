@@ -204,3 +204,42 @@ def test_hlc_stays_monotone_through_steps() -> None:
     for i in range(3):     # the last-issued intent wins everywhere
         assert fleet.m(i).desired("m") is not None
         assert fleet.m(i).desired("m").stamp == seen[-1]  # type: ignore[union-attr]
+
+
+def test_a_request_lost_before_a_backward_clock_step_is_reissued_on_the_new_clock() -> None:
+    """The wall clock steps back an hour while a request is unanswered: the swarm's timers
+    move with it, so the request times out after ``request_timeout`` on the new clock and
+    goes to another provider — not an hour later, when the old clock would catch up."""
+    import random
+
+    from protocol._config import SwarmConfig
+    from protocol._events import SendMessage as Send
+    from protocol._swarm import SwarmEngine
+    from protocol._swarm_messages import HaveSet, Request, make_bitfield
+    from protocol._types import TransferPriority
+
+    from .swarm_sim import cheap_verifier, node_id, token_chunk
+
+    refs = [token_chunk(f"c{i}", 1000)[0] for i in range(4)]
+    cfg = SwarmConfig(request_timeout=5.0)
+    eng = SwarmEngine(node_id=node_id(0), config=cfg, rng=random.Random(3), held=set(),
+                      lookup={"m/v": refs}.get, verifier=cheap_verifier)
+    t0 = 10_000.0
+    for p in (1, 2):
+        eng.peer_connected(node_id(p), t0)
+    eng.want("m/v", TransferPriority.NORMAL, t0)
+    for p in (1, 2):
+        eng.receive(node_id(p), HaveSet("m/v", 4, make_bitfield([True] * 4)), t0)
+    first = [o for o in eng.take_outputs()
+             if isinstance(o, Send) and isinstance(o.message, Request)]
+    assert first                          # requests went out; every one of them is lost
+
+    eng.clock_stepped_back(3600.0)        # what NodeMachine does when `now` goes back
+    t1 = t0 - 3600.0
+    deadline = eng.next_deadline()
+    assert deadline is not None and deadline <= t1 + cfg.request_timeout + 1.0
+    eng.on_timer(t1 + cfg.request_timeout + 0.5)
+    again = [o for o in eng.take_outputs()
+             if isinstance(o, Send) and isinstance(o.message, Request)]
+    assert again                          # re-issued within the timeout on the new clock
+    assert eng.statistics().requests_timed_out >= len(first)
