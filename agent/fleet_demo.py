@@ -152,6 +152,14 @@ class LocalFleet:
             while len((await self.call(i, lambda c: c.status())).peers) < count:
                 await trio.sleep(0.2)
 
+    async def wait_meshed(self, timeout: float = 30.0) -> None:
+        """Every daemon answers its control socket and sees every other one as a peer."""
+        n = len(self.nodes)
+        for i in range(n):
+            await self.wait_ready(i, timeout=timeout)
+        for i in range(n):
+            await self.wait_peers(i, n - 1, timeout=timeout)
+
     async def wait_converged(self, i: int, model: str, version: str, timeout: float,
                              show: Callable[[ConvergenceReport], None] | None = None
                              ) -> ConvergenceReport:

@@ -73,10 +73,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
 
 
 async def _ready(f: LocalFleet) -> None:
-    for i in range(N):
-        await f.wait_ready(i, timeout=60)
-    for i in range(N):
-        await f.wait_peers(i, N - 1, timeout=60)
+    await f.wait_meshed(60)
     ids = [n.node_id for n in f.nodes]
     with trio.fail_after(60):     # every node holds every record (with its probe)
         for i in range(N):

@@ -43,17 +43,10 @@ def fleet(tmp_path: Path) -> Iterator[LocalFleet]:
                    extra_config=FAST_GOSSIP + "[swarm]\nrequest_timeout = 2.0\n")
     try:
         f.start_all()
-        trio.run(_ready, f)
+        trio.run(f.wait_meshed, 30)
         yield f
     finally:
         f.stop_all()
-
-
-async def _ready(f: LocalFleet) -> None:
-    for i in range(N):
-        await f.wait_ready(i, timeout=30)
-    for i in range(N):
-        await f.wait_peers(i, N - 1, timeout=30)
 
 
 def _duplicates(f: LocalFleet, i: int) -> int:

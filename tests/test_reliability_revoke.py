@@ -41,17 +41,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
                            operator=True, extra_config=FAST_GOSSIP)
     try:
         f.start_all()
-        trio.run(_ready, f)
+        trio.run(f.wait_meshed, 30)
         yield f
     finally:
         f.stop_all()
-
-
-async def _ready(f: LocalFleet) -> None:
-    for i in range(N):
-        await f.wait_ready(i, timeout=30)
-    for i in range(N):
-        await f.wait_peers(i, N - 1, timeout=30)
 
 
 def call(f: LocalFleet, i: int, fn: Callable[[ControlClient], Awaitable[Any]]) -> Any:
