@@ -604,6 +604,8 @@ class ControlServer:
                 stats = {"runtime": asdict(rt.statistics()),
                          "store": asdict(rt.store.statistics()),
                          "rejected_entries": dict(m.ledger.statistics().rejected),
+                         "swarm": asdict(m.swarm.statistics()),
+                         "gossip": asdict(m.gossip.statistics()),
                          "control": asdict(self.statistics()),
                          "revoked_keys": [fingerprint(r.subject_key)
                                           for r in m.trust.revocations()]}

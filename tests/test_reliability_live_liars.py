@@ -121,6 +121,8 @@ def test_lying_chunk_server_is_dropped_and_nothing_corrupt_is_kept(
     # node 1 dropped the liar, for the right reason, and it is not among its peers
     assert liar_alive, "the liar daemon died; see its daemon.log"
     assert stats["runtime"]["peers_dropped"] >= 1, stats["runtime"]
+    if mode == "corrupt":                # what was rejected is visible in `shoal status`
+        assert stats["swarm"]["corrupt_pieces"] >= 1, stats["swarm"]
     assert dropped, "node 1 never dropped the liar"
     want = "do not match chunk" if mode == "corrupt" else "went unserved"
     assert any(want in line for line in dropped), dropped
