@@ -31,16 +31,16 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from protocol._codec import FrameDecoder, decode, encode, frame, message, struct
+from protocol._convergence import ModelConvergenceStatus
 from protocol._errors import ProtocolError, ShoalError
 from protocol._identity import Certificate, Revocation, Role, fingerprint
-from protocol._intents import Intent, IntentKind, Scope, ScopeKind, has_deployed, scope_matches
+from protocol._intents import Intent, IntentKind, Scope, ScopeKind, targets_node
 from protocol._ledger import NodeRecord
 from protocol._types import TransferPriority
 
 from ._errors import AgentError
 
 if TYPE_CHECKING:
-    from protocol._convergence import ModelConvergenceStatus
     from protocol._node import NodeMachine
 
     from ._runtime import NodeRuntime
@@ -49,7 +49,7 @@ __all__ = [
     "ControlServer", "ControlClient", "ControlError", "ControlRefused",
     "StatusRequest", "StatusResponse", "PeersRequest", "PeersResponse", "PeerEntry",
     "PublishRequest", "PublishResponse", "DistributeRequest", "CancelRequest",
-    "IntentResponse", "ConvergenceRequest", "ConvergenceReport", "BlockerEntry",
+    "IntentResponse", "ConvergenceRequest", "ConvergenceReport",
     "NodeStatusRequest", "NodeStatusResponse", "NodesWithVersionRequest", "NodeListResponse",
     "Subscribe", "ErrorResponse", "IntentsRequest", "IntentListResponse",
     "RecordsRequest", "RecordsResponse", "RecordEntry",
@@ -225,38 +225,12 @@ class ConvergenceRequest:
     version: str
 
 
-@struct
-@dataclass(frozen=True, slots=True)
-class BlockerEntry:
-    node_id: str
-    reason: str
-    since: float
-    details: str
-
-
 @message(111)
 @dataclass(frozen=True, slots=True)
 class ConvergenceReport:
-    model_id: str
-    target_version: str
-    total_platforms: int
-    converged: int
-    in_progress: int
-    pending: int
-    failed: int
-    version_distribution: dict[str, int]
-    blockers: tuple[BlockerEntry, ...]
-    estimated_completion: float | None
-    bytes_done: int
-    bytes_total: int
+    """The answer to a ConvergenceRequest, and each item of a Subscribe stream."""
 
-    @property
-    def is_complete(self) -> bool:
-        return self.in_progress == 0 and self.pending == 0
-
-    @property
-    def is_success(self) -> bool:
-        return self.total_platforms > 0 and self.converged == self.total_platforms
+    status: ModelConvergenceStatus
 
 
 @message(112)
@@ -353,28 +327,13 @@ class ErrorResponse:
 # ---------------------------------------------------------------------------- helpers
 
 
-def report(status: ModelConvergenceStatus, machine: NodeMachine) -> ConvergenceReport:
-    done = total = 0
-    for rec in machine.ledger.records().values():
-        st = rec.model(status.model_id)
-        if st is not None and st.version == status.target_version:
-            done += st.bytes_done
-            total += st.bytes_total
-    return ConvergenceReport(
-        status.model_id, status.target_version, status.total_platforms, status.converged,
-        status.in_progress, status.pending, status.failed, dict(status.version_distribution),
-        tuple(BlockerEntry(b.node_id, str(b.reason), b.since, b.details)
-              for b in status.blockers), status.estimated_completion, done, total)
-
-
 def count_targets(m: NodeMachine, scope: Scope, kind: IntentKind, model_id: str) -> int:
     """How many nodes of this node's ledger an intent of ``kind`` with ``scope`` targets now.
 
     The same rule as :func:`protocol._intents.intent_applies`: a rollback targets
     only nodes in scope that have (had) the model deployed."""
     return sum(1 for nid, rec in m.ledger.records().items()
-               if scope_matches(scope, nid, rec)
-               and (kind is not IntentKind.ROLLBACK or has_deployed(model_id, rec)))
+               if targets_node(kind, model_id, scope, nid, rec))
 
 
 def check_request(m: NodeMachine, req: DistributeRequest) -> int:
@@ -615,10 +574,7 @@ class ControlServer:
                                       json.dumps(stats, default=str))
             return await rt.call(status)
         if isinstance(req, PeersRequest):
-            return PeersResponse(tuple(PeerEntry(p.node_id, p.name, p.address,
-                                                 p.initiated_by_us, p.connected_for,
-                                                 p.bytes_sent, p.bytes_received)
-                                       for p in rt.peers()))
+            return PeersResponse(tuple(rt.peers()))
         if isinstance(req, PublishRequest):
             return await self._publish(req)
         if isinstance(req, DistributeRequest):
@@ -628,8 +584,8 @@ class ControlServer:
         if isinstance(req, IntentsRequest):
             return await self._intents(req)
         if isinstance(req, ConvergenceRequest):
-            return await rt.call(lambda m, now: report(
-                m.convergence(req.model_id, req.version, now), m))
+            return await rt.call(lambda m, now: ConvergenceReport(
+                m.convergence(req.model_id, req.version, now)))
         if isinstance(req, NodeStatusRequest):
             def node_status(m: NodeMachine, now: float) -> NodeStatusResponse:
                 records = m.ledger.records()
@@ -757,14 +713,14 @@ class ControlServer:
 
     async def _subscribe(self, stream: trio.SocketStream, req: Subscribe) -> None:
         rt = self.runtime
-        last: ConvergenceReport | None = None
+        last: ModelConvergenceStatus | None = None
         while True:
-            rep: ConvergenceReport = await rt.call(lambda m, now: report(
-                m.convergence(req.model_id, req.version, now), m))
-            if rep != last:
-                await self._send(stream, rep)
-                last = rep
-            if req.until_complete and rep.is_complete and rep.total_platforms > 0:
+            status: ModelConvergenceStatus = await rt.call(
+                lambda m, now: m.convergence(req.model_id, req.version, now))
+            if status != last:
+                await self._send(stream, ConvergenceReport(status))
+                last = status
+            if req.until_complete and status.is_complete and status.total_platforms > 0:
                 return
             with trio.move_on_after(0.5):
                 await rt.wait_changed()
@@ -868,9 +824,10 @@ class ControlClient:
         r: IntentResponse = await self.request(CancelRequest(model_id, intent_id))
         return r
 
-    async def convergence_status(self, model_id: str, version: str) -> ConvergenceReport:
+    async def convergence_status(self, model_id: str, version: str
+                                 ) -> ModelConvergenceStatus:
         r: ConvergenceReport = await self.request(ConvergenceRequest(model_id, version))
-        return r
+        return r.status
 
     async def node_model_status(self, node_id: str = "") -> NodeStatusResponse:
         r: NodeStatusResponse = await self.request(NodeStatusRequest(node_id))
@@ -898,14 +855,14 @@ class ControlClient:
 
     async def subscribe_convergence(self, model_id: str, version: str,
                                     until_complete: bool = True
-                                    ) -> AsyncIterator[ConvergenceReport]:
-        """Reports as they change. The connection is dedicated to the stream after this."""
+                                    ) -> AsyncIterator[ModelConvergenceStatus]:
+        """Statuses as they change. The connection is dedicated to the stream after this."""
         assert self._stream is not None
         await self._stream.send_all(frame(encode(Subscribe(model_id, version, until_complete)),
                                           _MAX_FRAME))
         while True:
             rep = await self._receive()
             assert isinstance(rep, ConvergenceReport)
-            yield rep
-            if until_complete and rep.is_complete and rep.total_platforms > 0:
+            yield rep.status
+            if until_complete and rep.status.is_complete and rep.status.total_platforms > 0:
                 return

@@ -65,6 +65,7 @@ from protocol._swarm import make_piece
 from protocol._types import BlockerReason, TransferPriority
 
 from ._config import AgentConfig
+from ._control import PeerEntry
 from ._discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
 from ._errors import AgentError, ChunkCorrupted, ChunkNotFound, InsufficientStorage, StoreError
 from ._install import Installer
@@ -76,7 +77,7 @@ from ._probe import probe
 from ._store import ChunkStore
 from ._transport import PeerListener, SecureChannel, TransportError, backoff_delay, dial
 
-__all__ = ["NodeRuntime", "RuntimeStatistics", "PeerInfo"]
+__all__ = ["NodeRuntime", "RuntimeStatistics"]
 
 log = logging.getLogger("shoal.daemon")
 
@@ -88,15 +89,6 @@ _DROP_BAN = 60.0              # seconds a dropped peer is not redialled / accept
 _GRACE = 2.0                  # the larger id waits this long before dialling
 
 
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    node_id: str
-    name: str
-    address: str
-    initiated_by_us: bool
-    connected_for: float
-    bytes_sent: int
-    bytes_received: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -564,12 +556,12 @@ class NodeRuntime:
 
     # ------------------------------------------------------------------ queries
 
-    def peers(self) -> list[PeerInfo]:
+    def peers(self) -> list[PeerEntry]:
         now = time.time()
         out = []
         for peer, s in sorted(self._sessions.items()):
             st = s.channel.statistics().connection
-            out.append(PeerInfo(peer, s.channel.peer_certificate.name, s.channel.peer_address,
+            out.append(PeerEntry(peer, s.channel.peer_certificate.name, s.channel.peer_address,
                                 s.initiated_by_us, now - s.since, st.wire_bytes_sent,
                                 st.wire_bytes_received))
         return out

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from protocol._convergence import ConvergenceBlocker
+from protocol._convergence import ConvergenceBlocker, ModelConvergenceStatus
 from protocol._errors import InvalidValue
 from protocol._intents import IntentKind, Scope, ScopeKind
 from protocol._ledger import ModelState
@@ -36,7 +36,6 @@ from ._control import (
     ControlClient,
     ControlError,
     ControlRefused,
-    ConvergenceReport,
     EmptyScope,
     IntentResponse,
     RequestRejected,
@@ -154,54 +153,6 @@ class ModelDistributionHandle:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelConvergenceStatus:
-    """Where the fleet stands on ``(model_id, target_version)``; computed from the
-    answering node's ledger, so every node with the same ledger gives the same answer."""
-
-    model_id: str
-    target_version: str
-    total_platforms: int        # nodes whose desired version is target_version
-    converged: int              # ... running it (operational or degraded)
-    in_progress: int            # ... downloading or loading it
-    pending: int                # ... not started (or waiting for the manifest)
-    failed: int                 # ... that failed (see blockers)
-    version_distribution: dict[str, int]   # active version ("none") -> nodes in scope
-    blockers: tuple[ConvergenceBlocker, ...]
-    estimated_completion: float | None      # seconds from now; None: no rate observed yet
-    bytes_done: int = 0
-    bytes_total: int = 0
-
-    @property
-    def is_complete(self) -> bool:
-        """Every node in scope reached a final state (converged or failed)."""
-        return self.in_progress == 0 and self.pending == 0
-
-    @property
-    def is_success(self) -> bool:
-        return self.total_platforms > 0 and self.converged == self.total_platforms
-
-    @property
-    def progress(self) -> float:
-        """Share of the nodes in scope that converged, 0.0-1.0."""
-        return self.converged / self.total_platforms if self.total_platforms else 0.0
-
-    @classmethod
-    def from_report(cls, r: ConvergenceReport) -> ModelConvergenceStatus:
-        blockers = tuple(ConvergenceBlocker(b.node_id, _reason(b.reason), b.since, b.details)
-                         for b in r.blockers)
-        return cls(r.model_id, r.target_version, r.total_platforms, r.converged,
-                   r.in_progress, r.pending, r.failed, dict(r.version_distribution), blockers,
-                   r.estimated_completion, r.bytes_done, r.bytes_total)
-
-
-def _reason(text: str) -> BlockerReason:
-    try:
-        return BlockerReason(text)
-    except ValueError:
-        return BlockerReason.UNKNOWN
-
-
-@dataclass(frozen=True, slots=True)
 class NodeModelStatus:
     """One node's own report on one model (from the ledger, as gossip delivered it)."""
 
@@ -239,7 +190,7 @@ class ConvergenceSubscription:
         self._path = path
         self._args = (model_id, version, until_complete)
         self._control: ControlClient | None = None
-        self._reports: AsyncIterator[ConvergenceReport] | None = None
+        self._reports: AsyncIterator[ModelConvergenceStatus] | None = None
         self._closed = False
 
     async def __aenter__(self) -> ConvergenceSubscription:
@@ -268,7 +219,7 @@ class ConvergenceSubscription:
         except BaseException:
             await self.aclose()
             raise
-        return ModelConvergenceStatus.from_report(report)
+        return report
 
     async def aclose(self) -> None:
         self._closed = True
@@ -350,8 +301,7 @@ class ShoalClient:
 
     async def convergence_status(self, model_id: str, target_version: str
                                  ) -> ModelConvergenceStatus:
-        r = await self._control.convergence_status(model_id, target_version)
-        return ModelConvergenceStatus.from_report(r)
+        return await self._control.convergence_status(model_id, target_version)
 
     async def node_model_status(self, model_id: str, node_id: str
                                 ) -> NodeModelStatus | None:

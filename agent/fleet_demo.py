@@ -28,9 +28,10 @@ from typing import Any
 
 import trio
 
+from protocol._convergence import ModelConvergenceStatus
 from protocol._identity import SigningIdentity
 
-from ._control import ControlClient, ConvergenceReport
+from ._control import ControlClient
 from ._fleet_admin import Provisioned, provision
 
 __all__ = ["LocalFleet", "make_package", "mutate_package", "main"]
@@ -161,12 +162,12 @@ class LocalFleet:
             await self.wait_peers(i, n - 1, timeout=timeout)
 
     async def wait_converged(self, i: int, model: str, version: str, timeout: float,
-                             show: Callable[[ConvergenceReport], None] | None = None
-                             ) -> ConvergenceReport:
+                             show: Callable[[ModelConvergenceStatus], None] | None = None
+                             ) -> ModelConvergenceStatus:
         with trio.fail_after(timeout):
             last = None
             while True:
-                rep: ConvergenceReport = await self.call(
+                rep: ModelConvergenceStatus = await self.call(
                     i, lambda c: c.convergence_status(model, version))
                 if show is not None and rep != last:
                     show(rep)
@@ -178,7 +179,7 @@ class LocalFleet:
 
 
 
-def _show(rep: ConvergenceReport) -> None:
+def _show(rep: ModelConvergenceStatus) -> None:
     pct = 100.0 * rep.bytes_done / rep.bytes_total if rep.bytes_total else 0.0
     print(f"  {rep.model_id} {rep.target_version}: {rep.converged}/{rep.total_platforms} "
           f"operational, {rep.in_progress} in progress, {rep.pending} pending, "

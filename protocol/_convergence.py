@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from ._codec import struct
 from ._identity import FleetTrust
 from ._intents import Intent, resolve
 from ._ledger import NodeRecord
@@ -46,6 +47,7 @@ _DONE = (ModelOperationalStatus.OPERATIONAL, ModelOperationalStatus.DEGRADED)
 _BUSY = (ModelOperationalStatus.DOWNLOADING, ModelOperationalStatus.LOADING)
 
 
+@struct
 @dataclass(frozen=True, slots=True)
 class ConvergenceBlocker:
     node_id: str
@@ -54,18 +56,24 @@ class ConvergenceBlocker:
     details: str
 
 
+@struct
 @dataclass(frozen=True, slots=True)
 class ModelConvergenceStatus:
+    """Where the fleet stands on ``(model_id, target_version)``; computed from one
+    node's ledger, so every node with the same ledger gives the same answer."""
+
     model_id: str
     target_version: str
-    total_platforms: int
-    converged: int
-    in_progress: int
-    pending: int
-    failed: int
-    version_distribution: dict[str, int]
+    total_platforms: int        # nodes whose desired version is target_version
+    converged: int              # ... running it (operational or degraded)
+    in_progress: int            # ... downloading or loading it
+    pending: int                # ... not started (or waiting for the manifest)
+    failed: int                 # ... that failed (see blockers)
+    version_distribution: dict[str, int]   # active version ("none") -> nodes in scope
     blockers: tuple[ConvergenceBlocker, ...]
-    estimated_completion: float | None
+    estimated_completion: float | None      # seconds from now; None: no rate observed yet
+    bytes_done: int = 0         # summed over the nodes in scope that report target_version
+    bytes_total: int = 0
 
     @property
     def is_complete(self) -> bool:
@@ -115,6 +123,7 @@ def compute_convergence(model_id: str, version: str, intents: Iterable[Intent],
     rates: list[float] = []
     sizes: list[int] = []
     remaining: list[tuple[int, float | None]] = []   # bytes left, own rate
+    bytes_done = bytes_total = 0
     for node_id in sorted(records):
         target = resolve(intents, model_id, node_id, records, trust)
         if target is None or target.version != version:
@@ -124,6 +133,9 @@ def compute_convergence(model_id: str, version: str, intents: Iterable[Intent],
         current = st.active_version if st is not None else ""
         dist[current or "none"] = dist.get(current or "none", 0) + 1
         on_target = st is not None and st.version == version
+        if on_target and st is not None:
+            bytes_done += st.bytes_done
+            bytes_total += st.bytes_total
         variant_ok = st is not None and (target.variant_id is None
                                          or st.variant_id == target.variant_id)
         if on_target and variant_ok and st is not None and st.status in _DONE:
@@ -166,4 +178,4 @@ def compute_convergence(model_id: str, version: str, intents: Iterable[Intent],
             worst = max(worst, bytes_left / r if r > 0 else 0.0)
         eta = worst
     return ModelConvergenceStatus(model_id, version, total, converged, in_progress, pending,
-                                  failed, dist, tuple(blockers), eta)
+                                  failed, dist, tuple(blockers), eta, bytes_done, bytes_total)

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from ._ledger import NodeRecord
 
 __all__ = ["IntentKind", "ScopeKind", "Scope", "Intent", "scope_matches", "has_deployed",
-           "intent_applies", "resolve"]
+           "intent_applies", "targets_node", "resolve"]
 
 
 class IntentKind(enum.StrEnum):
@@ -128,14 +128,21 @@ def has_deployed(model_id: str, record: NodeRecord | None) -> bool:
     return st is not None and bool(st.version or st.active_version or st.installed)
 
 
-def intent_applies(intent: Intent, node_id: str, record: NodeRecord | None) -> bool:
-    """Is node ``node_id`` a target of ``intent`` (a distribute or rollback)?
+def targets_node(kind: IntentKind, model_id: str, scope: Scope, node_id: str,
+                 record: NodeRecord | None) -> bool:
+    """Would an intent of ``kind`` for ``model_id`` with ``scope`` target ``node_id``?
 
     Its scope must cover the node; a rollback also needs the node to have (had)
-    the model deployed (:func:`has_deployed`)."""
-    if not scope_matches(intent.scope, node_id, record):
+    the model deployed (:func:`has_deployed`). Also used before an intent exists
+    (to refuse one that would target nobody)."""
+    if not scope_matches(scope, node_id, record):
         return False
-    return intent.kind is not IntentKind.ROLLBACK or has_deployed(intent.model_id, record)
+    return kind is not IntentKind.ROLLBACK or has_deployed(model_id, record)
+
+
+def intent_applies(intent: Intent, node_id: str, record: NodeRecord | None) -> bool:
+    """Is node ``node_id`` a target of ``intent`` (a distribute or rollback)?"""
+    return targets_node(intent.kind, intent.model_id, intent.scope, node_id, record)
 
 
 @struct
