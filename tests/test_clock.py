@@ -18,22 +18,13 @@ an NTP step after a long suspend, or a bad RTC, does). What must hold:
 
 from __future__ import annotations
 
-from protocol._events import (
-    ActivateVersion,
-    DropPeer,
-    InstallVariant,
-    SendMessage,
-    ServeChunk,
-    StoreChunk,
-)
 from protocol._hlc import HLC
 from protocol._intents import Intent, IntentKind
 from protocol._node import NodeMachine
-from protocol._swarm import make_piece
 from protocol._types import BlockerReason, ModelOperationalStatus
 
 from ._fleet import OPERATOR
-from .test_node import LocalFleet, _Host, _publish
+from .test_node import LocalFleet, _publish
 
 S = ModelOperationalStatus
 BASE = 1_800_000_000.0      # local clocks read like real wall clocks
@@ -56,69 +47,17 @@ class SkewedFleet(LocalFleet):
     def step(self, i: int, seconds: float) -> None:
         self.offset[i] += seconds
 
-    def _pump(self) -> None:
-        progressed = True
-        while progressed:
-            progressed = False
-            for i, h in enumerate(self.hosts):
-                for out in h.machine.take_outputs():
-                    progressed = True
-                    self._carry_out(i, h, out)
-            while self.queue:
-                progressed = True
-                dst, src, msg = self.queue.popleft()
-                self.hosts[dst].machine.receive(src, msg, self.local(dst))
-                self._note(dst)
-
     def _note(self, i: int) -> None:
         """After an input at node ``i``: how far ahead of its own clock is its next timer?"""
         d = self.hosts[i].machine.next_deadline()
         if d is not None:
             self.worst_ahead[i] = max(self.worst_ahead[i], d - self.local(i))
 
-    def _carry_out(self, i: int, h: _Host, out: object) -> None:
-        m, now = h.machine, self.local(i)
-        if isinstance(out, SendMessage):
-            self.queue.append((self.index[out.peer], m.node_id, out.message))
-        elif isinstance(out, ServeChunk):
-            data = h.store.get(out.chunk_hash)
-            if data is None:
-                m.chunk_missing(out.chunk_hash, now)
-            else:
-                h.served += 1
-                self.queue.append((self.index[out.peer], m.node_id,
-                                   make_piece(out.chunk_hash, data, out.priority)))
-        elif isinstance(out, StoreChunk):
-            h.store[out.chunk_hash] = out.data
-            m.chunk_stored(out.chunk_hash, now)
-        elif isinstance(out, InstallVariant):
-            h.installs.append(out)
-            m.install_finished(out.model_id, out.version, out.variant_id, True, None, "", now)
-        elif isinstance(out, ActivateVersion):
-            h.activations.append(out)
-        elif isinstance(out, DropPeer):
-            raise AssertionError(f"unexpected drop: {out}")
+    _after_input = _note
 
-    def run(self, seconds: float) -> None:
-        end = self.now + seconds
-        self._pump()
-        for _ in range(1_000_000):       # bounded: a busy loop fails instead of hanging
-            due = [d - self.offset[i] for i, h in enumerate(self.hosts)
-                   if (d := h.machine.next_deadline()) is not None]
-            t = min(due, default=end)
-            if t > end:
-                break
-            self.now = max(self.now, t)
-            for i, h in enumerate(self.hosts):
-                d = h.machine.next_deadline()
-                if d is not None and d <= self.local(i):
-                    self.timer_calls[i] += 1
-                    h.machine.on_timer(self.local(i))
-                    self._note(i)
-            self._pump()
-        else:
-            raise AssertionError("timer loop did not settle: busy loop")
-        self.now = end
+    def _timer(self, i: int) -> None:
+        self.timer_calls[i] += 1
+        super()._timer(i)
 
 
 def _issue(m: NodeMachine, version: str, now: float) -> Intent:

@@ -37,39 +37,11 @@ class CutFleet(LocalFleet):
         self.dead: set[int] = set()
         self.cut: set[frozenset[int]] = set()
 
-    def _pump(self) -> None:
-        progressed = True
-        while progressed:
-            progressed = False
-            for i, h in enumerate(self.hosts):
-                for out in h.machine.take_outputs():
-                    progressed = True
-                    if i not in self.dead:
-                        self._carry_out(i, h, out)
-            while self.queue:
-                progressed = True
-                dst, src, msg = self.queue.popleft()
-                s = self.index[src]
-                if dst in self.dead or s in self.dead or frozenset((dst, s)) in self.cut:
-                    continue
-                self.hosts[dst].machine.receive(src, msg, self.now)
+    def up(self, i: int) -> bool:
+        return i not in self.dead
 
-    def run(self, seconds: float) -> None:
-        end = self.now + seconds
-        self._pump()
-        while True:
-            live = [h for i, h in enumerate(self.hosts) if i not in self.dead]
-            t = min((d for h in live if (d := h.machine.next_deadline()) is not None),
-                    default=end)
-            if t > end:
-                break
-            self.now = max(self.now, t)
-            for h in live:
-                d = h.machine.next_deadline()
-                if d is not None and d <= self.now:
-                    h.machine.on_timer(self.now)
-            self._pump()
-        self.now = end
+    def delivers(self, src: int, dst: int) -> bool:
+        return self.up(src) and self.up(dst) and frozenset((src, dst)) not in self.cut
 
     def disconnect(self, a: int, b: int) -> None:
         self.cut.add(frozenset((a, b)))
