@@ -76,7 +76,7 @@ from protocol._migrator_messages import (
 from ._errors import AgentError
 from ._install import RECORD_NAME, Installer
 from ._paths import confine
-from ._store import ChunkStore
+from ._store import ChunkStore, StoreBatch
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -522,11 +522,11 @@ def collect_state_files(version_dir: Path, paths: tuple[str, ...]
 
 
 def _chunk_file(store: ChunkStore, rel: str, data_source: Callable[[int], bytes],
-                executable: bool) -> tuple[FileEntry, int, int]:
+                executable: bool, batch: StoreBatch) -> tuple[FileEntry, int, int]:
     refs: list[ChunkRef] = []
     new_chunks = new_bytes = 0
     for h, data in chunk_stream(data_source, DEFAULT_PARAMS):
-        if store.put(h, data, trusted_hash=True):
+        if store.put(h, data, trusted_hash=True, batch=batch):
             new_chunks += 1
             new_bytes += len(data)
         refs.append(ChunkRef(h, len(data)))
@@ -543,10 +543,10 @@ def build_derived(store: ChunkStore, publisher: SigningIdentity, base: Manifest,
     files = {f.path: f for f in variant.files if f.path != EXPORT_MARKER}
     state = collect_state_files(version_dir, state_paths)
     new_chunks = new_bytes = state_bytes = 0
-    with store.batch():
+    with store.batch() as batch:
         for rel, read_path, executable in state:
             with open(read_path, "rb", buffering=0) as f:
-                entry, nc, nb = _chunk_file(store, rel, f.read, executable)
+                entry, nc, nb = _chunk_file(store, rel, f.read, executable, batch)
             files[rel] = entry
             new_chunks += nc
             new_bytes += nb
@@ -559,7 +559,7 @@ def build_derived(store: ChunkStore, publisher: SigningIdentity, base: Manifest,
             chunk = marker[pos[0]:pos[0] + n]
             pos[0] += len(chunk)
             return chunk
-        entry, nc, nb = _chunk_file(store, EXPORT_MARKER, read_marker, False)
+        entry, nc, nb = _chunk_file(store, EXPORT_MARKER, read_marker, False, batch)
         files[EXPORT_MARKER] = entry
         new_chunks += nc
         new_bytes += nb

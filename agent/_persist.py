@@ -3,7 +3,11 @@
 * ``<data>/ledger.bin``: the node's ledger (every entry plus the version
   vector), codec-encoded, written atomically (temporary, fsync, rename, fsync
   of the directory). A torn or foreign file is moved aside and the node starts
-  with an empty ledger (gossip refills it).
+  with an empty ledger (gossip refills it). Each entry is stored as its own
+  encoded bytes (:class:`LedgerFile`), so a save re-encodes only the entries
+  that are new since the last one: an entry that carries the manifest of a
+  4 GiB model is encoded once, not on every progress save during its transfer.
+  A file in the first format (:class:`LedgerSnapshot`) is still read.
 * ``<data>/keys/<role>.cert``: certificates issued by the fleet root for the
   node, publisher and operator keys of this data directory (``shoal fleet
   admit --out``). ``<data>/keys/operator.key`` is optional: a daemon that holds
@@ -28,8 +32,8 @@ from protocol._ledger import Entry, Ledger
 from ._errors import ConfigError, StoreError
 from ._paths import fsync_dir
 
-__all__ = ["LedgerSnapshot", "save_ledger", "load_ledger", "atomic_write", "cert_path",
-           "load_cert", "write_cert", "write_seed"]
+__all__ = ["LedgerFile", "LedgerSnapshot", "save_ledger", "load_ledger", "atomic_write",
+           "cert_path", "load_cert", "write_cert", "write_seed"]
 
 LEDGER_FILE = "ledger.bin"
 _MAX_LEDGER = 512 * 1024 * 1024
@@ -63,13 +67,48 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
+@struct
+@dataclass(frozen=True, slots=True)
+class LedgerFile:
+    """``ledger.bin``: like :class:`LedgerSnapshot`, with every entry pre-encoded."""
+
+    fleet_id: str
+    entries: tuple[bytes, ...]
+    version_vector: dict[str, int]
+
+
+# id(entry) -> (entry, its encoding); entries are immutable, and holding the entry
+# keeps its id from being reused while the memo lives
+_ENCODED: dict[int, tuple[Entry, bytes]] = {}
+_ENCODED_LIMIT = 65536
+
+
+def _encoded(entry: Entry) -> bytes:
+    hit = _ENCODED.get(id(entry))
+    if hit is None or hit[0] is not entry:
+        if len(_ENCODED) >= _ENCODED_LIMIT:
+            _ENCODED.clear()
+        hit = _ENCODED[id(entry)] = (entry, encode_value(entry))
+    return hit[1]
+
+
 def save_ledger(data_dir: Path, ledger: Ledger) -> int:
     """Persist ``ledger``; the number of bytes written."""
-    snap = LedgerSnapshot(ledger.trust.fleet_id, tuple(ledger.entries()),
-                          dict(ledger.version_vector))
+    snap = LedgerFile(ledger.trust.fleet_id, tuple(_encoded(e) for e in ledger.entries()),
+                      dict(ledger.version_vector))
     raw = encode_value(snap)
     atomic_write(data_dir / LEDGER_FILE, raw)
     return len(raw)
+
+
+def _decode_ledger(raw: bytes) -> LedgerSnapshot:
+    """Either format of ``ledger.bin``; :class:`MalformedMessage` if it is neither."""
+    try:
+        f = decode_value(LedgerFile, raw, max_size=_MAX_LEDGER)
+    except MalformedMessage:
+        return decode_value(LedgerSnapshot, raw, max_size=_MAX_LEDGER)  # the first format
+    entries = tuple(decode_value(Entry, e, max_size=_MAX_LEDGER) for e in f.entries)
+    return LedgerSnapshot(f.fleet_id, entries, f.version_vector)
 
 
 def load_ledger(data_dir: Path, trust: FleetTrust) -> tuple[Ledger, str]:
@@ -81,7 +120,7 @@ def load_ledger(data_dir: Path, trust: FleetTrust) -> tuple[Ledger, str]:
     except FileNotFoundError:
         return ledger, "no saved ledger; starting empty"
     try:
-        snap = decode_value(LedgerSnapshot, raw, max_size=_MAX_LEDGER)
+        snap = _decode_ledger(raw)
         if snap.fleet_id != trust.fleet_id:
             raise MalformedMessage(f"saved ledger belongs to fleet {snap.fleet_id!r}")
     except MalformedMessage as exc:

@@ -61,7 +61,7 @@ from protocol._manifest import (
 )
 
 from ._errors import ConfigError, PublishError
-from ._store import ChunkStore
+from ._store import ChunkStore, StoreBatch
 
 __all__ = ["PACKAGE_FILE", "VariantSpec", "PublishResult", "load_package", "publish"]
 
@@ -238,8 +238,9 @@ def _walk(base: Path, root_real: str) -> Iterator[tuple[str, str, bool]]:
 class _Writer:
     """Overlaps chunk writes with chunking: a few threads, bounded chunks in flight."""
 
-    def __init__(self, store: ChunkStore, threads: int) -> None:
+    def __init__(self, store: ChunkStore, threads: int, batch: StoreBatch) -> None:
         self.store = store
+        self.batch = batch
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="shoal-put")
         self.pending: collections.deque[tuple[Future[bool], int]] = collections.deque()
         self.chunks_new = 0
@@ -250,7 +251,8 @@ class _Writer:
             return
         while len(self.pending) >= _MAX_IN_FLIGHT:
             self._reap()
-        fut = self.pool.submit(self.store.put, chunk_hash, data, trusted_hash=True)
+        fut = self.pool.submit(self.store.put, chunk_hash, data, trusted_hash=True,
+                               batch=self.batch)
         self.pending.append((fut, len(data)))
 
     def _reap(self) -> None:
@@ -316,10 +318,9 @@ def publish(store: ChunkStore, package: Path | str, model_id: str, version: str,
     if os.path.isfile(root_real):
         root_real = os.path.dirname(root_real)
     variants: list[Variant] = []
-    writer = _Writer(store, writer_threads)
-    try:
-        with store.batch():
-            try:
+    with store.batch() as batch:
+        writer = _Writer(store, writer_threads, batch)
+        try:
                 walked = [list(_walk(spec.path, root_real)) for spec in specs]
                 total = sum(os.path.getsize(p) for files in walked for _, p, _ in files)
                 done = 0
@@ -337,10 +338,11 @@ def publish(store: ChunkStore, package: Path | str, model_id: str, version: str,
                                                 tuple(files), spec.migrator))
                     except InvalidValue as exc:
                         raise PublishError(f"variant {spec.variant_id}: {exc}") from None
-            finally:
+        finally:
+            try:
                 writer.drain()
-    finally:
-        writer.close()
+            finally:
+                writer.close()
     body = tuple(variants)
     for existing in store.manifests():
         if existing.model_id == model_id and existing.version == version:

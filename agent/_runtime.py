@@ -84,7 +84,9 @@ log = logging.getLogger("shoal.daemon")
 _INBOX_TOKENS = 64            # network messages queued for the machine at most
 _OUTBOX = 64                  # messages queued per peer before the machine waits
 _SEND_STALL = 10.0            # seconds a peer may refuse to drain its queue before it is dropped
-_STORE_WORKERS = 4
+_STORE_WORKERS = 2
+_SEND_BATCH = 16             # queued messages written to a peer at once at most
+_STORE_BATCH = 64            # chunks written under one group commit at most
 _DROP_BAN = 60.0              # seconds a dropped peer is not redialled / accepted
 _GRACE = 2.0                  # the larger id waits this long before dialling
 
@@ -161,7 +163,7 @@ class NodeRuntime:
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[tuple[Any, ...]](
             math.inf)
         self._tokens = trio.Semaphore(_INBOX_TOKENS)
-        self._store_send, self._store_recv = trio.open_memory_channel[StoreChunk](16)
+        self._store_send, self._store_recv = trio.open_memory_channel[StoreChunk](_STORE_BATCH)
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()       # pulsed after every machine step (subscribers)
         self._saved_own = -1
@@ -341,25 +343,48 @@ class NodeRuntime:
                 await channel.aclose()
 
     async def _writer(self, peer: str, sess: _Session, scope: trio.CancelScope) -> None:
+        """Drain the peer's queue: whatever is waiting goes out as one write, and the
+        chunks among it are read from the store in one worker-thread call."""
         try:
             async for item in sess.outbox_recv:
-                if isinstance(item, ServeChunk):
+                batch = [item]
+                while len(batch) < _SEND_BATCH:
                     try:
-                        data = await trio.to_thread.run_sync(self.store.get, item.chunk_hash)
-                    except (ChunkNotFound, ChunkCorrupted, StoreError) as exc:
-                        log.warning("cannot serve chunk %s: %s", item.chunk_hash.hex()[:16], exc)
-                        self.post("missing", item.chunk_hash)
+                        batch.append(sess.outbox_recv.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                serve = [it.chunk_hash for it in batch if isinstance(it, ServeChunk)]
+                chunks = (await trio.to_thread.run_sync(self._read_chunks, serve)
+                          if serve else {})
+                messages: list[object] = []
+                for it in batch:
+                    if not isinstance(it, ServeChunk):
+                        messages.append(it)
                         continue
-                    await sess.channel.send(make_piece(item.chunk_hash, data, item.priority))
+                    data = chunks.get(it.chunk_hash)
+                    if data is None:
+                        self.post("missing", it.chunk_hash)
+                        continue
+                    messages.append(make_piece(it.chunk_hash, data, it.priority))
                     self._served += 1
-                    prio = TransferPriority(item.priority).name.lower()
+                    prio = TransferPriority(it.priority).name.lower()
                     self.bytes_served_by_priority[prio] = (
                         self.bytes_served_by_priority.get(prio, 0) + len(data))
-                else:
-                    await sess.channel.send(item)
+                if messages:
+                    await sess.channel.send_many(messages)
         except (ProtocolError, TransportError) as exc:
             log.info("sending to %s failed: %s", peer, exc)
         scope.cancel()
+
+    def _read_chunks(self, hashes: list[bytes]) -> dict[bytes, bytes]:
+        """The verified bytes of each chunk the store can give (worker thread)."""
+        out: dict[bytes, bytes] = {}
+        for h in hashes:
+            try:
+                out[h] = self.store.get(h)
+            except (ChunkNotFound, ChunkCorrupted, StoreError) as exc:
+                log.warning("cannot serve chunk %s: %s", h.hex()[:16], exc)
+        return out
 
     async def _enqueue(self, peer: str, item: Any) -> None:
         sess = self._sessions.get(peer)
@@ -511,15 +536,43 @@ class NodeRuntime:
                      extra={"model_id": out.model_id, "intent_id": out.intent_id})
 
     async def _store_worker(self) -> None:
-        async for out in self._store_recv:
-            try:
-                await trio.to_thread.run_sync(self.store.put, out.chunk_hash, out.data)
-                self.post("stored", out.chunk_hash)
-            except InsufficientStorage as exc:
-                self.post("store_failed", out.chunk_hash, BlockerReason.INSUFFICIENT_STORAGE,
-                          str(exc))
-            except (StoreError, OSError) as exc:
-                self.post("store_failed", out.chunk_hash, BlockerReason.UNKNOWN, str(exc))
+        """Store verified chunks in group commits: every chunk waiting is written in
+        one :meth:`ChunkStore.batch`, whose end fsyncs them all at once; only then is
+        each reported stored (so ``held`` never names a chunk a crash could lose)."""
+        while True:
+            batch = [await self._store_recv.receive()]
+            while len(batch) < _STORE_BATCH:
+                try:
+                    batch.append(self._store_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            results = await trio.to_thread.run_sync(self._store_batch, batch)
+            for out, failure in zip(batch, results, strict=True):
+                if failure is None:
+                    self.post("stored", out.chunk_hash)
+                elif isinstance(failure, InsufficientStorage):
+                    self.post("store_failed", out.chunk_hash,
+                              BlockerReason.INSUFFICIENT_STORAGE, str(failure))
+                else:
+                    self.post("store_failed", out.chunk_hash, BlockerReason.UNKNOWN,
+                              str(failure))
+
+    def _store_batch(self, batch: list[StoreChunk]) -> list[Exception | None]:
+        """Write ``batch`` under one group commit; per chunk, None or why it failed."""
+        results: list[Exception | None] = []
+        try:
+            with self.store.batch() as group:
+                for out in batch:
+                    try:
+                        # the machine verified these very bytes against the hash
+                        self.store.put(out.chunk_hash, out.data, trusted_hash=True,
+                                       batch=group)
+                        results.append(None)
+                    except (StoreError, OSError) as exc:
+                        results.append(exc)
+        except (StoreError, OSError) as exc:     # the flush at the end of the batch
+            return [exc] * len(batch)
+        return results
 
     async def _install(self, out: InstallVariant) -> None:
         manifest = self.machine.ledger.manifest_by_id(out.manifest_id)

@@ -26,8 +26,9 @@ every chunk it lists; :meth:`ChunkStore.gc` deletes the chunks no pinned
 manifest references and reports what it freed. Reference counts are derived
 from the pinned manifests at open, so they can never drift from the disk.
 
-Inside :meth:`ChunkStore.batch` (used by publishing) the fsyncs are deferred
-to the end of the batch: the chunk files and their shard directories are
+A :meth:`ChunkStore.batch` is a group commit (publishing, and the daemon's
+writes of received chunks): the fsyncs of the chunks put with ``batch=`` are
+deferred to the end of the batch: the chunk files and their shard directories are
 fsynced when the batch ends, concurrently, so a few journal commits cover
 them all instead of one per chunk (per-chunk fsync measured about 2.5x slower
 on this ext4 disk). The rename is still atomic, so no partial chunk is ever
@@ -57,13 +58,49 @@ from protocol._manifest import HASH_SIZE, Manifest
 from ._errors import ChunkCorrupted, ChunkNotFound, InsufficientStorage, NotFound, StoreError
 from ._paths import fsync_dir
 
-__all__ = ["ChunkStore", "StoreStatistics", "GcResult", "ChunkProblem"]
+__all__ = ["ChunkStore", "StoreBatch", "StoreStatistics", "GcResult", "ChunkProblem"]
 
 _TMP_PREFIX = ".tmp-"
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 #: Largest manifest the store will decode (a manifest of 100k files is a few MiB).
 _MAX_MANIFEST = 64 * 1024 * 1024
 _SYNC_THREADS = 16
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    """The process's pool of fsync threads, started on first use and kept (a daemon
+    commits a batch of received chunks many times a second: threads are not started
+    for each)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_SYNC_THREADS,
+                                       thread_name_prefix="shoal-fsync")
+        return _pool
+
+
+class StoreBatch:
+    """The files a group commit (:meth:`ChunkStore.batch`) still has to fsync."""
+
+    __slots__ = ("_lock", "_files", "_dirs")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()   # puts of one batch may come from several threads
+        self._files: list[str] = []
+        self._dirs: set[str] = set()
+
+    def _dirty(self, path: str, directory: str) -> None:
+        with self._lock:
+            self._files.append(path)
+            self._dirs.add(directory)
+
+    def _take(self) -> tuple[list[str], list[str]]:
+        with self._lock:
+            files, dirs = self._files, sorted(self._dirs)
+            self._files, self._dirs = [], set()
+        return files, dirs
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +163,6 @@ class ChunkStore:
         self._manifests: dict[str, Manifest] = {}
         self._pinned: set[str] = set()
         self._refs: dict[bytes, int] = {}
-        self._batch_depth = 0
-        self._dirty_dirs: set[str] = set()
-        self._dirty_files: list[str] = []
         self._puts_new = 0
         self._puts_duplicate = 0
         self._corrupt = 0
@@ -201,11 +235,12 @@ class ChunkStore:
 
     # ------------------------------------------------------------------ writes
 
-    def _write_atomic(self, final: str, data: bytes | memoryview) -> None:
-        """Write ``data`` to ``final`` via a temporary in the same directory."""
+    def _write_atomic(self, final: str, data: bytes | memoryview,
+                      batch: StoreBatch | None = None) -> None:
+        """Write ``data`` to ``final`` via a temporary in the same directory.
+
+        Inside ``batch`` the fsyncs are left to the end of that batch."""
         directory = os.path.dirname(final)
-        with self._lock:
-            deferred = self._batch_depth > 0
         tmp = os.path.join(directory, f"{_TMP_PREFIX}{secrets.token_hex(8)}")
         try:
             os.makedirs(directory, exist_ok=True)
@@ -215,7 +250,7 @@ class ChunkStore:
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
-                if self._fsync and not deferred:
+                if self._fsync and batch is None:
                     os.fsync(fd)
             finally:
                 os.close(fd)
@@ -230,37 +265,43 @@ class ChunkStore:
             raise StoreError(f"cannot write {final}: {exc.strerror or exc}") from exc
         if not self._fsync:
             return
-        if deferred:
-            with self._lock:
-                self._dirty_files.append(final)
-                self._dirty_dirs.add(directory)
+        if batch is not None:
+            batch._dirty(final, directory)
             return
         fsync_dir(directory)
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Defer fsyncs of the chunks written inside to the end of the batch.
+    def batch(self) -> Iterator[StoreBatch]:
+        """A group commit: the chunks put with ``batch=`` this batch are fsynced together.
 
         Renames stay atomic (a killed writer still leaves nothing partial); the
         batch only ends — and a manifest may only be written — once every file
-        and directory touched is fsynced. One journal commit then covers them
-        all, instead of one per chunk.
+        and directory touched through it is fsynced. One journal commit then covers
+        them all, instead of one per chunk. Batches are independent: several
+        threads may each run their own at once. If the flush fails (a full disk
+        can report ENOSPC only then: :class:`InsufficientStorage`), the batch's
+        chunks are dropped from the store again before the error is raised.
         """
-        with self._lock:
-            self._batch_depth += 1
+        b = StoreBatch()
         try:
-            yield
+            yield b
         finally:
-            with self._lock:
-                self._batch_depth -= 1
-                if self._batch_depth == 0:
-                    files, self._dirty_files = self._dirty_files, []
-                    dirs = sorted(self._dirty_dirs)
-                    self._dirty_dirs.clear()
-                else:
-                    files, dirs = [], []
+            files, dirs = b._take()
             if self._fsync:
-                self._sync_paths(files, dirs)
+                try:
+                    self._sync_paths(files, dirs)
+                except StoreError:
+                    self._discard(files)
+                    raise
+
+    def _discard(self, files: list[str]) -> None:
+        """Drop chunk files whose group commit failed: a chunk is only held once it is
+        durable, so a later put of it writes (and flushes) it again."""
+        for path in files:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            with contextlib.suppress(ValueError):
+                self._forget(bytes.fromhex(os.path.basename(path)))
 
     @staticmethod
     def _fsync_file(path: str) -> None:
@@ -278,24 +319,28 @@ class ChunkStore:
         # took 4.5 s one by one, 0.7 s from 16 threads)
         try:
             if len(files) > 1:
-                with ThreadPoolExecutor(max_workers=_SYNC_THREADS,
-                                        thread_name_prefix="shoal-fsync") as pool:
-                    list(pool.map(self._fsync_file, files))
+                list(_fsync_pool().map(self._fsync_file, files))
             else:
                 for path in files:
                     self._fsync_file(path)
             for d in dirs:
                 fsync_dir(d)
         except OSError as exc:
+            if exc.errno in _NO_SPACE:   # delayed allocation can report it only here
+                raise InsufficientStorage(
+                    f"no space left on the device holding {self.root} while flushing "
+                    f"{len(files)} chunks; free space (try `shoal gc`) and retry") from exc
             raise StoreError(f"cannot flush the content store at {self.root}: "
                              f"{exc.strerror or exc}") from exc
 
-    def put(self, chunk_hash: bytes, data: bytes, *, trusted_hash: bool = False) -> bool:
+    def put(self, chunk_hash: bytes, data: bytes, *, trusted_hash: bool = False,
+            batch: StoreBatch | None = None) -> bool:
         """Store a chunk; True if it was new, False if already held.
 
         The bytes are verified against ``chunk_hash`` first (a mismatch raises
         :class:`ChunkCorrupted` and nothing is written) unless ``trusted_hash``
         says the caller computed the hash from these very bytes a moment ago.
+        With ``batch`` the chunk is durable only once that batch has ended.
         """
         if self.has(chunk_hash):
             with self._lock:
@@ -306,7 +351,7 @@ class ChunkStore:
                 self._corrupt += 1
             raise ChunkCorrupted(f"chunk {chunk_hash.hex()}: {len(data)} bytes offered do not "
                                  "match its BLAKE3 name; not stored")
-        self._write_atomic(self._chunk_path(chunk_hash), data)
+        self._write_atomic(self._chunk_path(chunk_hash), data, batch)
         with self._lock:
             if chunk_hash in self._sizes:  # another thread stored it meanwhile
                 self._puts_duplicate += 1

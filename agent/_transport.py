@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -126,10 +126,15 @@ class SecureChannel:
         return self._closed
 
     async def send(self, message: object) -> None:
+        await self.send_many((message,))
+
+    async def send_many(self, messages: Iterable[object]) -> None:
+        """Send ``messages`` in order, as records written with one ``send_all``."""
         if self._closed:
             raise ChannelClosed(f"channel to {self.peer_id} is closed")
         async with self._send_lock:
-            self._conn.send(message)
+            for message in messages:
+                self._conn.send(message)
             try:
                 await self._stream.send_all(self._conn.data_to_send())
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

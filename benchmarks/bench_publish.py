@@ -83,10 +83,11 @@ def _store_only(path: Path, work: Path, avg: int) -> float:
     shutil.rmtree(store_dir, ignore_errors=True)
     store = ChunkStore(store_dir)
     t = time.perf_counter()
-    with open(path, "rb", buffering=0) as f, store.batch():
+    with open(path, "rb", buffering=0) as f, store.batch() as batch:
         i = 0
         while block := f.read(avg):
-            store.put(blake3.blake3(i.to_bytes(8, "little")).digest(), block, trusted_hash=True)
+            store.put(blake3.blake3(i.to_bytes(8, "little")).digest(), block, trusted_hash=True,
+                      batch=batch)
             i += 1
     el = time.perf_counter() - t
     shutil.rmtree(store_dir, ignore_errors=True)

@@ -69,6 +69,50 @@ def test_put_get_roundtrip_and_reopen(tmp_path: Path) -> None:
     assert (tmp_path / "chunks" / h.hex()[:2] / h.hex()).read_bytes() == chunks[3]
 
 
+def test_batches_from_several_threads_are_each_flushed_at_their_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commits are per batch: a batch that ends has fsynced exactly its own
+    chunks, whatever other batches are still open (a daemon runs several)."""
+    store = ChunkStore(tmp_path)
+    synced: list[str] = []
+    real = ChunkStore._fsync_file
+
+    def record(path: str) -> None:
+        synced.append(os.path.basename(path))
+        real(path)
+    monkeypatch.setattr(ChunkStore, "_fsync_file", staticmethod(record))
+    a, b = [_data(i) for i in range(5)], [_data(i) for i in range(5, 9)]
+    with store.batch() as outer:
+        for c in a:
+            store.put(hash_chunk(c), c, batch=outer)
+        with store.batch() as inner:          # e.g. another store worker
+            for c in b:
+                store.put(hash_chunk(c), c, batch=inner)
+        assert sorted(synced) == sorted(hash_chunk(c).hex() for c in b)
+    assert sorted(synced) == sorted(hash_chunk(c).hex() for c in a + b)
+
+
+def test_failed_group_commit_drops_its_chunks(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk that reports ENOSPC only at fsync (delayed allocation): the batch
+    raises InsufficientStorage and none of its chunks stays held or on disk, so
+    the next put writes and flushes them again."""
+    store = ChunkStore(tmp_path)
+    chunks = [_data(i) for i in range(6)]
+
+    def full(path: str) -> None:
+        raise OSError(28, "No space left on device", path)
+    monkeypatch.setattr(ChunkStore, "_fsync_file", staticmethod(full))
+    with pytest.raises(InsufficientStorage, match="no space left"), store.batch() as b:
+        for c in chunks:
+            assert store.put(hash_chunk(c), c, batch=b) is True
+    assert len(store) == 0 and _visible_chunks(tmp_path) == []
+    monkeypatch.undo()
+    with store.batch() as b:
+        assert all(store.put(hash_chunk(c), c, batch=b) for c in chunks)
+    assert ChunkStore(tmp_path).hashes() == {hash_chunk(c) for c in chunks}
+
+
 def test_put_refuses_bytes_that_do_not_match(tmp_path: Path) -> None:
     store = ChunkStore(tmp_path)
     good, bad = _data(1), _data(2)
