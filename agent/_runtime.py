@@ -86,7 +86,7 @@ _OUTBOX = 64                  # messages queued per peer before the machine wait
 _SEND_STALL = 10.0            # seconds a peer may refuse to drain its queue before it is dropped
 _STORE_WORKERS = 2
 _SEND_BATCH = 16             # queued messages written to a peer at once at most
-_STORE_BATCH = 64            # chunks written under one group commit at most
+_STORE_BATCH = 32            # chunks written under one group commit at most
 _DROP_BAN = 60.0              # seconds a dropped peer is not redialled / accepted
 _GRACE = 2.0                  # the larger id waits this long before dialling
 
