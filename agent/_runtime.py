@@ -62,6 +62,7 @@ from protocol._identity import FleetTrust, Role, SigningIdentity
 from protocol._manifest import Manifest
 from protocol._node import NodeMachine
 from protocol._swarm import make_piece
+from protocol._swarm_messages import Piece
 from protocol._types import BlockerReason, TransferPriority
 
 from ._config import AgentConfig
@@ -372,6 +373,12 @@ class NodeRuntime:
                         self.bytes_served_by_priority.get(prio, 0) + len(data))
                 if messages:
                     await sess.channel.send_many(messages)
+                    # the pieces have left for the link: the engine may hand out more
+                    # (its upload window keeps the queue in the engine, where it is
+                    # ordered, rather than in this queue)
+                    for msg in messages:
+                        if isinstance(msg, Piece):
+                            self.post("sent", peer, msg.chunk_hash)
         except (ProtocolError, TransportError) as exc:
             log.info("sending to %s failed: %s", peer, exc)
         scope.cancel()
@@ -456,6 +463,8 @@ class NodeRuntime:
             m.chunk_store_failed(item[1], item[2], item[3], now)
         elif kind == "missing":
             m.chunk_missing(item[1], now)
+        elif kind == "sent":
+            m.upload_done(item[1], item[2], now)
         elif kind == "installed":
             _, model_id, version, variant_id, ok, reason, detail = item
             m.install_finished(model_id, version, variant_id, ok, reason, detail, now)

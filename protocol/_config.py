@@ -49,6 +49,12 @@ class SwarmConfig:
     endgame_fraction: float = 0.02     # endgame only for the last max(1, this x chunks) chunks
     endgame_age: float = 3.0           # ... and only for requests older than this many times
     #                                    their peer's expected answer time
+    # --- issue 4, homogeneous ratio (docs/SWARM.md) ---
+    upload_window: int = 1             # pieces handed to the driver and not yet reported sent
+    #                                    (SwarmEngine.upload_done); only once the driver reports
+    laggard_patience: float = 5.0      # among upload-slot holders, serve the requester known
+    #                                    to hold the fewest chunks first, unless another's request
+    #                                    has waited this long (s); 0 = plain round-robin
 
 
 @dataclass(frozen=True, slots=True)

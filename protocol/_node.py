@@ -463,6 +463,12 @@ class NodeMachine:
         self.swarm.chunk_missing(chunk_hash, now)
         self._after_input(now)
 
+    def upload_done(self, peer: str, chunk_hash: bytes, now: float) -> None:
+        """The piece of a ``ServeChunk`` has been sent (see ``SwarmEngine.upload_done``)."""
+        self._observe_clock(now)
+        self.swarm.upload_done(peer, chunk_hash, now)
+        self._after_input(now)
+
     def install_finished(self, model_id: str, version: str, variant_id: str, ok: bool,
                          reason: BlockerReason | None, detail: str, now: float) -> None:
         self._observe_clock(now)

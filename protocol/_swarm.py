@@ -9,7 +9,9 @@ knows the key answers with a :class:`HaveSet` bitfield computed from its local
 store (``held``) — so a chunk held because of *another* version counts — and
 from then on sends a :class:`Have` each time it stores another chunk of that
 key. A peer that lacks the manifest answers :class:`CannotHelp` and is asked
-again every ``interest_retry`` seconds.
+again every ``interest_retry`` seconds; it also remembers who asked, and answers them
+with a :class:`HaveSet` as soon as it learns the manifest (during a rollout's
+start-up, waiting for the re-ask left uplinks idle for seconds).
 
 What each peer holds is kept per peer as a set of chunk hashes (not per key),
 so availability of a chunk shared by two keys is counted once. The picker
@@ -85,6 +87,8 @@ __all__ = [
 ]
 
 ContentKey = str
+
+_MAX_ASKED_EARLY = 64   # keys remembered as asked for before we knew their manifest
 
 
 def make_piece(chunk_hash: bytes, data: bytes, priority: int) -> object:
@@ -236,6 +240,8 @@ class SwarmEngine:
         self._endgame_wake: float | None = None
         # upload side: (peer, hash) redirected once -> when; never-uploaded positions per key
         self._redirected: dict[tuple[str, bytes], float] = {}
+        # key -> peers that asked for it (Interested) before we knew it (answered later)
+        self._asked_early: dict[str, set[str]] = {}
         self._unsent: dict[str, list[int]] = {}
 
     def clock_stepped_back(self, delta: float) -> None:
@@ -268,6 +274,10 @@ class SwarmEngine:
         # Created lazily so that the first `now` the engine sees starts the buckets.
         if self._uploads is None or self._down_bucket is None:
             self._uploads = UploadScheduler(self._config, self._rng, now)
+            if self._config.laggard_patience > 0:
+                # laggards first: the requester we know to hold the fewest chunks
+                has = self._peer_has
+                self._uploads.progress_of = lambda p: len(has.get(p, ()))
             self._down_bucket = TokenBucket(self._config.download_rate,
                                             self._config.rate_burst, now)
         return self._uploads, self._down_bucket
@@ -293,6 +303,14 @@ class SwarmEngine:
         self._infos[key] = info
         for h in index_of:
             self._hash_keys.setdefault(h, set()).add(key)
+        waiting = self._asked_early.pop(key, None)
+        if waiting:
+            # Peers we told CannotHelp: answer them now rather than when they re-ask
+            # (``interest_retry`` later). During a rollout's start-up this is the
+            # difference between peers spreading chunks at once and 5 s of idle uplinks.
+            for peer in sorted(waiting):
+                if peer in self._connected:
+                    self._on_interested(peer, Interested(key))
         return info
 
     def _forget_info(self, key: str) -> None:
@@ -599,11 +617,13 @@ class SwarmEngine:
         """The store lost (or never had) a chunk we advertised: tell askers, fetch it again."""
         self._held.discard(chunk_hash)
         uploads, _ = self._buckets(now)
+        uploads.not_sent(chunk_hash=chunk_hash)
         told = set(uploads.forget_chunk(chunk_hash))
         for key in self._hash_keys.get(chunk_hash, ()):
             told.update(p for p, keys in self._remote_interest.items() if key in keys)
         for peer in sorted(told):
             self._send(peer, Reject(chunk_hash, True))
+        self._pump_uploads(now)   # that piece will never be reported sent
         for d in self._downloads.values():
             if d.info is not None and chunk_hash in d.info.size_of:
                 d.missing.add(chunk_hash)
@@ -614,6 +634,19 @@ class SwarmEngine:
                     for peer in sorted(self._connected):
                         self._send(peer, Interested(d.key))
         self._schedule(now)
+
+    def upload_done(self, peer: str, chunk_hash: bytes, now: float) -> None:
+        """The driver has finished sending the piece of ``ServeChunk(peer, chunk_hash)``
+        (its bytes have left for the link).
+
+        A driver that reports this turns on the *upload window*: from then on at most
+        ``upload_window`` pieces are handed out unreported, so requests wait in this
+        engine, where the scheduler orders them (laggards first, first copies first),
+        instead of in the link's FIFO. A driver that never calls this keeps the old
+        behaviour (every queued request is handed out at once)."""
+        uploads, _ = self._buckets(now)
+        uploads.sent(peer, chunk_hash, now)
+        self._pump_uploads(now)
 
     # ================================================================== peers
 
@@ -633,6 +666,8 @@ class SwarmEngine:
             return
         self._connected.discard(peer)
         self._forget_peer(peer)
+        if self._uploads is not None:
+            self._pump_uploads(now)   # its unreported pieces no longer hold the window
         self._schedule(now)
 
     def handles(self, message: object) -> bool:
@@ -658,6 +693,7 @@ class SwarmEngine:
             self._on_interested(peer, message)
         elif isinstance(message, NotInterested):
             self._remote_interest.get(peer, set()).discard(message.key)
+            self._asked_early.get(message.key, set()).discard(peer)
             self._forget_info(message.key)
         elif isinstance(message, CannotHelp):
             d = self._downloads.get(message.key)
@@ -675,6 +711,12 @@ class SwarmEngine:
         info = self._info(message.key)
         if info is None:
             self._send(peer, CannotHelp(message.key))
+            early = self._asked_early.get(message.key)
+            if early is None:
+                if len(self._asked_early) >= _MAX_ASKED_EARLY:   # bounded: forget the oldest
+                    del self._asked_early[next(iter(self._asked_early))]
+                early = self._asked_early[message.key] = set()
+            early.add(peer)
             return
         self._remote_interest.setdefault(peer, set()).add(message.key)
         bits = make_bitfield([r.hash in self._held for r in info.refs])

@@ -17,7 +17,11 @@ A waiting peer whose best queued priority beats the lowest slot holder's takes
 that slot at once (pre-emption).
 
 Among slot holders the next request served is the highest priority one; at
-equal priority the peer served least recently goes first, and within a peer's
+equal priority, with ``laggard_patience`` > 0 (the default), the requester this node knows
+to hold the *fewest* chunks goes first (``progress_of``, set by the engine from the
+peers' have-sets) unless another requester's oldest request has waited longer than
+``laggard_patience``; then (or without it) the peer served least recently goes
+first, and within a peer's
 queue the chunk this node has uploaded the fewest times goes first (first-copy
 priority: a scarce node spends its uplink on bytes nobody else can serve yet).
 The scheduler counts uploads per chunk (:meth:`UploadScheduler.copies`,
@@ -26,10 +30,20 @@ the upload :class:`TokenBucket` is in debt; the bucket is refilled from ``now``
 and the engine sets a timer for when it will be positive again. The scheduler
 never touches chunk bytes: it yields ``(peer, hash, priority, size)`` and the
 driver reads and sends the chunk.
+
+Upload window. A driver that reports each piece sent (``SwarmEngine.upload_done`` ->
+:meth:`UploadScheduler.sent`) turns on the window: from its first report on, at most
+``upload_window`` pieces are handed out and unreported, so the queue stays *here*,
+where the order above applies, instead of in the link's FIFO (where every request is
+served in arrival order whatever this scheduler prefers). Without reports every
+queued request is handed out at once, as before. A piece never reported (lost report)
+leaves the window after ``request_timeout``; one whose peer left or whose chunk could
+not be read leaves it at once (:meth:`UploadScheduler.not_sent`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._config import SwarmConfig
@@ -123,6 +137,15 @@ class UploadScheduler:
         self._rejected: list[tuple[str, bytes]] = []
         self.rechokes = 0
         self._copies: dict[bytes, int] = {}        # chunk -> times uploaded
+        # Upload window: pieces handed to the driver since its first report (``sent``)
+        # and not yet reported sent, by (peer, chunk) -> when handed out. A driver that
+        # never reports must not stall, and leaves nothing here.
+        self._in_flight: dict[tuple[str, bytes], list[float]] = {}
+        self._n_in_flight = 0
+        self._reported = False
+        # requester -> how many chunks it holds, as the engine knows it (set by the engine
+        # when ``laggard_patience`` > 0): the requester holding the fewest is served first
+        self.progress_of: Callable[[str], int] | None = None
         self._last_upload: dict[bytes, float] = {}  # chunk -> when last uploaded
 
     def shift_time(self, delta: float) -> None:
@@ -135,6 +158,8 @@ class UploadScheduler:
             self._optimistic[peer] += delta
         for chunk in self._last_upload:
             self._last_upload[chunk] += delta
+        for times in self._in_flight.values():
+            times[:] = [t + delta for t in times]
         for queue in self._queues.values():
             for q in queue:
                 q.since += delta
@@ -169,6 +194,7 @@ class UploadScheduler:
         return sorted(peers)
 
     def remove_peer(self, peer: str) -> None:
+        self.not_sent(peer=peer)
         self._queues.pop(peer, None)
         self._regular.pop(peer, None)
         self._optimistic.pop(peer, None)
@@ -263,7 +289,18 @@ class UploadScheduler:
             active = [p for p in (*self._regular, *self._optimistic) if self._queues.get(p)]
             if not active or not self.bucket.ready(now):
                 return out
-            peer = min(active, key=self._rank)
+            if self._window_full():
+                return out
+            if self.progress_of is not None:
+                # laggards first, but a request waiting longer than ``laggard_patience``
+                # goes before any laggard's (no requester starves behind laggards)
+                pr, queues = self.progress_of, self._queues
+                patient = now - self._config.laggard_patience
+                peer = min(active, key=lambda p: (
+                    -self._best_priority(p), min(q.since for q in queues[p]) > patient,
+                    pr(p), self._last_turn.get(p, -1)))
+            else:
+                peer = min(active, key=self._rank)
             queue = self._queues[peer]
             copies = self._copies
             item = max(queue, key=lambda q: (q.priority, -copies.get(q.chunk_hash, 0), -q.seq))
@@ -274,7 +311,49 @@ class UploadScheduler:
             self.bucket.spend(item.size, now)
             copies[item.chunk_hash] = copies.get(item.chunk_hash, 0) + 1
             self._last_upload[item.chunk_hash] = now
+            if self._reported:   # (a driver that never reports leaves nothing here)
+                self._in_flight.setdefault((peer, item.chunk_hash), []).append(now)
+                self._n_in_flight += 1
             out.append(Serve(peer, item.chunk_hash, item.priority, item.size))
+
+    def sent(self, peer: str, chunk_hash: bytes, now: float) -> None:
+        """The driver finished sending that piece: another may go. The first report
+        turns the window on."""
+        del now
+        self._reported = self._config.upload_window > 0
+        times = self._in_flight.get((peer, chunk_hash))
+        if times:
+            times.pop(0)
+            self._n_in_flight -= 1
+            if not times:
+                del self._in_flight[(peer, chunk_hash)]
+
+    def not_sent(self, chunk_hash: bytes | None = None, peer: str | None = None) -> None:
+        """Pieces the driver will never report (the chunk could not be read, the peer
+        left): free their places in the window."""
+        for pair in [k for k in self._in_flight
+                     if (chunk_hash is None or k[1] == chunk_hash)
+                     and (peer is None or k[0] == peer)]:
+            self._n_in_flight -= len(self._in_flight.pop(pair))
+
+    def expire_in_flight(self, before: float) -> None:
+        """Forget pieces handed out before ``before`` and never reported (liveness: a
+        lost report must not close the window for good)."""
+        for pair in list(self._in_flight):
+            times = self._in_flight[pair]
+            keep = [t for t in times if t >= before]
+            self._n_in_flight -= len(times) - len(keep)
+            if keep:
+                self._in_flight[pair] = keep
+            else:
+                del self._in_flight[pair]
+
+    def _window_full(self) -> bool:
+        return self._reported and self._n_in_flight >= max(1, self._config.upload_window)
+
+    @property
+    def in_flight(self) -> int:
+        return self._n_in_flight
 
     def copies(self, chunk_hash: bytes) -> int:
         """How many times this node has uploaded ``chunk_hash``."""
@@ -286,6 +365,8 @@ class UploadScheduler:
         return last is not None and last >= since
 
     def on_timer(self, now: float) -> None:
+        if self._in_flight:
+            self.expire_in_flight(now - self._config.request_timeout)
         if self._next_rechoke is not None and now >= self._next_rechoke:
             self._rechoke(now)
 
@@ -294,5 +375,10 @@ class UploadScheduler:
         if self._next_rechoke is not None:
             deadlines.append(self._next_rechoke)
         if any(self._queues.get(p) for p in (*self._regular, *self._optimistic)):
-            deadlines.append(self.bucket.ready_at())
+            if self._window_full():
+                # the next piece goes when the driver reports one sent (or it expires)
+                oldest = min(times[0] for times in self._in_flight.values())
+                deadlines.append(oldest + self._config.request_timeout)
+            else:
+                deadlines.append(self.bucket.ready_at())
         return min(deadlines) if deadlines else None

@@ -31,6 +31,12 @@ nothing. Small messages (``<= bypass_bytes``: gossip, requests, have-sets) are
 still charged their capacity but do not wait behind queued bulk data, which is
 what per-flow fair queuing (TCP flows sharing a link) gives a thin flow.
 
+``on_sent`` (optional) is called ``(src, dst, message)`` when a bulk message has
+left the sender's uplink (``up_done``) -- what a real driver learns when its ``send``
+returns. It is an observation, not a change to the model: nothing above depends on
+it. The swarm scenarios wire it to ``NodeMachine.upload_done`` (``sim/_upload_reports``)
+so that upload queues stay in the swarm engine instead of in this FIFO.
+
 Loss drops a message after it has used the sender's uplink. Duplication
 delivers a second copy with its own jitter. A partition is a list of groups:
 nodes in different groups cannot reach each other (checked at send and at
@@ -97,6 +103,9 @@ class Network:
         self._last_head: dict[tuple[str, str], float] = {}
         self._group: dict[str, int] | None = None
         self.bytes_sent_by: dict[str, int] = {}
+        # called (src, dst, message) when a bulk message has left src's uplink (the
+        # "send returned" a real driver sees); not for a sender that crashed meanwhile
+        self.on_sent: Deliver | None = None
         self._sent = self._delivered = self._lost = self._blocked = self._dup = 0
         self._bytes_sent = self._bytes_delivered = 0
 
@@ -184,6 +193,8 @@ class Network:
             up_start = max(now, self._up_free[src])
             self._up_free[src] = up_start + up_time
         up_done = up_start + up_time
+        if self.on_sent is not None and size > p.bypass_bytes:
+            self.loop.call_at(up_done, self._sent_hook, src, dst, message, self._epoch[src])
         rng = self.rng
         if p.loss and rng.random() < p.loss:
             self._lost += 1
@@ -209,6 +220,10 @@ class Network:
             self.loop.call_at(head, self._arrive, src, dst, message, size,
                               up_done + lat, epochs, ordered)
         return True
+
+    def _sent_hook(self, src: str, dst: str, message: Any, epoch: int) -> None:
+        if self.on_sent is not None and self._epoch[src] == epoch and self._alive[src]:
+            self.on_sent(src, dst, message)
 
     def _stale(self, src: str, dst: str, epochs: tuple[int, int]) -> bool:
         return (self._epoch[src], self._epoch[dst]) != epochs

@@ -53,8 +53,11 @@ class Net:
                  config: SwarmConfig | None = None, configs: dict[int, SwarmConfig] | None = None,
                  liars: dict[int, str] | None = None,
                  verifier: Callable[[bytes, int, bytes], bool] = cheap_verifier,
-                 max_delay: float = 0.05, wire: bool = True) -> None:
+                 max_delay: float = 0.05, wire: bool = True,
+                 upload_reports: bool = False) -> None:
         self.rng = random.Random(seed)
+        # report each piece sent (SwarmEngine.upload_done) a random moment after it went
+        self.upload_reports = upload_reports
         self.keys = dict(keys)
         self.data = data
         self.max_delay = max_delay
@@ -135,6 +138,11 @@ class Net:
                     engine.chunk_missing(out.chunk_hash, self.now)
                 elif frozenset((i, dst)) in self.links:
                     self.post(i, dst, make_piece(out.chunk_hash, chunk, out.priority))
+                    if self.upload_reports:
+                        self.seq += 1
+                        at = self.now + self.rng.uniform(0.0, self.max_delay)
+                        heapq.heappush(self.events, (at, self.seq, "sent", i,
+                                                     (dst, out.chunk_hash)))
             elif isinstance(out, StoreChunk):
                 assert blake3.blake3(out.data).digest() == out.chunk_hash, "stored unverified"
                 self.stores[i][out.chunk_hash] = out.data
@@ -201,7 +209,14 @@ class Net:
             return False
         self.now = max(self.now, t)
         if self.events and self.events[0][0] <= self.now:
-            _, _, _, dst, payload = heapq.heappop(self.events)
+            _, _, kind, dst, payload = heapq.heappop(self.events)
+            if kind == "sent":   # dst served a piece to payload[0]: it has left
+                peer, chunk_hash = payload
+                if dst in self.engines:
+                    assert isinstance(chunk_hash, bytes)
+                    self.engines[dst].upload_done(self.ids[peer], chunk_hash, self.now)
+                    self.flush(dst)
+                return True
             src, message = payload
             self.deliver(dst, src, message)
             return True

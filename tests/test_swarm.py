@@ -105,7 +105,7 @@ def test_random_swarm_completes(seed: int, n: int, chunks: int, extra: int,
                       max_peer_failures=1)
     liars = {n: liar} if liar else {}
     net = Net(seed=seed, n=n + len(liars), keys={KEY: refs}, data=data, holdings=holdings,
-              config=cfg, liars=liars)
+              config=cfg, liars=liars, upload_reports=rng.random() < 0.5)
     edges = random_connected_graph(rng, honest, extra)
     for a, b in sorted(edges):
         net.connect(a, b)
