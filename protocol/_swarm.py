@@ -154,6 +154,15 @@ class _KeyInfo:
     size_of: dict[bytes, int]
 
 
+_AVAIL_BITS = 24                      # availability (peers holding a chunk) < 2**24
+_AVAIL_MASK = (1 << _AVAIL_BITS) - 1
+
+
+def _live(avail: int, seq: int) -> int:
+    """A picker-queue entry's identity, packed: its sequence number and availability."""
+    return (seq << _AVAIL_BITS) | min(avail, _AVAIL_MASK)
+
+
 @dataclass(slots=True)
 class _Download:
     key: str
@@ -163,10 +172,11 @@ class _Download:
     missing: set[bytes] = field(default_factory=set)
     rank: dict[bytes, float] = field(default_factory=dict)   # random tie-break
     # the picker's queue ("Picker cost" in the module docstring): a lazy min-heap of
-    # (availability, rank, hash, seq); ``queued[h] == (availability, seq)`` marks h's one
-    # live entry, any other entry for h is stale and skipped when popped
+    # (availability, rank, hash, seq); ``queued[h] == _live(availability, seq)`` marks h's
+    # one live entry, any other entry for h is stale and skipped when popped (one int, not
+    # a tuple: this dict holds every missing chunk at the start of a download)
     heap: list[tuple[int, float, bytes, int]] = field(default_factory=list)
-    queued: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    queued: dict[bytes, int] = field(default_factory=dict)
     bytes_total: int = 0
     bytes_reused: int = 0
     bytes_fetched: int = 0
@@ -212,7 +222,9 @@ class SwarmEngine:
         self._failures: dict[str, int] = {}
         self._downloads: dict[str, _Download] = {}
         self._infos: dict[str, _KeyInfo] = {}
-        self._hash_keys: dict[bytes, set[str]] = {}
+        # chunk hash -> the wanted/served key holding it: the key itself, a set only when
+        # several keys share the chunk (one set per chunk cost ~220 B of RSS per chunk)
+        self._hash_keys: dict[bytes, str | set[str]] = {}
         self._remote_interest: dict[str, set[str]] = {}
         self._uploads: UploadScheduler | None = None
         self._down_bucket: TokenBucket | None = None
@@ -301,8 +313,16 @@ class SwarmEngine:
                 size_of[ref.hash] = ref.size
         info = _KeyInfo(tuple(refs), index_of, size_of)
         self._infos[key] = info
+        hash_keys = self._hash_keys
         for h in index_of:
-            self._hash_keys.setdefault(h, set()).add(key)
+            held_by = hash_keys.get(h)
+            if held_by is None:
+                hash_keys[h] = key
+            elif isinstance(held_by, str):
+                if held_by != key:
+                    hash_keys[h] = {held_by, key}
+            else:
+                held_by.add(key)
         waiting = self._asked_early.pop(key, None)
         if waiting:
             # Peers we told CannotHelp: answer them now rather than when they re-ask
@@ -320,16 +340,35 @@ class SwarmEngine:
         info = self._infos.pop(key, None)
         if info is None:
             return
+        hash_keys = self._hash_keys
         for h in info.index_of:
-            keys = self._hash_keys.get(h)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._hash_keys[h]
+            keys = hash_keys.get(h)
+            if keys is None:
+                continue
+            if isinstance(keys, str):
+                if keys == key:
+                    del hash_keys[h]
+                continue
+            keys.discard(key)
+            if len(keys) == 1:
+                hash_keys[h] = next(iter(keys))
+            elif not keys:
+                del hash_keys[h]
 
-    def _expected_size(self, chunk_hash: bytes) -> int | None:
-        for key in self._hash_keys.get(chunk_hash, ()):
-            return self._infos[key].size_of[chunk_hash]
+    def _keys_of(self, chunk_hash: bytes) -> tuple[str, ...] | set[str]:
+        """The keys (wanted or served) that hold ``chunk_hash``."""
+        keys = self._hash_keys.get(chunk_hash)
+        if keys is None:
+            return ()
+        return (keys,) if isinstance(keys, str) else keys
+
+    def _known(self, chunk_hash: bytes) -> tuple[bytes, int] | None:
+        """``(the manifest's own bytes object for this hash, the chunk's size)``, or None
+        for a chunk of no key we know. Keeping the manifest's object (not the copy each
+        message decodes) keeps one 32-byte object per chunk in every set that holds it."""
+        for key in self._keys_of(chunk_hash):
+            info = self._infos[key]
+            return info.refs[info.index_of[chunk_hash]].hash, info.size_of[chunk_hash]
         return None
 
     def _needed(self, chunk_hash: bytes) -> bool:
@@ -381,11 +420,11 @@ class SwarmEngine:
             if live is not None:
                 del d.queued[h]
             return
-        if live is not None and live[0] == avail:
+        if live is not None and live & _AVAIL_MASK == avail:
             return
         self._queue_seq += 1
         seq = self._queue_seq
-        d.queued[h] = (avail, seq)
+        d.queued[h] = _live(avail, seq)
         heapq.heappush(d.heap, (avail, d.rank[h], h, seq))
         if len(d.heap) > 4 * len(d.queued) + 1024:
             self._rebuild_queue(d)   # mostly stale entries (availability churn): compact
@@ -393,13 +432,13 @@ class SwarmEngine:
     def _rebuild_queue(self, d: _Download) -> None:
         requests, pending, avail_of = self._requests, self._pending_store, self._avail
         entries: list[tuple[int, float, bytes, int]] = []
-        queued: dict[bytes, tuple[int, int]] = {}
+        queued: dict[bytes, int] = {}
         for h in d.missing:
             avail = avail_of.get(h, 0)
             if avail == 0 or h in requests or h in pending:
                 continue
             self._queue_seq += 1
-            queued[h] = (avail, self._queue_seq)
+            queued[h] = _live(avail, self._queue_seq)
             entries.append((avail, d.rank[h], h, self._queue_seq))
         heapq.heapify(entries)
         d.heap = entries
@@ -595,7 +634,7 @@ class SwarmEngine:
             if chunk_hash in d.missing:
                 d.missing.discard(chunk_hash)
                 self._check_complete(d)
-        for key in sorted(self._hash_keys.get(chunk_hash, ())):
+        for key in sorted(self._keys_of(chunk_hash)):
             index = self._infos[key].index_of[chunk_hash]
             for peer in sorted(self._connected):
                 if key in self._remote_interest.get(peer, ()):
@@ -619,7 +658,7 @@ class SwarmEngine:
         uploads, _ = self._buckets(now)
         uploads.not_sent(chunk_hash=chunk_hash)
         told = set(uploads.forget_chunk(chunk_hash))
-        for key in self._hash_keys.get(chunk_hash, ()):
+        for key in self._keys_of(chunk_hash):
             told.update(p for p, keys in self._remote_interest.items() if key in keys)
         for peer in sorted(told):
             self._send(peer, Reject(chunk_hash, True))
@@ -830,11 +869,11 @@ class SwarmEngine:
         self._schedule(now)
 
     def _on_piece(self, peer: str, message: Piece, now: float) -> None:
-        h = message.chunk_hash
-        size = self._expected_size(h)
-        if size is None:
+        known = self._known(message.chunk_hash)
+        if known is None:
             self._c["unsolicited_pieces"] += 1   # a chunk of no key we know: never asked
             return
+        h, size = known
         self._c["pieces_received"] += 1
         if not self._verifier(h, size, message.data):
             self._c["corrupt_pieces"] += 1
@@ -1050,7 +1089,7 @@ class SwarmEngine:
                     c["picker_pops"] += 1
                     _, _, h, seq = e
                     live = queued.get(h)
-                    if live is None or live[1] != seq:
+                    if live is None or live >> _AVAIL_BITS != seq:
                         continue   # stale: superseded or consumed
                     if h not in missing or h in requests or h in pending:
                         del queued[h]   # requeued when it becomes idle again
