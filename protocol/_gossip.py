@@ -15,7 +15,7 @@ vector cut into ``2**bits`` buckets by the leading bits of the origin id
 (about ``BUCKET_TARGET`` origins each), one 8-byte hash per bucket. The
 initiator compares them with its own and sends a digest of only the
 differing buckets; from then on both sides exchange vector entries and
-deltas for those buckets only (``Ledger.delta_since(..., only=...)``). We
+deltas for those buckets only (``Ledger.delta_since(..., origins=...)``). We
 answer a digest with the :class:`GossipDelta` pieces the peer lacks (each at
 most ``max_delta_bytes`` of entries) plus our own digest (``reply=False``), and
 the peer sends back what we lack. One round is push-pull (Karp et al.):
@@ -37,16 +37,18 @@ node counts as unreachable is decided by every reader from the records
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from itertools import chain
 
 import blake3
+import msgpack
 
 from ._codec import encode, message
 from ._config import GossipConfig
 from ._errors import InvalidValue, MalformedMessage
 from ._events import Output, SendMessage
-from ._hlc import vv_from_wire, vv_hash, vv_to_wire
+from ._hlc import vv_from_wire, vv_to_wire
 from ._ledger import Entry, Ledger, MergeResult, Suspicion, entry_size
 from ._rng import Rng
 
@@ -138,27 +140,62 @@ _SIZE_MEMO: dict[int, tuple[object, int]] = {}
 _SIZE_MEMO_LIMIT = 8192
 
 
-def wire_size(msg: object) -> int:
+def wire_size(msg: object, entries_size: int | None = None) -> int:
     """``len(encode(msg))``, remembered per message object (messages are immutable).
 
     A sender counts what it sends and a receiver what it receives; when both live
     in one process (the simulator) the same object is encoded once, not three
-    times. The memo holds a reference, so an id is never reused while cached."""
+    times. The memo holds a reference, so an id is never reused while cached.
+    ``entries_size``: for a :class:`GossipDelta`, the encoded size of its entries
+    when the caller knows it already (``DeltaPiece.size``)."""
     hit = _SIZE_MEMO.get(id(msg))
     if hit is not None and hit[0] is msg:
         return hit[1]
-    if isinstance(msg, GossipDelta):
+    size: int | None = None
+    if type(msg) is GossipDigest:
+        # the vector map packs as msgpack packs it inside the message (the codec only
+        # sorts its keys, which changes no length) once its types are the codec's
+        body = _packed_map_size(msg.vv, _is_int)
+        if body is not None:
+            size = len(encode(GossipDigest({}, msg.reply, msg.bits, msg.buckets))) - 1 + body
+    elif type(msg) is GossipDelta:
         # the entries' encodings are known to the ledger: add them up instead of
         # encoding again (msgpack nests an array's items verbatim)
-        n = len(msg.entries)
-        size = (len(encode(GossipDelta((), msg.ranges))) - 1
-                + (1 if n < 16 else 3 if n < 65536 else 5) + sum(map(entry_size, msg.entries)))
-    else:
+        body = _packed_map_size(msg.ranges, _is_range)
+        if body is not None:
+            n = len(msg.entries)
+            size = (len(encode(GossipDelta((), {}))) - 2 + body
+                    + (1 if n < 16 else 3 if n < 65536 else 5)
+                    + (sum(map(entry_size, msg.entries)) if entries_size is None
+                       else entries_size))
+    if size is None:
         size = len(encode(msg))
     if len(_SIZE_MEMO) >= _SIZE_MEMO_LIMIT:
         _SIZE_MEMO.clear()
     _SIZE_MEMO[id(msg)] = (msg, size)
     return size
+
+
+def _is_int(values: Collection[object]) -> bool:
+    return set(map(type, values)) <= {int}
+
+
+def _is_range(values: Collection[object]) -> bool:
+    return (set(map(type, values)) <= {tuple}
+            and set(map(len, values)) <= {2}   # type: ignore[arg-type]
+            and set(map(type, chain.from_iterable(values))) <= {int})  # type: ignore[arg-type]
+
+
+def _packed_map_size(value: Mapping[bytes, object],
+                     values_ok: Callable[[Collection[object]], bool]) -> int | None:
+    """``len(packb(value))`` when its keys are bytes and ``values_ok`` accepts its
+    values (then the codec's encoding of the map has that length); else None."""
+    if not (set(map(type, value)) <= {bytes} and values_ok(value.values())):
+        return None
+    try:
+        return len(msgpack.packb(value, use_bin_type=True))
+    except (OverflowError, ValueError, TypeError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +358,8 @@ class GossipEngine:
                 raise MalformedMessage(f"bad digest: {exc}") from None
             only = self._only(msg.bits, msg.buckets)
             self._learn_own(their, only is None or only(self.node_id))
-            self._send_delta(peer, their, only, now)
+            self._send_delta(peer, their, None if only is None else
+                             self.ledger.origins_in_buckets(msg.bits, msg.buckets), now)
             if msg.reply:
                 vv = (vv_to_wire(self.ledger.version_vector) if only is None
                       else self._partial_vv(msg.bits, msg.buckets))
@@ -350,15 +388,13 @@ class GossipEngine:
         return lambda origin: bucket_of(origin, bits) in wanted
 
     def _partial_vv(self, bits: int, buckets: tuple[int, ...]) -> dict[bytes, int]:
-        wanted = frozenset(buckets)
-        return {bytes.fromhex(o): c for o, c in self.ledger.version_vector.items()
-                if c > 0 and bucket_of(o, bits) in wanted}
+        return self.ledger.vector_in_buckets(bits, buckets)
 
     def _summary(self) -> GossipSummary:
         gen = self.ledger.vv_generation
         if self._hash_cache[0] != gen:
-            vv = self.ledger.version_vector
-            self._hash_cache = (gen, vv_hash(vv), len(vv))
+            # the ledger keeps the digest of its vector up to date as it moves
+            self._hash_cache = (gen, self.ledger.vv_hash(), self.ledger.origins_in_vector())
         h = self._hash_cache[1]
         if self.ledger.has_gap(self.node_id):   # never "in sync" before the gap closes
             h = blake3.blake3(b"restart-gap" + self.node_id.encode() + h).digest(16)
@@ -370,24 +406,27 @@ class GossipEngine:
         if covered and self.ledger.has_gap(self.node_id):
             self._own_seen = max(self._own_seen, their.get(self.node_id, 0))
         if (self._own_seen >= 0 and self.ledger.has_gap(self.node_id)
-                and self.ledger.version_vector.get(self.node_id, 0) >= self._own_seen):
+                and self.ledger.version_of(self.node_id) >= self._own_seen):
             self.ledger.close_gap(self.node_id)
 
     def _buckets(self, bits: int) -> bytes:
         gen = self.ledger.vv_generation
         cached = self._bucket_cache.get(bits)
         if cached is None or cached[0] != gen:
-            cached = self._bucket_cache[bits] = (gen, bucket_hashes(
-                self.ledger.version_vector, bits))
+            # equal to bucket_hashes(version_vector, bits); the ledger rehashes only
+            # the buckets that moved
+            cached = self._bucket_cache[bits] = (gen, self.ledger.bucket_hashes(bits))
         return cached[1]
 
     def _send_delta(self, peer: str, their: Mapping[str, int],
-                    only: Callable[[str], bool] | None, now: float) -> None:
-        if not self.ledger.missing_for(their, only):
-            return
-        for piece in self.ledger.delta_since(their, self.config.max_delta_bytes, only):
+                    origins: list[str] | None, now: float) -> None:
+        # (delta_since is empty exactly when missing_for is False: no scan first)
+        for piece in self.ledger.delta_since(their, self.config.max_delta_bytes,
+                                             origins=origins):
             ranges = {bytes.fromhex(o): r for o, r in piece.ranges.items()}
-            self._send(peer, GossipDelta(piece.entries, ranges), now)
+            msg = GossipDelta(piece.entries, ranges)
+            wire_size(msg, piece.size)   # remembered for _send: the ledger summed the entries
+            self._send(peer, msg, now)
 
     def _send(self, peer: str, msg: _Msg, now: float) -> None:
         self._outputs.append(SendMessage(peer, msg))

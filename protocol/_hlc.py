@@ -106,12 +106,11 @@ def vv_to_wire(vv: Mapping[str, int]) -> dict[bytes, int]:
 
 
 def vv_from_wire(raw: Mapping[bytes, int]) -> VersionVector:
-    out: VersionVector = {}
-    for k, v in raw.items():
-        if len(k) != 16 or v < 0:
-            raise InvalidValue("a version-vector origin is 16 bytes, a counter is >= 0")
-        out[k.hex()] = v
-    return out
+    if raw and (set(map(len, raw)) != {16} or min(raw.values()) < 0):
+        raise InvalidValue("a version-vector origin is 16 bytes, a counter is >= 0")
+    hexes = (list(map(bytes.hex, raw)) if set(map(type, raw)) == {bytes}
+             else [k.hex() for k in raw])
+    return dict(zip(hexes, raw.values(), strict=True))
 
 
 def vv_hash(vv: Mapping[str, int]) -> bytes:

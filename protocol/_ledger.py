@@ -36,13 +36,25 @@ certificate / revocation: the fleet root). Certificates and revocations in a
 batch are applied to the trust store first, so a node's certificate may travel
 in the same delta as its first entries. A rejected entry is counted by kind and
 never merged, and the vector of its origin does not move in that batch.
+
+Gossip asks the same questions of the vector for every message, so the ledger
+keeps indexes beside it: its origins sorted (a bucket of leading id bits is a
+slice), the digest input of each, and per bucket width the bucket hashes, of
+which only those whose origins moved are hashed again. They answer exactly what
+a scan of the vector would (``tests/test_ledger_indexes.py``).
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import gt
+from typing import Any
+
+import blake3
 
 from ._capabilities import Capabilities
 from ._codec import canonical, encode_value, struct
@@ -176,7 +188,7 @@ class Entry:
 
     @property
     def origin(self) -> str:
-        return fingerprint(self.origin_key)
+        return _origin_of(self.origin_key)
 
     @property
     def kind(self) -> EntryKind:
@@ -210,23 +222,44 @@ class Entry:
     def verify(self, trust: FleetTrust) -> None:
         """Raise a RemoteProtocolError unless the entry and its payload check out."""
         trust.check(self.origin_key, Role.NODE)
-        verify_signature(self.origin_key, _encoded(self)[0], self.signature)
+        memo = _memo(self)
+        if not memo[3]:   # a signature is a pure function of the entry: checked once
+            verify_signature(self.origin_key, memo[1], self.signature)
+            memo[3] = True
         if self.intent is not None:
             self.intent.verify(trust)
         elif self.manifest is not None:
             self.manifest.verify(trust)
         elif self.certificate is not None:
-            self.certificate.verify(trust.root_key, trust.fleet_id)
+            cert = self.certificate
+            # the trust keeps only certificates it verified against its own root and
+            # fleet: an equal one needs no second check
+            if trust.certificate(cert.subject_key, cert.role) != cert:
+                cert.verify(trust.root_key, trust.fleet_id)
         elif self.revocation is not None:
             self.revocation.verify(trust.root_key, trust.fleet_id)
 
 
-_MEMO: dict[int, tuple[Entry, bytes, int]] = {}
+_ORIGINS: dict[bytes, str] = {}
+_ORIGINS_LIMIT = 1 << 16
+
+
+def _origin_of(key: bytes) -> str:
+    """``fingerprint(key)``, remembered (a pure function; a fleet has few keys)."""
+    origin = _ORIGINS.get(key)
+    if origin is None:
+        if len(_ORIGINS) >= _ORIGINS_LIMIT:
+            _ORIGINS.clear()
+        origin = _ORIGINS[key] = fingerprint(key)
+    return origin
+
+
+_MEMO: dict[int, list[Any]] = {}
 _MEMO_LIMIT = 65536
 
 
-def _encoded(e: Entry) -> tuple[bytes, int]:
-    """(canonical signed body, encoded size) of an entry, remembered per object.
+def _memo(e: Entry) -> list[Any]:
+    """[entry, canonical signed body, encoded size, signature checked], per object.
 
     Entries are immutable and one object is often checked and sized by many
     ledgers in one process (the simulator); the memo holds a reference, so an id
@@ -235,7 +268,13 @@ def _encoded(e: Entry) -> tuple[bytes, int]:
     if hit is None or hit[0] is not e:
         if len(_MEMO) >= _MEMO_LIMIT:
             _MEMO.clear()
-        hit = _MEMO[id(e)] = (e, canonical(e._body()), len(encode_value(e)))
+        hit = _MEMO[id(e)] = [e, canonical(e._body()), len(encode_value(e)), False]
+    return hit
+
+
+def _encoded(e: Entry) -> tuple[bytes, int]:
+    """(canonical signed body, encoded size) of an entry, remembered per object."""
+    hit = _memo(e)
     return hit[1], hit[2]
 
 
@@ -298,6 +337,18 @@ class Ledger:
         self._duplicates = 0
         self._intents: dict[str, Intent] = {}
         self._manifests: dict[str, Manifest] = {}
+        # indexes kept beside the state, so that gossip costs what changed, not the fleet:
+        self._records: dict[str, NodeRecord] = {}   # origin -> its live record
+        self._vv_index: dict[str, int] = {}         # origin -> position in the vector's order
+        self._vv_meta: dict[str, tuple[bytes, int]] = {}   # origin -> raw id, leading 16 bits
+        self._vv_sorted: list[str] = []             # origins of the vector, sorted
+        self._vv_prefix: list[int] = []             # their leading 16 bits, same order
+        self._vv_piece: dict[str, bytes] = {}       # origin -> raw id + counter (digest input)
+        self._known: list[str] = []                 # origins held or in the vector, sorted
+        self._known_prefix: list[int] = []
+        self._known_set: set[str] = set()
+        self._hash_cache: tuple[int, bytes] = (-1, b"")
+        self._bucket_cache: dict[int, tuple[list[bytes], set[int]]] = {}  # bits -> hashes, dirty
 
     # ------------------------------------------------------------------ queries
     @property
@@ -308,6 +359,14 @@ class Ledger:
     def vv_generation(self) -> int:
         """Changes whenever the version vector changes (for caching digests of it)."""
         return self._generation
+
+    def origins_in_vector(self) -> int:
+        """``len(version_vector)`` without copying the vector."""
+        return len(self._vv)
+
+    def version_of(self, origin: str) -> int:
+        """``version_vector.get(origin, 0)`` without copying the vector."""
+        return self._vv.get(origin, 0)
 
     def top_counter(self, origin: str) -> int:
         """The highest counter of ``origin`` this ledger holds or has covered."""
@@ -322,12 +381,7 @@ class Ledger:
         return None if c is None else self._entries[(node_id, c)].record
 
     def records(self) -> dict[str, NodeRecord]:
-        out: dict[str, NodeRecord] = {}
-        for origin, c in self._record_at.items():
-            rec = self._entries[(origin, c)].record
-            assert rec is not None
-            out[origin] = rec
-        return out
+        return dict(self._records)
 
     def record_counter(self, node_id: str) -> int:
         return self._record_at.get(node_id, 0)
@@ -404,8 +458,7 @@ class Ledger:
             self._gaps.discard(origin)
             top = self.top_counter(origin)
             if top > self._vv.get(origin, 0):
-                self._vv[origin] = top
-                self._generation += 1
+                self._set_vv(origin, top)
 
     # ------------------------------------------------------------------ merging
     def merge(self, other: Ledger) -> MergeResult:
@@ -416,9 +469,14 @@ class Ledger:
     def merge_entries(self, entries: Iterable[Entry],
                       ranges: Mapping[str, tuple[int, int]] | None = None) -> MergeResult:
         batch = list(entries)
+        trust = self.trust
         for e in batch:   # trust first: a certificate may admit the origin of its neighbours
             if e.certificate is not None:
-                self.trust.add_certificate(e.certificate)
+                cert = e.certificate
+                # one equal to the certificate held for its key was verified and kept
+                # already: adding it again would change nothing
+                if trust.certificate(cert.subject_key, cert.role) != cert:
+                    trust.add_certificate(cert)
             elif e.revocation is not None:
                 self.trust.add_revocation(e.revocation)
         added: list[Entry] = []
@@ -426,14 +484,15 @@ class Ledger:
         errors: list[str] = []
         bad: set[str] = set()
         forged = 0
+        held_at, record_at, names = self._entries.get, self._record_at.get, _ORIGINS.get
         for e in sorted(batch, key=lambda x: (x.origin_key, x.counter)):
-            origin = e.origin
+            origin = names(e.origin_key) or _origin_of(e.origin_key)
             key = (origin, e.counter)
-            held = self._entries.get(key)
+            held = held_at(key)
             if held is not None and held.signature == e.signature:
                 self._duplicates += 1
                 continue
-            if e.record is not None and self._record_at.get(origin, 0) >= e.counter:
+            if e.record is not None and record_at(origin, 0) >= e.counter:
                 self._duplicates += 1   # replaced already
                 continue
             try:
@@ -451,11 +510,10 @@ class Ledger:
                 continue
             self._insert(origin, e)
             added.append(e)
+        vv = self._vv
         for origin, (since, upto) in (ranges or {}).items():
-            if origin not in bad and self._vv.get(origin, 0) >= since and upto > self._vv.get(
-                    origin, 0):
-                self._vv[origin] = upto
-                self._generation += 1
+            if origin not in bad and (mine := vv.get(origin, 0)) >= since and upto > mine:
+                self._set_vv(origin, upto)
         return MergeResult(tuple(added), rejected, tuple(errors), forged)
 
     def _insert(self, origin: str, e: Entry) -> None:
@@ -466,6 +524,7 @@ class Ledger:
                 self._sizes.pop((origin, old), None)
                 self._held[origin].discard(old)
             self._record_at[origin] = e.counter
+            self._records[origin] = e.record
         elif e.intent is not None:
             self._intents.setdefault(e.intent.intent_id, e.intent)
         elif e.manifest is not None:
@@ -473,7 +532,90 @@ class Ledger:
         self._entries[(origin, e.counter)] = e
         self._held.setdefault(origin, set()).add(e.counter)
         if e.counter > self._top.get(origin, 0):
+            if origin not in self._top:
+                self._know(origin)
             self._top[origin] = e.counter
+
+    # ------------------------------------------------------------------ indexes
+    def _know(self, origin: str) -> None:
+        if origin not in self._known_set:
+            self._known_set.add(origin)
+            i = bisect.bisect_left(self._known, origin)
+            self._known.insert(i, origin)
+            self._known_prefix.insert(i, int(origin[:4], 16))
+
+    def _set_vv(self, origin: str, counter: int) -> None:
+        """Move the vector of ``origin`` to ``counter`` and keep its indexes in step."""
+        meta = self._vv_meta.get(origin)
+        if meta is None:
+            raw = bytes.fromhex(origin)
+            meta = self._vv_meta[origin] = (raw, int(origin[:4], 16))
+            self._vv_index[origin] = len(self._vv_index)
+            i = bisect.bisect_left(self._vv_sorted, origin)
+            self._vv_sorted.insert(i, origin)
+            self._vv_prefix.insert(i, meta[1])
+            self._know(origin)
+        self._vv[origin] = counter
+        self._vv_piece[origin] = meta[0] + counter.to_bytes(8, "big")
+        self._generation += 1
+        if self._bucket_cache:
+            prefix = meta[1]
+            for bits, (_, dirty) in self._bucket_cache.items():
+                dirty.add(prefix >> (16 - bits))
+
+    def vector_in_buckets(self, bits: int, buckets: Iterable[int]) -> dict[bytes, int]:
+        """The vector's entries (16 raw id bytes -> counter) whose origins' leading
+        ``bits`` bits are one of ``buckets``: ``vv_to_wire`` of that part."""
+        shift = 16 - bits
+        out: dict[bytes, int] = {}
+        meta, vv, names, prefixes = self._vv_meta, self._vv, self._vv_sorted, self._vv_prefix
+        for b in sorted(set(buckets)):
+            i = bisect.bisect_left(prefixes, b << shift)
+            j = bisect.bisect_left(prefixes, (b + 1) << shift, i)
+            part = names[i:j]
+            out.update(zip([meta[o][0] for o in part], map(vv.__getitem__, part),
+                           strict=True))
+        return out
+
+    def vv_hash(self) -> bytes:
+        """``_hlc.vv_hash(self.version_vector)``, kept per vector generation."""
+        if self._hash_cache[0] != self._generation:
+            data = b"".join([self._vv_piece[o] for o in self._vv_sorted])
+            self._hash_cache = (self._generation, blake3.blake3(data).digest(16))
+        return self._hash_cache[1]
+
+    def bucket_hashes(self, bits: int) -> bytes:
+        """``_gossip.bucket_hashes(self.version_vector, bits)``: one 8-byte hash per
+        bucket (origins sharing their leading ``bits`` bits), in bucket order. Only
+        the buckets whose origins moved since the last call are hashed again."""
+        cached = self._bucket_cache.get(bits)
+        if cached is None:
+            hashes = [self._bucket_hash(bits, b) for b in range(1 << bits)]
+            self._bucket_cache[bits] = (hashes, set())
+        else:
+            hashes, dirty = cached
+            for b in dirty:
+                hashes[b] = self._bucket_hash(bits, b)
+            dirty.clear()
+        return b"".join(hashes)
+
+    def _bucket_hash(self, bits: int, bucket: int) -> bytes:
+        shift = 16 - bits
+        i = bisect.bisect_left(self._vv_prefix, bucket << shift)
+        j = bisect.bisect_left(self._vv_prefix, (bucket + 1) << shift, i)
+        return blake3.blake3(b"".join([self._vv_piece[o] for o in self._vv_sorted[i:j]])
+                             ).digest(8)
+
+    def origins_in_buckets(self, bits: int, buckets: Iterable[int]) -> list[str]:
+        """The origins this ledger holds entries of or has a vector entry for whose
+        leading ``bits`` bits are one of ``buckets``, in id order."""
+        shift = 16 - bits
+        out: list[str] = []
+        for b in sorted(set(buckets)):
+            i = bisect.bisect_left(self._known_prefix, b << shift)
+            j = bisect.bisect_left(self._known_prefix, (b + 1) << shift, i)
+            out.extend(self._known[i:j])
+        return out
 
     # ------------------------------------------------------------------ deltas
     def _size(self, key: tuple[str, int]) -> int:
@@ -483,27 +625,41 @@ class Ledger:
         return s
 
     def missing_for(self, peer_vv: Mapping[str, int],
-                    only: Callable[[str], bool] | None = None) -> bool:
+                    only: Callable[[str], bool] | None = None,
+                    origins: Iterable[str] | None = None) -> bool:
         """Does this ledger hold anything a peer with ``peer_vv`` lacks?
 
-        ``only`` restricts the question to the origins it accepts."""
+        ``only`` restricts the question to the origins it accepts; ``origins``, to
+        those listed (a lookup in :meth:`origins_in_buckets` instead of a scan)."""
+        if origins is not None:
+            top, vv = self._top, self._vv
+            return any(max(top.get(o, 0), vv.get(o, 0)) > peer_vv.get(o, 0)
+                       for o in origins if only is None or only(o))
         return any(max(top, self._vv.get(o, 0)) > peer_vv.get(o, 0)
                    for o, top in self._top.items() if only is None or only(o)) or any(
             c > peer_vv.get(o, 0) for o, c in self._vv.items()
             if o not in self._top and (only is None or only(o)))
 
     def delta_since(self, peer_vv: Mapping[str, int], max_bytes: int = 1 << 62,
-                    only: Callable[[str], bool] | None = None) -> list[DeltaPiece]:
+                    only: Callable[[str], bool] | None = None,
+                    origins: Iterable[str] | None = None) -> list[DeltaPiece]:
         """What a peer whose vector is ``peer_vv`` lacks, cut into pieces of at most
         ``max_bytes`` of entries (a single larger entry travels alone).
 
         ``only`` restricts the delta to the origins it accepts (the others are
-        neither shipped nor claimed)."""
+        neither shipped nor claimed); ``origins`` (distinct) restricts it to those
+        listed (the same pieces as an ``only`` accepting exactly them, without a scan)."""
         keys: list[tuple[str, int]] = []
-        for origin, top in self._top.items():
-            have = peer_vv.get(origin, 0)
-            if top > have and (only is None or only(origin)):
-                keys.extend((origin, c) for c in self._held[origin] if c > have)
+        top_of, held, pget = self._top, self._held, peer_vv.get
+        names = list(top_of) if origins is None else [o for o in origins if o in top_of]
+        # the origins whose top is above the peer's counter, compared without a Python
+        # loop (the vectors are as long as the fleet is large)
+        newer = compress(names, map(gt, map(top_of.__getitem__, names),
+                                    map(pget, names, repeat(0))))
+        for origin in newer:
+            if only is None or only(origin):
+                have = pget(origin, 0)
+                keys.extend([(origin, c) for c in held[origin] if c > have])
         keys.sort()
         pieces: list[DeltaPiece] = []
         cur: list[Entry] = []
@@ -517,23 +673,29 @@ class Ledger:
                 pieces.append(DeltaPiece(tuple(cur), ranges, cur_size))
             cur, cur_size, ranges = [], 0, {}
 
+        vv, entries, size_of, n = self._vv, self._entries, self._size, len(keys)
         for i, key in enumerate(keys):
-            size = self._size(key)
+            size = size_of(key)
             if cur and cur_size + size > max_bytes:
                 close()
             origin, counter = key
-            cur.append(self._entries[key])
+            cur.append(entries[key])
             cur_size += size
-            since = last.get(origin, peer_vv.get(origin, 0))
-            final = i + 1 == len(keys) or keys[i + 1][0] != origin
-            upto = self._vv.get(origin, 0) if final else min(counter, self._vv.get(origin, 0))
+            since = last.get(origin, pget(origin, 0))
+            final = i + 1 == n or keys[i + 1][0] != origin
+            upto = vv.get(origin, 0) if final else min(counter, vv.get(origin, 0))
             if upto > since:
                 ranges[origin] = (ranges.get(origin, (since, 0))[0], upto)
             last[origin] = counter
-        for origin, c in self._vv.items():   # vector moves with no entry to carry
-            if c > peer_vv.get(origin, 0) and origin not in last and (
-                    only is None or only(origin)):
-                ranges[origin] = (peer_vv.get(origin, 0), c)
+        if origins is None:
+            vv_moves: Iterable[tuple[str, int]] = vv.items()
+        else:   # the few listed ones, in the vector's own order (as a scan meets them)
+            vv_moves = [(o, vv[o]) for o in sorted(
+                [o for o in origins if vv.get(o, 0) > pget(o, 0) and o not in last],
+                key=self._vv_index.__getitem__)]
+        for origin, c in vv_moves:   # vector moves with no entry to carry
+            if c > pget(origin, 0) and origin not in last and (only is None or only(origin)):
+                ranges[origin] = (pget(origin, 0), c)
         close()
         return pieces
 
