@@ -18,6 +18,7 @@ clock (``time.perf_counter`` is CLOCK_MONOTONIC on Linux). Also: handshakes/s.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -121,20 +122,29 @@ def _fleet() -> tuple[FleetTrust, tuple[SigningIdentity, Certificate],
             _member(root, "bench", 2))
 
 
-async def _child_sink(conn: Connection, total: int, secure: bool) -> None:
+async def _child_sink(conn: Connection, total: int, secure: bool,
+                      to_file: str | None = None) -> None:
     done = trio.Event()
     received = 0
     end = 0.0
+    fd = os.open(to_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if to_file else -1
 
     def count(n: int) -> None:
         nonlocal received, end
         received += n
         if received >= total and not done.is_set():
+            if fd >= 0:
+                os.fsync(fd)        # the copy is durable, as a daemon's chunks are
+                os.close(fd)
             end = time.perf_counter()
             done.set()
 
     async def raw_sink(stream: trio.SocketStream) -> None:
         while data := await stream.receive_some(1024 * 1024):
+            if fd >= 0:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
             count(len(data))
 
     async def secure_sink(channel: SecureChannel) -> None:
@@ -157,8 +167,8 @@ async def _child_sink(conn: Connection, total: int, secure: bool) -> None:
         n.cancel_scope.cancel()
 
 
-def _child_main(conn: Connection, total: int, secure: bool) -> None:
-    trio.run(_child_sink, conn, total, secure)
+def _child_main(conn: Connection, total: int, secure: bool, to_file: str | None) -> None:
+    trio.run(_child_sink, conn, total, secure, to_file)
 
 
 async def _send_to(port: int, total: int, secure: bool) -> float:
@@ -179,10 +189,12 @@ async def _send_to(port: int, total: int, secure: bool) -> float:
     return t0
 
 
-def _two_processes(total: int, secure: bool) -> float:
+def _two_processes(total: int, secure: bool, to_file: str | None = None) -> float:
+    """Seconds to send ``total`` bytes from this process to a child over loopback TCP;
+    with ``to_file`` the child writes them to that file and fsyncs it (raw only)."""
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_child_main, args=(child, total, secure), daemon=True)
+    proc = ctx.Process(target=_child_main, args=(child, total, secure, to_file), daemon=True)
     proc.start()
     try:
         if not parent.poll(30):
