@@ -51,7 +51,10 @@ PROBES = {
     0: '[probe]\ncpu_arch = "x86_64"\n' + _GPU.format(mb=8192),
     1: '[probe]\ncpu_arch = "aarch64"\n' + _GPU.format(mb=2048),
     2: '[probe]\ncpu_arch = "aarch64"\n' + _GPU.format(mb=8192),
-    3: '[probe]\ncpu_arch = "x86_64"\ngpus = []\n[bandwidth]\ndownload = "2MiB"\n',
+    # node 3 downloads at 2 MiB/s; a burst of 0.05 s makes the cap bite on these 1-2 MiB
+    # variants (the default burst, 1 s of the rate, would let them through at once)
+    3: '[probe]\ncpu_arch = "x86_64"\ngpus = []\n[bandwidth]\ndownload = "2MiB"\n'
+       '[swarm]\nrate_burst = 0.05\n',
 }
 FORMATIONS = {0: "alpha", 1: "alpha", 2: "bravo", 3: "bravo"}
 
