@@ -76,7 +76,7 @@ from ._paths import DataDir
 from ._persist import load_cert, load_ledger, save_ledger
 from ._probe import probe
 from ._store import ChunkStore
-from ._transport import PeerListener, SecureChannel, TransportError, backoff_delay, dial
+from ._transport import PeerListener, Redialer, SecureChannel, TransportError, dial
 
 __all__ = ["NodeRuntime", "RuntimeStatistics"]
 
@@ -266,35 +266,30 @@ class NodeRuntime:
                     self._dialing.pop(event.node_id).cancel()
 
     async def _dialer(self, found: PeerFound, scope: trio.CancelScope) -> None:
-        attempt = 0
+        peer = found.node_id
+
+        async def connect() -> SecureChannel:
+            # while a session to the peer is up (either way) or it is banned, there is
+            # nothing to dial
+            while peer is not None and (peer in self._sessions
+                                        or self._banned.get(peer, 0) > time.time()):
+                s = self._sessions.get(peer)
+                if s is not None:
+                    await s.done.wait()
+                else:
+                    await trio.sleep(self._banned[peer] - time.time())
+            return await dial(found.host, found.port, identity=self.identity,
+                              certificate=self.certificate, trust=self.trust,
+                              settings=self.config.transport, expected_peer=peer)
+
+        async def session(channel: SecureChannel) -> None:
+            await self._session(channel, initiated_by_us=True)
+
         with scope:
-            if found.node_id is not None and found.node_id < self.node_id:
+            if peer is not None and peer < self.node_id:
                 await trio.sleep(_GRACE)    # the smaller id dials; we wait to be dialled
-            while True:
-                peer = found.node_id
-                if peer is not None and (peer in self._sessions
-                                         or self._banned.get(peer, 0) > time.time()):
-                    s = self._sessions.get(peer)
-                    if s is not None:
-                        await s.done.wait()
-                    else:
-                        await trio.sleep(self._banned[peer] - time.time())
-                    continue
-                try:
-                    channel = await dial(found.host, found.port, identity=self.identity,
-                                         certificate=self.certificate, trust=self.trust,
-                                         settings=self.config.transport, expected_peer=peer)
-                except (ProtocolError, TransportError, OSError) as exc:
-                    delay = backoff_delay(attempt, self.rng, base=0.5, cap=30.0)
-                    attempt += 1
-                    log.info("dial %s:%d failed (%s); retry in %.1f s", found.host,
-                             found.port, exc, delay)
-                    await trio.sleep(delay)
-                    continue
-                attempt = 0
-                async with channel:
-                    await self._session(channel, initiated_by_us=True)
-                await trio.sleep(backoff_delay(0, self.rng, base=0.5, cap=30.0))
+            await Redialer(connect, session, rng=self.rng, base_delay=0.5, max_delay=30.0,
+                           target=f"{found.host}:{found.port}").run()
 
     async def _inbound(self, channel: SecureChannel) -> None:
         await self._session(channel, initiated_by_us=False)

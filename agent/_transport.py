@@ -398,9 +398,11 @@ class Redialer:
 
     def __init__(self, connect: Callable[[], Awaitable[SecureChannel]],
                  on_channel: ChannelHandler, *, rng: random.Random,
-                 base_delay: float = 0.5, max_delay: float = 60.0) -> None:
+                 base_delay: float = 0.5, max_delay: float = 60.0,
+                 target: str = "peer") -> None:
         if base_delay <= 0 or max_delay < base_delay:
             raise ValueError("need 0 < base_delay <= max_delay")
+        self.target = target               # what the log lines name (e.g. "host:port")
         self._connect = connect
         self._on_channel = on_channel
         self._rng = rng
@@ -425,7 +427,7 @@ class Redialer:
                                       cap=self.max_delay)
                 self._streak += 1
                 self._last_delay = delay
-                log.info("dial failed (%s); retrying in %.2f s", exc, delay)
+                log.info("dial %s failed (%s); retrying in %.1f s", self.target, exc, delay)
                 await trio.sleep(delay)
                 continue
             self._streak = 0
