@@ -27,7 +27,7 @@ from pathlib import Path
 from protocol._codec import decode_value, encode_value, struct
 from protocol._errors import MalformedMessage
 from protocol._identity import Certificate, FleetTrust, SigningIdentity
-from protocol._ledger import Entry, Ledger
+from protocol._ledger import Entry, Ledger, encoded_entry
 
 from ._errors import ConfigError, StoreError
 from ._paths import fsync_dir
@@ -77,24 +77,9 @@ class LedgerFile:
     version_vector: dict[str, int]
 
 
-# id(entry) -> (entry, its encoding); entries are immutable, and holding the entry
-# keeps its id from being reused while the memo lives
-_ENCODED: dict[int, tuple[Entry, bytes]] = {}
-_ENCODED_LIMIT = 65536
-
-
-def _encoded(entry: Entry) -> bytes:
-    hit = _ENCODED.get(id(entry))
-    if hit is None or hit[0] is not entry:
-        if len(_ENCODED) >= _ENCODED_LIMIT:
-            _ENCODED.clear()
-        hit = _ENCODED[id(entry)] = (entry, encode_value(entry))
-    return hit[1]
-
-
 def save_ledger(data_dir: Path, ledger: Ledger) -> int:
     """Persist ``ledger``; the number of bytes written."""
-    snap = LedgerFile(ledger.trust.fleet_id, tuple(_encoded(e) for e in ledger.entries()),
+    snap = LedgerFile(ledger.trust.fleet_id, tuple(map(encoded_entry, ledger.entries())),
                       dict(ledger.version_vector))
     raw = encode_value(snap)
     atomic_write(data_dir / LEDGER_FILE, raw)

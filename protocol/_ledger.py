@@ -83,6 +83,7 @@ __all__ = [
     "MergeResult",
     "LedgerStatistics",
     "Ledger",
+    "encoded_entry",
     "entry_size",
 ]
 
@@ -259,7 +260,7 @@ _MEMO_LIMIT = 65536
 
 
 def _memo(e: Entry) -> list[Any]:
-    """[entry, canonical signed body, encoded size, signature checked], per object.
+    """[entry, canonical signed body, encoding, signature checked], per object.
 
     Entries are immutable and one object is often checked and sized by many
     ledgers in one process (the simulator); the memo holds a reference, so an id
@@ -268,19 +269,20 @@ def _memo(e: Entry) -> list[Any]:
     if hit is None or hit[0] is not e:
         if len(_MEMO) >= _MEMO_LIMIT:
             _MEMO.clear()
-        hit = _MEMO[id(e)] = [e, canonical(e._body()), len(encode_value(e)), False]
+        hit = _MEMO[id(e)] = [e, canonical(e._body()), encode_value(e), False]
     return hit
 
 
-def _encoded(e: Entry) -> tuple[bytes, int]:
-    """(canonical signed body, encoded size) of an entry, remembered per object."""
-    hit = _memo(e)
-    return hit[1], hit[2]
+def encoded_entry(e: Entry) -> bytes:
+    """The entry's encoding (as a struct inside a message, or on its own), remembered
+    per object: the daemon's saved ledger stores exactly these bytes."""
+    encoded: bytes = _memo(e)[2]
+    return encoded
 
 
 def entry_size(e: Entry) -> int:
     """Encoded size of an entry (as a struct inside a message)."""
-    return _encoded(e)[1]
+    return len(encoded_entry(e))
 
 
 @dataclass(frozen=True, slots=True)
@@ -621,7 +623,7 @@ class Ledger:
     def _size(self, key: tuple[str, int]) -> int:
         s = self._sizes.get(key)
         if s is None:
-            s = self._sizes[key] = _encoded(self._entries[key])[1]
+            s = self._sizes[key] = entry_size(self._entries[key])
         return s
 
     def missing_for(self, peer_vv: Mapping[str, int],
