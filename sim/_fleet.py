@@ -457,6 +457,22 @@ class Fleet:
             return
         self._pump(node)
 
+    def report_uploads(self) -> None:
+        """From now on, tell each node's machine when a piece it served has left its
+        uplink (``NodeMachine.upload_done``), as a real driver learns when its ``send``
+        returns: the machine then keeps its upload queue in the swarm engine
+        (``SwarmConfig.upload_window``), where it is ordered, instead of in the link."""
+        self.net.on_sent = self._piece_sent
+
+    def _piece_sent(self, src: str, dst: str, message: Any) -> None:
+        if type(message) is not PIECE_TYPE:
+            return
+        node = self.by_id.get(src)
+        if node is None or not node.alive or node.machine is None:
+            return
+        node.machine.upload_done(dst, message.chunk_hash, self.loop.now)
+        self._pump(node)
+
     # ------------------------------------------------------------------ operator
 
     def publish(self, index: int, model: SyntheticModel) -> None:

@@ -34,7 +34,7 @@ what per-flow fair queuing (TCP flows sharing a link) gives a thin flow.
 ``on_sent`` (optional) is called ``(src, dst, message)`` when a bulk message has
 left the sender's uplink (``up_done``) -- what a real driver learns when its ``send``
 returns. It is an observation, not a change to the model: nothing above depends on
-it. The swarm scenarios wire it to ``NodeMachine.upload_done`` (``sim/_upload_reports``)
+it. The swarm scenarios wire it to ``NodeMachine.upload_done`` (``Fleet.report_uploads``)
 so that upload queues stay in the swarm engine instead of in this FIFO.
 
 Loss drops a message after it has used the sender's uplink. Duplication

@@ -32,7 +32,6 @@ from ._content import SyntheticModel, build_model, derive_model
 from ._fleet import PIECE_TYPE, Fleet, NodeSpec, SimNode, seeded_identity
 from ._loop import derive_rng
 from ._network import LinkProfile
-from ._upload_reports import report_uploads
 
 __all__ = ["gossip", "swarm", "delta", "partition", "churn", "mbit", "gossip_bound",
            "kumar_ross_tmin"]
@@ -194,7 +193,7 @@ def _transfer(fleet: Fleet, model: SyntheticModel, targets: list[int], issuer: i
 
     fleet.on_store.append(stored)
     fleet.on_receive.append(receiving)
-    report_uploads(fleet)   # swarm engineer: uploads wait in the engine, not the link
+    fleet.report_uploads()   # uploads wait in the engine, not in the link
     t0 = fleet.loop.now
     fleet.publish(issuer, model)
     fleet.issue(issuer, _intent(fleet, model.manifest.model_id, model.manifest.version, issuer,
