@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,17 @@ class LocalFleet:
     def start_all(self) -> None:
         for i in range(len(self.nodes)):
             self.start(i)
+
+    @contextlib.contextmanager
+    def running(self, timeout: float = 30.0) -> Iterator[LocalFleet]:
+        """Start every daemon, wait until they are meshed (:meth:`wait_meshed`), and
+        stop them all when the block ends, however it ends."""
+        try:
+            self.start_all()
+            trio.run(self.wait_meshed, timeout)
+            yield self
+        finally:
+            self.stop_all()
 
     def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
         p = self.procs[i]

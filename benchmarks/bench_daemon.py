@@ -77,9 +77,6 @@ class _Peak:
 async def _transfer(fleet: LocalFleet, pkg: Path, model: str, timeout: float
                     ) -> tuple[float, float, int, int]:
     """Publish on 0, distribute, wait until 1 is operational: (seconds, publish s, peak, start)."""
-    for i in range(2):
-        await fleet.wait_ready(i, timeout=60)
-    await fleet.wait_peers(0, 1, timeout=60)
     t = time.perf_counter()
     await fleet.call(0, lambda c: c.publish(str(pkg), model, "1.0.0"))
     publish_s = time.perf_counter() - t
@@ -101,10 +98,9 @@ def _run_transfer(base: Path, size: int, timeout: float) -> tuple[float, float, 
     # a fleet id of its own: other local fleets on the loopback mDNS stay out of it
     fleet = LocalFleet(base / "fleet", 2, fleet_id=f"bench-xfer-{os.getpid()}")
     try:
-        fleet.start_all()
-        return trio.run(_transfer, fleet, pkg, "bench", timeout)
+        with fleet.running(60):
+            return trio.run(_transfer, fleet, pkg, "bench", timeout)
     finally:
-        fleet.stop_all()
         shutil.rmtree(base, ignore_errors=True)
 
 

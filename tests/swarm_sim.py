@@ -29,6 +29,16 @@ def token_chunk(label: str, size: int = 1000) -> tuple[ChunkRef, bytes]:
     return ChunkRef(blake3.blake3(data).digest(), size), data
 
 
+def make_key(label: str, n: int, size: int = 1000) -> tuple[list[ChunkRef], dict[bytes, bytes]]:
+    """``n`` token chunks of ``size`` (the refs of one key) and the bytes of each."""
+    refs, data = [], {}
+    for i in range(n):
+        ref, blob = token_chunk(f"{label}-{i}", size)
+        refs.append(ref)
+        data[ref.hash] = blob
+    return refs, data
+
+
 def cheap_verifier(chunk_hash: bytes, size: int, data: bytes) -> bool:
     return blake3.blake3(data).digest() == chunk_hash
 

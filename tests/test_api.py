@@ -67,16 +67,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
     f.nodes[1] = provision(base / "node1", root=f.root, fleet_id=f.fleet_id, name="node1",
                            operator=True, extra_config=PROBES[1] + FAST_GOSSIP,
                            formation=FORMATIONS[1])
-    try:
-        f.start_all()
-        trio.run(_ready, f)
+    with f.running(60):
+        trio.run(_records_known, f)
         yield f
-    finally:
-        f.stop_all()
 
 
-async def _ready(f: LocalFleet) -> None:
-    await f.wait_meshed(60)
+async def _records_known(f: LocalFleet) -> None:
     ids = [n.node_id for n in f.nodes]
     with trio.fail_after(60):     # every node holds every record (with its probe)
         for i in range(N):

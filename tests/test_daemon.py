@@ -40,18 +40,8 @@ SLOW = 4  # this node downloads at 4 MiB/s, so a transfer can be interrupted
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
     base = tmp_path_factory.mktemp("fleet")
-    f = LocalFleet(base, N, per_node={SLOW: '[bandwidth]\ndownload = "4MiB"\n'})
-    try:
-        f.start_all()
-        trio.run(_ready, f)
+    with LocalFleet(base, N, per_node={SLOW: '[bandwidth]\ndownload = "4MiB"\n'}).running() as f:
         yield f
-    finally:
-        f.stop_all()
-
-
-async def _ready(f: LocalFleet) -> None:
-    for i in range(N):
-        await f.wait_ready(i, timeout=30)
 
 
 def run(f: LocalFleet, i: int, fn: Any) -> Any:

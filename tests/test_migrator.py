@@ -330,14 +330,7 @@ def test_two_daemons_export_distribute_and_a_failing_ingest(tmp_path: Path) -> N
     def current(i: int) -> Path:
         return (dirs[i].model_dir(MODEL) / "current").resolve()
 
-    try:
-        fleet.start_all()
-
-        async def ready() -> None:
-            for i in range(2):
-                await fleet.wait_ready(i, timeout=30)
-            await fleet.wait_peers(0, 1, timeout=30)
-        trio.run(ready)
+    with fleet.running():
         pkg = package(tmp_path, "pkg1")
         call(0, lambda c: c.publish(str(pkg), MODEL, "1.0.0"))
         call(0, lambda c: c.distribute_model(MODEL, "1.0.0"))
@@ -379,5 +372,4 @@ def test_two_daemons_export_distribute_and_a_failing_ingest(tmp_path: Path) -> N
                    for b in rep.blockers)
         assert current(0).name == current(1).name == "1.0.1"
         assert json.loads((current(1) / STATE).read_text()) == learned
-    finally:
-        fleet.stop_all()
+

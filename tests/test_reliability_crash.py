@@ -41,12 +41,8 @@ def fleet(tmp_path: Path) -> Iterator[LocalFleet]:
     slow = '[bandwidth]\ndownload = "6MiB"\n'
     f = LocalFleet(tmp_path / "fleet", N, per_node={i: slow for i in range(1, N)},
                    extra_config=FAST_GOSSIP + "[swarm]\nrequest_timeout = 2.0\n")
-    try:
-        f.start_all()
-        trio.run(f.wait_meshed, 30)
+    with f.running():
         yield f
-    finally:
-        f.stop_all()
 
 
 def _duplicates(f: LocalFleet, i: int) -> int:

@@ -48,19 +48,9 @@ TARGET, HONEST = 0, 1
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
-    f = LocalFleet(tmp_path_factory.mktemp("liars"), 2, extra_config=FAST_GOSSIP)
-    try:
-        f.start_all()
-        trio.run(_ready, f)
+    with LocalFleet(tmp_path_factory.mktemp("liars"), 2,
+                    extra_config=FAST_GOSSIP).running() as f:
         yield f
-    finally:
-        f.stop_all()
-
-
-async def _ready(f: LocalFleet) -> None:
-    for i in range(2):
-        await f.wait_ready(i, timeout=30)
-    await f.wait_peers(TARGET, 1, timeout=30)
 
 
 def status(f: LocalFleet, i: int = TARGET) -> Any:

@@ -60,19 +60,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
     f = LocalFleet(base, 2, per_node={HONEST: '[bandwidth]\ndownload = "4MiB"\n'},
                    extra_config=FAST_GOSSIP + hostile)
     try:
-        f.start_all()
-        trio.run(_ready, f)
-        yield f
+        with f.running():
+            yield f
     finally:
-        f.stop_all()
         for k, (tried, held) in sorted(TALLY.items()):
             print(f"\nreliability/ports {k}: tried {tried}, held {held}")
-
-
-async def _ready(f: LocalFleet) -> None:
-    for i in range(2):
-        await f.wait_ready(i, timeout=30)
-    await f.wait_peers(TARGET, 1, timeout=30)
 
 
 def status(f: LocalFleet, i: int = TARGET) -> Any:

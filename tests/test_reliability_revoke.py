@@ -39,12 +39,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
     f = LocalFleet(base, N)
     f.nodes[1] = provision(base / "node1", root=f.root, fleet_id=f.fleet_id, name="node1",
                            operator=True, extra_config=FAST_GOSSIP)
-    try:
-        f.start_all()
-        trio.run(f.wait_meshed, 30)
+    with f.running():
         yield f
-    finally:
-        f.stop_all()
 
 
 def call(f: LocalFleet, i: int, fn: Callable[[ControlClient], Awaitable[Any]]) -> Any:

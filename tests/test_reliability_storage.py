@@ -33,21 +33,11 @@ SMALL = 1                      # the node whose data directory is a 24 MiB tmpfs
 
 @pytest.fixture
 def small_fleet(tmp_path: Path) -> Iterator[LocalFleet]:
-    with tmpfs(tmp_path / f"node{SMALL}", "24m"):
-        f = LocalFleet(tmp_path, 2, extra_config=FAST_GOSSIP
-                       + "[swarm]\nrequest_timeout = 1.0\n")
-        try:
-            f.start_all()
-            trio.run(_ready, f)
-            yield f
-        finally:
-            f.stop_all()
-
-
-async def _ready(f: LocalFleet) -> None:
-    for i in range(2):
-        await f.wait_ready(i, timeout=30)
-    await f.wait_peers(0, 1, timeout=30)
+    # the tmpfs is mounted before the fleet provisions its node directories
+    with tmpfs(tmp_path / f"node{SMALL}", "24m"), \
+            LocalFleet(tmp_path, 2, extra_config=FAST_GOSSIP
+                       + "[swarm]\nrequest_timeout = 1.0\n").running() as f:
+        yield f
 
 
 def call(f: LocalFleet, i: int, fn: Any) -> Any:

@@ -23,19 +23,10 @@ from protocol._swarm_messages import (
 )
 from protocol._swarm_uploads import UploadScheduler
 from protocol._types import TransferPriority
-from tests.swarm_sim import cheap_verifier, node_id, token_chunk
+from tests.swarm_sim import cheap_verifier, make_key, node_id
 
 KEY = "m1/v"
 LOW_KEY = "m2/v"
-
-
-def make_key(label: str, n: int, size: int = 1000) -> tuple[list[ChunkRef], dict[bytes, bytes]]:
-    refs, data = [], {}
-    for i in range(n):
-        ref, blob = token_chunk(f"{label}-{i}", size)
-        refs.append(ref)
-        data[ref.hash] = blob
-    return refs, data
 
 
 def sent(eng: SwarmEngine, kind: type) -> list[tuple[str, object]]:

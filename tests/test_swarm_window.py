@@ -17,13 +17,13 @@ from protocol._swarm_messages import CannotHelp, HaveSet, Interested, Request, m
 from protocol._types import TransferPriority
 from sim._loop import EventLoop, derive_rng
 from sim._network import LinkProfile, Network
-from tests.swarm_sim import cheap_verifier, node_id, token_chunk
+from tests.swarm_sim import cheap_verifier, make_key, node_id
 
 KEY = "m1/v"
 
 
-def make_key(n: int, size: int = 1000) -> list[ChunkRef]:
-    return [token_chunk(f"w-{i}", size)[0] for i in range(n)]
+def refs_of(n: int, size: int = 1000) -> list[ChunkRef]:
+    return make_key("w", n, size)[0]
 
 
 def engine(refs: list[ChunkRef], held: set[bytes], lookup: dict[str, list[ChunkRef]] | None = None,
@@ -62,7 +62,7 @@ def two_requesters(refs: list[ChunkRef], **cfg: object) -> tuple[SwarmEngine, st
 
 
 def test_without_reports_every_queued_request_is_handed_out_at_once() -> None:
-    refs = make_key(6)
+    refs = refs_of(6)
     eng = engine(refs, {r.hash for r in refs}, redirect_window=0.0)
     a = node_id(1)
     connect(eng, [a])
@@ -72,7 +72,7 @@ def test_without_reports_every_queued_request_is_handed_out_at_once() -> None:
 
 
 def test_once_the_driver_reports_at_most_window_pieces_are_unreported() -> None:
-    refs = make_key(8)
+    refs = refs_of(8)
     eng = engine(refs, {r.hash for r in refs}, redirect_window=0.0, upload_window=2)
     a, b = node_id(1), node_id(2)
     connect(eng, [a, b])
@@ -107,7 +107,7 @@ def test_window_holds_and_every_request_is_served_once(window: int, seed: int,
     report a piece is handed out only while fewer than ``window`` are unreported, and
     once every piece has been reported every distinct request has been served once."""
     rng = random.Random(seed)
-    refs = make_key(10)
+    refs = refs_of(10)
     eng = engine(refs, {r.hash for r in refs}, redirect_window=0.0, upload_window=window)
     peers = [node_id(i) for i in (1, 2, 3)]
     connect(eng, peers)
@@ -150,7 +150,7 @@ def test_window_holds_and_every_request_is_served_once(window: int, seed: int,
 
 
 def test_a_lost_report_closes_the_window_only_until_request_timeout() -> None:
-    refs = make_key(3)
+    refs = refs_of(3)
     eng = engine(refs, {r.hash for r in refs}, redirect_window=0.0, upload_window=1,
                  request_timeout=30.0)
     a = node_id(1)
@@ -170,7 +170,7 @@ def test_a_lost_report_closes_the_window_only_until_request_timeout() -> None:
 
 
 def test_a_peer_leaving_or_a_missing_chunk_frees_its_place_in_the_window() -> None:
-    refs = make_key(4)
+    refs = refs_of(4)
     eng = engine(refs, {r.hash for r in refs}, redirect_window=0.0, upload_window=1)
     a, b = node_id(1), node_id(2)
     connect(eng, [a, b])
@@ -202,7 +202,7 @@ def drain(eng: SwarmEngine, now: float) -> list[str]:
 
 
 def test_the_requester_known_to_hold_fewest_chunks_is_served_first() -> None:
-    refs = make_key(12)
+    refs = refs_of(12)
     eng, ahead, behind = two_requesters(refs)
     eng.receive(ahead, Request(KEY, refs[0].hash, 2), 0.1)
     (s0,) = serves(eng)
@@ -220,7 +220,7 @@ def test_the_requester_known_to_hold_fewest_chunks_is_served_first() -> None:
 
 
 def test_round_robin_when_laggards_first_is_off() -> None:
-    refs = make_key(12)
+    refs = refs_of(12)
     eng, ahead, behind = two_requesters(refs, laggard_patience=0.0)
     eng.receive(ahead, Request(KEY, refs[0].hash, 2), 0.1)
     (s0,) = serves(eng)
@@ -238,7 +238,7 @@ def test_round_robin_when_laggards_first_is_off() -> None:
 
 
 def test_a_request_waiting_longer_than_laggard_patience_goes_before_laggards() -> None:
-    refs = make_key(12)
+    refs = refs_of(12)
     eng, ahead, behind = two_requesters(refs, laggard_patience=2.0)
     eng.receive(ahead, Request(KEY, refs[0].hash, 2), 0.1)
     (s0,) = serves(eng)
@@ -253,7 +253,7 @@ def test_a_request_waiting_longer_than_laggard_patience_goes_before_laggards() -
 
 
 def test_interested_before_the_manifest_is_answered_as_soon_as_it_is_known() -> None:
-    refs = make_key(5)
+    refs = refs_of(5)
     table: dict[str, list[ChunkRef]] = {}
     eng = engine(refs, {refs[0].hash, refs[2].hash}, lookup=table)
     a = node_id(1)
