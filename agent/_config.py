@@ -52,16 +52,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
 _SWARM_RATES = ("upload_rate", "download_rate")
 
 
-#: The daemon's swarm defaults: the protocol's, except ``upload_window = 0``. The
-#: window keeps queued uploads in the engine by counting pieces not yet reported sent,
-#: for the whole node: right for one uplink FIFO (the simulator's model), wrong for a
-#: daemon whose peers each have their own TCP connection, where one stalled peer's
-#: unsent piece held every upload of the node until that peer was dropped (seen in
-#: tests/test_netns.py's partition test). Until the window is per connection, the
-#: daemon hands queued requests to its per-peer writers at once, as before.
-DAEMON_SWARM = SwarmConfig(upload_window=0)
-
-
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     data_dir: str
@@ -77,7 +67,7 @@ class AgentConfig:
     upload_rate: float = 0.0          # bytes/s, 0 = unlimited
     download_rate: float = 0.0
     gossip: GossipConfig = field(default_factory=GossipConfig)
-    swarm: SwarmConfig = DAEMON_SWARM
+    swarm: SwarmConfig = field(default_factory=SwarmConfig)
     transport: TransportSettings = field(default_factory=TransportSettings)
     mdns_enabled: bool = True
     mdns_interfaces: tuple[str, ...] = ()   # IPv4 addresses; () = every interface
@@ -158,7 +148,7 @@ def parse_config(data: Mapping[str, Any] | str, base_dir: str = ".") -> AgentCon
         out["gossip"] = _dataclass_table(GossipConfig, data["gossip"], "gossip")
     if "swarm" in data:
         out["swarm"] = _dataclass_table(SwarmConfig, data["swarm"], "swarm",
-                                        exclude=_SWARM_RATES, base=DAEMON_SWARM)
+                                        exclude=_SWARM_RATES)
     if "transport" in data:
         out["transport"] = _dataclass_table(TransportSettings, data["transport"],
                                             "transport")
@@ -307,7 +297,7 @@ def _hex_key(value: Any, key: str) -> bytes:
 
 
 def _dataclass_table(cls: type[Any], value: Any, where: str,
-                     exclude: tuple[str, ...] = (), base: Any = None) -> Any:
+                     exclude: tuple[str, ...] = ()) -> Any:
     table = _table(value, where)
     hints = typing.get_type_hints(cls)
     fields = {f.name: hints[f.name] for f in dataclasses.fields(cls)
@@ -337,6 +327,6 @@ def _dataclass_table(cls: type[Any], value: Any, where: str,
         else:  # pragma: no cover - a field type this parser does not know yet
             raise ConfigError(f"{name}: this setting cannot be set from the config file")
     try:
-        return cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
+        return cls(**kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}: {exc}") from None

@@ -138,6 +138,7 @@ class SwarmStatistics:
     uploads_queued: int
     uploads_refused: int
     upload_preemptions: int
+    uploads_stalled: int   # pieces that waited on their own connection past the window
     bad_have_messages: int
     store_failures: int
     redirects_sent: int
@@ -1253,6 +1254,7 @@ class SwarmEngine:
             uploads_queued=uploads.queued if uploads is not None else 0,
             uploads_refused=c["uploads_refused"],
             upload_preemptions=uploads.preemptions if uploads is not None else 0,
+            uploads_stalled=uploads.stalled_pieces if uploads is not None else 0,
             bad_have_messages=c["bad_have_messages"],
             store_failures=c["store_failures"],
             dropped_peers=tuple(sorted(self._banned.items())),

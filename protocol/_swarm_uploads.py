@@ -39,6 +39,16 @@ served in arrival order whatever this scheduler prefers). Without reports every
 queued request is handed out at once, as before. A piece never reported (lost report)
 leaves the window after ``request_timeout``; one whose peer left or whose chunk could
 not be read leaves it at once (:meth:`UploadScheduler.not_sent`).
+
+The window stands for the node's *uplink*, but a driver may have one connection per
+peer (the daemon: one TCP stream each), and a piece can wait on its own connection --
+a peer cut off, or behind a slow radio -- while the uplink is idle. So a piece still
+unreported ``_STALL_FACTOR`` times longer than this node's pieces take to go
+(an EWMA of seconds per byte over the reports, at least ``_STALL_FLOOR`` s) is
+*stalled*: it stops counting toward the window and others may go. It still counts
+for its peer: a peer holding ``upload_window`` unreported pieces is given no more,
+so stalled pieces are bounded by ``upload_window`` per peer. When every piece goes
+at the link's pace (the simulator's one FIFO uplink) nothing ever stalls.
 """
 
 from __future__ import annotations
@@ -52,6 +62,9 @@ from ._rng import Rng
 __all__ = ["TokenBucket", "UploadScheduler", "Serve"]
 
 _EPSILON = 1e-6  # bytes of float slack when deciding a bucket is no longer in debt
+_STALL_FACTOR = 4.0   # unreported this many times longer than usual: the piece is stalled
+_STALL_FLOOR = 0.05   # ... and never before this many seconds
+_SEND_EWMA = 0.2      # weight of the newest report in the seconds-per-byte estimate
 
 
 class TokenBucket:
@@ -109,6 +122,16 @@ class Serve:
 
 
 @dataclass(slots=True)
+class _Unreported:
+    """A piece handed to the driver and not yet reported sent. Only ``counted`` ones
+    (handed out after the driver's first report) take a place in the window."""
+    since: float
+    size: int
+    counted: bool
+    stalled: bool = False
+
+
+@dataclass(slots=True)
 class _Queued:
     priority: int
     seq: int
@@ -137,12 +160,17 @@ class UploadScheduler:
         self._rejected: list[tuple[str, bytes]] = []
         self.rechokes = 0
         self._copies: dict[bytes, int] = {}        # chunk -> times uploaded
-        # Upload window: pieces handed to the driver since its first report (``sent``)
-        # and not yet reported sent, by (peer, chunk) -> when handed out. A driver that
-        # never reports must not stall, and leaves nothing here.
-        self._in_flight: dict[tuple[str, bytes], list[float]] = {}
+        # Upload window (``upload_window`` > 0): pieces handed to the driver and not yet
+        # reported sent, by (peer, chunk), oldest first (a connection reports in order).
+        # ``_n_in_flight`` counts the ones in the window (handed out after the first
+        # report, not stalled), ``_peer_unreported`` the counted ones per peer. A driver
+        # that never reports must not stall: its pieces count for nothing and expire.
+        self._in_flight: dict[tuple[str, bytes], list[_Unreported]] = {}
         self._n_in_flight = 0
+        self._peer_unreported: dict[str, int] = {}
         self._reported = False
+        self._send_spb: float | None = None   # EWMA of seconds per byte, from reports
+        self.stalled_pieces = 0
         # requester -> how many chunks it holds, as the engine knows it (set by the engine
         # when ``laggard_patience`` > 0): the requester holding the fewest is served first
         self.progress_of: Callable[[str], int] | None = None
@@ -158,8 +186,9 @@ class UploadScheduler:
             self._optimistic[peer] += delta
         for chunk in self._last_upload:
             self._last_upload[chunk] += delta
-        for times in self._in_flight.values():
-            times[:] = [t + delta for t in times]
+        for pieces in self._in_flight.values():
+            for piece in pieces:
+                piece.since += delta
         for queue in self._queues.values():
             for q in queue:
                 q.since += delta
@@ -287,10 +316,14 @@ class UploadScheduler:
         while True:
             self._fill(now)
             active = [p for p in (*self._regular, *self._optimistic) if self._queues.get(p)]
+            if self._reported and self._peer_unreported:
+                active = [p for p in active if not self._peer_full(p)]
             if not active or not self.bucket.ready(now):
                 return out
             if self._window_full():
-                return out
+                self._mark_stalled(now)
+                if self._window_full():
+                    return out
             if self.progress_of is not None:
                 # laggards first, but a request waiting longer than ``laggard_patience``
                 # goes before any laggard's (no requester starves behind laggards)
@@ -311,22 +344,38 @@ class UploadScheduler:
             self.bucket.spend(item.size, now)
             copies[item.chunk_hash] = copies.get(item.chunk_hash, 0) + 1
             self._last_upload[item.chunk_hash] = now
-            if self._reported:   # (a driver that never reports leaves nothing here)
-                self._in_flight.setdefault((peer, item.chunk_hash), []).append(now)
-                self._n_in_flight += 1
+            if self._config.upload_window > 0:
+                self._in_flight.setdefault((peer, item.chunk_hash), []).append(
+                    _Unreported(now, item.size, self._reported))
+                if self._reported:
+                    self._n_in_flight += 1
+                    self._peer_unreported[peer] = self._peer_unreported.get(peer, 0) + 1
             out.append(Serve(peer, item.chunk_hash, item.priority, item.size))
 
     def sent(self, peer: str, chunk_hash: bytes, now: float) -> None:
         """The driver finished sending that piece: another may go. The first report
         turns the window on."""
-        del now
         self._reported = self._config.upload_window > 0
-        times = self._in_flight.get((peer, chunk_hash))
-        if times:
-            times.pop(0)
-            self._n_in_flight -= 1
-            if not times:
-                del self._in_flight[(peer, chunk_hash)]
+        pieces = self._in_flight.get((peer, chunk_hash))
+        if not pieces:
+            return
+        piece = pieces[0]
+        self._forget([piece], peer)
+        del pieces[0]
+        if not pieces:
+            del self._in_flight[(peer, chunk_hash)]
+        if piece.size > 0:
+            sample = max(0.0, now - piece.since) / piece.size
+            spb = self._send_spb
+            self._send_spb = sample if spb is None else spb + _SEND_EWMA * (sample - spb)
+
+    def _forget(self, pieces: list[_Unreported], peer: str) -> None:
+        self._n_in_flight -= sum(1 for p in pieces if p.counted and not p.stalled)
+        left = self._peer_unreported.get(peer, 0) - sum(1 for p in pieces if p.counted)
+        if left > 0:
+            self._peer_unreported[peer] = left
+        else:
+            self._peer_unreported.pop(peer, None)
 
     def not_sent(self, chunk_hash: bytes | None = None, peer: str | None = None) -> None:
         """Pieces the driver will never report (the chunk could not be read, the peer
@@ -334,19 +383,42 @@ class UploadScheduler:
         for pair in [k for k in self._in_flight
                      if (chunk_hash is None or k[1] == chunk_hash)
                      and (peer is None or k[0] == peer)]:
-            self._n_in_flight -= len(self._in_flight.pop(pair))
+            self._forget(self._in_flight.pop(pair), pair[0])
 
-    def expire_in_flight(self, before: float) -> None:
-        """Forget pieces handed out before ``before`` and never reported (liveness: a
-        lost report must not close the window for good)."""
+    def expire_in_flight(self, now: float) -> None:
+        """Forget pieces unreported for ``request_timeout`` (liveness: a lost report must
+        not close the window for good). The test is the one ``next_deadline`` uses, so
+        a timer set for that moment always finds the piece expired."""
+        timeout = self._config.request_timeout
         for pair in list(self._in_flight):
-            times = self._in_flight[pair]
-            keep = [t for t in times if t >= before]
-            self._n_in_flight -= len(times) - len(keep)
+            pieces = self._in_flight[pair]
+            keep = [p for p in pieces if p.since + timeout > now]
+            if len(keep) == len(pieces):
+                continue
+            self._forget([p for p in pieces if p.since + timeout <= now], pair[0])
             if keep:
                 self._in_flight[pair] = keep
             else:
                 del self._in_flight[pair]
+
+    def _stall_at(self, piece: _Unreported) -> float | None:
+        """When ``piece`` counts as stalled (None: no estimate of the pace yet)."""
+        if self._send_spb is None:
+            return None
+        return piece.since + max(_STALL_FLOOR, _STALL_FACTOR * piece.size * self._send_spb)
+
+    def _mark_stalled(self, now: float) -> None:
+        """Take pieces that wait on their own connection out of the window."""
+        for pieces in self._in_flight.values():
+            for piece in pieces:
+                at = self._stall_at(piece)
+                if piece.counted and not piece.stalled and at is not None and at <= now:
+                    piece.stalled = True
+                    self._n_in_flight -= 1
+                    self.stalled_pieces += 1
+
+    def _peer_full(self, peer: str) -> bool:
+        return self._peer_unreported.get(peer, 0) >= max(1, self._config.upload_window)
 
     def _window_full(self) -> bool:
         return self._reported and self._n_in_flight >= max(1, self._config.upload_window)
@@ -366,7 +438,8 @@ class UploadScheduler:
 
     def on_timer(self, now: float) -> None:
         if self._in_flight:
-            self.expire_in_flight(now - self._config.request_timeout)
+            self.expire_in_flight(now)
+            self._mark_stalled(now)
         if self._next_rechoke is not None and now >= self._next_rechoke:
             self._rechoke(now)
 
@@ -374,11 +447,27 @@ class UploadScheduler:
         deadlines = []
         if self._next_rechoke is not None:
             deadlines.append(self._next_rechoke)
-        if any(self._queues.get(p) for p in (*self._regular, *self._optimistic)):
-            if self._window_full():
-                # the next piece goes when the driver reports one sent (or it expires)
-                oldest = min(times[0] for times in self._in_flight.values())
-                deadlines.append(oldest + self._config.request_timeout)
-            else:
-                deadlines.append(self.bucket.ready_at())
+        if self._in_flight and not self._reported:   # pieces of a driver not reporting
+            deadlines.append(min(ps[0].since for ps in self._in_flight.values())
+                             + self._config.request_timeout)
+        waiting = [p for p in (*self._regular, *self._optimistic) if self._queues.get(p)]
+        if not waiting:
+            return min(deadlines) if deadlines else None
+        timeout = self._config.request_timeout
+        servable = [p for p in waiting if not (self._reported and self._peer_full(p))]
+        if servable and not self._window_full():
+            deadlines.append(self.bucket.ready_at())
+        else:
+            # the next piece goes when the driver reports one sent, when one stalls or
+            # when one expires (a lost report); a peer at its own limit, only the first
+            # or the last
+            for (peer, _), pieces in self._in_flight.items():
+                if not servable and peer not in waiting:
+                    continue
+                for piece in pieces:
+                    deadlines.append(piece.since + timeout)
+                    at = (self._stall_at(piece)
+                          if servable and piece.counted and not piece.stalled else None)
+                    if at is not None:
+                        deadlines.append(at)
         return min(deadlines) if deadlines else None

@@ -98,8 +98,8 @@ def test_every_key_is_parsed(tmp_path: Path) -> None:
     assert cfg.gossip == dataclasses.replace(
         GossipConfig(), interval=0.5, fanout=4, jitter=0.2, max_delta_bytes=65536,
         suspect_after=5.0, unreachable_after=20.0, min_suspecting_peers=3)
-    assert cfg.swarm == dataclasses.replace(   # over the daemon's defaults (upload_window 0)
-        SwarmConfig(upload_window=0), max_requests_per_peer=4, max_requests_total=32,
+    assert cfg.swarm == dataclasses.replace(
+        SwarmConfig(), max_requests_per_peer=4, max_requests_total=32,
         upload_slots=6, endgame_chunks=4, request_timeout=15.0)
     assert cfg.transport.handshake_timeout == 5.0 and cfg.transport.idle_timeout == 60.0
     assert cfg.transport.connect_timeout == 3.0 and cfg.transport.max_connections == 16
@@ -233,14 +233,13 @@ def test_docs_mention_every_key() -> None:
     assert not missing, f"docs/CONFIG.md does not document {missing}"
 
 
-def test_daemon_swarm_defaults_turn_the_node_wide_upload_window_off() -> None:
-    """A daemon's peers each have a TCP connection: a node-wide upload window would let
-    one stalled connection hold every upload, so the daemon's default is 0 (off); a
-    config may still set it, and every other swarm default is the protocol's."""
-    from agent._config import DAEMON_SWARM
-    assert dataclasses.replace(SwarmConfig(), upload_window=0) == DAEMON_SWARM
-    assert parse_config(MINIMAL).swarm == DAEMON_SWARM
+def test_daemon_swarm_defaults_are_the_protocols() -> None:
+    """The daemon runs the swarm engine's defaults (the upload window included: a piece
+    stalled on its own connection no longer holds it, see test_swarm_window.py and the
+    partition test in test_netns.py); a ``[swarm]`` table changes only what it names."""
+    assert parse_config(MINIMAL).swarm == SwarmConfig()
+    assert SwarmConfig().upload_window == 1
     assert parse_config(MINIMAL + "[swarm]\nlaggard_patience = 1.0\n").swarm == \
-        dataclasses.replace(DAEMON_SWARM, laggard_patience=1.0)
-    assert parse_config(MINIMAL + "[swarm]\nupload_window = 2\n").swarm == \
-        dataclasses.replace(SwarmConfig(), upload_window=2)
+        dataclasses.replace(SwarmConfig(), laggard_patience=1.0)
+    assert parse_config(MINIMAL + "[swarm]\nupload_window = 0\n").swarm == \
+        dataclasses.replace(SwarmConfig(), upload_window=0)

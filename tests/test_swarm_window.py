@@ -14,6 +14,7 @@ from protocol._events import SendMessage, ServeChunk
 from protocol._manifest import ChunkRef
 from protocol._swarm import SwarmEngine
 from protocol._swarm_messages import CannotHelp, HaveSet, Interested, Request, make_bitfield
+from protocol._swarm_uploads import _STALL_FACTOR, _STALL_FLOOR
 from protocol._types import TransferPriority
 from sim._loop import EventLoop, derive_rng
 from sim._network import LinkProfile, Network
@@ -98,14 +99,16 @@ def test_once_the_driver_reports_at_most_window_pieces_are_unreported() -> None:
     assert eng.statistics().uploads_served == len(refs)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(window=st.integers(1, 4), seed=st.integers(0, 2**16),
-       steps=st.lists(st.integers(0, 9), min_size=5, max_size=60))
+       steps=st.lists(st.integers(0, 11), min_size=5, max_size=60))
 def test_window_holds_and_every_request_is_served_once(window: int, seed: int,
                                                         steps: list[int]) -> None:
-    """Random interleavings of requests (from three peers) and reports: after the first
-    report a piece is handed out only while fewer than ``window`` are unreported, and
-    once every piece has been reported every distinct request has been served once."""
+    """Random interleavings of requests (from three peers), reports and pauses: after
+    the first report no peer ever holds more than ``window`` unreported pieces, at most
+    ``window`` unreported pieces are younger than the stall floor (only an older one can
+    have left the window as stalled), and once every piece has been reported every
+    distinct request has been served once."""
     rng = random.Random(seed)
     refs = refs_of(10)
     eng = engine(refs, {r.hash for r in refs}, redirect_window=0.0, upload_window=window)
@@ -118,9 +121,12 @@ def test_window_holds_and_every_request_is_served_once(window: int, seed: int,
     reported = False
     counted: list[ServeChunk] = []
     now = 0.0
+    handed: dict[int, float] = {}             # id(ServeChunk) -> when handed out
     for step in steps:
-        now += 0.01
-        if step < 6 or not unreported:
+        now += 0.3 if step >= 10 else 0.01    # a pause: unreported pieces may stall
+        if step >= 10:
+            eng.on_timer(now)
+        elif step < 6 or not unreported:
             peer = rng.choice(peers)
             h = refs[rng.randrange(len(refs))].hash
             if (peer, h) not in queued:
@@ -128,17 +134,26 @@ def test_window_holds_and_every_request_is_served_once(window: int, seed: int,
                 queued.add((peer, h))
             eng.receive(peer, Request(KEY, h, 2), now)
         else:
-            s = unreported.pop(rng.randrange(len(unreported)))
+            # a connection is FIFO: of two copies of one chunk to one peer, the older
+            # is reported first
+            pick = unreported[rng.randrange(len(unreported))]
+            s = next(u for u in unreported
+                     if (u.peer, u.chunk_hash) == (pick.peer, pick.chunk_hash))
+            unreported.remove(s)
             eng.upload_done(s.peer, s.chunk_hash, now)
             reported = True
         new = serves(eng)
         unreported.extend(new)
         served.extend((s.peer, s.chunk_hash) for s in new)
         queued.difference_update((s.peer, s.chunk_hash) for s in new)
+        handed.update((id(s), now) for s in new)
         if reported:   # pieces handed out before the first report are not counted
             counted.extend(new)
             counted = [s for s in counted if any(s is u for u in unreported)]
-            assert len(counted) <= window
+            young = [s for s in counted if now - handed[id(s)] < _STALL_FLOOR]
+            assert len(young) <= window
+            for p in peers:
+                assert sum(1 for s in counted if s.peer == p) <= window
     while unreported:
         now += 0.01
         s = unreported.pop(0)
@@ -188,6 +203,63 @@ def test_a_peer_leaving_or_a_missing_chunk_frees_its_place_in_the_window() -> No
     assert serves(eng) == []
     eng.chunk_missing(refs[2].hash, 0.5)             # the driver could not read it
     assert [s.chunk_hash for s in serves(eng)] == [refs[3].hash]
+
+
+def test_a_piece_stalled_on_its_own_connection_stops_holding_the_window() -> None:
+    """One peer's connection stalls (its piece is never reported): once that piece has
+    waited ``_STALL_FACTOR`` times the node's usual send time, another peer's request
+    goes; the stalled peer gets nothing more until its piece is reported."""
+    refs = refs_of(6)
+    eng = engine(refs, {r.hash for r in refs}, redirect_window=0.0, upload_window=1)
+    a, b = node_id(1), node_id(2)
+    connect(eng, [a, b])
+    eng.receive(a, Request(KEY, refs[0].hash, 2), 0.0)
+    (s0,) = serves(eng)
+    eng.upload_done(a, s0.chunk_hash, 0.1)           # pace: 0.1 s per 1000-byte piece
+    eng.receive(a, Request(KEY, refs[1].hash, 2), 1.0)
+    (s1,) = serves(eng)                              # a's link is then cut: never reported
+    eng.receive(a, Request(KEY, refs[2].hash, 2), 1.0)
+    eng.receive(b, Request(KEY, refs[3].hash, 2), 1.0)
+    assert serves(eng) == []                         # the window is full
+    stall_at = 1.0 + _STALL_FACTOR * 0.1
+    deadline = eng.next_deadline()
+    assert deadline is not None and abs(deadline - stall_at) < 1e-9
+    eng.on_timer(stall_at - 0.01)
+    assert serves(eng) == []
+    eng.on_timer(stall_at)
+    assert [(s.peer, s.chunk_hash) for s in serves(eng)] == [(b, refs[3].hash)]
+    assert eng.statistics().uploads_stalled == 1
+    eng.upload_done(b, refs[3].hash, stall_at + 0.1)
+    assert serves(eng) == []                         # a is still at its own limit
+    eng.receive(b, Request(KEY, refs[4].hash, 2), 2.0)
+    assert [s.peer for s in serves(eng)] == [b]      # b goes on alone
+    eng.upload_done(b, refs[4].hash, 2.1)
+    eng.upload_done(a, s1.chunk_hash, 3.0)           # a's link is back
+    assert [(s.peer, s.chunk_hash) for s in serves(eng)] == [(a, refs[2].hash)]
+
+
+def test_pieces_at_the_links_pace_never_stall() -> None:
+    """Every piece reported after the same send time (one FIFO uplink, as in the
+    simulator): nothing is ever marked stalled, so the window is exact."""
+    refs = refs_of(12)
+    eng = engine(refs, {r.hash for r in refs}, redirect_window=0.0, upload_window=1)
+    peers = [node_id(i) for i in (1, 2, 3)]
+    connect(eng, peers)
+    for i, r in enumerate(refs):
+        eng.receive(peers[i % 3], Request(KEY, r.hash, 2), 0.0)
+        if i == 0:
+            (first,) = serves(eng)                    # the window is on from its report
+            eng.upload_done(first.peer, first.chunk_hash, 0.08)
+    now, sent = 0.08, 1
+    while out := serves(eng):
+        assert len(out) == 1
+        deadline = eng.next_deadline()                # nothing fires before the report
+        assert deadline is None or deadline > now + 0.08
+        now += 0.08                                   # 1000 bytes at 12.5 kB/s
+        eng.upload_done(out[0].peer, out[0].chunk_hash, now)
+        sent += 1
+    assert sent == len(refs)
+    assert eng.statistics().uploads_stalled == 0
 
 
 def drain(eng: SwarmEngine, now: float) -> list[str]:
