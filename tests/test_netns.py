@@ -24,6 +24,7 @@ Skipped, with the reason, where namespaces cannot be created (not root, no
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -136,14 +137,11 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NamespaceFleet]:
         _teardown()
         detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
         pytest.skip(f"cannot create network namespaces here: {detail}")
-    fleet: NamespaceFleet | None = None
     try:
         fleet = NamespaceFleet(tmp_path_factory.mktemp("netns"))
-        fleet.start_all()
-        yield fleet
+        with fleet.running():      # every test starts from a meshed fleet, alone or not
+            yield fleet
     finally:
-        if fleet is not None:
-            fleet.stop_all()
         _teardown()
 
 
@@ -251,9 +249,14 @@ def test_partition_mid_rollout_then_heal(hosts: NamespaceFleet, tmp_path: Path) 
             assert not any(b.reason == "network_partition" for b in rep.blockers)
             nodes = await hosts.call(i, lambda c: c.nodes_with_version("part", "1.0.0"))
             assert nodes == tuple(sorted(ids))
+        stalled = 0     # pieces that waited on the cut connection past the upload window
+        for i in rest:
+            st = await hosts.call(i, lambda c: c.status())
+            stalled += json.loads(st.statistics_json)["swarm"]["uploads_stalled"]
         print(f"reliability/partition: hosts 0-2 done {t_rest:.1f} s after the cut, "
               f"network_partition shown at {t_blocked:.1f} s, 4/4 everywhere "
-              f"{trio.current_time() - t_heal:.1f} s after the heal")
+              f"{trio.current_time() - t_heal:.1f} s after the heal; "
+              f"{stalled} uploads stalled")
 
     try:
         trio.run(scenario)
