@@ -22,6 +22,8 @@ class GossipConfig:
     unreachable_after: float = 30.0  # seconds of silence before a suspected node is unreachable
     min_suspecting_peers: int = 2  # distinct peers that must suspect it
     record_min_interval: float = 1.0  # seconds between progress-only writes of the own record
+    push: bool = True              # send new intents, manifests, certificates and revocations
+    #                                to every peer at once instead of waiting for a round
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,23 @@ most ``max_delta_bytes`` of entries) plus our own digest (``reply=False``), and
 the peer sends back what we lack. One round is push-pull (Karp et al.):
 information spreads in about ``log3 N + ln ln N`` rounds.
 
+Urgent entries are pushed, not left to the rounds. An operator's intent, a
+manifest, a revocation and the certificate of an operator or publisher
+(:func:`urgent`) are written once, never replaced, and a rollout cannot start
+anywhere before they arrive; at one round a second, ``log3 N`` rounds are
+seconds at a thousand nodes. So with ``push`` on, the node that writes such an
+entry sends it at once to every connected peer as a :class:`GossipPush`
+(:meth:`GossipEngine.push`), and a node that *adds* an entry from a push passes
+it on to its other peers the same way. It floods the overlay in hops, not
+rounds; a node forwards an entry only the first time it adds it, so each link
+carries it at most once each way. Entries learned from the rounds are not
+forwarded (they are old news: a node that missed the flood catches up there, as
+it always did). The claim ``(since, upto]`` travels with a push only where it is
+still true: the writer's own (nothing of its own lies between its last counter
+and the new one), or the incoming push's for an origin whose entries in it were
+all added and are all forwarded. Records (progress, rewritten every second) and
+nodes' certificates are not pushed: the rounds carry them.
+
 Failure detection is local and event-driven: nothing is written while the
 fleet is quiet. The engine remembers when it last *heard from* each direct
 peer (session opened, or any message received). A peer silent for more than
@@ -37,7 +54,7 @@ node counts as unreachable is decided by every reader from the records
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 
@@ -49,10 +66,11 @@ from ._config import GossipConfig
 from ._errors import InvalidValue, MalformedMessage
 from ._events import Output, SendMessage
 from ._hlc import vv_from_wire, vv_to_wire
+from ._identity import Role
 from ._ledger import Entry, Ledger, MergeResult, Suspicion, entry_size
 from ._rng import Rng
 
-__all__ = ["GossipSummary", "GossipDigest", "GossipDelta", "GossipBuckets",
+__all__ = ["GossipSummary", "GossipDigest", "GossipDelta", "GossipBuckets", "GossipPush",
            "GossipStatistics", "GossipEngine", "bucket_bits", "bucket_of", "bucket_hashes",
            "wire_size"]
 
@@ -92,8 +110,27 @@ class GossipBuckets:
     hashes: bytes
 
 
-_TYPES = (GossipSummary, GossipDigest, GossipDelta, GossipBuckets)
-_Msg = GossipSummary | GossipDigest | GossipDelta | GossipBuckets
+@message(24)
+@dataclass(frozen=True, slots=True)
+class GossipPush:
+    """Urgent entries sent at once (see "Urgent entries are pushed"): merged like a
+    :class:`GossipDelta`, and passed on to the receiver's other peers."""
+
+    entries: tuple[Entry, ...]
+    ranges: dict[bytes, tuple[int, int]]
+
+
+_TYPES = (GossipSummary, GossipDigest, GossipDelta, GossipBuckets, GossipPush)
+_Msg = GossipSummary | GossipDigest | GossipDelta | GossipBuckets | GossipPush
+
+def urgent(entry: Entry) -> bool:
+    """Whether ``entry`` is pushed: an intent, a manifest, a revocation, or the
+    certificate of an operator or publisher (what a rollout waits for)."""
+    if entry.intent is not None or entry.manifest is not None or entry.revocation is not None:
+        return True
+    cert = entry.certificate
+    return cert is not None and cert.role is not Role.NODE
+
 
 BUCKETS_FROM = 64        # origins from which a mismatch goes through bucket hashes
 BUCKET_TARGET = 16       # origins per bucket aimed at
@@ -214,6 +251,7 @@ class GossipStatistics:
     keepalives_sent: int           # summaries sent only so a peer hears from us
     suspects: int                  # direct peers suspected now
     suspicion_changes: int         # times the suspected set changed
+    entries_pushed: int            # urgent entries sent at once (counted once per peer)
 
 
 class GossipEngine:
@@ -237,6 +275,7 @@ class GossipEngine:
         self._sent = self._recv = self._bytes_sent = self._bytes_recv = 0
         self._in_sync = self._entries_recv = self._entries_added = self._rejected = 0
         self._full = self._bucketed = self._keepalives = 0
+        self._pushed = 0
 
     # ------------------------------------------------------------------ peers
     def peer_connected(self, peer: str, now: float) -> None:
@@ -366,18 +405,58 @@ class GossipEngine:
                 self._send(peer, GossipDigest(vv, False, msg.bits, msg.buckets), now)
             return None
         if isinstance(msg, GossipDelta):
-            ranges: dict[str, tuple[int, int]] = {}
-            for k, r in msg.ranges.items():
-                if len(k) != 16:
-                    raise MalformedMessage("a delta range origin is 16 bytes")
-                ranges[k.hex()] = r
-            result = self.ledger.merge_entries(msg.entries, ranges)
-            self._learn_own({}, False)
-            self._entries_recv += len(msg.entries)
-            self._entries_added += len(result.added)
-            self._rejected += sum(result.rejected.values())
+            return self._merge(msg.entries, msg.ranges)
+        if isinstance(msg, GossipPush):
+            result = self._merge(msg.entries, msg.ranges)
+            if self.config.push and result.added:
+                self._forward(peer, msg, result, now)
             return result
         raise MalformedMessage(f"not a gossip message: {type(msg).__name__}")
+
+    def _merge(self, entries: tuple[Entry, ...],
+               raw_ranges: Mapping[bytes, tuple[int, int]]) -> MergeResult:
+        ranges: dict[str, tuple[int, int]] = {}
+        for k, r in raw_ranges.items():
+            if len(k) != 16:
+                raise MalformedMessage("a delta range origin is 16 bytes")
+            ranges[k.hex()] = r
+        result = self.ledger.merge_entries(entries, ranges)
+        self._learn_own({}, False)
+        self._entries_recv += len(entries)
+        self._entries_added += len(result.added)
+        self._rejected += sum(result.rejected.values())
+        return result
+
+    # ------------------------------------------------------------------ push
+    def push(self, entries: Sequence[Entry], ranges: Mapping[bytes, tuple[int, int]],
+             exclude: str | None, now: float) -> None:
+        """Send urgent ``entries`` to every connected peer but ``exclude`` at once, with
+        the claims ``ranges`` (origin id bytes -> ``(since, upto)``), which the caller
+        vouches for. Only :func:`urgent` entries are pushed; the claims of origins with
+        none of them are dropped."""
+        going = tuple(e for e in entries if urgent(e))
+        if not self.config.push or not going or not self.peers:
+            return
+        origins = {bytes.fromhex(e.origin) for e in going}
+        msg = GossipPush(going, {o: r for o, r in ranges.items() if o in origins})
+        for p in sorted(self.peers):
+            if p != exclude:
+                self._pushed += len(going)
+                self._send(p, msg, now)
+
+    def _forward(self, peer: str, msg: GossipPush, result: MergeResult, now: float) -> None:
+        """Pass on the urgent entries a push from ``peer`` added here, keeping the
+        message's claim for an origin only if every entry of it in the message goes on."""
+        added = {id(e) for e in result.added}
+        fresh = [e for e in msg.entries if id(e) in added and urgent(e)]
+        if not fresh:
+            return
+        going = {id(e) for e in fresh}
+        whole: dict[str, bool] = {}      # origin -> all its entries in the message go on
+        for e in msg.entries:
+            whole[e.origin] = whole.get(e.origin, True) and id(e) in going
+        ranges = {o: r for o, r in msg.ranges.items() if whole.get(o.hex(), True)}
+        self.push(fresh, ranges, peer, now)
 
     def _only(self, bits: int, buckets: tuple[int, ...]) -> Callable[[str], bool] | None:
         if bits == 0 and not buckets:
@@ -443,4 +522,4 @@ class GossipEngine:
                                 self._bytes_recv, self._in_sync, self._entries_recv,
                                 self._entries_added, self._rejected, self._full,
                                 self._bucketed, self._keepalives, len(self._suspected),
-                                self._changes)
+                                self._changes, self._pushed)

@@ -156,8 +156,16 @@ class NodeMachine:
         return None
 
     def _append(self, payload: object, now: float) -> int:
-        """Write an own entry; counters never fall below the wall clock in ms."""
-        return self.ledger.append(self.identity, payload, floor=int(now * 1000)).counter
+        """Write an own entry; counters never fall below the wall clock in ms. An urgent
+        one (anything but a record) is pushed to every peer at once, with the claim the
+        ledger itself made: nothing of ours lies between our last counter and it."""
+        me = self.node_id
+        since = None if self.ledger.has_gap(me) else self.ledger.version_of(me)
+        entry = self.ledger.append(self.identity, payload, floor=int(now * 1000))
+        if entry.record is None:
+            claim = {} if since is None else {bytes.fromhex(me): (since, entry.counter)}
+            self.gossip.push((entry,), claim, None, now)
+        return entry.counter
 
     def _set_state(self, model_id: str, now: float, **changes: object) -> None:
         old = self._states.get(model_id) or ModelState(model_id, "", "", _S.NOT_DEPLOYED)
