@@ -252,7 +252,6 @@ class SwarmEngine:
         self._avoid: dict[str, dict[bytes, float]] = {}   # peer -> hash -> do not ask before
         self._endgame_wake: float | None = None
         # upload side: (peer, hash) redirected once -> when; never-uploaded positions per key
-        self._redirected: dict[tuple[str, bytes], float] = {}
         # key -> peers that asked for it (Interested) before we knew it (answered later)
         self._asked_early: dict[str, set[str]] = {}
         self._unsent: dict[str, list[int]] = {}
@@ -266,7 +265,7 @@ class SwarmEngine:
         for rec in self._by_age.values():
             rec.sent_at += shift
         maps: list[dict[Any, float]] = [self._retry_after, self._busy_until,
-                                        self._last_arrival, self._redirected,
+                                        self._last_arrival,
                                         *self._stale.values(), *self._avoid.values()]
         for d in self._downloads.values():
             maps.append(d.cannot_help)
@@ -786,14 +785,13 @@ class SwarmEngine:
         cfg = self._config
         if (cfg.redirect_window > 0 and info is not None and uploads.copies(h) > 0
                 and uploads.uploaded_since(h, now - cfg.redirect_window)
-                and (peer, h) not in self._redirected
                 and (message.key not in self._downloads
                      or self._downloads[message.key].completed)):
             hints = self._hints(message.key, info, uploads)
             if hints:
                 # Super-seeding: this chunk left here moments ago and is spreading; spend
-                # the uplink on chunks nobody else has instead. Asked again, we serve it.
-                self._redirected[(peer, h)] = now
+                # the uplink on chunks nobody else has instead. Asked again once
+                # ``redirect_window`` has passed since, we serve it.
                 self._send(peer, Redirect(message.key, h, hints))
                 self._c["redirects_sent"] += 1
                 return
@@ -954,9 +952,6 @@ class SwarmEngine:
         for avoid in self._avoid.values():
             for h in [h for h, t in avoid.items() if t <= now]:
                 del avoid[h]
-        window = self._config.redirect_window
-        for pair in [k for k, t in self._redirected.items() if t + 2 * window <= now]:
-            del self._redirected[pair]
         for h in [h for h, t in self._retry_after.items() if t <= now]:
             del self._retry_after[h]
         for peer in [p for p, t in self._busy_until.items() if t <= now]:
@@ -1015,10 +1010,36 @@ class SwarmEngine:
 
     def _pump_uploads(self, now: float) -> None:
         uploads, _ = self._buckets(now)
+        firsts: list[bytes] = []
         for serve in uploads.pump(now):
             self._outputs.append(ServeChunk(serve.peer, serve.chunk_hash, serve.priority))
             self._c["uploads_served"] += 1
             self._c["bytes_uploaded"] += serve.size
+            if uploads.copies(serve.chunk_hash) == 1:
+                firsts.append(serve.chunk_hash)
+        if firsts and self._config.redirect_window > 0:
+            for h in firsts:
+                self._redirect_queued(h, uploads, now)
+
+    def _redirect_queued(self, h: bytes, uploads: UploadScheduler, now: float) -> None:
+        """A chunk just left here for the first time: other peers' requests for it that
+        wait in the queue would be repeats. As a seed that still holds chunks nobody got
+        from it, answer them ``Redirect`` now, as :meth:`_on_request` does for a request
+        that arrives after the upload."""
+        for peer in uploads.queued_for(h):
+            key = next((k for k in sorted(self._remote_interest.get(peer, ()))
+                        if k in self._keys_of(h) and (k not in self._downloads
+                                                      or self._downloads[k].completed)),
+                       None)
+            info = self._infos.get(key) if key is not None else None
+            if key is None or info is None:
+                continue
+            hints = self._hints(key, info, uploads)
+            if not hints:
+                return
+            uploads.cancel(peer, h)
+            self._send(peer, Redirect(key, h, hints))
+            self._c["redirects_sent"] += 1
 
     # ================================================================== the picker
 

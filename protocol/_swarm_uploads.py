@@ -209,6 +209,11 @@ class UploadScheduler:
         queue.append(_Queued(priority, self._seq, chunk_hash, size, now))
         return True
 
+    def queued_for(self, chunk_hash: bytes) -> list[str]:
+        """The peers with a request for ``chunk_hash`` waiting here, sorted."""
+        return sorted(p for p, queue in self._queues.items()
+                      if any(q.chunk_hash == chunk_hash for q in queue))
+
     def cancel(self, peer: str, chunk_hash: bytes) -> bool:
         queue = self._queues.get(peer)
         if not queue:

@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--loss", type=float, default=0.0)
     g.add_argument("--fanout", type=int, default=3)
     g.add_argument("--degree", type=int, default=None)
+    g.add_argument("--no-push", action="store_true",
+                   help="leave the intent to anti-entropy rounds (gossip.push = false)")
     common(g)
 
     s = sub.add_parser("swarm", help="distribution time against Kumar-Ross T_min and a hub")
@@ -84,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.scenario == "gossip":
         return sc.gossip(nodes=args.nodes, seed=args.seed, loss=args.loss, fanout=args.fanout,
-                         degree=args.degree)
+                         degree=args.degree, push=not args.no_push)
     if args.scenario == "swarm":
         return sc.swarm(nodes=args.nodes, size=args.size, up=args.up, down=args.down,
                         seed=args.seed, hetero=args.hetero, chunk_size=args.chunk_size,

@@ -77,8 +77,12 @@ def _overlay_for(n: int, degree: int | None) -> tuple[str, int]:
 
 def gossip(nodes: int = 100, seed: int = 1, loss: float = 0.0, fanout: int = 3,
            degree: int | None = None, quiet_rounds: int = 10, settle_rounds: int = 30,
-           interval: float = 1.0, heartbeat_every: int | None = None) -> dict[str, Any]:
+           interval: float = 1.0, heartbeat_every: int | None = None,
+           push: bool = True) -> dict[str, Any]:
     """Spread one intent from node 0; count rounds to 99% and 100% of the fleet.
+
+    ``push``: the intent floods by :class:`~protocol._gossip.GossipPush` (the default);
+    False leaves it to the anti-entropy rounds, whose spread the bound is about.
 
     ``heartbeat_every`` is accepted and ignored: nodes no longer write heartbeats
     (liveness is event-driven, see ``protocol/_gossip.py``), so every run shows
@@ -88,7 +92,7 @@ def gossip(nodes: int = 100, seed: int = 1, loss: float = 0.0, fanout: int = 3,
     if degree is None:
         degree = max(8, 2 * math.ceil(math.log2(max(nodes, 2))))
     topology, degree = _overlay_for(nodes, degree)
-    gcfg = GossipConfig(interval=interval, fanout=fanout)
+    gcfg = GossipConfig(interval=interval, fanout=fanout, push=push)
     config = Config(fleet_id="sim", gossip=gcfg)
     specs = [NodeSpec(up=mbit(100), down=mbit(100)) for _ in range(nodes)]
     fleet = Fleet(specs, seed=seed, config=config, topology=topology, degree=degree,
@@ -136,7 +140,7 @@ def gossip(nodes: int = 100, seed: int = 1, loss: float = 0.0, fanout: int = 3,
     real = time.perf_counter() - wall
     return {
         "scenario": "gossip", "nodes": nodes, "seed": seed, "loss": loss, "fanout": fanout,
-        "topology": topology, "degree": degree,
+        "topology": topology, "degree": degree, "push": push,
         "rounds_to_99": r99, "rounds_to_100": r100, "bound": bound,
         "within_bound_plus_3": r100 is not None and r100 <= bound + 3,
         "known": len(known_at),

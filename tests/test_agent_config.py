@@ -121,8 +121,12 @@ def test_every_gossip_and_swarm_field_is_settable() -> None:
         for f in dataclasses.fields(cls):
             if f.name in ("upload_rate", "download_rate"):
                 continue
-            value = 3 if isinstance(f.default, int) else 2.5
-            cfg = parse_config(MINIMAL + f"[{section}]\n{f.name} = {value}\n")
+            value: object = 3 if isinstance(f.default, int) else 2.5
+            text = str(value)
+            if isinstance(f.default, bool):
+                value = not f.default
+                text = str(value).lower()
+            cfg = parse_config(MINIMAL + f"[{section}]\n{f.name} = {text}\n")
             assert getattr(getattr(cfg, section), f.name) == value
 
 

@@ -50,7 +50,7 @@ def test_redirect_round_trips_and_validates() -> None:
         Redirect(KEY, h, tuple(range(17)))
 
 
-def test_seed_redirects_a_repeat_to_unsent_chunks_then_serves_it_when_asked_again() -> None:
+def test_seed_redirects_a_repeat_within_the_window_then_serves_it() -> None:
     refs, _ = make_key("s", 10)
     eng = seed(refs)
     a, b = node_id(1), node_id(2)
@@ -70,10 +70,48 @@ def test_seed_redirects_a_repeat_to_unsent_chunks_then_serves_it_when_asked_agai
     assert len(redirects) == 1 and redirects[0].chunk_hash == x
     assert redirects[0].hints and 3 not in redirects[0].hints
     assert all(0 <= i < 10 for i in redirects[0].hints)
-    # asked again (nobody else had it): served, never redirected forever
+    # asked again while the chunk is still spreading (it left 1.4 s ago): redirected again
     eng.receive(b, Request(KEY, x, 2), 1.5)
+    assert not [o for o in eng.take_outputs() if isinstance(o, ServeChunk)]
+    assert eng.statistics().redirects_sent == 2
+    # asked again once redirect_window has passed since it left: served, never
+    # redirected forever
+    window = SwarmConfig().redirect_window
+    eng.receive(b, Request(KEY, x, 2), 0.1 + window + 0.01)
     assert [o for o in eng.take_outputs() if isinstance(o, ServeChunk)] == [ServeChunk(b, x, 2)]
-    assert eng.statistics().redirects_sent == 1
+    assert eng.statistics().redirects_sent == 2
+
+
+def test_requests_queued_for_a_chunk_are_redirected_when_its_first_copy_leaves() -> None:
+    """Two peers ask a seed for the same chunk before it has left: the first is served;
+    the other's request, still queued, would be a repeat, so it is redirected at once
+    to chunks never uploaded (a request that arrives after the upload is, too)."""
+    refs, _ = make_key("q", 10)
+    eng = seed(refs, upload_window=1)
+    a, b = node_id(1), node_id(2)
+    for p in (a, b):
+        eng.peer_connected(p, 0.0)
+        eng.receive(p, Interested(KEY), 0.0)
+    eng.take_outputs()
+    first, y = refs[0].hash, refs[1].hash
+    eng.receive(a, Request(KEY, first, 2), 0.05)
+    assert len([o for o in eng.take_outputs() if isinstance(o, ServeChunk)]) == 1
+    eng.upload_done(a, first, 0.06)                  # the window (1 piece) is on from here
+    eng.receive(a, Request(KEY, y, 2), 0.07)         # y is out and unreported: window full
+    x = refs[5].hash
+    eng.receive(a, Request(KEY, x, 2), 0.1)          # so both requests for x wait here
+    eng.receive(b, Request(KEY, x, 2), 0.1)
+    eng.take_outputs()
+    assert eng.statistics().uploads_queued == 2
+    eng.upload_done(a, y, 0.15)
+    out = eng.take_outputs()
+    served = [o for o in out if isinstance(o, ServeChunk)]
+    redirects = [o for o in out if isinstance(o, SendMessage) and isinstance(o.message, Redirect)]
+    assert len(served) == 1 and served[0].chunk_hash == x          # one copy leaves ...
+    other = b if served[0].peer == a else a
+    assert [(r.peer, r.message.chunk_hash) for r in redirects] == [(other, x)]  # ... not two
+    assert 5 not in redirects[0].message.hints
+    assert eng.statistics().uploads_queued == 0
 
 
 def test_no_redirect_once_every_chunk_has_left_or_after_the_window() -> None:
