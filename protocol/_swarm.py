@@ -251,7 +251,7 @@ class SwarmEngine:
         self._depth_of: dict[str, int] = {}   # cache of _compute_depth
         self._avoid: dict[str, dict[bytes, float]] = {}   # peer -> hash -> do not ask before
         self._endgame_wake: float | None = None
-        # upload side: (peer, hash) redirected once -> when; never-uploaded positions per key
+        # upload side: never-uploaded positions per key
         # key -> peers that asked for it (Interested) before we knew it (answered later)
         self._asked_early: dict[str, set[str]] = {}
         self._unsent: dict[str, list[int]] = {}
@@ -1019,9 +1019,9 @@ class SwarmEngine:
                 firsts.append(serve.chunk_hash)
         if firsts and self._config.redirect_window > 0:
             for h in firsts:
-                self._redirect_queued(h, uploads, now)
+                self._redirect_queued(h, uploads)
 
-    def _redirect_queued(self, h: bytes, uploads: UploadScheduler, now: float) -> None:
+    def _redirect_queued(self, h: bytes, uploads: UploadScheduler) -> None:
         """A chunk just left here for the first time: other peers' requests for it that
         wait in the queue would be repeats. As a seed that still holds chunks nobody got
         from it, answer them ``Redirect`` now, as :meth:`_on_request` does for a request

@@ -369,7 +369,7 @@ class UploadScheduler:
         del pieces[0]
         if not pieces:
             del self._in_flight[(peer, chunk_hash)]
-        if piece.size > 0:
+        if piece.size > 0 and not piece.stalled:   # a stalled one timed its connection
             sample = max(0.0, now - piece.since) / piece.size
             spb = self._send_spb
             self._send_spb = sample if spb is None else spb + _SEND_EWMA * (sample - spb)

@@ -236,6 +236,12 @@ def test_a_piece_stalled_on_its_own_connection_stops_holding_the_window() -> Non
     eng.upload_done(b, refs[4].hash, 2.1)
     eng.upload_done(a, s1.chunk_hash, 3.0)           # a's link is back
     assert [(s.peer, s.chunk_hash) for s in serves(eng)] == [(a, refs[2].hash)]
+    # the stalled piece's 2 s timed a's connection, not the uplink: the pace is unchanged,
+    # so a second stall is noticed as soon as the first was
+    eng.receive(b, Request(KEY, refs[5].hash, 2), 3.0)
+    assert serves(eng) == []
+    deadline = eng.next_deadline()
+    assert deadline is not None and abs(deadline - (3.0 + _STALL_FACTOR * 0.1)) < 0.05
 
 
 def test_pieces_at_the_links_pace_never_stall() -> None:
