@@ -184,14 +184,22 @@ def test_a_lost_report_closes_the_window_only_until_request_timeout() -> None:
     assert [s.chunk_hash for s in serves(eng)] == [refs[2].hash]
 
 
-def test_a_peer_leaving_or_a_missing_chunk_frees_its_place_in_the_window() -> None:
-    refs = refs_of(4)
+def windowed(n: int) -> tuple[SwarmEngine, list[ChunkRef], str, str]:
+    """A seed of ``n`` chunks with a window of 1 and two peers ``a``, ``b``; refs[0] was
+    served to ``a`` at 0.0 and reported sent at 0.1 (the window is on; the pace is 0.1 s
+    per 1000-byte piece)."""
+    refs = refs_of(n)
     eng = engine(refs, {r.hash for r in refs}, redirect_window=0.0, upload_window=1)
     a, b = node_id(1), node_id(2)
     connect(eng, [a, b])
     eng.receive(a, Request(KEY, refs[0].hash, 2), 0.0)
     (s0,) = serves(eng)
     eng.upload_done(a, s0.chunk_hash, 0.1)
+    return eng, refs, a, b
+
+
+def test_a_peer_leaving_or_a_missing_chunk_frees_its_place_in_the_window() -> None:
+    eng, refs, a, b = windowed(4)
     eng.receive(a, Request(KEY, refs[1].hash, 2), 0.2)
     eng.receive(b, Request(KEY, refs[2].hash, 2), 0.2)
     (s1,) = serves(eng)
@@ -209,13 +217,7 @@ def test_a_piece_stalled_on_its_own_connection_stops_holding_the_window() -> Non
     """One peer's connection stalls (its piece is never reported): once that piece has
     waited ``_STALL_FACTOR`` times the node's usual send time, another peer's request
     goes; the stalled peer gets nothing more until its piece is reported."""
-    refs = refs_of(6)
-    eng = engine(refs, {r.hash for r in refs}, redirect_window=0.0, upload_window=1)
-    a, b = node_id(1), node_id(2)
-    connect(eng, [a, b])
-    eng.receive(a, Request(KEY, refs[0].hash, 2), 0.0)
-    (s0,) = serves(eng)
-    eng.upload_done(a, s0.chunk_hash, 0.1)           # pace: 0.1 s per 1000-byte piece
+    eng, refs, a, b = windowed(6)                    # pace: 0.1 s per 1000-byte piece
     eng.receive(a, Request(KEY, refs[1].hash, 2), 1.0)
     (s1,) = serves(eng)                              # a's link is then cut: never reported
     eng.receive(a, Request(KEY, refs[2].hash, 2), 1.0)
