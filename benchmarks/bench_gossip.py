@@ -6,6 +6,9 @@ Sizes: N = 100 (quick, a few seconds) and N = 100, 300, 1000 (full; N = 1000 alo
 costs ~140 s of CPU). A quiet fleet writes nothing to the ledger (liveness is
 suspicion-based, see docs/LEDGER.md), so the quiet figure is the summary traffic of
 the push-pull rounds plus keepalives: the aim is <= 2048 B per node-round at N = 1000.
+The intent is pushed (``gossip.push``, the default): rounds_to_100 is then the flood's
+time in rounds of 1 s; the same fleet with ``push=False`` gives the anti-entropy rounds
+the bound is about (rows "anti-entropy only"), so each size runs twice.
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
                      "detail": f"aim <= 2048 at N=1000; {quiet} quiet rounds after "
                      f"{settle} settle rounds; no ledger writes when quiet"
                      + (f"; by type: {by_type}" if by_type else "")})
+        alone = gossip(nodes=n, seed=1, settle_rounds=settle, quiet_rounds=quiet, push=False)
+        rows.append({"name": f"gossip N={n} rounds_to_100, anti-entropy only",
+                     "value": _r(alone["rounds_to_100"]), "unit": "rounds",
+                     "detail": detail + f"; gossip.push off (with push: "
+                     f"{_r(r['rounds_to_100'])})"})
         rows.append({"name": f"sim speed N={n}",
                      "value": round(r["node_seconds_per_second"] or 0.0),
                      "unit": "node-s/s",
