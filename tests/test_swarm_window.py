@@ -48,7 +48,7 @@ def connect(eng: SwarmEngine, peers: list[str]) -> None:
 
 def two_requesters(refs: list[ChunkRef], **cfg: object) -> tuple[SwarmEngine, str, str]:
     """An engine holding refs[:8] of 12 and fetching the rest, with two peers whose
-    have-sets say: ``ahead`` holds 10 chunks, ``behind`` holds 1."""
+    have-sets say: ``ahead`` holds 10 chunks, ``behind`` holds 1; its window is on."""
     eng = engine(refs, {r.hash for r in refs[:8]}, None, redirect_window=0.0,
                  upload_window=1, **cfg)
     ahead, behind = node_id(1), node_id(2)
@@ -59,6 +59,10 @@ def two_requesters(refs: list[ChunkRef], **cfg: object) -> tuple[SwarmEngine, st
     eng.receive(ahead, HaveSet(KEY, 12, make_bitfield([i < 10 for i in range(12)])), 0.0)
     eng.receive(behind, HaveSet(KEY, 12, make_bitfield([i == 11 for i in range(12)])), 0.0)
     eng.take_outputs()
+    # refs[0] (held) served to ``ahead`` at 0.1 and reported at 0.2: the window is on
+    eng.receive(ahead, Request(KEY, refs[0].hash, 2), 0.1)
+    (s0,) = serves(eng)
+    eng.upload_done(ahead, s0.chunk_hash, 0.2)
     return eng, ahead, behind
 
 
@@ -284,9 +288,6 @@ def drain(eng: SwarmEngine, now: float) -> list[str]:
 def test_the_requester_known_to_hold_fewest_chunks_is_served_first() -> None:
     refs = refs_of(12)
     eng, ahead, behind = two_requesters(refs)
-    eng.receive(ahead, Request(KEY, refs[0].hash, 2), 0.1)
-    (s0,) = serves(eng)
-    eng.upload_done(ahead, s0.chunk_hash, 0.2)
     eng.receive(ahead, Request(KEY, refs[1].hash, 2), 0.25)
     (s1,) = serves(eng)                               # fills the window of 1
     # both queue requests; the one further behind goes first, every time
@@ -302,9 +303,6 @@ def test_the_requester_known_to_hold_fewest_chunks_is_served_first() -> None:
 def test_round_robin_when_laggards_first_is_off() -> None:
     refs = refs_of(12)
     eng, ahead, behind = two_requesters(refs, laggard_patience=0.0)
-    eng.receive(ahead, Request(KEY, refs[0].hash, 2), 0.1)
-    (s0,) = serves(eng)
-    eng.upload_done(ahead, s0.chunk_hash, 0.2)
     eng.receive(ahead, Request(KEY, refs[1].hash, 2), 0.25)
     (s1,) = serves(eng)
     for i in (2, 3, 4):
@@ -320,9 +318,6 @@ def test_round_robin_when_laggards_first_is_off() -> None:
 def test_a_request_waiting_longer_than_laggard_patience_goes_before_laggards() -> None:
     refs = refs_of(12)
     eng, ahead, behind = two_requesters(refs, laggard_patience=2.0)
-    eng.receive(ahead, Request(KEY, refs[0].hash, 2), 0.1)
-    (s0,) = serves(eng)
-    eng.upload_done(ahead, s0.chunk_hash, 0.2)
     eng.receive(behind, Request(KEY, refs[1].hash, 2), 0.3)
     (s1,) = serves(eng)                                # occupies the window
     eng.receive(ahead, Request(KEY, refs[2].hash, 2), 0.4)    # waits from 0.4
