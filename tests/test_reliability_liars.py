@@ -8,7 +8,9 @@ authenticates with a certificate the fleet root really issued (so only what it
 * a manifest signed by an unadmitted publisher,
 * a record forged in another node's name (its origin key, the liar's signature),
 * an admitted operator's intent altered after signing,
-* a replay of every entry the daemon itself gossiped to it.
+* a replay of every entry the daemon itself gossiped to it,
+
+each on a session of its own (a forgery whose signature fails gets the session dropped).
 
 Must hold: nothing forged is merged or acted on, the rejections are counted in the
 daemon's statistics (``rejected_entries`` of ``shoal status``), the daemon stays up
@@ -86,42 +88,48 @@ def test_forged_gossip_is_rejected_and_counted(fleet: LocalFleet, tmp_path: Path
     trust = FleetTrust(f.fleet_id, f.root.public_key)
     before = json.loads(status(f).statistics_json).get("rejected_entries", {})
 
-    async def lie() -> int:
-        liar = SigningIdentity.generate()
+    async def connect(liar: SigningIdentity) -> Any:
         cert = Certificate.issue(f.root, f.fleet_id, liar.public_key, Role.NODE, "liar",
                                  int(time.time()))
-        cases = forgeries(f, liar, int(time.time() * 1000))
-        ch = await dial("127.0.0.1", port, identity=liar, certificate=cert, trust=trust)
+        return await dial("127.0.0.1", port, identity=liar, certificate=cert, trust=trust)
+
+    async def lie() -> int:
+        # Each forgery goes on a connection of its own, from a liar of its own: one whose
+        # signature fails (the forged record, the altered intent) proves its sender a
+        # liar, and the node drops the session then, losing what it had not read yet.
         heard: list[Entry] = []
-        async with ch:
+        liar = SigningIdentity.generate()
+        async with await connect(liar) as ch:
             await ch.send(GossipDigest({}, True, 0, ()))      # "send me everything"
             with trio.move_on_after(2.0):
                 async for msg in ch:
                     if isinstance(msg, GossipDelta):
                         heard.extend(msg.entries)
-            # the forged record goes last: an entry whose own signature fails proves the
-            # sender a liar, and the node drops it then (messages after it may be lost)
-            forged = "record forged in another node's name"
-            for name, entries in cases.items():
-                if name != forged:
-                    await ch.send(GossipDelta(tuple(entries), {}))
             await ch.send(GossipDelta(tuple(heard), {}))        # replay what it heard
-            await ch.send(GossipDelta(tuple(cases[forged]), {}))
             with trio.move_on_after(1.0):
                 async for _ in ch:
                     pass
+        for name in forgeries(f, liar, 0):
+            liar = SigningIdentity.generate()
+            entries = forgeries(f, liar, int(time.time() * 1000))[name]
+            async with await connect(liar) as ch:
+                await ch.send(GossipDelta(tuple(entries), {}))
+                with trio.move_on_after(1.0):
+                    async for _ in ch:
+                        pass
         return len(heard)
 
     replayed = sum(trio.run(lie) for _ in range(rounds))
     p = f.procs[TARGET]
     assert p is not None and p.poll() is None
-    # the liar hangs up at most 1 s after its last forgery; a loaded node may still be
-    # reading it then, so wait (bounded) until the last kind sent is counted
+    # a liar hangs up at most 1 s after its forgery; a loaded node may still be reading
+    # it then, so wait (bounded) until every kind sent is counted
+    expected = {"intent": 2 * rounds, "manifest": rounds, "record": rounds}
     deadline = time.monotonic() + 15
     while True:
         after = json.loads(status(f).statistics_json)["rejected_entries"]
-        if (int(after.get("record", 0)) - int(before.get("record", 0)) >= rounds
-                or time.monotonic() > deadline):
+        if (all(int(after.get(k, 0)) - int(before.get(k, 0)) >= n
+                for k, n in expected.items()) or time.monotonic() > deadline):
             break
         time.sleep(0.2)
     # nothing forged is merged or acted on
@@ -134,7 +142,8 @@ def test_forged_gossip_is_rejected_and_counted(fleet: LocalFleet, tmp_path: Path
         return int(after.get(kind, 0)) - int(before.get(kind, 0))
     assert grew("intent") == 2 * rounds and grew("manifest") == rounds \
         and grew("record") == rounds, after
-    print(f"\nreliability/liars: {rounds} liars x 4 forgery kinds sent, all rejected "
+    print(f"\nreliability/liars: {rounds} x 4 forgery kinds sent (each by a liar of its "
+          f"own), all rejected "
           f"(rejected_entries {after}); {replayed} replayed entries changed nothing")
     # the honest node is still served
     pkg = make_package(tmp_path / "pkg", 2 * MiB, seed=71)
