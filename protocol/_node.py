@@ -64,7 +64,7 @@ from ._config import Config
 from ._convergence import ModelConvergenceStatus, compute_convergence, unreachable_nodes
 from ._errors import RemoteProtocolError, SignatureError
 from ._events import ActivateVersion, DropPeer, InstallVariant, Notice, Output, SendMessage
-from ._gossip import GossipEngine, GossipStatistics
+from ._gossip import GossipEngine, GossipStatistics, urgent
 from ._hlc import HybridClock
 from ._identity import Certificate, FleetTrust, Revocation, Role, SigningIdentity, fingerprint
 from ._intents import Intent, resolve
@@ -157,12 +157,12 @@ class NodeMachine:
 
     def _append(self, payload: object, now: float) -> int:
         """Write an own entry; counters never fall below the wall clock in ms. An urgent
-        one (anything but a record) is pushed to every peer at once, with the claim the
-        ledger itself made: nothing of ours lies between our last counter and it."""
+        one (:func:`~._gossip.urgent`) is pushed to every peer at once, with the claim
+        the ledger itself made: nothing of ours lies between our last counter and it."""
         me = self.node_id
         since = None if self.ledger.has_gap(me) else self.ledger.version_of(me)
         entry = self.ledger.append(self.identity, payload, floor=int(now * 1000))
-        if entry.record is None:
+        if urgent(entry):
             claim = {} if since is None else {bytes.fromhex(me): (since, entry.counter)}
             self.gossip.push((entry,), claim, None, now)
         return entry.counter

@@ -785,8 +785,7 @@ class SwarmEngine:
         cfg = self._config
         if (cfg.redirect_window > 0 and info is not None and uploads.copies(h) > 0
                 and uploads.uploaded_since(h, now - cfg.redirect_window)
-                and (message.key not in self._downloads
-                     or self._downloads[message.key].completed)):
+                and self._seeding(message.key)):
             hints = self._hints(message.key, info, uploads)
             if hints:
                 # Super-seeding: this chunk left here moments ago and is spreading; spend
@@ -1021,20 +1020,23 @@ class SwarmEngine:
             for h in firsts:
                 self._redirect_queued(h, uploads)
 
+    def _seeding(self, key: str) -> bool:
+        """Whether this node serves ``key`` as a seed (holds it, is not fetching it)."""
+        d = self._downloads.get(key)
+        return d is None or d.completed
+
     def _redirect_queued(self, h: bytes, uploads: UploadScheduler) -> None:
         """A chunk just left here for the first time: other peers' requests for it that
         wait in the queue would be repeats. As a seed that still holds chunks nobody got
         from it, answer them ``Redirect`` now, as :meth:`_on_request` does for a request
         that arrives after the upload."""
+        keys = self._keys_of(h)
         for peer in uploads.queued_for(h):
             key = next((k for k in sorted(self._remote_interest.get(peer, ()))
-                        if k in self._keys_of(h) and (k not in self._downloads
-                                                      or self._downloads[k].completed)),
-                       None)
-            info = self._infos.get(key) if key is not None else None
-            if key is None or info is None:
+                        if k in keys and k in self._infos and self._seeding(k)), None)
+            if key is None:
                 continue
-            hints = self._hints(key, info, uploads)
+            hints = self._hints(key, self._infos[key], uploads)
             if not hints:
                 return
             uploads.cancel(peer, h)

@@ -320,9 +320,7 @@ class UploadScheduler:
         out: list[Serve] = []
         while True:
             self._fill(now)
-            active = [p for p in (*self._regular, *self._optimistic) if self._queues.get(p)]
-            if self._reported and self._peer_unreported:
-                active = [p for p in active if not self._peer_full(p)]
+            active = self._servable(self._waiting_holders())
             if not active or not self.bucket.ready(now):
                 return out
             if self._window_full():
@@ -422,11 +420,21 @@ class UploadScheduler:
                     self._n_in_flight -= 1
                     self.stalled_pieces += 1
 
+    # (only pieces handed out after the first report are counted, so before it neither
+    # the window nor a peer's share of it is ever full)
     def _peer_full(self, peer: str) -> bool:
         return self._peer_unreported.get(peer, 0) >= max(1, self._config.upload_window)
 
     def _window_full(self) -> bool:
-        return self._reported and self._n_in_flight >= max(1, self._config.upload_window)
+        return self._n_in_flight >= max(1, self._config.upload_window)
+
+    def _waiting_holders(self) -> list[str]:
+        """Slot holders with requests queued."""
+        return [p for p in (*self._regular, *self._optimistic) if self._queues.get(p)]
+
+    def _servable(self, peers: list[str]) -> list[str]:
+        """Those of ``peers`` not at their own limit of unreported pieces."""
+        return [p for p in peers if not self._peer_full(p)] if self._peer_unreported else peers
 
     @property
     def in_flight(self) -> int:
@@ -455,17 +463,17 @@ class UploadScheduler:
         if self._in_flight and not self._reported:   # pieces of a driver not reporting
             deadlines.append(min(ps[0].since for ps in self._in_flight.values())
                              + self._config.request_timeout)
-        waiting = [p for p in (*self._regular, *self._optimistic) if self._queues.get(p)]
+        waiting = self._waiting_holders()
         if not waiting:
             return min(deadlines) if deadlines else None
         timeout = self._config.request_timeout
-        servable = [p for p in waiting if not (self._reported and self._peer_full(p))]
+        servable = self._servable(waiting)
         if servable and not self._window_full():
             deadlines.append(self.bucket.ready_at())
         else:
             # the next piece goes when the driver reports one sent, when one stalls or
-            # when one expires (a lost report); a peer at its own limit, only the first
-            # or the last
+            # when one expires (a lost report); when every waiting peer is at its own
+            # limit, only a report or the expiry of those peers' pieces frees them
             for (peer, _), pieces in self._in_flight.items():
                 if not servable and peer not in waiting:
                     continue

@@ -253,3 +253,15 @@ class Net:
 
     def holds_key(self, i: int, key: str) -> bool:
         return all(r.hash in self.held[i] for r in self.keys[key])
+
+
+def random_connected_graph(rng: random.Random, nodes: list[int],
+                           extra: int) -> set[tuple[int, int]]:
+    """A random spanning tree over ``nodes`` plus ``extra`` random edges (seeded)."""
+    order = nodes[:]
+    rng.shuffle(order)
+    edges = {(order[i], rng.choice(order[:i])) for i in range(1, len(order))}
+    for _ in range(extra):
+        a, b = rng.sample(nodes, 2)
+        edges.add((a, b))
+    return edges

@@ -21,7 +21,7 @@ from protocol._ledger import Entry
 from protocol._node import NodeMachine
 
 from ._fleet import caps, intent, make_trust, manifest, node_cert, node_key, record
-from .test_swarm import random_connected_graph
+from .swarm_sim import random_connected_graph
 
 
 class Overlay:

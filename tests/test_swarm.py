@@ -28,20 +28,16 @@ from protocol._swarm_messages import (
 )
 from protocol._swarm_uploads import TokenBucket
 from protocol._types import TransferPriority
-from tests.swarm_sim import Net, cheap_verifier, make_key, node_id, token_chunk
+from tests.swarm_sim import (
+    Net,
+    cheap_verifier,
+    make_key,
+    node_id,
+    random_connected_graph,
+    token_chunk,
+)
 
 KEY = "m1/v"
-
-
-def random_connected_graph(rng: random.Random, nodes: list[int],
-                           extra: int) -> set[tuple[int, int]]:
-    order = nodes[:]
-    rng.shuffle(order)
-    edges = {(order[i], rng.choice(order[:i])) for i in range(1, len(order))}
-    for _ in range(extra):
-        a, b = rng.sample(nodes, 2)
-        edges.add((a, b))
-    return edges
 
 
 # ----------------------------------------------------------------------------- wire
