@@ -216,21 +216,27 @@ class Fleet:
         elif topology == "full" or n <= degree + 1:
             edges = {(a, b) for a in range(n) for b in range(a + 1, n)}
         elif topology == "random":
-            # a ring for connectivity plus random chords up to ~degree per node
+            # a ring for connectivity plus degree - 2 random chords per node, paired like
+            # the configuration model (each node's chord ends shuffled and matched), so
+            # every node has about ``degree`` neighbours: uniformly random chords would
+            # leave ~e^-(degree-2) of the nodes with only their two ring links
             for i in range(n):
                 j = (i + 1) % n
                 edges.add((min(i, j), max(i, j)))
-            want = max(0, degree - 2) * n // 2
-            attempts = 0
-            while want > 0 and attempts < want * 20:
-                attempts += 1
-                a, b = rng.randrange(n), rng.randrange(n)
-                if a == b:
-                    continue
-                e = (min(a, b), max(a, b))
-                if e not in edges:
-                    edges.add(e)
-                    want -= 1
+            stubs = [i for i in range(n) for _ in range(max(0, degree - 2))]
+            for _ in range(50):
+                if len(stubs) < 2:
+                    break
+                rng.shuffle(stubs)
+                paired = len(stubs) - len(stubs) % 2
+                left = stubs[paired:]   # an odd one out waits for the next shuffle
+                for a, b in zip(stubs[0:paired:2], stubs[1:paired:2], strict=True):
+                    e = (min(a, b), max(a, b))
+                    if a == b or e in edges:
+                        left += (a, b)
+                    else:
+                        edges.add(e)
+                stubs = left
         else:
             raise ValueError(f"unknown topology {topology!r}: use full, random or hub")
         return edges

@@ -42,6 +42,24 @@ def test_small_swarm_completes_and_respects_the_lower_bound() -> None:
     assert 0.0 <= r["duplicate_fraction"] < 0.05
 
 
+@pytest.mark.parametrize(("n", "degree", "seed"), [(1000, 8, 1), (300, 8, 2), (101, 5, 3)])
+def test_random_overlay_gives_every_node_about_degree_neighbours(
+        n: int, degree: int, seed: int) -> None:
+    """A ring plus degree - 2 chord ends per node, paired: connected, no self-loops, and
+    no node left with fewer than degree - 1 neighbours (uniform random chords left ~e^-6
+    of a thousand nodes on their two ring links, which set the heterogeneous finish)."""
+    fleet = small_fleet(n, seed=seed, topology="random", degree=degree)
+    degrees = [len(fleet.neighbours[i]) for i in range(n)]
+    assert all(a != b for a, b in fleet.edges)
+    assert min(degrees) >= degree - 1 and max(degrees) <= degree
+    assert sum(degrees) >= n * degree - 1
+    seen, frontier = {0}, [0]
+    while frontier:
+        frontier = [j for i in frontier for j in fleet.neighbours[i] if j not in seen]
+        seen.update(frontier)
+    assert len(seen) == n
+
+
 def test_delta_fetches_about_the_changed_bytes() -> None:
     r = sc.delta(nodes=5, size=16 * MiB, changed=0.25, seed=2)
     assert r["complete"]
