@@ -385,6 +385,11 @@ class Ledger:
     def records(self) -> dict[str, NodeRecord]:
         return dict(self._records)
 
+    @property
+    def nodes_recorded(self) -> int:
+        """How many nodes have a record here (``len(records())`` without the copy)."""
+        return len(self._records)
+
     def record_counter(self, node_id: str) -> int:
         return self._record_at.get(node_id, 0)
 

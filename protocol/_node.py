@@ -33,7 +33,10 @@ node reused from its store and how many it fetched from peers.
 A model whose desired intent disappears (cancelled) has its transfer dropped
 and returns to the version it runs. The node's own record is rewritten on
 every status change, at most every ``record_min_interval`` seconds for mere
-progress, when its set of suspected direct peers changes (see ``_gossip``),
+progress (and at most every ``N / fleet_progress_rate`` seconds in a fleet of N: every
+record a node writes reaches every other node, so progress alone would cost each
+node's links N records a second -- 180 KB/s per node at N=300, see
+docs/LEDGER.md), when its set of suspected direct peers changes (see ``_gossip``),
 and to *refute* a suspicion: when a record arrives that suspects this node at
 its current record counter, the node (alive, since it reads it) writes a new
 record, which makes that suspicion stale. A quiet fleet writes nothing.
@@ -175,7 +178,7 @@ class NodeMachine:
             self._dirty = True
 
     def _write_record(self, now: float, urgent: bool) -> None:
-        if not urgent and now - self._last_write < self.config.gossip.record_min_interval:
+        if not urgent and now - self._last_write < self._progress_interval():
             self._dirty = True
             return
         record = NodeRecord(self.name, self.formation, self.capabilities, "",
@@ -185,6 +188,14 @@ class NodeMachine:
         self._record_writes += 1
         self._last_write = now
         self._dirty = False
+
+    def _progress_interval(self) -> float:
+        """Least seconds between two progress-only writes of the own record: the
+        configured floor, or this node's share of the fleet's progress rate."""
+        g = self.config.gossip
+        if g.fleet_progress_rate <= 0:
+            return g.record_min_interval
+        return max(g.record_min_interval, self.ledger.nodes_recorded / g.fleet_progress_rate)
 
     def _ensure_cert(self, key: bytes, role: Role, now: float) -> None:
         cert = self.trust.certificate(key, role)
@@ -395,7 +406,7 @@ class NodeMachine:
         if s is not None:
             times.append(s)
         if self._dirty:
-            times.append(self._last_write + self.config.gossip.record_min_interval)
+            times.append(self._last_write + self._progress_interval())
         return min(times)
 
     def issue_intent(self, intent: Intent, now: float) -> None:

@@ -162,3 +162,48 @@ def test_message_size_is_the_encoded_size_and_is_remembered() -> None:
         assert message_size(msg) == len(encode(msg))
         assert message_size(msg) == len(encode(msg))   # from the memo this time
     assert message_size(Have(key, 1)) != message_size(Have(key, 70_000))
+
+
+def _rollout_record_writes(fleet_progress_rate: float) -> tuple[float, list[int], Fleet]:
+    """20 nodes on 10 Mbit/s links fetch 32 MiB (~30 s); each node's own record writes
+    during the rollout, and the fleet afterwards."""
+    from protocol._config import Config, GossipConfig
+    from sim._network import LinkProfile
+    n = 20
+    specs = [NodeSpec(up=sc.mbit(10), down=sc.mbit(10)) for _ in range(n)]
+    config = Config(fleet_id="sim", gossip=GossipConfig(fleet_progress_rate=fleet_progress_rate))
+    fleet = Fleet(specs, seed=3, config=config, topology="random", degree=6,
+                  profile=LinkProfile(latency=0.01))
+    model = build_model(seeded_identity(3, "publisher"), "m", "1.0.0", 32 * MiB, MiB)
+    fleet.add_content(model, [0])
+    fleet.run(until=2.0)
+    before = [node.machine.statistics().record_writes for node in fleet.nodes]
+    res = sc._transfer(fleet, model, list(range(1, n)), 0, horizon=600.0)
+    assert res["complete"]
+    writes = [node.machine.statistics().record_writes - b
+              for node, b in zip(fleet.nodes, before, strict=True)]
+    fleet.run(until=fleet.loop.now + 20.0)   # installs finish, records spread
+    return float(res["t_measured"]), writes[1:], fleet
+
+
+def test_progress_writes_share_a_fleet_wide_rate_and_status_still_arrives() -> None:
+    """Every record reaches every node, so progress alone costs each node's links N
+    records a second; ``fleet_progress_rate`` caps the fleet's progress-only writes.
+    With 20 nodes and a rate of 2/s each node writes mere progress every 10 s instead of
+    every second -- and the fleet still ends with every node's final record everywhere."""
+    t_free, free, _ = _rollout_record_writes(0.0)
+    t_capped, capped, fleet = _rollout_record_writes(2.0)
+    # unlimited: about one write a second while downloading (record_min_interval 1 s)
+    assert min(free) >= 0.6 * t_free
+    # capped: one progress write per 10 s, plus the status changes (downloading, the
+    # completion, loading, operational) written at once
+    assert max(capped) <= t_capped / 10.0 + 6
+    assert sum(capped) < sum(free) / 3
+    # nothing is lost: every node's record, as every other node holds it, says operational
+    # with every byte done
+    for viewer in fleet.nodes:
+        records = viewer.machine.ledger.records()
+        for node in fleet.nodes[1:]:
+            (state,) = records[node.node_id].models
+            assert state.status.value == "operational", (viewer.index, node.index, state)
+            assert state.bytes_done == state.bytes_total > 0
