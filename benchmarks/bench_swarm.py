@@ -4,10 +4,11 @@ duplicate fraction; copies of the model the seeder sent; delta bytes fetched
 against bytes changed.
 
 Full mode (docs/SWARM.md has the figures): N=100 with a 1 GiB model (1 MiB chunks),
-homogeneous and heterogeneous; N=1000 with a 256 MiB model in 1 MiB chunks (hundreds of
-chunks, so the swarm and not start-up sets the time; at N=1000 the cost is gossip per
-simulated second: 1,514 s and 2,221 s of CPU for the homogeneous and heterogeneous
-rows, measured on the 2-core box); the hub is
+homogeneous and heterogeneous; N=1000 with a 256 MiB model in 1 MiB chunks, homogeneous
+and heterogeneous, and with 1 GiB homogeneous (CPU measured on the 2-core box on
+2026-12-05: 370 s, 575 s and 1,538 s for those three rows; with the N=100 rows, 120 s
+and 130 s, the module needs about 46 min of CPU; each row was measured on its own with
+``python -m sim swarm``, not as one module run); the hub is
 *simulated* where its run fits (N=20, N=100 / 64 MiB) and
 taken from its formula ``(N-1) x F / u_seeder`` elsewhere (a hub run at N=100 / 1 GiB
 is 8,500 simulated seconds) — each row's detail says which.
@@ -23,7 +24,8 @@ from sim._scenarios import MiB, delta, swarm
 QUICK = [(20, 32 * MiB, MiB, False, True)]
 FULL = [(100, 1024 * MiB, MiB, False, False), (100, 1024 * MiB, MiB, True, False),
         (100, 64 * MiB, MiB, False, True),
-        (1000, 256 * MiB, MiB, False, False), (1000, 256 * MiB, MiB, True, False)]
+        (1000, 256 * MiB, MiB, False, False), (1000, 256 * MiB, MiB, True, False),
+        (1000, 1024 * MiB, MiB, False, False)]
 
 
 def _s(seconds: float | None) -> str:
