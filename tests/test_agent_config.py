@@ -39,6 +39,7 @@ max_delta_bytes = 65536
 suspect_after = 5
 unreachable_after = 20.0
 min_suspecting_peers = 3
+fleet_progress_rate = 20
 
 [swarm]
 max_requests_per_peer = 4
@@ -97,7 +98,8 @@ def test_every_key_is_parsed(tmp_path: Path) -> None:
     assert cfg.upload_rate == 1_000_000.0 and cfg.download_rate == 2 * 1024 * 1024
     assert cfg.gossip == dataclasses.replace(
         GossipConfig(), interval=0.5, fanout=4, jitter=0.2, max_delta_bytes=65536,
-        suspect_after=5.0, unreachable_after=20.0, min_suspecting_peers=3)
+        suspect_after=5.0, unreachable_after=20.0, min_suspecting_peers=3,
+        fleet_progress_rate=20.0)
     assert cfg.swarm == dataclasses.replace(
         SwarmConfig(), max_requests_per_peer=4, max_requests_total=32,
         upload_slots=6, endgame_chunks=4, request_timeout=15.0)
