@@ -7,12 +7,15 @@ import json
 
 import pytest
 
+from protocol._config import Config, GossipConfig
 from protocol._errors import SignatureError
 from protocol._identity import verify_signature
+from protocol._types import ModelOperationalStatus
 from sim import _scenarios as sc
 from sim.__main__ import main
 from sim._content import build_model, derive_model, verify_token
 from sim._fleet import Fleet, NodeSpec, seeded_identity
+from sim._network import LinkProfile
 
 MiB = sc.MiB
 
@@ -167,8 +170,6 @@ def test_message_size_is_the_encoded_size_and_is_remembered() -> None:
 def _rollout_record_writes(fleet_progress_rate: float) -> tuple[float, list[int], Fleet]:
     """20 nodes on 10 Mbit/s links fetch 32 MiB (~30 s); each node's own record writes
     during the rollout, and the fleet afterwards."""
-    from protocol._config import Config, GossipConfig
-    from sim._network import LinkProfile
     n = 20
     specs = [NodeSpec(up=sc.mbit(10), down=sc.mbit(10)) for _ in range(n)]
     config = Config(fleet_id="sim", gossip=GossipConfig(fleet_progress_rate=fleet_progress_rate))
@@ -205,5 +206,5 @@ def test_progress_writes_share_a_fleet_wide_rate_and_status_still_arrives() -> N
         records = viewer.machine.ledger.records()
         for node in fleet.nodes[1:]:
             (state,) = records[node.node_id].models
-            assert state.status.value == "operational", (viewer.index, node.index, state)
+            assert state.status is ModelOperationalStatus.OPERATIONAL, (viewer.index, state)
             assert state.bytes_done == state.bytes_total > 0
