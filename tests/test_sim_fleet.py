@@ -168,8 +168,8 @@ def test_message_size_is_the_encoded_size_and_is_remembered() -> None:
 
 
 def _rollout_record_writes(fleet_progress_rate: float) -> tuple[float, list[int], Fleet]:
-    """20 nodes on 10 Mbit/s links fetch 32 MiB (~30 s); each node's own record writes
-    during the rollout, and the fleet afterwards."""
+    """20 nodes on 10 Mbit/s links fetch 32 MiB (40-42 s measured); each node's own
+    record writes during the rollout, and the fleet afterwards."""
     n = 20
     specs = [NodeSpec(up=sc.mbit(10), down=sc.mbit(10)) for _ in range(n)]
     config = Config(fleet_id="sim", gossip=GossipConfig(fleet_progress_rate=fleet_progress_rate))
