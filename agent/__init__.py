@@ -8,6 +8,7 @@ from .client import (
     ModelDistributionHandle,
     ModelOperationalStatus,
     NodeModelStatus,
+    RolloutState,
     ShoalClient,
     TransferPriority,
 )
@@ -15,5 +16,5 @@ from .client import (
 __all__ = [
     "ShoalClient", "DistributionScope", "TransferPriority", "ModelDistributionHandle",
     "ModelConvergenceStatus", "ConvergenceBlocker", "BlockerReason", "NodeModelStatus",
-    "ModelOperationalStatus",
+    "ModelOperationalStatus", "RolloutState",
 ]

@@ -1,9 +1,12 @@
 """The ``shoal`` command line.
 
-Every subcommand takes ``--data-dir`` (default ``$SHOAL_DATA_DIR`` or
-``~/.local/share/shoal``) and ``--json`` (one JSON object on stdout). A
-:class:`~protocol.ShoalError` (or an OS error) becomes one line on stderr and
-exit status 2 — never a traceback.
+Every subcommand takes ``--data-dir``, ``--config`` and ``--json``; the node a
+command acts on is found by one rule for all of them (:mod:`agent._location`).
+A user's mistake — a :class:`~protocol.ShoalError`, an OS error, a bad argument —
+becomes one line on stderr and exit status 2, never a traceback; with ``--json``
+stdout carries exactly one JSON document, errors included. Exit status 1 means
+the command ran but the answer is "no" (a rollout that ended without success,
+a store that failed verification).
 
 Other modules add subcommands by appending a ``register(subparsers, common)``
 function to :data:`REGISTRARS` (or passing ``registrars=`` to :func:`build_parser`);
@@ -15,23 +18,26 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from protocol._errors import ShoalError
 from protocol._manifest import Manifest, Variant
 
+from ._cli_result import Answered
 from ._errors import InstallError
 from ._install import Installer
-from ._keys import init_keys, load_key
-from ._paths import DataDir, default_data_dir
-from ._publish import publish
+from ._keys import load_key
+from ._location import control_socket, locate
+from ._lock import holder
+from ._paths import DataDir
+from ._publish import PublishResult, publish
 from ._store import ChunkStore
 
-__all__ = ["REGISTRARS", "build_parser", "main"]
+__all__ = ["REGISTRARS", "Answered", "build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace], tuple[Any, str]]
 Registrar = Callable[[Any, argparse.ArgumentParser], None]
@@ -40,7 +46,7 @@ EXIT_ERROR = 2
 
 
 def _data(args: argparse.Namespace) -> DataDir:
-    return DataDir(Path(args.data_dir) if args.data_dir else default_data_dir())
+    return locate(args).data
 
 
 def _store(args: argparse.Namespace) -> ChunkStore:
@@ -49,23 +55,6 @@ def _store(args: argparse.Namespace) -> ChunkStore:
 
 def _mib(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MiB"
-
-
-# ---------------------------------------------------------------------- keys
-
-
-def _cmd_keys_init(args: argparse.Namespace) -> tuple[Any, str]:
-    keys = init_keys(_data(args).keys)
-    text = "\n".join(f"created {k.name} key {k.key_id} at {k.path}" for k in keys)
-    return {"keys": [dataclasses.asdict(k) for k in keys]}, text
-
-
-def _register_keys(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("keys", help="manage this node's keys")
-    ksub = p.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
-    init = ksub.add_parser("init", parents=[common],
-                           help="create the node and publisher keys (never overwrites)")
-    init.set_defaults(func=_cmd_keys_init)
 
 
 # ---------------------------------------------------------------------- publish / models
@@ -99,17 +88,48 @@ def progress_bar(args: argparse.Namespace, label: str
 
 
 def _cmd_publish(args: argparse.Namespace) -> tuple[Any, str]:
+    """Through the daemon when one owns the data directory (it stores, signs and
+    announces); else straight into the store, and the daemon announces it when it
+    starts."""
     data = _data(args)
-    publisher = load_key(data.keys, "publisher")
-    store = ChunkStore(data.store)
-    with progress_bar(args, f"publish {args.model} {args.version}") as update:
-        res = publish(store, args.path, args.model, args.version, publisher, progress=update)
-    verb = "already published" if res.already_published else "published"
-    text = (f"{verb} {res.model_id} {res.version} ({', '.join(res.variants)}): "
-            f"{res.files} files, {_mib(res.bytes_total)}, {res.chunks_total} chunks; "
-            f"new: {res.chunks_new} chunks, {_mib(res.bytes_new)}\n"
-            f"manifest {res.manifest_id}")
+    running = holder(data.root)
+    if running is not None:
+        res = _publish_via_daemon(args, running.control_socket or control_socket(args))
+        where = "; announced to the fleet"
+    else:
+        publisher = load_key(data.keys, "publisher")
+        store = ChunkStore(data.store)
+        with progress_bar(args, f"publish {args.model} {args.version}") as update:
+            res = publish(store, args.path, args.model, args.version, publisher,
+                          progress=update)
+        where = "; the daemon announces it to the fleet when it starts"
+    if res.already_published:
+        text = (f"{res.model_id} {res.version} is already published with these bytes "
+                f"(manifest {res.manifest_id}); nothing to do")
+    else:
+        text = (f"published {res.model_id} {res.version} ({', '.join(res.variants)}): "
+                f"{res.files} files, {_mib(res.bytes_total)}, {res.chunks_total} chunks; "
+                f"new: {res.chunks_new} chunks, {_mib(res.bytes_new)}\n"
+                f"manifest {res.manifest_id}{where}")
     return dataclasses.asdict(res), text
+
+
+def _publish_via_daemon(args: argparse.Namespace, socket_path: str) -> PublishResult:
+    import os
+
+    import trio
+
+    from ._control import ControlClient
+
+    path = os.path.abspath(args.path)
+
+    async def go() -> PublishResult:
+        async with ControlClient(socket_path) as c:
+            r = await c.publish(path, args.model, args.version)
+        return PublishResult(r.manifest_id, r.model_id, r.version, r.variants, r.files,
+                             r.bytes_total, r.chunks_total, r.chunks_new, r.bytes_new,
+                             r.already_published)
+    return trio.run(go)
 
 
 def _manifest_json(m: Manifest, store: ChunkStore) -> dict[str, Any]:
@@ -243,8 +263,12 @@ def _register_models(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_cmd_gc)
 
 
-#: Functions that add subcommands; later issues append theirs.
-REGISTRARS: list[Registrar] = [_register_keys, _register_models]
+#: Functions that add subcommands.
+REGISTRARS: list[Registrar] = [_register_models]
+
+from ._cli_keys import register as _register_keys  # noqa: E402  (keys)
+
+REGISTRARS.insert(0, _register_keys)
 
 from ._cli_daemon import register as _register_daemon  # noqa: E402  (daemon, fleet, peers...)
 
@@ -255,18 +279,43 @@ from ._cli_migrate import register as _register_migrate  # noqa: E402  (export)
 REGISTRARS.append(_register_migrate)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error with ``--json`` prints one JSON document too."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_errors:
+            print(json.dumps({"error": f"{self.prog}: {message}"}, sort_keys=True))
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("shoal")
+    except PackageNotFoundError:   # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser(registrars: Sequence[Registrar] | None = None) -> argparse.ArgumentParser:
     # the shared options work before or after the subcommand: the subparsers'
     # copies default to SUPPRESS so they never overwrite a value given earlier
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--data-dir", default=argparse.SUPPRESS,
-                        help="data directory (default: $SHOAL_DATA_DIR or "
-                             "~/.local/share/shoal)")
+                        help="data directory (default: from --config, $SHOAL_DATA_DIR, "
+                             "$SHOAL_CONFIG, /etc/shoal/shoal.toml, ~/.local/share/shoal)")
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help="daemon config file (default: $SHOAL_CONFIG, "
+                             "/etc/shoal/shoal.toml)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print one JSON object")
-    parser = argparse.ArgumentParser(prog="shoal",
-                                     description="peer-to-peer model distribution agent")
+                        help="print one JSON document")
+    parser = _Parser(prog="shoal", description="peer-to-peer model distribution agent")
+    parser.add_argument("--version", action="version", version=f"shoal {_version()}")
     parser.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--config", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (REGISTRARS if registrars is None else registrars):
@@ -274,31 +323,64 @@ def build_parser(registrars: Sequence[Registrar] | None = None) -> argparse.Argu
     return parser
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):   # a path that is not UTF-8 prints as its bytes
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="surrogateescape")
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    _Parser.json_errors = "--json" in args_list
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     func: Handler = args.func
     try:
-        obj, text = func(args)
+        try:
+            obj, text = func(args)
+        except BaseExceptionGroup as group:   # from a trio nursery: report the cause
+            leaves = _leaves(group)
+            first = next((e for e in leaves if isinstance(e, ShoalError | OSError)), None)
+            if first is None:
+                raise
+            raise first from None
     except _VerifyFailed as exc:
         return _fail(args, str(exc), exc.result)
+    except Answered as exc:
+        if args.json:
+            if exc.result is not None:
+                print(json.dumps(exc.result, sort_keys=True))
+        elif exc.text:
+            print(exc.text)
+        return exc.status
     except ShoalError as exc:
         return _fail(args, str(exc), None)
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         return _fail(args, f"{exc.strerror or exc}{where}", None)
+    except UnicodeEncodeError as exc:   # argv bytes that are not UTF-8 (surrogateescape)
+        bad = exc.object[exc.start:exc.end] if isinstance(exc.object, str) else ""
+        return _fail(args, f"an argument is not valid UTF-8 text "
+                           f"({bad.encode('utf-8', 'surrogateescape')!r})", None)
+    except KeyboardInterrupt:
+        return _fail(args, "interrupted", None, 130)
     if args.json:
-        print(json.dumps(obj, indent=2, sort_keys=True))
+        if obj is not None:
+            print(json.dumps(obj, indent=2, sort_keys=True))
     elif text:
         print(text)
     return 0
 
 
-def _fail(args: argparse.Namespace, message: str, result: dict[str, Any] | None) -> int:
+def _fail(args: argparse.Namespace, message: str, result: dict[str, Any] | None,
+          status: int = EXIT_ERROR) -> int:
     if args.json:
         print(json.dumps({**(result or {}), "error": message}, sort_keys=True))
     print(f"shoal: error: {message}", file=sys.stderr)
-    return EXIT_ERROR
+    return status
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -22,37 +21,37 @@ import trio
 from protocol._codec import encode_value
 from protocol._types import TransferPriority
 
+from ._cli_result import Answered
 from ._config import load_config
 from ._errors import ConfigError
-from ._fleet_admin import admit, fleet_init, read_trust_file, revoke, systemd_unit
+from ._fleet_admin import admit, fleet_init, read_trust_file, revoke
+from ._location import DEFAULT_CONFIG, config_path, control_socket, locate
 from ._persist import atomic_write, write_cert
 from .client import (
+    ControlRefused,
     DistributionScope,
     ModelConvergenceStatus,
     ModelDistributionHandle,
+    RolloutState,
     ShoalClient,
 )
 
 __all__ = ["register"]
 
-DEFAULT_CONFIG = "/etc/shoal/shoal.toml"
-
-
 def _config_path(args: argparse.Namespace) -> str:
-    return str(getattr(args, "config", None) or os.environ.get("SHOAL_CONFIG")
-               or DEFAULT_CONFIG)
+    path = config_path(args)
+    if path is None:
+        raise ConfigError(f"no config file: give --config FILE, set $SHOAL_CONFIG, or write "
+                          f"{DEFAULT_CONFIG} (docs/CONFIG.md)")
+    return path
 
 
 def _socket(args: argparse.Namespace) -> str:
-    if getattr(args, "socket", None):
-        return str(args.socket)
-    return load_config(_config_path(args)).control_socket
+    return control_socket(args)
 
 
 def _keys_dir(args: argparse.Namespace) -> Path:
-    from ._paths import default_data_dir
-
-    return Path(getattr(args, "data_dir", None) or default_data_dir()) / "keys"
+    return locate(args).data.keys
 
 
 # ---------------------------------------------------------------------- daemon
@@ -78,18 +77,32 @@ def _cmd_daemon(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _cmd_daemon_install(args: argparse.Namespace) -> tuple[Any, str]:
-    exe = shutil.which("shoal") or f"{sys.executable} -m agent._cli"
-    unit = systemd_unit(exe, os.path.abspath(_config_path(args)))
+    from ._systemd import install, unit_for
+
     if args.print:
+        unit = unit_for(_config_path(args))
         return {"unit": unit}, unit.rstrip()
-    path = Path(args.unit_dir) / "shoal.service"
-    try:
-        path.write_text(unit)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc} (run as root, or "
-                          f"use --print)") from None
-    return {"unit_path": str(path)}, (f"wrote {path}; enable it with `systemctl daemon-reload "
-                                      f"&& systemctl enable --now shoal`")
+    r = install(_config_path(args), Path(args.unit_dir), create_user=args.create_user)
+    text = [f"wrote {r.unit_path} (runs as user {r.user})"]
+    if r.user_created:
+        text.append(f"created the system user {r.user}")
+    text += [f"{d} now belongs to {r.user}" for d in r.owned]
+    text += [f"note: {n}" for n in r.notes]
+    text.append("enable it with `systemctl daemon-reload && systemctl enable --now shoal`")
+    return dataclasses.asdict(r), "\n".join(text)
+
+
+def _cmd_daemon_uninstall(args: argparse.Namespace) -> tuple[Any, str]:
+    from ._systemd import uninstall
+
+    r = uninstall(Path(args.unit_dir), systemctl=args.systemctl)
+    text = ([f"stopped and disabled {Path(r.unit_path).name}"] if r.stopped else [])
+    text += [f"removed {r.unit_path}"] if r.removed else []
+    text += [f"note: {n}" for n in r.notes]
+    text.append("data and keys left in place" + (f": {', '.join(r.kept)}" if r.kept else "")
+                + " (delete them yourself if the node is gone for good; `pip uninstall "
+                  "shoal` removes the program)")
+    return dataclasses.asdict(r), "\n".join(text)
 
 
 # ---------------------------------------------------------------------- fleet
@@ -140,13 +153,22 @@ def _cmd_fleet_announce(args: argparse.Namespace) -> tuple[Any, str]:
 # ---------------------------------------------------------------------- client commands
 
 
-def _client(args: argparse.Namespace,
-            fn: Callable[[ShoalClient], Awaitable[Any]]) -> Any:
+def _client(args: argparse.Namespace, fn: Callable[[ShoalClient], Awaitable[Any]], *,
+            wait_for_daemon: float = 0.0) -> Any:
+    """Run ``fn`` against the daemon; with ``wait_for_daemon``, first wait that many
+    seconds at most for a daemon that is still starting to open its socket."""
     path = _socket(args)
 
     async def go() -> Any:
-        async with ShoalClient.connect(path) as c:
-            return await fn(c)
+        deadline = trio.current_time() + wait_for_daemon
+        while True:
+            try:
+                async with ShoalClient.connect(path) as c:
+                    return await fn(c)
+            except ControlRefused:
+                if trio.current_time() >= deadline:
+                    raise
+                await trio.sleep(0.2)
     return trio.run(go)
 
 
@@ -170,16 +192,38 @@ def _cmd_peers(args: argparse.Namespace) -> tuple[Any, str]:
     return _plain(r), "\n".join(lines) or "no peers connected"
 
 
+def _eta_text(r: ModelConvergenceStatus, unit: str = " s") -> str:
+    if r.state.is_final and r.state is not RolloutState.COMPLETE:
+        return "-"                    # it ended without completing: no eta to give
+    if r.estimated_completion is None:
+        return "unknown"
+    return f"{r.estimated_completion:.0f}{unit}"
+
+
 def _status_text(r: ModelConvergenceStatus) -> str:
-    eta = ("-" if r.estimated_completion is None else f"{r.estimated_completion:.0f} s")
-    lines = [f"{r.model_id} {r.target_version}: {r.converged}/{r.total_platforms} converged "
-             f"({100 * r.progress:.0f}%), {r.in_progress} in progress, {r.pending} pending, "
-             f"{r.failed} failed; eta {eta}"]
+    head = f"{r.model_id} {r.target_version}: "
+    if r.state in (RolloutState.ACTIVE, RolloutState.COMPLETE) and r.total_platforms:
+        lines = [head + f"{r.state.value}, {r.converged}/{r.total_platforms} converged "
+                 f"({100 * r.progress:.0f}%), {r.in_progress} in progress, {r.pending} "
+                 f"pending, {r.failed} failed; eta {_eta_text(r)}"]
+    elif r.state.is_final:      # cancelled, superseded, rolled back: the detail says so
+        lines = [head + (r.state_detail or r.state.value)]
+    else:                       # unknown, or no node in scope yet
+        lines = [head + r.state.value + (f" ({r.state_detail})" if r.state_detail else "")]
     if r.version_distribution:
         lines.append("  running: " + ", ".join(f"{v}={n}" for v, n in
                                                sorted(r.version_distribution.items())))
     lines += [f"  blocker {b.node_id}: {b.reason.value} {b.details}" for b in r.blockers]
     return "\n".join(lines)
+
+
+def _ended_text(r: ModelConvergenceStatus) -> str:
+    """The last line of ``status --watch``: why it stopped."""
+    if r.state is RolloutState.COMPLETE:
+        failed = f", {r.failed} failed" if r.failed else ""
+        return (f"rollout ended: complete, {r.converged}/{r.total_platforms} converged"
+                f"{failed}")
+    return f"rollout ended: {r.state_detail or r.state.value}"
 
 
 _WATCH_HEADER = (f"{'time':<9}{'converged':>10}{'in-prog':>9}{'pending':>9}{'failed':>8}"
@@ -188,15 +232,18 @@ _WATCH_HEADER = (f"{'time':<9}{'converged':>10}{'in-prog':>9}{'pending':>9}{'fai
 
 def _watch_row(r: ModelConvergenceStatus) -> str:
     pct = f"{100 * r.bytes_done / r.bytes_total:.0f}%" if r.bytes_total else "-"
-    eta = "-" if r.estimated_completion is None else f"{r.estimated_completion:.0f}s"
     blockers = ", ".join(f"{b.node_id[:8]}:{b.reason.value}" for b in r.blockers)
+    if r.state not in (RolloutState.ACTIVE, RolloutState.COMPLETE):
+        blockers = r.state.value    # e.g. cancelled: the counts alone would read "0/0"
     return (f"{time.strftime('%H:%M:%S'):<9}{f'{r.converged}/{r.total_platforms}':>10}"
-            f"{r.in_progress:>9}{r.pending:>9}{r.failed:>8}{pct:>8}{eta:>8}  {blockers}")
+            f"{r.in_progress:>9}{r.pending:>9}{r.failed:>8}{pct:>8}{_eta_text(r, 's'):>8}"
+            f"  {blockers}")
 
 
 def _status_obj(r: ModelConvergenceStatus) -> dict[str, Any]:
     obj: dict[str, Any] = _plain(r)
-    obj.update(is_complete=r.is_complete, is_success=r.is_success, progress=r.progress)
+    obj.update(is_complete=r.is_complete, is_success=r.is_success, progress=r.progress,
+               is_final=r.is_final)
     return obj
 
 
@@ -225,9 +272,27 @@ def _cmd_status(args: argparse.Namespace) -> tuple[Any, str]:
     return obj, "\n".join(lines)
 
 
+def _watch_end(args: argparse.Namespace, final: ModelConvergenceStatus) -> tuple[Any, str]:
+    """How ``status --watch`` ends: exit status 0 when the rollout completed with every
+    node converged, else 1 (superseded, cancelled, rolled back, or nodes failed). With
+    --json the final status is the last one-line object; in text, the final status
+    and a line saying why it ended."""
+    ok = final.state is RolloutState.COMPLETE and final.is_success
+    if args.json:
+        if ok:
+            print(json.dumps(_status_obj(final), sort_keys=True), flush=True)
+            return None, ""                     # main() prints nothing more
+        raise Answered(_status_obj(final), "", 1)    # main() prints it as one line
+    text = _status_text(final) + "\n" + _ended_text(final)
+    if ok:
+        return None, text
+    raise Answered(None, text, 1)
+
+
 def _watch(args: argparse.Namespace) -> tuple[Any, str]:
     """Print a row (or, with --json, a one-line JSON object) per change until the
-    rollout completes; the final status is printed last like any command's result."""
+    rollout ends (complete, superseded, cancelled or rolled back); in text, then the
+    final status and a line saying why it ended. Prints everything itself."""
     if not args.json and sys.stdout.isatty():
         return _watch_live(args)
     last: list[ModelConvergenceStatus] = []
@@ -238,15 +303,15 @@ def _watch(args: argparse.Namespace) -> tuple[Any, str]:
         async with c.subscribe_convergence(args.model, args.version,
                                            until_complete=not args.forever) as updates:
             async for status in updates:
-                if last:      # everything but the final one is printed here
-                    print(json.dumps(_status_obj(last[-1]), sort_keys=True) if args.json
-                          else _watch_row(last[-1]), flush=True)
                 last[:] = [status]
+                if not args.json:
+                    print(_watch_row(status), flush=True)
+                elif not (status.is_final and not args.forever):   # the last: _watch_end
+                    print(json.dumps(_status_obj(status), sort_keys=True), flush=True)
     _client(args, go)
     if not last:
         raise ConfigError("the daemon closed the subscription before any report")
-    final = last[-1]
-    return _status_obj(final), _watch_row(final) + "\n" + _status_text(final)
+    return _watch_end(args, last[-1])
 
 
 def _watch_live(args: argparse.Namespace) -> tuple[Any, str]:
@@ -279,7 +344,7 @@ def _watch_live(args: argparse.Namespace) -> tuple[Any, str]:
     _client(args, go)
     if not last:
         raise ConfigError("the daemon closed the subscription before any report")
-    return _status_obj(last[-1]), _status_text(last[-1])
+    return _watch_end(args, last[-1])
 
 
 def _handle_text(verb: str, h: ModelDistributionHandle) -> str:
@@ -290,7 +355,8 @@ def _handle_text(verb: str, h: ModelDistributionHandle) -> str:
         extra.append(f"delta from {h.delta_from}")
     more = f" ({', '.join(extra)})" if extra else ""
     return (f"handle {h.handle_id}\n{verb} {h.model_id} {h.version}{more} to scope {h.scope} "
-            f"({h.targets} nodes now), priority {h.priority.name.lower()}")
+            f"({h.targets} node{'' if h.targets == 1 else 's'} now), "
+            f"priority {h.priority.name.lower()}")
 
 
 def _handle_obj(h: ModelDistributionHandle) -> dict[str, Any]:
@@ -320,7 +386,7 @@ def _cmd_distribute(args: argparse.Namespace) -> tuple[Any, str]:
                                                   scope, prio)
         return await c.distribute_model(args.model, args.version, scope, prio)
     h = _client(args, go)
-    return _handle_obj(h), _handle_text("distribute", h)
+    return _handle_obj(h), h.handle_id if args.quiet else _handle_text("distribute", h)
 
 
 def _cmd_rollback(args: argparse.Namespace) -> tuple[Any, str]:
@@ -336,8 +402,8 @@ def _cmd_cancel(args: argparse.Namespace) -> tuple[Any, str]:
 def _cmd_node(args: argparse.Namespace) -> tuple[Any, str]:
     st = _client(args, lambda c: c.node_model_status(args.model, args.node))
     if st is None:
-        return ({"node": args.node, "model_id": args.model, "status": None},
-                f"node {args.node} reports nothing about {args.model}")
+        raise Answered({"node": args.node, "model_id": args.model, "status": None},
+                       f"node {args.node} reports nothing about {args.model}")
     obj = _plain(st)
     text = (f"{st.node_id} ({st.node_name}) {st.model_id}: {st.status.value} "
             f"{st.version or '-'} [{st.variant_id or '-'}], running {st.active_version or '-'}, "
@@ -348,9 +414,39 @@ def _cmd_node(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _cmd_nodes(args: argparse.Namespace) -> tuple[Any, str]:
-    ids = _client(args, lambda c: c.nodes_with_version(args.model, args.version))
-    return ({"model_id": args.model, "version": args.version, "node_ids": ids},
-            "\n".join(ids) or f"no node runs {args.model} {args.version}")
+    """Every node this node knows (or, with MODEL VERSION, those running it), by name."""
+    if args.model and not args.version:
+        raise ConfigError("nodes MODEL VERSION: give the version too")
+
+    async def go(c: ShoalClient) -> tuple[list[str] | None, Any]:
+        deadline = time.monotonic() + args.timeout
+        while True:
+            records = await c.control.records()
+            if len(records) >= args.wait:
+                break
+            if time.monotonic() >= deadline:
+                raise ConfigError(f"{len(records)} of {args.wait} nodes known after "
+                                  f"{args.timeout:g} s (check discovery: `shoal peers`)")
+            await trio.sleep(0.2)
+        ids = (await c.nodes_with_version(args.model, args.version) if args.model
+               else None)
+        return ids, records
+    ids, records = _client(args, go, wait_for_daemon=args.timeout if args.wait else 0.0)
+    rows = []
+    for e in records:
+        if ids is not None and e.node_id not in ids:
+            continue
+        models = {st.model_id: f"{st.active_version or '-'}" for st in e.record.models}
+        rows.append({"node_id": e.node_id, "name": e.record.name,
+                     "formation": e.record.formation, "active": models})
+    text = "\n".join(f"{r['node_id']}  {r['name'] or '-':<16} {r['formation'] or '-':<12} "
+                     + " ".join(f"{k}={v}" for k, v in sorted(r["active"].items()))
+                     for r in rows)
+    if ids is not None:
+        return ({"model_id": args.model, "version": args.version,
+                 "node_ids": [r["node_id"] for r in rows], "nodes": rows},
+                text or f"no node runs {args.model} {args.version}")
+    return {"nodes": rows}, text
 
 
 def _cmd_handles(args: argparse.Namespace) -> tuple[Any, str]:
@@ -362,11 +458,10 @@ def _cmd_handles(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    cfg = argparse.ArgumentParser(add_help=False)
-    cfg.add_argument("--config", help=f"daemon config (default: $SHOAL_CONFIG or "
-                                      f"{DEFAULT_CONFIG})")
+    cfg = argparse.ArgumentParser(add_help=False)   # --config is in `common`
     cli = argparse.ArgumentParser(add_help=False, parents=[cfg])
-    cli.add_argument("--socket", help="control socket (default: from the config)")
+    cli.add_argument("--socket", help="control socket (default: the daemon's that owns the "
+                                      "data directory; see `shoal --help`)")
 
     p = sub.add_parser("daemon", parents=[common, cfg], help="run the node daemon")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -376,10 +471,24 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_cmd_daemon)
     dsub = p.add_subparsers(dest="daemon_command", required=False, metavar="COMMAND")
     inst = dsub.add_parser("install", parents=[common, cfg],
-                           help="write a systemd unit for the daemon")
+                           help="write a systemd unit for the daemon (runs as user shoal)")
     inst.add_argument("--print", action="store_true", help="print the unit, write nothing")
     inst.add_argument("--unit-dir", default="/etc/systemd/system")
+    users = inst.add_mutually_exclusive_group()
+    users.add_argument("--create-user", dest="create_user", action="store_const", const=True,
+                       default=None, help="create the shoal user and chown the data directory "
+                                          "to it (default: only with the default --unit-dir)")
+    users.add_argument("--no-user", dest="create_user", action="store_const", const=False,
+                       help="never create a user or change ownership")
     inst.set_defaults(func=_cmd_daemon_install)
+    uninst = dsub.add_parser("uninstall", parents=[common],
+                             help="remove the systemd unit; data and keys stay")
+    uninst.add_argument("--unit-dir", default="/etc/systemd/system")
+    uninst.add_argument("--no-systemctl", dest="systemctl", action="store_const", const=False,
+                        default=None, help="do not run `systemctl disable --now shoal` "
+                                           "(default: run it for the default --unit-dir "
+                                           "where systemd runs)")
+    uninst.set_defaults(func=_cmd_daemon_uninstall)
 
     p = sub.add_parser("fleet", help="fleet root key and certificates")
     fsub = p.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
@@ -418,7 +527,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="with --watch: keep watching after completion (Ctrl-C stops)")
     p.set_defaults(func=_cmd_status)
     scope_help = ("all | formation=NAME | nodes=ID,ID | "
-                  "capable:min-gpu-gb=N,arch=NAME,min-storage-mb=N (default: all)")
+                  "capable:min-gpu-mem-gb=N,arch=NAME,min-storage-mb=N (default: all)")
     p = sub.add_parser("distribute", parents=[common, cli], help="roll out a version")
     p.add_argument("model")
     p.add_argument("version")
@@ -427,6 +536,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", help="one explicit variant (default: each node picks)")
     p.add_argument("--from", dest="delta_from", metavar="VERSION",
                    help="delta update from this version")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print only the handle id (for `shoal cancel`)")
     p.set_defaults(func=_cmd_distribute)
     p = sub.add_parser("rollback", parents=[common, cli],
                        help="switch back to an earlier version")
@@ -441,9 +552,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("model")
     p.add_argument("node", help="node id or name")
     p.set_defaults(func=_cmd_node)
-    p = sub.add_parser("nodes", parents=[common, cli], help="nodes running a version")
-    p.add_argument("model")
-    p.add_argument("version")
+    p = sub.add_parser("nodes", parents=[common, cli],
+                       help="the nodes this node knows (MODEL VERSION: those running it)")
+    p.add_argument("model", nargs="?")
+    p.add_argument("version", nargs="?")
+    p.add_argument("--wait", type=int, default=0, metavar="N",
+                   help="first wait until N nodes are known (this one included)")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds --wait waits at most (default %(default)s)")
     p.set_defaults(func=_cmd_nodes)
     p = sub.add_parser("handles", parents=[common, cli], help="intents known to this node")
     p.add_argument("model", nargs="?")

@@ -36,6 +36,7 @@ from protocol._manifest import Manifest, SemVer, Variant
 
 from ._errors import NotFound
 from ._install import RECORD_NAME
+from ._location import control_socket, locate
 from ._migrator import (
     DEFAULT_TIMEOUT,
     EXPORT_MARKER,
@@ -44,25 +45,16 @@ from ._migrator import (
     default_derived_version,
     run_export,
 )
-from ._paths import DataDir, confine, default_data_dir
+from ._paths import DataDir, confine
 
 __all__ = ["register", "stage_export"]
 
-_DEFAULT_CONFIG = "/etc/shoal/shoal.toml"
-
-
 def _data(args: argparse.Namespace) -> DataDir:
-    d = getattr(args, "data_dir", None)
-    return DataDir(Path(d) if d else default_data_dir())
+    return locate(args).data
 
 
 def _socket(args: argparse.Namespace) -> str:
-    if getattr(args, "socket", None):
-        return str(args.socket)
-    from ._config import load_config
-
-    path = getattr(args, "config", None) or os.environ.get("SHOAL_CONFIG") or _DEFAULT_CONFIG
-    return load_config(str(path)).control_socket
+    return control_socket(args)
 
 
 def _active(data: DataDir, model_id: str) -> tuple[str, Path, Manifest, str]:
@@ -185,8 +177,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--version", help="version of the derived release (default: "
                    "the next patch with a -state.<time> pre-release tag)")
     p.add_argument("--socket", help="the daemon's control socket (default: the config's)")
-    p.add_argument("--config", help="daemon config (default: $SHOAL_CONFIG or "
-                   f"{_DEFAULT_CONFIG})")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                    help="seconds the migrator may run (default %(default)s)")
     p.set_defaults(func=_cmd_export)

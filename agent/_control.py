@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from ._runtime import NodeRuntime
 
 __all__ = [
-    "ControlServer", "ControlClient", "ControlError", "ControlRefused",
+    "ControlServer", "ControlClient", "ControlError", "ControlRefused", "ControlSocketBusy",
     "StatusRequest", "StatusResponse", "PeersRequest", "PeersResponse", "PeerEntry",
     "PublishRequest", "PublishResponse", "DistributeRequest", "CancelRequest",
     "IntentResponse", "ConvergenceRequest", "ConvergenceReport",
@@ -54,7 +54,7 @@ __all__ = [
     "Subscribe", "ErrorResponse", "IntentsRequest", "IntentListResponse",
     "RecordsRequest", "RecordsResponse", "RecordEntry",
     "RequestRejected", "UnknownModel", "UnknownVersion", "UnknownVariant", "EmptyScope",
-    "UnknownIntent", "AnnounceTrustRequest", "AnnounceTrustResponse",
+    "UnknownIntent", "UnknownNode", "AnnounceTrustRequest", "AnnounceTrustResponse",
     "MAX_CONTROL_CONNECTIONS", "CONTROL_IDLE_TIMEOUT", "ControlStatistics",
 ]
 
@@ -77,6 +77,10 @@ class ControlError(AgentError):
 
 class ControlRefused(AgentError):
     """The control socket is missing, or the daemon refused this user."""
+
+
+class ControlSocketBusy(AgentError):
+    """Another live daemon serves the control socket this daemon was configured with."""
 
 
 class RequestRejected(ControlError):
@@ -106,9 +110,13 @@ class UnknownIntent(RequestRejected):
     """No distribute / rollback intent with that handle id (or model) is known here."""
 
 
+class UnknownNode(RequestRejected):
+    """No node with that id or name is known here."""
+
+
 REJECTIONS: dict[str, type[RequestRejected]] = {
     c.__name__: c for c in (RequestRejected, UnknownModel, UnknownVersion, UnknownVariant,
-                            EmptyScope, UnknownIntent)}
+                            EmptyScope, UnknownIntent, UnknownNode)}
 
 
 # ---------------------------------------------------------------------------- messages
@@ -177,6 +185,8 @@ class PublishResponse:
     chunks_total: int
     chunks_new: int
     bytes_new: int
+    files: int = 0
+    already_published: bool = False
 
 
 @message(106)
@@ -336,6 +346,31 @@ def count_targets(m: NodeMachine, scope: Scope, kind: IntentKind, model_id: str)
                if targets_node(kind, model_id, scope, nid, rec))
 
 
+def check_known(m: NodeMachine, model_id: str, version: str) -> None:
+    """Refuse a question about a model or version nothing in the ledger mentions."""
+    led = m.ledger
+    versions = {x.version for x in led.manifests() if x.model_id == model_id}
+    versions |= {i.version for i in led.intents() if i.model_id == model_id}
+    if not versions:
+        raise UnknownModel(f"no model {model_id!r} is known to this node (`shoal models` "
+                           f"on the publisher, `shoal handles` here)")
+    if version not in versions:
+        raise UnknownVersion(f"{model_id} has no version {version!r} known here; known: "
+                             f"{', '.join(sorted(versions))}")
+
+
+def find_node(m: NodeMachine, node: str) -> str:
+    """The id of the node named by id or name; :class:`UnknownNode` if none."""
+    records = m.ledger.records()
+    if node in records:
+        return node
+    named = sorted(k for k, r in records.items() if r.name == node)
+    if not named:
+        raise UnknownNode(f"no node {node!r} is known here (by id or name); "
+                          f"`shoal nodes` lists the nodes")
+    return named[0]
+
+
 def check_request(m: NodeMachine, req: DistributeRequest) -> int:
     """Refuse what cannot work before anything is signed or gossiped; the target count.
 
@@ -390,20 +425,7 @@ def check_operator(m: NodeMachine, key: bytes) -> None:
 
 def describe_scope(scope: Scope) -> str:
     """The CLI spelling of ``scope`` (``all``, ``formation=x``, ``capable:...``)."""
-    if scope.kind is ScopeKind.ALL:
-        return "all"
-    if scope.kind is ScopeKind.FORMATION:
-        return f"formation={scope.formation}"
-    if scope.kind is ScopeKind.NODES:
-        return "nodes=" + ",".join(scope.nodes)
-    parts = []
-    if scope.min_gpu_gb:
-        parts.append(f"min-gpu-gb={scope.min_gpu_gb:g}")
-    if scope.cpu_arch:
-        parts.append(f"arch={scope.cpu_arch}")
-    if scope.min_storage_mb:
-        parts.append(f"min-storage-mb={scope.min_storage_mb}")
-    return "capable:" + ",".join(parts)
+    return scope.text()
 
 
 def cancel_of(m: NodeMachine, intent_id: str) -> Intent | None:
@@ -473,8 +495,7 @@ class ControlServer:
                     ) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.path.parent, 0o700)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        await self._remove_stale_socket()
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
@@ -482,14 +503,34 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
+        ours = os.stat(self.path)
         sock.listen(_BACKLOG)
         listener = trio.SocketListener(sock)
         try:
             task_status.started()
             await trio.serve_listeners(self._handle, [listener])
         finally:
+            # only the socket this server bound: never one another daemon bound since
             with contextlib.suppress(OSError):
+                now = os.stat(self.path)
+                if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino):
+                    os.unlink(self.path)
+
+    async def _remove_stale_socket(self) -> None:
+        """Unlink a socket file nobody serves; refuse one a live daemon answers on."""
+        if not self.path.exists() and not self.path.is_symlink():
+            return
+        probe = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await probe.connect(str(self.path))
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
+            return
+        finally:
+            probe.close()
+        raise ControlSocketBusy(f"control socket {self.path} is served by another running "
+                                f"daemon; give this one its own control_socket")
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         uid = peer_uid(stream.socket)
@@ -545,6 +586,9 @@ class ControlServer:
 
     async def _dispatch(self, stream: trio.SocketStream, req: object) -> None:
         try:
+            if isinstance(req, Subscribe | ConvergenceRequest):
+                await self.runtime.call(
+                    lambda m, now: check_known(m, req.model_id, req.version))
             if isinstance(req, Subscribe):
                 await self._subscribe(stream, req)
                 return
@@ -588,11 +632,8 @@ class ControlServer:
                 m.convergence(req.model_id, req.version, now)))
         if isinstance(req, NodeStatusRequest):
             def node_status(m: NodeMachine, now: float) -> NodeStatusResponse:
-                records = m.ledger.records()
-                nid = req.node_id or rt.node_id
-                if nid not in records:
-                    nid = next((k for k, r in records.items() if r.name == req.node_id), nid)
-                return NodeStatusResponse(nid, records.get(nid))
+                nid = find_node(m, req.node_id) if req.node_id else rt.node_id
+                return NodeStatusResponse(nid, m.ledger.records().get(nid))
             return await rt.call(node_status)
         if isinstance(req, RecordsRequest):
             return await rt.call(lambda m, now: RecordsResponse(tuple(
@@ -601,6 +642,7 @@ class ControlServer:
             return await self._announce_trust(req)
         if isinstance(req, NodesWithVersionRequest):
             def with_version(m: NodeMachine, now: float) -> NodeListResponse:
+                check_known(m, req.model_id, req.version)
                 out = []
                 for nid, rec in sorted(m.ledger.records().items()):
                     st = rec.model(req.model_id)
@@ -618,9 +660,13 @@ class ControlServer:
             raise AgentError("this daemon holds no admitted publisher key (keys/publisher.key "
                              "with keys/publisher.cert); publish on a node that has one")
         publisher = rt.publisher
+        if not os.path.isabs(req.path):
+            raise AgentError(f"publish: {req.path!r} is not an absolute path (the daemon "
+                             f"does not share the caller's working directory)")
+        known = await rt.call(lambda m, now: m.ledger.manifests())
         res = await trio.to_thread.run_sync(
             lambda: publish(rt.store, req.path, req.model_id, req.version, publisher,
-                            base_version=req.base_version))
+                            base_version=req.base_version, known=known))
         manifest = rt.store.get_manifest(res.manifest_id)
         hashes = {c.hash for c in manifest.iter_chunks()}
 
@@ -629,8 +675,11 @@ class ControlServer:
                 m.chunk_stored(h, now)
             m.publish_manifest(manifest, now)
         await rt.call(announce)
+        log.info("published %s %s (manifest %s)", res.model_id, res.version, res.manifest_id,
+                 extra={"model_id": res.model_id})
         return PublishResponse(res.manifest_id, res.model_id, res.version, res.variants,
-                               res.bytes_total, res.chunks_total, res.chunks_new, res.bytes_new)
+                               res.bytes_total, res.chunks_total, res.chunks_new, res.bytes_new,
+                               res.files, res.already_published)
 
     def _operator(self) -> Any:
         if self.runtime.operator is None:
@@ -720,8 +769,8 @@ class ControlServer:
             if status != last:
                 await self._send(stream, ConvergenceReport(status))
                 last = status
-            if req.until_complete and status.is_complete and status.total_platforms > 0:
-                return
+            if req.until_complete and status.is_final:
+                return          # complete, superseded, cancelled or rolled back
             with trio.move_on_after(0.5):
                 await rt.wait_changed()
             await trio.sleep(0.2)
@@ -856,7 +905,9 @@ class ControlClient:
     async def subscribe_convergence(self, model_id: str, version: str,
                                     until_complete: bool = True
                                     ) -> AsyncIterator[ModelConvergenceStatus]:
-        """Statuses as they change. The connection is dedicated to the stream after this."""
+        """Statuses as they change. The connection is dedicated to the stream after this.
+        With ``until_complete`` it ends after the first final status (the rollout
+        completed, or was superseded, cancelled or rolled back: ``status.state``)."""
         assert self._stream is not None
         await self._stream.send_all(frame(encode(Subscribe(model_id, version, until_complete)),
                                           _MAX_FRAME))
@@ -864,5 +915,5 @@ class ControlClient:
             rep = await self._receive()
             assert isinstance(rep, ConvergenceReport)
             yield rep.status
-            if until_complete and rep.status.is_complete and rep.status.total_platforms > 0:
+            if until_complete and rep.status.is_final:
                 return

@@ -23,8 +23,7 @@ from ._errors import ConfigError
 from ._keys import init_keys, load_key
 from ._persist import cert_path, write_cert, write_seed
 
-__all__ = ["fleet_init", "admit", "revoke", "read_trust_file", "provision", "Provisioned",
-           "SYSTEMD_UNIT", "systemd_unit"]
+__all__ = ["fleet_init", "admit", "revoke", "read_trust_file", "provision", "Provisioned"]
 
 
 def fleet_init(keys_dir: Path) -> SigningIdentity:
@@ -128,27 +127,3 @@ def provision(data_dir: Path, *, root: SigningIdentity, fleet_id: str, name: str
     cfg.write_text(text)
     return Provisioned(data_dir, cfg, node.key_id, sock)
 
-
-SYSTEMD_UNIT = """\
-[Unit]
-Description=shoal model distribution daemon
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-Type=simple
-ExecStart={exe} daemon --config {config}
-Restart=on-failure
-RestartSec=2
-KillSignal=SIGTERM
-TimeoutStopSec=20
-NoNewPrivileges=true
-PrivateTmp=true
-
-[Install]
-WantedBy=multi-user.target
-"""
-
-
-def systemd_unit(exe: str, config: str) -> str:
-    return SYSTEMD_UNIT.format(exe=exe, config=config)

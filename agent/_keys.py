@@ -1,7 +1,8 @@
 """The node's and the publisher's Ed25519 keys on disk.
 
-Each key is its 32-byte seed in ``<data>/keys/<name>.key``, mode 0600, in a
-0700 directory. :func:`init_keys` never overwrites an existing key (a node
+Each key is its 32-byte seed in ``<data>/keys/<role>.key``, mode 0600, in a
+0700 directory, next to the root-signed certificate ``<role>.cert`` that admits
+it. :func:`init_keys` creates what is missing and never overwrites a key (a node
 that loses its key loses its identity in the fleet); :func:`load_key` refuses a
 key file that other users can read, as ssh does.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +21,10 @@ from protocol._identity import SigningIdentity
 from ._errors import ConfigError
 from ._paths import fsync_dir
 
-__all__ = ["KEY_NAMES", "KeyInfo", "init_keys", "load_key", "key_path"]
+__all__ = ["KEY_NAMES", "ROLES", "KeyInfo", "init_keys", "load_key", "key_path"]
 
-KEY_NAMES = ("node", "publisher")
+KEY_NAMES = ("node", "publisher")          # what `shoal keys init` creates by default
+ROLES = ("node", "publisher", "operator")   # every key a node may hold
 SEED_SIZE = 32
 
 
@@ -31,19 +34,19 @@ class KeyInfo:
     path: str
     key_id: str       # fingerprint of the public key (for a node key: its node id)
     public_key: str   # hex
+    created: bool = False   # False: the key already existed and was kept
 
 
 def key_path(keys_dir: Path, name: str) -> Path:
     return keys_dir / f"{name}.key"
 
 
-def init_keys(keys_dir: Path) -> list[KeyInfo]:
-    """Create the node and publisher keys; refuse if any already exists."""
-    existing = [key_path(keys_dir, n) for n in KEY_NAMES if key_path(keys_dir, n).exists()]
-    if existing:
-        raise ConfigError(f"refusing to overwrite existing key {existing[0]}; a node's key is "
-                          "its identity in the fleet — move it away first if you really "
-                          "mean to replace it")
+def init_keys(keys_dir: Path, roles: Sequence[str] = KEY_NAMES) -> list[KeyInfo]:
+    """Create the keys of ``roles`` that do not exist yet; existing keys are kept
+    (a node's key is its identity in the fleet: it is never overwritten)."""
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise ConfigError(f"unknown key role {unknown[0]!r}; roles: {', '.join(ROLES)}")
     try:
         keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(keys_dir, 0o700)
@@ -51,9 +54,13 @@ def init_keys(keys_dir: Path) -> list[KeyInfo]:
         raise ConfigError(f"cannot create key directory {keys_dir}: "
                           f"{exc.strerror or exc}") from exc
     out = []
-    for name in KEY_NAMES:
-        identity = SigningIdentity.generate()
+    for name in dict.fromkeys(roles):
         path = key_path(keys_dir, name)
+        if path.exists():
+            key = load_key(keys_dir, name)
+            out.append(KeyInfo(name, str(path), key.key_id, key.public_key.hex()))
+            continue
+        identity = SigningIdentity.generate()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:
@@ -68,7 +75,7 @@ def init_keys(keys_dir: Path) -> list[KeyInfo]:
                 os.unlink(path)
             raise ConfigError(f"cannot write key {path}: {exc.strerror or exc}") from exc
         os.close(fd)
-        out.append(KeyInfo(name, str(path), identity.key_id, identity.public_key.hex()))
+        out.append(KeyInfo(name, str(path), identity.key_id, identity.public_key.hex(), True))
     fsync_dir(keys_dir)
     return out
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from protocol._capabilities import Capabilities, GpuInfo
+from protocol._capabilities import Capabilities, GpuInfo, normalise_arch
 
 from ._errors import ConfigError
 
@@ -44,19 +44,6 @@ log = logging.getLogger("shoal.probe")
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 
-_ARCH = {
-    "x86_64": "x86_64", "amd64": "x86_64", "x64": "x86_64", "em64t": "x86_64",
-    "aarch64": "aarch64", "arm64": "aarch64", "armv8": "aarch64", "armv8l": "aarch64",
-    "armv7l": "armv7l", "armv7": "armv7l", "armhf": "armv7l",
-    "i386": "x86", "i686": "x86", "x86": "x86",
-    "riscv64": "riscv64", "ppc64le": "ppc64le", "s390x": "s390x",
-}
-
-
-def normalise_arch(machine: str) -> str:
-    """``platform.machine()`` -> shoal's arch name (x86_64, aarch64, ...)."""
-    key = machine.strip().lower()
-    return _ARCH.get(key, key)
 
 
 @dataclass(frozen=True, slots=True)

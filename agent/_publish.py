@@ -39,13 +39,13 @@ import os
 import stat
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol._capabilities import Requirements
+from protocol._capabilities import Requirements, normalise_arch
 from protocol._chunking import DEFAULT_PARAMS, DEFAULT_WINDOW, ChunkParams, chunk_stream
 from protocol._errors import InvalidValue
 from protocol._identity import SigningIdentity
@@ -110,7 +110,8 @@ def _requirements(table: dict[str, Any], where: str) -> Requirements:
             value = table[key]
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}: {key} must be a list of strings")
-            kwargs[key] = tuple(value)
+            kwargs[key] = tuple(normalise_arch(v) for v in value) if key == "cpu_arch" \
+                else tuple(value)
     for key in ("min_gpu_mem_gb", "min_ram_gb"):
         if key in table:
             value = table[key]
@@ -300,10 +301,13 @@ def publish(store: ChunkStore, package: Path | str, model_id: str, version: str,
             publisher: SigningIdentity, *, params: ChunkParams = DEFAULT_PARAMS,
             window: int = DEFAULT_WINDOW, created_at_ms: int | None = None,
             writer_threads: int = 2, base_version: str | None = None,
-            progress: Callable[[int, int], None] | None = None) -> PublishResult:
+            progress: Callable[[int, int], None] | None = None,
+            known: Iterable[Manifest] = ()) -> PublishResult:
     """Chunk, store, sign and pin ``package`` as ``(model_id, version)``.
 
     ``base_version`` marks a derived version (a migrator export layered on a base).
+    ``known`` are manifests published elsewhere (a daemon passes its ledger's): one
+    ``(model, version)`` has one manifest, whoever published it first.
     ``progress(bytes_done, bytes_total)`` is called as the files are chunked.
     """
     try:
@@ -344,13 +348,16 @@ def publish(store: ChunkStore, package: Path | str, model_id: str, version: str,
             finally:
                 writer.close()
     body = tuple(variants)
-    for existing in store.manifests():
+    for existing in [*store.manifests(), *known]:
         if existing.model_id == model_id and existing.version == version:
-            if existing.variants == body and existing.publisher_key == publisher.public_key:
+            if existing.variants == body and existing.base_version == base_version:
+                store.put_manifest(existing)
                 store.pin(existing.manifest_id)
                 return _result(existing, writer, already=True)
             raise PublishError(f"{model_id} {version} is already published with different "
-                               "content; publish the change under a new version")
+                               f"content (manifest {existing.manifest_id[:16]}); a version "
+                               "names one content forever: publish the change under a new "
+                               "version")
     if created_at_ms is None:
         created_at_ms = int(time.time() * 1000)
     manifest = Manifest.sign(publisher, model_id, version, body, created_at_ms,

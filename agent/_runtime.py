@@ -47,7 +47,7 @@ from typing import Any
 
 import trio
 
-from protocol._errors import ProtocolError
+from protocol._errors import ProtocolError, ShoalError
 from protocol._events import (
     ActivateVersion,
     DropPeer,
@@ -63,7 +63,7 @@ from protocol._manifest import Manifest
 from protocol._node import NodeMachine
 from protocol._swarm import make_piece
 from protocol._swarm_messages import Piece
-from protocol._types import BlockerReason, TransferPriority
+from protocol._types import BlockerReason, ModelOperationalStatus, TransferPriority
 
 from ._config import AgentConfig
 from ._control import PeerEntry
@@ -71,6 +71,7 @@ from ._discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
 from ._errors import AgentError, ChunkCorrupted, ChunkNotFound, InsufficientStorage, StoreError
 from ._install import Installer
 from ._keys import load_key
+from ._lock import DataDirLock
 from ._migrator import ingest_hook
 from ._paths import DataDir
 from ._persist import load_cert, load_ledger, save_ledger
@@ -126,6 +127,14 @@ class NodeRuntime:
         self.config = config
         self.data = DataDir(Path(config.data_dir))
         self.data.root.mkdir(parents=True, exist_ok=True)
+        self._lock = DataDirLock(self.data.root, config.control_socket)
+        try:
+            self._setup(config, rng)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _setup(self, config: AgentConfig, rng: random.Random | None) -> None:
         self.rng = rng or random.Random()
         self.identity = load_key(self.data.keys, "node")
         cert = load_cert(self.data.keys, "node")
@@ -154,6 +163,7 @@ class NodeRuntime:
             capabilities=self.capabilities, held_chunks=self.store.hashes(), ledger=ledger,
             installed=installed)
         self.node_id = self.machine.node_id
+        self._announce_published(now)
         for m in self.machine.ledger.manifests():
             self.store.put_manifest(m)
         self._stored_manifests = {m.manifest_id for m in self.store.manifests()}
@@ -179,6 +189,25 @@ class NodeRuntime:
         self._saves = self._installs = self._dup = self._drops = 0
         self.migrator_timeout = float(config.migrator_timeout)  # seconds a migrator may run
         self.bytes_served_by_priority: dict[str, int] = {}  # priority name -> bytes (metrics)
+
+    def _announce_published(self, now: float) -> None:
+        """Write the manifests ``shoal publish`` stored while no daemon ran to the ledger,
+        so gossip carries them to the fleet (each at most once: the ledger keeps it)."""
+        led = self.machine.ledger
+        for manifest in self.store.manifests():
+            if not self.store.is_pinned(manifest.manifest_id) or \
+                    led.manifest_by_id(manifest.manifest_id) is not None:
+                continue
+            try:
+                standing = self.machine.publish_manifest(manifest, now)
+            except ShoalError as exc:
+                log.warning("not announcing %s %s from the store: %s", manifest.model_id,
+                            manifest.version, exc, extra={"model_id": manifest.model_id})
+                continue
+            if standing.manifest_id == manifest.manifest_id:
+                log.info("announced %s %s (published while the daemon was stopped)",
+                         manifest.model_id, manifest.version,
+                         extra={"model_id": manifest.model_id})
 
     def _optional_key(self, role: str) -> SigningIdentity | None:
         if not (self.data.keys / f"{role}.key").exists():
@@ -227,6 +256,7 @@ class NodeRuntime:
                     self._saves += 1
                 except AgentError as exc:
                     log.error("could not save the ledger on shutdown: %s", exc)
+            self._lock.release()
             log.info("node %s stopped", self.node_id)
 
     async def _signals(self, scope: trio.CancelScope) -> None:
@@ -413,6 +443,7 @@ class NodeRuntime:
 
     async def _machine_task(self) -> None:
         m = self.machine
+        problems: dict[str, tuple[object, ...]] = {}   # own blockers/failures logged
         while True:
             deadline = m.next_deadline()
             items: list[tuple[Any, ...]] = []
@@ -437,8 +468,38 @@ class NodeRuntime:
             self._outputs += len(outputs)
             for out in outputs:
                 await self._carry_out(out)
+            self._log_own_problems(problems)
             self._changed.set()
             self._changed = trio.Event()
+
+    def _log_own_problems(self, logged: dict[str, tuple[object, ...]]) -> None:
+        """Log this node's own failures (error) and blockers (warning), with model and
+        intent ids, once per change: from its own record, after every machine step.
+        ``logged`` holds, per model, the problem last logged; a cleared one is noted
+        at info level."""
+        rec = self.machine.ledger.record(self.node_id)
+        if rec is None:
+            return
+        for st in rec.models:
+            failed = st.status is ModelOperationalStatus.FAILED
+            if not failed and st.blocker is None and st.model_id not in logged:
+                continue                                  # the usual case: nothing to say
+            extra = {k: v for k, v in (("model_id", st.model_id), ("version", st.version),
+                                       ("intent_id", st.intent_id)) if v}
+            if not failed and st.blocker is None:
+                if logged.pop(st.model_id, None) is not None:
+                    log.info("%s %s: no longer blocked (%s)", st.model_id, st.version,
+                             st.status.value, extra=extra)
+                continue
+            key = (failed, st.blocker, st.version, st.variant_id, st.intent_id)
+            if logged.get(st.model_id) == key:
+                continue
+            logged[st.model_id] = key
+            reason = st.blocker.value if st.blocker is not None else "unknown"
+            detail = f": {st.blocker_detail}" if st.blocker_detail else ""
+            log.log(logging.ERROR if failed else logging.WARNING, "%s %s %s: %s%s",
+                    st.model_id, st.version, "failed" if failed else "blocked", reason,
+                    detail, extra=extra)
 
     def _handle(self, item: tuple[Any, ...]) -> None:
         m, now, kind = self.machine, time.time(), item[0]

@@ -319,10 +319,14 @@ class PeerListener:
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
+        try:
+            listeners = await trio.open_tcp_listeners(self.port, host=self._host)
+        except OSError as exc:
+            raise TransportError(f"cannot listen on {self._host}:{self.port}: "
+                                 f"{exc.strerror or exc} (listen_address / listen_port "
+                                 f"in the config)") from None
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(
-                lambda task_status: trio.serve_tcp(self._handle, self.port, host=self._host,
-                                                   task_status=task_status))
+            await nursery.start(trio.serve_listeners, self._handle, listeners)
             sock = listeners[0].socket
             self.port = sock.getsockname()[1]
             task_status.started(self.port)

@@ -123,7 +123,7 @@ def human_bytes(n: float) -> str:
 
 def human_eta(seconds: float | None) -> str:
     if seconds is None:
-        return "-"
+        return "unknown"
     s = max(0, round(seconds))
     if s < 60:
         return f"{s}s"

@@ -26,8 +26,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from protocol._convergence import ConvergenceBlocker, ModelConvergenceStatus
-from protocol._errors import InvalidValue
+from protocol._convergence import ConvergenceBlocker, ModelConvergenceStatus, RolloutState
 from protocol._intents import IntentKind, Scope, ScopeKind
 from protocol._ledger import ModelState
 from protocol._types import BlockerReason, ModelOperationalStatus, TransferPriority
@@ -38,25 +37,24 @@ from ._control import (
     ControlRefused,
     EmptyScope,
     IntentResponse,
+    PublishResponse,
     RequestRejected,
     UnknownIntent,
     UnknownModel,
+    UnknownNode,
     UnknownVariant,
     UnknownVersion,
     describe_scope,
 )
 
 __all__ = [
-    "ShoalClient", "DistributionScope", "TransferPriority", "ModelDistributionHandle",
+    "ShoalClient", "PublishResponse", "DistributionScope", "TransferPriority",
+    "ModelDistributionHandle",
     "ModelConvergenceStatus", "ConvergenceBlocker", "BlockerReason", "NodeModelStatus",
-    "ModelOperationalStatus", "IntentKind", "ConvergenceSubscription",
+    "ModelOperationalStatus", "IntentKind", "ConvergenceSubscription", "RolloutState",
     "ControlError", "ControlRefused", "RequestRejected", "UnknownModel", "UnknownVersion",
-    "UnknownVariant", "EmptyScope", "UnknownIntent",
+    "UnknownVariant", "EmptyScope", "UnknownIntent", "UnknownNode",
 ]
-
-_CAPABLE_KEYS = {"min-gpu-gb": "min_gpu_gb", "arch": "cpu_arch", "cpu-arch": "cpu_arch",
-                 "min-storage-mb": "min_storage_mb"}
-
 
 @dataclass(frozen=True, slots=True)
 class DistributionScope:
@@ -80,44 +78,15 @@ class DistributionScope:
         return cls(Scope.of_nodes(*node_ids))
 
     @classmethod
-    def capable(cls, min_gpu_gb: float = 0.0, cpu_arch: str = "",
+    def capable(cls, min_gpu_mem_gb: float = 0.0, cpu_arch: str = "",
                 min_storage_mb: int = 0) -> DistributionScope:
-        return cls(Scope.capable(min_gpu_gb, cpu_arch, min_storage_mb))
+        return cls(Scope.capable(min_gpu_mem_gb, cpu_arch, min_storage_mb))
 
     @classmethod
     def parse(cls, text: str) -> DistributionScope:
         """The CLI syntax: ``all``, ``formation=NAME``, ``nodes=ID,ID``,
-        ``capable:min-gpu-gb=4,arch=aarch64,min-storage-mb=2048``."""
-        t = text.strip()
-        if t == "all":
-            return cls.all()
-        if t.startswith("capable:") or t == "capable":
-            kw: dict[str, str] = {}
-            for part in filter(None, t.partition(":")[2].split(",")):
-                key, eq, value = part.partition("=")
-                name = _CAPABLE_KEYS.get(key.strip())
-                if not eq or name is None or not value.strip():
-                    raise InvalidValue(f"scope {text!r}: capable takes min-gpu-gb=N, "
-                                       f"arch=NAME, min-storage-mb=N (comma separated); "
-                                       f"not {part!r}")
-                kw[name] = value.strip()
-            if not kw:
-                raise InvalidValue(f"scope {text!r}: capable needs at least one of "
-                                   f"min-gpu-gb, arch, min-storage-mb")
-            try:
-                return cls.capable(float(kw.get("min_gpu_gb", 0)), kw.get("cpu_arch", ""),
-                                   int(kw.get("min_storage_mb", 0)))
-            except ValueError as exc:
-                raise InvalidValue(f"scope {text!r}: {exc}") from None
-        kind, eq, value = t.partition("=")
-        if eq and kind == "formation" and value:
-            return cls.formation(value)
-        if eq and kind == "nodes":
-            ids = [v.strip() for v in value.split(",") if v.strip()]
-            if ids:
-                return cls.nodes(*ids)
-        raise InvalidValue(f"scope {text!r}: expected all, formation=NAME, nodes=ID,ID or "
-                           f"capable:min-gpu-gb=N,arch=NAME,min-storage-mb=N")
+        ``capable:min-gpu-mem-gb=4,arch=aarch64,min-storage-mb=2048``."""
+        return cls(Scope.parse(text))
 
     @property
     def kind(self) -> ScopeKind:
@@ -183,8 +152,10 @@ class NodeModelStatus:
 
 class ConvergenceSubscription:
     """An async iterator of :class:`ModelConvergenceStatus`, one per change, on its own
-    connection. It ends after the rollout completes (with ``until_complete``); use it
-    as ``async with`` (or call :meth:`aclose`) when you may stop early."""
+    connection. With ``until_complete`` it ends after the first final status: the
+    rollout completed, or was superseded, cancelled or rolled back (``status.state``
+    says which, ``status.state_detail`` by what). Use it as ``async with`` (or call
+    :meth:`aclose`) when you may stop early."""
 
     def __init__(self, path: str, model_id: str, version: str, until_complete: bool) -> None:
         self._path = path
@@ -260,6 +231,14 @@ class ShoalClient:
         return self._control
 
     # ------------------------------------------------------------------ operations
+    async def publish(self, path: str | os.PathLike[str], model_id: str, version: str
+                      ) -> PublishResponse:
+        """Publish the package at ``path`` (read by the daemon) as ``(model_id, version)``:
+        chunked, stored, signed with the daemon's publisher key and announced to the
+        fleet. The same bytes again are a no-op (``already_published``); other bytes
+        under a published version are refused."""
+        return await self._control.publish(os.path.abspath(path), model_id, version)
+
     async def distribute_model(self, model_id: str, version: str,
                                scope: DistributionScope | None = None,
                                priority: TransferPriority = TransferPriority.NORMAL
@@ -306,7 +285,8 @@ class ShoalClient:
     async def node_model_status(self, model_id: str, node_id: str
                                 ) -> NodeModelStatus | None:
         """``node_id`` (id or name; "" = this node) on ``model_id``; None when that node
-        is unknown or reports nothing about the model."""
+        reports nothing about the model, :class:`UnknownNode` when no node of that id
+        or name is known here."""
         r = await self._control.node_model_status(node_id)
         st = r.record.model(model_id) if r.record is not None else None
         if st is None or r.record is None:

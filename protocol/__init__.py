@@ -11,7 +11,7 @@ from ._capabilities import Capabilities, GpuInfo, Requirements
 from ._chunking import DEFAULT_PARAMS, ChunkParams, chunk_bytes, chunk_matches, chunk_stream
 from ._codec import PROTOCOL_VERSION, FrameDecoder, decode, encode, frame
 from ._config import Config, GossipConfig, SwarmConfig
-from ._convergence import ConvergenceBlocker, ModelConvergenceStatus
+from ._convergence import ConvergenceBlocker, ModelConvergenceStatus, RolloutState
 from ._errors import (
     ChunkIntegrityError,
     FrameTooLarge,
@@ -19,6 +19,7 @@ from ._errors import (
     InvalidValue,
     LocalProtocolError,
     MalformedMessage,
+    ManifestConflict,
     ProtocolError,
     RemoteProtocolError,
     ShoalError,
@@ -49,10 +50,12 @@ __all__ = [
     "ChunkParams", "ChunkRef", "Config", "ConvergenceBlocker", "DEFAULT_PARAMS", "DropPeer",
     "FileEntry", "FleetTrust", "FrameDecoder", "FrameTooLarge", "GossipConfig", "GpuInfo",
     "HostilePath", "InstallVariant", "Intent", "IntentKind", "InvalidValue", "Ledger",
-    "LocalProtocolError", "MalformedMessage", "Manifest", "ModelConvergenceStatus",
+    "LocalProtocolError", "MalformedMessage", "ManifestConflict", "Manifest",
+    "ModelConvergenceStatus",
     "ModelOperationalStatus", "ModelState", "NodeMachine", "NodeRecord", "NodeStatistics",
     "Notice", "Output", "PROTOCOL_VERSION", "ProtocolError", "RemoteProtocolError",
-    "Requirements", "Revocation", "Role", "Scope", "ScopeKind", "SemVer", "SendMessage",
+    "Requirements", "Revocation", "Role", "RolloutState", "Scope", "ScopeKind", "SemVer",
+    "SendMessage",
     "ServeChunk", "ShoalError", "SignatureError", "SigningIdentity", "StoreChunk", "SwarmConfig",
     "SwarmEngine", "TransferPriority", "TransferProgress", "UntrustedKey", "Variant",
     "VariantChoice", "chunk_bytes", "chunk_matches", "chunk_stream", "decode", "encode",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ._codec import struct
 from ._errors import InvalidValue
 
-__all__ = ["GpuInfo", "Capabilities", "Requirements"]
+__all__ = ["normalise_arch", "GpuInfo", "Capabilities", "Requirements"]
 
 
 @struct
@@ -55,3 +55,18 @@ class Requirements:
             raise InvalidValue("requirements cannot be negative")
         if self.precision not in ("fp32", "fp16", "bf16", "int8", "int4", "fp8"):
             raise InvalidValue(f"unknown precision {self.precision!r}")
+
+
+_ARCH = {
+    "x86_64": "x86_64", "amd64": "x86_64", "x64": "x86_64", "em64t": "x86_64",
+    "aarch64": "aarch64", "arm64": "aarch64", "armv8": "aarch64", "armv8l": "aarch64",
+    "armv7l": "armv7l", "armv7": "armv7l", "armhf": "armv7l",
+    "i386": "x86", "i686": "x86", "x86": "x86",
+    "riscv64": "riscv64", "ppc64le": "ppc64le", "s390x": "s390x",
+}
+
+
+def normalise_arch(machine: str) -> str:
+    """``platform.machine()`` -> shoal's arch name (x86_64, aarch64, ...)."""
+    key = machine.strip().lower()
+    return _ARCH.get(key, key)

@@ -9,7 +9,7 @@ it does not count. Each is classified from its own record: *converged* (that
 version, operational or degraded, and the intent's variant when it names one),
 *failed*, *in progress* (downloading or loading that version) or *pending*
 (anything else, e.g. still running another variant of the version). Because
-the answer depends only on the ledger (and ``now``, for the time estimate),
+the answer depends only on the ledger (``now`` only feeds ``unreachable``),
 every node holding the same ledger reports the same status.
 
 A node ``x`` is *unreachable* when at least ``min_suspecting`` other nodes list
@@ -22,26 +22,42 @@ when the silences began). In a fleet too small for ``min_suspecting``, every
 other node must suspect it. Unreachable nodes in scope get a
 ``network_partition`` blocker.
 
-``estimated_completion`` (seconds from ``now``): each transferring node's
-observed rate ``bytes_done / (updated_at - started_at)`` gives its remaining
-time; a node not started yet is assumed to need its variant's size (or the
-mean size of the others) at the mean observed rate. The estimate is the
-slowest node; 0.0 when complete; None only when no rate has been observed.
+``estimated_completion`` (seconds, from the nodes' latest reports) counts only
+what this rollout moved: a transferring node's rate is ``bytes_fetched /
+(updated_at - started_at)`` (bytes it fetched from peers since its transfer
+began; bytes it already held -- a resumed transfer, a delta's unchanged chunks
+-- are not rate), and its remaining time is ``(bytes_total - bytes_done) /
+rate``. The estimate is the slowest node. It is None (unknown) while any node
+still to finish has no measured rate (pending, waiting for the manifest, or not
+fetched a byte yet) or is blocked (a blocker in its record, or unreachable);
+0.0 when nothing is outstanding; None once the rollout ended without completing.
+
+``state`` says what became of the rollout, from the intents and the records
+(so every node with the same ledger agrees): *unknown* when no intent (of an
+admitted operator) ever targeted ``version``; *active* while nodes are in scope
+and some are still to finish (or while an intent targets the version but no
+node is in its scope yet); *complete* when every node in scope has finished
+(converged or failed); *cancelled* when every intent that targeted the version
+was cancelled; *superseded* when intents for the version still stand but every
+node they cover follows a newer intent for another version -- *rolled_back*
+when the newest of those is a rollback. ``state_detail`` names the intent that
+ended it. The final states (:attr:`RolloutState.is_final`) end a subscription.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ._codec import struct
-from ._identity import FleetTrust
-from ._intents import Intent, resolve
+from ._identity import FleetTrust, Role
+from ._intents import Intent, IntentKind, intent_applies, resolve
 from ._ledger import NodeRecord
 from ._types import BlockerReason, ModelOperationalStatus
 
-__all__ = ["ConvergenceBlocker", "ModelConvergenceStatus", "compute_convergence",
-           "unreachable_nodes"]
+__all__ = ["ConvergenceBlocker", "ModelConvergenceStatus", "RolloutState",
+           "compute_convergence", "rollout_state", "unreachable_nodes"]
 
 _DONE = (ModelOperationalStatus.OPERATIONAL, ModelOperationalStatus.DEGRADED)
 _BUSY = (ModelOperationalStatus.DOWNLOADING, ModelOperationalStatus.LOADING)
@@ -54,6 +70,26 @@ class ConvergenceBlocker:
     reason: BlockerReason
     since: float
     details: str
+
+
+class RolloutState(enum.StrEnum):
+    """What became of the rollout of one ``(model, version)`` (see the module docstring)."""
+
+    UNKNOWN = "unknown"            # no intent ever targeted the version
+    ACTIVE = "active"              # nodes in scope, some still to finish
+    COMPLETE = "complete"          # every node in scope converged or failed
+    SUPERSEDED = "superseded"      # its nodes follow a newer intent for another version
+    CANCELLED = "cancelled"        # every intent that targeted it was cancelled
+    ROLLED_BACK = "rolled_back"    # superseded by a rollback
+
+    @property
+    def is_final(self) -> bool:
+        """The rollout ended (a subscription stops here)."""
+        return self in _FINAL
+
+
+_FINAL = frozenset({RolloutState.COMPLETE, RolloutState.SUPERSEDED, RolloutState.CANCELLED,
+                    RolloutState.ROLLED_BACK})
 
 
 @struct
@@ -71,9 +107,11 @@ class ModelConvergenceStatus:
     failed: int                 # ... that failed (see blockers)
     version_distribution: dict[str, int]   # active version ("none") -> nodes in scope
     blockers: tuple[ConvergenceBlocker, ...]
-    estimated_completion: float | None      # seconds from now; None: no rate observed yet
+    estimated_completion: float | None      # seconds left; None: unknown
     bytes_done: int = 0         # summed over the nodes in scope that report target_version
     bytes_total: int = 0
+    state: RolloutState = RolloutState.ACTIVE
+    state_detail: str = ""      # why it ended ("superseded by 1.2.0 (intent ...)"), or ""
 
     @property
     def is_complete(self) -> bool:
@@ -83,6 +121,11 @@ class ModelConvergenceStatus:
     @property
     def is_success(self) -> bool:
         return self.total_platforms > 0 and self.converged == self.total_platforms
+
+    @property
+    def is_final(self) -> bool:
+        """The rollout ended: complete, superseded, cancelled or rolled back."""
+        return self.state.is_final
 
     @property
     def progress(self) -> float:
@@ -113,6 +156,51 @@ def unreachable_nodes(records: Mapping[str, NodeRecord], counters: Mapping[str, 
     return out
 
 
+def _short(intent_id: str) -> str:
+    return f"{intent_id[:16]}\u2026"
+
+
+def rollout_state(model_id: str, version: str, intents: Iterable[Intent],
+                  records: Mapping[str, NodeRecord], trust: FleetTrust,
+                  targets: Mapping[str, Intent | None], in_scope: int, unfinished: int
+                  ) -> tuple[RolloutState, str]:
+    """The :class:`RolloutState` of ``(model_id, version)`` and its detail text.
+
+    ``targets`` is each node's resolved intent, ``in_scope`` the nodes it sends to
+    ``version`` and ``unfinished`` those of them still pending or in progress."""
+    if in_scope:
+        if unfinished:
+            return RolloutState.ACTIVE, ""
+        return RolloutState.COMPLETE, ""
+    mine = [i for i in intents if i.model_id == model_id
+            and trust.is_admitted(i.issuer_key, Role.OPERATOR)]
+    cancels: dict[str, Intent] = {}
+    for it in sorted((i for i in mine if i.kind is IntentKind.CANCEL),
+                     key=lambda i: (i.stamp, i.intent_id), reverse=True):
+        assert it.cancels is not None
+        cancels[it.cancels] = it          # the oldest cancel of each intent wins
+    aimed = sorted((i for i in mine if i.kind is not IntentKind.CANCEL and i.version == version),
+                   key=lambda i: (i.stamp, i.intent_id))
+    if not aimed:
+        return RolloutState.UNKNOWN, "no intent targets this version"
+    live = [i for i in aimed if i.intent_id not in cancels]
+    if not live:
+        last = aimed[-1]
+        return RolloutState.CANCELLED, (f"cancelled by intent "
+                                        f"{_short(cancels[last.intent_id].intent_id)}")
+    followed = [t for node_id, t in sorted(targets.items())
+                if t is not None and any(intent_applies(i, node_id, records.get(node_id))
+                                         for i in live)]
+    if not followed:
+        return RolloutState.ACTIVE, "no node is in scope yet"
+    newest = max(followed, key=lambda i: (i.stamp, i.intent_id))
+    if newest.kind is IntentKind.ROLLBACK:
+        return RolloutState.ROLLED_BACK, (f"rolled back to {newest.version} "
+                                          f"(intent {_short(newest.intent_id)})")
+    return RolloutState.SUPERSEDED, (f"superseded by {newest.version} "
+                                     f"(intent {_short(newest.intent_id)})")
+
+
 def compute_convergence(model_id: str, version: str, intents: Iterable[Intent],
                         records: Mapping[str, NodeRecord], trust: FleetTrust,
                         unreachable: set[str], now: float) -> ModelConvergenceStatus:
@@ -120,12 +208,11 @@ def compute_convergence(model_id: str, version: str, intents: Iterable[Intent],
     converged = in_progress = pending = failed = 0
     dist: dict[str, int] = {}
     blockers: list[ConvergenceBlocker] = []
-    rates: list[float] = []
-    sizes: list[int] = []
-    remaining: list[tuple[int, float | None]] = []   # bytes left, own rate
+    targets: dict[str, Intent | None] = {}
+    times: list[float | None] = []      # per node still to finish: seconds left (None: unknown)
     bytes_done = bytes_total = 0
     for node_id in sorted(records):
-        target = resolve(intents, model_id, node_id, records, trust)
+        target = targets[node_id] = resolve(intents, model_id, node_id, records, trust)
         if target is None or target.version != version:
             continue
         rec = records[node_id]
@@ -140,42 +227,40 @@ def compute_convergence(model_id: str, version: str, intents: Iterable[Intent],
                                          or st.variant_id == target.variant_id)
         if on_target and variant_ok and st is not None and st.status in _DONE:
             converged += 1
-            if st.bytes_total and st.updated_at > st.started_at:
-                rates.append(st.bytes_done / (st.updated_at - st.started_at))
             continue
-        if on_target and st is not None and st.status is ModelOperationalStatus.FAILED:
+        left: float | None = None         # seconds this node still needs (None: unknown)
+        has_failed = (on_target and st is not None
+                      and st.status is ModelOperationalStatus.FAILED)
+        if has_failed:
             failed += 1
         elif on_target and st is not None and st.status in _BUSY:
             in_progress += 1
-            rate = None
-            if st.updated_at > st.started_at and st.bytes_done > 0:
-                rate = st.bytes_done / (st.updated_at - st.started_at)
-                rates.append(rate)
-            if st.bytes_total:
-                sizes.append(st.bytes_total)
-            remaining.append((max(0, st.bytes_total - st.bytes_done), rate))
+            to_fetch = max(0, st.bytes_total - st.bytes_done)
+            if to_fetch == 0:
+                left = 0.0
+            elif st.bytes_fetched > 0 and st.updated_at > st.started_at:
+                left = to_fetch * (st.updated_at - st.started_at) / st.bytes_fetched
         else:
-            pending += 1
-            remaining.append((-1, None))
+            pending += 1                  # not started: no rate of its own yet
         if node_id in unreachable:
             blockers.append(ConvergenceBlocker(node_id, BlockerReason.NETWORK_PARTITION,
                                                rec.written_at, "no news of this node from "
                                                "several peers"))
+            left = None                   # a blocked node finishes who knows when
         elif on_target and st is not None and st.blocker is not None:
             blockers.append(ConvergenceBlocker(node_id, st.blocker, st.blocker_since,
                                                st.blocker_detail))
+            left = None
+        if not has_failed:                # a failed node is final: nothing to wait for
+            times.append(left)
     total = converged + in_progress + pending + failed
-    eta: float | None = None
-    if in_progress == 0 and pending == 0:
-        eta = 0.0
-    elif rates:
-        mean_rate = sum(rates) / len(rates)
-        mean_size = sum(sizes) / len(sizes) if sizes else 0.0
-        worst = 0.0
-        for left, rate in remaining:
-            bytes_left = mean_size if left < 0 else left
-            r = rate if rate else mean_rate
-            worst = max(worst, bytes_left / r if r > 0 else 0.0)
-        eta = worst
+    state, detail = rollout_state(model_id, version, intents, records, trust, targets,
+                                  total, in_progress + pending)
+    eta: float | None = None              # unknown, or it will never complete
+    if not state.is_final or state is RolloutState.COMPLETE:
+        known = [t for t in times if t is not None]
+        if len(known) == len(times):
+            eta = max(known, default=0.0)
     return ModelConvergenceStatus(model_id, version, total, converged, in_progress, pending,
-                                  failed, dist, tuple(blockers), eta, bytes_done, bytes_total)
+                                  failed, dist, tuple(blockers), eta, bytes_done, bytes_total,
+                                  state, detail)

@@ -24,6 +24,7 @@ __all__ = [
     "ChunkIntegrityError",
     "InvalidValue",
     "HostilePath",
+    "ManifestConflict",
 ]
 
 
@@ -78,3 +79,7 @@ class InvalidValue(LocalProtocolError, ValueError):
 
 class HostilePath(InvalidValue):
     """A file path that is absolute, escapes its root, or is otherwise unsafe."""
+
+
+class ManifestConflict(LocalProtocolError):
+    """A second, different content published under a version that already names one."""

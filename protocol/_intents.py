@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import blake3
 
+from ._capabilities import normalise_arch
 from ._codec import canonical, struct
 from ._errors import InvalidValue
 from ._hlc import HLC
@@ -66,7 +67,7 @@ class Scope:
     kind: ScopeKind = ScopeKind.ALL
     formation: str = ""
     nodes: tuple[str, ...] = ()        # node ids (32 hex) or node names
-    min_gpu_gb: float = 0.0
+    min_gpu_mem_gb: float = 0.0
     cpu_arch: str = ""
     min_storage_mb: int = 0
 
@@ -75,7 +76,7 @@ class Scope:
             raise InvalidValue("a formation scope needs a formation name")
         if self.kind is ScopeKind.NODES and not self.nodes:
             raise InvalidValue("a nodes scope needs at least one node id or name")
-        if self.min_gpu_gb < 0 or self.min_storage_mb < 0:
+        if self.min_gpu_mem_gb < 0 or self.min_storage_mb < 0:
             raise InvalidValue("scope minimums cannot be negative")
 
     @classmethod
@@ -91,10 +92,83 @@ class Scope:
         return cls(ScopeKind.NODES, nodes=tuple(nodes))
 
     @classmethod
-    def capable(cls, min_gpu_gb: float = 0.0, cpu_arch: str = "",
+    def capable(cls, min_gpu_mem_gb: float = 0.0, cpu_arch: str = "",
                 min_storage_mb: int = 0) -> Scope:
-        return cls(ScopeKind.CAPABLE, min_gpu_gb=min_gpu_gb, cpu_arch=cpu_arch,
+        return cls(ScopeKind.CAPABLE, min_gpu_mem_gb=min_gpu_mem_gb,
+                   cpu_arch=normalise_arch(cpu_arch) if cpu_arch else "",
                    min_storage_mb=min_storage_mb)
+
+    @classmethod
+    def parse(cls, text: str) -> Scope:
+        """The text form: ``all``, ``formation=NAME``, ``nodes=ID,ID`` (ids or names),
+        ``capable:min-gpu-mem-gb=N,arch=NAME,min-storage-mb=N`` (any subset; ``arch``
+        takes the aliases the probe knows: arm64 = aarch64, x64 = amd64 = x86_64).
+        :class:`InvalidValue` says what is wrong."""
+        t = text.strip()
+        if t == "all":
+            return cls()
+        if t.startswith("capable:") or t == "capable":
+            return cls._parse_capable(text, t.partition(":")[2])
+        kind, eq, value = t.partition("=")
+        if eq and kind == "formation" and value.strip():
+            return cls.of_formation(value.strip())
+        if eq and kind == "nodes":
+            ids = [v.strip() for v in value.split(",") if v.strip()]
+            if ids:
+                return cls.of_nodes(*ids)
+        raise InvalidValue(f"scope {text!r}: expected all, formation=NAME, nodes=ID,ID or "
+                           f"capable:min-gpu-mem-gb=N,arch=NAME,min-storage-mb=N")
+
+    @classmethod
+    def _parse_capable(cls, text: str, body: str) -> Scope:
+        kw: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in body.split(","))):
+            key, eq, value = part.partition("=")
+            name = _CAPABLE_KEYS.get(key.strip())
+            if not eq or name is None or not value.strip():
+                raise InvalidValue(f"scope {text!r}: capable takes min-gpu-mem-gb=N, "
+                                   f"arch=NAME, min-storage-mb=N (comma separated), "
+                                   f"not {part!r}")
+            kw[name] = value.strip()
+        if not kw:
+            raise InvalidValue(f"scope {text!r}: capable needs at least one of "
+                               f"min-gpu-mem-gb, arch, min-storage-mb")
+        gpu = _number(text, "min-gpu-mem-gb", kw.get("min_gpu_mem_gb", "0"), float)
+        storage = _number(text, "min-storage-mb", kw.get("min_storage_mb", "0"), int)
+        return cls.capable(float(gpu), kw.get("cpu_arch", ""), int(storage))
+
+    def text(self) -> str:
+        """The text form :meth:`parse` reads."""
+        if self.kind is ScopeKind.ALL:
+            return "all"
+        if self.kind is ScopeKind.FORMATION:
+            return f"formation={self.formation}"
+        if self.kind is ScopeKind.NODES:
+            return "nodes=" + ",".join(self.nodes)
+        parts = []
+        if self.min_gpu_mem_gb:
+            parts.append(f"min-gpu-mem-gb={self.min_gpu_mem_gb:g}")
+        if self.cpu_arch:
+            parts.append(f"arch={self.cpu_arch}")
+        if self.min_storage_mb:
+            parts.append(f"min-storage-mb={self.min_storage_mb}")
+        return "capable:" + ",".join(parts)
+
+
+_CAPABLE_KEYS = {"min-gpu-mem-gb": "min_gpu_mem_gb", "arch": "cpu_arch",
+                 "cpu-arch": "cpu_arch", "min-storage-mb": "min_storage_mb"}
+
+
+def _number(text: str, key: str, value: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        n = kind(value)
+    except ValueError:
+        noun = "a whole number" if kind is int else "a number"
+        raise InvalidValue(f"scope {text!r}: {key} must be {noun}, not {value!r}") from None
+    if n < 0 or n != n or n == float("inf"):
+        raise InvalidValue(f"scope {text!r}: {key} must be a finite number >= 0, "
+                           f"not {value!r}")
+    return n
 
 
 def scope_matches(scope: Scope, node_id: str, record: NodeRecord | None) -> bool:
@@ -111,9 +185,9 @@ def scope_matches(scope: Scope, node_id: str, record: NodeRecord | None) -> bool
     caps = record.capabilities
     if caps is None:
         return False
-    if scope.cpu_arch and caps.cpu_arch != scope.cpu_arch:
+    if scope.cpu_arch and caps.cpu_arch != normalise_arch(scope.cpu_arch):
         return False
-    if caps.max_gpu_memory_gb < scope.min_gpu_gb:
+    if caps.max_gpu_memory_gb < scope.min_gpu_mem_gb:
         return False
     return caps.storage_free_mb >= scope.min_storage_mb
 

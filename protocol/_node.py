@@ -65,7 +65,7 @@ from ._capabilities import Capabilities
 from ._chunking import chunk_matches
 from ._config import Config
 from ._convergence import ModelConvergenceStatus, compute_convergence, unreachable_nodes
-from ._errors import RemoteProtocolError, SignatureError
+from ._errors import ManifestConflict, RemoteProtocolError, SignatureError
 from ._events import ActivateVersion, DropPeer, InstallVariant, Notice, Output, SendMessage
 from ._gossip import GossipEngine, GossipStatistics, urgent
 from ._hlc import HybridClock
@@ -435,14 +435,30 @@ class NodeMachine:
         self._after_input(now)
         return True
 
-    def publish_manifest(self, manifest: Manifest, now: float) -> None:
+    def publish_manifest(self, manifest: Manifest, now: float) -> Manifest:
+        """Write a publisher-signed manifest to the ledger; the manifest that stands.
+
+        One ``(model, version)`` names one content forever: a manifest whose content
+        equals the one already published is a no-op (the published one is returned);
+        different content under a published version raises :class:`ManifestConflict`.
+        """
         self._observe_clock(now)
         manifest.verify(self.trust)
+        existing = self.ledger.manifest_for(manifest.model_id, manifest.version)
+        if existing is not None and existing.manifest_id != manifest.manifest_id:
+            if (existing.variants, existing.base_version) == (manifest.variants,
+                                                               manifest.base_version):
+                return existing
+            raise ManifestConflict(
+                f"{manifest.model_id} {manifest.version} is already published with different "
+                f"content (manifest {existing.manifest_id[:16]}); publish the change under "
+                f"a new version")
         self._ensure_cert(manifest.publisher_key, Role.PUBLISHER, now)
         if self.ledger.manifest_by_id(manifest.manifest_id) is None:
             self._append(manifest, now)
         self._reconcile(now)
         self._after_input(now)
+        return manifest
 
     def set_capabilities(self, caps: Capabilities, now: float) -> None:
         self._observe_clock(now)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+from ._errors import InvalidValue
+
 __all__ = ["TransferPriority", "ModelOperationalStatus", "BlockerReason"]
 
 
@@ -20,8 +22,8 @@ class TransferPriority(enum.IntEnum):
         try:
             return cls[text.upper()]
         except KeyError:
-            raise ValueError(f"priority must be one of critical, high, normal, low; "
-                             f"not {text!r}") from None
+            raise InvalidValue(f"priority must be one of critical, high, normal, low; "
+                               f"not {text!r}") from None
 
 
 class ModelOperationalStatus(enum.StrEnum):

@@ -114,6 +114,16 @@ def _human(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    wants = [opt for opt in ("plot", "html") if getattr(args, opt, None)]
+    if wants:      # before the run, which may take minutes
+        from . import _report
+
+        try:
+            _report.require_matplotlib()
+        except _report.MissingExtra as exc:
+            print(f"shoal-sim: error: --{wants[0]} needs {exc.package}: "
+                  f"pip install 'shoal[{exc.extra}]'", file=sys.stderr)
+            return 2
     result = run(args)
     text = json.dumps(result, sort_keys=True, default=str)
     if args.out is not None:

@@ -8,6 +8,9 @@ schedule can finish earlier), then a second panel of the bytes each node fetched
 writes one self-contained page: the plot embedded as a PNG and the summary
 table of every run. Inputs are the result dicts of :func:`sim._scenarios.swarm`
 called with ``timeline=True``.
+
+matplotlib is an extra (``pip install 'shoal[sim]'``), imported only when a plot
+is drawn; :func:`require_matplotlib` raises :class:`MissingExtra` without it.
 """
 
 from __future__ import annotations
@@ -19,11 +22,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["html", "plot", "plot_png", "summary_rows"]
+__all__ = ["MissingExtra", "html", "plot", "plot_png", "require_matplotlib", "summary_rows"]
 
 _SUMMARY = ("nodes", "size", "chunk_size", "up_mbit", "down_mbit", "hetero", "seed",
             "topology", "complete", "t_measured", "t_min", "ratio", "t_hub", "hub_speedup",
             "duplicate_fraction", "seeder_copies")
+
+
+class MissingExtra(RuntimeError):
+    """A feature needs a package from an extra that is not installed."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        self.package, self.extra = package, extra
+        super().__init__(f"{package} is not installed: pip install 'shoal[{extra}]'")
+
+
+def require_matplotlib() -> Any:
+    """The ``matplotlib`` module (Agg backend), or :class:`MissingExtra`."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError as exc:       # matplotlib or one of its dependencies
+        raise MissingExtra("matplotlib", "sim") from exc
+    matplotlib.use("Agg")
+    return matplotlib
 
 
 def _timeline(result: dict[str, Any]) -> dict[str, Any]:
@@ -44,9 +65,7 @@ def _steps(times: Sequence[float], targets: int) -> tuple[list[float], list[floa
 
 def plot_png(results: Sequence[dict[str, Any]]) -> bytes:
     """The two-panel figure as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    require_matplotlib()
     from matplotlib import pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))

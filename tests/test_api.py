@@ -36,7 +36,15 @@ from agent import (
     TransferPriority,
 )
 from agent._fleet_admin import provision
-from agent.client import EmptyScope, UnknownIntent, UnknownModel, UnknownVariant, UnknownVersion
+from agent.client import (
+    ControlError,
+    EmptyScope,
+    UnknownIntent,
+    UnknownModel,
+    UnknownNode,
+    UnknownVariant,
+    UnknownVersion,
+)
 from agent.fleet_demo import FAST_GOSSIP, LocalFleet, make_package, mutate_package
 from protocol._errors import InvalidValue
 from protocol._intents import ScopeKind
@@ -141,15 +149,15 @@ def converged(f: LocalFleet, i: int, model: str, version: str, total: int,
 
 def test_scope_parse_and_render_round_trip() -> None:
     for text in ("all", "formation=alpha", "nodes=a,b",
-                 "capable:min-gpu-gb=4,arch=aarch64,min-storage-mb=2048"):
+                 "capable:min-gpu-mem-gb=4,arch=aarch64,min-storage-mb=2048"):
         assert str(DistributionScope.parse(text)) == text
-    s = DistributionScope.parse("capable:min-gpu-gb=4,arch=aarch64,min-storage-mb=2048")
-    assert s == DistributionScope.capable(min_gpu_gb=4, cpu_arch="aarch64",
+    s = DistributionScope.parse("capable:min-gpu-mem-gb=4,arch=aarch64,min-storage-mb=2048")
+    assert s == DistributionScope.capable(min_gpu_mem_gb=4, cpu_arch="aarch64",
                                           min_storage_mb=2048)
     assert s.kind is ScopeKind.CAPABLE
     assert DistributionScope.parse("nodes=x, y").scope.nodes == ("x", "y")
     for bad in ("", "some", "formation=", "nodes=", "capable:", "capable:gpu=4",
-                "capable:min-gpu-gb=lots", "capable:min-gpu-gb=-1"):
+                "capable:min-gpu-mem-gb=lots", "capable:min-gpu-mem-gb=-1"):
         with pytest.raises(InvalidValue):
             DistributionScope.parse(bad)
     assert TransferPriority.parse("critical") is TransferPriority.CRITICAL
@@ -160,7 +168,13 @@ def test_scope_parse_and_render_round_trip() -> None:
 
 def test_errors_are_refused_at_the_issuing_node(fleet: LocalFleet, tmp_path: Path) -> None:
     pkg = make_package(tmp_path / "det1", 2 * MiB, seed=31)
-    api(fleet, 0, lambda c: c.control.publish(str(pkg), "det", "1.0.0"))
+    pub = api(fleet, 0, lambda c: c.publish(pkg, "det", "1.0.0"))
+    # one version, one content: the same bytes are a no-op, other bytes are refused
+    again = api(fleet, 0, lambda c: c.publish(pkg, "det", "1.0.0"))
+    assert again.already_published and again.manifest_id == pub.manifest_id
+    other = make_package(tmp_path / "det1-other", 2 * MiB, seed=32)
+    with pytest.raises(ControlError, match="already published with different content"):
+        api(fleet, 0, lambda c: c.publish(other, "det", "1.0.0"))
     cases: list[tuple[type[Exception], str, Callable[[ShoalClient], Awaitable[Any]]]] = [
         (UnknownModel, "no published model 'nope'",
          lambda c: c.distribute_model("nope", "1.0.0")),
@@ -176,7 +190,7 @@ def test_errors_are_refused_at_the_issuing_node(fleet: LocalFleet, tmp_path: Pat
          lambda c: c.distribute_model("det", "1.0.0", DistributionScope.formation("zulu"))),
         (EmptyScope, "matches none",
          lambda c: c.distribute_model("det", "1.0.0",
-                                      DistributionScope.capable(min_gpu_gb=64))),
+                                      DistributionScope.capable(min_gpu_mem_gb=64))),
         (EmptyScope, "ghost",
          lambda c: c.distribute_model("det", "1.0.0", DistributionScope.nodes("node2",
                                                                              "ghost"))),
@@ -229,7 +243,8 @@ def test_auto_variant_selection_and_subscription(fleet: LocalFleet) -> None:
         settles(fleet, i, lambda c: c.nodes_with_version("det", "1.0.0"), ids(fleet, 0, 1, 2, 3))
         converged(fleet, i, "det", "1.0.0", N, timeout=30)
     assert api(fleet, 0, lambda c: c.node_model_status("nope", "node1")) is None
-    assert api(fleet, 0, lambda c: c.node_model_status("det", "no-such-node")) is None
+    with pytest.raises(UnknownNode, match="no-such-node"):
+        api(fleet, 0, lambda c: c.node_model_status("det", "no-such-node"))
 
 
 def test_delta_moves_only_changed_chunks(fleet: LocalFleet, tmp_path: Path) -> None:
@@ -277,7 +292,7 @@ def test_explicit_variant_nodes_scope_and_blockers(fleet: LocalFleet, tmp_path: 
     pkg = make_package(tmp_path / "cam", 1 * MiB, seed=41)
     api(fleet, 0, lambda c: c.control.publish(str(pkg), "cam", "1.0.0"))
     h = api(fleet, 0, lambda c: c.distribute_model_variant(
-        "cam", "1.0.0", "int8-cpu", DistributionScope.capable(min_gpu_gb=4)))
+        "cam", "1.0.0", "int8-cpu", DistributionScope.capable(min_gpu_mem_gb=4)))
     assert h.variant_id == "int8-cpu" and h.targets == 2
     converged(fleet, 0, "cam", "1.0.0", 2)
     for i in (0, 2):   # GPU nodes, but the operator asked for the CPU variant
@@ -371,7 +386,7 @@ def test_cli_commands(fleet: LocalFleet) -> None:
     r = _shoal(fleet, 0, "distribute", "det", "1.0.0", "--scope", "formation=zulu", "--json")
     assert r.returncode == 2 and "matches none" in json.loads(r.stdout)["error"]
     r = _shoal(fleet, 0, "distribute", "det", "1.0.0", "--scope", "capable:gpu=1")
-    assert r.returncode == 2 and "min-gpu-gb" in r.stderr
+    assert r.returncode == 2 and "min-gpu-mem-gb" in r.stderr
     r = _shoal(fleet, 3, "status", "det", "1.0.0", "--watch")   # complete: one row, ends
     assert r.returncode == 0 and "converged" in r.stdout and "2/2" in r.stdout, r.stderr
     r = _shoal(fleet, 0, "distribute", "cam", "1.0.0", "--scope", "nodes=node3",

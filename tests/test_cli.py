@@ -58,7 +58,11 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     assert [k["name"] for k in keys] == ["node", "publisher"]
     assert oct((data / "keys" / "node.key").stat().st_mode & 0o777) == "0o600"
     assert oct((data / "keys").stat().st_mode & 0o777) == "0o700"
-    assert "refusing to overwrite" in _fails(data, "keys", "init")
+    node_key = (data / "keys" / "node.key").read_bytes()
+    again = _json(data, "keys", "init", "--role", "node", "--role", "operator")["keys"]
+    assert [(k["name"], k["created"]) for k in again] == [("node", False), ("operator", True)]
+    assert (data / "keys" / "node.key").read_bytes() == node_key    # never overwritten
+    assert again[0]["public_key"] == keys[0]["public_key"]
 
     pub = _json(data, "publish", str(pkg), "--model", "det", "--version", "1.0.0")
     assert pub["variants"] == ["gpu", "cpu"] and pub["bytes_total"] == 900_000

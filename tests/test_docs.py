@@ -19,7 +19,7 @@ from sim.__main__ import _parser as sim_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-BLOCK = re.compile(r"(<!-- doc-test: run -->\s*\n)?```sh\n(.*?)```", re.DOTALL)
+BLOCK = re.compile(r"(<!-- doc-test: (run|fleet \d+) -->\s*\n)?```sh\n(.*?)```", re.DOTALL)
 PLACEHOLDER = re.compile(r"<[^>]*>")
 
 
@@ -59,7 +59,9 @@ def _examples() -> list[tuple[str, str, bool]]:
     found = []
     for doc in DOCS:
         for m in BLOCK.finditer(doc.read_text()):
-            for line in _commands(m.group(2)):
+            if m.group(2) and m.group(2).startswith("fleet"):
+                continue          # run for real, in order, by tests/test_docs_fleet.py
+            for line in _commands(m.group(3)):
                 if _argv(line) is not None:
                     found.append((doc.name, line, m.group(1) is not None))
     return found

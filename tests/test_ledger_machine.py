@@ -14,7 +14,7 @@ from ._fleet import admitted_ledger, caps, intent, manifest, node_key, record, r
 
 N = 3
 POOL = [intent("1.0.0", wall=1), intent("2.0.0", wall=2, scope=Scope.of_formation("a")),
-        intent("3.0.0", wall=3, scope=Scope.capable(min_gpu_gb=8))]
+        intent("3.0.0", wall=3, scope=Scope.capable(min_gpu_mem_gb=8))]
 POOL.append(intent("2.0.0", wall=4, kind=IntentKind.CANCEL, cancels=POOL[1].intent_id))
 MANIFESTS = [manifest(version="1.0.0", size=2048)[0]]
 

@@ -5,19 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
 from agent._log import configure_logging, fields
-
-
-@pytest.fixture
-def restore() -> Iterator[None]:
-    logger = logging.getLogger("shoal")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def test_json_lines_carry_node_and_intent(restore: None) -> None:

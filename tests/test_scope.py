@@ -22,8 +22,8 @@ def test_each_scope_kind() -> None:
     assert scope_matches(Scope.of_nodes(nid), nid, None)
     assert scope_matches(Scope.of_nodes("cam-1"), "other", gpu_node)
     assert not scope_matches(Scope.of_nodes("cam-1"), "other", cpu_node)
-    assert scope_matches(Scope.capable(min_gpu_gb=8), nid, gpu_node)
-    assert not scope_matches(Scope.capable(min_gpu_gb=8), nid, cpu_node)
+    assert scope_matches(Scope.capable(min_gpu_mem_gb=8), nid, gpu_node)
+    assert not scope_matches(Scope.capable(min_gpu_mem_gb=8), nid, cpu_node)
     assert scope_matches(Scope.capable(cpu_arch="aarch64"), nid, cpu_node)
     assert not scope_matches(Scope.capable(cpu_arch="aarch64"), nid, gpu_node)
     assert not scope_matches(Scope.capable(min_storage_mb=10**9), nid, gpu_node)
@@ -67,7 +67,7 @@ def test_newest_intent_wins_and_cancel_restores_the_previous_one() -> None:
 
 def test_capable_scope_follows_a_new_probe() -> None:
     led = admitted_ledger(1)
-    led.append(node_key(0), intent("1.0.0", scope=Scope.capable(min_gpu_gb=8)))
+    led.append(node_key(0), intent("1.0.0", scope=Scope.capable(min_gpu_mem_gb=8)))
     led.append(node_key(0), record(capabilities=caps()))
     assert _target(led, 0) is None
     led.append(node_key(0), record(capabilities=caps(gpu_gb=24)))
