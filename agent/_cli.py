@@ -119,7 +119,7 @@ def _publish_via_daemon(args: argparse.Namespace, socket_path: str) -> PublishRe
 
     import trio
 
-    from ._control import ControlClient
+    from ._control_client import ControlClient
 
     path = os.path.abspath(args.path)
 

@@ -133,7 +133,7 @@ def stage_export(vdir: Path, base: Manifest, variant_id: str, state_paths: tuple
 
 
 def _cmd_export(args: argparse.Namespace) -> tuple[Any, str]:
-    from ._control import ControlClient
+    from ._control_client import ControlClient
 
     data = _data(args)
     version, vdir, base, variant_id = _active(data, args.model)

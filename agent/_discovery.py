@@ -11,7 +11,7 @@ names another fleet, or this node itself, is ignored; any other becomes a
 answers on that address, so a forged advertisement costs one refused dial.
 
 zeroconf runs its own asyncio loop in a thread. Bridging it to trio follows
-the pattern measured in NOTES.md:
+this pattern:
 
 * ``Zeroconf()``, ``register_service`` (blocks ~1.6 s), ``unregister_service``,
   ``ServiceBrowser.cancel`` and ``Zeroconf.close`` all run through

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -118,7 +117,7 @@ class RuntimeCollector(Collector):
 
     def _convergence(self) -> Iterator[Metric]:
         m = self.runtime.machine
-        wall = time.time()      # the runtime's machine runs on wall-clock seconds
+        wall = self.runtime.clock()     # the machine's clock: wall-clock seconds
         pairs: dict[tuple[str, str], float] = {}
         for it in m.ledger.intents():
             if it.kind is IntentKind.CANCEL:

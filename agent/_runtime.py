@@ -14,22 +14,29 @@ Everything runs in one trio nursery:
   messages into the single *inbox* of the machine task, but only after taking
   a token of a semaphore the machine task gives back once it has handled the
   message: a fast sender cannot make the daemon queue without bound (TCP
-  backpressure reaches the sender). Writers drain a bounded per-peer queue;
+  backpressure reaches the sender). Inbox items are the small frozen event
+  classes of :mod:`agent._inbox`. Writers drain a bounded per-peer queue;
   a :class:`ServeChunk` is read from the store by the writer of that peer (in a
   worker thread), so slow disks and slow peers never stall the machine.
 * ONE machine task owns the :class:`NodeMachine`: it takes batches from the
   inbox, feeds them in, and carries out the outputs. It sleeps until the
-  machine's :meth:`next_deadline` (the machine's clock is ``time.time()``; the
-  deadline is converted to trio's clock for the sleep), then calls ``on_timer``.
+  machine's :meth:`next_deadline` (the machine's clock is the runtime's ``clock``,
+  wall-clock seconds, ``time.time`` unless a test injects another -- one derived
+  from ``trio.current_time()`` lets the whole daemon run on trio's ``MockClock``;
+  the deadline is converted to trio's clock for the sleep), then calls ``on_timer``.
+* a dropped peer (``DropPeer``) is neither redialled nor accepted for the
+  ``ban_for`` seconds the machine decided (``protocol/_bans.py``).
 * chunk writes (``StoreChunk``) go to a small pool of store workers (fsync in
   threads); installs run in a worker thread; both report back through the inbox.
 
 Persistence: the ledger is saved atomically. Whenever the node wrote a new
-entry of its *own* it is saved before any output is sent (an entry a peer has
-seen must survive a crash, or the node would reuse its counter after
-``kill -9``); other changes are saved at most every ``ledger_save_interval``
-seconds, and on shutdown. Chunks are durable once stored, so after a restart
-the store index *is* the set of held chunks and the transfer resumes.
+entry of its *own* the machine says so with a ``PersistLedger`` output, placed
+before the outputs that may carry the entry, and the ledger is saved when that
+output is carried out (an entry a peer has seen must survive a crash, or the node
+would reuse its counter after ``kill -9``); other changes are saved at most every
+``ledger_save_interval`` seconds, and on shutdown. Chunks are durable once
+stored, so after a restart the store index *is* the set of held chunks and the
+transfer resumes.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 import trio
 
@@ -53,7 +60,9 @@ from protocol._events import (
     DropPeer,
     InstallVariant,
     Notice,
+    NoticeKind,
     Output,
+    PersistLedger,
     SendMessage,
     ServeChunk,
     StoreChunk,
@@ -64,11 +73,24 @@ from protocol._node import NodeMachine
 from protocol._swarm import make_piece
 from protocol._swarm_messages import Piece
 from protocol._types import BlockerReason, ModelOperationalStatus, TransferPriority
+from protocol._wire import is_wire_message
 
 from ._config import AgentConfig
-from ._control import PeerEntry
+from ._control_messages import PeerEntry
 from ._discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
 from ._errors import AgentError, ChunkCorrupted, ChunkNotFound, InsufficientStorage, StoreError
+from ._inbox import (
+    ChunkMissing,
+    ChunkStored,
+    ChunkStoreFailed,
+    ControlCall,
+    InboxEvent,
+    InstallDone,
+    PeerDown,
+    PeerMessage,
+    PeerUp,
+    PieceSent,
+)
 from ._install import Installer
 from ._keys import load_key
 from ._lock import DataDirLock
@@ -89,7 +111,6 @@ _SEND_STALL = 10.0            # seconds a peer may refuse to drain its queue bef
 _STORE_WORKERS = 2
 _SEND_BATCH = 16             # queued messages written to a peer at once at most
 _STORE_BATCH = 32            # chunks written under one group commit at most
-_DROP_BAN = 60.0              # seconds a dropped peer is not redialled / accepted
 _GRACE = 2.0                  # the larger id waits this long before dialling
 
 
@@ -121,10 +142,18 @@ class _Session:
 
 
 class NodeRuntime:
-    """Builds the node from its data directory and config and runs it until cancelled."""
+    """Builds the node from its data directory and config and runs it until cancelled.
 
-    def __init__(self, config: AgentConfig, *, rng: random.Random | None = None) -> None:
+    ``clock`` gives the node's wall-clock time in seconds (``time.time`` by default);
+    every time the runtime hands the machine, or compares with a ban or a save, comes
+    from it. It must advance with trio's clock: a test on ``MockClock`` passes one
+    such as ``lambda: trio.current_time() + epoch`` (and builds the runtime inside
+    ``trio.run``)."""
+
+    def __init__(self, config: AgentConfig, *, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.clock = clock
         self.data = DataDir(Path(config.data_dir))
         self.data.root.mkdir(parents=True, exist_ok=True)
         self._lock = DataDirLock(self.data.root, config.control_socket)
@@ -155,7 +184,7 @@ class NodeRuntime:
         for iv in sorted(self.installer.installed(), key=lambda v: (v.model_id, v.active)):
             installed.append((iv.model_id, iv.version, iv.variant_id))
         self.capabilities = probe(str(self.data.root), config.probe)
-        now = time.time()
+        now = self.clock()
         self.machine = NodeMachine(
             config=config.protocol_config(), identity=self.identity,
             certificate=self.certificate, trust=self.trust, rng=self.rng, now=now,
@@ -171,13 +200,13 @@ class NodeRuntime:
         self._sessions: dict[str, _Session] = {}
         self._banned: dict[str, float] = {}
         self._dialing: dict[str, trio.CancelScope] = {}
-        self._inbox_send, self._inbox_recv = trio.open_memory_channel[tuple[Any, ...]](
-            math.inf)
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[InboxEvent](math.inf)
         self._tokens = trio.Semaphore(_INBOX_TOKENS)
         self._store_send, self._store_recv = trio.open_memory_channel[StoreChunk](_STORE_BATCH)
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()       # pulsed after every machine step (subscribers)
-        self._saved_own = -1
+        self._saved_own = -1               # own counter the last save covered
+        self._owed_own = 0                 # own counter a PersistLedger asked to save
         self._saved_vv: dict[str, int] = {}
         self._last_save = 0.0
         self._save_retry_at = 0.0         # after a failed save (disk full)
@@ -235,7 +264,7 @@ class NodeRuntime:
                 for _ in range(_STORE_WORKERS):
                     nursery.start_soon(self._store_worker)
                 if control:
-                    from ._control import ControlServer
+                    from ._control_server import ControlServer
 
                     server = ControlServer(self, self.config.control_socket)
                     await nursery.start(server.serve)
@@ -266,9 +295,9 @@ class NodeRuntime:
                 scope.cancel()
                 return
 
-    def post(self, *item: Any) -> None:
-        """Queue a local event for the machine task (from any trio task)."""
-        self._inbox_send.send_nowait(item)
+    def post(self, event: InboxEvent) -> None:
+        """Queue an event for the machine task (from any trio task)."""
+        self._inbox_send.send_nowait(event)
 
     async def wait_changed(self) -> None:
         await self._changed.wait()
@@ -302,12 +331,12 @@ class NodeRuntime:
             # while a session to the peer is up (either way) or it is banned, there is
             # nothing to dial
             while peer is not None and (peer in self._sessions
-                                        or self._banned.get(peer, 0) > time.time()):
+                                        or self._banned.get(peer, 0) > self.clock()):
                 s = self._sessions.get(peer)
                 if s is not None:
                     await s.done.wait()
                 else:
-                    await trio.sleep(self._banned[peer] - time.time())
+                    await trio.sleep(self._banned[peer] - self.clock())
             return await dial(found.host, found.port, identity=self.identity,
                               certificate=self.certificate, trust=self.trust,
                               settings=self.config.transport, expected_peer=peer)
@@ -333,7 +362,7 @@ class NodeRuntime:
 
     async def _session(self, channel: SecureChannel, *, initiated_by_us: bool) -> None:
         peer = channel.peer_id
-        if self._banned.get(peer, 0) > time.time():
+        if self._banned.get(peer, 0) > self.clock():
             return
         self.trust.add_certificate(channel.peer_certificate)
         old = self._sessions.get(peer)
@@ -346,24 +375,28 @@ class NodeRuntime:
             await old.channel.aclose()
             await old.done.wait()
         out_send, out_recv = trio.open_memory_channel[Any](_OUTBOX)
-        sess = _Session(channel, initiated_by_us, out_send, out_recv, time.time())
+        sess = _Session(channel, initiated_by_us, out_send, out_recv, self.clock())
         self._sessions[peer] = sess
-        self.post("up", peer)
+        self.post(PeerUp(peer))
         try:
             async with trio.open_nursery() as n:
                 n.start_soon(self._writer, peer, sess, n.cancel_scope)
                 try:
                     while True:
                         msg = await channel.receive()
+                        if not is_wire_message(msg):     # a control or migrator message
+                            log.info("notice %s: %s from %s", NoticeKind.UNEXPECTED_MESSAGE,
+                                     type(msg).__name__, peer, extra={"peer": peer})
+                            continue
                         await self._tokens.acquire()
-                        self.post("msg", peer, msg)
+                        self.post(PeerMessage(peer, msg))
                 except (ProtocolError, TransportError) as exc:
                     log.info("session with %s ended: %s", peer, exc)
                 n.cancel_scope.cancel()
         finally:
             if self._sessions.get(peer) is sess:
                 del self._sessions[peer]
-                self.post("down", peer)
+                self.post(PeerDown(peer))
             sess.done.set()
             with trio.CancelScope(shield=True):
                 await channel.aclose()
@@ -389,7 +422,7 @@ class NodeRuntime:
                         continue
                     data = chunks.get(it.chunk_hash)
                     if data is None:
-                        self.post("missing", it.chunk_hash)
+                        self.post(ChunkMissing(it.chunk_hash))
                         continue
                     messages.append(make_piece(it.chunk_hash, data, it.priority))
                     self._served += 1
@@ -403,7 +436,7 @@ class NodeRuntime:
                     # ordered, rather than in this queue)
                     for msg in messages:
                         if isinstance(msg, Piece):
-                            self.post("sent", peer, msg.chunk_hash)
+                            self.post(PieceSent(peer, msg.chunk_hash))
         except (ProtocolError, TransportError) as exc:
             log.info("sending to %s failed: %s", peer, exc)
         scope.cancel()
@@ -446,9 +479,9 @@ class NodeRuntime:
         problems: dict[str, tuple[object, ...]] = {}   # own blockers/failures logged
         while True:
             deadline = m.next_deadline()
-            items: list[tuple[Any, ...]] = []
+            items: list[InboxEvent] = []
             if deadline is not None:
-                wake = trio.current_time() + max(0.0, deadline - time.time())
+                wake = trio.current_time() + max(0.0, deadline - self.clock())
                 with trio.move_on_at(wake):
                     items.append(await self._inbox_recv.receive())
             else:
@@ -461,9 +494,10 @@ class NodeRuntime:
             for item in items:
                 self._handle(item)
             deadline = m.next_deadline()
-            if deadline is not None and deadline <= time.time():
-                m.on_timer(time.time())
-            await self._persist()
+            now = self.clock()
+            if deadline is not None and deadline <= now:
+                m.on_timer(now)
+            await self._save_if_due()
             outputs = m.take_outputs()
             self._outputs += len(outputs)
             for out in outputs:
@@ -501,35 +535,36 @@ class NodeRuntime:
                     st.model_id, st.version, "failed" if failed else "blocked", reason,
                     detail, extra=extra)
 
-    def _handle(self, item: tuple[Any, ...]) -> None:
-        m, now, kind = self.machine, time.time(), item[0]
-        if kind == "msg":
-            self._tokens.release()
-            self._messages_in += 1
-            if item[1] in self._sessions:
-                m.receive(item[1], item[2], now)
-        elif kind == "up":
-            m.peer_connected(item[1], now)
-        elif kind == "down":
-            m.peer_disconnected(item[1], now)
-        elif kind == "stored":
-            self._stored += 1
-            m.chunk_stored(item[1], now)
-        elif kind == "store_failed":
-            m.chunk_store_failed(item[1], item[2], item[3], now)
-        elif kind == "missing":
-            m.chunk_missing(item[1], now)
-        elif kind == "sent":
-            m.upload_done(item[1], item[2], now)
-        elif kind == "installed":
-            _, model_id, version, variant_id, ok, reason, detail = item
-            m.install_finished(model_id, version, variant_id, ok, reason, detail, now)
-        elif kind == "call":          # a control request: run fn(machine, now) here
-            fn, done = item[1], item[2]
-            try:
-                done(fn(m, now), None)
-            except Exception as exc:  # handed back to the requester
-                done(None, exc)
+    def _handle(self, event: InboxEvent) -> None:
+        m, now = self.machine, self.clock()
+        match event:
+            case PeerMessage(peer, message):
+                self._tokens.release()
+                self._messages_in += 1
+                if peer in self._sessions:
+                    m.receive(peer, message, now)
+            case PeerUp(peer):
+                m.peer_connected(peer, now)
+            case PeerDown(peer):
+                m.peer_disconnected(peer, now)
+            case ChunkStored(chunk_hash):
+                self._stored += 1
+                m.chunk_stored(chunk_hash, now)
+            case ChunkStoreFailed(chunk_hash, reason, detail):
+                m.chunk_store_failed(chunk_hash, reason, detail, now)
+            case ChunkMissing(chunk_hash):
+                m.chunk_missing(chunk_hash, now)
+            case PieceSent(peer, chunk_hash):
+                m.upload_done(peer, chunk_hash, now)
+            case InstallDone(model_id, version, variant_id, ok, reason, detail):
+                m.install_finished(model_id, version, variant_id, ok, reason, detail, now)
+            case ControlCall(fn, done):    # a control request: run fn(machine, now) here
+                try:
+                    done(fn(m, now), None)
+                except Exception as exc:   # handed back to the requester
+                    done(None, exc)
+            case _:
+                assert_never(event)
 
     async def call(self, fn: Callable[[NodeMachine, float], Any]) -> Any:
         """Run ``fn(machine, now)`` inside the machine task; its result (or exception)."""
@@ -540,37 +575,50 @@ class NodeRuntime:
             box["r"], box["e"] = result, exc
             ev.set()
 
-        self.post("call", fn, done)
+        self.post(ControlCall(fn, done))
         await ev.wait()
         if box["e"] is not None:
             raise box["e"]
         return box["r"]
 
-    async def _persist(self) -> None:
-        ledger = self.machine.ledger
-        vv = ledger.version_vector
-        own = vv.get(self.node_id, 0)
-        now = time.time()
+    async def _save_if_due(self) -> None:
+        """Save changes that are not the node's own at most every
+        ``ledger_save_interval`` seconds, and retry a save that failed."""
+        vv = self.machine.ledger.version_vector
+        now = self.clock()
+        if self._owed_own > self._saved_own or (
+                vv != self._saved_vv and now - self._last_save >= self.ledger_save_interval):
+            await self._save(now)
+
+    async def _save(self, now: float) -> None:
+        """Save the ledger (and the manifests new in it) unless a failed save waits out
+        its retry delay."""
         if now < self._save_retry_at:
             return
-        if own != self._saved_own or (vv != self._saved_vv
-                                      and now - self._last_save >= self.ledger_save_interval):
-            try:
-                await trio.to_thread.run_sync(save_ledger, self.data.root, ledger)
-                self._saved_own, self._saved_vv, self._last_save = own, vv, now
-                self._saves += 1
-                for manifest in ledger.manifests():
-                    if manifest.manifest_id not in self._stored_manifests:
-                        await trio.to_thread.run_sync(self.store.put_manifest, manifest)
-                        self._stored_manifests.add(manifest.manifest_id)
-            except AgentError as exc:
-                # disk full or unwritable: keep serving and retry; own counters are
-                # wall-clock floored, so an unsaved own entry is never reused
-                self._save_retry_at = now + 1.0
-                log.error("could not save the ledger: %s; retrying in 1 s", exc)
+        ledger = self.machine.ledger
+        # top_counter, not the vector: while this node's gap is open (a first start, a
+        # lost ledger) its own writes are held but not claimed in the vector
+        vv, own = ledger.version_vector, ledger.top_counter(self.node_id)
+        try:
+            await trio.to_thread.run_sync(save_ledger, self.data.root, ledger)
+            self._saved_own, self._saved_vv, self._last_save = own, vv, now
+            self._saves += 1
+            for manifest in ledger.manifests():
+                if manifest.manifest_id not in self._stored_manifests:
+                    await trio.to_thread.run_sync(self.store.put_manifest, manifest)
+                    self._stored_manifests.add(manifest.manifest_id)
+        except AgentError as exc:
+            # disk full or unwritable: keep serving and retry; own counters are
+            # wall-clock floored, so an unsaved own entry is never reused
+            self._save_retry_at = now + 1.0
+            log.error("could not save the ledger: %s; retrying in 1 s", exc)
 
     async def _carry_out(self, out: Output) -> None:
-        if isinstance(out, SendMessage):
+        if isinstance(out, PersistLedger):
+            self._owed_own = max(self._owed_own, out.counter)
+            if out.counter > self._saved_own:
+                await self._save(self.clock())
+        elif isinstance(out, SendMessage):
             await self._enqueue(out.peer, out.message)
         elif isinstance(out, ServeChunk):
             await self._enqueue(out.peer, out)
@@ -590,8 +638,8 @@ class NodeRuntime:
                           extra={"model_id": out.model_id, "version": out.version})
         elif isinstance(out, DropPeer):
             self._drops += 1
-            self._banned[out.peer] = time.time() + _DROP_BAN
-            log.warning("dropping peer %s: %s", out.peer, out.reason,
+            self._banned[out.peer] = self.clock() + out.ban_for
+            log.warning("dropping peer %s for %g s: %s", out.peer, out.ban_for, out.reason,
                         extra={"peer": out.peer})
             sess = self._sessions.get(out.peer)
             if sess is not None:
@@ -614,13 +662,13 @@ class NodeRuntime:
             results = await trio.to_thread.run_sync(self._store_batch, batch)
             for out, failure in zip(batch, results, strict=True):
                 if failure is None:
-                    self.post("stored", out.chunk_hash)
+                    self.post(ChunkStored(out.chunk_hash))
                 elif isinstance(failure, InsufficientStorage):
-                    self.post("store_failed", out.chunk_hash,
-                              BlockerReason.INSUFFICIENT_STORAGE, str(failure))
+                    self.post(ChunkStoreFailed(out.chunk_hash,
+                                               BlockerReason.INSUFFICIENT_STORAGE, str(failure)))
                 else:
-                    self.post("store_failed", out.chunk_hash, BlockerReason.UNKNOWN,
-                              str(failure))
+                    self.post(ChunkStoreFailed(out.chunk_hash, BlockerReason.UNKNOWN,
+                                               str(failure)))
 
     def _store_batch(self, batch: list[StoreChunk]) -> list[Exception | None]:
         """Write ``batch`` under one group commit; per chunk, None or why it failed."""
@@ -660,8 +708,8 @@ class NodeRuntime:
         if not ok:
             log.error("install of %s %s failed: %s", out.model_id, out.version, detail,
                       extra={"model_id": out.model_id, "version": out.version})
-        self.post("installed", out.model_id, out.version, out.variant_id, ok,
-                  None if ok else reason, detail)
+        self.post(InstallDone(out.model_id, out.version, out.variant_id, ok,
+                              None if ok else reason, detail))
 
     def _install_sync(self, manifest: Manifest, variant_id: str,
                       previous_version: str | None = None) -> str:
@@ -675,7 +723,7 @@ class NodeRuntime:
     # ------------------------------------------------------------------ queries
 
     def peers(self) -> list[PeerEntry]:
-        now = time.time()
+        now = self.clock()
         out = []
         for peer, s in sorted(self._sessions.items()):
             st = s.channel.statistics().connection

@@ -30,10 +30,9 @@ A :meth:`ChunkStore.batch` is a group commit (publishing, and the daemon's
 writes of received chunks): the fsyncs of the chunks put with ``batch=`` are
 deferred to the end of the batch: the chunk files and their shard directories are
 fsynced when the batch ends, concurrently, so a few journal commits cover
-them all instead of one per chunk (per-chunk fsync measured about 2.5x slower
-on this ext4 disk). The rename is still atomic, so no partial chunk is ever
-visible; a manifest must only be written after the batch that stored its
-chunks has ended.
+them all instead of one per chunk (docs/STORAGE.md). The rename is still atomic,
+so no partial chunk is ever visible; a manifest must only be written after the
+batch that stored its chunks has ended.
 
 The store is safe to use from several threads of one process.
 """
@@ -315,8 +314,7 @@ class ChunkStore:
             os.close(fd)
 
     def _sync_paths(self, files: list[str], dirs: list[str]) -> None:
-        # fsyncs issued concurrently share journal commits (measured: 1011 chunk files
-        # took 4.5 s one by one, 0.7 s from 16 threads)
+        # fsyncs issued concurrently share journal commits, so a batch needs far fewer
         try:
             if len(files) > 1:
                 list(_fsync_pool().map(self._fsync_file, files))

@@ -14,8 +14,10 @@
 
 The client talks to the *local* daemon; the daemon signs the intent with its
 operator key and gossips it to the fleet. The types here are thin frozen
-dataclasses built from the control messages (``agent/_control.py``); see
-``docs/API.md`` for the semantics of every operation.
+dataclasses built from the control messages (``agent/_control_messages.py``); see
+``docs/API.md`` for the semantics of every operation. A refusal (``UnknownModel``,
+``EmptyScope``... the classes of ``protocol._errors``) is raised as that class,
+which is also a ``ControlError``.
 """
 
 from __future__ import annotations
@@ -31,21 +33,19 @@ from protocol._intents import IntentKind, Scope, ScopeKind
 from protocol._ledger import ModelState
 from protocol._types import BlockerReason, ModelOperationalStatus, TransferPriority
 
-from ._control import (
+from ._control_client import (
     ControlClient,
     ControlError,
     ControlRefused,
     EmptyScope,
-    IntentResponse,
-    PublishResponse,
     RequestRejected,
     UnknownIntent,
     UnknownModel,
     UnknownNode,
     UnknownVariant,
     UnknownVersion,
-    describe_scope,
 )
+from ._control_messages import IntentResponse, PublishResponse
 
 __all__ = [
     "ShoalClient", "PublishResponse", "DistributionScope", "TransferPriority",
@@ -93,7 +93,7 @@ class DistributionScope:
         return self.scope.kind
 
     def __str__(self) -> str:
-        return describe_scope(self.scope)
+        return self.scope.text()
 
 
 @dataclass(frozen=True, slots=True)

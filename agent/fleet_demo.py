@@ -31,7 +31,7 @@ import trio
 from protocol._convergence import ModelConvergenceStatus
 from protocol._identity import SigningIdentity
 
-from ._control import ControlClient
+from ._control_client import ControlClient
 from ._fleet_admin import Provisioned, provision
 
 __all__ = ["LocalFleet", "make_package", "mutate_package", "main"]

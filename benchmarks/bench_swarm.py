@@ -5,10 +5,8 @@ against bytes changed.
 
 Full mode (docs/SWARM.md has the figures): N=100 with a 1 GiB model (1 MiB chunks),
 homogeneous and heterogeneous; N=1000 with a 256 MiB model in 1 MiB chunks, homogeneous
-and heterogeneous, and with 1 GiB homogeneous (CPU measured on the 2-core box on
-2026-12-05: 370 s, 575 s and 1,538 s for those three rows; with the N=100 rows, 120 s
-and 130 s, the module needs about 46 min of CPU; each row was measured on its own with
-``python -m sim swarm``, not as one module run); the hub is
+and heterogeneous, and with 1 GiB homogeneous (a long run: per-row CPU is in
+docs/PERFORMANCE.md); the hub is
 *simulated* where its run fits (N=20, N=100 / 64 MiB) and
 taken from its formula ``(N-1) x F / u_seeder`` elsewhere (a hub run at N=100 / 1 GiB
 is 8,500 simulated seconds) — each row's detail says which.

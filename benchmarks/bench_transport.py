@@ -7,7 +7,7 @@ reverse on the other). Two layouts:
 
 * *two processes* - the receiver is a forked child, as between two daemons:
   each end has its own core (this machine has 2). This is the figure to hold
-  against the issue's "agent-to-agent >= 0.5 of raw TCP".
+  against the agent-to-agent aim (docs/PERFORMANCE.md).
 * *one process* - both ends on one core, so the ratio shows what encryption,
   framing and copying cost in total CPU.
 

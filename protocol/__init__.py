@@ -14,6 +14,7 @@ from ._config import Config, GossipConfig, SwarmConfig
 from ._convergence import ConvergenceBlocker, ModelConvergenceStatus, RolloutState
 from ._errors import (
     ChunkIntegrityError,
+    EmptyScope,
     FrameTooLarge,
     HostilePath,
     InvalidValue,
@@ -22,8 +23,14 @@ from ._errors import (
     ManifestConflict,
     ProtocolError,
     RemoteProtocolError,
+    RequestRejected,
     ShoalError,
     SignatureError,
+    UnknownIntent,
+    UnknownModel,
+    UnknownNode,
+    UnknownVariant,
+    UnknownVersion,
     UntrustedKey,
 )
 from ._events import (
@@ -48,16 +55,20 @@ from ._types import BlockerReason, ModelOperationalStatus, TransferPriority
 __all__ = [
     "ActivateVersion", "BlockerReason", "Capabilities", "Certificate", "ChunkIntegrityError",
     "ChunkParams", "ChunkRef", "Config", "ConvergenceBlocker", "DEFAULT_PARAMS", "DropPeer",
-    "FileEntry", "FleetTrust", "FrameDecoder", "FrameTooLarge", "GossipConfig", "GpuInfo",
+    "EmptyScope", "FileEntry", "FleetTrust", "FrameDecoder", "FrameTooLarge", "GossipConfig",
+    "GpuInfo",
     "HostilePath", "InstallVariant", "Intent", "IntentKind", "InvalidValue", "Ledger",
     "LocalProtocolError", "MalformedMessage", "ManifestConflict", "Manifest",
     "ModelConvergenceStatus",
     "ModelOperationalStatus", "ModelState", "NodeMachine", "NodeRecord", "NodeStatistics",
     "Notice", "Output", "PROTOCOL_VERSION", "ProtocolError", "RemoteProtocolError",
-    "Requirements", "Revocation", "Role", "RolloutState", "Scope", "ScopeKind", "SemVer",
+    "RequestRejected", "Requirements", "Revocation", "Role", "RolloutState", "Scope",
+    "ScopeKind", "SemVer",
     "SendMessage",
     "ServeChunk", "ShoalError", "SignatureError", "SigningIdentity", "StoreChunk", "SwarmConfig",
-    "SwarmEngine", "TransferPriority", "TransferProgress", "UntrustedKey", "Variant",
+    "SwarmEngine", "TransferPriority", "TransferProgress",
+    "UnknownIntent", "UnknownModel", "UnknownNode", "UnknownVariant", "UnknownVersion",
+    "UntrustedKey", "Variant",
     "VariantChoice", "chunk_bytes", "chunk_matches", "chunk_stream", "decode", "encode",
     "fingerprint", "frame", "make_piece", "select_variant",
 ]

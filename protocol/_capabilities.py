@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from ._codec import struct
 from ._errors import InvalidValue
@@ -57,13 +58,13 @@ class Requirements:
             raise InvalidValue(f"unknown precision {self.precision!r}")
 
 
-_ARCH = {
+_ARCH = MappingProxyType({
     "x86_64": "x86_64", "amd64": "x86_64", "x64": "x86_64", "em64t": "x86_64",
     "aarch64": "aarch64", "arm64": "aarch64", "armv8": "aarch64", "armv8l": "aarch64",
     "armv7l": "armv7l", "armv7": "armv7l", "armhf": "armv7l",
     "i386": "x86", "i686": "x86", "x86": "x86",
     "riscv64": "riscv64", "ppc64le": "ppc64le", "s390x": "s390x",
-}
+})
 
 
 def normalise_arch(machine: str) -> str:

@@ -31,35 +31,45 @@ class GossipConfig:
 
 @dataclass(frozen=True, slots=True)
 class SwarmConfig:
-    max_requests_per_peer: int = 8     # pipelined requests outstanding to one peer
-    max_requests_total: int = 64
-    upload_slots: int = 8              # peers served at once
-    optimistic_slots: int = 1          # of those, rotated to newcomers
-    upload_rate: float = 0.0           # bytes/s cap, 0 = none
-    download_rate: float = 0.0         # bytes/s cap, 0 = none
+    # Requests: how many chunk requests may be in flight, per peer and in all.
+    max_requests_per_peer: int = 8     # ceiling of a peer's pipeline (sized to bandwidth x delay)
+    min_requests_per_peer: int = 2     # floor of that pipeline, what an unmeasured peer gets
+    max_requests_total: int = 64       # requests outstanding to all peers together
+
+    # Endgame: duplicate requests for the last chunks, so one slow peer cannot hold the tail.
     endgame_chunks: int = 8            # duplicate requests allowed for the last N chunks
-    request_timeout: float = 30.0      # seconds before a request is re-issued elsewhere
-    # --- added by the swarm engine (see docs/SWARM.md) ---
-    rate_burst: float = 1.0            # token-bucket depth, in seconds of the rate
-    rechoke_interval: float = 10.0     # seconds between upload-slot rotations
-    interest_retry: float = 5.0        # re-ask a peer that could not help after this long
-    endgame_fanout: int = 2            # most peers asked for one chunk during endgame
-    max_queued_per_peer: int = 32      # upload requests queued per peer before "busy"
-    max_peer_failures: int = 16        # consecutive unanswered requests before a peer is dropped
-    # --- issue 4: link-sized pipelines, super-seeding, tail-only endgame (docs/SWARM.md) ---
-    min_requests_per_peer: int = 2     # floor of the adaptive per-peer pipeline (bandwidth x delay)
-    redirect_window: float = 5.0       # a repeat request for a chunk uploaded this recently is
-    #                                    redirected while never-uploaded chunks remain; 0 = off
-    redirect_backoff: float = 1.0      # a redirected peer re-asks the redirector after this long
-    endgame_fraction: float = 0.02     # endgame only for the last max(1, this x chunks) chunks
+    endgame_fraction: float = 0.02     # ... and for no more than max(1, this x chunks) chunks
     endgame_age: float = 3.0           # ... and only for requests older than this many times
     #                                    their peer's expected answer time
-    # --- issue 4, homogeneous ratio (docs/SWARM.md) ---
+    endgame_fanout: int = 2            # most peers asked for one chunk during endgame
+
+    # Uploads: which requesters are served, and in what order (slots and choking).
+    upload_slots: int = 8              # peers served at once
+    optimistic_slots: int = 1          # of those, rotated to newcomers
+    rechoke_interval: float = 10.0     # seconds between upload-slot rotations
+    max_queued_per_peer: int = 32      # upload requests queued per peer before "busy"
     upload_window: int = 1             # pieces handed to the driver and not yet reported sent
-    #                                    (SwarmEngine.upload_done); only once the driver reports
+    #                                    (SwarmEngine.upload_done), once the driver reports;
+    #                                    0 = off
     laggard_patience: float = 5.0      # among upload-slot holders, serve the requester known
     #                                    to hold the fewest chunks first, unless another's request
     #                                    has waited this long (s); 0 = plain round-robin
+
+    # Rates: byte-rate caps (the daemon sets them from its [bandwidth] section).
+    upload_rate: float = 0.0           # bytes/s cap, 0 = none
+    download_rate: float = 0.0         # bytes/s cap, 0 = none
+    rate_burst: float = 1.0            # token-bucket depth, in seconds of the rate
+
+    # Timeouts: how long to wait on a peer before asking elsewhere, or giving up on it.
+    request_timeout: float = 30.0      # seconds before a request is re-issued elsewhere
+    interest_retry: float = 5.0        # re-ask a peer that could not help (or was busy)
+    #                                    after this long
+    max_peer_failures: int = 16        # consecutive unanswered requests before a peer is dropped
+
+    # Super-seeding: a seed steers repeat requests towards chunks it has never uploaded.
+    redirect_window: float = 5.0       # a repeat request for a chunk uploaded this recently is
+    #                                    redirected while never-uploaded chunks remain; 0 = off
+    redirect_backoff: float = 1.0      # a redirected peer re-asks the redirector after this long
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 from ._codec import struct
 from ._identity import FleetTrust, Role
-from ._intents import Intent, IntentKind, intent_applies, resolve
+from ._intents import Intent, IntentKind, intent_applies, resolve, standing_cancels
 from ._ledger import NodeRecord
 from ._types import BlockerReason, ModelOperationalStatus
 
@@ -174,11 +174,7 @@ def rollout_state(model_id: str, version: str, intents: Iterable[Intent],
         return RolloutState.COMPLETE, ""
     mine = [i for i in intents if i.model_id == model_id
             and trust.is_admitted(i.issuer_key, Role.OPERATOR)]
-    cancels: dict[str, Intent] = {}
-    for it in sorted((i for i in mine if i.kind is IntentKind.CANCEL),
-                     key=lambda i: (i.stamp, i.intent_id), reverse=True):
-        assert it.cancels is not None
-        cancels[it.cancels] = it          # the oldest cancel of each intent wins
+    cancels = standing_cancels(mine, model_id, trust)
     aimed = sorted((i for i in mine if i.kind is not IntentKind.CANCEL and i.version == version),
                    key=lambda i: (i.stamp, i.intent_id))
     if not aimed:

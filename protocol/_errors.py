@@ -2,7 +2,9 @@
 
 * :class:`LocalProtocolError` — *we* tried to do something the protocol forbids
   (build an invalid manifest, issue an intent with an empty scope, send an
-  oversize message). Fix the caller.
+  oversize message). Fix the caller. Its :class:`RequestRejected` branch is an
+  operator's mistake a node refuses before signing anything (an unknown model,
+  a scope that matches no node): the message says what to do instead.
 * :class:`RemoteProtocolError` — a *peer* (or a file that came from one) sent
   something invalid: a malformed or oversize frame, a forged signature, a chunk
   whose bytes do not match its hash. Drop the input, count it, maybe the peer.
@@ -25,6 +27,13 @@ __all__ = [
     "InvalidValue",
     "HostilePath",
     "ManifestConflict",
+    "RequestRejected",
+    "UnknownModel",
+    "UnknownVersion",
+    "UnknownVariant",
+    "EmptyScope",
+    "UnknownIntent",
+    "UnknownNode",
 ]
 
 
@@ -83,3 +92,31 @@ class HostilePath(InvalidValue):
 
 class ManifestConflict(LocalProtocolError):
     """A second, different content published under a version that already names one."""
+
+
+class RequestRejected(LocalProtocolError):
+    """An operator request this node refuses before anything is signed or sent."""
+
+
+class UnknownModel(RequestRejected):
+    """No manifest of this model is in the ledger (publish it first)."""
+
+
+class UnknownVersion(RequestRejected):
+    """The model is known but not this version (publish it, or check the spelling)."""
+
+
+class UnknownVariant(RequestRejected):
+    """The version has no variant of that id."""
+
+
+class EmptyScope(RequestRejected):
+    """The scope names no node the fleet knows (or some node it names is unknown)."""
+
+
+class UnknownIntent(RequestRejected):
+    """No distribute / rollback intent with that handle id (or model) is known here."""
+
+
+class UnknownNode(RequestRejected):
+    """No node with that id or name is known here."""

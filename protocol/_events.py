@@ -7,10 +7,15 @@ takes them with ``NodeMachine.take_outputs()`` and carries them out in order.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
+from ._bans import BANS
 from ._types import BlockerReason
+
+if TYPE_CHECKING:
+    from ._wire import WireMessage
 
 __all__ = [
     "Output",
@@ -19,17 +24,19 @@ __all__ = [
     "StoreChunk",
     "InstallVariant",
     "ActivateVersion",
+    "PersistLedger",
     "DropPeer",
     "Notice",
+    "NoticeKind",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class SendMessage:
-    """Send ``message`` (a registered codec message) to connected peer ``peer``."""
+    """Send ``message`` to connected peer ``peer``."""
 
     peer: str
-    message: Any
+    message: WireMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,24 +86,57 @@ class ActivateVersion:
 
 
 @dataclass(frozen=True, slots=True)
+class PersistLedger:
+    """Make the ledger durable now, before carrying out the outputs that follow.
+
+    Emitted whenever the machine appended an entry of its own (its counter is
+    ``counter``): once a peer has seen an own entry, a node that crashed before
+    saving it would come back and sign a different entry under a counter the fleet
+    already knows. The outputs after this one may carry the entry, so the driver
+    saves first; a save that already covers ``counter`` (the driver saves the whole
+    ledger) answers every ``PersistLedger`` up to it. Changes that are not the
+    node's own (entries merged from peers) are no such hazard: a driver saves them
+    when it likes (periodically, on shutdown)."""
+
+    counter: int
+
+
+@dataclass(frozen=True, slots=True)
 class DropPeer:
-    """Close the session with ``peer`` (it lied, or sent garbage) and do not redial soon."""
+    """Close the session with ``peer`` and neither redial it nor accept it for
+    ``ban_for`` seconds (``math.inf``: while this node runs). The machine decides
+    ``ban_for`` from why it drops the peer (:mod:`._bans`); drivers obey it."""
 
     peer: str
     reason: str
+    ban_for: float = BANS.misbehaved
+
+
+class NoticeKind(enum.StrEnum):
+    """What a :class:`Notice` is about."""
+
+    TRANSFER_CANCELLED = "transfer_cancelled"    # no standing intent: back to what runs
+    UNEXPECTED_MESSAGE = "unexpected_message"    # a message no engine handles
+    STORE_FAILED = "store_failed"                # a chunk no transfer wants failed to store
+    PEER_DROPPED = "swarm.peer_dropped"          # the swarm dropped a peer (see DropPeer)
 
 
 @dataclass(frozen=True, slots=True)
 class Notice:
     """Something an operator may want in the log or a status stream."""
 
-    kind: str
+    kind: NoticeKind
     detail: str
     model_id: str | None = None
     intent_id: str | None = None
     reason: BlockerReason | None = None
 
+    def __post_init__(self) -> None:
+        if type(self.kind) is not NoticeKind:    # its value names it as well
+            object.__setattr__(self, "kind", NoticeKind(self.kind))
+
 
 Output = (
-    SendMessage | ServeChunk | StoreChunk | InstallVariant | ActivateVersion | DropPeer | Notice
+    SendMessage | ServeChunk | StoreChunk | InstallVariant | ActivateVersion | PersistLedger
+    | DropPeer | Notice
 )

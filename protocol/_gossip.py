@@ -55,8 +55,9 @@ node counts as unreachable is decided by every reader from the records
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
+from typing import Any
 
 import blake3
 import msgpack
@@ -75,11 +76,18 @@ __all__ = ["GossipSummary", "GossipDigest", "GossipDelta", "GossipBuckets", "Gos
            "wire_size"]
 
 
+def _size_slot() -> Any:
+    """A message's encoded size, filled in by :func:`wire_size` the first time it is
+    asked for (not part of the encoding, equality or repr: messages are immutable)."""
+    return field(default=None, init=False, repr=False, compare=False)
+
+
 @message(20)
 @dataclass(frozen=True, slots=True)
 class GossipSummary:
     vv_hash: bytes
     origins: int
+    _size: int | None = _size_slot()
 
 
 @message(21)
@@ -92,6 +100,7 @@ class GossipDigest:
     reply: bool
     bits: int
     buckets: tuple[int, ...]
+    _size: int | None = _size_slot()
 
 
 @message(22)
@@ -99,6 +108,7 @@ class GossipDigest:
 class GossipDelta:
     entries: tuple[Entry, ...]
     ranges: dict[bytes, tuple[int, int]]
+    _size: int | None = _size_slot()
 
 
 @message(23)
@@ -108,6 +118,7 @@ class GossipBuckets:
 
     bits: int
     hashes: bytes
+    _size: int | None = _size_slot()
 
 
 @message(24)
@@ -118,6 +129,7 @@ class GossipPush:
 
     entries: tuple[Entry, ...]
     ranges: dict[bytes, tuple[int, int]]
+    _size: int | None = _size_slot()
 
 
 _TYPES = (GossipSummary, GossipDigest, GossipDelta, GossipBuckets, GossipPush)
@@ -145,17 +157,9 @@ def bucket_bits(origins: int) -> int:
     return bits
 
 
-_PREFIX: dict[str, int] = {}
-
-
 def bucket_of(origin: str, bits: int) -> int:
     """The bucket of ``origin``: the leading ``bits`` bits of its id."""
-    p = _PREFIX.get(origin)
-    if p is None:
-        if len(_PREFIX) > 1 << 16:
-            _PREFIX.clear()
-        p = _PREFIX[origin] = int(origin[:4], 16)
-    return p >> (16 - bits)
+    return int(origin[:4], 16) >> (16 - bits)
 
 
 def bucket_hashes(vv: Mapping[str, int], bits: int) -> bytes:
@@ -173,44 +177,41 @@ def bucket_hashes(vv: Mapping[str, int], bits: int) -> bytes:
     return bytes(out)
 
 
-_SIZE_MEMO: dict[int, tuple[object, int]] = {}
-_SIZE_MEMO_LIMIT = 8192
-
-
 def wire_size(msg: object, entries_size: int | None = None) -> int:
-    """``len(encode(msg))``, remembered per message object (messages are immutable).
+    """``len(encode(msg))``; for a gossip message, computed once and kept on the message
+    object (messages are immutable).
 
     A sender counts what it sends and a receiver what it receives; when both live
     in one process (the simulator) the same object is encoded once, not three
-    times. The memo holds a reference, so an id is never reused while cached.
-    ``entries_size``: for a :class:`GossipDelta`, the encoded size of its entries
-    when the caller knows it already (``DeltaPiece.size``)."""
-    hit = _SIZE_MEMO.get(id(msg))
-    if hit is not None and hit[0] is msg:
-        return hit[1]
-    size: int | None = None
+    times. ``entries_size``: for a :class:`GossipDelta`, the encoded size of its
+    entries when the caller knows it already (``DeltaPiece.size``)."""
+    if not isinstance(msg, _TYPES):
+        return len(encode(msg))
+    size = msg._size
+    if size is None:
+        size = _measure(msg, entries_size)
+        object.__setattr__(msg, "_size", size)
+    return size
+
+
+def _measure(msg: _Msg, entries_size: int | None) -> int:
     if type(msg) is GossipDigest:
         # the vector map packs as msgpack packs it inside the message (the codec only
         # sorts its keys, which changes no length) once its types are the codec's
         body = _packed_map_size(msg.vv, _is_int)
         if body is not None:
-            size = len(encode(GossipDigest({}, msg.reply, msg.bits, msg.buckets))) - 1 + body
+            return len(encode(GossipDigest({}, msg.reply, msg.bits, msg.buckets))) - 1 + body
     elif type(msg) is GossipDelta:
         # the entries' encodings are known to the ledger: add them up instead of
         # encoding again (msgpack nests an array's items verbatim)
         body = _packed_map_size(msg.ranges, _is_range)
         if body is not None:
             n = len(msg.entries)
-            size = (len(encode(GossipDelta((), {}))) - 2 + body
+            return (len(encode(GossipDelta((), {}))) - 2 + body
                     + (1 if n < 16 else 3 if n < 65536 else 5)
                     + (sum(map(entry_size, msg.entries)) if entries_size is None
                        else entries_size))
-    if size is None:
-        size = len(encode(msg))
-    if len(_SIZE_MEMO) >= _SIZE_MEMO_LIMIT:
-        _SIZE_MEMO.clear()
-    _SIZE_MEMO[id(msg)] = (msg, size)
-    return size
+    return len(encode(msg))
 
 
 def _is_int(values: Collection[object]) -> bool:

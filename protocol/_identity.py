@@ -4,12 +4,15 @@ Every key in a fleet is Ed25519. The fleet *root* key admits the others by
 signing a :class:`Certificate` (subject key, role, name); a
 :class:`Revocation` signed by the root withdraws one. :class:`FleetTrust` is
 the pure check "is this key admitted for this role right now?" that the ledger,
-the handshake and manifest verification all share.
+the handshake and manifest verification all share. It also carries the
+signature check those verifications use (:data:`Verifier`): the real Ed25519
+check unless the driver that builds the trust passes another.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import blake3
@@ -24,6 +27,7 @@ __all__ = [
     "SigningIdentity",
     "fingerprint",
     "verify_signature",
+    "Verifier",
     "Certificate",
     "Revocation",
     "FleetTrust",
@@ -47,6 +51,13 @@ def verify_signature(public_key: bytes, data: bytes, signature: bytes) -> None:
     except nacl.exceptions.BadSignatureError:
         raise SignatureError(f"signature does not verify for key {fingerprint(public_key)}") \
             from None
+
+
+#: A signature check, ``(public_key, data, signature)``: returns when the signature is
+#: ``public_key``'s over ``data``, raises :class:`SignatureError` otherwise.
+#: :func:`verify_signature` is the real one; a driver may pass an equivalent one (the
+#: simulator's checks each distinct triple once, ``sim/_speedups.py``).
+Verifier = Callable[[bytes, bytes, bytes], None]
 
 
 class SigningIdentity:
@@ -125,10 +136,11 @@ class Certificate:
         body = _CertificateBody(fleet_id, subject_key, role, name, issued_at)
         return cls(fleet_id, subject_key, role, name, issued_at, root.sign(canonical(body)))
 
-    def verify(self, root_key: bytes, fleet_id: str) -> None:
+    def verify(self, root_key: bytes, fleet_id: str,
+               verifier: Verifier = verify_signature) -> None:
         if self.fleet_id != fleet_id:
             raise UntrustedKey(f"certificate for fleet {self.fleet_id!r}, not {fleet_id!r}")
-        verify_signature(root_key, self.signed_bytes(), self.signature)
+        verifier(root_key, self.signed_bytes(), self.signature)
 
 
 @struct
@@ -158,10 +170,11 @@ class Revocation:
         sig = root.sign(canonical(_RevocationBody(fleet_id, subject_key, issued_at)))
         return cls(fleet_id, subject_key, issued_at, sig)
 
-    def verify(self, root_key: bytes, fleet_id: str) -> None:
+    def verify(self, root_key: bytes, fleet_id: str,
+               verifier: Verifier = verify_signature) -> None:
         if self.fleet_id != fleet_id:
             raise UntrustedKey(f"revocation for fleet {self.fleet_id!r}, not {fleet_id!r}")
-        verify_signature(root_key, self.signed_bytes(), self.signature)
+        verifier(root_key, self.signed_bytes(), self.signature)
 
 
 class FleetTrust:
@@ -169,15 +182,23 @@ class FleetTrust:
 
     Pure and deterministic: adding the same certificates in any order gives the
     same answers. Only root-signed certificates and revocations are accepted.
+
+    ``verifier`` checks every signature verified against this trust: certificates
+    and revocations here, and ledger entries, intents and manifests given this
+    trust. The default is the real Ed25519 check (what a daemon uses); the
+    simulator, whose N nodes share one CPU, passes one that checks each distinct
+    signature once.
     """
 
-    __slots__ = ("fleet_id", "root_key", "_certs", "_revoked", "rejected")
+    __slots__ = ("fleet_id", "root_key", "verifier", "_certs", "_revoked", "rejected")
 
-    def __init__(self, fleet_id: str, root_key: bytes) -> None:
+    def __init__(self, fleet_id: str, root_key: bytes, *,
+                 verifier: Verifier = verify_signature) -> None:
         if len(root_key) != PUBLIC_KEY_SIZE:
             raise InvalidValue("the fleet root key must be 32 bytes")
         self.fleet_id = fleet_id
         self.root_key = root_key
+        self.verifier: Verifier = verifier
         self._certs: dict[tuple[bytes, Role], Certificate] = {}
         self._revoked: dict[bytes, Revocation] = {}
         self.rejected = 0
@@ -185,7 +206,7 @@ class FleetTrust:
     def add_certificate(self, cert: Certificate) -> bool:
         """Verify and keep ``cert``; False (and counted) when it does not verify."""
         try:
-            cert.verify(self.root_key, self.fleet_id)
+            cert.verify(self.root_key, self.fleet_id, self.verifier)
         except (SignatureError, UntrustedKey):
             self.rejected += 1
             return False
@@ -197,7 +218,7 @@ class FleetTrust:
 
     def add_revocation(self, rev: Revocation) -> bool:
         try:
-            rev.verify(self.root_key, self.fleet_id)
+            rev.verify(self.root_key, self.fleet_id, self.verifier)
         except (SignatureError, UntrustedKey):
             self.rejected += 1
             return False

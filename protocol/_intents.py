@@ -14,6 +14,12 @@ node that joins later, or moves to another formation, or gains a GPU, picks up
 the standing intents that now cover it (and drops those that no longer do).
 Every node holding the same ledger computes the same answer for every node.
 
+One rule says which intents are cancelled (:func:`standing_cancels`): a
+``cancel`` intent for the same model, signed by an operator the fleet still
+admits, cancels the intent it names; when several do, the oldest (HLC stamp,
+then intent id) is *the* cancel that stands for it. Resolution, the rollout
+state and the operator's answers all read that one function.
+
 A ``rollback`` applies only to nodes in its scope that have (had) the model
 deployed: their record reports a version of the model (running, being fetched
 or failed) or any version installed on disk (:func:`intent_applies`). A node
@@ -29,6 +35,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import blake3
@@ -37,7 +44,7 @@ from ._capabilities import normalise_arch
 from ._codec import canonical, struct
 from ._errors import InvalidValue
 from ._hlc import HLC
-from ._identity import FleetTrust, Role, SigningIdentity, fingerprint, verify_signature
+from ._identity import FleetTrust, Role, SigningIdentity, fingerprint
 from ._manifest import validate_model_id, validate_version
 from ._types import TransferPriority
 
@@ -45,7 +52,7 @@ if TYPE_CHECKING:
     from ._ledger import NodeRecord
 
 __all__ = ["IntentKind", "ScopeKind", "Scope", "Intent", "scope_matches", "has_deployed",
-           "intent_applies", "targets_node", "resolve"]
+           "intent_applies", "targets_node", "standing_cancels", "resolve"]
 
 
 class IntentKind(enum.StrEnum):
@@ -155,8 +162,8 @@ class Scope:
         return "capable:" + ",".join(parts)
 
 
-_CAPABLE_KEYS = {"min-gpu-mem-gb": "min_gpu_mem_gb", "arch": "cpu_arch",
-                 "cpu-arch": "cpu_arch", "min-storage-mb": "min_storage_mb"}
+_CAPABLE_KEYS = MappingProxyType({"min-gpu-mem-gb": "min_gpu_mem_gb", "arch": "cpu_arch",
+                                  "cpu-arch": "cpu_arch", "min-storage-mb": "min_storage_mb"})
 
 
 def _number(text: str, key: str, value: str, kind: type[int] | type[float]) -> int | float:
@@ -290,29 +297,51 @@ class Intent:
     def verify(self, trust: FleetTrust) -> None:
         """Raise UntrustedKey / SignatureError unless an admitted operator signed it."""
         trust.check(self.issuer_key, Role.OPERATOR)
-        verify_signature(self.issuer_key, canonical(self._body()), self.signature)
+        trust.verifier(self.issuer_key, canonical(self._body()), self.signature)
+
+
+def standing_cancels(intents: Iterable[Intent], model_id: str,
+                     trust: FleetTrust) -> dict[str, Intent]:
+    """The cancel rule: each cancelled intent id of ``model_id`` -> the cancel that
+    stands for it.
+
+    A ``cancel`` intent for ``model_id`` whose issuer the fleet admits (re-checked
+    here: a revoked operator's cancels stop counting) cancels the intent it names.
+    When several name the same intent, the oldest (HLC stamp, then intent id) stands.
+    Other intents in ``intents`` are ignored."""
+    out: dict[str, Intent] = {}
+    for it in intents:
+        if it.kind is not IntentKind.CANCEL or it.model_id != model_id or \
+                not trust.is_admitted(it.issuer_key, Role.OPERATOR):
+            continue
+        assert it.cancels is not None
+        held = out.get(it.cancels)
+        if held is None or (it.stamp, it.intent_id) < (held.stamp, held.intent_id):
+            out[it.cancels] = it
+    return out
 
 
 def resolve(intents: Iterable[Intent], model_id: str, node_id: str,
             records: Mapping[str, NodeRecord], trust: FleetTrust) -> Intent | None:
     """The intent node ``node_id`` should follow for ``model_id`` (None: no standing one).
 
-    Candidates are the uncancelled intents that apply to the node
-    (:func:`intent_applies`: scope, and for a rollback a deployed model).
+    Candidates are the intents no cancel stands for (:func:`standing_cancels`)
+    that apply to the node (:func:`intent_applies`: scope, and for a rollback a
+    deployed model).
 
     ``intents`` must already be verified; admission is re-checked so a revoked
     operator's intents stop counting everywhere at once.
     """
     candidates: list[Intent] = []
-    cancelled: set[str] = set()
+    cancels: list[Intent] = []
     for it in intents:
-        if it.model_id != model_id or not trust.is_admitted(it.issuer_key, Role.OPERATOR):
+        if it.model_id != model_id:
             continue
         if it.kind is IntentKind.CANCEL:
-            assert it.cancels is not None
-            cancelled.add(it.cancels)
-        else:
+            cancels.append(it)
+        elif trust.is_admitted(it.issuer_key, Role.OPERATOR):
             candidates.append(it)
+    cancelled = standing_cancels(cancels, model_id, trust) if cancels else {}
     record = records.get(node_id)
     best: Intent | None = None
     best_key: tuple[HLC, str] | None = None

@@ -42,6 +42,14 @@ keeps indexes beside it: its origins sorted (a bucket of leading id bits is a
 slice), the digest input of each, and per bucket width the bucket hashes, of
 which only those whose origins moved are hashed again. They answer exactly what
 a scan of the vector would (``tests/test_ledger_indexes.py``).
+
+An entry is immutable, so what is derived from it -- its origin id and its
+encoding -- is computed once per entry object and kept on it (``Entry.origin``,
+:func:`encoded_entry`), and so is the verifier that accepted its signature (the
+same verifier does not check it again). Where one object is checked and sized by
+many ledgers (the simulator's nodes share the objects they send each other), the
+work is done once. Nothing is cached in the module: signatures are checked by the
+trust's ``verifier`` (``FleetTrust``), which the driver chooses.
 """
 
 from __future__ import annotations
@@ -52,7 +60,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import gt
-from typing import Any
 
 import blake3
 
@@ -66,8 +73,8 @@ from ._identity import (
     Revocation,
     Role,
     SigningIdentity,
+    Verifier,
     fingerprint,
-    verify_signature,
 )
 from ._intents import Intent
 from ._manifest import Manifest
@@ -168,7 +175,11 @@ class _EntryBody:
 @struct
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One ledger fact, stamped ``(origin, counter)`` and signed by the origin."""
+    """One ledger fact, stamped ``(origin, counter)`` and signed by the origin.
+
+    The private fields are filled in the first time they are needed -- the origin id
+    and the encoding, derived from the others, and the verifier that accepted the
+    signature -- and take no part in the encoding, equality or repr."""
 
     origin_key: bytes
     counter: int
@@ -178,6 +189,11 @@ class Entry:
     certificate: Certificate | None
     revocation: Revocation | None
     signature: bytes
+    _origin: str | None = field(default=None, init=False, repr=False, compare=False)
+    _encoded: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    # the verifier that accepted the signature: the same verifier need not check it again
+    _checked_by: Verifier | None = field(default=None, init=False, repr=False,
+                                         compare=False)
 
     def __post_init__(self) -> None:
         present = sum(x is not None for x in (self.record, self.intent, self.manifest,
@@ -189,7 +205,21 @@ class Entry:
 
     @property
     def origin(self) -> str:
-        return _origin_of(self.origin_key)
+        """``fingerprint(origin_key)``, computed once per entry."""
+        origin = self._origin
+        if origin is None:
+            origin = fingerprint(self.origin_key)
+            object.__setattr__(self, "_origin", origin)
+        return origin
+
+    def encoded(self) -> bytes:
+        """The entry's encoding (as a struct inside a message, or on its own), computed
+        once per entry."""
+        encoded = self._encoded
+        if encoded is None:
+            encoded = encode_value(self)
+            object.__setattr__(self, "_encoded", encoded)
+        return encoded
 
     @property
     def kind(self) -> EntryKind:
@@ -223,10 +253,10 @@ class Entry:
     def verify(self, trust: FleetTrust) -> None:
         """Raise a RemoteProtocolError unless the entry and its payload check out."""
         trust.check(self.origin_key, Role.NODE)
-        memo = _memo(self)
-        if not memo[3]:   # a signature is a pure function of the entry: checked once
-            verify_signature(self.origin_key, memo[1], self.signature)
-            memo[3] = True
+        verifier = trust.verifier
+        if self._checked_by is not verifier:   # the entry is immutable: checked once
+            verifier(self.origin_key, canonical(self._body()), self.signature)
+            object.__setattr__(self, "_checked_by", verifier)
         if self.intent is not None:
             self.intent.verify(trust)
         elif self.manifest is not None:
@@ -236,48 +266,15 @@ class Entry:
             # the trust keeps only certificates it verified against its own root and
             # fleet: an equal one needs no second check
             if trust.certificate(cert.subject_key, cert.role) != cert:
-                cert.verify(trust.root_key, trust.fleet_id)
+                cert.verify(trust.root_key, trust.fleet_id, trust.verifier)
         elif self.revocation is not None:
-            self.revocation.verify(trust.root_key, trust.fleet_id)
-
-
-_ORIGINS: dict[bytes, str] = {}
-_ORIGINS_LIMIT = 1 << 16
-
-
-def _origin_of(key: bytes) -> str:
-    """``fingerprint(key)``, remembered (a pure function; a fleet has few keys)."""
-    origin = _ORIGINS.get(key)
-    if origin is None:
-        if len(_ORIGINS) >= _ORIGINS_LIMIT:
-            _ORIGINS.clear()
-        origin = _ORIGINS[key] = fingerprint(key)
-    return origin
-
-
-_MEMO: dict[int, list[Any]] = {}
-_MEMO_LIMIT = 65536
-
-
-def _memo(e: Entry) -> list[Any]:
-    """[entry, canonical signed body, encoding, signature checked], per object.
-
-    Entries are immutable and one object is often checked and sized by many
-    ledgers in one process (the simulator); the memo holds a reference, so an id
-    is never reused while cached."""
-    hit = _MEMO.get(id(e))
-    if hit is None or hit[0] is not e:
-        if len(_MEMO) >= _MEMO_LIMIT:
-            _MEMO.clear()
-        hit = _MEMO[id(e)] = [e, canonical(e._body()), encode_value(e), False]
-    return hit
+            self.revocation.verify(trust.root_key, trust.fleet_id, trust.verifier)
 
 
 def encoded_entry(e: Entry) -> bytes:
-    """The entry's encoding (as a struct inside a message, or on its own), remembered
-    per object: the daemon's saved ledger stores exactly these bytes."""
-    encoded: bytes = _memo(e)[2]
-    return encoded
+    """The entry's encoding (:meth:`Entry.encoded`): the daemon's saved ledger stores
+    exactly these bytes."""
+    return e.encoded()
 
 
 def entry_size(e: Entry) -> int:
@@ -491,9 +488,9 @@ class Ledger:
         errors: list[str] = []
         bad: set[str] = set()
         forged = 0
-        held_at, record_at, names = self._entries.get, self._record_at.get, _ORIGINS.get
+        held_at, record_at = self._entries.get, self._record_at.get
         for e in sorted(batch, key=lambda x: (x.origin_key, x.counter)):
-            origin = names(e.origin_key) or _origin_of(e.origin_key)
+            origin = e.origin
             key = (origin, e.counter)
             held = held_at(key)
             if held is not None and held.signature == e.signature:

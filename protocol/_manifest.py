@@ -24,7 +24,14 @@ import blake3
 from ._capabilities import Requirements
 from ._codec import canonical, struct
 from ._errors import HostilePath, InvalidValue, MalformedMessage
-from ._identity import FleetTrust, Role, SigningIdentity, fingerprint, verify_signature
+from ._identity import (
+    FleetTrust,
+    Role,
+    SigningIdentity,
+    Verifier,
+    fingerprint,
+    verify_signature,
+)
 
 __all__ = [
     "HASH_SIZE",
@@ -290,10 +297,13 @@ class Manifest:
 
     def verify(self, trust: FleetTrust | None = None) -> None:
         """Raise unless signed by its publisher key (admitted by ``trust`` if given) and
-        every file's Merkle root matches its chunk list."""
+        every file's Merkle root matches its chunk list (the signature through
+        ``trust.verifier`` when a trust is given)."""
+        check: Verifier = verify_signature
         if trust is not None:
             trust.check(self.publisher_key, Role.PUBLISHER)
-        verify_signature(self.publisher_key, canonical(self._body()), self.signature)
+            check = trust.verifier
+        check(self.publisher_key, canonical(self._body()), self.signature)
         for v in self.variants:
             for f in v.files:
                 f.check_merkle()

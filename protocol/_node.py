@@ -30,6 +30,12 @@ refreshed from the swarm on every timer, when a transfer completes and when
 the install finishes, so the final record always tells how many bytes the
 node reused from its store and how many it fetched from peers.
 
+Every status change goes through :func:`~._state.change_state`, which refuses
+one its transition table does not allow. What a driver must do beyond carrying
+out I/O is an output too: :class:`PersistLedger` before anything that may carry
+an entry the node just wrote, and ``DropPeer.ban_for`` -- how long a dropped peer
+stays away -- from the one policy in ``_bans``.
+
 A model whose desired intent disappears (cancelled) has its transfer dropped
 and returns to the version it runs. The node's own record is rewritten on
 every status change, at most every ``record_min_interval`` seconds for mere
@@ -60,23 +66,37 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Unpack
 
+from ._bans import BANS, DropCause
 from ._capabilities import Capabilities
 from ._chunking import chunk_matches
 from ._config import Config
 from ._convergence import ModelConvergenceStatus, compute_convergence, unreachable_nodes
 from ._errors import ManifestConflict, RemoteProtocolError, SignatureError
-from ._events import ActivateVersion, DropPeer, InstallVariant, Notice, Output, SendMessage
+from ._events import (
+    ActivateVersion,
+    DropPeer,
+    InstallVariant,
+    Notice,
+    NoticeKind,
+    Output,
+    PersistLedger,
+    SendMessage,
+)
 from ._gossip import GossipEngine, GossipStatistics, urgent
 from ._hlc import HybridClock
 from ._identity import Certificate, FleetTrust, Revocation, Role, SigningIdentity, fingerprint
-from ._intents import Intent, resolve
+from ._intents import Intent, IntentKind, Scope, resolve
 from ._ledger import Ledger, LedgerStatistics, ModelState, NodeRecord
 from ._manifest import ChunkRef, Manifest
+from ._operator import cancel_of, cancel_target, check_operator, check_request
 from ._rng import Rng
 from ._selection import select_variant
+from ._state import StateChange, change_state
 from ._swarm import SwarmEngine, SwarmStatistics
-from ._types import BlockerReason, ModelOperationalStatus
+from ._types import BlockerReason, ModelOperationalStatus, TransferPriority
+from ._wire import WireMessage
 
 __all__ = ["NodeMachine", "NodeStatistics"]
 
@@ -165,14 +185,25 @@ class NodeMachine:
         me = self.node_id
         since = None if self.ledger.has_gap(me) else self.ledger.version_of(me)
         entry = self.ledger.append(self.identity, payload, floor=int(now * 1000))
+        self._persist(entry.counter)
         if urgent(entry):
             claim = {} if since is None else {bytes.fromhex(me): (since, entry.counter)}
             self.gossip.push((entry,), claim, None, now)
         return entry.counter
 
-    def _set_state(self, model_id: str, now: float, **changes: object) -> None:
+    def _persist(self, counter: int) -> None:
+        """Ask the driver to save the ledger (through own entry ``counter``) before any
+        output queued after this one: one request stands for every append behind it."""
+        if self._outputs and isinstance(self._outputs[-1], PersistLedger):
+            self._outputs[-1] = PersistLedger(counter)
+        else:
+            self._outputs.append(PersistLedger(counter))
+
+    def _set_state(self, model_id: str, now: float, **changes: Unpack[StateChange]) -> None:
+        """Every change of a model's state goes through here; a change of status must be
+        one the table in :mod:`._state` allows."""
         old = self._states.get(model_id) or ModelState(model_id, "", "", _S.NOT_DEPLOYED)
-        new = replace(old, **changes)  # type: ignore[arg-type]
+        new = change_state(old, **changes)
         if new != old:
             self._states[model_id] = replace(new, updated_at=now)
             self._dirty = True
@@ -242,7 +273,8 @@ class NodeMachine:
                                 variant_id=disk.get(active, ""), intent_id="", blocker=None,
                                 blocker_detail="", bytes_done=0, bytes_total=0,
                                 status=_S.OPERATIONAL if active else _S.NOT_DEPLOYED)
-                self._outputs.append(Notice("transfer_cancelled", f"{model_id}: no standing "
+                self._outputs.append(Notice(NoticeKind.TRANSFER_CANCELLED,
+                                            f"{model_id}: no standing "
                                             "intent any more", model_id=model_id))
             return
         version, iid, wanted = target.version, target.intent_id, target.variant_id
@@ -364,7 +396,7 @@ class NodeMachine:
                 return True
         return False
 
-    def receive(self, peer: str, message: object, now: float) -> None:
+    def receive(self, peer: str, message: WireMessage, now: float) -> None:
         self._observe_clock(now)
         self.gossip.heard(peer, now)
         try:
@@ -383,10 +415,11 @@ class NodeMachine:
             elif self.swarm.handles(message):
                 self.swarm.receive(peer, message, now)
             else:
-                self._outputs.append(Notice("unexpected_message",
+                self._outputs.append(Notice(NoticeKind.UNEXPECTED_MESSAGE,
                                             f"{type(message).__name__} from {peer}"))
         except RemoteProtocolError as exc:
-            self._outputs.append(DropPeer(peer, str(exc)))
+            self._outputs.append(DropPeer(peer, str(exc),
+                                          BANS.ban_for(DropCause.MISBEHAVED)))
             self._dropped += 1
         self._after_input(now)
 
@@ -420,13 +453,50 @@ class NodeMachine:
         self._reconcile(now)
         self._after_input(now)
 
+    def issue(self, operator: SigningIdentity, kind: IntentKind, model_id: str, version: str,
+              now: float, *, scope: Scope | None = None,
+              priority: TransferPriority = TransferPriority.NORMAL,
+              variant_id: str | None = None, delta_from: str | None = None) -> Intent:
+        """Issue a distribute or rollback signed by ``operator``, stamped by this node's
+        clock, written here (gossip spreads it); the intent.
+
+        Raises a :class:`~._errors.RequestRejected` (nothing signed or written) when
+        the key is not admitted or the request cannot work (``_operator``)."""
+        scope = scope if scope is not None else Scope()
+        check_operator(self.trust, operator.public_key)
+        check_request(self.ledger, kind, model_id, version, scope, variant_id, delta_from)
+        intent = Intent.create(operator, kind, model_id, version, self.clock.tick(now),
+                               scope=scope, priority=priority, variant_id=variant_id,
+                               delta_from=delta_from)
+        self.issue_intent(intent, now)
+        return intent
+
+    def cancel(self, operator: SigningIdentity, now: float, *, intent_id: str | None = None,
+               model_id: str = "") -> Intent:
+        """Cancel the intent ``intent_id``, or (without one) the intent this node follows
+        for ``model_id``, signed by ``operator``; the cancel. Idempotent: when a cancel
+        already stands for it, that cancel (nothing is written).
+
+        Raises a :class:`~._errors.RequestRejected` (nothing signed or written) when
+        the key is not admitted or names no distribute or rollback known here."""
+        check_operator(self.trust, operator.public_key)
+        target = cancel_target(self.ledger, None if intent_id else self.desired(model_id),
+                               intent_id=intent_id, model_id=model_id)
+        standing = cancel_of(self.ledger, self.trust, target)
+        if standing is not None:
+            return standing
+        intent = Intent.create(operator, IntentKind.CANCEL, target.model_id, target.version,
+                               self.clock.tick(now), cancels=target.intent_id)
+        self.issue_intent(intent, now)
+        return intent
+
     def announce_trust(self, item: Certificate | Revocation, now: float) -> bool:
         """Admit a root-signed certificate or revocation here and write it to the ledger,
         so that gossip carries it to every node. Raises :class:`UntrustedKey` or
         :class:`SignatureError` when the fleet root did not sign it (for this fleet);
         False when the ledger already holds it (nothing written)."""
         self._observe_clock(now)
-        item.verify(self.trust.root_key, self.trust.fleet_id)
+        item.verify(self.trust.root_key, self.trust.fleet_id, self.trust.verifier)
         for e in self.ledger.entries():
             if e.certificate == item or e.revocation == item:
                 return False
@@ -489,7 +559,7 @@ class NodeMachine:
         if hit:
             self._write_record(now, urgent=True)
         else:
-            self._outputs.append(Notice("store_failed", f"chunk {chunk_hash.hex()[:16]}: "
+            self._outputs.append(Notice(NoticeKind.STORE_FAILED, f"chunk {chunk_hash.hex()[:16]}: "
                                         f"{reason.value}: {detail}"))
         self._after_input(now)
 

@@ -14,12 +14,14 @@ disk and clock replaced by :mod:`sim._network` and virtual time:
   session exists while both ends are up and reachable (partitions cut sessions
   and healing re-dials them, as discovery would);
 * outputs are carried out as the agent would: ``SendMessage`` goes through the
-  network with its encoded size; ``ServeChunk`` sends ``make_piece(hash, token)``
+  network with its encoded size; ``ServeChunk`` sends a ``Piece`` of the chunk's token
   charged at the chunk's declared size (a liar serves a wrong token);
   ``StoreChunk`` answers ``chunk_stored`` after ``disk_delay``;
   ``InstallVariant`` answers ``install_finished(ok=True)`` after
   ``install_delay``; ``DropPeer`` closes the session on both sides and the pair
-  is never re-dialled; timers follow ``next_deadline()``;
+  is not re-dialled for the ``ban_for`` seconds the machine decided (a finite ban
+  re-dials when it ends, as the daemon's dialler does); ``PersistLedger`` needs
+  nothing (the ledger object *is* the disk copy); timers follow ``next_deadline()``;
 * a node's *disk* (held chunks, installed versions, its ledger object) survives
   a crash; everything else (the machine, its sessions, messages in flight) is
   lost and rebuilt on restart.
@@ -27,6 +29,7 @@ disk and clock replaced by :mod:`sim._network` and virtual time:
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,27 +46,27 @@ from protocol._events import (
     DropPeer,
     InstallVariant,
     Notice,
+    PersistLedger,
     SendMessage,
     ServeChunk,
     StoreChunk,
 )
 from protocol._gossip import wire_size
-from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity
-from protocol._swarm import make_piece
-from protocol._swarm_messages import SWARM_MESSAGES
+from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity, verify_signature
+from protocol._swarm_messages import SWARM_MESSAGES, Piece
 
 from ._content import SyntheticModel, verify_token
 from ._loop import EventLoop, derive_rng
 from ._network import LinkProfile, Network
-from ._speedups import memoize_signatures
+from ._speedups import SignatureMemo
 
 __all__ = ["NodeSpec", "Fleet", "FleetStatistics", "seeded_identity"]
 
 DEFAULT_CAPABILITIES = Capabilities(cpu_arch="x86_64", cpu_cores=8, ram_mb=16_384,
                                     storage_free_mb=1_000_000, gpus=(),
                                     execution_providers=("CPUExecutionProvider",))
-PIECE_TYPE: type[Any] = type(make_piece(b"\x00" * 32, b"", 0))
-PIECE_OVERHEAD = len(encode(make_piece(b"\x00" * 32, b"", 0)))
+PIECE_TYPE = Piece
+PIECE_OVERHEAD = len(encode(Piece(b"\x00" * 32, b"", 0)))
 # Small swarm messages (Request, Have, Cancel...) repeat by value across the fleet: their
 # encoded size is remembered per value (frozen dataclasses compare and hash by value, and
 # equal values encode to equal bytes), so each distinct message is encoded once per run.
@@ -154,8 +157,6 @@ class Fleet:
                  install_delay: float = 0.05, wire_check: bool = False,
                  machine_factory: Callable[..., Any] | None = None,
                  memo_signatures: bool = True) -> None:
-        if memo_signatures:
-            memoize_signatures()
         self.seed = seed
         self.config = config if config is not None else Config(fleet_id="sim")
         self.loop = EventLoop()
@@ -169,7 +170,9 @@ class Fleet:
         self.root = seeded_identity(seed, "root")
         self.publisher = seeded_identity(seed, "publisher")
         self.operator = seeded_identity(seed, "operator")
-        self.trust = FleetTrust(fleet_id, self.root.public_key)
+        # one signature check for the whole fleet: each distinct signature checked once
+        self.trust = FleetTrust(fleet_id, self.root.public_key, verifier=(
+            SignatureMemo() if memo_signatures else verify_signature))
         for ident, role, name in ((self.publisher, Role.PUBLISHER, "publisher"),
                                   (self.operator, Role.OPERATOR, "operator")):
             self.trust.add_certificate(Certificate.issue(self.root, fleet_id, ident.public_key,
@@ -190,7 +193,7 @@ class Fleet:
         for a, b in self.edges:
             self.neighbours[a].add(b)
             self.neighbours[b].add(a)
-        self.banned: set[frozenset[str]] = set()
+        self.banned: dict[frozenset[str], float] = {}   # pair -> virtual time the ban ends
         if machine_factory is None:
             from protocol._node import NodeMachine
             machine_factory = NodeMachine
@@ -316,7 +319,7 @@ class Fleet:
     def _connect(self, a: SimNode, b: SimNode) -> None:
         if not (a.alive and b.alive) or b.node_id in a.peers:
             return
-        if frozenset((a.node_id, b.node_id)) in self.banned:
+        if self.banned.get(frozenset((a.node_id, b.node_id)), -math.inf) > self.loop.now:
             return
         if not self.net.reachable(a.node_id, b.node_id):
             return
@@ -400,7 +403,7 @@ class Fleet:
             self._messages += 1
             self._bytes += size
             self._piece_bytes += size
-            self.net.send(node.node_id, out.peer, make_piece(out.chunk_hash, token, out.priority),
+            self.net.send(node.node_id, out.peer, Piece(out.chunk_hash, token, int(out.priority)),
                           size)
         elif isinstance(out, StoreChunk):
             self.loop.call_at(now + self.disk_delay, self._stored, node.index, node.life,
@@ -414,12 +417,25 @@ class Fleet:
         elif isinstance(out, DropPeer):
             self._drops += 1
             self.drop_log.append((now, node.node_id, out.peer, out.reason))
-            self.banned.add(frozenset((node.node_id, out.peer)))
+            pair = frozenset((node.node_id, out.peer))
+            until = max(self.banned.get(pair, -math.inf), now + out.ban_for)
+            self.banned[pair] = until
             other = self.by_id.get(out.peer)
             if other is not None:
                 self._disconnect(node, other)
+                if until < math.inf:
+                    self.loop.call_at(until, self._redial, node.index, other.index)
+        elif isinstance(out, PersistLedger):
+            pass   # the ledger object survives a crash as it is: nothing to save
         elif isinstance(out, Notice):
-            self._notices[out.kind] = self._notices.get(out.kind, 0) + 1
+            kind = out.kind.value
+            self._notices[kind] = self._notices.get(kind, 0) + 1
+
+    def _redial(self, a: int, b: int) -> None:
+        """A finite ban between ``a`` and ``b`` may have ended: reconnect the pair if it
+        is an overlay edge (and both are up and reachable)."""
+        if (min(a, b), max(a, b)) in self.edges:
+            self._connect(self.nodes[a], self.nodes[b])
 
     def _stored(self, index: int, life: int, chunk_hash: bytes) -> None:
         node = self.nodes[index]
@@ -458,7 +474,7 @@ class Fleet:
             self._errors += 1
             node.machine.take_outputs()
             self.loop.log("protocol-error", node.index, type(exc).__name__)
-            self.banned.add(frozenset((dst, src)))
+            self.banned[frozenset((dst, src))] = math.inf   # a machine that raised: never
             self._disconnect(node, self.by_id[src])
             return
         self._pump(node)

@@ -84,9 +84,8 @@ def gossip(nodes: int = 100, seed: int = 1, loss: float = 0.0, fanout: int = 3,
     ``push``: the intent floods by :class:`~protocol._gossip.GossipPush` (the default);
     False leaves it to the anti-entropy rounds, whose spread the bound is about.
 
-    ``heartbeat_every`` is accepted and ignored: nodes no longer write heartbeats
-    (liveness is event-driven, see ``protocol/_gossip.py``), so every run shows
-    the quiet floor. It stays so that older callers keep working."""
+    ``heartbeat_every`` is accepted and ignored: liveness is event-driven (see
+    ``protocol/_gossip.py``), so every run shows the quiet floor."""
     del heartbeat_every
     wall = time.perf_counter()
     if degree is None:

@@ -3,57 +3,48 @@
 Ed25519 verification is a pure function of ``(key, data, signature)``. In a real
 fleet every node checks every signature once, in parallel on its own CPU; in
 the simulator the N nodes share one core, so the same signature would be
-checked N times in a row. :func:`memoize_signatures` replaces
-``verify_signature`` in every loaded ``protocol`` module with a version that
-checks each distinct triple once and replays the answer (success, or the same
-:class:`SignatureError`). Bad signatures are still rejected everywhere.
+checked N times in a row. A :class:`SignatureMemo` is a signature check
+(``protocol``'s ``Verifier``) that checks each distinct triple once and replays
+the answer (success, or the same :class:`SignatureError`). A :class:`sim.Fleet`
+owns one and gives it to the :class:`FleetTrust` its nodes share; nothing is
+patched and nothing outlives the fleet. Bad signatures are still rejected
+everywhere.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-
-from protocol import _identity
 from protocol._errors import SignatureError
+from protocol._identity import Verifier, verify_signature
 
-__all__ = ["memoize_signatures", "restore_signatures"]
-
-_ORIGINAL: Callable[[bytes, bytes, bytes], None] = _identity.verify_signature
-_CACHE: dict[tuple[bytes, bytes, bytes], str | None] = {}
-_LIMIT = 1_000_000
+__all__ = ["SignatureMemo"]
 
 
-def _cached_verify(public_key: bytes, data: bytes, signature: bytes) -> None:
-    key = (public_key, data, signature)
-    try:
-        error = _CACHE[key]
-    except KeyError:
+class SignatureMemo:
+    """A memoised signature check: ``check`` runs once per distinct triple."""
+
+    __slots__ = ("_check", "_answers", "_limit")
+
+    def __init__(self, check: Verifier = verify_signature, limit: int = 1_000_000) -> None:
+        self._check = check
+        self._answers: dict[tuple[bytes, bytes, bytes], str | None] = {}
+        self._limit = limit
+
+    def __call__(self, public_key: bytes, data: bytes, signature: bytes) -> None:
+        key = (public_key, data, signature)
         try:
-            _ORIGINAL(public_key, data, signature)
-            error = None
-        except SignatureError as exc:
-            error = str(exc)
-        if len(_CACHE) >= _LIMIT:
-            _CACHE.clear()
-        _CACHE[key] = error
-    if error is not None:
-        raise SignatureError(error)
+            error = self._answers[key]
+        except KeyError:
+            try:
+                self._check(public_key, data, signature)
+                error = None
+            except SignatureError as exc:
+                error = str(exc)
+            if len(self._answers) >= self._limit:
+                self._answers.clear()
+            self._answers[key] = error
+        if error is not None:
+            raise SignatureError(error)
 
-
-def _patch(new: Callable[[bytes, bytes, bytes], None]) -> None:
-    for name, module in list(sys.modules.items()):
-        if (name == "protocol" or name.startswith("protocol.")) and getattr(
-                module, "verify_signature", None) in (_ORIGINAL, _cached_verify):
-            module.verify_signature = new  # type: ignore[attr-defined]
-
-
-def memoize_signatures() -> None:
-    """Install the memoised check in every loaded protocol module (idempotent)."""
-    import protocol._node  # noqa: F401  (load every module that verifies)
-    _patch(_cached_verify)
-
-
-def restore_signatures() -> None:
-    _patch(_ORIGINAL)
-    _CACHE.clear()
+    def __len__(self) -> int:
+        """Distinct triples remembered."""
+        return len(self._answers)

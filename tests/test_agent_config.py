@@ -118,7 +118,7 @@ def test_every_key_is_parsed(tmp_path: Path) -> None:
 
 
 def test_every_gossip_and_swarm_field_is_settable() -> None:
-    # fields other engineers add to the protocol configs are accepted automatically
+    # every field of the protocol configs is accepted, later ones included
     for section, cls in (("gossip", GossipConfig), ("swarm", SwarmConfig)):
         for f in dataclasses.fields(cls):
             if f.name in ("upload_rate", "download_rate"):
@@ -241,7 +241,7 @@ def test_docs_mention_every_key() -> None:
 
 def test_daemon_swarm_defaults_are_the_protocols() -> None:
     """The daemon runs the swarm engine's defaults (the upload window included: a piece
-    stalled on its own connection no longer holds it, see test_swarm_window.py and the
+    stalled on its own connection leaves it, see test_swarm_window.py and the
     partition test in test_netns.py); a ``[swarm]`` table changes only what it names."""
     assert parse_config(MINIMAL).swarm == SwarmConfig()
     assert SwarmConfig().upload_window == 1

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, cast
 import pytest
 import trio
 
-from agent._control import ControlServer
+from agent._control_server import ControlServer
 
 if TYPE_CHECKING:
     from agent._runtime import NodeRuntime

@@ -254,7 +254,7 @@ def test_quiet_fleet_gossip_is_small_and_statistics_add_up() -> None:
     assert all(fleet.m(i).statistics().rejected_entries == {} for i in range(3))
 
 
-# ---------------------------------------------------------------- fixes of 2026-11-23
+# ------------------------------------ variants, final byte counts, rollback targets, relays
 
 
 def _variant(variant_id: str, data: bytes) -> Variant:

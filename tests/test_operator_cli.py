@@ -90,7 +90,7 @@ def test_a_second_daemon_on_the_same_data_directory_is_refused(node: Provisioned
     first = Daemon(node.config_path, tmp_path / "first.log")
     try:
         wait_status(node.config_path)
-        # the case: a copy of the config with another port
+        # a copy of the config with another port, same data directory
         copy = tmp_path / "copy.toml"
         copy.write_text(node.config_path.read_text().replace("listen_port = 0",
                                                              "listen_port = 0\n# copy"))

@@ -1,4 +1,4 @@
-"""Lying peers that serve chunks, against LIVE daemons (issue 8).
+"""Lying peers that serve chunks, against LIVE daemons.
 
 Three real daemons on loopback: node 0 the honest seeder (publishes an 8 MiB model),
 node 1 an honest receiver, node 2 a liar: the test build ``python -m

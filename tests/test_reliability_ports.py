@@ -29,7 +29,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent._control import ErrorResponse, StatusRequest
+from agent._control_messages import ErrorResponse, StatusRequest
 from agent._transport import TransportSettings, dial
 from agent.fleet_demo import FAST_GOSSIP, LocalFleet, make_package
 from protocol._codec import FrameDecoder, decode, encode, frame

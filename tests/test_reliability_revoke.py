@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import trio
 
-from agent._control import ControlClient, ControlError, RequestRejected, UnknownVersion
+from agent._control_client import ControlClient, ControlError, RequestRejected, UnknownVersion
 from agent._fleet_admin import provision
 from agent._keys import load_key
 from agent._persist import write_seed

@@ -487,7 +487,7 @@ def test_busy_reject_moves_the_request_elsewhere_without_blame() -> None:
     assert eng.statistics().dropped_peers == ()
 
 
-# ---------------------------------------------------------------- picker cost (issue 5)
+# ---------------------------------------------------------------- picker cost
 
 
 def _drain_from_one_seed(n: int, *, seed: int = 1) -> tuple[SwarmEngine, int]:
@@ -518,9 +518,9 @@ def _drain_from_one_seed(n: int, *, seed: int = 1) -> tuple[SwarmEngine, int]:
 
 @pytest.mark.parametrize("n", [256, 4096])
 def test_picker_work_is_proportional_to_requests_not_to_missing_chunks(n: int) -> None:
-    # Regression guard for the quadratic picker (every freed request slot used to scan
-    # all missing chunks: ~n^2/2 rarity evaluations). Counted, not timed: queue entries
-    # examined per request must not grow with the number of chunks.
+    # The picker's work must follow the requests it issues, not the missing chunks (a
+    # scan per freed slot would be ~n^2/2 rarity evaluations). Counted, not timed: queue
+    # entries examined per request must not grow with the number of chunks.
     engine, pieces = _drain_from_one_seed(n)
     stats = engine.statistics()
     assert engine.progress("m/v").detail == "complete"

@@ -1,4 +1,4 @@
-"""Swarm engine, issue 4: super-seeding redirects, first-copy upload order, link-sized
+"""Swarm engine: super-seeding redirects, first-copy upload order, link-sized
 pipelines, tail-only endgame and download-side pre-emption (no I/O, seeded)."""
 
 from __future__ import annotations

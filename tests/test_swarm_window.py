@@ -1,4 +1,4 @@
-"""Swarm engine, homogeneous-ratio follow-up: the upload window (``upload_done``),
+"""Swarm engine: the upload window (``upload_done``),
 laggards-first uploads, answering early ``Interested`` once the manifest is known, and
 the simulator's "piece has left the uplink" report (no I/O, seeded)."""
 

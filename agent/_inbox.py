@@ -1,0 +1,98 @@
+"""What the daemon's tasks hand the machine task: one small frozen class per event.
+
+Sessions, store workers, installs and the control server never touch the
+:class:`~protocol._node.NodeMachine`; they post one of these to the runtime's
+inbox (``NodeRuntime.post``) and the machine task feeds it in
+(``NodeRuntime._handle`` dispatches on the type).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from protocol._node import NodeMachine
+from protocol._types import BlockerReason
+from protocol._wire import WireMessage
+
+__all__ = ["InboxEvent", "PeerMessage", "PeerUp", "PeerDown", "ChunkStored",
+           "ChunkStoreFailed", "ChunkMissing", "PieceSent", "InstallDone", "ControlCall"]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMessage:
+    """``peer`` sent ``message`` (the reader took an inbox token for it)."""
+
+    peer: str
+    message: WireMessage
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUp:
+    """A session with ``peer`` is open."""
+
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDown:
+    """The session with ``peer`` has ended."""
+
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkStored:
+    """A store worker made chunk ``chunk_hash`` durable."""
+
+    chunk_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkStoreFailed:
+    """A store worker could not write chunk ``chunk_hash``."""
+
+    chunk_hash: bytes
+    reason: BlockerReason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkMissing:
+    """A writer could not read chunk ``chunk_hash`` to serve it."""
+
+    chunk_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PieceSent:
+    """The piece of ``chunk_hash`` has been written to ``peer``'s connection."""
+
+    peer: str
+    chunk_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class InstallDone:
+    """An install the machine asked for has finished (``ok``) or failed."""
+
+    model_id: str
+    version: str
+    variant_id: str
+    ok: bool
+    reason: BlockerReason | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ControlCall:
+    """Run ``fn(machine, now)`` in the machine task; hand ``done`` its result or
+    exception."""
+
+    fn: Callable[[NodeMachine, float], Any]
+    done: Callable[[Any, BaseException | None], None]
+
+
+InboxEvent = (PeerMessage | PeerUp | PeerDown | ChunkStored | ChunkStoreFailed | ChunkMissing
+              | PieceSent | InstallDone | ControlCall)

@@ -1,0 +1,497 @@
+"""The picker: which missing chunk to request next, from whom, and when to duplicate.
+
+Theory of operation
+-------------------
+The picker keeps the download side's state: the wanted keys (:class:`Download`) and
+what each connected peer holds (per peer, a set of chunk hashes, not per key, so a
+chunk shared by two keys is counted once); the requests in flight are in the request
+table it is given.
+
+:meth:`Picker.schedule` runs after every input that can change its answer. It walks
+the wanted keys from the highest priority down (FIFO at equal priority) and requests
+their missing chunks *rarest first* (fewest connected providers; ties broken by a
+per-chunk random rank drawn from the injected rng), each from the spare provider with
+the fewest outstanding requests (a random one among equals), so that a download spreads
+over many providers. A peer is spare while its pipeline is below the depth
+:class:`~._swarm_links.LinkEstimates` gives it and it has not just answered "busy";
+``max_requests_total`` bounds all requests. Outside endgame a chunk has at most one
+outstanding request.
+
+Endgame is for the true tail only: once at most ``min(endgame_chunks, max(1,
+endgame_fraction x chunks))`` chunks of a key are left and all are requested, a chunk
+whose request is older than ``endgame_age`` times its peer's expected answer time is
+asked of another peer too, up to ``endgame_fanout`` in all; the first verified copy
+wins and the others are cancelled.
+
+A request unanswered after ``request_timeout`` is given up and the chunk is asked
+elsewhere; what keeps a chunk away from a peer for a while after that (or after a
+redirect, a "busy" answer or a refused store) is kept in the request table
+(:mod:`._swarm_requests`), which the picker consults. A request for a lower-priority
+key is cancelled when a higher-priority key is wanted from the same peer
+(pre-emption); a piece for it that still arrives is accepted.
+
+A download cap is enforced on the *requests*: each request spends its chunk size from
+the download token bucket; since keys are served in priority order, a critical key gets
+the budget before a low one.
+
+Picker cost: each download keeps a lazy min-heap of its idle missing chunks keyed by
+(availability, rank), kept in step by :meth:`Picker.requeue` whenever a chunk's
+availability or request/store state changes; the picker pops from it instead of
+scanning every missing chunk, so its work follows the requests it issues (see
+:meth:`Picker._schedule_download` for why the picks are the same as a full scan).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ._config import SwarmConfig
+from ._rng import Rng
+from ._swarm_keys import KeyInfo
+from ._swarm_links import LinkEstimates
+from ._swarm_messages import Request
+from ._swarm_requests import RequestTable
+from ._swarm_stats import Counters
+from ._swarm_uploads import TokenBucket
+from ._types import TransferPriority
+
+if TYPE_CHECKING:
+    from ._wire import SwarmMessage
+
+__all__ = ["Download", "Picker"]
+
+_AVAIL_BITS = 24                      # availability (peers holding a chunk) < 2**24
+_AVAIL_MASK = (1 << _AVAIL_BITS) - 1
+
+
+def _live(avail: int, seq: int) -> int:
+    """A picker-queue entry's identity, packed: its sequence number and availability."""
+    return (seq << _AVAIL_BITS) | min(avail, _AVAIL_MASK)
+
+
+@dataclass(slots=True)
+class Download:
+    key: str
+    priority: TransferPriority
+    order: int
+    info: KeyInfo | None = None
+    missing: set[bytes] = field(default_factory=set)
+    rank: dict[bytes, float] = field(default_factory=dict)   # random tie-break
+    # the picker's queue ("Picker cost" in the module docstring): a lazy min-heap of
+    # (availability, rank, hash, seq); ``queued[h] == _live(availability, seq)`` marks h's
+    # one live entry, any other entry for h is stale and skipped when popped (one int, not
+    # a tuple: this dict holds every missing chunk at the start of a download)
+    heap: list[tuple[int, float, bytes, int]] = field(default_factory=list)
+    queued: dict[bytes, int] = field(default_factory=dict)
+    bytes_total: int = 0
+    bytes_reused: int = 0
+    bytes_fetched: int = 0
+    bytes_duplicate: int = 0
+    completed: bool = False
+    cannot_help: dict[str, float] = field(default_factory=dict)   # peer -> answered at
+    lookup_retry_at: float = 0.0
+    last_problem: str = ""
+
+
+class Picker:
+    """The download side of a swarm engine (see the module docstring).
+
+    ``held`` (chunks stored here) and ``connected`` (peers) are the engine's, read
+    here; ``send`` is the engine's way out for a message to a peer."""
+
+    def __init__(self, *, config: SwarmConfig, rng: Rng, held: set[bytes],
+                 connected: set[str], table: RequestTable, links: LinkEstimates,
+                 counters: Counters, send: Callable[[str, SwarmMessage], None]) -> None:
+        self._config = config
+        self._rng = rng
+        self._held = held
+        self._connected = connected
+        self._table = table
+        table.on_idle = self.requeue
+        self._links = links
+        self._c = counters
+        self._send = send
+        self.downloads: dict[str, Download] = {}
+        self.peer_has: dict[str, set[bytes]] = {}
+        self.avail: dict[bytes, int] = {}   # hash -> connected peers that have it
+        self.endgame_wake: float | None = None   # when endgame should look again
+        self.blocked_on_tokens = False   # the download cap stopped the last schedule
+        self._queue_seq = 0
+        self._want_seq = 0
+
+    def shift_time(self, shift: float) -> None:
+        """The clock stepped by ``shift``: move the times kept here with it."""
+        for d in self.downloads.values():
+            cannot_help = d.cannot_help
+            for peer in cannot_help:
+                cannot_help[peer] += shift
+            d.lookup_retry_at += shift
+        if self.endgame_wake is not None:
+            self.endgame_wake += shift
+
+    # ================================================================== downloads
+
+    def add(self, key: str, priority: TransferPriority) -> Download:
+        self._want_seq += 1
+        d = Download(key, priority, self._want_seq)
+        self.downloads[key] = d
+        return d
+
+    def init_download(self, d: Download, info: KeyInfo) -> None:
+        d.info = info
+        d.bytes_total = sum(info.size_of.values())
+        d.missing = {h for h in info.size_of if h not in self._held}
+        d.bytes_reused = d.bytes_total - sum(info.size_of[h] for h in d.missing)
+        self._c.bytes_reused += d.bytes_reused
+        d.rank = {h: self._rng.random() for h in sorted(d.missing)}
+        d.heap = []
+        d.queued = {}
+        self._rebuild_queue(d)
+
+    def drop(self, key: str, now: float) -> Download | None:
+        """Stop fetching ``key``: cancel the requests only it needed, and the endgame
+        copies asked for it (the oldest request stays)."""
+        d = self.downloads.pop(key, None)
+        if d is None:
+            return None
+        table = self._table
+        for h in sorted(d.missing):
+            if h in table.by_chunk and not self.needed(h):
+                table.cancel_all(h, now)
+            elif len(table.by_chunk.get(h, {})) > 1:
+                extra = sorted(table.by_chunk[h].values(), key=lambda r: (r.sent_at, r.peer))
+                for rec in extra[1:]:
+                    table.cancel(rec.peer, h, now)
+        return d
+
+    def refetch(self, chunk_hash: bytes) -> list[Download]:
+        """A chunk went missing from the store: it is missing again for every download
+        that has it; returns the downloads that had completed (now reopened)."""
+        reopened = []
+        for d in self.downloads.values():
+            if d.info is not None and chunk_hash in d.info.size_of:
+                d.missing.add(chunk_hash)
+                d.rank.setdefault(chunk_hash, self._rng.random())
+                self._requeue_in(d, chunk_hash)
+                if d.completed:
+                    d.completed = False
+                    reopened.append(d)
+        return reopened
+
+    def needed(self, chunk_hash: bytes) -> bool:
+        return any(chunk_hash in d.missing for d in self.downloads.values())
+
+    def needing(self, chunk_hash: bytes) -> Download | None:
+        """The highest-priority download missing ``chunk_hash``."""
+        best: Download | None = None
+        for d in self.downloads.values():
+            if chunk_hash in d.missing and (best is None or d.priority > best.priority):
+                best = d
+        return best
+
+    def seeding(self, key: str) -> bool:
+        """Whether this node serves ``key`` as a seed (holds it, is not fetching it)."""
+        d = self.downloads.get(key)
+        return d is None or d.completed
+
+    def endgame_limit(self, d: Download) -> int:
+        cfg = self._config
+        n = len(d.info.size_of) if d.info is not None else 0
+        return min(cfg.endgame_chunks, max(1, math.ceil(cfg.endgame_fraction * n)))
+
+    # ================================================================== peers
+
+    def add_peer(self, peer: str) -> None:
+        self.peer_has[peer] = set()
+
+    def forget_peer(self, peer: str) -> None:
+        """``peer`` left (its requests are gone already): its holdings go."""
+        for h in self.peer_has.pop(peer, ()):
+            n = self.avail[h] - 1
+            if n:
+                self.avail[h] = n
+            else:
+                del self.avail[h]
+            self.requeue(h)
+
+    def has_add(self, peer: str, chunk_hash: bytes) -> None:
+        has = self.peer_has[peer]
+        if chunk_hash not in has:
+            has.add(chunk_hash)
+            self.avail[chunk_hash] = self.avail.get(chunk_hash, 0) + 1
+            self.requeue(chunk_hash)
+
+    def has_discard(self, peer: str, chunk_hash: bytes) -> None:
+        has = self.peer_has.get(peer)
+        if has is not None and chunk_hash in has:
+            has.discard(chunk_hash)
+            n = self.avail[chunk_hash] - 1
+            if n:
+                self.avail[chunk_hash] = n
+            else:
+                del self.avail[chunk_hash]
+            self.requeue(chunk_hash)
+
+    # ================================================================== the queue
+
+    def requeue(self, chunk_hash: bytes) -> None:
+        """Keep every download's queue in step after ``chunk_hash`` changed (availability,
+        request or store state). Cheap: a dict probe per wanted key."""
+        for d in self.downloads.values():
+            if chunk_hash in d.missing:
+                self._requeue_in(d, chunk_hash)
+
+    def _requeue_in(self, d: Download, h: bytes) -> None:
+        # Invariant: every chunk of d.missing that is idle (not requested, not waiting
+        # for the store) and that some connected peer holds has one live entry, keyed by
+        # its current availability. Requested / pending / unavailable chunks need none.
+        table = self._table
+        if h in table.by_chunk or h in table.pending_store or h in self._held:
+            return
+        avail = self.avail.get(h, 0)
+        live = d.queued.get(h)
+        if avail == 0:
+            if live is not None:
+                del d.queued[h]
+            return
+        if live is not None and live & _AVAIL_MASK == avail:
+            return
+        self._queue_seq += 1
+        seq = self._queue_seq
+        d.queued[h] = _live(avail, seq)
+        heapq.heappush(d.heap, (avail, d.rank[h], h, seq))
+        if len(d.heap) > 4 * len(d.queued) + 1024:
+            self._rebuild_queue(d)   # mostly stale entries (availability churn): compact
+
+    def _rebuild_queue(self, d: Download) -> None:
+        requests, pending, avail_of = self._table.by_chunk, self._table.pending_store, self.avail
+        entries: list[tuple[int, float, bytes, int]] = []
+        queued: dict[bytes, int] = {}
+        for h in d.missing:
+            avail = avail_of.get(h, 0)
+            if avail == 0 or h in requests or h in pending:
+                continue
+            self._queue_seq += 1
+            queued[h] = _live(avail, self._queue_seq)
+            entries.append((avail, d.rank[h], h, self._queue_seq))
+        heapq.heapify(entries)
+        d.heap = entries
+        d.queued = queued
+
+    # ================================================================== requests
+
+    def follow_hints(self, peer: str, info: KeyInfo, hints: tuple[int, ...], now: float,
+                     bucket: TokenBucket) -> None:
+        """A redirect's hints: positions of ``info`` the redirector holds and has never
+        uploaded. Ask it for those we need (its pipeline allowing) before anyone else."""
+        table = self._table
+        for i in hints:
+            if i >= len(info.refs):
+                self._c.bad_have_messages += 1
+                continue
+            hint = info.refs[i].hash
+            self.has_add(peer, hint)
+            d = self.needing(hint)
+            if (d is None or d.info is None or hint in table.by_chunk
+                    or hint in table.pending_store or hint in table.retry_after):
+                continue
+            if len(table.by_peer[peer]) >= self._links.depth(peer):
+                break
+            if self._issue(d, hint, {peer}, now, bucket) is None:
+                break
+
+    def preempt(self, d: Download, now: float) -> None:
+        """Cancel requests in flight for lower-priority keys to the peers that can serve
+        ``d``, so their pipelines carry ``d`` next. A cancelled piece that still arrives
+        is accepted (it is still needed) and the chunk is asked again later."""
+        if d.info is None or not d.missing:
+            return
+        table = self._table
+        for peer, out in table.by_peer.items():
+            if not (self.peer_has[peer] & d.missing):
+                continue
+            for h, rec in list(out.items()):
+                low = self.downloads.get(rec.key)
+                if low is None or low.priority >= d.priority or h in d.missing:
+                    continue
+                table.cancel(peer, h, now)
+                self._c.preempted_requests += 1
+
+    def store_failed(self, chunk_hash: bytes, now: float) -> None:
+        """The store refused ``chunk_hash``: ask for it again after ``request_timeout``."""
+        self._table.pending_store.pop(chunk_hash, None)
+        self.requeue(chunk_hash)
+        self._c.store_failures += 1
+        self._table.retry_after[chunk_hash] = now + self._config.request_timeout
+        for d in self.downloads.values():
+            if chunk_hash in d.missing:
+                d.last_problem = (f"the local store refused chunk {chunk_hash.hex()[:16]}; "
+                                  f"retrying in {self._config.request_timeout:g}s")
+
+    # ================================================================== scheduling
+
+    def schedule(self, now: float, bucket: TokenBucket) -> None:
+        self.blocked_on_tokens = False
+        cfg = self._config
+        if self._table.n_out >= cfg.max_requests_total:
+            return
+        self.endgame_wake = None
+        active = [d for d in self.downloads.values() if d.info is not None and d.missing]
+        if not active:
+            return   # a seed, or every wanted key is complete: nothing to pick
+        peer_out = self._table.by_peer
+        busy = self._table.busy_until
+        depth = self._links.depth
+        spare = {p for p in self._connected
+                 if len(peer_out[p]) < depth(p) and busy.get(p, now) <= now}
+        if not spare:
+            return
+        if len(active) > 1:
+            active.sort(key=lambda d: (-d.priority, d.order))
+        for d in active:
+            if not self._schedule_download(d, spare, now, bucket):
+                return
+
+    def _schedule_download(self, d: Download, spare: set[str], now: float,
+                           bucket: TokenBucket) -> bool:
+        """Request ``d``'s chunks; False when no more requests can go out at all.
+
+        Equivalent, pick for pick, to this reference loop (which cost O(missing) per
+        call): in passes, take the ``2 x room + 4`` rarest *candidates* (missing chunks
+        a spare peer holds at the start of the pass, not requested, not waiting for the
+        store, not in store back-off; ``room`` = free request slots of the spare
+        peers), try to request each in turn; stop after a pass that issued nothing or
+        saw every candidate. Here candidates come off ``d.heap`` in (availability,
+        rank) order; a chunk no spare peer holds, or in back-off, is parked (it cannot
+        become a candidate again during this call: spare only shrinks); a candidate
+        that found no provider (its spare holders all back off from it, or filled up
+        meanwhile) is kept aside and counted again in later passes while a spare peer
+        holds it, exactly as the reference loop re-sees it. Parked and aside entries go
+        back on the heap at the end. So the work is proportional to the requests issued
+        plus the chunks skipped, not to the chunks missing."""
+        cfg = self._config
+        heap, queued = d.heap, d.queued
+        table = self._table
+        requests, pending, retry = table.by_chunk, table.pending_store, table.retry_after
+        peer_has, peer_out, missing = self.peer_has, table.by_peer, d.missing
+        depth = self._links.depth
+        c = self._c
+        parked: list[tuple[int, float, bytes, int]] = []
+        aside: list[tuple[int, float, bytes, int]] = []
+        try:
+            while spare:
+                pass_spare = [peer_has[p] for p in spare]
+                # candidates set aside by earlier passes that a spare peer still holds
+                # (they find no provider again: spare and back-off only shrink)
+                still = []
+                for e in aside:
+                    if any(e[2] in has for has in pass_spare):
+                        still.append(e)
+                    else:
+                        parked.append(e)
+                aside = still
+                room = min(cfg.max_requests_total - table.n_out,
+                           sum(depth(p) - len(peer_out[p]) for p in spare))
+                window = 2 * room + 4
+                seen = len(aside)
+                issued = 0
+                while seen < window and heap:
+                    e = heapq.heappop(heap)
+                    c.picker_pops += 1
+                    _, _, h, seq = e
+                    live = queued.get(h)
+                    if live is None or live >> _AVAIL_BITS != seq:
+                        continue   # stale: superseded or consumed
+                    if h not in missing or h in requests or h in pending:
+                        del queued[h]   # requeued when it becomes idle again
+                        continue
+                    if (retry and retry.get(h, now) > now) or not any(
+                            h in has for has in pass_spare):
+                        parked.append(e)
+                        continue
+                    seen += 1
+                    result = self._issue(d, h, spare, now, bucket)
+                    if result is None:
+                        if h in requests:
+                            del queued[h]
+                        else:
+                            parked.append(e)   # the download cap: ask again later
+                        return False
+                    if result:
+                        issued += 1
+                        del queued[h]
+                    else:
+                        aside.append(e)
+                if issued == 0 or seen < window:
+                    break   # nothing issued, or every candidate was seen
+        finally:
+            for e in parked:
+                heapq.heappush(heap, e)
+            for e in aside:
+                heapq.heappush(heap, e)
+        # Endgame, only for the true tail: the last few chunks, all asked for, whose
+        # request is overdue (older than endgame_age x its peer's expected answer time).
+        limit = self.endgame_limit(d)
+        if len(d.missing) <= limit + len(pending):
+            left = [h for h in d.missing if h not in pending]
+            if left and len(left) <= limit and all(h in requests for h in left):
+                expected = self._links.expected_answer
+                for h in sorted(left, key=lambda h: d.rank[h]):
+                    recs = requests[h]
+                    if len(recs) >= cfg.endgame_fanout:
+                        continue
+                    due = min(r.sent_at + cfg.endgame_age
+                              * expected(r.peer, len(peer_out.get(r.peer, ())))
+                              for r in recs.values())
+                    if due > now:
+                        if self.endgame_wake is None or due < self.endgame_wake:
+                            self.endgame_wake = due
+                        continue
+                    if self._issue(d, h, spare, now, bucket, endgame=True) is None:
+                        return False
+        return bool(spare) and table.n_out < cfg.max_requests_total
+
+    def _issue(self, d: Download, h: bytes, spare: set[str], now: float,
+               bucket: TokenBucket, *, endgame: bool = False) -> int | None:
+        """Request ``h`` from the best spare provider: 1 if sent, 0 if no provider is
+        free, None when no more requests can go out at all (limits, cap)."""
+        cfg = self._config
+        table = self._table
+        asked = table.by_chunk.get(h, {})
+        avoid = table.avoid
+        peer_out = table.by_peer
+        providers = [p for p in spare if h in self.peer_has[p] and p not in asked
+                     and (p not in avoid or avoid[p].get(h, now) <= now)]
+        if not providers:
+            return 0
+        if not bucket.ready(now):
+            self.blocked_on_tokens = True
+            return None
+        fewest = min(len(peer_out[p]) for p in providers)
+        peer = self._rng.choice(sorted(p for p in providers if len(peer_out[p]) == fewest))
+        assert d.info is not None
+        size = d.info.size_of[h]
+        table.add(peer, d.key, h, size, now)
+        bucket.spend(size, now)
+        self._send(peer, Request(d.key, h, int(d.priority)))
+        self._c.requests_sent += 1
+        if endgame:
+            self._c.endgame_requests += 1
+        if len(peer_out[peer]) >= self._links.depth(peer):
+            spare.discard(peer)
+        if not spare or table.n_out >= cfg.max_requests_total:
+            return None
+        return 1
+
+    # ================================================================== test hooks
+
+    def in_endgame(self, key: str) -> bool:
+        d = self.downloads.get(key)
+        if d is None:
+            return False
+        left = [h for h in d.missing if h not in self._table.pending_store]
+        return len(left) <= self.endgame_limit(d)

@@ -1,0 +1,49 @@
+"""The messages one node sends another over a peer session, as one type.
+
+:data:`WireMessage` is the union of every codec-registered message a peer may send
+on the peer port: the handshake (consumed by the transport before the session
+opens), anti-entropy gossip, and the swarm. :meth:`NodeMachine.receive` takes a
+``WireMessage`` and :class:`~._events.SendMessage` carries one; a driver narrows
+what its decoder returned with :func:`is_wire_message`. Control-socket and
+migrator messages are registered with the same codec but never travel between
+peers, so they are not part of it.
+"""
+
+from __future__ import annotations
+
+from typing import TypeGuard
+
+from ._gossip import GossipBuckets, GossipDelta, GossipDigest, GossipPush, GossipSummary
+from ._handshake import Auth, HandshakeReject, Hello
+from ._swarm_messages import (
+    Cancel,
+    CannotHelp,
+    Have,
+    HaveSet,
+    Interested,
+    NotInterested,
+    Piece,
+    Redirect,
+    Reject,
+    Request,
+)
+
+__all__ = ["HandshakeMessage", "GossipMessage", "SwarmMessage", "WireMessage",
+           "WIRE_MESSAGES", "is_wire_message"]
+
+HandshakeMessage = Hello | Auth | HandshakeReject
+GossipMessage = GossipSummary | GossipDigest | GossipDelta | GossipBuckets | GossipPush
+SwarmMessage = (Interested | NotInterested | HaveSet | CannotHelp | Have | Request | Piece
+                | Cancel | Reject | Redirect)
+WireMessage = HandshakeMessage | GossipMessage | SwarmMessage
+
+WIRE_MESSAGES: tuple[type[WireMessage], ...] = (
+    Hello, Auth, HandshakeReject,
+    GossipSummary, GossipDigest, GossipDelta, GossipBuckets, GossipPush,
+    Interested, NotInterested, HaveSet, CannotHelp, Have, Request, Piece, Cancel, Reject,
+    Redirect)
+
+
+def is_wire_message(message: object) -> TypeGuard[WireMessage]:
+    """Whether ``message`` (what a decoder returned) is one peers exchange."""
+    return isinstance(message, WIRE_MESSAGES)
