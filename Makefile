@@ -28,7 +28,7 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 demo: $(STAMP)
-	$(BIN)/python -m agent.fleet_demo
+	$(BIN)/python -m agent._demo.fleet
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -1,6 +1,6 @@
 """shoal's daemon side. The public Python API is :mod:`agent.client`."""
 
-from .client import (
+from agent.client import (
     BlockerReason,
     ConvergenceBlocker,
     DistributionScope,

@@ -24,11 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent._daemon.probe import ProbeOverrides, overrides_from_mapping
+from agent._daemon.transport import TransportSettings
+from agent._errors import ConfigError
 from protocol._config import Config, GossipConfig, SwarmConfig
-
-from ._errors import ConfigError
-from ._probe import ProbeOverrides, overrides_from_mapping
-from ._transport import TransportSettings
 
 __all__ = [
     "DEFAULT_PORT",

@@ -14,7 +14,7 @@
 
 The client talks to the *local* daemon; the daemon signs the intent with its
 operator key and gossips it to the fleet. The types here are thin frozen
-dataclasses built from the control messages (``agent/_control_messages.py``); see
+dataclasses built from the control messages (``agent/_daemon/control_messages.py``); see
 ``docs/API.md`` for the semantics of every operation. A refusal (``UnknownModel``,
 ``EmptyScope``... the classes of ``protocol._errors``) is raised as that class,
 which is also a ``ControlError``.
@@ -28,12 +28,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from protocol._convergence import ConvergenceBlocker, ModelConvergenceStatus, RolloutState
-from protocol._intents import IntentKind, Scope, ScopeKind
-from protocol._ledger import ModelState
-from protocol._types import BlockerReason, ModelOperationalStatus, TransferPriority
-
-from ._control_client import (
+from agent._daemon.control_client import (
     ControlClient,
     ControlError,
     ControlRefused,
@@ -45,7 +40,11 @@ from ._control_client import (
     UnknownVariant,
     UnknownVersion,
 )
-from ._control_messages import IntentResponse, PublishResponse
+from agent._daemon.control_messages import IntentResponse, PublishResponse
+from protocol._convergence import ConvergenceBlocker, ModelConvergenceStatus, RolloutState
+from protocol._intents import IntentKind, Scope, ScopeKind
+from protocol._ledger import ModelState
+from protocol._types import BlockerReason, ModelOperationalStatus, TransferPriority
 
 __all__ = [
     "ShoalClient", "PublishResponse", "DistributionScope", "TransferPriority",

@@ -1,7 +1,7 @@
 """Real daemons on loopback: transfer rate against raw TCP, receiver memory, idle CPU.
 
 Every figure comes from real ``shoal daemon`` processes started by
-:class:`agent.fleet_demo.LocalFleet` (TCP + mDNS on 127.0.0.1), driven through
+:class:`agent._demo.fleet.LocalFleet` (TCP + mDNS on 127.0.0.1), driven through
 their control sockets, in one run:
 
 (a) *agent-to-agent transfer*: a single-variant model of ``size`` bytes is
@@ -35,7 +35,7 @@ from typing import Any
 import psutil
 import trio
 
-from agent.fleet_demo import LocalFleet
+from agent._demo.fleet import LocalFleet
 
 from .bench_transport import _two_processes
 

@@ -30,10 +30,10 @@ from typing import Any
 import blake3
 from fastcdc import fastcdc
 
-from agent._keys import init_keys
-from agent._paths import DataDir
-from agent._publish import publish
-from agent._store import ChunkStore
+from agent._storage.keys import init_keys
+from agent._storage.paths import DataDir
+from agent._storage.publish import publish
+from agent._storage.store import ChunkStore
 from protocol._chunking import DEFAULT_PARAMS
 from protocol._identity import SigningIdentity
 

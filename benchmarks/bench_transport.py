@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from agent._transport import PeerListener, SecureChannel, TransportSettings, dial
+from agent._daemon.transport import PeerListener, SecureChannel, TransportSettings, dial
 from protocol._codec import message
 from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity
 

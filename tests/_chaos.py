@@ -23,7 +23,7 @@ from pathlib import Path
 
 import blake3
 
-from agent._store import ChunkStore
+from agent._storage.store import ChunkStore
 from protocol._manifest import Manifest
 
 MiB = 1024 * 1024

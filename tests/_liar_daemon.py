@@ -1,7 +1,7 @@
 """A TEST BUILD of the shoal daemon that lies about chunks (tests/test_reliability_live_liars.py).
 
 ``python -m tests._liar_daemon --config FILE --mode corrupt|phantom`` runs the real
-daemon (``agent._cli daemon``: the real :class:`agent._runtime.NodeRuntime`, transport,
+daemon (``agent._cli daemon``: the real :class:`agent._daemon.runtime.NodeRuntime`, transport,
 gossip and swarm) with one narrow patch:
 
 * ``corrupt``: every piece it serves has one byte flipped. The patch replaces the
@@ -22,8 +22,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import agent._runtime as runtime_mod
-from agent._cli import main as cli_main
+import agent._daemon.runtime as runtime_mod
+from agent._cli.main import main as cli_main
 from protocol import _swarm
 from protocol._swarm_messages import CannotHelp, HaveSet, Interested, Piece, Request, make_bitfield
 

@@ -35,7 +35,8 @@ from agent import (
     ShoalClient,
     TransferPriority,
 )
-from agent._fleet_admin import provision
+from agent._admin.fleet import provision
+from agent._demo.fleet import FAST_GOSSIP, LocalFleet, make_package, mutate_package
 from agent.client import (
     ControlError,
     EmptyScope,
@@ -45,7 +46,6 @@ from agent.client import (
     UnknownVariant,
     UnknownVersion,
 )
-from agent.fleet_demo import FAST_GOSSIP, LocalFleet, make_package, mutate_package
 from protocol._errors import InvalidValue
 from protocol._intents import ScopeKind
 

@@ -26,8 +26,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent._cli import build_parser, main
-from agent._fleet_admin import Provisioned, provision
+from agent._admin.fleet import Provisioned, provision
+from agent._cli.main import build_parser, main
 from protocol._identity import SigningIdentity
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, cast
 import pytest
 import trio
 
-from agent._control_server import ControlServer
+from agent._daemon.control_server import ControlServer
 
 if TYPE_CHECKING:
-    from agent._runtime import NodeRuntime
+    from agent._daemon.runtime import NodeRuntime
 
 # connections refused or idle never reach a request, so no runtime is consulted
 _NO_RUNTIME = cast("NodeRuntime", None)

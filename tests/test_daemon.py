@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import trio
 
-from agent._control_client import ControlClient
-from agent._fleet_admin import provision
-from agent._transport import dial
-from agent.fleet_demo import LocalFleet, make_package, mutate_package
+from agent._admin.fleet import provision
+from agent._daemon.control_client import ControlClient
+from agent._daemon.transport import dial
+from agent._demo.fleet import LocalFleet, make_package, mutate_package
 from protocol._errors import ProtocolError
 from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity
 from protocol._intents import Scope
@@ -179,7 +179,7 @@ def test_control_socket_is_private_and_checks_peer_credentials(fleet: LocalFleet
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 s.settimeout(10)
                 s.connect(path.name)
-                from agent._control_messages import StatusRequest
+                from agent._daemon.control_messages import StatusRequest
                 from protocol._codec import encode, frame
                 try:
                     s.sendall(frame(encode(StatusRequest())))
@@ -200,7 +200,7 @@ def test_control_socket_is_private_and_checks_peer_credentials(fleet: LocalFleet
 
 
 async def test_client_reports_missing_daemon(tmp_path: Path) -> None:
-    from agent._control_client import ControlRefused
+    from agent._daemon.control_client import ControlRefused
 
     with pytest.raises(ControlRefused, match="is `shoal daemon` running"):
         async with ControlClient(tmp_path / "nope.sock"):

@@ -1,4 +1,4 @@
-"""mDNS discovery with real zeroconf on the loopback interface (agent/_discovery.py)."""
+"""mDNS discovery with real zeroconf on the loopback interface (agent/_daemon/discovery.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import trio
 
-from agent._discovery import (
+from agent._daemon.discovery import (
     Discovery,
     DiscoveryError,
     DiscoveryEvent,

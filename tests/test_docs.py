@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent._cli import build_parser
+from agent._cli.main import build_parser
 from sim.__main__ import _parser as sim_parser
 
 ROOT = Path(__file__).resolve().parent.parent

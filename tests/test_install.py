@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent._errors import ChunkCorrupted, InstallError, NotFound
-from agent._install import RECORD_NAME, Installer
-from agent._paths import DataDir, confine
-from agent._publish import publish
-from agent._store import ChunkStore
+from agent._storage.install import RECORD_NAME, Installer
+from agent._storage.paths import DataDir, confine
+from agent._storage.publish import publish
+from agent._storage.store import ChunkStore
 from protocol._chunking import ChunkParams
 from protocol._errors import HostilePath
 from protocol._identity import SigningIdentity
@@ -188,9 +188,9 @@ def test_property_publish_then_install_roundtrips(tmp_path_factory: pytest.TempP
 _SWITCHER = textwrap.dedent("""
     import os, shutil, sys
     from pathlib import Path
-    from agent._install import Installer
-    from agent._paths import DataDir
-    from agent._store import ChunkStore
+    from agent._storage.install import Installer
+    from agent._storage.paths import DataDir
+    from agent._storage.store import ChunkStore
     data = DataDir(Path(sys.argv[1]))
     store = ChunkStore(data.store)
     inst = Installer(data, store)

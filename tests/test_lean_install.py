@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agent._fleet_admin import provision
+from agent._admin.fleet import provision
 from protocol._identity import SigningIdentity
 
 REPO = Path(__file__).resolve().parent.parent

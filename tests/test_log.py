@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from agent._log import configure_logging, fields
+from agent._daemon.log import configure_logging, fields
 
 
 def test_json_lines_carry_node_and_intent(restore: None) -> None:

@@ -15,9 +15,9 @@ import pytest
 import trio
 
 from agent import BlockerReason, ModelOperationalStatus, ShoalClient
-from agent._log import configure_logging
-from agent._runtime import NodeRuntime
-from agent.fleet_demo import FAST_GOSSIP, LocalFleet
+from agent._daemon.log import configure_logging
+from agent._daemon.runtime import NodeRuntime
+from agent._demo.fleet import FAST_GOSSIP, LocalFleet
 
 from ._fleet import record, running
 

@@ -9,10 +9,11 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent._admin.fleet import provision
 from agent._config import ConfigError, load_config, parse_config
-from agent._fleet_admin import provision
-from agent._metrics import serve_metrics
-from agent._runtime import NodeRuntime
+from agent._daemon.metrics import serve_metrics
+from agent._daemon.runtime import NodeRuntime
+from agent._daemon.serve import serve
 from agent.client import ShoalClient
 from protocol._identity import SigningIdentity
 
@@ -58,7 +59,7 @@ async def test_scrape_parses_and_reports_a_rollout(tmp_path: Path) -> None:
     rt = NodeRuntime(load_config(str(prov.config_path)))
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            await nursery.start(rt.run)
+            await nursery.start(serve, rt)
             port = await nursery.start(serve_metrics, rt, "127.0.0.1", 0)
             async with ShoalClient.connect(prov.control_socket) as c:
                 await c.control.publish(str(pkg), "det", "1.0.0")

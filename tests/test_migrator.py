@@ -16,9 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from agent._errors import AgentError
-from agent._install import Installer
-from agent._migrator import (
+from agent._daemon.migrator import (
     EXPORT_MARKER,
     MigratorCrashed,
     MigratorError,
@@ -32,9 +30,11 @@ from agent._migrator import (
     ingest_hook,
     is_derived,
 )
-from agent._paths import DataDir
-from agent._publish import publish
-from agent._store import ChunkStore
+from agent._errors import AgentError
+from agent._storage.install import Installer
+from agent._storage.paths import DataDir
+from agent._storage.publish import publish
+from agent._storage.store import ChunkStore
 from protocol._codec import decode, decode_value, encode
 from protocol._errors import HostilePath
 from protocol._identity import SigningIdentity
@@ -314,8 +314,8 @@ def test_two_daemons_export_distribute_and_a_failing_ingest(tmp_path: Path) -> N
     """Real daemons: A learns, `shoal export` publishes the state, B runs with A's state
     after fetching about the state's size; then an upgrade whose migrator crashes leaves
     both nodes on the derived version with a deployment_failed blocker."""
-    from agent._cli import main as cli_main
-    from agent.fleet_demo import LocalFleet
+    from agent._cli.main import main as cli_main
+    from agent._demo.fleet import LocalFleet
 
     fleet = LocalFleet(tmp_path / "fleet", 2)
     dirs = [DataDir(n.data_dir) for n in fleet.nodes]

@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.fleet_demo import FAST_GOSSIP, LocalFleet, make_package
+from agent._demo.fleet import FAST_GOSSIP, LocalFleet, make_package
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agent._fleet_admin import Provisioned, provision
+from agent._admin.fleet import Provisioned, provision
 from protocol._identity import SigningIdentity
 
 pytestmark = pytest.mark.slow
@@ -184,7 +184,7 @@ def test_the_system_config_comes_after_the_environment(tmp_path: Path,
                                                        ) -> None:
     import argparse
 
-    from agent import _location
+    from agent._cli import location as _location
 
     system = tmp_path / "shoal.toml"
     system.write_text(f'data_dir = "{tmp_path / "sys"}"\nfleet_id = "f"\n'

@@ -1,11 +1,11 @@
-"""The daemon's saved ledger (agent/_persist.py): what is saved is what loads, in
+"""The daemon's saved ledger (agent/_storage/persist.py): what is saved is what loads, in
 either file format, and a torn or foreign file loses nothing but itself."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from agent._persist import (
+from agent._storage.persist import (
     LEDGER_FILE,
     LedgerFile,
     LedgerSnapshot,

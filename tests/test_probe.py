@@ -1,4 +1,4 @@
-"""The hardware probe on this machine, its GPU branch, and overrides (agent/_probe.py)."""
+"""The hardware probe on this machine, its GPU branch, and overrides (agent/_daemon/probe.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent._errors import ConfigError
-from agent._probe import (
+from agent._daemon.probe import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
     GpuProbe,
@@ -20,6 +19,7 @@ from agent._probe import (
     probe_gpus,
     probe_providers,
 )
+from agent._errors import ConfigError
 from protocol._capabilities import Capabilities, GpuInfo
 
 

@@ -9,8 +9,8 @@ import blake3
 import pytest
 
 from agent._errors import ConfigError, PublishError
-from agent._publish import load_package, publish
-from agent._store import ChunkStore
+from agent._storage.publish import load_package, publish
+from agent._storage.store import ChunkStore
 from protocol._chunking import ChunkParams, chunk_bytes
 from protocol._identity import SigningIdentity
 

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent._fleet_admin import provision
-from agent._persist import LEDGER_FILE, save_ledger
+from agent._admin.fleet import provision
+from agent._storage.persist import LEDGER_FILE, save_ledger
 from protocol._errors import InvalidValue
 from protocol._identity import Revocation, Role, SigningIdentity
 from protocol._intents import resolve

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.fleet_demo import FAST_GOSSIP, LocalFleet, make_package, mutate_package
+from agent._demo.fleet import FAST_GOSSIP, LocalFleet, make_package, mutate_package
 
 from ._chaos import MiB, verify_installed
 

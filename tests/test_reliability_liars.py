@@ -31,9 +31,9 @@ from typing import Any
 import pytest
 import trio
 
-from agent._keys import load_key
-from agent._transport import dial
-from agent.fleet_demo import FAST_GOSSIP, LocalFleet, make_package
+from agent._daemon.transport import dial
+from agent._demo.fleet import FAST_GOSSIP, LocalFleet, make_package
+from agent._storage.keys import load_key
 from protocol._gossip import GossipDelta, GossipDigest
 from protocol._hlc import HLC
 from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity

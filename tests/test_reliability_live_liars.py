@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent._store import ChunkStore
-from agent.fleet_demo import FAST_GOSSIP, LocalFleet, make_package
+from agent._demo.fleet import FAST_GOSSIP, LocalFleet, make_package
+from agent._storage.store import ChunkStore
 from protocol._intents import Scope
 
 from ._chaos import MiB, log_lines, verify_installed, visible_partial_files

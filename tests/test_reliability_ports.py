@@ -29,9 +29,9 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent._control_messages import ErrorResponse, StatusRequest
-from agent._transport import TransportSettings, dial
-from agent.fleet_demo import FAST_GOSSIP, LocalFleet, make_package
+from agent._daemon.control_messages import ErrorResponse, StatusRequest
+from agent._daemon.transport import TransportSettings, dial
+from agent._demo.fleet import FAST_GOSSIP, LocalFleet, make_package
 from protocol._codec import FrameDecoder, decode, encode, frame
 from protocol._handshake import ConnectionRole, SecureConnection
 from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity

@@ -21,11 +21,16 @@ from typing import Any
 import pytest
 import trio
 
-from agent._control_client import ControlClient, ControlError, RequestRejected, UnknownVersion
-from agent._fleet_admin import provision
-from agent._keys import load_key
-from agent._persist import write_seed
-from agent.fleet_demo import FAST_GOSSIP, LocalFleet, make_package
+from agent._admin.fleet import provision
+from agent._daemon.control_client import (
+    ControlClient,
+    ControlError,
+    RequestRejected,
+    UnknownVersion,
+)
+from agent._demo.fleet import FAST_GOSSIP, LocalFleet, make_package
+from agent._storage.keys import load_key
+from agent._storage.persist import write_seed
 from protocol._identity import Revocation, SigningIdentity, fingerprint
 
 pytestmark = pytest.mark.slow

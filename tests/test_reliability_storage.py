@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import trio
 
-from agent._fleet_admin import provision
-from agent.fleet_demo import FAST_GOSSIP, LocalFleet, make_package
+from agent._admin.fleet import provision
+from agent._demo.fleet import FAST_GOSSIP, LocalFleet, make_package
 from protocol._identity import SigningIdentity
 
 from ._chaos import MiB, can_mount, tmpfs, verify_installed, visible_partial_files

@@ -13,7 +13,6 @@ between saves, so the hour itself runs on virtual time alone."""
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,10 +21,10 @@ import pytest
 import trio
 import trio.testing
 
+from agent._admin.fleet import provision
 from agent._config import load_config
-from agent._fleet_admin import provision
-from agent._persist import load_ledger
-from agent._runtime import NodeRuntime
+from agent._daemon.runtime import NodeRuntime
+from agent._storage.persist import load_ledger
 from protocol._identity import SigningIdentity
 
 HOUR = 3600.0
@@ -50,7 +49,7 @@ async def test_runtime_timers_run_on_virtual_time(
     jitter = rt.machine.config.gossip.jitter
     real_start = time.monotonic()
     async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(rt.run, control=False))
+        await nursery.start(rt.run)
         await _until(lambda: rt.statistics().ledger_saves > 0)    # the first save
         start = trio.current_time()
         rounds_before = rt.machine.gossip.rounds

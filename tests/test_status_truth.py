@@ -113,7 +113,7 @@ def test_a_cancelled_newer_intent_hands_the_nodes_back() -> None:
 
 
 def test_status_with_state_travels_on_the_wire() -> None:
-    from agent._control_messages import ConvergenceReport
+    from agent._daemon.control_messages import ConvergenceReport
 
     led = _two_nodes_on("1.0.0")
     led.append(node_key(0), intent("2.0.0", wall=2))

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent._errors import ChunkCorrupted, ChunkNotFound, InsufficientStorage, NotFound
-from agent._store import ChunkStore
+from agent._storage.store import ChunkStore
 from protocol._capabilities import Requirements
 from protocol._chunking import chunk_matches, hash_chunk
 from protocol._errors import ChunkIntegrityError
@@ -238,7 +238,7 @@ def test_property_index_matches_disk(tmp_path_factory: pytest.TempPathFactory,
 
 _WRITER = textwrap.dedent("""
     import sys, blake3
-    from agent._store import ChunkStore
+    from agent._storage.store import ChunkStore
     store = ChunkStore(sys.argv[1])
     print("ready", flush=True)
     i = 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import _systemd
+from agent._admin import systemd as _systemd
 from agent._config import parse_config
 from agent._errors import ConfigError
 

@@ -1,4 +1,4 @@
-"""Secure channels over real TCP on 127.0.0.1 (agent/_transport.py)."""
+"""Secure channels over real TCP on 127.0.0.1 (agent/_daemon/transport.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from functools import partial
 import pytest
 import trio
 
-from agent._transport import (
+from agent._daemon.transport import (
     ChannelClosed,
     HandshakeTimeout,
     IdleTimeout,

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from agent._watch import (
+from agent._cli.watch import (
     NodeRow,
     RateTracker,
     fleet_view,

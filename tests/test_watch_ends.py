@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from agent import RolloutState, ShoalClient
-from agent.fleet_demo import FAST_GOSSIP, LocalFleet, make_package
+from agent._demo.fleet import FAST_GOSSIP, LocalFleet, make_package
 
 pytestmark = pytest.mark.slow
 

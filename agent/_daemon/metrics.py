@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 from protocol._intents import IntentKind
 
 if TYPE_CHECKING:
-    from ._runtime import NodeRuntime
+    from agent._daemon.runtime import NodeRuntime
 
 __all__ = ["RuntimeCollector", "registry_for", "render_metrics", "serve_metrics"]
 

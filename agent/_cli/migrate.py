@@ -30,14 +30,8 @@ from typing import Any
 
 import trio
 
-from protocol._codec import decode_value
-from protocol._errors import ProtocolError
-from protocol._manifest import Manifest, SemVer, Variant
-
-from ._errors import NotFound
-from ._install import RECORD_NAME
-from ._location import control_socket, locate
-from ._migrator import (
+from agent._cli.location import control_socket, locate
+from agent._daemon.migrator import (
     DEFAULT_TIMEOUT,
     EXPORT_MARKER,
     MigratorError,
@@ -45,7 +39,12 @@ from ._migrator import (
     default_derived_version,
     run_export,
 )
-from ._paths import DataDir, confine
+from agent._errors import NotFound
+from agent._storage.install import RECORD_NAME
+from agent._storage.paths import DataDir, confine
+from protocol._codec import decode_value
+from protocol._errors import ProtocolError
+from protocol._manifest import Manifest, SemVer, Variant
 
 __all__ = ["register", "stage_export"]
 
@@ -133,7 +132,7 @@ def stage_export(vdir: Path, base: Manifest, variant_id: str, state_paths: tuple
 
 
 def _cmd_export(args: argparse.Namespace) -> tuple[Any, str]:
-    from ._control_client import ControlClient
+    from agent._daemon.control_client import ControlClient
 
     data = _data(args)
     version, vdir, base, variant_id = _active(data, args.model)

@@ -41,9 +41,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._config import AgentConfig, load_config
-from ._errors import ConfigError
-from ._persist import atomic_write
+from agent._config import AgentConfig, load_config
+from agent._errors import ConfigError
+from agent._storage.persist import atomic_write
 
 __all__ = ["DEFAULT_UNIT_DIR", "UNIT_NAME", "SERVICE_USER", "Installed", "Uninstalled",
            "service_exe", "unit_text", "unit_for", "install", "uninstall", "ensure_user"]

@@ -56,6 +56,10 @@ from typing import Any
 
 import trio
 
+from agent._errors import AgentError
+from agent._storage.install import RECORD_NAME, Installer
+from agent._storage.paths import confine
+from agent._storage.store import ChunkStore, StoreBatch
 from protocol._chunking import DEFAULT_PARAMS, chunk_stream
 from protocol._codec import FrameDecoder, decode, encode, frame
 from protocol._errors import HostilePath, InvalidValue, ProtocolError, ShoalError
@@ -72,11 +76,6 @@ from protocol._migrator_messages import (
     MigratorFailed,
     check_migrator_path,
 )
-
-from ._errors import AgentError
-from ._install import RECORD_NAME, Installer
-from ._paths import confine
-from ._store import ChunkStore, StoreBatch
 
 __all__ = [
     "DEFAULT_TIMEOUT",

@@ -49,13 +49,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent._errors import ChunkCorrupted, ChunkNotFound, InsufficientStorage, NotFound, StoreError
+from agent._storage.paths import fsync_dir
 from protocol._chunking import chunk_matches
 from protocol._codec import decode_value, encode_value
 from protocol._errors import MalformedMessage
 from protocol._manifest import HASH_SIZE, Manifest
-
-from ._errors import ChunkCorrupted, ChunkNotFound, InsufficientStorage, NotFound, StoreError
-from ._paths import fsync_dir
 
 __all__ = ["ChunkStore", "StoreBatch", "StoreStatistics", "GcResult", "ChunkProblem"]
 

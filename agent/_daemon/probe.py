@@ -26,9 +26,8 @@ from typing import Any
 
 import psutil
 
+from agent._errors import ConfigError
 from protocol._capabilities import Capabilities, GpuInfo, normalise_arch
-
-from ._errors import ConfigError
 
 __all__ = [
     "ProbeOverrides",

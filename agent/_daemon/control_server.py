@@ -26,28 +26,13 @@ import logging
 import os
 import socket
 import struct as _struct
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
 
-from protocol._codec import FrameDecoder, decode, encode, frame
-from protocol._convergence import ModelConvergenceStatus
-from protocol._errors import ProtocolError, ShoalError
-from protocol._identity import Certificate, Revocation, SigningIdentity, fingerprint
-from protocol._intents import Intent, IntentKind
-from protocol._operator import (
-    IntentView,
-    check_known,
-    count_targets,
-    describe,
-    find_node,
-    intent_views,
-    nodes_running,
-)
-
-from ._control_messages import (
+from agent._daemon.control_messages import (
     MAX_CONTROL_FRAME,
     AnnounceTrustRequest,
     AnnounceTrustResponse,
@@ -63,6 +48,7 @@ from ._control_messages import (
     NodeStatusRequest,
     NodeStatusResponse,
     NodesWithVersionRequest,
+    PeerEntry,
     PeersRequest,
     PeersResponse,
     PublishRequest,
@@ -74,12 +60,25 @@ from ._control_messages import (
     StatusResponse,
     Subscribe,
 )
-from ._errors import AgentError
+from agent._errors import AgentError
+from protocol._codec import FrameDecoder, decode, encode, frame
+from protocol._convergence import ModelConvergenceStatus
+from protocol._errors import ProtocolError, ShoalError
+from protocol._identity import Certificate, Revocation, SigningIdentity, fingerprint
+from protocol._intents import Intent, IntentKind
+from protocol._operator import (
+    IntentView,
+    check_known,
+    count_targets,
+    describe,
+    find_node,
+    intent_views,
+    nodes_running,
+)
 
 if TYPE_CHECKING:
+    from agent._daemon.runtime import NodeRuntime
     from protocol._node import NodeMachine
-
-    from ._runtime import NodeRuntime
 
 __all__ = ["ControlServer", "ControlStatistics", "ControlSocketBusy",
            "MAX_CONTROL_CONNECTIONS", "CONTROL_IDLE_TIMEOUT"]
@@ -275,7 +274,7 @@ class ControlServer:
                                       json.dumps(stats, default=str))
             return await rt.call(status)
         if isinstance(req, PeersRequest):
-            return PeersResponse(tuple(rt.peers()))
+            return PeersResponse(tuple(PeerEntry(*astuple(p)) for p in rt.peers()))
         if isinstance(req, PublishRequest):
             return await self._publish(req)
         if isinstance(req, DistributeRequest):
@@ -303,7 +302,7 @@ class ControlServer:
         raise ValueError(f"not a control request: {type(req).__name__}")
 
     async def _publish(self, req: PublishRequest) -> PublishResponse:
-        from ._publish import publish
+        from agent._storage.publish import publish
 
         rt = self.runtime
         if rt.publisher is None:

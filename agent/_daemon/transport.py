@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import nacl.utils
 import trio
 
+from agent._errors import AgentError
 from protocol._codec import DEFAULT_MAX_FRAME
 from protocol._errors import ProtocolError
 from protocol._handshake import (
@@ -38,8 +39,6 @@ from protocol._handshake import (
     SecureConnection,
 )
 from protocol._identity import Certificate, FleetTrust, SigningIdentity
-
-from ._errors import AgentError
 
 if TYPE_CHECKING:
     import random

@@ -21,7 +21,7 @@ a ``.tmp-install-…`` directory, which the next :class:`Installer` removes.
 The previous version stays on disk, so :meth:`Installer.activate` can switch back
 without any transfer.
 
-Every file path is joined through :func:`agent._paths.confine`, and files are
+Every file path is joined through :func:`agent._storage.paths.confine`, and files are
 created with ``O_EXCL | O_NOFOLLOW``: a manifest cannot write outside its version
 directory even if something planted a symlink there.
 """
@@ -39,13 +39,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent._errors import ChunkNotFound, InstallError, InsufficientStorage, NotFound
+from agent._storage.paths import DataDir, confine, fsync_dir
+from agent._storage.store import ChunkStore
 from protocol._chunking import hash_chunk
 from protocol._errors import ChunkIntegrityError, InvalidValue
 from protocol._manifest import FileEntry, Manifest, SemVer, validate_model_id, validate_version
-
-from ._errors import ChunkNotFound, InstallError, InsufficientStorage, NotFound
-from ._paths import DataDir, confine, fsync_dir
-from ._store import ChunkStore
 
 __all__ = ["RECORD_NAME", "InstalledVersion", "InstallResult", "Installer"]
 

@@ -18,16 +18,13 @@ from typing import Any
 
 import trio
 
-from protocol._codec import encode_value
-from protocol._types import TransferPriority
-
-from ._cli_result import Answered
-from ._config import load_config
-from ._errors import ConfigError
-from ._fleet_admin import admit, fleet_init, read_trust_file, revoke
-from ._location import DEFAULT_CONFIG, config_path, control_socket, locate
-from ._persist import atomic_write, write_cert
-from .client import (
+from agent._admin.fleet import admit, fleet_init, read_trust_file, revoke
+from agent._cli.location import DEFAULT_CONFIG, config_path, control_socket, locate
+from agent._cli.result import Answered
+from agent._config import load_config
+from agent._errors import ConfigError
+from agent._storage.persist import atomic_write, write_cert
+from agent.client import (
     ControlRefused,
     DistributionScope,
     ModelConvergenceStatus,
@@ -35,6 +32,8 @@ from .client import (
     RolloutState,
     ShoalClient,
 )
+from protocol._codec import encode_value
+from protocol._types import TransferPriority
 
 __all__ = ["register"]
 
@@ -58,8 +57,9 @@ def _keys_dir(args: argparse.Namespace) -> Path:
 
 
 def _cmd_daemon(args: argparse.Namespace) -> tuple[Any, str]:
-    from ._log import configure_logging
-    from ._runtime import NodeRuntime
+    from agent._daemon.log import configure_logging
+    from agent._daemon.runtime import NodeRuntime
+    from agent._daemon.serve import serve
 
     ctx = configure_logging(args.log_format or os.environ.get("SHOAL_LOG_FORMAT") or "text",
                             level=logging.DEBUG if args.verbose else logging.INFO)
@@ -72,12 +72,12 @@ def _cmd_daemon(args: argparse.Namespace) -> tuple[Any, str]:
         st = rec.model(model_id) if rec is not None else None
         return st.intent_id if st is not None and st.intent_id else None
     ctx.intent_of = intent_of
-    trio.run(lambda: runtime.run(handle_signals=True))
+    trio.run(lambda: serve(runtime, handle_signals=True))
     return {"stopped": runtime.node_id}, ""
 
 
 def _cmd_daemon_install(args: argparse.Namespace) -> tuple[Any, str]:
-    from ._systemd import install, unit_for
+    from agent._admin.systemd import install, unit_for
 
     if args.print:
         unit = unit_for(_config_path(args))
@@ -93,7 +93,7 @@ def _cmd_daemon_install(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _cmd_daemon_uninstall(args: argparse.Namespace) -> tuple[Any, str]:
-    from ._systemd import uninstall
+    from agent._admin.systemd import uninstall
 
     r = uninstall(Path(args.unit_dir), systemctl=args.systemctl)
     text = ([f"stopped and disabled {Path(r.unit_path).name}"] if r.stopped else [])
@@ -315,11 +315,11 @@ def _watch(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _watch_live(args: argparse.Namespace) -> tuple[Any, str]:
-    """On a terminal: the fleet table (agent/_watch.py), redrawn in place per change."""
+    """On a terminal: the fleet table (agent/_cli/watch.py), redrawn in place per change."""
     from rich.console import Console
     from rich.live import Live
 
-    from ._watch import RateTracker, fleet_view, node_rows
+    from agent._cli.watch import RateTracker, fleet_view, node_rows
 
     last: list[ModelConvergenceStatus] = []
     rates = RateTracker()

@@ -1,4 +1,4 @@
-"""``python -m agent.fleet_demo``: a real local fleet of shoal daemons.
+"""``python -m agent._demo.fleet``: a real local fleet of shoal daemons.
 
 Starts N (default 5) ``shoal daemon`` processes on 127.0.0.1 - real TCP, real
 mDNS on the loopback interface - publishes a generated two-variant model on
@@ -28,11 +28,10 @@ from typing import Any
 
 import trio
 
+from agent._admin.fleet import Provisioned, provision
+from agent._daemon.control_client import ControlClient
 from protocol._convergence import ModelConvergenceStatus
 from protocol._identity import SigningIdentity
-
-from ._control_client import ControlClient
-from ._fleet_admin import Provisioned, provision
 
 __all__ = ["LocalFleet", "make_package", "mutate_package", "main"]
 
@@ -240,7 +239,7 @@ async def _store_bytes(fleet: LocalFleet, i: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m agent.fleet_demo")
+    ap = argparse.ArgumentParser(prog="python -m agent._demo.fleet")
     ap.add_argument("--nodes", type=int, default=5)
     ap.add_argument("--size-mib", type=float, default=48.0)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")

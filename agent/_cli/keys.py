@@ -13,14 +13,13 @@ import argparse
 import dataclasses
 from typing import Any
 
+from agent._admin.fleet import read_trust_file
+from agent._cli.location import locate
+from agent._errors import ConfigError
+from agent._storage.keys import KEY_NAMES, ROLES, key_path, load_key
+from agent._storage.keys import init_keys as _init_keys
+from agent._storage.persist import cert_path, load_cert, write_cert
 from protocol._identity import Certificate
-
-from ._errors import ConfigError
-from ._fleet_admin import read_trust_file
-from ._keys import KEY_NAMES, ROLES, key_path, load_key
-from ._keys import init_keys as _init_keys
-from ._location import locate
-from ._persist import cert_path, load_cert, write_cert
 
 __all__ = ["register"]
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._errors import AgentError
+from agent._errors import AgentError
 
 __all__ = ["LOCK_FILE", "DataDirBusy", "DataDirLock", "Holder", "holder"]
 

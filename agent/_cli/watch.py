@@ -23,10 +23,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from agent.client import ModelConvergenceStatus
 from protocol._ledger import NodeRecord
 from protocol._types import ModelOperationalStatus
-
-from .client import ModelConvergenceStatus
 
 __all__ = ["NodeRow", "RateTracker", "fleet_view", "human_bytes", "human_eta", "node_rows",
            "plain_rows", "summary_line"]

@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent._errors import ConfigError
+from agent._storage.paths import fsync_dir
 from protocol._identity import SigningIdentity
-
-from ._errors import ConfigError
-from ._paths import fsync_dir
 
 __all__ = ["KEY_NAMES", "ROLES", "KeyInfo", "init_keys", "load_key", "key_path"]
 

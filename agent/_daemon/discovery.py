@@ -43,9 +43,8 @@ import psutil
 import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
+from agent._errors import AgentError
 from protocol._handshake import HANDSHAKE_VERSION
-
-from ._errors import AgentError
 
 if TYPE_CHECKING:
     from types import TracebackType

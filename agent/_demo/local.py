@@ -1,4 +1,4 @@
-"""``python -m agent.demo``: publish, verify, delta-publish and install a model, locally.
+"""``python -m agent._demo.local``: publish, verify, delta-publish and install a model, locally.
 
 Generates a two-variant model package (safetensors-style files of seeded random
 tensors, about 300 MiB), publishes it as 1.0.0 into a temporary data
@@ -23,13 +23,12 @@ from pathlib import Path
 
 import blake3
 
+from agent._storage.install import Installer
+from agent._storage.keys import init_keys, load_key
+from agent._storage.paths import DataDir
+from agent._storage.publish import PublishResult, publish
+from agent._storage.store import ChunkStore
 from protocol._manifest import Manifest
-
-from ._install import Installer
-from ._keys import init_keys, load_key
-from ._paths import DataDir
-from ._publish import PublishResult, publish
-from ._store import ChunkStore
 
 MiB = 1024 * 1024
 
@@ -211,7 +210,7 @@ def run(seed: int, layers: int, keep: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m agent._demo.local", description=__doc__)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--layers", type=int, default=40,
                         help="layers per variant (40: about 300 MiB in all)")

@@ -23,9 +23,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._config import AgentConfig, load_config
-from ._lock import holder
-from ._paths import DataDir
+from agent._config import AgentConfig, load_config
+from agent._daemon.lock import holder
+from agent._storage.paths import DataDir
 
 __all__ = ["DEFAULT_CONFIG", "Location", "config_path", "control_socket", "locate"]
 

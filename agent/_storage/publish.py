@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent._errors import ConfigError, PublishError
+from agent._storage.store import ChunkStore, StoreBatch
 from protocol._capabilities import Requirements, normalise_arch
 from protocol._chunking import DEFAULT_PARAMS, DEFAULT_WINDOW, ChunkParams, chunk_stream
 from protocol._errors import InvalidValue
@@ -59,9 +61,6 @@ from protocol._manifest import (
     validate_relative_path,
     validate_version,
 )
-
-from ._errors import ConfigError, PublishError
-from ._store import ChunkStore, StoreBatch
 
 __all__ = ["PACKAGE_FILE", "VariantSpec", "PublishResult", "load_package", "publish"]
 

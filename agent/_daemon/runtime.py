@@ -15,7 +15,7 @@ Everything runs in one trio nursery:
   a token of a semaphore the machine task gives back once it has handled the
   message: a fast sender cannot make the daemon queue without bound (TCP
   backpressure reaches the sender). Inbox items are the small frozen event
-  classes of :mod:`agent._inbox`. Writers drain a bounded per-peer queue;
+  classes of :mod:`agent._daemon.inbox`. Writers drain a bounded per-peer queue;
   a :class:`ServeChunk` is read from the store by the writer of that peer (in a
   worker thread), so slow disks and slow peers never stall the machine.
 * ONE machine task owns the :class:`NodeMachine`: it takes batches from the
@@ -47,13 +47,37 @@ import math
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, assert_never
 
 import trio
 
+from agent._config import AgentConfig
+from agent._daemon.discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
+from agent._daemon.inbox import (
+    ChunkMissing,
+    ChunkStored,
+    ChunkStoreFailed,
+    ControlCall,
+    InboxEvent,
+    InstallDone,
+    PeerDown,
+    PeerMessage,
+    PeerUp,
+    PieceSent,
+)
+from agent._daemon.lock import DataDirLock
+from agent._daemon.migrator import ingest_hook
+from agent._daemon.probe import probe
+from agent._daemon.transport import PeerListener, Redialer, SecureChannel, TransportError, dial
+from agent._errors import AgentError, ChunkCorrupted, ChunkNotFound, InsufficientStorage, StoreError
+from agent._storage.install import Installer
+from agent._storage.keys import load_key
+from agent._storage.paths import DataDir
+from agent._storage.persist import load_cert, load_ledger, save_ledger
+from agent._storage.store import ChunkStore
 from protocol._errors import ProtocolError, ShoalError
 from protocol._events import (
     ActivateVersion,
@@ -75,32 +99,6 @@ from protocol._swarm_messages import Piece
 from protocol._types import BlockerReason, ModelOperationalStatus, TransferPriority
 from protocol._wire import is_wire_message
 
-from ._config import AgentConfig
-from ._control_messages import PeerEntry
-from ._discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
-from ._errors import AgentError, ChunkCorrupted, ChunkNotFound, InsufficientStorage, StoreError
-from ._inbox import (
-    ChunkMissing,
-    ChunkStored,
-    ChunkStoreFailed,
-    ControlCall,
-    InboxEvent,
-    InstallDone,
-    PeerDown,
-    PeerMessage,
-    PeerUp,
-    PieceSent,
-)
-from ._install import Installer
-from ._keys import load_key
-from ._lock import DataDirLock
-from ._migrator import ingest_hook
-from ._paths import DataDir
-from ._persist import load_cert, load_ledger, save_ledger
-from ._probe import probe
-from ._store import ChunkStore
-from ._transport import PeerListener, Redialer, SecureChannel, TransportError, dial
-
 __all__ = ["NodeRuntime", "RuntimeStatistics"]
 
 log = logging.getLogger("shoal.daemon")
@@ -114,6 +112,23 @@ _STORE_BATCH = 32            # chunks written under one group commit at most
 _GRACE = 2.0                  # the larger id waits this long before dialling
 
 
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """One connected peer, as :meth:`NodeRuntime.peers` reports it."""
+
+    node_id: str
+    name: str
+    address: str
+    initiated_by_us: bool
+    connected_for: float
+    bytes_sent: int
+    bytes_received: int
+
+
+#: Something the runtime starts beside it: ``await nursery.start(service, runtime)``.
+Service = Callable[..., Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +263,12 @@ class NodeRuntime:
     # ------------------------------------------------------------------ running
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-                  control: bool = True, handle_signals: bool = False) -> None:
-        """Serve until cancelled (or SIGTERM/SIGINT with ``handle_signals``)."""
+                  services: Sequence[Service] = (), handle_signals: bool = False) -> None:
+        """Serve until cancelled (or SIGTERM/SIGINT with ``handle_signals``).
+
+        ``services`` (the control socket, the metrics endpoint: see
+        :func:`agent._daemon.serve.serve`) are started in order once the peer listener
+        is up, each with ``nursery.start(service, self)``."""
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -263,16 +282,9 @@ class NodeRuntime:
                 nursery.start_soon(self._machine_task)
                 for _ in range(_STORE_WORKERS):
                     nursery.start_soon(self._store_worker)
-                if control:
-                    from ._control_server import ControlServer
-
-                    server = ControlServer(self, self.config.control_socket)
-                    await nursery.start(server.serve)
+                for service in services:
+                    await nursery.start(service, self)
                 nursery.start_soon(self._discovery_task)
-                if self.config.metrics_listen is not None:
-                    from ._metrics import serve_metrics
-
-                    await nursery.start(serve_metrics, self, *self.config.metrics_listen)
                 log.info("node %s (%s) listening on %s:%d", self.node_id,
                          self.machine.name, self.config.listen_address, self.port)
                 self.started.set()
@@ -715,19 +727,19 @@ class NodeRuntime:
                       previous_version: str | None = None) -> str:
         self.store.put_manifest(manifest)
         # a version with a migrator ingests the state of the one it replaces before
-        # it is activated (agent/_migrator.py); on failure the node stays on the old one
+        # it is activated (agent/_daemon/migrator.py); on failure the node stays on the old one
         prepare = ingest_hook(self.installer, manifest, variant_id, previous_version,
                               timeout=self.migrator_timeout)
         return self.installer.install(manifest, variant_id, prepare=prepare).path
 
     # ------------------------------------------------------------------ queries
 
-    def peers(self) -> list[PeerEntry]:
+    def peers(self) -> list[PeerInfo]:
         now = self.clock()
         out = []
         for peer, s in sorted(self._sessions.items()):
             st = s.channel.statistics().connection
-            out.append(PeerEntry(peer, s.channel.peer_certificate.name, s.channel.peer_address,
+            out.append(PeerInfo(peer, s.channel.peer_certificate.name, s.channel.peer_address,
                                 s.initiated_by_us, now - s.since, st.wire_bytes_sent,
                                 st.wire_bytes_received))
         return out

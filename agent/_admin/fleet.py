@@ -15,13 +15,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent._errors import ConfigError
+from agent._storage.keys import init_keys, load_key
+from agent._storage.persist import cert_path, write_cert, write_seed
 from protocol._codec import decode_value
 from protocol._errors import MalformedMessage
 from protocol._identity import Certificate, Revocation, Role, SigningIdentity
-
-from ._errors import ConfigError
-from ._keys import init_keys, load_key
-from ._persist import cert_path, write_cert, write_seed
 
 __all__ = ["fleet_init", "admit", "revoke", "read_trust_file", "provision", "Provisioned"]
 

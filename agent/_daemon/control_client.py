@@ -17,22 +17,7 @@ from typing import Any, cast
 
 import trio
 
-from protocol._codec import FrameDecoder, decode, encode, frame
-from protocol._convergence import ModelConvergenceStatus
-from protocol._errors import (
-    EmptyScope,
-    RequestRejected,
-    UnknownIntent,
-    UnknownModel,
-    UnknownNode,
-    UnknownVariant,
-    UnknownVersion,
-)
-from protocol._identity import Certificate, Revocation
-from protocol._intents import IntentKind, Scope
-from protocol._types import TransferPriority
-
-from ._control_messages import (
+from agent._daemon.control_messages import (
     MAX_CONTROL_FRAME,
     AnnounceTrustRequest,
     AnnounceTrustResponse,
@@ -59,7 +44,21 @@ from ._control_messages import (
     StatusResponse,
     Subscribe,
 )
-from ._errors import AgentError
+from agent._errors import AgentError
+from protocol._codec import FrameDecoder, decode, encode, frame
+from protocol._convergence import ModelConvergenceStatus
+from protocol._errors import (
+    EmptyScope,
+    RequestRejected,
+    UnknownIntent,
+    UnknownModel,
+    UnknownNode,
+    UnknownVariant,
+    UnknownVersion,
+)
+from protocol._identity import Certificate, Revocation
+from protocol._intents import IntentKind, Scope
+from protocol._types import TransferPriority
 
 __all__ = [
     "ControlClient", "ControlError", "ControlRefused", "REJECTIONS",

@@ -1,7 +1,7 @@
 """The ``shoal`` command line.
 
 Every subcommand takes ``--data-dir``, ``--config`` and ``--json``; the node a
-command acts on is found by one rule for all of them (:mod:`agent._location`).
+command acts on is found by one rule for all of them (:mod:`agent._cli.location`).
 A user's mistake — a :class:`~protocol.ShoalError`, an OS error, a bad argument —
 becomes one line on stderr and exit status 2, never a traceback; with ``--json``
 stdout carries exactly one JSON document, errors included. Exit status 1 means
@@ -24,18 +24,17 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
+from agent._cli.location import control_socket, locate
+from agent._cli.result import Answered
+from agent._daemon.lock import holder
+from agent._errors import InstallError
+from agent._storage.install import Installer
+from agent._storage.keys import load_key
+from agent._storage.paths import DataDir
+from agent._storage.publish import PublishResult, publish
+from agent._storage.store import ChunkStore
 from protocol._errors import ShoalError
 from protocol._manifest import Manifest, Variant
-
-from ._cli_result import Answered
-from ._errors import InstallError
-from ._install import Installer
-from ._keys import load_key
-from ._location import control_socket, locate
-from ._lock import holder
-from ._paths import DataDir
-from ._publish import PublishResult, publish
-from ._store import ChunkStore
 
 __all__ = ["REGISTRARS", "Answered", "build_parser", "main"]
 
@@ -119,7 +118,7 @@ def _publish_via_daemon(args: argparse.Namespace, socket_path: str) -> PublishRe
 
     import trio
 
-    from ._control_client import ControlClient
+    from agent._daemon.control_client import ControlClient
 
     path = os.path.abspath(args.path)
 
@@ -194,9 +193,8 @@ class _VerifyFailed(ShoalError):
 
 def _pick_variant(m: Manifest, data: DataDir) -> str:
     """The best variant (preference order) this machine's probe satisfies."""
+    from agent._daemon.probe import probe
     from protocol._selection import select_variant
-
-    from ._probe import probe
 
     data.root.mkdir(parents=True, exist_ok=True)
     choice = select_variant(m, probe(str(data.root)), None)
@@ -266,15 +264,15 @@ def _register_models(sub: Any, common: argparse.ArgumentParser) -> None:
 #: Functions that add subcommands.
 REGISTRARS: list[Registrar] = [_register_models]
 
-from ._cli_keys import register as _register_keys  # noqa: E402  (keys)
+from agent._cli.keys import register as _register_keys  # noqa: E402  (keys)
 
 REGISTRARS.insert(0, _register_keys)
 
-from ._cli_daemon import register as _register_daemon  # noqa: E402  (daemon, fleet, peers...)
+from agent._cli.daemon import register as _register_daemon  # noqa: E402  (daemon, fleet, peers...)
 
 REGISTRARS.append(_register_daemon)
 
-from ._cli_migrate import register as _register_migrate  # noqa: E402  (export)
+from agent._cli.migrate import register as _register_migrate  # noqa: E402  (export)
 
 REGISTRARS.append(_register_migrate)
 
@@ -381,7 +379,3 @@ def _fail(args: argparse.Namespace, message: str, result: dict[str, Any] | None,
         print(json.dumps({**(result or {}), "error": message}, sort_keys=True))
     print(f"shoal: error: {message}", file=sys.stderr)
     return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

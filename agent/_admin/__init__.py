@@ -1,0 +1,1 @@
+"""Fleet administration: root key, certificates, the systemd unit."""

@@ -1,0 +1,1 @@
+"""The node daemon: runtime, network, control socket, discovery, probe, migrator runner."""

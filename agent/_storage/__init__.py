@@ -1,0 +1,1 @@
+"""The data directory: chunk store, publish, install, keys and the saved ledger."""
