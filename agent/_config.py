@@ -27,7 +27,7 @@ from typing import Any
 from agent._daemon.probe import ProbeOverrides, overrides_from_mapping
 from agent._daemon.transport import TransportSettings
 from agent._errors import ConfigError
-from protocol._config import Config, GossipConfig, SwarmConfig
+from protocol import Config, GossipConfig, SwarmConfig
 
 __all__ = [
     "DEFAULT_PORT",

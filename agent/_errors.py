@@ -6,7 +6,7 @@ into one line on stderr and exit status 2. Messages say what to do about it.
 
 from __future__ import annotations
 
-from protocol._errors import ChunkIntegrityError, ShoalError
+from protocol import ChunkIntegrityError, ShoalError
 
 __all__ = [
     "AgentError",

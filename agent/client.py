@@ -16,7 +16,7 @@ The client talks to the *local* daemon; the daemon signs the intent with its
 operator key and gossips it to the fleet. The types here are thin frozen
 dataclasses built from the control messages (``agent/_daemon/control_messages.py``); see
 ``docs/API.md`` for the semantics of every operation. A refusal (``UnknownModel``,
-``EmptyScope``... the classes of ``protocol._errors``) is raised as that class,
+``EmptyScope``... the error classes of ``protocol``) is raised as that class,
 which is also a ``ControlError``.
 """
 
@@ -41,10 +41,18 @@ from agent._daemon.control_client import (
     UnknownVersion,
 )
 from agent._daemon.control_messages import IntentResponse, PublishResponse
-from protocol._convergence import ConvergenceBlocker, ModelConvergenceStatus, RolloutState
-from protocol._intents import IntentKind, Scope, ScopeKind
-from protocol._ledger import ModelState
-from protocol._types import BlockerReason, ModelOperationalStatus, TransferPriority
+from protocol import (
+    BlockerReason,
+    ConvergenceBlocker,
+    IntentKind,
+    ModelConvergenceStatus,
+    ModelOperationalStatus,
+    ModelState,
+    RolloutState,
+    Scope,
+    ScopeKind,
+    TransferPriority,
+)
 
 __all__ = [
     "ShoalClient", "PublishResponse", "DistributionScope", "TransferPriority",

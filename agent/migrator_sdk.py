@@ -33,17 +33,20 @@ import sys
 from collections.abc import Iterable
 from typing import BinaryIO
 
-from protocol._codec import FrameDecoder, decode, encode, frame
-from protocol._errors import ProtocolError
-from protocol._migrator_messages import (
+from protocol import (
     MAX_MIGRATOR_FRAME,
     ExportRequest,
     ExportResponse,
+    FrameDecoder,
     IngestFileCopy,
     IngestFileResult,
     IngestRequest,
     MigratorDone,
     MigratorFailed,
+    ProtocolError,
+    decode,
+    encode,
+    frame,
 )
 
 __all__ = ["Migrator", "IngestContext", "MigrationError", "run", "main"]

@@ -4,7 +4,7 @@ For each candidate average size (64 KiB .. 1 MiB; min = avg/4, max = avg*4) on a
 synthetic safetensors-like model (8-byte little-endian header length, JSON
 header, raw tensor bytes of high entropy, as trained weights are):
 
-* ``chunk+hash throughput``: :func:`protocol._chunking.chunk_stream` over the
+* ``chunk+hash throughput``: :func:`protocol.chunk_stream` over the
   in-memory file (the publish path without the disk);
 * ``delta ratio`` after a realistic edit — the header gains a metadata entry
   (a few bytes inserted near the start, shifting everything after it) and
@@ -36,9 +36,7 @@ from typing import Any
 import blake3
 from fastcdc import fastcdc
 
-from protocol._chunking import DEFAULT_PARAMS, ChunkParams, chunk_stream
-from protocol._codec import encode_value
-from protocol._manifest import ChunkRef
+from protocol import DEFAULT_PARAMS, ChunkParams, ChunkRef, chunk_stream, encode_value
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -34,8 +34,7 @@ from agent._storage.keys import init_keys
 from agent._storage.paths import DataDir
 from agent._storage.publish import publish
 from agent._storage.store import ChunkStore
-from protocol._chunking import DEFAULT_PARAMS
-from protocol._identity import SigningIdentity
+from protocol import DEFAULT_PARAMS, SigningIdentity
 
 MiB = 1024 * 1024
 _BLOCK = 16 * MiB

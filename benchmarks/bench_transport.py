@@ -28,8 +28,7 @@ from typing import Any
 import trio
 
 from agent._daemon.transport import PeerListener, SecureChannel, TransportSettings, dial
-from protocol._codec import message
-from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity
+from protocol import Certificate, FleetTrust, Role, SigningIdentity, message
 
 
 @message(18)

@@ -3,15 +3,36 @@
 The node state machine (:class:`NodeMachine`) takes time, randomness and
 messages as inputs and returns outputs (messages to send, chunks to store,
 versions to install); ``agent/`` drives it with real sockets and disks,
-``sim/`` with a virtual network. The names below are the public surface; the
-``_modules`` behind them are private.
+``sim/`` with a virtual network. The names below are the public surface: the
+drivers (agent/, sim/, benchmarks/) import from ``protocol`` only, never from the
+``_modules`` behind it (``tests/test_layering.py`` holds them to it).
 """
 
-from ._capabilities import Capabilities, GpuInfo, Requirements
-from ._chunking import DEFAULT_PARAMS, ChunkParams, chunk_bytes, chunk_matches, chunk_stream
-from ._codec import PROTOCOL_VERSION, FrameDecoder, decode, encode, frame
+from ._capabilities import Capabilities, GpuInfo, Requirements, normalise_arch
+from ._chunking import (
+    DEFAULT_PARAMS,
+    DEFAULT_WINDOW,
+    ChunkParams,
+    chunk_bytes,
+    chunk_matches,
+    chunk_stream,
+    hash_chunk,
+)
+from ._codec import (
+    DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    decode,
+    decode_value,
+    encode,
+    encode_value,
+    frame,
+    message,
+    struct,
+)
 from ._config import Config, GossipConfig, SwarmConfig
 from ._convergence import ConvergenceBlocker, ModelConvergenceStatus, RolloutState
+from ._entries import Entry, EntryKind, encoded_entry
 from ._errors import (
     ChunkIntegrityError,
     EmptyScope,
@@ -38,37 +59,112 @@ from ._events import (
     DropPeer,
     InstallVariant,
     Notice,
+    NoticeKind,
     Output,
+    PersistLedger,
     SendMessage,
     ServeChunk,
     StoreChunk,
 )
-from ._identity import Certificate, FleetTrust, Revocation, Role, SigningIdentity, fingerprint
+from ._gossip import wire_size
+from ._handshake import (
+    HANDSHAKE_MAX_FRAME,
+    HANDSHAKE_VERSION,
+    ConnectionRole,
+    ConnectionStatistics,
+    SecureConnection,
+)
+from ._hlc import HLC
+from ._identity import (
+    Certificate,
+    FleetTrust,
+    Revocation,
+    Role,
+    SigningIdentity,
+    Verifier,
+    fingerprint,
+    verify_signature,
+)
 from ._intents import Intent, IntentKind, Scope, ScopeKind
-from ._ledger import Ledger, ModelState, NodeRecord
-from ._manifest import ChunkRef, FileEntry, Manifest, SemVer, Variant
+from ._ledger import Ledger
+from ._manifest import (
+    HASH_SIZE,
+    ChunkRef,
+    FileEntry,
+    Manifest,
+    SemVer,
+    Variant,
+    merkle_root,
+    validate_model_id,
+    validate_relative_path,
+    validate_version,
+)
+from ._migrator_messages import (
+    MAX_MIGRATOR_FRAME,
+    ExportRequest,
+    ExportResponse,
+    IngestFileCopy,
+    IngestFileResult,
+    IngestRequest,
+    MigratorDone,
+    MigratorFailed,
+    check_migrator_path,
+)
 from ._node import NodeMachine, NodeStatistics
+from ._operator import (
+    IntentView,
+    check_known,
+    count_targets,
+    describe,
+    find_node,
+    intent_views,
+    nodes_running,
+)
+from ._records import ModelState, NodeRecord, Suspicion
 from ._selection import VariantChoice, select_variant
 from ._swarm import SwarmEngine, TransferProgress, make_piece
+from ._swarm_messages import SWARM_MESSAGES, Piece
 from ._types import BlockerReason, ModelOperationalStatus, TransferPriority
+from ._wire import WireMessage, is_wire_message
 
 __all__ = [
-    "ActivateVersion", "BlockerReason", "Capabilities", "Certificate", "ChunkIntegrityError",
-    "ChunkParams", "ChunkRef", "Config", "ConvergenceBlocker", "DEFAULT_PARAMS", "DropPeer",
-    "EmptyScope", "FileEntry", "FleetTrust", "FrameDecoder", "FrameTooLarge", "GossipConfig",
-    "GpuInfo",
-    "HostilePath", "InstallVariant", "Intent", "IntentKind", "InvalidValue", "Ledger",
-    "LocalProtocolError", "MalformedMessage", "ManifestConflict", "Manifest",
-    "ModelConvergenceStatus",
-    "ModelOperationalStatus", "ModelState", "NodeMachine", "NodeRecord", "NodeStatistics",
-    "Notice", "Output", "PROTOCOL_VERSION", "ProtocolError", "RemoteProtocolError",
-    "RequestRejected", "Requirements", "Revocation", "Role", "RolloutState", "Scope",
-    "ScopeKind", "SemVer",
-    "SendMessage",
-    "ServeChunk", "ShoalError", "SignatureError", "SigningIdentity", "StoreChunk", "SwarmConfig",
-    "SwarmEngine", "TransferPriority", "TransferProgress",
-    "UnknownIntent", "UnknownModel", "UnknownNode", "UnknownVariant", "UnknownVersion",
-    "UntrustedKey", "Variant",
-    "VariantChoice", "chunk_bytes", "chunk_matches", "chunk_stream", "decode", "encode",
-    "fingerprint", "frame", "make_piece", "select_variant",
+    # the node state machine, its inputs' types and its outputs
+    "NodeMachine", "NodeStatistics", "Config", "GossipConfig", "SwarmConfig",
+    "Output", "SendMessage", "ServeChunk", "StoreChunk", "InstallVariant",
+    "ActivateVersion", "DropPeer", "PersistLedger", "Notice", "NoticeKind",
+    # the wire: messages, codec, the secure session
+    "WireMessage", "is_wire_message", "Piece", "SWARM_MESSAGES", "make_piece", "wire_size",
+    "PROTOCOL_VERSION", "DEFAULT_MAX_FRAME", "FrameDecoder", "decode", "encode", "frame",
+    "decode_value", "encode_value", "message", "struct",
+    "HANDSHAKE_VERSION", "HANDSHAKE_MAX_FRAME", "ConnectionRole", "ConnectionStatistics",
+    "SecureConnection",
+    # identity and trust
+    "SigningIdentity", "Certificate", "Revocation", "Role", "FleetTrust", "Verifier",
+    "fingerprint", "verify_signature",
+    # the ledger and what it holds
+    "Ledger", "Entry", "EntryKind", "encoded_entry", "NodeRecord", "ModelState",
+    "Suspicion", "Intent", "IntentKind", "Scope", "ScopeKind", "HLC",
+    # manifests, chunking, variant selection
+    "Manifest", "Variant", "FileEntry", "ChunkRef", "SemVer", "HASH_SIZE", "merkle_root",
+    "validate_model_id", "validate_relative_path", "validate_version",
+    "ChunkParams", "DEFAULT_PARAMS", "DEFAULT_WINDOW", "chunk_bytes", "chunk_matches",
+    "chunk_stream", "hash_chunk",
+    "Capabilities", "GpuInfo", "Requirements", "normalise_arch",
+    "VariantChoice", "select_variant",
+    # the swarm, convergence and the seed API's types
+    "SwarmEngine", "TransferProgress",
+    "ModelConvergenceStatus", "ConvergenceBlocker", "RolloutState",
+    "BlockerReason", "ModelOperationalStatus", "TransferPriority",
+    # operator decisions (answers of the control API)
+    "IntentView", "check_known", "count_targets", "describe", "find_node", "intent_views",
+    "nodes_running",
+    # the migrator's wire messages
+    "ExportRequest", "ExportResponse", "IngestRequest", "IngestFileCopy", "IngestFileResult",
+    "MigratorDone", "MigratorFailed", "MAX_MIGRATOR_FRAME", "check_migrator_path",
+    # errors
+    "ShoalError", "ProtocolError", "LocalProtocolError", "RemoteProtocolError",
+    "MalformedMessage", "FrameTooLarge", "SignatureError", "UntrustedKey", "InvalidValue",
+    "HostilePath", "ChunkIntegrityError", "ManifestConflict", "RequestRejected",
+    "EmptyScope", "UnknownIntent", "UnknownModel", "UnknownNode", "UnknownVariant",
+    "UnknownVersion",
 ]

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from ._codec_shape import DecodeLimits, Shape, shape_of
 from ._errors import FrameTooLarge, LocalProtocolError, MalformedMessage
 
 __all__ = [
@@ -52,6 +53,8 @@ __all__ = [
     "frame",
     "FrameDecoder",
     "message_types",
+    "DecodeLimits",
+    "decode_limits",
 ]
 
 PROTOCOL_VERSION = 1
@@ -65,8 +68,8 @@ _Converter = Callable[[Any], Any]
 _MESSAGE_BY_ID: dict[int, type[Any]] = {}
 _ID_BY_MESSAGE: dict[type[Any], int] = {}
 _STRUCTS: set[type[Any]] = set()
-# cls -> (field names, per-field decoders, per-field encoders)
-_Schema = tuple[tuple[str, ...], tuple[_Converter, ...], tuple[_Converter, ...]]
+# cls -> (field names, per-field decoders, per-field encoders, decode shape)
+_Schema = tuple[tuple[str, ...], tuple[_Converter, ...], tuple[_Converter, ...], Shape]
 _SCHEMA: dict[type[Any], _Schema] = {}
 
 
@@ -162,8 +165,8 @@ def _compile(tp: Any) -> tuple[_Converter, _Converter]:
             item_dec, item_enc = _compile(args[0])
 
             def dec_seq(v: Any) -> tuple[Any, ...]:
-                if type(v) is not list:
-                    raise _Bad(f"expected array, got {type(v).__name__}")
+                if type(v) is not tuple:
+                    raise _Bad(f"expected array, got {_kind(v)}")
                 return tuple(item_dec(x) for x in v)
 
             def enc_seq(v: Any) -> list[Any]:
@@ -172,7 +175,7 @@ def _compile(tp: Any) -> tuple[_Converter, _Converter]:
         convs = [_compile(a) for a in args]
 
         def dec_fixed(v: Any) -> tuple[Any, ...]:
-            if type(v) is not list or len(v) != len(convs):
+            if type(v) is not tuple or len(v) != len(convs):
                 raise _Bad(f"expected array of {len(convs)}")
             return tuple(c[0](x) for c, x in zip(convs, v, strict=True))
 
@@ -186,14 +189,23 @@ def _compile(tp: Any) -> tuple[_Converter, _Converter]:
             raise TypeError(f"dict keys must be str, bytes or int, not {args[0]}")
 
         def dec_map(v: Any) -> dict[Any, Any]:
-            if type(v) is not dict:
-                raise _Bad(f"expected map, got {type(v).__name__}")
+            if type(v) is not dict and v is not _EMPTY_MAP:
+                raise _Bad(f"expected map, got {_kind(v)}")
             return {key_dec(k): val_dec(x) for k, x in v.items()}
 
         def enc_map(v: Any) -> dict[Any, Any]:
             return {key_enc(k): val_enc(v[k]) for k in sorted(v)}
         return dec_map, enc_map
     raise TypeError(f"type {tp!r} cannot be sent on the wire")
+
+
+def _kind(v: Any) -> str:
+    """The msgpack kind of a decoded value, for error messages."""
+    if type(v) is tuple:
+        return "array"
+    if type(v) is dict or v is _EMPTY_MAP:
+        return "map"
+    return type(v).__name__
 
 
 def _checker(tp: type, name: str) -> _Converter:
@@ -208,8 +220,8 @@ def _checker(tp: type, name: str) -> _Converter:
 
 def _struct_decoder(cls: type[Any]) -> _Converter:
     def dec(v: Any) -> Any:
-        if type(v) is not list:
-            raise _Bad(f"expected {cls.__name__} array, got {type(v).__name__}")
+        if type(v) is not tuple:
+            raise _Bad(f"expected {cls.__name__} array, got {_kind(v)}")
         return _build(cls, v)
     return dec
 
@@ -222,8 +234,8 @@ def _struct_encoder(cls: type[Any]) -> _Converter:
     return enc
 
 
-def _build(cls: type[Any], values: list[Any]) -> Any:
-    names, decoders, _ = _SCHEMA[cls]
+def _build(cls: type[Any], values: tuple[Any, ...]) -> Any:
+    names, decoders, _, _ = _SCHEMA[cls]
     if len(values) != len(names):
         raise _Bad(f"{cls.__name__} takes {len(names)} fields, got {len(values)}")
     kwargs = {}
@@ -239,7 +251,7 @@ def _build(cls: type[Any], values: list[Any]) -> Any:
 
 
 def _fields_of(value: Any) -> list[Any]:
-    names, _, encoders = _SCHEMA[type(value)]
+    names, _, encoders, _ = _SCHEMA[type(value)]
     return [enc(getattr(value, n)) for n, enc in zip(names, encoders, strict=True)]
 
 
@@ -252,11 +264,11 @@ def _register(cls: type[Any]) -> None:
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]
     compiled = [_compile(hints[f.name]) for f in fields]
-    _SCHEMA[cls] = (
-        tuple(f.name for f in fields),
-        tuple(c[0] for c in compiled),
-        tuple(c[1] for c in compiled),
-    )
+    names = tuple(f.name for f in fields)
+    decoders = tuple(c[0] for c in compiled)
+    encoders = tuple(c[1] for c in compiled)
+    _SCHEMA[cls] = (names, decoders, encoders, (0, (), (), False, False, (0, 1)))
+    _SCHEMA[cls] = (names, decoders, encoders, shape_of(cls, _SCHEMA))  # needs cls registered
 
 
 def struct(cls: type[T]) -> type[T]:
@@ -319,25 +331,137 @@ def encode(msg: Any) -> bytes:
 # --------------------------------------------------------------------------- decode
 
 
-def _unpack(data: bytes | bytearray | memoryview, max_size: int) -> Any:
+def decode_limits(cls: type[Any], size: int) -> DecodeLimits:
+    """The msgpack limits for decoding a ``size``-byte body holding a ``cls``."""
+    fixed, seqs, maps, has_str, has_bytes, (containers, per) = _SCHEMA[cls][3]
+    return DecodeLimits(
+        size=size,
+        max_array_len=max([fixed] + [size // m for m in seqs]),
+        max_map_len=max([0] + [size // m for m in maps]),
+        max_str_len=size if has_str else 0,
+        max_bin_len=size if has_bytes else 0,
+        # a fixed tree is stored as (-count, 0); otherwise (containers, bytes)
+        max_containers=(2 - containers) if per == 0 else 4 + size * containers // per,
+    )
+
+
+class _TooMany(Exception):
+    """Internal: a body holds more arrays and maps than its schema allows."""
+
+
+#: What an empty msgpack map decodes to: one shared, read-only object (an empty map
+#: costs one byte on the wire and would cost a new dict each).
+_EMPTY_MAP: Any = types.MappingProxyType({})
+
+
+def _no_map(pairs: Any) -> Any:
+    raise _TooMany("a map where the schema has none")
+
+
+def _map(pairs: list[tuple[Any, Any]]) -> Any:
+    if not pairs:
+        return _EMPTY_MAP
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _TooMany("a map with a duplicate key")
+    return out
+
+
+def _unpack(data: bytes | bytearray | memoryview, max_size: int,
+            cls: type[Any] | None = None) -> Any:
+    """msgpack-decode ``data`` under ``cls``'s :func:`decode_limits`.
+
+    Arrays come back as tuples (so an empty array costs no allocation: CPython shares
+    ``()``) and an empty map as one shared empty mapping. Where the schema bounds the
+    number of arrays tightly (a value with no sequence or map), each array is counted
+    as it is built and decoding stops at the first one too many; where it has no map,
+    at the first map.
+    """
     if len(data) > max_size:
         raise FrameTooLarge(len(data), max_size)
+    lim = decode_limits(cls, len(data)) if cls is not None else DecodeLimits(
+        len(data), 3, 0, 0, 0, 2)
+    kwargs: dict[str, Any] = {}
+    if lim.max_containers < len(data):
+        left = [lim.max_containers]
+
+        def count(obj: Any) -> Any:
+            left[0] -= 1
+            if left[0] < 0:
+                raise _TooMany(f"more than {lim.max_containers} arrays")
+            return obj
+        kwargs["list_hook"] = count
     try:
         return msgpack.unpackb(
             data,
             raw=False,
-            use_list=True,
+            use_list=False,
             strict_map_key=True,
+            object_pairs_hook=_map if lim.max_map_len else _no_map,
+            max_array_len=lim.max_array_len,
+            max_map_len=lim.max_map_len,
+            max_str_len=lim.max_str_len,
+            max_bin_len=lim.max_bin_len,
+            max_ext_len=0,
+            **kwargs,
         )
+    except _TooMany as exc:
+        name = cls.__name__ if cls is not None else "value"
+        raise MalformedMessage(f"{name}: {exc} (in {len(data)} bytes)") from None
     except Exception as exc:  # msgpack raises many types; all are the peer's fault
         raise MalformedMessage(f"undecodable msgpack: {type(exc).__name__}: {exc}") from None
+
+
+_ENVELOPE = 0x93          # fixarray of 3: [version, type_id, fields]
+
+
+def _peek_type(data: bytes | bytearray | memoryview) -> type[Any]:
+    """The message class a body names, read from its first bytes before decoding, so
+    the decode can be limited by that class's schema. Our encoder writes the envelope
+    as ``0x93, 0x01`` and the type id as a positive fixint, uint8 or uint16. The
+    fields array's header must then announce exactly the class's field count (so the
+    top level cannot carry a long array the schema would refuse only after msgpack
+    built it)."""
+    head = bytes(data[:10])
+    if len(head) < 3 or head[0] != _ENVELOPE:
+        raise MalformedMessage("a message is [version, type, fields]")
+    if head[1] != PROTOCOL_VERSION:
+        raise MalformedMessage(f"unsupported protocol version (first bytes "
+                               f"{head[:3].hex()})")
+    tag = head[2]
+    if tag < 0x80:
+        type_id, at = tag, 3
+    elif tag == 0xCC and len(head) >= 4:
+        type_id, at = head[3], 4
+    elif tag == 0xCD and len(head) >= 5:
+        type_id, at = int.from_bytes(head[3:5], "big"), 5
+    else:
+        raise MalformedMessage("message type must be an int")
+    cls = _MESSAGE_BY_ID.get(type_id)
+    if cls is None:
+        raise MalformedMessage(f"unknown message type {type_id}")
+    want = len(_SCHEMA[cls][0])
+    fields = head[at] if len(head) > at else -1
+    if 0x90 <= fields <= 0x9F:
+        count = fields - 0x90
+    elif fields == 0xDC and len(head) >= at + 3:
+        count = int.from_bytes(head[at + 1:at + 3], "big")
+    elif fields == 0xDD and len(head) >= at + 5:
+        count = int.from_bytes(head[at + 1:at + 5], "big")
+    else:
+        raise MalformedMessage(f"{cls.__name__}: fields must be an array")
+    if count != want:
+        raise MalformedMessage(f"{cls.__name__} takes {want} fields, got {count}")
+    return cls
 
 
 def decode_value(cls: type[T], data: bytes | bytearray | memoryview,
                  max_size: int = DEFAULT_MAX_FRAME) -> T:
     """Decode a registered struct encoded by :func:`encode_value`."""
-    raw = _unpack(data, max_size)
-    if type(raw) is not list:
+    if len(data) > max_size:
+        raise FrameTooLarge(len(data), max_size)
+    raw = _unpack(data, max_size, cls if cls in _SCHEMA else None)
+    if type(raw) is not tuple:
         raise MalformedMessage(f"{cls.__name__}: expected array")
     try:
         return _build(cls, raw)  # type: ignore[no-any-return]
@@ -348,9 +472,16 @@ def decode_value(cls: type[T], data: bytes | bytearray | memoryview,
 
 
 def decode(data: bytes | bytearray | memoryview, max_size: int = DEFAULT_MAX_FRAME) -> Any:
-    """Decode wire bytes to a message, strictly. Raises only RemoteProtocolError."""
-    raw = _unpack(data, max_size)
-    if type(raw) is not list or len(raw) != 3:
+    """Decode wire bytes to a message, strictly. Raises only RemoteProtocolError.
+
+    The message type is read from the envelope first, and msgpack decodes the body
+    under that type's :func:`decode_limits`: no array, map, string or byte string
+    longer, and no more arrays and maps in all, than a valid message of that type
+    and size can hold."""
+    if len(data) > max_size:
+        raise FrameTooLarge(len(data), max_size)
+    raw = _unpack(data, max_size, _peek_type(data))
+    if type(raw) is not tuple or len(raw) != 3:
         raise MalformedMessage("a message is [version, type, fields]")
     version, type_id, fields = raw
     if version != PROTOCOL_VERSION or type(version) is not int:
@@ -360,7 +491,7 @@ def decode(data: bytes | bytearray | memoryview, max_size: int = DEFAULT_MAX_FRA
     cls = _MESSAGE_BY_ID.get(type_id)
     if cls is None:
         raise MalformedMessage(f"unknown message type {type_id}")
-    if type(fields) is not list:
+    if type(fields) is not tuple:
         raise MalformedMessage(f"{cls.__name__}: fields must be an array")
     try:
         return _build(cls, fields)

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from ._codec import struct
 from ._identity import FleetTrust, Role
 from ._intents import Intent, IntentKind, intent_applies, resolve, standing_cancels
-from ._ledger import NodeRecord
+from ._records import NodeRecord
 from ._types import BlockerReason, ModelOperationalStatus
 
 __all__ = ["ConvergenceBlocker", "ModelConvergenceStatus", "RolloutState",

@@ -42,7 +42,7 @@ Failure detection is local and event-driven: nothing is written while the
 fleet is quiet. The engine remembers when it last *heard from* each direct
 peer (session opened, or any message received). A peer silent for more than
 ``suspect_after`` seconds (disconnected, crashed, or hung) becomes a
-:class:`~._ledger.Suspicion` — with the peer's record counter at that moment
+:class:`~._records.Suspicion` — with the peer's record counter at that moment
 and the time the silence began — and the node rewrites its own record only
 when that set changes. So a link that drops and comes back within
 ``suspect_after`` changes nothing. To keep silence meaningful on a healthy
@@ -64,11 +64,13 @@ import msgpack
 
 from ._codec import encode, message
 from ._config import GossipConfig
+from ._entries import Entry, entry_size
 from ._errors import InvalidValue, MalformedMessage
 from ._events import Output, SendMessage
 from ._hlc import vv_from_wire, vv_to_wire
 from ._identity import Role
-from ._ledger import Entry, Ledger, MergeResult, Suspicion, entry_size
+from ._ledger import Ledger, MergeResult
+from ._records import Suspicion
 from ._rng import Rng
 
 __all__ = ["GossipSummary", "GossipDigest", "GossipDelta", "GossipBuckets", "GossipPush",

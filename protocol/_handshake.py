@@ -4,8 +4,14 @@ Theory of operation
 -------------------
 A session runs over any ordered byte stream (TCP in the agent, memory in tests).
 Every unit on the stream is a frame: a 4-byte big-endian length and a body
-(:func:`protocol._codec.frame`); :class:`~protocol._codec.FrameDecoder` checks
-the announced length against the limit *before* buffering a body.
+(:func:`protocol._codec.frame`); the announced length is checked against the
+limit of the session's *phase* before a body is buffered: until the handshake is
+complete a frame can only be a handshake message, so the limit is
+:data:`HANDSHAKE_MAX_FRAME` (8 KiB: a ``Hello`` is about 0.5-1.2 KiB, a
+``HandshakeReject`` at most about 4 KiB); the session's ``max_frame`` (8 MiB by
+default) applies only to records, after the peer has authenticated. Unconsumed
+bytes are then at most one partial frame of the phase's limit
+(:attr:`SecureConnection.buffered`), plus what one ``receive_data`` call hands in.
 
 Handshake (message type ids 1-19), initiator I (the dialler), responder R::
 
@@ -75,6 +81,7 @@ from ._identity import Certificate, FleetTrust, Role, SigningIdentity, verify_si
 
 __all__ = [
     "HANDSHAKE_VERSION",
+    "HANDSHAKE_MAX_FRAME",
     "Hello",
     "Auth",
     "HandshakeReject",
@@ -89,6 +96,10 @@ __all__ = [
 ]
 
 HANDSHAKE_VERSION = 1
+#: Largest frame accepted before the handshake is complete: every handshake message
+#: fits (a Hello with a 128-character fleet id and name is under 1.2 KiB, a
+#: HandshakeReject's detail is cut to 1,000 characters).
+HANDSHAKE_MAX_FRAME = 8 * 1024
 _AEAD_TAG = 16
 _NONCE_SIZE = 32
 _KEY_CONTEXT = "shoal 2025 session keys v1"
@@ -285,6 +296,20 @@ class SecureConnection:
     def established(self) -> bool:
         return self.state is ConnectionState.ESTABLISHED
 
+    @property
+    def frame_limit(self) -> int:
+        """The largest frame the peer may send now: :data:`HANDSHAKE_MAX_FRAME` until
+        the handshake is complete, ``max_frame`` after it."""
+        if self.state is ConnectionState.ESTABLISHED:
+            return self.max_frame
+        return HANDSHAKE_MAX_FRAME
+
+    @property
+    def buffered(self) -> int:
+        """Received bytes held waiting for the rest of a frame (below 4 +
+        :attr:`frame_limit` between calls of :meth:`receive_data`)."""
+        return len(self._rbuf)
+
     def data_to_send(self) -> bytes | bytearray:
         """Bytes to write to the stream now (possibly empty), in one buffer.
 
@@ -340,8 +365,9 @@ class SecureConnection:
             with memoryview(buf) as view:
                 while len(buf) - pos >= _LEN.size:
                     (length,) = _LEN.unpack_from(buf, pos)
-                    if length > self.max_frame:
-                        raise FrameTooLarge(length, self.max_frame)
+                    limit = self.frame_limit
+                    if length > limit:
+                        raise FrameTooLarge(length, limit)
                     end = pos + _LEN.size + length
                     if end > len(buf):
                         break
@@ -388,7 +414,7 @@ class SecureConnection:
         self._emit(encode(HandshakeReject(code, detail[:1000])))
 
     def _handshake_frame(self, body: bytes) -> None:
-        msg = decode(body, self.max_frame)
+        msg = decode(body, HANDSHAKE_MAX_FRAME)
         if isinstance(msg, HandshakeReject):
             raise HandshakeRejected(msg.code, msg.detail)
         if self.peer_certificate is None:

@@ -36,7 +36,6 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 import blake3
 
@@ -46,10 +45,8 @@ from ._errors import InvalidValue
 from ._hlc import HLC
 from ._identity import FleetTrust, Role, SigningIdentity, fingerprint
 from ._manifest import validate_model_id, validate_version
+from ._records import NodeRecord
 from ._types import TransferPriority
-
-if TYPE_CHECKING:
-    from ._ledger import NodeRecord
 
 __all__ = ["IntentKind", "ScopeKind", "Scope", "Intent", "scope_matches", "has_deployed",
            "intent_applies", "targets_node", "standing_cancels", "resolve"]

@@ -43,19 +43,13 @@ slice), the digest input of each, and per bucket width the bucket hashes, of
 which only those whose origins moved are hashed again. They answer exactly what
 a scan of the vector would (``tests/test_ledger_indexes.py``).
 
-An entry is immutable, so what is derived from it -- its origin id and its
-encoding -- is computed once per entry object and kept on it (``Entry.origin``,
-:func:`encoded_entry`), and so is the verifier that accepted its signature (the
-same verifier does not check it again). Where one object is checked and sized by
-many ledgers (the simulator's nodes share the objects they send each other), the
-work is done once. Nothing is cached in the module: signatures are checked by the
-trust's ``verifier`` (``FleetTrust``), which the driver chooses.
+Entries themselves -- their encoding, signature and verification -- live in
+``_entries``; the records nodes write about themselves in ``_records``.
 """
 
 from __future__ import annotations
 
 import bisect
-import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import compress, repeat
@@ -63,223 +57,28 @@ from operator import gt
 
 import blake3
 
-from ._capabilities import Capabilities
-from ._codec import canonical, encode_value, struct
+from ._entries import Entry, EntryKind, encoded_entry, entry_size
 from ._errors import InvalidValue, RemoteProtocolError, SignatureError
 from ._hlc import VersionVector, vv_join
-from ._identity import (
-    Certificate,
-    FleetTrust,
-    Revocation,
-    Role,
-    SigningIdentity,
-    Verifier,
-    fingerprint,
-)
+from ._identity import FleetTrust, Role, SigningIdentity
 from ._intents import Intent
 from ._manifest import Manifest
-from ._types import BlockerReason, ModelOperationalStatus
+from ._records import ModelState, NodeRecord, Suspicion
 
 __all__ = [
-    "ModelState",
-    "Suspicion",
-    "NodeRecord",
-    "EntryKind",
-    "Entry",
     "DeltaPiece",
     "MergeResult",
     "LedgerStatistics",
     "Ledger",
+    # re-exported: the entry and record types the ledger holds
+    "Entry",
+    "EntryKind",
+    "ModelState",
+    "NodeRecord",
+    "Suspicion",
     "encoded_entry",
     "entry_size",
 ]
-
-
-@struct
-@dataclass(frozen=True, slots=True)
-class ModelState:
-    """One model as its node reports it."""
-
-    model_id: str
-    version: str                       # "" when nothing is installed
-    variant_id: str
-    status: ModelOperationalStatus
-    bytes_done: int = 0
-    bytes_total: int = 0
-    bytes_reused: int = 0
-    bytes_fetched: int = 0
-    blocker: BlockerReason | None = None
-    blocker_detail: str = ""
-    blocker_since: float = 0.0
-    started_at: float = 0.0            # when the current transfer began
-    updated_at: float = 0.0
-    intent_id: str = ""                # the intent being carried out
-    installed: tuple[str, ...] = ()    # versions on disk (rollback targets)
-    active_version: str = ""           # the version running now ("" when none)
-
-
-@struct
-@dataclass(frozen=True, slots=True)
-class Suspicion:
-    """A direct peer this node has not heard from for ``suspect_after`` seconds.
-
-    ``counter`` is the peer's record counter this node held when the suspicion
-    began: a newer record of the peer makes the suspicion stale (the peer spoke
-    since). ``since`` is when the silence began (the suspecting node's ``now``)."""
-
-    node_id: str
-    counter: int
-    since: float
-
-
-@struct
-@dataclass(frozen=True, slots=True)
-class NodeRecord:
-    """What a node says about itself. Only its owner writes it."""
-
-    name: str
-    formation: str
-    capabilities: Capabilities | None
-    address: str
-    models: tuple[ModelState, ...]     # sorted by model id
-    suspects: tuple[Suspicion, ...]    # direct peers silent for long, by node id
-    written_at: float
-
-    def model(self, model_id: str) -> ModelState | None:
-        for m in self.models:
-            if m.model_id == model_id:
-                return m
-        return None
-
-
-class EntryKind(enum.StrEnum):
-    RECORD = "record"
-    INTENT = "intent"
-    MANIFEST = "manifest"
-    CERTIFICATE = "certificate"
-    REVOCATION = "revocation"
-
-
-@struct
-@dataclass(frozen=True, slots=True)
-class _EntryBody:
-    origin_key: bytes
-    counter: int
-    record: NodeRecord | None
-    intent: Intent | None
-    manifest: Manifest | None
-    certificate: Certificate | None
-    revocation: Revocation | None
-
-
-@struct
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One ledger fact, stamped ``(origin, counter)`` and signed by the origin.
-
-    The private fields are filled in the first time they are needed -- the origin id
-    and the encoding, derived from the others, and the verifier that accepted the
-    signature -- and take no part in the encoding, equality or repr."""
-
-    origin_key: bytes
-    counter: int
-    record: NodeRecord | None
-    intent: Intent | None
-    manifest: Manifest | None
-    certificate: Certificate | None
-    revocation: Revocation | None
-    signature: bytes
-    _origin: str | None = field(default=None, init=False, repr=False, compare=False)
-    _encoded: bytes | None = field(default=None, init=False, repr=False, compare=False)
-    # the verifier that accepted the signature: the same verifier need not check it again
-    _checked_by: Verifier | None = field(default=None, init=False, repr=False,
-                                         compare=False)
-
-    def __post_init__(self) -> None:
-        present = sum(x is not None for x in (self.record, self.intent, self.manifest,
-                                              self.certificate, self.revocation))
-        if present != 1:
-            raise InvalidValue("a ledger entry holds exactly one payload")
-        if self.counter < 1 or len(self.origin_key) != 32:
-            raise InvalidValue("an entry needs a 32-byte origin key and a counter >= 1")
-
-    @property
-    def origin(self) -> str:
-        """``fingerprint(origin_key)``, computed once per entry."""
-        origin = self._origin
-        if origin is None:
-            origin = fingerprint(self.origin_key)
-            object.__setattr__(self, "_origin", origin)
-        return origin
-
-    def encoded(self) -> bytes:
-        """The entry's encoding (as a struct inside a message, or on its own), computed
-        once per entry."""
-        encoded = self._encoded
-        if encoded is None:
-            encoded = encode_value(self)
-            object.__setattr__(self, "_encoded", encoded)
-        return encoded
-
-    @property
-    def kind(self) -> EntryKind:
-        if self.record is not None:
-            return EntryKind.RECORD
-        if self.intent is not None:
-            return EntryKind.INTENT
-        if self.manifest is not None:
-            return EntryKind.MANIFEST
-        if self.certificate is not None:
-            return EntryKind.CERTIFICATE
-        return EntryKind.REVOCATION
-
-    def _body(self) -> _EntryBody:
-        return _EntryBody(self.origin_key, self.counter, self.record, self.intent,
-                          self.manifest, self.certificate, self.revocation)
-
-    @classmethod
-    def create(cls, origin: SigningIdentity, counter: int, payload: object) -> Entry:
-        slots: dict[str, object] = {"record": None, "intent": None, "manifest": None,
-                                    "certificate": None, "revocation": None}
-        name = {NodeRecord: "record", Intent: "intent", Manifest: "manifest",
-                Certificate: "certificate", Revocation: "revocation"}.get(type(payload))
-        if name is None:
-            raise InvalidValue(f"{type(payload).__name__} cannot go into the ledger")
-        slots[name] = payload
-        body = _EntryBody(origin.public_key, counter, **slots)  # type: ignore[arg-type]
-        return cls(origin.public_key, counter, body.record, body.intent, body.manifest,
-                   body.certificate, body.revocation, origin.sign(canonical(body)))
-
-    def verify(self, trust: FleetTrust) -> None:
-        """Raise a RemoteProtocolError unless the entry and its payload check out."""
-        trust.check(self.origin_key, Role.NODE)
-        verifier = trust.verifier
-        if self._checked_by is not verifier:   # the entry is immutable: checked once
-            verifier(self.origin_key, canonical(self._body()), self.signature)
-            object.__setattr__(self, "_checked_by", verifier)
-        if self.intent is not None:
-            self.intent.verify(trust)
-        elif self.manifest is not None:
-            self.manifest.verify(trust)
-        elif self.certificate is not None:
-            cert = self.certificate
-            # the trust keeps only certificates it verified against its own root and
-            # fleet: an equal one needs no second check
-            if trust.certificate(cert.subject_key, cert.role) != cert:
-                cert.verify(trust.root_key, trust.fleet_id, trust.verifier)
-        elif self.revocation is not None:
-            self.revocation.verify(trust.root_key, trust.fleet_id, trust.verifier)
-
-
-def encoded_entry(e: Entry) -> bytes:
-    """The entry's encoding (:meth:`Entry.encoded`): the daemon's saved ledger stores
-    exactly these bytes."""
-    return e.encoded()
-
-
-def entry_size(e: Entry) -> int:
-    """Encoded size of an entry (as a struct inside a message)."""
-    return len(encoded_entry(e))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """A model's operational status on this node: the transitions allowed, in one table.
 
 After h11's ``_state.py``: the node machine never assigns a status directly; it
-asks :func:`change_state` for the model's next :class:`~._ledger.ModelState`, and
+asks :func:`change_state` for the model's next :class:`~._records.ModelState`, and
 a status change the table does not list raises :class:`LocalProtocolError` (a bug
 in the machine, never a peer's doing).
 
@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import TypedDict, Unpack
 
 from ._errors import LocalProtocolError
-from ._ledger import ModelState
+from ._records import ModelState
 from ._types import BlockerReason, ModelOperationalStatus
 
 __all__ = ["TRANSITIONS", "StateChange", "change_state", "check_transition"]

@@ -14,9 +14,15 @@ from dataclasses import dataclass
 
 import blake3
 
-from protocol._capabilities import Requirements
-from protocol._identity import SigningIdentity
-from protocol._manifest import ChunkRef, FileEntry, Manifest, Variant, merkle_root
+from protocol import (
+    ChunkRef,
+    FileEntry,
+    Manifest,
+    Requirements,
+    SigningIdentity,
+    Variant,
+    merkle_root,
+)
 
 __all__ = ["SyntheticModel", "build_model", "derive_model", "verify_token"]
 

@@ -25,35 +25,48 @@ disk and clock replaced by :mod:`sim._network` and virtual time:
 * a node's *disk* (held chunks, installed versions, its ledger object) survives
   a crash; everything else (the machine, its sessions, messages in flight) is
   lost and rebuilt on restart.
+
+The tests drive whole machines in-process through this class too
+(``tests/_fleet.InProcessFleet``): chunks with real bytes (:meth:`Fleet.add_chunks`),
+``on_output`` hooks, sessions opened and closed by hand (:meth:`Fleet.connect`,
+:meth:`Fleet.disconnect`), :meth:`Fleet.pump` after a call made on a machine
+directly, and ``identity_seed`` to share one set of keys across seeds. None of them
+changes a run that does not use it.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import blake3
 
-from protocol._capabilities import Capabilities
-from protocol._codec import decode, encode
-from protocol._config import Config
-from protocol._errors import ProtocolError
-from protocol._events import (
+from protocol import (
+    SWARM_MESSAGES,
     ActivateVersion,
+    Capabilities,
+    Certificate,
+    Config,
     DropPeer,
+    FleetTrust,
     InstallVariant,
     Notice,
     PersistLedger,
+    Piece,
+    ProtocolError,
+    Role,
     SendMessage,
     ServeChunk,
+    SigningIdentity,
     StoreChunk,
+    decode,
+    encode,
+    verify_signature,
+    wire_size,
 )
-from protocol._gossip import wire_size
-from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity, verify_signature
-from protocol._swarm_messages import SWARM_MESSAGES, Piece
 
 from ._content import SyntheticModel, verify_token
 from ._loop import EventLoop, derive_rng
@@ -156,8 +169,11 @@ class Fleet:
                  degree: int = 8, seeder: int = 0, disk_delay: float = 0.0,
                  install_delay: float = 0.05, wire_check: bool = False,
                  machine_factory: Callable[..., Any] | None = None,
-                 memo_signatures: bool = True) -> None:
+                 memo_signatures: bool = True, identity_seed: int | str | None = None) -> None:
         self.seed = seed
+        # the keys (root, publisher, operator, nodes) derive from ``identity_seed`` when
+        # given, so fleets that differ in their random draws can share one set of keys
+        keys = seed if identity_seed is None else identity_seed
         self.config = config if config is not None else Config(fleet_id="sim")
         self.loop = EventLoop()
         self.net = Network(self.loop, derive_rng(seed, "network"),
@@ -167,9 +183,9 @@ class Fleet:
         self.wire_check = wire_check
         self.seeder = seeder
         fleet_id = self.config.fleet_id
-        self.root = seeded_identity(seed, "root")
-        self.publisher = seeded_identity(seed, "publisher")
-        self.operator = seeded_identity(seed, "operator")
+        self.root = seeded_identity(keys, "root")
+        self.publisher = seeded_identity(keys, "publisher")
+        self.operator = seeded_identity(keys, "operator")
         # one signature check for the whole fleet: each distinct signature checked once
         self.trust = FleetTrust(fleet_id, self.root.public_key, verifier=(
             SignatureMemo() if memo_signatures else verify_signature))
@@ -179,7 +195,7 @@ class Fleet:
                                                          role, name, 0))
         self.nodes: list[SimNode] = []
         for i, spec in enumerate(specs):
-            ident = seeded_identity(seed, f"node/{i}")
+            ident = seeded_identity(keys, f"node/{i}")
             cert = Certificate.issue(self.root, fleet_id, ident.public_key, Role.NODE, f"n{i}", 0)
             self.trust.add_certificate(cert)
             node = SimNode(i, spec, ident, cert)
@@ -195,11 +211,13 @@ class Fleet:
             self.neighbours[b].add(a)
         self.banned: dict[frozenset[str], float] = {}   # pair -> virtual time the ban ends
         if machine_factory is None:
-            from protocol._node import NodeMachine
+            from protocol import NodeMachine
             machine_factory = NodeMachine
         self._factory = machine_factory
         self.on_store: list[Callable[[SimNode, bytes], None]] = []
         self.on_receive: list[Callable[[SimNode, str, Any], None]] = []
+        # called (node, output) for every output of a machine, before it is carried out
+        self.on_output: list[Callable[[SimNode, Any], None]] = []
         self._messages = self._bytes = self._piece_bytes = self._pieces_in = 0
         self._drops = self._errors = 0
         self._notices: dict[str, int] = {}
@@ -251,6 +269,21 @@ class Fleet:
         hashes = model.chunk_hashes
         for i in holders:
             self.nodes[i].disk.held.update(hashes)
+
+    def add_chunks(self, chunks: Mapping[bytes, bytes], holders: Iterable[int]) -> None:
+        """Put chunks given by their real bytes (hash -> bytes) on the disks of ``holders``;
+        a piece of one carries those bytes and is charged their length. A holder that is
+        already running is told (``chunk_stored``)."""
+        for h, data in chunks.items():
+            self.tokens[h] = data
+            self.sizes[h] = len(data)
+        for i in holders:
+            node = self.nodes[i]
+            node.disk.held.update(chunks)
+            if node.alive:
+                for h in chunks:
+                    node.machine.chunk_stored(h, self.loop.now)
+                self._pump(node)
 
     def install(self, model: SyntheticModel, holders: Iterable[int]) -> None:
         """Mark ``model`` as installed and active on ``holders`` (before they start)."""
@@ -310,6 +343,15 @@ class Fleet:
             for peer_id in sorted(node.peers):
                 if not self.net.reachable(node.node_id, peer_id):
                     self._disconnect(node, self.by_id[peer_id])
+
+    def connect(self, a: int, b: int) -> None:
+        """Open a session between nodes ``a`` and ``b`` (if both are up and reachable)."""
+        self._connect(self.nodes[a], self.nodes[b])
+
+    def disconnect(self, a: int, b: int) -> None:
+        """Close the session between ``a`` and ``b``; messages in flight on it are lost.
+        Nothing re-dials it but :meth:`connect` or :meth:`heal`."""
+        self._disconnect(self.nodes[a], self.nodes[b])
 
     def heal(self) -> None:
         self.net.heal()
@@ -379,6 +421,9 @@ class Fleet:
 
     def _carry_out(self, node: SimNode, out: Any) -> None:
         now = self.loop.now
+        if self.on_output:
+            for hook in self.on_output:
+                hook(node, out)
         if isinstance(out, SendMessage):
             if out.peer in node.peers:
                 msg = out.message
@@ -496,6 +541,11 @@ class Fleet:
         self._pump(node)
 
     # ------------------------------------------------------------------ operator
+
+    def pump(self, index: int) -> None:
+        """Carry out what node ``index``'s machine asked for after a call made on it
+        directly (not through the fleet), and follow its next deadline."""
+        self._pump(self.nodes[index])
 
     def publish(self, index: int, model: SyntheticModel) -> None:
         node = self.nodes[index]

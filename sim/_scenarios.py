@@ -23,10 +23,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from protocol._config import Config, GossipConfig, SwarmConfig
-from protocol._hlc import HLC
-from protocol._intents import Intent, IntentKind, Scope
-from protocol._types import TransferPriority
+from protocol import (
+    HLC,
+    Config,
+    GossipConfig,
+    Intent,
+    IntentKind,
+    Scope,
+    SwarmConfig,
+    TransferPriority,
+)
 
 from ._content import SyntheticModel, build_model, derive_model
 from ._fleet import PIECE_TYPE, Fleet, NodeSpec, SimNode, seeded_identity

@@ -13,8 +13,7 @@ everywhere.
 
 from __future__ import annotations
 
-from protocol._errors import SignatureError
-from protocol._identity import Verifier, verify_signature
+from protocol import SignatureError, Verifier, verify_signature
 
 __all__ = ["SignatureMemo"]
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from protocol._codec import message
 from protocol._handshake import ConnectionRole, SecureConnection
 from protocol._identity import Certificate, FleetTrust, Revocation, Role, SigningIdentity
+from sim._fleet import seeded_identity
 
 FLEET = "fleet-test"
 
@@ -19,10 +20,6 @@ class Note:
 
     text: str
     data: bytes = b""
-
-
-def _seed(tag: str) -> bytes:
-    return random.Random(tag).randbytes(32)
 
 
 @dataclass
@@ -40,11 +37,11 @@ class Fleet:
 
     def __init__(self, fleet_id: str = FLEET, tag: str = "root") -> None:
         self.fleet_id = fleet_id
-        self.root = SigningIdentity(_seed(f"{fleet_id}/{tag}"))
+        self.root = seeded_identity(fleet_id, tag)
         self.trust = FleetTrust(fleet_id, self.root.public_key)
 
     def node(self, name: str, *, role: Role = Role.NODE, issued_at: int = 1000) -> Member:
-        ident = SigningIdentity(_seed(f"{self.fleet_id}/node/{name}"))
+        ident = seeded_identity(self.fleet_id, f"node/{name}")
         cert = Certificate.issue(self.root, self.fleet_id, ident.public_key, role, name,
                                  issued_at)
         return Member(ident, cert)

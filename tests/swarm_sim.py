@@ -1,5 +1,21 @@
 """A tiny seeded network of SwarmEngines for tests (no I/O, virtual time).
 
+Whole NodeMachines are driven in-process by ``tests/_fleet.InProcessFleet``, which is
+the simulator's ``sim.Fleet``. :class:`Net` stays a driver of its own, one level down,
+because the swarm tests need what that driver does not give:
+
+* it drives a ``SwarmEngine`` alone -- content keys come from a lookup table, not from
+  signed manifests in a ledger, and each engine may have its own ``SwarmConfig`` -- so
+  a test of the scheduler is not also a test of gossip, intents and installs;
+* its pending messages are a plain list (``events``, a heap) that the hypothesis state
+  machine in ``test_swarm_machine`` reorders, delivers one by one and steps time over
+  by hand; the simulator's event loop runs its heap in one fixed order by design;
+* every output is checked as it is carried out (never a request to an unconnected
+  peer or for a chunk already held, never a stored chunk that fails its hash), and
+  liars are scripted per message (a corrupt server, a phantom that never serves).
+
+:func:`lone_engine` and :func:`fetch_from` set up one engine with no driver at all.
+
 Chunks are modelled cheaply: a chunk's bytes are a short token and its hash is
 BLAKE3(token); the nominal ``ChunkRef.size`` drives rate limits and accounting.
 Every ``StoreChunk`` is checked here against its hash, so a test fails if the
@@ -10,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import blake3
@@ -47,6 +63,33 @@ def node_id(i: int) -> str:
     return f"{i:032x}"
 
 
+KEY = "m1/v"      # the content key the single-engine tests fetch
+
+
+def lone_engine(refs: Sequence[ChunkRef] | Mapping[str, Sequence[ChunkRef]],
+                config: SwarmConfig | None = None, *, seed: int,
+                held: Iterable[bytes] = ()) -> SwarmEngine:
+    """Node 0's SwarmEngine on its own, no driver: it knows ``refs`` under ``KEY`` (or a
+    table key -> refs), holds ``held``, and checks pieces with :func:`cheap_verifier`."""
+    table = refs if isinstance(refs, Mapping) else {KEY: refs}   # live: a test may add keys
+    return SwarmEngine(node_id=node_id(0), config=config or SwarmConfig(),
+                       rng=random.Random(seed), held=held if isinstance(held, set) else set(held),
+                       lookup=table.get, verifier=cheap_verifier)
+
+
+def fetch_from(eng: SwarmEngine, peers: Iterable[int], n: int, key: str = KEY,
+               now: float = 0.0, heard_at: float | None = None) -> None:
+    """``eng`` connects to ``peers``, wants ``key`` (normal priority) and hears from each
+    peer (at ``heard_at``, default ``now``) that it holds all ``n`` chunks."""
+    ids = [node_id(p) for p in peers]
+    for p in ids:
+        eng.peer_connected(p, now)
+    eng.want(key, TransferPriority.NORMAL, now)
+    for p in ids:
+        eng.receive(p, HaveSet(key, n, make_bitfield([True] * n)),
+                    now if heard_at is None else heard_at)
+
+
 @dataclass
 class Liar:
     """A scripted peer: ``corrupt`` serves garbage, ``phantom`` advertises all and never serves."""
@@ -58,6 +101,10 @@ class Liar:
 
 
 class Net:
+    """``n`` SwarmEngines (or scripted liars) on links with a random latency of up to
+    ``max_delay`` and FIFO order per link; see the module's docstring for why this is
+    not ``sim.Fleet``."""
+
     def __init__(self, *, seed: int, n: int, keys: Mapping[str, Sequence[ChunkRef]],
                  data: dict[bytes, bytes], holdings: list[set[bytes]],
                  config: SwarmConfig | None = None, configs: dict[int, SwarmConfig] | None = None,
@@ -99,23 +146,25 @@ class Net:
     # ---------------------------------------------------------------- topology
 
     def connect(self, a: int, b: int) -> None:
-        link = frozenset((a, b))
-        if a == b or link in self.links:
-            return
-        self.links.add(link)
-        for x, y in ((a, b), (b, a)):
-            if x in self.engines:
-                self.engines[x].peer_connected(self.ids[y], self.now)
-                self.flush(x)
+        self._link(a, b, up=True)
 
     def disconnect(self, a: int, b: int) -> None:
+        self._link(a, b, up=False)
+
+    def _link(self, a: int, b: int, *, up: bool) -> None:
         link = frozenset((a, b))
-        if link not in self.links:
+        if a == b or (link in self.links) == up:
             return
-        self.links.discard(link)
+        if up:
+            self.links.add(link)
+        else:
+            self.links.discard(link)
         for x, y in ((a, b), (b, a)):
             if x in self.engines:
-                self.engines[x].peer_disconnected(self.ids[y], self.now)
+                if up:
+                    self.engines[x].peer_connected(self.ids[y], self.now)
+                else:
+                    self.engines[x].peer_disconnected(self.ids[y], self.now)
                 self.flush(x)
 
     # ---------------------------------------------------------------- outputs

@@ -49,6 +49,8 @@ from agent.client import (
 from protocol._errors import InvalidValue
 from protocol._intents import ScopeKind
 
+from ._helpers import api, wait_for
+
 pytestmark = pytest.mark.slow
 
 N = 4
@@ -97,13 +99,6 @@ def model_of(model: str, node: str) -> Callable[[ShoalClient], Awaitable[Any]]:
     return lambda c: c.node_model_status(model, node)
 
 
-def api(f: LocalFleet, i: int, fn: Callable[[ShoalClient], Awaitable[Any]]) -> Any:
-    async def go() -> Any:
-        async with ShoalClient.connect(f.socket(i)) as c:
-            return await fn(c)
-    return trio.run(go)
-
-
 def ids(f: LocalFleet, *which: int) -> list[str]:
     return sorted(f.nodes[i].node_id for i in which)
 
@@ -111,20 +106,6 @@ def ids(f: LocalFleet, *which: int) -> list[str]:
 def store_bytes(f: LocalFleet, i: int) -> int:
     st = api(f, i, lambda c: c.control.status())
     return int(json.loads(st.statistics_json)["store"]["bytes"])
-
-
-def wait_for(f: LocalFleet, i: int, probe: Callable[[ShoalClient], Awaitable[Any]],
-             timeout: float = 90.0, every: float = 0.3) -> Any:
-    """Poll ``probe`` at node ``i`` until it returns something truthy (bounded)."""
-    async def go() -> Any:
-        with trio.fail_after(timeout):
-            async with ShoalClient.connect(f.socket(i)) as c:
-                while True:
-                    value = await probe(c)
-                    if value:
-                        return value
-                    await trio.sleep(every)
-    return trio.run(go)
 
 
 def settles(f: LocalFleet, i: int, fn: Callable[[ShoalClient], Awaitable[Any]],

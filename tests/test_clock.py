@@ -1,6 +1,6 @@
 """Wall-clock jumps mid-rollout (sans-IO).
 
-An in-process fleet (``tests/test_node.py``'s :class:`LocalFleet`) where every node
+An in-process fleet (``tests/_fleet.py``'s :class:`InProcessFleet`) where every node
 reads its own wall clock: ``local now = true time + BASE + offset[i]``. Mid-rollout
 one node's clock steps forward by an hour and another's backward by an hour (what
 an NTP step after a long suspend, or a bad RTC, does). What must hold:
@@ -20,11 +20,9 @@ from __future__ import annotations
 
 from protocol._hlc import HLC
 from protocol._intents import Intent, IntentKind
-from protocol._node import NodeMachine
 from protocol._types import BlockerReason, ModelOperationalStatus
 
-from ._fleet import OPERATOR
-from .test_node import LocalFleet, _publish
+from ._fleet import OPERATOR, InProcessFleet
 
 S = ModelOperationalStatus
 BASE = 1_800_000_000.0      # local clocks read like real wall clocks
@@ -32,44 +30,38 @@ HOUR = 3600.0
 SANE_AHEAD = 70.0           # longest legitimate timer: swarm request timeout (30 s) x 2 + slack
 
 
-class SkewedFleet(LocalFleet):
-    """A LocalFleet whose node ``i`` sees ``now = self.now + BASE + offset[i]``."""
+class SkewedFleet(InProcessFleet):
+    """A fleet whose node ``i`` sees ``now = fleet time + BASE + offset``."""
 
     def __init__(self, n: int, seed: int = 1) -> None:
-        self.offset = [BASE] * n
-        super().__init__(n, seed=seed)
         self.timer_calls = [0] * n
         self.worst_ahead = [0.0] * n     # max of next_deadline - local now, after inputs
-
-    def local(self, i: int) -> float:
-        return self.now + self.offset[i]
+        super().__init__(n, seed=seed, offsets=[BASE] * n)
 
     def step(self, i: int, seconds: float) -> None:
+        """Step node ``i``'s wall clock by ``seconds``."""
         self.offset[i] += seconds
 
-    def _note(self, i: int) -> None:
-        """After an input at node ``i``: how far ahead of its own clock is its next timer?"""
-        d = self.hosts[i].machine.next_deadline()
+    def after_input(self, i: int, timer: bool) -> None:
+        """How far ahead of its own clock is node ``i``'s next timer?"""
+        self.timer_calls[i] += timer
+        d = self.m(i).next_deadline()
         if d is not None:
             self.worst_ahead[i] = max(self.worst_ahead[i], d - self.local(i))
 
-    _after_input = _note
 
-    def _timer(self, i: int) -> None:
-        self.timer_calls[i] += 1
-        super()._timer(i)
-
-
-def _issue(m: NodeMachine, version: str, now: float) -> Intent:
+def _issue(fleet: SkewedFleet, i: int, version: str) -> Intent:
     """As the control socket does: stamp the intent with the node's own HLC."""
+    m, now = fleet.m(i), fleet.local(i)
     it = Intent.create(OPERATOR, IntentKind.DISTRIBUTE, "m", version, m.clock.tick(now))
     m.issue_intent(it, now)
+    fleet.pump(i)
     return it
 
 
 def _partitioned(fleet: SkewedFleet, version: str) -> set[str]:
     out: set[str] = set()
-    for i in range(len(fleet.hosts)):
+    for i in range(len(fleet.nodes)):
         st = fleet.m(i).convergence("m", version, fleet.local(i))
         out |= {b.node_id for b in st.blockers if b.reason is BlockerReason.NETWORK_PARTITION}
     return out
@@ -78,11 +70,11 @@ def _partitioned(fleet: SkewedFleet, version: str) -> set[str]:
 def test_clock_steps_mid_rollout() -> None:
     fleet = SkewedFleet(4, seed=7)
     FWD, BACK = 1, 2
-    _publish(fleet, size=2_000_000)
-    fleet.run(5)
-    first = _issue(fleet.m(0), "1.0.0", fleet.local(0))
-    # mid-rollout: issued at node 0, not yet delivered anywhere (in-process transfers
-    # are instant, so the steps land between the issue and the first hop: its push)
+    fleet.publish_files(size=2_000_000)
+    fleet.advance(5)
+    first = _issue(fleet, 0, "1.0.0")
+    # mid-rollout: issued at node 0, not yet delivered anywhere (the steps land between
+    # the issue and the first hop: its push, in flight for the link's latency)
     assert all(fleet.m(i).model_state("m") is None for i in range(1, 4))
     stamps_before = fleet.m(BACK).clock.peek()
     fleet.step(FWD, +HOUR)
@@ -91,7 +83,7 @@ def test_clock_steps_mid_rollout() -> None:
     fleet.worst_ahead = [0.0] * 4
     seen_partitioned: set[str] = set()
     for _ in range(60):
-        fleet.run(1)
+        fleet.advance(1)
         seen_partitioned |= _partitioned(fleet, "1.0.0")
     # the node stepped forward hears the order's push (and every peer passing it on)
     # before its next timer, so no peer looks silent; nobody is ever unreachable
@@ -120,7 +112,7 @@ def test_clock_steps_mid_rollout() -> None:
     changes = fleet.m(FWD).statistics().gossip.suspicion_changes
     fleet.step(FWD, +HOUR)
     for _ in range(20):
-        fleet.run(1)
+        fleet.advance(1)
         seen_partitioned |= _partitioned(fleet, "1.0.0")
     assert fleet.m(FWD).statistics().gossip.suspicion_changes >= changes + 2
     assert fleet.m(FWD).statistics().gossip.suspects == 0
@@ -129,11 +121,11 @@ def test_clock_steps_mid_rollout() -> None:
     # the node whose clock went back: its HLC never went backwards, and an intent it
     # issues now (having seen the first one) sorts after it and wins everywhere
     assert fleet.m(BACK).clock.peek() >= stamps_before
-    _publish(fleet, version="2.0.0", seed="b", size=300_000)
-    second = _issue(fleet.m(BACK), "2.0.0", fleet.local(BACK))
+    fleet.publish_files(version="2.0.0", seed="b", size=300_000)
+    second = _issue(fleet, BACK, "2.0.0")
     assert second.stamp > first.stamp
     assert second.stamp.wall_ms > int(fleet.local(BACK) * 1000)   # ahead of its own wall
-    fleet.run(40)
+    fleet.advance(40)
     for i in range(4):
         assert fleet.m(i).desired("m") == second
         st = fleet.m(i).model_state("m")
@@ -143,14 +135,13 @@ def test_clock_steps_mid_rollout() -> None:
 
 def test_hlc_stays_monotone_through_steps() -> None:
     fleet = SkewedFleet(3, seed=3)
-    m = fleet.m(0)
     seen: list[HLC] = []
     for k, step in enumerate([0.0, -HOUR, +2 * HOUR, -HOUR, -30.0, 0.0]):
         fleet.step(0, step)
-        fleet.run(3)
-        seen.append(_issue(m, f"1.0.{k}", fleet.local(0)).stamp)
+        fleet.advance(3)
+        seen.append(_issue(fleet, 0, f"1.0.{k}").stamp)
     assert seen == sorted(seen) and len(set(seen)) == len(seen)
-    fleet.run(10)
+    fleet.advance(10)
     for i in range(3):     # the last-issued intent wins everywhere
         assert fleet.m(i).desired("m") is not None
         assert fleet.m(i).desired("m").stamp == seen[-1]  # type: ignore[union-attr]
@@ -160,26 +151,18 @@ def test_a_request_lost_before_a_backward_clock_step_is_reissued_on_the_new_cloc
     """The wall clock steps back an hour while a request is unanswered: the swarm's timers
     move with it, so the request times out after ``request_timeout`` on the new clock and
     goes to another provider — not an hour later, when the old clock would catch up."""
-    import random
 
     from protocol._config import SwarmConfig
     from protocol._events import SendMessage as Send
-    from protocol._swarm import SwarmEngine
-    from protocol._swarm_messages import HaveSet, Request, make_bitfield
-    from protocol._types import TransferPriority
+    from protocol._swarm_messages import Request
 
-    from .swarm_sim import cheap_verifier, node_id, token_chunk
+    from .swarm_sim import fetch_from, lone_engine, token_chunk
 
     refs = [token_chunk(f"c{i}", 1000)[0] for i in range(4)]
     cfg = SwarmConfig(request_timeout=5.0)
-    eng = SwarmEngine(node_id=node_id(0), config=cfg, rng=random.Random(3), held=set(),
-                      lookup={"m/v": refs}.get, verifier=cheap_verifier)
+    eng = lone_engine(refs, cfg, seed=3)
     t0 = 10_000.0
-    for p in (1, 2):
-        eng.peer_connected(node_id(p), t0)
-    eng.want("m/v", TransferPriority.NORMAL, t0)
-    for p in (1, 2):
-        eng.receive(node_id(p), HaveSet("m/v", 4, make_bitfield([True] * 4)), t0)
+    fetch_from(eng, [1, 2], 4, now=t0)
     first = [o for o in eng.take_outputs()
              if isinstance(o, Send) and isinstance(o.message, Request)]
     assert first                          # requests went out; every one of them is lost

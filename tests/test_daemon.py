@@ -30,6 +30,8 @@ from protocol._errors import ProtocolError
 from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity
 from protocol._intents import Scope
 
+from ._helpers import call
+
 pytestmark = pytest.mark.slow
 
 N = 5
@@ -44,12 +46,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
         yield f
 
 
-def run(f: LocalFleet, i: int, fn: Any) -> Any:
-    return trio.run(f.call, i, fn)
-
-
 def store_stats(f: LocalFleet, i: int) -> dict[str, int]:
-    st = run(f, i, lambda c: c.status())
+    st = call(f, i, lambda c: c.status())
     return dict(json.loads(st.statistics_json)["store"])
 
 
@@ -58,7 +56,7 @@ def test_daemons_discover_each_other_over_mdns(fleet: LocalFleet) -> None:
         for i in range(N):
             await fleet.wait_peers(i, N - 1, timeout=30)
     trio.run(go)
-    peers = run(fleet, 0, lambda c: c.peers()).peers
+    peers = call(fleet, 0, lambda c: c.peers()).peers
     assert sorted(p.node_id for p in peers) == sorted(n.node_id for n in fleet.nodes[1:])
 
 
@@ -66,8 +64,8 @@ def test_published_model_reaches_every_node_then_delta_moves_only_changes(
         fleet: LocalFleet, tmp_path: Path) -> None:
     pkg1 = make_package(tmp_path / "p1", 4 * MiB, seed=11)
     pkg2 = mutate_package(pkg1, tmp_path / "p2", 0.02, seed=12)
-    pub = run(fleet, 0, lambda c: c.publish(str(pkg1), "det", "1.0.0"))
-    run(fleet, 0, lambda c: c.distribute_model("det", "1.0.0"))
+    pub = call(fleet, 0, lambda c: c.publish(str(pkg1), "det", "1.0.0"))
+    call(fleet, 0, lambda c: c.distribute_model("det", "1.0.0"))
     rep = trio.run(fleet.wait_converged, 0, "det", "1.0.0", 60)
     assert rep.converged == N and rep.failed == 0
     for i in range(N):
@@ -76,24 +74,24 @@ def test_published_model_reaches_every_node_then_delta_moves_only_changes(
         # node 0 saw convergence; node i agrees once gossip has brought it every record
         everyone = tuple(sorted(n.node_id for n in fleet.nodes))
         deadline = time.monotonic() + 30
-        while (seen := run(fleet, i, lambda c: c.nodes_with_version("det", "1.0.0"))) \
+        while (seen := call(fleet, i, lambda c: c.nodes_with_version("det", "1.0.0"))) \
                 != everyone and time.monotonic() < deadline:
             time.sleep(0.2)
         assert seen == everyone
     before = [store_stats(fleet, i)["bytes"] for i in range(N)]
-    pub2 = run(fleet, 0, lambda c: c.publish(str(pkg2), "det", "1.1.0"))
+    pub2 = call(fleet, 0, lambda c: c.publish(str(pkg2), "det", "1.1.0"))
     assert 0 < pub2.bytes_new < pub.bytes_total * 0.35   # 8 edited spots, ~1-2 chunks each
-    run(fleet, 0, lambda c: c.distribute_model_delta("det", "1.1.0", "1.0.0"))
+    call(fleet, 0, lambda c: c.distribute_model_delta("det", "1.1.0", "1.0.0"))
     trio.run(fleet.wait_converged, 0, "det", "1.1.0", 60)
     # every node runs the CPU variant (no GPU here): it fetched only the changed chunks
     # of that variant, never more than the publisher stored new for both variants
     for i in range(1, N):
         moved = store_stats(fleet, i)["bytes"] - before[i]
         assert 0 < moved <= pub2.bytes_new
-        rec = run(fleet, i, lambda c: c.node_model_status("")).record
+        rec = call(fleet, i, lambda c: c.node_model_status("")).record
         assert rec.model("det").active_version == "1.1.0"
     # rollback: no transfer, every node switches back
-    run(fleet, 0, lambda c: c.rollback("det", "1.0.0"))
+    call(fleet, 0, lambda c: c.rollback("det", "1.0.0"))
     trio.run(fleet.wait_converged, 0, "det", "1.0.0", 30)
     assert (fleet.nodes[2].data_dir / "models" / "det" / "current").resolve().name == "1.0.0"
 
@@ -102,10 +100,10 @@ def test_sigkill_mid_transfer_resumes_without_refetching(fleet: LocalFleet,
                                                          tmp_path: Path) -> None:
     pkg = make_package(tmp_path / "big", 24 * MiB, seed=21)   # int8-cpu variant: 12 MiB
     node = fleet.nodes[SLOW]
-    run(fleet, 0, lambda c: c.publish(str(pkg), "big", "1.0.0"))
+    call(fleet, 0, lambda c: c.publish(str(pkg), "big", "1.0.0"))
     held_at_start = store_stats(fleet, SLOW)["bytes"]
-    run(fleet, 0, lambda c: c.distribute_model("big", "1.0.0",
-                                               Scope.of_nodes(node.node_id)))
+    call(fleet, 0, lambda c: c.distribute_model("big", "1.0.0",
+                                                Scope.of_nodes(node.node_id)))
 
     async def partly() -> None:
         with trio.fail_after(30):
@@ -150,13 +148,13 @@ def test_unadmitted_node_cannot_join(fleet: LocalFleet, tmp_path: Path) -> None:
     cert = Certificate.issue(rogue_root, fleet.fleet_id, rogue.public_key, Role.NODE,
                              "rogue", 1)
     trust = FleetTrust(fleet.fleet_id, rogue_root.public_key)
-    port = run(fleet, 1, lambda c: c.status()).listen_port
+    port = call(fleet, 1, lambda c: c.status()).listen_port
 
     async def go() -> None:
         with trio.fail_after(10), pytest.raises(ProtocolError, match="not admitted"):
             await dial("127.0.0.1", port, identity=rogue, certificate=cert, trust=trust)
     trio.run(go)
-    peers = run(fleet, 1, lambda c: c.peers()).peers
+    peers = call(fleet, 1, lambda c: c.peers()).peers
     assert rogue.key_id not in {p.node_id for p in peers}
 
 
@@ -196,7 +194,7 @@ def test_control_socket_is_private_and_checks_peer_credentials(fleet: LocalFleet
         os.chmod(path.parent, 0o700)
         os.chmod(path, 0o600)
     # the owner still gets answers
-    assert run(fleet, 0, lambda c: c.status()).node_id == fleet.nodes[0].node_id
+    assert call(fleet, 0, lambda c: c.status()).node_id == fleet.nodes[0].node_id
 
 
 async def test_client_reports_missing_daemon(tmp_path: Path) -> None:

@@ -7,103 +7,71 @@ arrives came by push."""
 from __future__ import annotations
 
 import random
-from collections import deque
 from dataclasses import replace
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol._config import Config, GossipConfig
-from protocol._events import DropPeer, SendMessage
+from protocol._events import SendMessage
 from protocol._gossip import GossipDelta, GossipPush, urgent
 from protocol._identity import Role
 from protocol._ledger import Entry
 from protocol._node import NodeMachine
+from sim._fleet import SimNode
+from sim._network import LinkProfile
 
-from ._fleet import caps, intent, make_trust, manifest, node_cert, node_key, record
+from ._fleet import FLEET, InProcessFleet, intent, manifest, node_cert, node_key, record
 from .swarm_sim import random_connected_graph
 
 
-class Overlay:
-    """Node machines joined along ``edges``; messages wait per directed link (FIFO, as a
-    TCP connection delivers) and are delivered in a seeded random order across links."""
+class Overlay(InProcessFleet):
+    """Node machines joined along ``edges`` (per-link FIFO, jittered latency, so
+    deliveries interleave across links in a seeded order); it counts what each directed
+    link pushed and which entries anti-entropy deltas carried, and lists drops."""
 
     def __init__(self, n: int, edges: set[tuple[int, int]], seed: int,
                  push: bool = True) -> None:
-        self.rng = random.Random(seed)
-        self.now = 0.0
-        config = Config(fleet_id="test-fleet", gossip=GossipConfig(push=push))
-        self.m: list[NodeMachine] = []
-        for i in range(n):
-            ident = node_key(i)
-            self.m.append(NodeMachine(config=config, identity=ident,
-                                      certificate=node_cert(ident, f"n{i}"),
-                                      trust=make_trust(), rng=random.Random(seed * 100 + i),
-                                      now=0.0, name=f"n{i}", capabilities=caps()))
-        self.index = {m.node_id: i for i, m in enumerate(self.m)}
-        self.links: dict[tuple[int, int], deque[object]] = {}
-        for a, b in edges:
-            self.links[(a, b)] = deque()
-            self.links[(b, a)] = deque()
-            self.m[a].peer_connected(self.m[b].node_id, 0.0)
-            self.m[b].peer_connected(self.m[a].node_id, 0.0)
         self.pushed: dict[tuple[int, int, str, int], int] = {}  # (src, dst, entry) -> copies
-        self.drops: list[tuple[int, DropPeer]] = []
         self.in_deltas: set[tuple[str, int]] = set()   # entries sent by anti-entropy
+        super().__init__(n, seed=seed, edges=edges, strict=False,
+                         config=Config(fleet_id=FLEET, gossip=GossipConfig(push=push)),
+                         profile=LinkProfile(latency=0.005, jitter=0.01))
 
-    def collect(self) -> None:
-        for i, m in enumerate(self.m):
-            for out in m.take_outputs():
-                if isinstance(out, SendMessage):
-                    dst = self.index[out.peer]
-                    self.links[(i, dst)].append(out.message)
-                    if isinstance(out.message, GossipDelta):
-                        self.in_deltas.update((e.origin, e.counter)
-                                              for e in out.message.entries)
-                    if isinstance(out.message, GossipPush):
-                        for e in out.message.entries:
-                            k = (i, dst, e.origin, e.counter)
-                            self.pushed[k] = self.pushed.get(k, 0) + 1
-                elif isinstance(out, DropPeer):
-                    self.drops.append((i, out))
+    @property
+    def machines(self) -> list[NodeMachine]:
+        return [self.m(i) for i in range(len(self.nodes))]
 
-    def lose_in_flight(self) -> None:
-        """Every message not yet delivered is lost."""
-        self.collect()
-        for q in self.links.values():
-            q.clear()
+    def observe(self, node: SimNode, out: Any) -> None:
+        super().observe(node, out)
+        if isinstance(out, SendMessage):
+            dst = self.by_id[out.peer].index
+            if isinstance(out.message, GossipDelta):
+                self.in_deltas.update((e.origin, e.counter) for e in out.message.entries)
+            if isinstance(out.message, GossipPush):
+                for e in out.message.entries:
+                    k = (node.index, dst, e.origin, e.counter)
+                    self.pushed[k] = self.pushed.get(k, 0) + 1
 
-    def deliver_all(self) -> None:
-        """Deliver every message (and what it causes) without running a timer."""
-        self.collect()
-        while busy := [k for k, q in self.links.items() if q]:
-            src, dst = self.rng.choice(busy)
-            msg = self.links[(src, dst)].popleft()
-            self.m[dst].receive(self.m[src].node_id, msg, self.now)
-            self.collect()
+    def lose_in_flight(self, i: int) -> None:
+        """What node ``i`` just asked to send is lost (counted, never delivered)."""
+        node = self.nodes[i]
+        for out in node.machine.take_outputs():
+            self.observe(node, out)
 
     def rounds(self, seconds: float) -> None:
-        """Anti-entropy rounds (timers) for ``seconds``, delivering as they go."""
-        end = self.now + seconds
-        while True:
-            self.deliver_all()
-            t = min(d for m in self.m if (d := m.next_deadline()) is not None)
-            if t > end:
-                break
-            self.now = max(self.now, t)
-            for m in self.m:
-                d = m.next_deadline()
-                if d is not None and d <= self.now:
-                    m.on_timer(self.now)
-        self.now = end
+        """Anti-entropy rounds (timers) for ``seconds``, then deliver what is in flight."""
+        self.advance(seconds)
+        self.drain()
 
 
 def vector_claims_only_what_is_held(fleet: Overlay) -> None:
     """The ledger's invariant for entries that are never replaced: one whose counter
     a node's vector covers is held there (claims travelling with pushes were true)."""
-    relay = {(e.origin, e.counter) for m in fleet.m for e in m.ledger.entries()
+    relay = {(e.origin, e.counter) for m in fleet.machines for e in m.ledger.entries()
              if e.record is None}
-    for i, m in enumerate(fleet.m):
+    for i, m in enumerate(fleet.machines):
         held = {(e.origin, e.counter) for e in m.ledger.entries()}
         vv = m.ledger.version_vector
         for origin, counter in relay:
@@ -124,14 +92,17 @@ def test_an_order_floods_every_node_without_a_round(seed: int, n: int, extra: in
     # an earlier manifest whose pushes are lost: nodes then lack an entry below the
     # order's, and no claim may cover it
     lost, _ = manifest(version="0.9.0", seed=f"lost{seed}")
-    fleet.m[rng.randrange(n)].publish_manifest(lost, fleet.now)
-    fleet.lose_in_flight()
+    at = rng.randrange(n)
+    fleet.m(at).publish_manifest(lost, fleet.now)
+    fleet.lose_in_flight(at)
     man, _ = manifest(seed=str(seed))
     it = intent("1.0.0", wall=int(fleet.now * 1000) + 1)
-    fleet.m[rng.randrange(n)].publish_manifest(man, fleet.now)
-    fleet.m[rng.randrange(n)].issue_intent(it, fleet.now)
-    fleet.deliver_all()
-    for m in fleet.m:
+    at = rng.randrange(n)
+    fleet.m(at).publish_manifest(man, fleet.now)
+    fleet.pump(at)
+    fleet.issue(rng.randrange(n), it)
+    fleet.drain()
+    for m in fleet.machines:
         assert m.ledger.manifest_by_id(man.manifest_id) == man
         assert m.ledger.intent(it.intent_id) == it
     assert fleet.pushed and max(fleet.pushed.values()) == 1
@@ -149,17 +120,17 @@ def test_a_line_carries_the_order_once_per_hop_and_claims_advance_vectors() -> N
     fleet = Overlay(n, {(i, i + 1) for i in range(n - 1)}, seed=3)
     fleet.rounds(15.0)
     it = intent("1.0.0", wall=int(fleet.now * 1000) + 1)
-    fleet.m[0].issue_intent(it, fleet.now)
-    written = next(e for e in fleet.m[0].ledger.entries() if e.intent == it)
-    fleet.deliver_all()
+    fleet.issue(0, it)
+    written = next(e for e in fleet.m(0).ledger.entries() if e.intent == it)
+    fleet.drain()
     hops = {(s, d) for (s, d, o, c) in fleet.pushed if (o, c) == (written.origin,
                                                                    written.counter)}
     assert hops == {(i, i + 1) for i in range(n - 1)}
-    for m in fleet.m:
+    for m in fleet.machines:
         assert m.ledger.version_of(written.origin) >= written.counter
     fleet.rounds(8.0)
     assert (written.origin, written.counter) not in fleet.in_deltas
-    assert sum(m.gossip.statistics().entries_pushed for m in fleet.m) == \
+    assert sum(m.gossip.statistics().entries_pushed for m in fleet.machines) == \
         sum(fleet.pushed.values())
 
 
@@ -167,12 +138,12 @@ def test_without_push_nothing_moves_until_a_round() -> None:
     fleet = Overlay(3, {(0, 1), (1, 2)}, seed=5, push=False)
     fleet.rounds(12.0)
     it = intent("1.0.0", wall=int(fleet.now * 1000) + 1)
-    fleet.m[0].issue_intent(it, fleet.now)
-    fleet.deliver_all()
-    assert fleet.m[2].ledger.intent(it.intent_id) is None
+    fleet.issue(0, it)
+    fleet.drain()
+    assert fleet.m(2).ledger.intent(it.intent_id) is None
     assert not fleet.pushed
     fleet.rounds(5.0)
-    assert fleet.m[2].ledger.intent(it.intent_id) == it
+    assert fleet.m(2).ledger.intent(it.intent_id) == it
 
 
 def test_a_forged_push_gets_its_sender_dropped_and_goes_no_further() -> None:
@@ -182,13 +153,13 @@ def test_a_forged_push_gets_its_sender_dropped_and_goes_no_further() -> None:
     fleet.rounds(12.0)
     real = Entry.create(node_key(0), 10**13, intent("9.9.9", wall=10**12))
     forged = replace(real, signature=bytes(64))
-    fleet.m[1].receive(fleet.m[0].node_id, GossipPush((forged,), {}), fleet.now)
-    fleet.collect()
-    assert [(i, d.peer) for i, d in fleet.drops] == [(1, fleet.m[0].node_id)]
+    fleet.m(1).receive(fleet.m(0).node_id, GossipPush((forged,), {}), fleet.now)
+    fleet.pump(1)
+    assert [(i, d.peer) for i, d in fleet.drops] == [(1, fleet.m(0).node_id)]
     assert not fleet.pushed
-    fleet.deliver_all()
+    fleet.drain()
     assert all(m.ledger.intent(real.intent.intent_id) is None  # type: ignore[union-attr]
-               for m in fleet.m)
+               for m in fleet.machines)
 
 
 def test_entries_learned_from_a_round_are_not_forwarded() -> None:
@@ -197,9 +168,9 @@ def test_entries_learned_from_a_round_are_not_forwarded() -> None:
     fleet = Overlay(3, {(0, 1), (1, 2)}, seed=9)
     fleet.rounds(12.0)
     e = Entry.create(node_key(0), 10**13, intent("2.0.0", wall=10**12))
-    fleet.m[1].receive(fleet.m[0].node_id, GossipDelta((e,), {}), fleet.now)
-    fleet.collect()
-    assert fleet.m[1].ledger.intent(e.intent.intent_id) is not None  # type: ignore[union-attr]
+    fleet.m(1).receive(fleet.m(0).node_id, GossipDelta((e,), {}), fleet.now)
+    fleet.pump(1)
+    assert fleet.m(1).ledger.intent(e.intent.intent_id) is not None  # type: ignore[union-attr]
     assert not fleet.pushed
 
 

@@ -8,15 +8,13 @@ import io
 import json
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import trio
 
 from agent import BlockerReason, ModelOperationalStatus, ShoalClient
-from agent._daemon.log import configure_logging
-from agent._daemon.runtime import NodeRuntime
+from agent._daemon.log import configure_logging, log_own_problems
 from agent._demo.fleet import FAST_GOSSIP, LocalFleet
 
 from ._fleet import record, running
@@ -47,17 +45,13 @@ def test_each_change_of_own_problem_is_logged_once(restore: None) -> None:
     configure_logging("json", stream=out, node_id="n" * 32)
     S = ModelOperationalStatus
     moving = running("det", "2.0.0", S.DOWNLOADING, intent_id="i" * 64)
-    own = SimpleNamespace(rec=record(models=(moving,)))
-    rt = SimpleNamespace(node_id="n" * 32,
-                         machine=SimpleNamespace(ledger=SimpleNamespace(
-                             record=lambda node_id: own.rec)))
     logged: dict[str, tuple[object, ...]] = {}
 
     def step(*models: Any) -> list[dict[str, Any]]:
-        own.rec = record(models=models)
+        own = record(models=models)
         before = len(out.getvalue().splitlines())
         for _ in range(3):                       # several machine steps, one line
-            NodeRuntime._log_own_problems(rt, logged)  # type: ignore[arg-type]
+            log_own_problems(own, logged)
         return [json.loads(x) for x in out.getvalue().splitlines()[before:]]
 
     assert step(moving) == []

@@ -22,15 +22,15 @@ from protocol._ledger import Entry, ModelState
 from protocol._node import NodeMachine
 from protocol._state import TRANSITIONS, change_state, check_transition
 from protocol._types import BlockerReason, ModelOperationalStatus
+from sim._fleet import SimNode
 
-from ._fleet import intent, node_key, record
-from .test_node import LocalFleet, _Host, _publish
+from ._fleet import InProcessFleet, intent, node_key, record
 
 S = ModelOperationalStatus
 
 
-class CheckedFleet(LocalFleet):
-    """A LocalFleet that checks, for every output a node's driver carries out, that an
+class CheckedFleet(InProcessFleet):
+    """A fleet that checks, for every output a node's driver carries out, that an
     own entry never leaves before a ``PersistLedger`` covering its counter."""
 
     def __init__(self, n: int) -> None:
@@ -39,8 +39,8 @@ class CheckedFleet(LocalFleet):
         self.own_sent = 0
         super().__init__(n)
 
-    def _carry_out(self, i: int, h: _Host, out: object) -> None:
-        me = h.machine.node_id
+    def observe(self, node: SimNode, out: object) -> None:
+        i, me = node.index, node.node_id
         if isinstance(out, PersistLedger):
             self.saves += 1
             self.persisted[me] = max(self.persisted.get(me, 0), out.counter)
@@ -50,14 +50,14 @@ class CheckedFleet(LocalFleet):
                     self.own_sent += 1
                     assert e.counter <= self.persisted.get(me, 0), \
                         f"node {i} sent own entry {e.counter} before it was persisted"
-        super()._carry_out(i, h, out)
+        super().observe(node, out)
 
 
 def test_own_entries_are_persisted_before_any_output_carries_them() -> None:
     fleet = CheckedFleet(4)
-    _publish(fleet)
-    fleet.m(2).issue_intent(intent("1.0.0"), fleet.now)
-    fleet.run(40)
+    fleet.publish_files()
+    fleet.issue(2, intent("1.0.0"))
+    fleet.advance(40)
     for i in range(4):
         st = fleet.m(i).model_state("m")
         assert st is not None and st.status is S.OPERATIONAL
@@ -68,8 +68,8 @@ def test_own_entries_are_persisted_before_any_output_carries_them() -> None:
 
 
 def test_persist_ledger_comes_first_and_once_per_input() -> None:
-    fleet = LocalFleet(2)
-    fleet.run(5.0)
+    fleet = InProcessFleet(2)
+    fleet.advance(5.0)
     m = fleet.m(0)
     m.take_outputs()
     m.issue_intent(intent("1.0.0"), fleet.now)   # operator certificate, intent, record
@@ -82,16 +82,16 @@ def test_persist_ledger_comes_first_and_once_per_input() -> None:
 
 def test_a_quiet_node_asks_for_no_save() -> None:
     fleet = CheckedFleet(3)
-    fleet.run(5.0)                  # start-up: certificates and first records spread
+    fleet.advance(5.0)                  # start-up: certificates and first records spread
     assert fleet.saves > 0
     fleet.saves = 0
-    fleet.run(30.0)                 # gossip rounds and keepalives, nothing new written
+    fleet.advance(30.0)                 # gossip rounds and keepalives, nothing new written
     assert fleet.saves == 0
 
 
 def test_a_liar_is_dropped_with_the_protocols_ban() -> None:
-    fleet = LocalFleet(3)
-    fleet.run(5.0)
+    fleet = InProcessFleet(3)
+    fleet.advance(5.0)
     target, liar = fleet.m(0), fleet.m(2)
     good = Entry.create(node_key(1), 10**13, record(name="n1-renamed"))
     real = Entry.create(node_key(1), 10**13 + 1, record(name="n1-again"))
@@ -111,7 +111,7 @@ def test_ban_policy_forgives_an_unresponsive_peer_but_not_a_liar() -> None:
 
 
 def test_notice_kind_is_an_enum() -> None:
-    m: NodeMachine = LocalFleet(1).m(0)
+    m: NodeMachine = InProcessFleet(1).m(0)
     m.take_outputs()
     m.chunk_store_failed(b"\x01" * 32, BlockerReason.INSUFFICIENT_STORAGE, "full", 1.0)
     (notice,) = [o for o in m.take_outputs() if isinstance(o, Notice)]

@@ -4,12 +4,10 @@ anything is signed, stamp with the node's own clock, and follow the one cancel r
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 
 import pytest
 
-from protocol._config import Config
 from protocol._convergence import RolloutState
 from protocol._errors import (
     EmptyScope,
@@ -31,21 +29,15 @@ from ._fleet import (
     OPERATOR,
     ROGUE,
     ROOT,
-    caps,
     intent,
+    lone_machine,
     make_trust,
     manifest,
-    node_cert,
-    node_key,
 )
 
 
 def machine(now: float = 100.0) -> NodeMachine:
-    ident = node_key(0)
-    m = NodeMachine(config=Config(fleet_id=FLEET), identity=ident,
-                    certificate=node_cert(ident, "n0"), trust=make_trust(),
-                    rng=random.Random(1), now=now, name="n0", formation="alpha",
-                    capabilities=caps())
+    m = lone_machine(0, now=now, name="n0", formation="alpha")
     man, _ = manifest("m", "1.0.0")
     m.publish_manifest(man, now)
     return m

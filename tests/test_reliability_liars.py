@@ -42,6 +42,7 @@ from protocol._ledger import Entry
 
 from ._chaos import MiB
 from ._fleet import manifest, record
+from ._helpers import rollout, status
 
 pytestmark = pytest.mark.slow
 
@@ -53,10 +54,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
     with LocalFleet(tmp_path_factory.mktemp("liars"), 2,
                     extra_config=FAST_GOSSIP).running() as f:
         yield f
-
-
-def status(f: LocalFleet, i: int = TARGET) -> Any:
-    return trio.run(f.call, i, lambda c: c.status())
 
 
 def forgeries(f: LocalFleet, liar: SigningIdentity, base: int) -> dict[str, list[Entry]]:
@@ -148,7 +145,5 @@ def test_forged_gossip_is_rejected_and_counted(fleet: LocalFleet, tmp_path: Path
     # the honest node is still served
     pkg = make_package(tmp_path / "pkg", 2 * MiB, seed=71)
     model = f"honest-{rounds}"
-    trio.run(f.call, TARGET, lambda c: c.publish(str(pkg), model, "1.0.0"))
-    trio.run(f.call, TARGET, lambda c: c.distribute_model(model, "1.0.0"))
-    rep = trio.run(f.wait_converged, TARGET, model, "1.0.0", 60)
+    rep = rollout(f, TARGET, pkg, model)
     assert rep.converged == 2

@@ -37,6 +37,7 @@ from protocol._handshake import ConnectionRole, SecureConnection
 from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity
 
 from ._chaos import MiB, rss_bytes, tcp_exchange, unix_exchange
+from ._helpers import rollout, status
 
 pytestmark = pytest.mark.slow
 
@@ -65,10 +66,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
     finally:
         for k, (tried, held) in sorted(TALLY.items()):
             print(f"\nreliability/ports {k}: tried {tried}, held {held}")
-
-
-def status(f: LocalFleet, i: int = TARGET) -> Any:
-    return trio.run(f.call, i, lambda c: c.status())
 
 
 @pytest.fixture(scope="module")
@@ -368,9 +365,7 @@ def test_after_the_barrage(fleet: LocalFleet, baseline_rss: int, tmp_path: Path,
     # the honest peer is still served: a fresh rollout converges
     pkg = make_package(tmp_path / "after", 2 * MiB, seed=82)
     model = f"after-{run}"
-    trio.run(fleet.call, TARGET, lambda c: c.publish(str(pkg), model, "1.0.0"))
-    trio.run(fleet.call, TARGET, lambda c: c.distribute_model(model, "1.0.0"))
-    rep = trio.run(fleet.wait_converged, TARGET, model, "1.0.0", 60)
+    rep = rollout(fleet, TARGET, pkg, model)
     assert rep.converged == 2
     # every refused connection left its reason in the log
     text = (fleet.nodes[TARGET].data_dir / "daemon.log").read_text(errors="replace")

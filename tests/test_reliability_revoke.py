@@ -14,12 +14,10 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import trio
 
 from agent._admin.fleet import provision
 from agent._daemon.control_client import (
@@ -32,6 +30,8 @@ from agent._demo.fleet import FAST_GOSSIP, LocalFleet, make_package
 from agent._storage.keys import load_key
 from agent._storage.persist import write_seed
 from protocol._identity import Revocation, SigningIdentity, fingerprint
+
+from ._helpers import call, until
 
 pytestmark = pytest.mark.slow
 
@@ -46,22 +46,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
                            operator=True, extra_config=FAST_GOSSIP)
     with f.running():
         yield f
-
-
-def call(f: LocalFleet, i: int, fn: Callable[[ControlClient], Awaitable[Any]]) -> Any:
-    return trio.run(f.call, i, fn)
-
-
-def until(f: LocalFleet, i: int, probe: Callable[[ControlClient], Awaitable[Any]],
-          timeout: float = 30.0) -> Any:
-    async def go() -> Any:
-        with trio.fail_after(timeout):
-            while True:
-                value = await f.call(i, probe)
-                if value:
-                    return value
-                await trio.sleep(0.2)
-    return trio.run(go)
 
 
 def shoal(*args: str) -> subprocess.CompletedProcess[str]:

@@ -24,6 +24,7 @@ from agent._demo.fleet import FAST_GOSSIP, LocalFleet, make_package
 from protocol._identity import SigningIdentity
 
 from ._chaos import MiB, can_mount, tmpfs, verify_installed, visible_partial_files
+from ._helpers import call
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not can_mount(), reason="mounting a tmpfs needs root")]
@@ -38,10 +39,6 @@ def small_fleet(tmp_path: Path) -> Iterator[LocalFleet]:
             LocalFleet(tmp_path, 2, extra_config=FAST_GOSSIP
                        + "[swarm]\nrequest_timeout = 1.0\n").running() as f:
         yield f
-
-
-def call(f: LocalFleet, i: int, fn: Any) -> Any:
-    return trio.run(f.call, i, fn)
 
 
 LEAVE_KIB = [5 * 1024, 16] + [pytest.param(k, marks=pytest.mark.soak)

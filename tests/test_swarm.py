@@ -29,16 +29,15 @@ from protocol._swarm_messages import (
 from protocol._swarm_uploads import TokenBucket
 from protocol._types import TransferPriority
 from tests.swarm_sim import (
+    KEY,
     Net,
-    cheap_verifier,
+    fetch_from,
+    lone_engine,
     make_key,
     node_id,
     random_connected_graph,
     token_chunk,
 )
-
-KEY = "m1/v"
-
 
 # ----------------------------------------------------------------------------- wire
 
@@ -131,12 +130,8 @@ def test_random_swarm_completes(seed: int, n: int, chunks: int, extra: int,
 def test_corrupt_piece_is_dropped_not_stored() -> None:
     refs, _ = make_key("x", 3)
     # a pipeline deep enough for all three at once (not the subject here)
-    eng = SwarmEngine(node_id=node_id(0), config=SwarmConfig(min_requests_per_peer=8),
-                      rng=random.Random(1),
-                      held=set(), lookup={KEY: refs}.get, verifier=cheap_verifier)
-    eng.peer_connected(node_id(1), 0.0)
-    eng.want(KEY, TransferPriority.NORMAL, 0.0)
-    eng.receive(node_id(1), HaveSet(KEY, 3, make_bitfield([True] * 3)), 0.1)
+    eng = lone_engine(refs, SwarmConfig(min_requests_per_peer=8), seed=1)
+    fetch_from(eng, [1], 3, heard_at=0.1)
     requests = [o.message for o in eng.take_outputs()
                 if isinstance(o, SendMessage) and isinstance(o.message, Request)]
     assert {r.chunk_hash for r in requests} == {r.hash for r in refs}
@@ -157,8 +152,7 @@ def test_corrupt_piece_is_dropped_not_stored() -> None:
 
 def test_unsolicited_piece_is_ignored_and_counted() -> None:
     refs, data = make_key("u", 2)
-    eng = SwarmEngine(node_id=node_id(0), config=SwarmConfig(), rng=random.Random(1),
-                      held=set(), lookup={KEY: refs}.get, verifier=cheap_verifier)
+    eng = lone_engine(refs, seed=1)
     eng.peer_connected(node_id(1), 0.0)
     eng.want(KEY, TransferPriority.NORMAL, 0.0)
     eng.take_outputs()
@@ -317,12 +311,8 @@ def test_multi_source_fan_in() -> None:
 
 def test_drop_cancels_and_keeps_stored_chunks() -> None:
     refs, blobs = make_key("d", 6)
-    eng = SwarmEngine(node_id=node_id(0), config=SwarmConfig(min_requests_per_peer=8),
-                      rng=random.Random(2),
-                      held=set(), lookup={KEY: refs}.get, verifier=cheap_verifier)
-    eng.peer_connected(node_id(1), 0.0)
-    eng.want(KEY, TransferPriority.NORMAL, 0.0)
-    eng.receive(node_id(1), HaveSet(KEY, 6, make_bitfield([True] * 6)), 0.0)
+    eng = lone_engine(refs, SwarmConfig(min_requests_per_peer=8), seed=2)
+    fetch_from(eng, [1], 6)
     sent = [o.message for o in eng.take_outputs() if isinstance(o, SendMessage)]
     first = next(m for m in sent if isinstance(m, Request))
     eng.receive(node_id(1), Piece(first.chunk_hash, blobs[first.chunk_hash], 1), 0.1)
@@ -339,13 +329,8 @@ def test_drop_cancels_and_keeps_stored_chunks() -> None:
 def test_request_timeout_reissues_elsewhere() -> None:
     refs, _ = make_key("t", 1)
     cfg = SwarmConfig(request_timeout=5.0, endgame_chunks=0)
-    eng = SwarmEngine(node_id=node_id(0), config=cfg, rng=random.Random(4),
-                      held=set(), lookup={KEY: refs}.get, verifier=cheap_verifier)
-    for p in (1, 2):
-        eng.peer_connected(node_id(p), 0.0)
-    eng.want(KEY, TransferPriority.NORMAL, 0.0)
-    for p in (1, 2):
-        eng.receive(node_id(p), HaveSet(KEY, 1, b"\x80"), 0.0)
+    eng = lone_engine(refs, cfg, seed=4)
+    fetch_from(eng, [1, 2], 1)
     first = [o for o in eng.take_outputs()
              if isinstance(o, SendMessage) and isinstance(o.message, Request)]
     assert len(first) == 1
@@ -471,13 +456,8 @@ def test_peer_left_waiting_a_whole_interval_is_told_busy() -> None:
 def test_busy_reject_moves_the_request_elsewhere_without_blame() -> None:
     refs, _ = make_key("b", 1)
     cfg = SwarmConfig(endgame_chunks=0, max_peer_failures=1)
-    eng = SwarmEngine(node_id=node_id(0), config=cfg, rng=random.Random(4),
-                      held=set(), lookup={KEY: refs}.get, verifier=cheap_verifier)
-    for p in (1, 2):
-        eng.peer_connected(node_id(p), 0.0)
-    eng.want(KEY, TransferPriority.NORMAL, 0.0)
-    for p in (1, 2):
-        eng.receive(node_id(p), HaveSet(KEY, 1, b"\x80"), 0.0)
+    eng = lone_engine(refs, cfg, seed=4)
+    fetch_from(eng, [1, 2], 1)
     (first,) = [o for o in eng.take_outputs()
                 if isinstance(o, SendMessage) and isinstance(o.message, Request)]
     eng.receive(first.peer, Reject(refs[0].hash, False), 0.5)

@@ -23,9 +23,8 @@ from protocol._swarm_messages import (
 )
 from protocol._swarm_uploads import UploadScheduler
 from protocol._types import TransferPriority
-from tests.swarm_sim import cheap_verifier, make_key, node_id
+from tests.swarm_sim import KEY, fetch_from, lone_engine, make_key, node_id
 
-KEY = "m1/v"
 LOW_KEY = "m2/v"
 
 
@@ -35,9 +34,8 @@ def sent(eng: SwarmEngine, kind: type) -> list[tuple[str, object]]:
 
 
 def seed(refs: list[ChunkRef], **cfg: object) -> SwarmEngine:
-    return SwarmEngine(node_id=node_id(0), config=SwarmConfig(**cfg),  # type: ignore[arg-type]
-                       rng=random.Random(7), held={r.hash for r in refs},
-                       lookup={KEY: refs}.get, verifier=cheap_verifier)
+    return lone_engine(refs, SwarmConfig(**cfg), seed=7,  # type: ignore[arg-type]
+                       held={r.hash for r in refs})
 
 
 def test_redirect_round_trips_and_validates() -> None:
@@ -138,13 +136,9 @@ def test_no_redirect_once_every_chunk_has_left_or_after_the_window() -> None:
 
 def test_downloader_follows_redirect_hints_and_backs_off_the_redirected_chunk() -> None:
     refs, blobs = make_key("d", 6)
-    eng = SwarmEngine(node_id=node_id(0), config=SwarmConfig(redirect_backoff=1.0),
-                      rng=random.Random(3), held=set(), lookup={KEY: refs}.get,
-                      verifier=cheap_verifier)
+    eng = lone_engine(refs, SwarmConfig(redirect_backoff=1.0), seed=3)
     s = node_id(1)
-    eng.peer_connected(s, 0.0)
-    eng.want(KEY, TransferPriority.NORMAL, 0.0)
-    eng.receive(s, HaveSet(KEY, 6, make_bitfield([True] * 6)), 0.0)
+    fetch_from(eng, [1], 6)
     first = [m for _, m in sent(eng, Request)]
     assert len(first) == 2   # unmeasured peer: the pipeline floor
     x = first[0].chunk_hash  # type: ignore[attr-defined]
@@ -188,13 +182,9 @@ def _pipe_depth(rtt: float, service: float, pieces: int = 20) -> int:
     """Drive one downloader over a link of round trip ``rtt`` that serialises a piece in
     ``service`` seconds; return the most requests it kept in flight."""
     refs, blobs = make_key("p", 60)
-    eng = SwarmEngine(node_id=node_id(0), config=SwarmConfig(max_requests_per_peer=8),
-                      rng=random.Random(4), held=set(), lookup={KEY: refs}.get,
-                      verifier=cheap_verifier)
+    eng = lone_engine(refs, SwarmConfig(max_requests_per_peer=8), seed=4)
     s = node_id(1)
-    eng.peer_connected(s, 0.0)
-    eng.want(KEY, TransferPriority.NORMAL, 0.0)
-    eng.receive(s, HaveSet(KEY, 60, make_bitfield([True] * 60)), 0.0)
+    fetch_from(eng, [1], 60)
     arrivals: dict[bytes, float] = {}
     link_free = 0.0
     now = 0.0
@@ -223,16 +213,9 @@ def test_pipeline_is_sized_to_the_link_bandwidth_delay_product() -> None:
 
 def test_endgame_only_for_the_tail_and_only_when_overdue() -> None:
     refs, blobs = make_key("e", 100)
-    eng = SwarmEngine(node_id=node_id(0), config=SwarmConfig(min_requests_per_peer=8,
-                                                             max_requests_per_peer=8),
-                      rng=random.Random(5), held={r.hash for r in refs[:97]},
-                      lookup={KEY: refs}.get, verifier=cheap_verifier)
-    a, b = node_id(1), node_id(2)
-    for p in (a, b):
-        eng.peer_connected(p, 0.0)
-    eng.want(KEY, TransferPriority.NORMAL, 0.0)
-    for p in (a, b):
-        eng.receive(p, HaveSet(KEY, 100, make_bitfield([True] * 100)), 0.0)
+    eng = lone_engine(refs, SwarmConfig(min_requests_per_peer=8, max_requests_per_peer=8),
+                      seed=5, held={r.hash for r in refs[:97]})
+    fetch_from(eng, [1, 2], 100)
     eng.take_outputs()
     assert all(len(v) == 1 for v in eng.outstanding().values())
     assert not eng.in_endgame(KEY)   # 3 left > max(1, 2% of 100)
@@ -253,9 +236,7 @@ def test_endgame_only_for_the_tail_and_only_when_overdue() -> None:
 def test_a_critical_key_preempts_low_requests_in_flight() -> None:
     low_refs, low_blobs = make_key("l", 6)
     crit_refs, _ = make_key("c", 4)
-    eng = SwarmEngine(node_id=node_id(0), config=SwarmConfig(), rng=random.Random(6),
-                      held=set(), lookup={KEY: crit_refs, LOW_KEY: low_refs}.get,
-                      verifier=cheap_verifier)
+    eng = lone_engine({KEY: crit_refs, LOW_KEY: low_refs}, seed=6)
     s = node_id(1)
     eng.peer_connected(s, 0.0)
     eng.want(LOW_KEY, TransferPriority.LOW, 0.0)

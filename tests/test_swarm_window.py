@@ -18,9 +18,7 @@ from protocol._swarm_uploads import _STALL_FACTOR, _STALL_FLOOR
 from protocol._types import TransferPriority
 from sim._loop import EventLoop, derive_rng
 from sim._network import LinkProfile, Network
-from tests.swarm_sim import cheap_verifier, make_key, node_id
-
-KEY = "m1/v"
+from tests.swarm_sim import KEY, lone_engine, make_key, node_id
 
 
 def refs_of(n: int, size: int = 1000) -> list[ChunkRef]:
@@ -29,10 +27,8 @@ def refs_of(n: int, size: int = 1000) -> list[ChunkRef]:
 
 def engine(refs: list[ChunkRef], held: set[bytes], lookup: dict[str, list[ChunkRef]] | None = None,
            **cfg: object) -> SwarmEngine:
-    table = {KEY: refs} if lookup is None else lookup
-    return SwarmEngine(node_id=node_id(0), config=SwarmConfig(**cfg),  # type: ignore[arg-type]
-                       rng=random.Random(3), held=held, lookup=table.get,
-                       verifier=cheap_verifier)
+    return lone_engine(refs if lookup is None else lookup,
+                       SwarmConfig(**cfg), seed=3, held=held)  # type: ignore[arg-type]
 
 
 def serves(eng: SwarmEngine) -> list[ServeChunk]:

@@ -242,7 +242,8 @@ async def test_oversize_length_prefix_is_refused_without_reading_the_body() -> N
             reject = decode(frames[0])
             assert isinstance(reject, HandshakeReject)
             assert reject.code is RejectCode.MALFORMED
-            assert "exceeds the limit of 65536" in reject.detail
+            # before authentication the limit is the handshake's, not max_frame
+            assert "exceeds the limit of 8192" in reject.detail
             await stream.aclose()
             await until(lambda: listener.statistics().handshake_failures == 1)
 
@@ -267,27 +268,84 @@ async def test_garbage_before_the_handshake_is_refused() -> None:
 
 
 async def test_connection_limit_holds() -> None:
+    """``max_connections`` bounds authenticated sessions; idle unauthenticated
+    sockets no longer count against it (they live in the handshake pool)."""
     fleet = Fleet()
     settings = TransportSettings(handshake_timeout=30.0, max_connections=2)
+
+    async def hold(channel: SecureChannel) -> None:
+        async for _ in channel:
+            pass
+
     with trio.fail_after(10):
-        async with serving(fleet.node("server"), fleet.trust, settings=settings) as listener:
-            held = [await trio.open_tcp_stream("127.0.0.1", listener.port) for _ in range(2)]
-            while listener.statistics().active < 2:
-                await trio.sleep(0.01)
+        async with serving(fleet.node("server"), fleet.trust, hold,
+                           settings=settings) as listener:
+            idle = [await trio.open_tcp_stream("127.0.0.1", listener.port) for _ in range(3)]
+            held = [await dialler(fleet.node(f"p{i}"), fleet.trust, listener.port)()
+                    for i in range(2)]
+            await until(lambda: listener.statistics().sessions == 2)
+            # a third session is refused: over max_connections
             extra = await trio.open_tcp_stream("127.0.0.1", listener.port)
             assert await read_all(extra) == b""  # closed at once, nothing said
             st = listener.statistics()
-            assert st.refused_over_limit == 1 and st.active == 2 and st.accepted == 2
+            assert st.refused_over_limit == 1 and st.pending == 3
             await extra.aclose()
-            for s in held:
+            for ch in held:
+                await ch.aclose()
+            for s in idle:
                 await s.aclose()
-            while listener.statistics().active:
-                await trio.sleep(0.01)
-            # capacity is back: a real peer gets in
+            await until(lambda: listener.statistics().active == 0)
             ch = await dialler(fleet.node("late"), fleet.trust, listener.port)()
+            await ch.aclose()
+
+
+async def test_idle_sockets_cannot_lock_out_a_peer() -> None:
+    """A full pool of silent connections: a real peer evicts the oldest and gets in."""
+    fleet = Fleet()
+    settings = TransportSettings(handshake_timeout=30.0, first_byte_timeout=30.0,
+                                 max_handshakes=4, max_handshakes_per_address=64)
+    with trio.fail_after(10):
+        async with serving(fleet.node("server"), fleet.trust, settings=settings) as listener:
+            idle = [await trio.open_tcp_stream("127.0.0.1", listener.port) for _ in range(4)]
+            await until(lambda: listener.statistics().pending == 4)
+            ch = await dialler(fleet.node("peer"), fleet.trust, listener.port)()
             async with ch:
                 await ch.send(Note("in"))
                 assert await ch.receive() == Note("echo:in")
+            assert await read_all(idle[0]) == b""          # the oldest was closed
+            st = listener.statistics()
+            assert st.evicted == 1 and st.pending == 3
+            for s in idle:
+                await s.aclose()
+
+
+async def test_one_address_holds_only_its_share_of_the_pool() -> None:
+    fleet = Fleet()
+    settings = TransportSettings(handshake_timeout=30.0, first_byte_timeout=30.0,
+                                 max_handshakes=16, max_handshakes_per_address=2)
+    with trio.fail_after(10):
+        async with serving(fleet.node("server"), fleet.trust, settings=settings) as listener:
+            idle = [await trio.open_tcp_stream("127.0.0.1", listener.port) for _ in range(5)]
+            await until(lambda: listener.statistics().evicted_per_address == 3)
+            assert listener.statistics().pending == 2
+            for s in idle[:3]:
+                assert await read_all(s) == b""
+            for s in idle:
+                await s.aclose()
+
+
+async def test_first_byte_timeout() -> None:
+    fleet = Fleet()
+    settings = TransportSettings(handshake_timeout=5.0, first_byte_timeout=0.2)
+    with trio.fail_after(10):
+        async with serving(fleet.node("server"), fleet.trust, settings=settings) as listener:
+            stream = await trio.open_tcp_stream("127.0.0.1", listener.port)
+            t0 = trio.current_time()
+            assert await read_all(stream) == b""
+            assert trio.current_time() - t0 < 2.0
+            await stream.aclose()
+            await until(lambda: listener.statistics().first_byte_timeouts == 1)
+            assert "first_byte_timeout" in listener.statistics().last_failure
 
 
 async def test_handshake_timeout() -> None:

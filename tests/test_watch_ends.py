@@ -19,6 +19,8 @@ import trio
 from agent import RolloutState, ShoalClient
 from agent._demo.fleet import FAST_GOSSIP, LocalFleet, make_package
 
+from ._helpers import api
+
 pytestmark = pytest.mark.slow
 
 PROBE = '[probe]\ncpu_arch = "x86_64"\ngpus = []\n'
@@ -32,13 +34,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
         yield f
 
 
-def api(f: LocalFleet, fn: Any) -> Any:
-    async def go() -> Any:
-        async with ShoalClient.connect(f.socket(0)) as c:
-            return await fn(c)
-    return trio.run(go)
-
-
 def shoal(f: LocalFleet, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     return subprocess.run([sys.executable, "-m", "agent._cli", *args, "--socket",
@@ -48,15 +43,15 @@ def shoal(f: LocalFleet, *args: str) -> subprocess.CompletedProcess[str]:
 def rollout(f: LocalFleet, version: str, pkg: Path | None = None) -> str:
     """Publish (when ``pkg``) and distribute ``version``; wait until it runs."""
     if pkg is not None:
-        api(f, lambda c: c.control.publish(str(pkg), "det", version))
-    h = api(f, lambda c: c.distribute_model("det", version))
+        api(f, 0, lambda c: c.control.publish(str(pkg), "det", version))
+    h = api(f, 0, lambda c: c.distribute_model("det", version))
 
     async def wait(c: ShoalClient) -> None:
         with trio.fail_after(30):
             while (await c.convergence_status("det", version)).state \
                     is not RolloutState.COMPLETE:
                 await trio.sleep(0.1)
-    api(f, wait)
+    api(f, 0, wait)
     return str(h.handle_id)
 
 
@@ -95,14 +90,14 @@ def test_status_says_what_became_of_each_rollout(node: LocalFleet, tmp_path: Pat
         with trio.fail_after(20):
             async with c.subscribe_convergence("det", "1.0.0") as updates:
                 return [s async for s in updates]
-    seen = api(node, subscribe)
+    seen = api(node, 0, subscribe)
     assert seen[-1].state is RolloutState.SUPERSEDED and seen[-1].is_final
 
     # cancelled: says "cancelled", never "0/0"
     pkg3 = make_package(tmp_path / "p3", 64 * 1024, seed=5)
-    api(node, lambda c: c.control.publish(str(pkg3), "det", "1.2.0"))
-    h = api(node, lambda c: c.distribute_model("det", "1.2.0"))
-    cancel = api(node, lambda c: c.cancel(h))
+    api(node, 0, lambda c: c.control.publish(str(pkg3), "det", "1.2.0"))
+    h = api(node, 0, lambda c: c.distribute_model("det", "1.2.0"))
+    cancel = api(node, 0, lambda c: c.cancel(h))
     r = shoal(node, "status", "det", "1.2.0")
     assert r.returncode == 0, r.stderr
     assert "cancelled" in r.stdout and "0/0" not in r.stdout
@@ -114,7 +109,7 @@ def test_status_says_what_became_of_each_rollout(node: LocalFleet, tmp_path: Pat
     assert r.stdout.splitlines()[-1].startswith("rollout ended: cancelled by intent ")
 
     # rolled back: 1.1.0 gives way to a rollback to 1.0.0
-    back = api(node, lambda c: c.rollback("det", "1.0.0"))
+    back = api(node, 0, lambda c: c.rollback("det", "1.0.0"))
     r = shoal(node, "status", "det", "1.1.0", "--watch")
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert r.stdout.splitlines()[-1] == (f"rollout ended: rolled back to 1.0.0 "

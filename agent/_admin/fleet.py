@@ -18,9 +18,7 @@ from pathlib import Path
 from agent._errors import ConfigError
 from agent._storage.keys import init_keys, load_key
 from agent._storage.persist import cert_path, write_cert, write_seed
-from protocol._codec import decode_value
-from protocol._errors import MalformedMessage
-from protocol._identity import Certificate, Revocation, Role, SigningIdentity
+from protocol import Certificate, MalformedMessage, Revocation, Role, SigningIdentity, decode_value
 
 __all__ = ["fleet_init", "admit", "revoke", "read_trust_file", "provision", "Provisioned"]
 

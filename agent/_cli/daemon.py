@@ -32,8 +32,7 @@ from agent.client import (
     RolloutState,
     ShoalClient,
 )
-from protocol._codec import encode_value
-from protocol._types import TransferPriority
+from protocol import TransferPriority, encode_value
 
 __all__ = ["register"]
 

@@ -19,7 +19,7 @@ from agent._errors import ConfigError
 from agent._storage.keys import KEY_NAMES, ROLES, key_path, load_key
 from agent._storage.keys import init_keys as _init_keys
 from agent._storage.persist import cert_path, load_cert, write_cert
-from protocol._identity import Certificate
+from protocol import Certificate
 
 __all__ = ["register"]
 

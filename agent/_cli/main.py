@@ -33,8 +33,7 @@ from agent._storage.keys import load_key
 from agent._storage.paths import DataDir
 from agent._storage.publish import PublishResult, publish
 from agent._storage.store import ChunkStore
-from protocol._errors import ShoalError
-from protocol._manifest import Manifest, Variant
+from protocol import Manifest, ShoalError, Variant
 
 __all__ = ["REGISTRARS", "Answered", "build_parser", "main"]
 
@@ -194,7 +193,7 @@ class _VerifyFailed(ShoalError):
 def _pick_variant(m: Manifest, data: DataDir) -> str:
     """The best variant (preference order) this machine's probe satisfies."""
     from agent._daemon.probe import probe
-    from protocol._selection import select_variant
+    from protocol import select_variant
 
     data.root.mkdir(parents=True, exist_ok=True)
     choice = select_variant(m, probe(str(data.root)), None)

@@ -42,9 +42,7 @@ from agent._daemon.migrator import (
 from agent._errors import NotFound
 from agent._storage.install import RECORD_NAME
 from agent._storage.paths import DataDir, confine
-from protocol._codec import decode_value
-from protocol._errors import ProtocolError
-from protocol._manifest import Manifest, SemVer, Variant
+from protocol import Manifest, ProtocolError, SemVer, Variant, decode_value
 
 __all__ = ["register", "stage_export"]
 

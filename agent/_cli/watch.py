@@ -24,8 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.client import ModelConvergenceStatus
-from protocol._ledger import NodeRecord
-from protocol._types import ModelOperationalStatus
+from protocol import ModelOperationalStatus, NodeRecord
 
 __all__ = ["NodeRow", "RateTracker", "fleet_view", "human_bytes", "human_eta", "node_rows",
            "plain_rows", "summary_line"]

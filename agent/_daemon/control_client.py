@@ -3,7 +3,7 @@
 One connection, one request at a time: each request gets its answer, or the
 daemon's :class:`~._control_messages.ErrorResponse` raised here as an exception.
 An operator's mistake the daemon refused (``kind`` names a
-:class:`protocol._errors.RequestRejected` class: ``UnknownModel``, ``EmptyScope``...)
+:class:`protocol.RequestRejected` class: ``UnknownModel``, ``EmptyScope``...)
 is raised as that protocol class *and* as a :class:`ControlError`, so both
 ``except UnknownModel`` and ``except ControlError`` (with ``.kind``) catch it; any
 other error is a plain :class:`ControlError` carrying the daemon's class name.
@@ -45,20 +45,25 @@ from agent._daemon.control_messages import (
     Subscribe,
 )
 from agent._errors import AgentError
-from protocol._codec import FrameDecoder, decode, encode, frame
-from protocol._convergence import ModelConvergenceStatus
-from protocol._errors import (
+from protocol import (
+    Certificate,
     EmptyScope,
+    FrameDecoder,
+    IntentKind,
+    ModelConvergenceStatus,
     RequestRejected,
+    Revocation,
+    Scope,
+    TransferPriority,
     UnknownIntent,
     UnknownModel,
     UnknownNode,
     UnknownVariant,
     UnknownVersion,
+    decode,
+    encode,
+    frame,
 )
-from protocol._identity import Certificate, Revocation
-from protocol._intents import IntentKind, Scope
-from protocol._types import TransferPriority
 
 __all__ = [
     "ControlClient", "ControlError", "ControlRefused", "REJECTIONS",

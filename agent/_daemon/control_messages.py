@@ -13,12 +13,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from protocol._codec import message, struct
-from protocol._convergence import ModelConvergenceStatus
-from protocol._identity import Certificate, Revocation
-from protocol._intents import IntentKind, Scope
-from protocol._ledger import NodeRecord
-from protocol._types import TransferPriority
+from protocol import (
+    Certificate,
+    IntentKind,
+    ModelConvergenceStatus,
+    NodeRecord,
+    Revocation,
+    Scope,
+    TransferPriority,
+    message,
+    struct,
+)
 
 __all__ = [
     "MAX_CONTROL_FRAME",

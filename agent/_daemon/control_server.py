@@ -13,6 +13,13 @@ the daemon's own and root is refused before a byte is read, whatever the file
 mode says. At most ``max_connections`` are served at once, and a connection that
 sends nothing for ``idle_timeout`` seconds is closed.
 
+Memory: a connection buffers at most one partial request frame
+(``MAX_CONTROL_REQUEST``, 1 MiB: requests are small; answers may still be up to
+``MAX_CONTROL_FRAME``) plus one read (64 KiB), and one answer being written; an
+answer the client does not take within ``idle_timeout`` closes the connection. So
+the control socket holds at most ``max_connections`` x (1 MiB + 64 KiB + one answer),
+each answer for at most ``idle_timeout`` seconds.
+
 Intents issued here are signed with the operator key of the data directory
 (``keys/operator.key`` with its ``operator.cert``); a daemon without one
 refuses distribute / rollback / cancel with an error saying so.
@@ -26,7 +33,7 @@ import logging
 import os
 import socket
 import struct as _struct
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,7 +55,6 @@ from agent._daemon.control_messages import (
     NodeStatusRequest,
     NodeStatusResponse,
     NodesWithVersionRequest,
-    PeerEntry,
     PeersRequest,
     PeersResponse,
     PublishRequest,
@@ -61,33 +67,43 @@ from agent._daemon.control_messages import (
     Subscribe,
 )
 from agent._errors import AgentError
-from protocol._codec import FrameDecoder, decode, encode, frame
-from protocol._convergence import ModelConvergenceStatus
-from protocol._errors import ProtocolError, ShoalError
-from protocol._identity import Certificate, Revocation, SigningIdentity, fingerprint
-from protocol._intents import Intent, IntentKind
-from protocol._operator import (
+from protocol import (
+    Certificate,
+    FrameDecoder,
+    Intent,
+    IntentKind,
     IntentView,
+    ModelConvergenceStatus,
+    ProtocolError,
+    Revocation,
+    ShoalError,
+    SigningIdentity,
     check_known,
     count_targets,
+    decode,
     describe,
+    encode,
     find_node,
+    fingerprint,
+    frame,
     intent_views,
     nodes_running,
 )
 
 if TYPE_CHECKING:
     from agent._daemon.runtime import NodeRuntime
-    from protocol._node import NodeMachine
+    from protocol import NodeMachine
 
 __all__ = ["ControlServer", "ControlStatistics", "ControlSocketBusy",
-           "MAX_CONTROL_CONNECTIONS", "CONTROL_IDLE_TIMEOUT"]
+           "MAX_CONTROL_CONNECTIONS", "CONTROL_IDLE_TIMEOUT", "MAX_CONTROL_REQUEST"]
 
 log = logging.getLogger("shoal.control")
 MAX_CONTROL_CONNECTIONS = 64      # concurrent control connections; more are refused
 CONTROL_IDLE_TIMEOUT = 30.0       # seconds a connection may send nothing (between or in
                                   # the middle of requests); a subscription is exempt
 _BACKLOG = 128
+_READ = 65536                     # bytes asked of a control connection per read
+MAX_CONTROL_REQUEST = 1024 * 1024  # bytes of one request frame (answers: MAX_CONTROL_FRAME)
 
 
 class ControlSocketBusy(AgentError):
@@ -214,20 +230,20 @@ class ControlServer:
     async def _receive(self, stream: trio.SocketStream) -> bytes:
         """The next bytes, or b"" when the peer closed or sent nothing for too long."""
         with trio.move_on_after(self.idle_timeout):
-            return await stream.receive_some(65536)
+            return await stream.receive_some(_READ)
         self._idle_closed += 1
         log.info("closed control connection: idle for %g s", self.idle_timeout)
         return b""
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        decoder = FrameDecoder(MAX_CONTROL_FRAME)
+        decoder = FrameDecoder(MAX_CONTROL_REQUEST)
         async with stream:
             try:
                 while data := await self._receive(stream):
                     for body in decoder.feed(data):
                         self.requests += 1
                         try:
-                            req = decode(body, MAX_CONTROL_FRAME)
+                            req = decode(body, MAX_CONTROL_REQUEST)
                         except ProtocolError as exc:
                             await self._send(stream, ErrorResponse(type(exc).__name__,
                                                                    str(exc)))
@@ -239,9 +255,18 @@ class ControlServer:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await self._send(stream, ErrorResponse(type(exc).__name__, str(exc)))
 
-    @staticmethod
-    async def _send(stream: trio.SocketStream, msg: object) -> None:
-        await stream.send_all(frame(encode(msg), MAX_CONTROL_FRAME))
+    async def _send(self, stream: trio.SocketStream, msg: object) -> None:
+        """Write one answer; a client that does not take it within ``idle_timeout``
+        is closed (its answer is not held longer)."""
+        data = frame(encode(msg), MAX_CONTROL_FRAME)
+        with trio.move_on_after(self.idle_timeout):
+            await stream.send_all(data)
+            return
+        self._idle_closed += 1
+        log.info("closed control connection: did not read its answer for %g s",
+                 self.idle_timeout)
+        await trio.aclose_forcefully(stream)
+        raise trio.ClosedResourceError("the client did not read its answer")
 
     async def _dispatch(self, stream: trio.SocketStream, req: object) -> None:
         try:
@@ -274,7 +299,7 @@ class ControlServer:
                                       json.dumps(stats, default=str))
             return await rt.call(status)
         if isinstance(req, PeersRequest):
-            return PeersResponse(tuple(PeerEntry(*astuple(p)) for p in rt.peers()))
+            return PeersResponse(tuple(rt.peers()))
         if isinstance(req, PublishRequest):
             return await self._publish(req)
         if isinstance(req, DistributeRequest):

@@ -44,7 +44,7 @@ import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
 from agent._errors import AgentError
-from protocol._handshake import HANDSHAKE_VERSION
+from protocol import HANDSHAKE_VERSION
 
 if TYPE_CHECKING:
     from types import TracebackType

@@ -1,7 +1,7 @@
 """What the daemon's tasks hand the machine task: one small frozen class per event.
 
 Sessions, store workers, installs and the control server never touch the
-:class:`~protocol._node.NodeMachine`; they post one of these to the runtime's
+:class:`~protocol.NodeMachine`; they post one of these to the runtime's
 inbox (``NodeRuntime.post``) and the machine task feeds it in
 (``NodeRuntime._handle`` dispatches on the type).
 """
@@ -12,9 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from protocol._node import NodeMachine
-from protocol._types import BlockerReason
-from protocol._wire import WireMessage
+from protocol import BlockerReason, NodeMachine, WireMessage
 
 __all__ = ["InboxEvent", "PeerMessage", "PeerUp", "PeerDown", "ChunkStored",
            "ChunkStoreFailed", "ChunkMissing", "PieceSent", "InstallDone", "ControlCall"]

@@ -24,7 +24,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-__all__ = ["ContextFilter", "JsonFormatter", "TextFormatter", "configure_logging", "fields"]
+from protocol import ModelOperationalStatus, NodeRecord
+
+__all__ = ["ContextFilter", "JsonFormatter", "TextFormatter", "configure_logging", "fields",
+           "log_own_problems"]
 
 #: structured fields a record may carry (as attributes set through ``extra``)
 FIELDS = ("node_id", "model_id", "version", "intent_id", "peer", "chunk")
@@ -114,3 +117,34 @@ def configure_logging(fmt: str = "text", *, level: int = logging.INFO,
     logger.setLevel(level)
     logger.propagate = False
     return ctx
+
+
+def log_own_problems(record: NodeRecord | None, logged: dict[str, tuple[object, ...]],
+                     logger: logging.Logger | None = None) -> None:
+    """Log a node's own failures (error) and blockers (warning), with model and intent
+    ids, once per change: the daemon calls this with its own record after every
+    machine step. ``logged`` holds, per model, the problem last logged; a cleared one
+    is noted at info level."""
+    out = logger or logging.getLogger("shoal.daemon")
+    if record is None:
+        return
+    for st in record.models:
+        failed = st.status is ModelOperationalStatus.FAILED
+        if not failed and st.blocker is None and st.model_id not in logged:
+            continue                                  # the usual case: nothing to say
+        extra = {k: v for k, v in (("model_id", st.model_id), ("version", st.version),
+                                   ("intent_id", st.intent_id)) if v}
+        if not failed and st.blocker is None:
+            if logged.pop(st.model_id, None) is not None:
+                out.info("%s %s: no longer blocked (%s)", st.model_id, st.version,
+                         st.status.value, extra=extra)
+            continue
+        key = (failed, st.blocker, st.version, st.variant_id, st.intent_id)
+        if logged.get(st.model_id) == key:
+            continue
+        logged[st.model_id] = key
+        reason = st.blocker.value if st.blocker is not None else "unknown"
+        detail = f": {st.blocker_detail}" if st.blocker_detail else ""
+        out.log(logging.ERROR if failed else logging.WARNING, "%s %s %s: %s%s",
+                st.model_id, st.version, "failed" if failed else "blocked", reason,
+                detail, extra=extra)

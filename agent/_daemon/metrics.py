@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from protocol._intents import IntentKind
+from protocol import IntentKind
 
 if TYPE_CHECKING:
     from agent._daemon.runtime import NodeRuntime

@@ -7,7 +7,7 @@ agent starts it as a child process — ``python FILE`` for a ``.py`` file (with
 this agent's interpreter, so :mod:`agent.migrator_sdk` imports), else the file
 itself — with the version directory as its working directory, in a new session
 (so a kill reaches its children too), and speaks the frames of
-:mod:`protocol._migrator_messages` over its stdin/stdout. Its stderr is kept
+the migrator messages of :mod:`protocol` over its stdin/stdout. Its stderr is kept
 (the last few KiB) for the failure reason. One wall-clock timeout covers the
 whole conversation *and* the exit: past it the process group is killed.
 
@@ -60,21 +60,33 @@ from agent._errors import AgentError
 from agent._storage.install import RECORD_NAME, Installer
 from agent._storage.paths import confine
 from agent._storage.store import ChunkStore, StoreBatch
-from protocol._chunking import DEFAULT_PARAMS, chunk_stream
-from protocol._codec import FrameDecoder, decode, encode, frame
-from protocol._errors import HostilePath, InvalidValue, ProtocolError, ShoalError
-from protocol._identity import SigningIdentity
-from protocol._manifest import ChunkRef, FileEntry, Manifest, SemVer, Variant, merkle_root
-from protocol._migrator_messages import (
+from protocol import (
+    DEFAULT_PARAMS,
     MAX_MIGRATOR_FRAME,
+    ChunkRef,
     ExportRequest,
     ExportResponse,
+    FileEntry,
+    FrameDecoder,
+    HostilePath,
     IngestFileCopy,
     IngestFileResult,
     IngestRequest,
+    InvalidValue,
+    Manifest,
     MigratorDone,
     MigratorFailed,
+    ProtocolError,
+    SemVer,
+    ShoalError,
+    SigningIdentity,
+    Variant,
     check_migrator_path,
+    chunk_stream,
+    decode,
+    encode,
+    frame,
+    merkle_root,
 )
 
 __all__ = [

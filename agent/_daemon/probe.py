@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 
 from agent._errors import ConfigError
-from protocol._capabilities import Capabilities, GpuInfo, normalise_arch
+from protocol import Capabilities, GpuInfo, normalise_arch
 
 __all__ = [
     "ProbeOverrides",

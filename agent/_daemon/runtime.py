@@ -55,6 +55,7 @@ from typing import Any, assert_never
 import trio
 
 from agent._config import AgentConfig
+from agent._daemon.control_messages import PeerEntry
 from agent._daemon.discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
 from agent._daemon.inbox import (
     ChunkMissing,
@@ -69,6 +70,7 @@ from agent._daemon.inbox import (
     PieceSent,
 )
 from agent._daemon.lock import DataDirLock
+from agent._daemon.log import log_own_problems
 from agent._daemon.migrator import ingest_hook
 from agent._daemon.probe import probe
 from agent._daemon.transport import PeerListener, Redialer, SecureChannel, TransportError, dial
@@ -77,27 +79,31 @@ from agent._storage.install import Installer
 from agent._storage.keys import load_key
 from agent._storage.paths import DataDir
 from agent._storage.persist import load_cert, load_ledger, save_ledger
+from agent._storage.publish import announce_stored
 from agent._storage.store import ChunkStore
-from protocol._errors import ProtocolError, ShoalError
-from protocol._events import (
+from protocol import (
     ActivateVersion,
+    BlockerReason,
     DropPeer,
+    FleetTrust,
     InstallVariant,
+    Manifest,
+    NodeMachine,
     Notice,
     NoticeKind,
     Output,
     PersistLedger,
+    Piece,
+    ProtocolError,
+    Role,
     SendMessage,
     ServeChunk,
+    SigningIdentity,
     StoreChunk,
+    TransferPriority,
+    is_wire_message,
+    make_piece,
 )
-from protocol._identity import FleetTrust, Role, SigningIdentity
-from protocol._manifest import Manifest
-from protocol._node import NodeMachine
-from protocol._swarm import make_piece
-from protocol._swarm_messages import Piece
-from protocol._types import BlockerReason, ModelOperationalStatus, TransferPriority
-from protocol._wire import is_wire_message
 
 __all__ = ["NodeRuntime", "RuntimeStatistics"]
 
@@ -108,23 +114,11 @@ _OUTBOX = 64                  # messages queued per peer before the machine wait
 _SEND_STALL = 10.0            # seconds a peer may refuse to drain its queue before it is dropped
 _STORE_WORKERS = 2
 _SEND_BATCH = 16             # queued messages written to a peer at once at most
+_SERVE_BATCH = 4             # ... of which chunks (read into memory together) at most
 _STORE_BATCH = 32            # chunks written under one group commit at most
 _GRACE = 2.0                  # the larger id waits this long before dialling
 
 
-
-
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    """One connected peer, as :meth:`NodeRuntime.peers` reports it."""
-
-    node_id: str
-    name: str
-    address: str
-    initiated_by_us: bool
-    connected_for: float
-    bytes_sent: int
-    bytes_received: int
 
 
 #: Something the runtime starts beside it: ``await nursery.start(service, runtime)``.
@@ -207,7 +201,8 @@ class NodeRuntime:
             capabilities=self.capabilities, held_chunks=self.store.hashes(), ledger=ledger,
             installed=installed)
         self.node_id = self.machine.node_id
-        self._announce_published(now)
+        announce_stored(self.store, self.machine.ledger.manifest_by_id,
+                        lambda m: self.machine.publish_manifest(m, now))
         for m in self.machine.ledger.manifests():
             self.store.put_manifest(m)
         self._stored_manifests = {m.manifest_id for m in self.store.manifests()}
@@ -233,25 +228,6 @@ class NodeRuntime:
         self._saves = self._installs = self._dup = self._drops = 0
         self.migrator_timeout = float(config.migrator_timeout)  # seconds a migrator may run
         self.bytes_served_by_priority: dict[str, int] = {}  # priority name -> bytes (metrics)
-
-    def _announce_published(self, now: float) -> None:
-        """Write the manifests ``shoal publish`` stored while no daemon ran to the ledger,
-        so gossip carries them to the fleet (each at most once: the ledger keeps it)."""
-        led = self.machine.ledger
-        for manifest in self.store.manifests():
-            if not self.store.is_pinned(manifest.manifest_id) or \
-                    led.manifest_by_id(manifest.manifest_id) is not None:
-                continue
-            try:
-                standing = self.machine.publish_manifest(manifest, now)
-            except ShoalError as exc:
-                log.warning("not announcing %s %s from the store: %s", manifest.model_id,
-                            manifest.version, exc, extra={"model_id": manifest.model_id})
-                continue
-            if standing.manifest_id == manifest.manifest_id:
-                log.info("announced %s %s (published while the daemon was stopped)",
-                         manifest.model_id, manifest.version,
-                         extra={"model_id": manifest.model_id})
 
     def _optional_key(self, role: str) -> SigningIdentity | None:
         if not (self.data.keys / f"{role}.key").exists():
@@ -419,11 +395,16 @@ class NodeRuntime:
         try:
             async for item in sess.outbox_recv:
                 batch = [item]
-                while len(batch) < _SEND_BATCH:
+                # bounded in count and in chunks: a peer that stops reading holds at
+                # most this batch (<= _SERVE_BATCH chunks and their records) here,
+                # and at most _OUTBOX queued items behind it (docs/RELIABILITY.md)
+                chunks_in = int(isinstance(item, ServeChunk))
+                while len(batch) < _SEND_BATCH and chunks_in < _SERVE_BATCH:
                     try:
                         batch.append(sess.outbox_recv.receive_nowait())
                     except trio.WouldBlock:
                         break
+                    chunks_in += isinstance(batch[-1], ServeChunk)
                 serve = [it.chunk_hash for it in batch if isinstance(it, ServeChunk)]
                 chunks = (await trio.to_thread.run_sync(self._read_chunks, serve)
                           if serve else {})
@@ -514,38 +495,9 @@ class NodeRuntime:
             self._outputs += len(outputs)
             for out in outputs:
                 await self._carry_out(out)
-            self._log_own_problems(problems)
+            log_own_problems(self.machine.ledger.record(self.node_id), problems)
             self._changed.set()
             self._changed = trio.Event()
-
-    def _log_own_problems(self, logged: dict[str, tuple[object, ...]]) -> None:
-        """Log this node's own failures (error) and blockers (warning), with model and
-        intent ids, once per change: from its own record, after every machine step.
-        ``logged`` holds, per model, the problem last logged; a cleared one is noted
-        at info level."""
-        rec = self.machine.ledger.record(self.node_id)
-        if rec is None:
-            return
-        for st in rec.models:
-            failed = st.status is ModelOperationalStatus.FAILED
-            if not failed and st.blocker is None and st.model_id not in logged:
-                continue                                  # the usual case: nothing to say
-            extra = {k: v for k, v in (("model_id", st.model_id), ("version", st.version),
-                                       ("intent_id", st.intent_id)) if v}
-            if not failed and st.blocker is None:
-                if logged.pop(st.model_id, None) is not None:
-                    log.info("%s %s: no longer blocked (%s)", st.model_id, st.version,
-                             st.status.value, extra=extra)
-                continue
-            key = (failed, st.blocker, st.version, st.variant_id, st.intent_id)
-            if logged.get(st.model_id) == key:
-                continue
-            logged[st.model_id] = key
-            reason = st.blocker.value if st.blocker is not None else "unknown"
-            detail = f": {st.blocker_detail}" if st.blocker_detail else ""
-            log.log(logging.ERROR if failed else logging.WARNING, "%s %s %s: %s%s",
-                    st.model_id, st.version, "failed" if failed else "blocked", reason,
-                    detail, extra=extra)
 
     def _handle(self, event: InboxEvent) -> None:
         m, now = self.machine, self.clock()
@@ -671,7 +623,8 @@ class NodeRuntime:
                     batch.append(self._store_recv.receive_nowait())
                 except trio.WouldBlock:
                     break
-            results = await trio.to_thread.run_sync(self._store_batch, batch)
+            results = await trio.to_thread.run_sync(
+                self.store.put_verified_batch, [(o.chunk_hash, o.data) for o in batch])
             for out, failure in zip(batch, results, strict=True):
                 if failure is None:
                     self.post(ChunkStored(out.chunk_hash))
@@ -681,23 +634,6 @@ class NodeRuntime:
                 else:
                     self.post(ChunkStoreFailed(out.chunk_hash, BlockerReason.UNKNOWN,
                                                str(failure)))
-
-    def _store_batch(self, batch: list[StoreChunk]) -> list[Exception | None]:
-        """Write ``batch`` under one group commit; per chunk, None or why it failed."""
-        results: list[Exception | None] = []
-        try:
-            with self.store.batch() as group:
-                for out in batch:
-                    try:
-                        # the machine verified these very bytes against the hash
-                        self.store.put(out.chunk_hash, out.data, trusted_hash=True,
-                                       batch=group)
-                        results.append(None)
-                    except (StoreError, OSError) as exc:
-                        results.append(exc)
-        except (StoreError, OSError) as exc:     # the flush at the end of the batch
-            return [exc] * len(batch)
-        return results
 
     async def _install(self, out: InstallVariant) -> None:
         manifest = self.machine.ledger.manifest_by_id(out.manifest_id)
@@ -734,12 +670,12 @@ class NodeRuntime:
 
     # ------------------------------------------------------------------ queries
 
-    def peers(self) -> list[PeerInfo]:
+    def peers(self) -> list[PeerEntry]:
         now = self.clock()
         out = []
         for peer, s in sorted(self._sessions.items()):
             st = s.channel.statistics().connection
-            out.append(PeerInfo(peer, s.channel.peer_certificate.name, s.channel.peer_address,
+            out.append(PeerEntry(peer, s.channel.peer_certificate.name, s.channel.peer_address,
                                 s.initiated_by_us, now - s.since, st.wire_bytes_sent,
                                 st.wire_bytes_received))
         return out

@@ -7,19 +7,43 @@ the randomness (ephemeral keys, nonces) from the OS.
 
 * :func:`dial` opens a TCP connection and returns an authenticated
   :class:`SecureChannel` (or raises why not).
-* :class:`PeerListener` serves TCP (``trio.serve_tcp``), refuses connections
-  over its limit at once, authenticates the rest and hands each channel to a
-  handler coroutine; a failed session never affects another.
+* :class:`PeerListener` serves TCP (``trio.serve_tcp``), authenticates each
+  connection and hands each channel to a handler coroutine; a failed session
+  never affects another. Unauthenticated connections live in a bounded *pool of
+  pending handshakes* (see "Memory before authentication" below).
 * :class:`Redialer` keeps one dialled peer connected: exponential backoff with
   jitter between attempts, reset after a successful handshake.
 
-Frames on the wire are the codec's: a 4-byte length prefix (checked against
-``max_frame`` before the body is read) and a body, plaintext during the
-handshake and AES-256-GCM records after it.
+Frames on the wire are the codec's: a 4-byte length prefix (checked before the
+body is read) and a body, plaintext during the handshake and AES-256-GCM records
+after it.
+
+Memory before authentication
+----------------------------
+Nothing a stranger sends can make the daemon hold more than a fixed amount:
+
+* before the handshake completes a frame may be at most
+  :data:`~protocol._handshake.HANDSHAKE_MAX_FRAME` (8 KiB), and the socket is read
+  :data:`HANDSHAKE_READ` bytes at a time, so one pending handshake buffers at most
+  :data:`HANDSHAKE_RESERVE` bytes (one partial frame plus one read);
+* pending inbound handshakes live in a pool of at most ``max_handshakes``, and
+  of at most ``handshake_memory // HANDSHAKE_RESERVE`` (the budget for bytes they
+  buffer together); a new connection that finds the pool full closes the *oldest*
+  pending handshake, so idle or slow sockets cannot lock legitimate peers out
+  (an honest handshake takes a few round trips);
+* one source address (an IPv6 /64) holds at most ``max_handshakes_per_address``
+  of them: beyond that, its own oldest is closed, never another host's;
+* a connection that sends nothing within ``first_byte_timeout``, or has not
+  authenticated within ``handshake_timeout``, is closed.
+
+After authentication a session buffers at most one partial record
+(``4 + max_frame`` bytes) plus one read (``read_size``), and the messages decoded
+from that read; authenticated inbound sessions are limited to ``max_connections``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 from collections import deque
@@ -31,14 +55,17 @@ import nacl.utils
 import trio
 
 from agent._errors import AgentError
-from protocol._codec import DEFAULT_MAX_FRAME
-from protocol._errors import ProtocolError
-from protocol._handshake import (
+from protocol import (
+    DEFAULT_MAX_FRAME,
+    HANDSHAKE_MAX_FRAME,
+    Certificate,
     ConnectionRole,
     ConnectionStatistics,
+    FleetTrust,
+    ProtocolError,
     SecureConnection,
+    SigningIdentity,
 )
-from protocol._identity import Certificate, FleetTrust, SigningIdentity
 
 if TYPE_CHECKING:
     import random
@@ -63,15 +90,44 @@ __all__ = [
 
 log = logging.getLogger("shoal.transport")
 
+#: Bytes asked of the socket per read before the handshake is complete.
+HANDSHAKE_READ = HANDSHAKE_MAX_FRAME - 4
+#: Most bytes one pending handshake can buffer, 16 KiB: a partial frame (at most
+#: 4 + HANDSHAKE_MAX_FRAME - 1 bytes) and one read.
+HANDSHAKE_RESERVE = 2 * HANDSHAKE_MAX_FRAME
+
 
 @dataclass(frozen=True, slots=True)
 class TransportSettings:
-    handshake_timeout: float = 10.0   # seconds from TCP connect to an authenticated session
+    handshake_timeout: float = 5.0    # seconds from TCP connect to an authenticated session
     idle_timeout: float = 120.0       # seconds without a received byte before closing
     connect_timeout: float = 10.0     # seconds for the TCP connect of a dial
-    max_frame: int = DEFAULT_MAX_FRAME
-    max_connections: int = 64         # simultaneous inbound connections on a listener
-    read_size: int = 1048576
+    max_frame: int = DEFAULT_MAX_FRAME  # largest record after authentication
+    max_connections: int = 64         # authenticated inbound sessions at once
+    read_size: int = 1048576          # bytes asked of the socket per read (sessions)
+    first_byte_timeout: float = 2.0   # seconds a new connection may stay silent
+    max_handshakes: int = 64          # pending inbound handshakes; the oldest makes room
+    max_handshakes_per_address: int = 8  # pending handshakes of one address (IPv6: /64)
+    handshake_memory: int = 1048576   # bytes all pending handshakes may buffer together
+
+    def __post_init__(self) -> None:
+        for name in ("handshake_timeout", "idle_timeout", "connect_timeout",
+                     "first_byte_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        for name in ("max_connections", "read_size", "max_handshakes",
+                     "max_handshakes_per_address"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.handshake_memory < HANDSHAKE_RESERVE:
+            raise ValueError(f"handshake_memory must be >= {HANDSHAKE_RESERVE} bytes "
+                             f"(one pending handshake)")
+
+    @property
+    def handshake_pool(self) -> int:
+        """Pending handshakes held at once: ``max_handshakes``, or fewer where
+        ``handshake_memory`` cannot cover that many worst cases."""
+        return max(1, min(self.max_handshakes, self.handshake_memory // HANDSHAKE_RESERVE))
 
 
 class TransportError(AgentError):
@@ -220,13 +276,25 @@ async def secure_stream(stream: trio.abc.Stream, *, role: ConnectionRole,
                             expected_peer=expected_peer)
     address = _address(stream)
     pending: list[object] = []
+    read = min(settings.read_size, HANDSHAKE_READ)
     try:
         with trio.fail_after(settings.handshake_timeout):
             out = conn.data_to_send()
             if out:
                 await stream.send_all(out)
+            first = True
             while not conn.established:
-                data = await stream.receive_some(settings.read_size)
+                data: bytes | bytearray = b""
+                if first:
+                    with trio.move_on_after(settings.first_byte_timeout) as scope:
+                        data = await stream.receive_some(read)
+                    if scope.cancelled_caught:
+                        raise HandshakeTimeout(f"{address} sent nothing within "
+                                               f"{settings.first_byte_timeout:g} s "
+                                               f"(first_byte_timeout)")
+                    first = False
+                else:
+                    data = await stream.receive_some(read)
                 if not data:
                     raise ChannelClosed(f"{address} closed the connection during the "
                                         f"handshake")
@@ -280,22 +348,51 @@ async def dial(host: str, port: int, *, identity: SigningIdentity, certificate: 
 class ListenerStatistics:
     port: int
     active: int               # connections open now (handshaking or established)
-    accepted: int             # TCP connections taken (within the limit)
-    refused_over_limit: int   # closed at once because ``max_connections`` were open
+    accepted: int             # TCP connections taken into the handshake pool
+    refused_over_limit: int   # closed because ``max_connections`` sessions were open
     handshake_failures: int   # refused, timed out or broken before authentication
     sessions: int             # authenticated sessions handed to the handler
     session_errors: int       # sessions that ended with a protocol or transport error
     last_failure: str
+    pending: int = 0          # handshakes in the pool now
+    evicted: int = 0          # pending handshakes closed to make room (pool full)
+    evicted_per_address: int = 0  # ... because their address held its share
+    first_byte_timeouts: int = 0  # closed for sending nothing within first_byte_timeout
 
 
 ChannelHandler = Callable[[SecureChannel], Awaitable[None]]
+
+
+def _source(address: str) -> str:
+    """The key per-address limits count by: the IPv4 address, or the IPv6 /64."""
+    host = address.rsplit(":", 1)[0] if address != "?" else address
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip)
+
+
+class _Pending:
+    """One inbound connection in the handshake pool."""
+
+    __slots__ = ("address", "source", "scope", "evicted")
+
+    def __init__(self, address: str, source: str) -> None:
+        self.address = address
+        self.source = source
+        self.scope = trio.CancelScope()
+        self.evicted = ""
 
 
 class PeerListener:
     """Accepts peers on TCP, authenticates them, and runs ``handler(channel)`` for each.
 
     Start it with ``port = await nursery.start(listener.serve)``. The channel is
-    closed when the handler returns.
+    closed when the handler returns. Connections that have not authenticated yet
+    are held in a bounded pool (module docstring: "Memory before authentication").
     """
 
     def __init__(self, *, identity: SigningIdentity, certificate: Certificate,
@@ -308,12 +405,18 @@ class PeerListener:
         self._host = host
         self.port = port
         self.settings = settings
-        self._active = 0
+        self._pending: dict[int, _Pending] = {}   # insertion order: oldest first
+        self._by_source: dict[str, int] = {}
+        self._next = 0
+        self._live_sessions = 0
         self._accepted = 0
         self._refused = 0
         self._hs_failures = 0
         self._sessions = 0
         self._session_errors = 0
+        self._evicted = 0
+        self._evicted_source = 0
+        self._silent = 0
         self._last_failure = ""
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -330,28 +433,85 @@ class PeerListener:
             self.port = sock.getsockname()[1]
             task_status.started(self.port)
 
+    def _evict(self, key: int, why: str) -> None:
+        victim = self._pending.get(key)
+        if victim is not None and not victim.evicted:
+            victim.evicted = why
+            victim.scope.cancel()
+            self._forget(key)
+
+    def _forget(self, key: int) -> None:
+        entry = self._pending.pop(key, None)
+        if entry is not None:
+            left = self._by_source[entry.source] - 1
+            if left:
+                self._by_source[entry.source] = left
+            else:
+                del self._by_source[entry.source]
+
+    def _admit(self, address: str) -> tuple[int, _Pending]:
+        """Put a new connection in the pool, closing the oldest pending handshake of
+        its address (at its share) or of all (pool full) to make room."""
+        entry = _Pending(address, _source(address))
+        if self._by_source.get(entry.source, 0) >= self.settings.max_handshakes_per_address:
+            oldest = next(k for k, p in self._pending.items() if p.source == entry.source)
+            self._evicted_source += 1
+            self._evict(oldest, f"its address {entry.source} holds "
+                                f"{self.settings.max_handshakes_per_address} pending "
+                                f"handshakes (max_handshakes_per_address)")
+        elif len(self._pending) >= self.settings.handshake_pool:
+            self._evicted += 1
+            self._evict(next(iter(self._pending)),
+                        f"the pool of {self.settings.handshake_pool} pending handshakes "
+                        f"was full (max_handshakes, handshake_memory)")
+        key = self._next
+        self._next += 1
+        self._pending[key] = entry
+        self._by_source[entry.source] = self._by_source.get(entry.source, 0) + 1
+        return key, entry
+
     async def _handle(self, stream: trio.SocketStream) -> None:
         address = _address(stream)    # before the handshake: it may close the stream
-        if self._active >= self.settings.max_connections:
+        if self._live_sessions >= self.settings.max_connections:
             self._refused += 1
             log.warning("refused connection from %s: over the limit of %d concurrent "
-                        "peer connections (max_connections)", address,
+                        "peer sessions (max_connections)", address,
                         self.settings.max_connections)
             await trio.aclose_forcefully(stream)
             return
-        self._active += 1
         self._accepted += 1
+        key, entry = self._admit(address)
+        channel: SecureChannel | None = None
         try:
-            try:
+            with entry.scope:
                 channel = await secure_stream(
                     stream, role=ConnectionRole.RESPONDER, identity=self._identity,
                     certificate=self._certificate, trust=self._trust, settings=self.settings)
-            except (ProtocolError, TransportError) as exc:
-                self._hs_failures += 1
-                self._last_failure = f"{address}: {type(exc).__name__}: {exc}"
-                log.info("refused connection: %s", self._last_failure)
-                return
-            self._sessions += 1
+        except (ProtocolError, TransportError) as exc:
+            self._hs_failures += 1
+            if "first_byte_timeout" in str(exc):
+                self._silent += 1
+            self._last_failure = f"{address}: {type(exc).__name__}: {exc}"
+            log.info("refused connection: %s", self._last_failure)
+            return
+        finally:
+            self._forget(key)
+        if channel is None:                 # evicted from the pool
+            await trio.aclose_forcefully(stream)
+            self._hs_failures += 1
+            self._last_failure = f"{address}: evicted: {entry.evicted}"
+            log.info("refused connection: %s", self._last_failure)
+            return
+        if self._live_sessions >= self.settings.max_connections:
+            self._refused += 1
+            log.warning("refused session with %s (%s): over the limit of %d concurrent "
+                        "peer sessions (max_connections)", channel.peer_id, address,
+                        self.settings.max_connections)
+            await channel.aclose()
+            return
+        self._sessions += 1
+        self._live_sessions += 1
+        try:
             async with channel:
                 try:
                     await self._handler(channel)
@@ -360,12 +520,14 @@ class PeerListener:
                     self._last_failure = f"{channel.peer_id}: {exc}"
                     log.info("session ended: %s", self._last_failure)
         finally:
-            self._active -= 1
+            self._live_sessions -= 1
 
     def statistics(self) -> ListenerStatistics:
-        return ListenerStatistics(self.port, self._active, self._accepted, self._refused,
-                                  self._hs_failures, self._sessions, self._session_errors,
-                                  self._last_failure)
+        return ListenerStatistics(self.port, len(self._pending) + self._live_sessions,
+                                  self._accepted, self._refused, self._hs_failures,
+                                  self._sessions, self._session_errors, self._last_failure,
+                                  len(self._pending), self._evicted, self._evicted_source,
+                                  self._silent)
 
 
 # ---------------------------------------------------------------------------- redialer

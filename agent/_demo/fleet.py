@@ -30,8 +30,7 @@ import trio
 
 from agent._admin.fleet import Provisioned, provision
 from agent._daemon.control_client import ControlClient
-from protocol._convergence import ModelConvergenceStatus
-from protocol._identity import SigningIdentity
+from protocol import ModelConvergenceStatus, SigningIdentity
 
 __all__ = ["LocalFleet", "make_package", "mutate_package", "main"]
 

@@ -28,7 +28,7 @@ from agent._storage.keys import init_keys, load_key
 from agent._storage.paths import DataDir
 from agent._storage.publish import PublishResult, publish
 from agent._storage.store import ChunkStore
-from protocol._manifest import Manifest
+from protocol import Manifest
 
 MiB = 1024 * 1024
 

@@ -42,9 +42,16 @@ from pathlib import Path
 from agent._errors import ChunkNotFound, InstallError, InsufficientStorage, NotFound
 from agent._storage.paths import DataDir, confine, fsync_dir
 from agent._storage.store import ChunkStore
-from protocol._chunking import hash_chunk
-from protocol._errors import ChunkIntegrityError, InvalidValue
-from protocol._manifest import FileEntry, Manifest, SemVer, validate_model_id, validate_version
+from protocol import (
+    ChunkIntegrityError,
+    FileEntry,
+    InvalidValue,
+    Manifest,
+    SemVer,
+    hash_chunk,
+    validate_model_id,
+    validate_version,
+)
 
 __all__ = ["RECORD_NAME", "InstalledVersion", "InstallResult", "Installer"]
 

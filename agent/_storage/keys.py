@@ -18,7 +18,7 @@ from pathlib import Path
 
 from agent._errors import ConfigError
 from agent._storage.paths import fsync_dir
-from protocol._identity import SigningIdentity
+from protocol import SigningIdentity
 
 __all__ = ["KEY_NAMES", "ROLES", "KeyInfo", "init_keys", "load_key", "key_path"]
 

@@ -17,8 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol._errors import HostilePath
-from protocol._manifest import validate_model_id, validate_relative_path, validate_version
+from protocol import HostilePath, validate_model_id, validate_relative_path, validate_version
 
 __all__ = ["DataDir", "default_data_dir", "confine", "fsync_dir"]
 

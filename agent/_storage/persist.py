@@ -26,10 +26,18 @@ from pathlib import Path
 
 from agent._errors import ConfigError, StoreError
 from agent._storage.paths import fsync_dir
-from protocol._codec import decode_value, encode_value, struct
-from protocol._errors import MalformedMessage
-from protocol._identity import Certificate, FleetTrust, SigningIdentity
-from protocol._ledger import Entry, Ledger, encoded_entry
+from protocol import (
+    Certificate,
+    Entry,
+    FleetTrust,
+    Ledger,
+    MalformedMessage,
+    SigningIdentity,
+    decode_value,
+    encode_value,
+    encoded_entry,
+    struct,
+)
 
 __all__ = ["LedgerFile", "LedgerSnapshot", "save_ledger", "load_ledger", "atomic_write",
            "cert_path", "load_cert", "write_cert", "write_seed"]

@@ -20,7 +20,7 @@ A *package* is one of:
 
 * a directory without that file, or a single file: one variant named ``default``.
 
-Every file is streamed through :func:`protocol._chunking.chunk_stream` (memory
+Every file is streamed through :func:`protocol.chunk_stream` (memory
 bounded by its window, whatever the file size) while a small thread pool writes
 the chunks to the store, so cutting/hashing and disk writes overlap. Symlinks
 are followed only when they resolve to a regular file inside the package;
@@ -35,6 +35,7 @@ one version.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import stat
 import time
@@ -47,22 +48,30 @@ from typing import Any
 
 from agent._errors import ConfigError, PublishError
 from agent._storage.store import ChunkStore, StoreBatch
-from protocol._capabilities import Requirements, normalise_arch
-from protocol._chunking import DEFAULT_PARAMS, DEFAULT_WINDOW, ChunkParams, chunk_stream
-from protocol._errors import InvalidValue
-from protocol._identity import SigningIdentity
-from protocol._manifest import (
+from protocol import (
+    DEFAULT_PARAMS,
+    DEFAULT_WINDOW,
+    ChunkParams,
     ChunkRef,
     FileEntry,
+    InvalidValue,
     Manifest,
+    Requirements,
+    ShoalError,
+    SigningIdentity,
     Variant,
+    chunk_stream,
     merkle_root,
+    normalise_arch,
     validate_model_id,
     validate_relative_path,
     validate_version,
 )
 
-__all__ = ["PACKAGE_FILE", "VariantSpec", "PublishResult", "load_package", "publish"]
+__all__ = ["PACKAGE_FILE", "VariantSpec", "PublishResult", "announce_stored", "load_package",
+           "publish"]
+
+log = logging.getLogger("shoal.daemon")
 
 PACKAGE_FILE = "shoal-model.toml"
 DEFAULT_VARIANT = "default"
@@ -380,3 +389,26 @@ def _result(manifest: Manifest, writer: _Writer, *, already: bool) -> PublishRes
         bytes_new=writer.bytes_new,
         already_published=already,
     )
+
+
+def announce_stored(store: ChunkStore, in_ledger: Callable[[str], object | None],
+                    publish_manifest: Callable[[Manifest], Manifest]) -> None:
+    """Hand the manifests ``shoal publish`` stored while no daemon ran (pinned, and not
+    in the ledger: ``in_ledger(manifest_id)`` is None) to ``publish_manifest``, which
+    writes them to the ledger so gossip carries them to the fleet. A manifest the
+    ledger refuses (a conflicting version, a publisher no longer admitted) is logged
+    and skipped."""
+    for manifest in store.manifests():
+        if not store.is_pinned(manifest.manifest_id) or \
+                in_ledger(manifest.manifest_id) is not None:
+            continue
+        try:
+            standing = publish_manifest(manifest)
+        except ShoalError as exc:
+            log.warning("not announcing %s %s from the store: %s", manifest.model_id,
+                        manifest.version, exc, extra={"model_id": manifest.model_id})
+            continue
+        if standing.manifest_id == manifest.manifest_id:
+            log.info("announced %s %s (published while the daemon was stopped)",
+                     manifest.model_id, manifest.version,
+                     extra={"model_id": manifest.model_id})

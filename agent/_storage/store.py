@@ -51,10 +51,14 @@ from pathlib import Path
 
 from agent._errors import ChunkCorrupted, ChunkNotFound, InsufficientStorage, NotFound, StoreError
 from agent._storage.paths import fsync_dir
-from protocol._chunking import chunk_matches
-from protocol._codec import decode_value, encode_value
-from protocol._errors import MalformedMessage
-from protocol._manifest import HASH_SIZE, Manifest
+from protocol import (
+    HASH_SIZE,
+    MalformedMessage,
+    Manifest,
+    chunk_matches,
+    decode_value,
+    encode_value,
+)
 
 __all__ = ["ChunkStore", "StoreBatch", "StoreStatistics", "GcResult", "ChunkProblem"]
 
@@ -360,6 +364,22 @@ class ChunkStore:
 
     # ------------------------------------------------------------------ reads
 
+    def put_verified_batch(self, chunks: list[tuple[bytes, bytes]]) -> list[Exception | None]:
+        """Write chunks whose bytes were verified against their hashes under one group
+        commit; per chunk, None or why it failed (a failed flush fails them all)."""
+        results: list[Exception | None] = []
+        try:
+            with self.batch() as group:
+                for chunk_hash, data in chunks:
+                    try:
+                        self.put(chunk_hash, data, trusted_hash=True, batch=group)
+                        results.append(None)
+                    except (StoreError, OSError) as exc:
+                        results.append(exc)
+        except (StoreError, OSError) as exc:     # the flush at the end of the batch
+            return [exc] * len(chunks)
+        return results
+
     def has(self, chunk_hash: bytes) -> bool:
         return chunk_hash in self._sizes
 
@@ -453,7 +473,7 @@ class ChunkStore:
 
     def manifests(self) -> list[Manifest]:
         """Every stored manifest, by model id then version."""
-        from protocol._manifest import SemVer
+        from protocol import SemVer
 
         with self._lock:
             items = list(self._manifests.values())
