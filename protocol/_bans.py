@@ -16,6 +16,10 @@ out as told; neither has a ban rule of its own.
   honest node whose disk stalls or whose link collapsed; a minute is long enough
   for the swarm to route around it and short enough that gossip with it (and
   with it the fleet's view of its state) resumes soon.
+* **revoked**: the fleet root revoked the peer's key (a revocation merged from
+  gossip or announced here). Its sessions are cut at once and it stays away, like
+  a misbehaving peer, while this node runs (the transport refuses its handshakes
+  anyway, for as long as the revocation stands).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ __all__ = ["DropCause", "BanPolicy", "BANS"]
 class DropCause(enum.StrEnum):
     MISBEHAVED = "misbehaved"        # sent bytes, signatures or messages that fail a check
     UNRESPONSIVE = "unresponsive"    # left accepted requests unserved, time after time
+    REVOKED = "revoked"              # the fleet root revoked its key
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +45,7 @@ class BanPolicy:
     unresponsive: float = 60.0
 
     def ban_for(self, cause: DropCause) -> float:
-        return self.misbehaved if cause is DropCause.MISBEHAVED else self.unresponsive
+        return self.unresponsive if cause is DropCause.UNRESPONSIVE else self.misbehaved
 
 
 BANS = BanPolicy()

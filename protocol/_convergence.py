@@ -185,7 +185,7 @@ def rollout_state(model_id: str, version: str, intents: Iterable[Intent],
         return RolloutState.CANCELLED, (f"cancelled by intent "
                                         f"{_short(cancels[last.intent_id].intent_id)}")
     followed = [t for node_id, t in sorted(targets.items())
-                if t is not None and any(intent_applies(i, node_id, records.get(node_id))
+                if t is not None and any(intent_applies(i, node_id, records.get(node_id), trust)
                                          for i in live)]
     if not followed:
         return RolloutState.ACTIVE, "no node is in scope yet"

@@ -29,9 +29,11 @@ from ._identity import (
     FleetTrust,
     Revocation,
     Role,
+    SigningContext,
     SigningIdentity,
     Verifier,
     fingerprint,
+    signing_payload,
 )
 from ._intents import Intent
 from ._manifest import Manifest
@@ -125,6 +127,10 @@ class Entry:
         return _EntryBody(self.origin_key, self.counter, self.record, self.intent,
                           self.manifest, self.certificate, self.revocation)
 
+    def signed_bytes(self) -> bytes:
+        """What the origin signs: the ledger-entry context label, then the canonical body."""
+        return signing_payload(SigningContext.ENTRY, canonical(self._body()))
+
     @classmethod
     def create(cls, origin: SigningIdentity, counter: int, payload: object) -> Entry:
         slots: dict[str, object] = {"record": None, "intent": None, "manifest": None,
@@ -136,15 +142,22 @@ class Entry:
         slots[name] = payload
         body = _EntryBody(origin.public_key, counter, **slots)  # type: ignore[arg-type]
         return cls(origin.public_key, counter, body.record, body.intent, body.manifest,
-                   body.certificate, body.revocation, origin.sign(canonical(body)))
+                   body.certificate, body.revocation,
+                   origin.sign(signing_payload(SigningContext.ENTRY, canonical(body))))
 
-    def verify(self, trust: FleetTrust) -> None:
-        """Raise a RemoteProtocolError unless the entry and its payload check out."""
+    def verify(self, trust: FleetTrust, payload: bool = True) -> None:
+        """Raise a RemoteProtocolError unless the entry and its payload check out.
+
+        ``payload=False`` checks only the stamp (origin admitted, entry signature): for
+        a payload whose exact content the caller verified already (the ledger's
+        verified-content cache)."""
         trust.check(self.origin_key, Role.NODE)
         verifier = trust.verifier
         if self._checked_by is not verifier:   # the entry is immutable: checked once
-            verifier(self.origin_key, canonical(self._body()), self.signature)
+            verifier(self.origin_key, self.signed_bytes(), self.signature)
             object.__setattr__(self, "_checked_by", verifier)
+        if not payload:
+            return
         if self.intent is not None:
             self.intent.verify(trust)
         elif self.manifest is not None:

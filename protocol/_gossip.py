@@ -38,6 +38,16 @@ and the new one), or the incoming push's for an origin whose entries in it were
 all added and are all forwarded. Records (progress, rewritten every second) and
 nodes' certificates are not pushed: the rounds carry them.
 
+A push costs every receiver a decode and a verification, and one admitted node
+could push without end, so pushes are rated per origin (the node that stamped the
+entry): a token bucket of ``PUSH_RATE`` entries a second, ``PUSH_BURST`` deep. The
+entries of a push beyond it are refused unmerged (counted in
+``GossipStatistics.pushes_refused``; an honest entry so refused still arrives with
+the rounds), with the push's claims for their origins. Copies of entries held
+already (the flood brings one from each peer) cost no tokens. What the ledger takes in
+from a push but does not report as added (a duplicate, a re-wrap of content it
+holds) is not forwarded: only new content travels on.
+
 Failure detection is local and event-driven: nothing is written while the
 fleet is quiet. The engine remembers when it last *heard from* each direct
 peer (session opened, or any message received). A peer silent for more than
@@ -145,6 +155,9 @@ def urgent(entry: Entry) -> bool:
     cert = entry.certificate
     return cert is not None and cert.role is not Role.NODE
 
+
+PUSH_RATE = 32.0         # pushed entries a second accepted per origin...
+PUSH_BURST = 256.0       # ...with a bucket this deep
 
 BUCKETS_FROM = 64        # origins from which a mismatch goes through bucket hashes
 BUCKET_TARGET = 16       # origins per bucket aimed at
@@ -255,6 +268,7 @@ class GossipStatistics:
     suspects: int                  # direct peers suspected now
     suspicion_changes: int         # times the suspected set changed
     entries_pushed: int            # urgent entries sent at once (counted once per peer)
+    pushes_refused: int = 0        # pushed entries refused over their origin's push rate
 
 
 class GossipEngine:
@@ -279,6 +293,8 @@ class GossipEngine:
         self._in_sync = self._entries_recv = self._entries_added = self._rejected = 0
         self._full = self._bucketed = self._keepalives = 0
         self._pushed = 0
+        self._push_tokens: dict[str, tuple[float, float]] = {}   # origin -> tokens, when
+        self._push_refused = 0
 
     # ------------------------------------------------------------------ peers
     def peer_connected(self, peer: str, now: float) -> None:
@@ -408,22 +424,53 @@ class GossipEngine:
                 self._send(peer, GossipDigest(vv, False, msg.bits, msg.buckets), now)
             return None
         if isinstance(msg, GossipDelta):
-            return self._merge(msg.entries, msg.ranges)
+            return self._merge(msg.entries, msg.ranges, now)
         if isinstance(msg, GossipPush):
-            result = self._merge(msg.entries, msg.ranges)
+            msg = self._rate_push(msg, now)
+            result = self._merge(msg.entries, msg.ranges, now)
             if self.config.push and result.added:
                 self._forward(peer, msg, result, now)
             return result
         raise MalformedMessage(f"not a gossip message: {type(msg).__name__}")
 
+    def _rate_push(self, msg: GossipPush, now: float) -> GossipPush:
+        """``msg`` less the entries over their origin's push rate (and the claims of
+        those origins)."""
+        tokens = self._push_tokens
+        if len(tokens) > 4096:   # forget the origins whose bucket is full again
+            for o in [o for o, (have, at) in tokens.items()
+                      if have + (now - at) * PUSH_RATE >= PUSH_BURST]:
+                del tokens[o]
+        over: set[str] = set()
+        keep: list[Entry] = []
+        holds = self.ledger.holds
+        for e in msg.entries:
+            origin = e.origin
+            if holds(origin, e.counter):   # a copy from another peer costs nothing
+                keep.append(e)
+                continue
+            have, at = tokens.get(origin, (PUSH_BURST, now))
+            have = min(PUSH_BURST, have + max(0.0, now - at) * PUSH_RATE)
+            if have >= 1.0:
+                keep.append(e)
+                have -= 1.0
+            else:
+                over.add(origin)
+                self._push_refused += 1
+            tokens[origin] = (have, now)
+        if not over:
+            return msg
+        return GossipPush(tuple(keep), {o: r for o, r in msg.ranges.items()
+                                        if o.hex() not in over})
+
     def _merge(self, entries: tuple[Entry, ...],
-               raw_ranges: Mapping[bytes, tuple[int, int]]) -> MergeResult:
+               raw_ranges: Mapping[bytes, tuple[int, int]], now: float) -> MergeResult:
         ranges: dict[str, tuple[int, int]] = {}
         for k, r in raw_ranges.items():
             if len(k) != 16:
                 raise MalformedMessage("a delta range origin is 16 bytes")
             ranges[k.hex()] = r
-        result = self.ledger.merge_entries(entries, ranges)
+        result = self.ledger.merge_entries(entries, ranges, now)
         self._learn_own({}, False)
         self._entries_recv += len(entries)
         self._entries_added += len(result.added)
@@ -525,4 +572,4 @@ class GossipEngine:
                                 self._bytes_recv, self._in_sync, self._entries_recv,
                                 self._entries_added, self._rejected, self._full,
                                 self._bucketed, self._keepalives, len(self._suspected),
-                                self._changes, self._pushed)
+                                self._changes, self._pushed, self._push_refused)

@@ -23,12 +23,21 @@ Handshake (message type ids 1-19), initiator I (the dialler), responder R::
 ``transcript = BLAKE3("shoal-handshake-v1" || len || Hello_I || len || Hello_R)``
 over the exact wire bytes of both hellos, so it binds both ephemeral keys, both
 certificates and both nonces. ``sig_X`` is X's node Ed25519 signature over
-``"shoal-auth-v1" || role(X) || transcript``; the role byte stops a signature
-being reflected back at its author. Each side checks the other's certificate
-(fleet, signature by the fleet root, role ``node``, not revoked) as soon as its
-Hello arrives, and the signature when its Auth arrives. Any failure is sent to
-the peer as a plaintext :class:`HandshakeReject` (code + operator-readable
-detail) before the local side raises, so both ends log *why*.
+``"shoal/v1/handshake-auth\\0" || role(X) || transcript`` (the label is the
+handshake's signing context, :class:`~protocol._identity.SigningContext`); the
+role byte stops a signature being reflected back at its author. Each side checks
+the other's certificate (fleet, signature by the fleet root, role ``node``, not
+the fleet root's own key, not revoked, not expired at the trust's ``now_ms``) as
+soon as its Hello arrives, and the signature when its Auth arrives. Any failure is
+sent to the peer as a :class:`HandshakeReject` (code + operator-readable detail)
+before the local side raises, so both ends log *why*.
+
+The initiator considers the session established once it has sent its Auth, so
+the responder's refusal of that Auth arrives *after* the initiator's handshake:
+the responder sends it encrypted, as record 0 under the session keys, and the
+initiator believes a rejection only in that form. A plaintext
+``HandshakeReject`` in place of a record can come from anyone on the path; it is
+treated as a bare close (:class:`SessionClosed`, no reason text taken from it).
 
 Keys: ``shared = X25519(eph_secret, peer_eph_public)`` (an all-zero result from
 a low-order point is refused); ``BLAKE3-derive_key("shoal 2025 session keys
@@ -77,7 +86,15 @@ from ._errors import (
     SignatureError,
     UntrustedKey,
 )
-from ._identity import Certificate, FleetTrust, Role, SigningIdentity, verify_signature
+from ._identity import (
+    Certificate,
+    FleetTrust,
+    Role,
+    SigningContext,
+    SigningIdentity,
+    signing_payload,
+    verify_signature,
+)
 
 __all__ = [
     "HANDSHAKE_VERSION",
@@ -88,6 +105,7 @@ __all__ = [
     "RejectCode",
     "HandshakeRejected",
     "RecordError",
+    "SessionClosed",
     "ConnectionRole",
     "ConnectionState",
     "SecureConnection",
@@ -104,7 +122,7 @@ _AEAD_TAG = 16
 _NONCE_SIZE = 32
 _KEY_CONTEXT = "shoal 2025 session keys v1"
 _TRANSCRIPT_LABEL = b"shoal-handshake-v1"
-_AUTH_LABEL = b"shoal-auth-v1"
+_AUTH_LABEL = SigningContext.HANDSHAKE
 _LEN = _struct.Struct(">I")
 _COUNTER = _struct.Struct(">4xQ")
 _MAX_COUNTER = 2**64 - 1
@@ -134,7 +152,7 @@ class Hello:
 @message(2)
 @dataclass(frozen=True, slots=True)
 class Auth:
-    signature: bytes  # Ed25519 over "shoal-auth-v1" || role || transcript
+    signature: bytes  # Ed25519 over "shoal/v1/handshake-auth\0" || role || transcript
 
 
 @message(3)
@@ -155,6 +173,12 @@ class HandshakeRejected(RemoteProtocolError):
 
 class RecordError(RemoteProtocolError):
     """An encrypted record failed authentication: tampered, replayed or reordered."""
+
+
+class SessionClosed(RemoteProtocolError):
+    """The session ended without an authenticated reason: a plaintext
+    ``HandshakeReject`` arrived where the first record was due. Anyone on the path
+    can send one, so it is a bare close; its code and text are not believed."""
 
 
 class ConnectionRole(enum.Enum):
@@ -193,9 +217,10 @@ def check_node_certificate(cert: Certificate, trust: FleetTrust) -> None:
         raise UntrustedKey(f"key {cert.subject_id} presented a {cert.role.value} "
                            f"certificate; a node certificate is required")
     if cert.subject_key == trust.root_key:
-        return
+        raise UntrustedKey(f"key {cert.subject_id} is the fleet root key, which is never "
+                           f"a node key")
     try:
-        cert.verify(trust.root_key, trust.fleet_id)
+        cert.verify(trust.root_key, trust.fleet_id, trust.verifier)
     except SignatureError:
         raise UntrustedKey(f"node {cert.subject_id} ({cert.name!r}) is not admitted by the "
                            f"root of fleet {trust.fleet_id!r}: its certificate is not signed "
@@ -204,6 +229,9 @@ def check_node_certificate(cert: Certificate, trust: FleetTrust) -> None:
         if rev.subject_key == cert.subject_key and rev.issued_at >= cert.issued_at:
             raise UntrustedKey(f"node {cert.subject_id} ({cert.name!r}) was revoked by the "
                                f"fleet root (revocation issued at {rev.issued_at})")
+    if cert.expired(trust.now_ms):
+        raise UntrustedKey(f"the certificate of node {cert.subject_id} ({cert.name!r}) "
+                           f"expired at {cert.expires_at} ms (now {trust.now_ms} ms)")
 
 
 def _transcript(hello_i: bytes, hello_r: bytes) -> bytes:
@@ -216,7 +244,8 @@ def _transcript(hello_i: bytes, hello_r: bytes) -> bytes:
 
 
 def _auth_payload(role: ConnectionRole, transcript: bytes) -> bytes:
-    return _AUTH_LABEL + (b"I" if role is ConnectionRole.INITIATOR else b"R") + transcript
+    return signing_payload(_AUTH_LABEL,
+                           (b"I" if role is ConnectionRole.INITIATOR else b"R") + transcript)
 
 
 class SecureConnection:
@@ -411,7 +440,15 @@ class SecureConnection:
         self._out.append(frame(body, self.max_frame))
 
     def _reject(self, code: RejectCode, detail: str) -> None:
-        self._emit(encode(HandshakeReject(code, detail[:1000])))
+        body = encode(HandshakeReject(code, detail[:1000]))
+        if self.role is ConnectionRole.RESPONDER and self._send_aead is not None:
+            # the initiator already considers the session open: it believes only a
+            # rejection sealed with the session key (record 0), never a plaintext one
+            sealed = self._send_aead.encrypt(_COUNTER.pack(self._send_ctr), body, None)
+            self._send_ctr += 1
+            self._emit(sealed)
+            return
+        self._emit(body)
 
     def _handshake_frame(self, body: bytes) -> None:
         msg = decode(body, HANDSHAKE_MAX_FRAME)
@@ -497,20 +534,25 @@ class SecureConnection:
         try:
             pt = self._recv_aead.decrypt(_COUNTER.pack(self._recv_ctr), body, None)
         except InvalidTag:
-            if not self._received_any and self.role is ConnectionRole.INITIATOR:
-                # The responder may refuse our Auth after we considered the session
-                # open; its HandshakeReject then arrives in place of the first record.
-                rejected = _try_reject(bytes(body), self.max_frame)
-                if rejected is not None:
-                    raise rejected from None
+            if (not self._received_any and self.role is ConnectionRole.INITIATOR
+                    and _is_plain_reject(bytes(body), self.max_frame)):
+                # A refusal of our Auth comes sealed (below); a plaintext one may
+                # come from anyone on the path: a bare close, its text not believed.
+                raise SessionClosed(f"node {self.peer_id} closed the session") from None
             raise RecordError(f"record {self._recv_ctr} from node {self.peer_id} failed "
                               f"authentication (tampered, replayed or reordered); "
                               f"closing the session") from None
         self._recv_ctr += 1
+        first = not self._received_any
         self._received_any = True
         self._records_received += 1
         self._pt_received += len(pt)
-        return decode(pt, self.max_frame)
+        msg = decode(pt, self.max_frame)
+        if first and self.role is ConnectionRole.INITIATOR and isinstance(msg, HandshakeReject):
+            # The responder refused our Auth after we considered the session open; the
+            # refusal is sealed with the session key, so it is the peer's own.
+            raise HandshakeRejected(msg.code, msg.detail)
+        return msg
 
     def _close(self) -> None:
         self.state = ConnectionState.CLOSED
@@ -545,12 +587,9 @@ def _code_for(exc: ProtocolError) -> RejectCode:
     return RejectCode.MALFORMED
 
 
-def _try_reject(body: bytes, max_frame: int) -> HandshakeRejected | None:
+def _is_plain_reject(body: bytes, max_frame: int) -> bool:
     try:
-        msg = decode(body, max_frame)
+        return isinstance(decode(body, max_frame), HandshakeReject)
     except RemoteProtocolError:
-        return None
-    if isinstance(msg, HandshakeReject):
-        return HandshakeRejected(msg.code, msg.detail)
-    return None
+        return False
 

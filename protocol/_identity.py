@@ -7,6 +7,16 @@ the pure check "is this key admitted for this role right now?" that the ledger,
 the handshake and manifest verification all share. It also carries the
 signature check those verifications use (:data:`Verifier`): the real Ed25519
 check unless the driver that builds the trust passes another.
+
+Every certificate carries an expiry (``expires_at``). ``protocol/`` has no clock:
+the trust keeps the time its driver last told it (:meth:`FleetTrust.observe_clock`;
+the node machine calls it on every input, since every input carries ``now``), and
+a certificate whose ``expires_at`` is not after that time admits nothing.
+
+Every signature covers a *context label* before the canonical bytes
+(:func:`signing_payload`): a distinct ASCII string per signed structure, ending in
+NUL, so a signature over one structure can never verify as another's, whatever
+their field counts.
 """
 
 from __future__ import annotations
@@ -31,10 +41,37 @@ __all__ = [
     "Certificate",
     "Revocation",
     "FleetTrust",
+    "SigningContext",
+    "signing_payload",
+    "DEFAULT_CERTIFICATE_LIFETIME_MS",
 ]
 
 PUBLIC_KEY_SIZE = 32
 SIGNATURE_SIZE = 64
+
+
+#: The lifetime :meth:`Certificate.issue` gives when the caller names no expiry (the
+#: simulator and tests); ``shoal fleet admit`` passes its own (``--valid-for``).
+DEFAULT_CERTIFICATE_LIFETIME_MS = 100 * 365 * 86_400_000
+
+
+class SigningContext(bytes, enum.Enum):
+    """The domain-separation label signed ahead of each signed structure's bytes.
+
+    Distinct, NUL-terminated ASCII with no NUL inside: no label is a prefix of another,
+    so ``label || body`` names its structure unambiguously."""
+
+    CERTIFICATE = b"shoal/v1/certificate\0"
+    REVOCATION = b"shoal/v1/revocation\0"
+    INTENT = b"shoal/v1/intent\0"
+    MANIFEST = b"shoal/v1/manifest\0"
+    ENTRY = b"shoal/v1/ledger-entry\0"
+    HANDSHAKE = b"shoal/v1/handshake-auth\0"
+
+
+def signing_payload(context: SigningContext, body: bytes) -> bytes:
+    """The bytes a signature covers: ``context``'s label, then ``body``."""
+    return context.value + body
 
 
 def fingerprint(public_key: bytes) -> str:
@@ -102,18 +139,21 @@ class _CertificateBody:
     role: Role
     name: str
     issued_at: int  # milliseconds since the epoch, as the issuer saw it
+    expires_at: int  # milliseconds since the epoch; admits nothing from then on
 
 
 @struct
 @dataclass(frozen=True, slots=True)
 class Certificate:
-    """The fleet root's statement that ``subject_key`` may act as ``role``."""
+    """The fleet root's statement that ``subject_key`` may act as ``role`` from
+    ``issued_at`` until ``expires_at`` (milliseconds since the epoch)."""
 
     fleet_id: str
     subject_key: bytes
     role: Role
     name: str
     issued_at: int
+    expires_at: int
     signature: bytes
 
     def __post_init__(self) -> None:
@@ -127,19 +167,32 @@ class Certificate:
         return fingerprint(self.subject_key)
 
     def signed_bytes(self) -> bytes:
-        return canonical(_CertificateBody(self.fleet_id, self.subject_key, self.role,
-                                          self.name, self.issued_at))
+        return signing_payload(SigningContext.CERTIFICATE, canonical(_CertificateBody(
+            self.fleet_id, self.subject_key, self.role, self.name, self.issued_at,
+            self.expires_at)))
+
+    def expired(self, now_ms: int) -> bool:
+        """Whether the certificate no longer admits its key at ``now_ms``."""
+        return now_ms >= self.expires_at
 
     @classmethod
     def issue(cls, root: SigningIdentity, fleet_id: str, subject_key: bytes, role: Role,
-              name: str, issued_at: int) -> Certificate:
-        body = _CertificateBody(fleet_id, subject_key, role, name, issued_at)
-        return cls(fleet_id, subject_key, role, name, issued_at, root.sign(canonical(body)))
+              name: str, issued_at: int, expires_at: int | None = None) -> Certificate:
+        """``expires_at`` defaults to ``issued_at`` + :data:`DEFAULT_CERTIFICATE_LIFETIME_MS`."""
+        if expires_at is None:
+            expires_at = issued_at + DEFAULT_CERTIFICATE_LIFETIME_MS
+        if expires_at <= issued_at:
+            raise InvalidValue("a certificate must expire after it is issued")
+        unsigned = cls(fleet_id, subject_key, role, name, issued_at, expires_at, b"")
+        return cls(fleet_id, subject_key, role, name, issued_at, expires_at,
+                   root.sign(unsigned.signed_bytes()))
 
     def verify(self, root_key: bytes, fleet_id: str,
                verifier: Verifier = verify_signature) -> None:
         if self.fleet_id != fleet_id:
             raise UntrustedKey(f"certificate for fleet {self.fleet_id!r}, not {fleet_id!r}")
+        if self.subject_key == root_key and self.role is Role.NODE:
+            raise UntrustedKey("the fleet root key is never a node key")
         verifier(root_key, self.signed_bytes(), self.signature)
 
 
@@ -162,12 +215,13 @@ class Revocation:
     signature: bytes
 
     def signed_bytes(self) -> bytes:
-        return canonical(_RevocationBody(self.fleet_id, self.subject_key, self.issued_at))
+        return signing_payload(SigningContext.REVOCATION, canonical(
+            _RevocationBody(self.fleet_id, self.subject_key, self.issued_at)))
 
     @classmethod
     def issue(cls, root: SigningIdentity, fleet_id: str, subject_key: bytes,
               issued_at: int) -> Revocation:
-        sig = root.sign(canonical(_RevocationBody(fleet_id, subject_key, issued_at)))
+        sig = root.sign(cls(fleet_id, subject_key, issued_at, b"").signed_bytes())
         return cls(fleet_id, subject_key, issued_at, sig)
 
     def verify(self, root_key: bytes, fleet_id: str,
@@ -188,12 +242,17 @@ class FleetTrust:
     trust. The default is the real Ed25519 check (what a daemon uses); the
     simulator, whose N nodes share one CPU, passes one that checks each distinct
     signature once.
+
+    ``now_ms`` is the time expiry is judged at: the last time the driver passed to
+    :meth:`observe_clock` (0, before any, expires nothing). The fleet root key is
+    never admitted as a node; it may still sign as operator or publisher.
     """
 
-    __slots__ = ("fleet_id", "root_key", "verifier", "_certs", "_revoked", "rejected")
+    __slots__ = ("fleet_id", "root_key", "verifier", "_certs", "_revoked", "rejected",
+                 "now_ms")
 
     def __init__(self, fleet_id: str, root_key: bytes, *,
-                 verifier: Verifier = verify_signature) -> None:
+                 verifier: Verifier = verify_signature, now: float = 0.0) -> None:
         if len(root_key) != PUBLIC_KEY_SIZE:
             raise InvalidValue("the fleet root key must be 32 bytes")
         self.fleet_id = fleet_id
@@ -202,6 +261,12 @@ class FleetTrust:
         self._certs: dict[tuple[bytes, Role], Certificate] = {}
         self._revoked: dict[bytes, Revocation] = {}
         self.rejected = 0
+        self.now_ms = int(now * 1000)
+
+    def observe_clock(self, now: float) -> None:
+        """The wall clock (``now``, seconds, as every protocol input carries it): the
+        time certificate expiry is judged at from now on."""
+        self.now_ms = int(now * 1000)
 
     def add_certificate(self, cert: Certificate) -> bool:
         """Verify and keep ``cert``; False (and counted) when it does not verify."""
@@ -238,9 +303,10 @@ class FleetTrust:
 
     def is_admitted(self, key: bytes, role: Role) -> bool:
         if key == self.root_key:
-            return True  # the root may act in every role
+            # the root may sign intents and manifests, but is never a node key
+            return role is not Role.NODE
         cert = self._certs.get((key, role))
-        if cert is None:
+        if cert is None or cert.expired(self.now_ms):
             return False
         rev = self._revoked.get(key)
         return rev is None or rev.issued_at < cert.issued_at
@@ -248,5 +314,8 @@ class FleetTrust:
     def check(self, key: bytes, role: Role) -> None:
         """Raise :class:`UntrustedKey` unless ``key`` is admitted for ``role``."""
         if not self.is_admitted(key, role):
+            cert = self._certs.get((key, role))
+            why = (f" (its certificate expired at {cert.expires_at} ms)"
+                   if cert is not None and cert.expired(self.now_ms) else "")
             raise UntrustedKey(f"key {fingerprint(key)} is not an admitted {role.value} "
-                               f"of fleet {self.fleet_id!r}")
+                               f"of fleet {self.fleet_id!r}{why}")

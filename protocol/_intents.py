@@ -43,12 +43,20 @@ from ._capabilities import normalise_arch
 from ._codec import canonical, struct
 from ._errors import InvalidValue
 from ._hlc import HLC
-from ._identity import FleetTrust, Role, SigningIdentity, fingerprint
+from ._identity import (
+    FleetTrust,
+    Role,
+    SigningContext,
+    SigningIdentity,
+    fingerprint,
+    signing_payload,
+)
 from ._manifest import validate_model_id, validate_version
 from ._records import NodeRecord
 from ._types import TransferPriority
 
-__all__ = ["IntentKind", "ScopeKind", "Scope", "Intent", "scope_matches", "has_deployed",
+__all__ = ["IntentKind", "ScopeKind", "Scope", "Intent", "scope_matches", "certified_as",
+           "certified_names", "has_deployed",
            "intent_applies", "targets_node", "standing_cancels", "resolve"]
 
 
@@ -175,13 +183,34 @@ def _number(text: str, key: str, value: str, kind: type[int] | type[float]) -> i
     return n
 
 
-def scope_matches(scope: Scope, node_id: str, record: NodeRecord | None) -> bool:
-    """Does ``scope`` cover node ``node_id`` as its current ``record`` describes it?"""
+def certified_as(trust: FleetTrust | None, node_id: str, names: Iterable[str]) -> bool:
+    """Does the root-signed node certificate of ``node_id`` carry one of ``names``?
+
+    A node's name is the one its certificate gives it (the fleet root signed it), never
+    the one its own record declares: any admitted node can write any name there."""
+    if trust is None:
+        return False
+    wanted = frozenset(names)
+    return any(c.role is Role.NODE and c.name in wanted and fingerprint(c.subject_key) == node_id
+               for c in trust.certificates())
+
+
+def certified_names(trust: FleetTrust) -> set[str]:
+    """The names the fleet root gave the nodes it admitted."""
+    return {c.name for c in trust.certificates()
+            if c.role is Role.NODE and trust.is_admitted(c.subject_key, Role.NODE)}
+
+
+def scope_matches(scope: Scope, node_id: str, record: NodeRecord | None,
+                  trust: FleetTrust | None = None) -> bool:
+    """Does ``scope`` cover node ``node_id`` as its current ``record`` describes it?
+
+    ``nodes=`` scopes name nodes by id, or by the name in their node certificate
+    (looked up in ``trust``; without one, by id only)."""
     if scope.kind is ScopeKind.ALL:
         return True
     if scope.kind is ScopeKind.NODES:
-        return node_id in scope.nodes or (record is not None and bool(record.name)
-                                          and record.name in scope.nodes)
+        return node_id in scope.nodes or certified_as(trust, node_id, scope.nodes)
     if record is None:
         return False
     if scope.kind is ScopeKind.FORMATION:
@@ -207,20 +236,21 @@ def has_deployed(model_id: str, record: NodeRecord | None) -> bool:
 
 
 def targets_node(kind: IntentKind, model_id: str, scope: Scope, node_id: str,
-                 record: NodeRecord | None) -> bool:
+                 record: NodeRecord | None, trust: FleetTrust | None = None) -> bool:
     """Would an intent of ``kind`` for ``model_id`` with ``scope`` target ``node_id``?
 
     Its scope must cover the node; a rollback also needs the node to have (had)
     the model deployed (:func:`has_deployed`). Also used before an intent exists
     (to refuse one that would target nobody)."""
-    if not scope_matches(scope, node_id, record):
+    if not scope_matches(scope, node_id, record, trust):
         return False
     return kind is not IntentKind.ROLLBACK or has_deployed(model_id, record)
 
 
-def intent_applies(intent: Intent, node_id: str, record: NodeRecord | None) -> bool:
+def intent_applies(intent: Intent, node_id: str, record: NodeRecord | None,
+                   trust: FleetTrust | None = None) -> bool:
     """Is node ``node_id`` a target of ``intent`` (a distribute or rollback)?"""
-    return targets_node(intent.kind, intent.model_id, intent.scope, node_id, record)
+    return targets_node(intent.kind, intent.model_id, intent.scope, node_id, record, trust)
 
 
 @struct
@@ -275,6 +305,10 @@ class Intent:
     def intent_id(self) -> str:
         return blake3.blake3(canonical(self._body())).hexdigest()
 
+    def signed_bytes(self) -> bytes:
+        """What the issuer signs: the intent context label, then the canonical body."""
+        return signing_payload(SigningContext.INTENT, canonical(self._body()))
+
     @property
     def issuer_id(self) -> str:
         return fingerprint(self.issuer_key)
@@ -289,12 +323,13 @@ class Intent:
         body = _IntentBody(kind, model_id, version, variant_id, delta_from, scope, priority,
                            operator.public_key, stamp, cancels)
         return cls(kind, model_id, version, variant_id, delta_from, scope, priority,
-                   operator.public_key, stamp, cancels, operator.sign(canonical(body)))
+                   operator.public_key, stamp, cancels,
+                   operator.sign(signing_payload(SigningContext.INTENT, canonical(body))))
 
     def verify(self, trust: FleetTrust) -> None:
         """Raise UntrustedKey / SignatureError unless an admitted operator signed it."""
         trust.check(self.issuer_key, Role.OPERATOR)
-        trust.verifier(self.issuer_key, canonical(self._body()), self.signature)
+        trust.verifier(self.issuer_key, self.signed_bytes(), self.signature)
 
 
 def standing_cancels(intents: Iterable[Intent], model_id: str,
@@ -344,7 +379,7 @@ def resolve(intents: Iterable[Intent], model_id: str, node_id: str,
     best_key: tuple[HLC, str] | None = None
     for it in candidates:
         iid = it.intent_id
-        if iid in cancelled or not intent_applies(it, node_id, record):
+        if iid in cancelled or not intent_applies(it, node_id, record, trust):
             continue
         key = (it.stamp, iid)
         if best_key is None or key > best_key:

@@ -29,6 +29,45 @@ entries are always kept, the vector only moves over a gap-free prefix, and the
 next anti-entropy round resends what is still missing. Applying every piece of
 ``b.delta_since(a.vv)`` to ``a`` gives the same ledger as ``a.merge(b)``.
 
+Vouched claims
+--------------
+A claim is the word of whoever sent the piece, and that may be any admitted node,
+captured or not. So the vector moves only over counters the *origin* vouches for:
+an entry is signed by its origin, so an entry this ledger holds (every held entry
+was verified) vouches that its origin wrote its counter. A claim ``(since, upto]``
+for ``o`` is therefore cut to the highest counter of ``o`` held here after the
+batch (``_top``), and a claim for an origin of which nothing is held is ignored.
+This keeps anti-entropy exact: the vector of an honest ledger never lies above its
+own top (it only ever moves to a claim so cut, to an own write, or to its top when
+a restart gap closes), and the entry at the top is always held (only a *newer*
+entry of the same key replaces one), so a sender's delta always carries, or the
+receiver already holds, an entry at or above each claim it makes. Holes below the
+top are fine, exactly as they were: they are records (and re-wrapped relays, see
+below) replaced by newer ones. What a lying relay can still do is withhold an
+origin's older entries while passing on a newer one with a claim over both; a
+chain (each entry signing its predecessor's counter) would close that, at the
+price of a change to what entries sign. Counters far above the receiver's clock
+(more than ``MAX_AHEAD_MS`` above ``now`` in ms, where the driver passes ``now``:
+nodes stamp wall-clock milliseconds) are refused, and ``append`` stops with
+:class:`CounterExhausted` at ``MAX_COUNTER`` (the wire's 64-bit limit).
+
+Re-wraps and quotas
+-------------------
+Any node can wrap content that already exists (an intent, a manifest, a
+certificate, a revocation) under new counters of its own. A relay entry is keyed
+by ``(origin, content)`` where content is the exact payload (id and signature), and
+like a record a newer stamp of the same key *replaces* the older one: an origin
+holds each content once, whatever it sends (the join is still the maximum per
+key). Within a batch only the newest stamp of a key is looked at; a stamp at or
+below the held one is a duplicate and is dropped before anything is verified. A
+stamp of content held here under any stamp (the held content keys are the cache of
+verified content: nothing is held unverified) has only its stamp checked -- the
+origin's signature, which vouches for its counter -- and is not reported as added:
+it brings nothing new, so gossip does not pass it on. Each origin
+may hold at most ``relay_quota`` relay entries; those beyond are refused and
+counted (``LedgerStatistics.refused``), as are entries too far ahead of the clock
+and claims cut to what is vouched.
+
 Nothing enters unverified: the entry signature (origin admitted as a node),
 then the payload (record: origin must be the node it describes; intent: an
 admitted operator; manifest: an admitted publisher and Merkle roots;
@@ -58,7 +97,7 @@ from operator import gt
 import blake3
 
 from ._entries import Entry, EntryKind, encoded_entry, entry_size
-from ._errors import InvalidValue, RemoteProtocolError, SignatureError
+from ._errors import InvalidValue, LocalProtocolError, RemoteProtocolError, SignatureError
 from ._hlc import VersionVector, vv_join
 from ._identity import FleetTrust, Role, SigningIdentity
 from ._intents import Intent
@@ -66,6 +105,10 @@ from ._manifest import Manifest
 from ._records import ModelState, NodeRecord, Suspicion
 
 __all__ = [
+    "MAX_AHEAD_MS",
+    "MAX_COUNTER",
+    "RELAY_QUOTA",
+    "CounterExhausted",
     "DeltaPiece",
     "MergeResult",
     "LedgerStatistics",
@@ -79,6 +122,32 @@ __all__ = [
     "encoded_entry",
     "entry_size",
 ]
+
+
+MAX_COUNTER = (1 << 64) - 1        # the largest counter the wire (and the vector) can carry
+# counters more than 2**44 ms (557 years) above the clock are refused: generous, so a node
+# whose clock once ran far ahead still converges, and it keeps the rest of the counter
+# space (2**64) out of reach of every accepted entry
+MAX_AHEAD_MS = 1 << 44
+RELAY_QUOTA = 4096                  # relay entries (not records) held per origin
+
+
+class CounterExhausted(LocalProtocolError):
+    """This node's counter reached ``MAX_COUNTER``: it cannot stamp another entry."""
+
+
+def content_key(e: Entry) -> object | None:
+    """The exact content of a relay entry (None for a record): equal exactly when two
+    entries carry the same payload, signature included."""
+    if e.intent is not None:
+        return (EntryKind.INTENT, e.intent.intent_id, e.intent.signature)
+    if e.manifest is not None:
+        return (EntryKind.MANIFEST, e.manifest.manifest_id, e.manifest.signature)
+    if e.certificate is not None:
+        return (EntryKind.CERTIFICATE, e.certificate)
+    if e.revocation is not None:
+        return (EntryKind.REVOCATION, e.revocation)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,13 +185,22 @@ class LedgerStatistics:
     origins: int
     rejected: dict[str, int]
     duplicates: int
+    # refused without being a protocol error: "quota" (relay entries over an origin's
+    # quota), "ahead" (counters too far above the clock), "claim" (claims cut to what
+    # the origin vouches for)
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 class Ledger:
     """The CRDT. Holds the node's :class:`FleetTrust` and feeds it root-signed certs."""
 
-    def __init__(self, trust: FleetTrust) -> None:
+    def __init__(self, trust: FleetTrust, relay_quota: int = RELAY_QUOTA) -> None:
         self.trust = trust
+        self.relay_quota = relay_quota
+        self._relay_at: dict[tuple[str, object], int] = {}   # (origin, content) -> counter
+        self._relays: dict[str, int] = {}       # origin -> relay entries held
+        self._content: dict[object, int] = {}   # content key -> stamps of it held (verified)
+        self._refused: dict[str, int] = {}
         self._entries: dict[tuple[str, int], Entry] = {}
         self._record_at: dict[str, int] = {}    # origin -> counter of its live record
         self._top: dict[str, int] = {}          # origin -> highest counter held
@@ -169,6 +247,10 @@ class Ledger:
     def top_counter(self, origin: str) -> int:
         """The highest counter of ``origin`` this ledger holds or has covered."""
         return max(self._top.get(origin, 0), self._vv.get(origin, 0))
+
+    def holds(self, origin: str, counter: int) -> bool:
+        """Is the entry ``(origin, counter)`` held here?"""
+        return (origin, counter) in self._entries
 
     def entries(self) -> Iterator[Entry]:
         for key in sorted(self._entries):
@@ -227,7 +309,8 @@ class Ledger:
             intents=kinds[EntryKind.INTENT], manifests=kinds[EntryKind.MANIFEST],
             certificates=kinds[EntryKind.CERTIFICATE],
             revocations=kinds[EntryKind.REVOCATION], origins=len(self._top),
-            rejected=dict(self._rejected), duplicates=self._duplicates)
+            rejected=dict(self._rejected), duplicates=self._duplicates,
+            refused=dict(self._refused))
 
     # ------------------------------------------------------------------ local writes
     def append(self, origin: SigningIdentity, payload: object, floor: int = 0) -> Entry:
@@ -238,9 +321,11 @@ class Ledger:
         that restarts with an empty ledger still writes above its earlier life."""
         me = origin.key_id
         counter = max(self.top_counter(me) + 1, floor)
+        if counter > MAX_COUNTER:
+            raise CounterExhausted(f"counter {counter} of {me} is past {MAX_COUNTER}")
         entry = Entry.create(origin, counter, payload)
         claim = {} if me in self._gaps else {me: (self._vv.get(me, 0), counter)}
-        result = self.merge_entries([entry], claim)
+        result = self.merge_entries([entry], claim, limits=False)
         if result.errors:
             raise InvalidValue(f"local ledger write refused: {result.errors[0]}")
         return entry
@@ -270,8 +355,40 @@ class Ledger:
         return self.merge_entries(list(other._entries.values()), ranges)
 
     def merge_entries(self, entries: Iterable[Entry],
-                      ranges: Mapping[str, tuple[int, int]] | None = None) -> MergeResult:
-        batch = list(entries)
+                      ranges: Mapping[str, tuple[int, int]] | None = None,
+                      now: float | None = None, *, limits: bool = True) -> MergeResult:
+        """Merge ``entries`` and the claims ``ranges`` (origin -> ``(since, upto)``).
+
+        ``now`` (the driver's clock, seconds): entries stamped more than
+        ``MAX_AHEAD_MS`` above it are refused. ``limits=False`` (this node's own
+        writes) lifts the per-origin relay quota."""
+        # newest stamp per (origin, content) first: a relay entry at or below a stamp of
+        # the same content held (or later in the batch) changes nothing, and is dropped
+        # before anything is verified
+        given = list(entries)
+        keys: dict[int, object] = {}
+        newest: dict[tuple[str, object], int] = {}
+        for e in given:
+            ck = content_key(e) if e.record is None else None
+            if ck is not None:
+                keys[id(e)] = ck
+                k = (e.origin, ck)
+                if e.counter > newest.get(k, 0):
+                    newest[k] = e.counter
+        batch: list[Entry] = []
+        relay_at = self._relay_at
+        for e in given:
+            ck = keys.get(id(e))
+            if ck is not None:
+                k = (e.origin, ck)
+                at = relay_at.get(k, 0)
+                # (one at the held stamp with another signature goes on: it is rejected)
+                if e.counter < newest[k] or e.counter < at or (
+                        e.counter == at
+                        and self._entries[(e.origin, at)].signature == e.signature):
+                    self._duplicates += 1
+                    continue
+            batch.append(e)
         trust = self.trust
         for e in batch:   # trust first: a certificate may admit the origin of its neighbours
             if e.certificate is not None:
@@ -287,6 +404,7 @@ class Ledger:
         errors: list[str] = []
         bad: set[str] = set()
         forged = 0
+        ahead = MAX_COUNTER if now is None else int(now * 1000) + MAX_AHEAD_MS
         held_at, record_at = self._entries.get, self._record_at.get
         for e in sorted(batch, key=lambda x: (x.origin_key, x.counter)):
             origin = e.origin
@@ -298,11 +416,19 @@ class Ledger:
             if e.record is not None and record_at(origin, 0) >= e.counter:
                 self._duplicates += 1   # replaced already
                 continue
+            ck = keys.get(id(e))
+            replaces = None if ck is None else relay_at.get((origin, ck))
+            if (ck is not None and replaces is None and limits
+                    and self._relays.get(origin, 0) >= self.relay_quota):
+                self._refuse("quota")
+                continue
+            # content held here was verified when it came: only the stamp is new
+            known = ck is not None and ck in self._content
             try:
                 if held is not None:
                     raise RemoteProtocolError(f"origin {origin} signed two different entries "
                                               f"with counter {e.counter}")
-                e.verify(self.trust)
+                e.verify(self.trust, payload=not known)
             except RemoteProtocolError as exc:
                 kind = e.kind.value
                 rejected[kind] = rejected.get(kind, 0) + 1
@@ -311,15 +437,41 @@ class Ledger:
                 bad.add(origin)
                 forged += isinstance(exc, SignatureError)
                 continue
-            self._insert(origin, e)
-            added.append(e)
-        vv = self._vv
+            if e.counter > ahead:   # (after the signature: a forgery is told as one)
+                self._refuse("ahead")
+                bad.add(origin)
+                continue
+            self._insert(origin, e, ck)
+            if known:
+                self._duplicates += 1   # another stamp of content held already: not news
+            else:
+                added.append(e)
+        vv, top = self._vv, self._top
         for origin, (since, upto) in (ranges or {}).items():
-            if origin not in bad and (mine := vv.get(origin, 0)) >= since and upto > mine:
+            if origin in bad:
+                continue
+            vouched = top.get(origin, 0)   # the origin's own word: its newest entry held
+            if upto > vouched:
+                self._refuse("claim")
+                upto = vouched
+            if (mine := vv.get(origin, 0)) >= since and upto > mine:
                 self._set_vv(origin, upto)
         return MergeResult(tuple(added), rejected, tuple(errors), forged)
 
-    def _insert(self, origin: str, e: Entry) -> None:
+    def _refuse(self, why: str) -> None:
+        self._refused[why] = self._refused.get(why, 0) + 1
+
+    def _insert(self, origin: str, e: Entry, ck: object | None = None) -> None:
+        if ck is not None:
+            old_at = self._relay_at.get((origin, ck))
+            if old_at is not None:   # a newer stamp of the same content replaces the older
+                del self._entries[(origin, old_at)]
+                self._sizes.pop((origin, old_at), None)
+                self._held[origin].discard(old_at)
+            else:
+                self._relays[origin] = self._relays.get(origin, 0) + 1
+                self._content[ck] = self._content.get(ck, 0) + 1
+            self._relay_at[(origin, ck)] = e.counter
         if e.record is not None:
             old = self._record_at.get(origin)
             if old is not None:

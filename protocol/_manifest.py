@@ -27,9 +27,11 @@ from ._errors import HostilePath, InvalidValue, MalformedMessage
 from ._identity import (
     FleetTrust,
     Role,
+    SigningContext,
     SigningIdentity,
     Verifier,
     fingerprint,
+    signing_payload,
     verify_signature,
 )
 
@@ -282,6 +284,10 @@ class Manifest:
             object.__setattr__(self, "_id", blake3.blake3(canonical(self._body())).hexdigest())
         return self._id
 
+    def signed_bytes(self) -> bytes:
+        """What the publisher signs: the manifest context label, then the canonical body."""
+        return signing_payload(SigningContext.MANIFEST, canonical(self._body()))
+
     @property
     def publisher_id(self) -> str:
         return fingerprint(self.publisher_key)
@@ -293,7 +299,7 @@ class Manifest:
         unsigned = cls(model_id, version, variants, publisher.public_key, created_at,
                        base_version, b"\x00" * 64)
         return cls(model_id, version, variants, publisher.public_key, created_at,
-                   base_version, publisher.sign(canonical(unsigned._body())))
+                   base_version, publisher.sign(unsigned.signed_bytes()))
 
     def verify(self, trust: FleetTrust | None = None) -> None:
         """Raise unless signed by its publisher key (admitted by ``trust`` if given) and
@@ -303,7 +309,7 @@ class Manifest:
         if trust is not None:
             trust.check(self.publisher_key, Role.PUBLISHER)
             check = trust.verifier
-        check(self.publisher_key, canonical(self._body()), self.signature)
+        check(self.publisher_key, self.signed_bytes(), self.signature)
         for v in self.variants:
             for f in v.files:
                 f.check_merkle()

@@ -15,6 +15,12 @@ What a driver must do beyond carrying out I/O is an output too:
 wrote, and ``DropPeer.ban_for`` -- how long a dropped peer stays away -- from the
 one policy in ``_bans``.
 
+A revoked key loses its sessions at once: whenever the trust gains a revocation
+(merged from gossip, or announced here), every connected peer whose node key is no
+longer admitted is dropped (``DropPeer``, cause *revoked*), nothing more is sent or
+served to it, and any input that still arrives from it is refused (dropped again,
+not merged). The transport's trust refuses its new handshakes.
+
 The node's own record is rewritten on every status change, at most every
 ``record_min_interval`` seconds for mere progress (and at most every
 ``N / fleet_progress_rate`` seconds in a fleet of N: every record a node writes
@@ -59,6 +65,7 @@ from ._events import (
     Output,
     PersistLedger,
     SendMessage,
+    ServeChunk,
 )
 from ._gossip import GossipEngine, GossipStatistics, urgent
 from ._hlc import HybridClock
@@ -106,10 +113,12 @@ class NodeMachine:
         self.capabilities = capabilities
         self._outputs: list[Output] = []
         self._peers: set[str] = set()
+        self._revoked: frozenset[str] = frozenset()   # node ids no longer admitted
         self._record_writes = 0
         self._dropped = 0
         self._last_write = -1e18
         self._latest_now = now                   # detects a wall clock stepping back
+        trust.observe_clock(now)                 # certificate expiry is judged at ``now``
         self.gossip = GossipEngine(node_id=self.node_id, config=config.gossip, rng=rng,
                                    ledger=self.ledger, now=now)
         self.swarm = SwarmEngine(node_id=self.node_id, config=config.swarm, rng=rng,
@@ -121,6 +130,7 @@ class NodeMachine:
             installed=installed, now=now)
         if not trust.add_certificate(certificate):
             raise RemoteProtocolError("this node's certificate is not signed by the fleet root")
+        self._refresh_revoked()
         self._own_record = 0                     # counter of our latest record
         if self.ledger.top_counter(self.node_id) == 0:
             self.ledger.open_gap(self.node_id)   # an earlier life's entries may exist
@@ -194,6 +204,29 @@ class NodeMachine:
     def _reconcile(self, now: float) -> None:
         self._deployments.reconcile(self.capabilities, now)
 
+    # ------------------------------------------------------------------ revocation
+    def _refresh_revoked(self) -> None:
+        """Recompute the node ids whose key the fleet root revoked (and did not admit
+        again with a later certificate)."""
+        trust = self.trust
+        self._revoked = frozenset(fingerprint(r.subject_key) for r in trust.revocations()
+                                  if not trust.is_admitted(r.subject_key, Role.NODE))
+
+    def _drop_revoked(self, peer: str) -> None:
+        """Drop ``peer`` (again, for input still in flight: drivers take it as often)."""
+        self._outputs.append(DropPeer(peer, "its key was revoked by the fleet root",
+                                      BANS.ban_for(DropCause.REVOKED)))
+        if peer in self._peers:          # counted once per session
+            self._peers.discard(peer)
+            self._dropped += 1
+
+    def _trust_changed(self) -> None:
+        """After the trust gained a certificate or revocation: drop every connected peer
+        whose key is no longer admitted, at once."""
+        self._refresh_revoked()
+        for peer in sorted(self._peers & self._revoked):
+            self._drop_revoked(peer)
+
     # ------------------------------------------------------------------ reconcile
     def _observe_clock(self, now: float) -> None:
         """Called first by every input: when the wall clock stepped back, move the times
@@ -203,17 +236,26 @@ class NodeMachine:
             self.swarm.clock_stepped_back(self._latest_now - now)
             self._last_write = min(self._last_write, now)
         self._latest_now = now
+        self.trust.observe_clock(now)
 
     def _after_input(self, now: float) -> None:
         self._deployments.drain_swarm(now)
+        revoked = self._revoked
         for out in self.swarm.take_outputs() + self.gossip.take_outputs():
             if isinstance(out, DropPeer):
+                if out.peer in revoked:
+                    continue              # already dropped as revoked
                 self._dropped += 1
+            elif revoked and isinstance(out, (SendMessage, ServeChunk)) and out.peer in revoked:
+                continue                  # nothing more to a revoked key
             self._outputs.append(out)
 
     # ------------------------------------------------------------------ inputs
     def peer_connected(self, peer: str, now: float) -> None:
         self._observe_clock(now)
+        if peer in self._revoked:        # the transport should have refused it
+            self._drop_revoked(peer)
+            return
         self._peers.add(peer)
         self.gossip.peer_connected(peer, now)
         self.swarm.peer_connected(peer, now)
@@ -241,14 +283,22 @@ class NodeMachine:
 
     def receive(self, peer: str, message: WireMessage, now: float) -> None:
         self._observe_clock(now)
+        if peer in self._revoked:        # admission is re-checked before every input
+            self._drop_revoked(peer)
+            return
         self.gossip.heard(peer, now)
         try:
             if self.gossip.handles(message):
                 result = self.gossip.receive(peer, message, now)
                 if result is not None and result.changed:
+                    trust_changed = False
                     for e in result.added:
                         if e.intent is not None:
                             self.clock.observe(e.intent.stamp, now)
+                        elif e.revocation is not None or e.certificate is not None:
+                            trust_changed = True
+                    if trust_changed:
+                        self._trust_changed()
                     if self._must_rewrite(result.added):
                         self._write_record(now, urgent=True)
                     self._reconcile(now)
@@ -344,6 +394,7 @@ class NodeMachine:
             if e.certificate == item or e.revocation == item:
                 return False
         self._append(item, now)
+        self._trust_changed()
         self._reconcile(now)
         self._after_input(now)
         return True

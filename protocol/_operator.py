@@ -45,7 +45,15 @@ from ._errors import (
     UnknownVersion,
 )
 from ._identity import FleetTrust, Role, fingerprint
-from ._intents import Intent, IntentKind, Scope, ScopeKind, standing_cancels, targets_node
+from ._intents import (
+    Intent,
+    IntentKind,
+    Scope,
+    ScopeKind,
+    certified_names,
+    standing_cancels,
+    targets_node,
+)
 from ._ledger import Ledger
 
 __all__ = ["IntentView", "check_operator", "check_request", "check_known", "find_node",
@@ -82,7 +90,7 @@ def count_targets(ledger: Ledger, scope: Scope, kind: IntentKind, model_id: str)
     The rule of :func:`~._intents.targets_node`: a rollback targets only nodes in
     scope that have (had) the model deployed."""
     return sum(1 for nid, rec in ledger.records().items()
-               if targets_node(kind, model_id, scope, nid, rec))
+               if targets_node(kind, model_id, scope, nid, rec, ledger.trust))
 
 
 def check_request(ledger: Ledger, kind: IntentKind, model_id: str, version: str,
@@ -115,11 +123,11 @@ def check_request(ledger: Ledger, kind: IntentKind, model_id: str, version: str,
                              f"{', '.join(v.variant_id for v in manifest.variants)}")
     records = ledger.records()
     if scope.kind is ScopeKind.NODES:
-        names = {r.name for r in records.values() if r.name}
+        names = certified_names(ledger.trust)    # the root's names, not self-declared
         unknown = [n for n in scope.nodes if n not in records and n not in names]
         if unknown:
             raise EmptyScope(f"scope names nodes no record mentions: {', '.join(unknown)} "
-                             f"(use node ids or names from `shoal status`)")
+                             f"(use node ids, or the names in their node certificates)")
     targets = count_targets(ledger, scope, kind, model_id)
     if targets == 0:
         raise EmptyScope(f"scope {scope.text()} matches none of the "
@@ -140,12 +148,14 @@ def check_known(ledger: Ledger, model_id: str, version: str) -> None:
 
 
 def find_node(ledger: Ledger, node: str) -> str:
-    """The id of the node named by id or name (the smallest id when a name is shared);
-    :class:`UnknownNode` if none."""
+    """The id of the node named by id or by the name in its node certificate (the
+    smallest id when a name is shared); :class:`UnknownNode` if none."""
     records = ledger.records()
     if node in records:
         return node
-    named = sorted(k for k, r in records.items() if r.name == node)
+    certified = {fingerprint(c.subject_key) for c in ledger.trust.certificates()
+                 if c.role is Role.NODE and c.name == node}   # the root's name, not the record's
+    named = sorted(certified & records.keys())
     if not named:
         raise UnknownNode(f"no node {node!r} is known here (by id or name); "
                           f"`shoal nodes` lists the nodes")

@@ -79,7 +79,7 @@ def test_the_fleet_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert "Traceback" not in out
 
     # what the user saw
-    assert re.search(r"^node\s+[0-9a-f]{64}\s+admitted as node 'n1-node' in fleet acme-",
+    assert re.search(r"^node\s+[0-9a-f]{64}\s+admitted as node 'n1' in fleet acme-",
                      out, re.M), out
     assert "the daemon announces it to the fleet when it starts" in out     # offline publish
     assert "announced to the fleet" in out                                  # via the daemon

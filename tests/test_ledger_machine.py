@@ -8,7 +8,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from protocol._convergence import compute_convergence
 from protocol._intents import IntentKind, Scope, resolve
-from protocol._ledger import DeltaPiece, Ledger
+from protocol._ledger import DeltaPiece, Entry, Ledger, content_key
 
 from ._fleet import admitted_ledger, caps, intent, manifest, node_key, record, running
 
@@ -17,6 +17,12 @@ POOL = [intent("1.0.0", wall=1), intent("2.0.0", wall=2, scope=Scope.of_formatio
         intent("3.0.0", wall=3, scope=Scope.capable(min_gpu_mem_gb=8))]
 POOL.append(intent("2.0.0", wall=4, kind=IntentKind.CANCEL, cancels=POOL[1].intent_id))
 MANIFESTS = [manifest(version="1.0.0", size=2048)[0]]
+
+
+def _key(x: Entry) -> object:
+    """What a newer entry of the same origin replaces: its record, or its stamp of the
+    same content (``Ledger``: "Re-wraps and quotas")."""
+    return "record" if x.record is not None else content_key(x)
 
 
 class GossipingLedgers(RuleBasedStateMachine):
@@ -81,33 +87,38 @@ class GossipingLedgers(RuleBasedStateMachine):
     @invariant()
     def vector_never_claims_what_is_missing(self) -> None:
         everything = self._everything()
-        newest: dict[str, int] = {}   # origin -> its newest record anywhere
-        for (origin, counter), is_record in everything.items():
-            if is_record:
-                newest[origin] = max(newest.get(origin, 0), counter)
+        newest: dict[tuple[str, object], int] = {}   # (origin, key) -> newest stamp anywhere
+        for (origin, counter), key in everything.items():
+            newest[(origin, key)] = max(newest.get((origin, key), 0), counter)
         for led in self.ledgers:
             held = {(x.origin, x.counter) for x in led.entries()}
+            mine: dict[tuple[str, object], int] = {}   # (origin, key) -> newest stamp here
+            for x in led.entries():
+                k = (x.origin, _key(x))
+                mine[k] = max(mine.get(k, 0), x.counter)
             vv = led.version_vector
-            for (origin, counter), is_record in everything.items():
+            for (origin, counter), key in everything.items():
                 if counter <= vv.get(origin, 0) and (origin, counter) not in held:
-                    # only a record may be missing, and only because a newer one replaced
-                    # it (the module's invariant): a piece's claim covers a record its
-                    # sender replaced, so the newer record may still be on its way here;
-                    # then this ledger's vector must be below it, so gossip fetches it
-                    assert is_record and newest.get(origin, 0) > counter and (
-                        led.record_counter(origin) > counter
-                        or vv.get(origin, 0) < newest[origin]), (
+                    # only an entry a newer one of the same key replaced may be missing (the
+                    # module's invariant: a node's record, or an origin's stamp of one
+                    # content): a piece's claim covers an entry its sender replaced, so the
+                    # newer one may still be on its way here; then this ledger's vector
+                    # must be below it, so gossip fetches it
+                    top = newest[(origin, key)]
+                    assert top > counter and (
+                        mine.get((origin, key), 0) > counter
+                        or vv.get(origin, 0) < top), (
                         f"vector claims {origin[:8]}:{counter} but it is missing")
 
-    def _everything(self) -> dict[tuple[str, int], bool]:
-        """Every entry ever written (origin, counter) -> is it a record."""
-        out: dict[tuple[str, int], bool] = {}
+    def _everything(self) -> dict[tuple[str, int], object]:
+        """Every entry ever written (origin, counter) -> what replaces it (its key)."""
+        out: dict[tuple[str, int], object] = {}
         for led in self.ledgers:
             for x in led.entries():
-                out[(x.origin, x.counter)] = x.record is not None
+                out[(x.origin, x.counter)] = _key(x)
         for _dst, piece in self.wire:
             for x in piece.entries:
-                out[(x.origin, x.counter)] = x.record is not None
+                out[(x.origin, x.counter)] = _key(x)
         return out
 
     def teardown(self) -> None:

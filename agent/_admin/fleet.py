@@ -40,16 +40,35 @@ def _public_key(public_key_hex: str) -> bytes:
     return key
 
 
-def admit(keys_dir: Path, fleet_id: str, role: str, public_key_hex: str, name: str
-          ) -> Certificate:
-    """Sign ``public_key_hex`` for ``role`` with the root key in ``keys_dir``."""
+#: ``fleet admit``'s certificate lifetime unless ``--valid-for`` says otherwise.
+DEFAULT_VALID_FOR_DAYS = 365
+#: ``provision``'s (tests and demos): long enough never to matter.
+PROVISION_VALID_FOR_DAYS = 36_500
+_DAY_MS = 86_400_000
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def admit(keys_dir: Path, fleet_id: str, role: str, public_key_hex: str, name: str,
+          valid_for_days: float = DEFAULT_VALID_FOR_DAYS) -> Certificate:
+    """Sign ``public_key_hex`` for ``role`` with the root key in ``keys_dir``, valid for
+    ``valid_for_days`` from now."""
     root = load_key(keys_dir, "root")
     key = _public_key(public_key_hex)
     try:
         r = Role(role)
     except ValueError:
         raise ConfigError(f"--role: one of {', '.join(x.value for x in Role)}") from None
-    return Certificate.issue(root, fleet_id, key, r, name, int(time.time()))
+    if key == root.public_key and r is Role.NODE:
+        raise ConfigError("--key: the fleet root key is never a node key; generate a "
+                          "node key (`shoal keys init`) and admit that")
+    if not valid_for_days > 0:
+        raise ConfigError("--valid-for: a positive number of days")
+    now = _now_ms()
+    return Certificate.issue(root, fleet_id, key, r, name, now,
+                             now + int(valid_for_days * _DAY_MS))
 
 
 def revoke(keys_dir: Path, fleet_id: str, public_key_hex: str) -> Revocation:
@@ -58,7 +77,7 @@ def revoke(keys_dir: Path, fleet_id: str, public_key_hex: str) -> Revocation:
     key = _public_key(public_key_hex)
     if key == root.public_key:
         raise ConfigError("--key: the fleet root cannot revoke itself; start a new fleet")
-    return Revocation.issue(root, fleet_id, key, int(time.time()))
+    return Revocation.issue(root, fleet_id, key, _now_ms())
 
 
 def read_trust_file(path: Path) -> Certificate | Revocation:
@@ -90,26 +109,29 @@ class Provisioned:
 def provision(data_dir: Path, *, root: SigningIdentity, fleet_id: str, name: str,
               operator: bool = False, extra_config: str = "", listen_port: int = 0,
               mdns_interface: str = "127.0.0.1", static_peers: tuple[str, ...] = (),
-              formation: str = "") -> Provisioned:
-    """A ready-to-run node data directory: keys, certificates and ``shoal.toml``."""
+              formation: str = "", valid_for_days: float = PROVISION_VALID_FOR_DAYS
+              ) -> Provisioned:
+    """A ready-to-run node data directory: keys, certificates (valid for
+    ``valid_for_days``) and ``shoal.toml``."""
     keys = data_dir / "keys"
     if not (keys / "node.key").exists():
         init_keys(keys)
-    now = int(time.time())
+    now = _now_ms()
+    until = now + int(valid_for_days * _DAY_MS)
     node = load_key(keys, "node")
     write_cert(cert_path(keys, "node"),
-               Certificate.issue(root, fleet_id, node.public_key, Role.NODE, name, now))
+               Certificate.issue(root, fleet_id, node.public_key, Role.NODE, name, now, until))
     pub = load_key(keys, "publisher")
     write_cert(cert_path(keys, "publisher"),
                Certificate.issue(root, fleet_id, pub.public_key, Role.PUBLISHER,
-                                 f"{name}-publisher", now))
+                                 f"{name}-publisher", now, until))
     if operator:
         if not (keys / "operator.key").exists():
             write_seed(keys / "operator.key", SigningIdentity.generate())
         op = load_key(keys, "operator")
         write_cert(cert_path(keys, "operator"),
                    Certificate.issue(root, fleet_id, op.public_key, Role.OPERATOR,
-                                     f"{name}-operator", now))
+                                     f"{name}-operator", now, until))
     sock = data_dir / "run" / "control.sock"
     peers = ", ".join(f'"{p}"' for p in static_peers)
     text = (f'data_dir = "{data_dir}"\nfleet_id = "{fleet_id}"\n'

@@ -18,7 +18,13 @@ from typing import Any
 
 import trio
 
-from agent._admin.fleet import admit, fleet_init, read_trust_file, revoke
+from agent._admin.fleet import (
+    DEFAULT_VALID_FOR_DAYS,
+    admit,
+    fleet_init,
+    read_trust_file,
+    revoke,
+)
 from agent._cli.location import DEFAULT_CONFIG, config_path, control_socket, locate
 from agent._cli.result import Answered
 from agent._config import load_config
@@ -115,14 +121,18 @@ def _cmd_fleet_init(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _cmd_fleet_admit(args: argparse.Namespace) -> tuple[Any, str]:
-    cert = admit(_keys_dir(args), args.fleet, args.role, args.key, args.name)
+    cert = admit(_keys_dir(args), args.fleet, args.role, args.key, args.name,
+                 args.valid_for)
     raw = encode_value(cert)
     if args.out:
         write_cert(Path(args.out), cert)
     obj = {"subject_id": cert.subject_id, "role": cert.role.value, "name": cert.name,
-           "fleet_id": cert.fleet_id, "certificate_hex": raw.hex(), "written_to": args.out}
+           "fleet_id": cert.fleet_id, "expires_at": cert.expires_at,
+           "certificate_hex": raw.hex(), "written_to": args.out}
+    until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(cert.expires_at / 1000))
     text = (f"admitted {cert.subject_id} as {cert.role.value} {cert.name!r} in fleet "
-            f"{cert.fleet_id}" + (f"; wrote {args.out}" if args.out else f"\n{raw.hex()}"))
+            f"{cert.fleet_id} until {until}"
+            + (f"; wrote {args.out}" if args.out else f"\n{raw.hex()}"))
     return obj, text
 
 
@@ -500,6 +510,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     q.add_argument("--name", required=True)
     q.add_argument("--fleet", required=True, help="fleet id")
     q.add_argument("--out", help="write the certificate here (e.g. keys/node.cert)")
+    q.add_argument("--valid-for", type=float, default=DEFAULT_VALID_FOR_DAYS, metavar="DAYS",
+                   help=f"days until the certificate expires (default "
+                        f"{DEFAULT_VALID_FOR_DAYS}); renew by admitting the key again")
     q.set_defaults(func=_cmd_fleet_admit)
     q = fsub.add_parser("revoke", parents=[common],
                         help="sign a revocation of a key with the root key (offline)")

@@ -178,6 +178,11 @@ class NodeRuntime:
         cert = load_cert(self.data.keys, "node")
         assert cert is not None
         self.certificate = cert
+        left_days = (cert.expires_at / 1000 - self.clock()) / 86_400
+        if left_days < 30:  # renew: `shoal fleet admit` again, `keys add-cert`, restart
+            log.warning("this node's certificate %s; ask the fleet root to renew it "
+                        "(docs/OPERATING.md)", f"expires in {left_days:.1f} days"
+                        if left_days > 0 else f"EXPIRED {-left_days:.1f} days ago")
         self.trust = FleetTrust(config.fleet_id, config.fleet_root_key)
         for role in ("publisher", "operator"):
             c = load_cert(self.data.keys, role, required=False)

@@ -1,0 +1,85 @@
+"""Revoking a *node* key on a live fleet cuts the node off: once `shoal fleet announce`
+hands the revocation to one daemon, every honest node closes its open session with the
+revoked node within CUT_WITHIN seconds (the announcing node at once, the others as soon
+as gossip brings the revocation), and the revoked node cannot come back: its handshakes
+are refused by every honest node's trust.
+
+3 real daemons on loopback; every wait bounded; the fixture stops every process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent._demo.fleet import LocalFleet
+from agent._storage.keys import load_key
+from agent._storage.persist import write_seed
+
+pytestmark = pytest.mark.slow
+
+N = 3
+CUT_WITHIN = 5.0          # seconds from the announce to every honest session closed
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
+    f = LocalFleet(tmp_path_factory.mktemp("revokenode"), N)
+    with f.running():
+        yield f
+
+
+def shoal(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run([sys.executable, "-m", "agent._cli", *args], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+def peers(f: LocalFleet, i: int) -> set[str]:
+    r = shoal("peers", "--socket", f.socket(i), "--json")
+    assert r.returncode == 0, r.stderr + r.stdout
+    return {p["node_id"] for p in json.loads(r.stdout)["peers"]}
+
+
+def test_a_revoked_nodes_sessions_are_closed_and_stay_closed(fleet: LocalFleet,
+                                                              tmp_path: Path) -> None:
+    f = fleet
+    victim = N - 1
+    key = load_key(f.nodes[victim].data_dir / "keys", "node")
+    honest = [i for i in range(N) if i != victim]
+    for i in honest:
+        assert key.key_id in peers(f, i)          # its sessions are open
+
+    admin = tmp_path / "admin"
+    write_seed(admin / "keys" / "root.key", f.root)
+    out = admin / "revoke-node.bin"
+    r = shoal("fleet", "revoke", "--data-dir", str(admin), "--fleet", f.fleet_id,
+              "--key", key.public_key.hex(), "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    t0 = time.monotonic()
+    r = shoal("fleet", "announce", str(out), "--socket", f.socket(0), "--json")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert json.loads(r.stdout)["added"] is True
+
+    cut: dict[int, float] = {}
+    while len(cut) < len(honest) and time.monotonic() - t0 < CUT_WITHIN + 10:
+        for i in honest:
+            if i not in cut and key.key_id not in peers(f, i):
+                cut[i] = time.monotonic() - t0
+        time.sleep(0.1)
+    assert sorted(cut) == honest, f"sessions still open after {CUT_WITHIN + 10} s: {cut}"
+    assert max(cut.values()) <= CUT_WITHIN, cut
+
+    # it stays cut off: its redials are refused, the honest nodes keep each other
+    time.sleep(2.0)
+    for i in honest:
+        now = peers(f, i)
+        assert key.key_id not in now
+        assert {f.nodes[j].node_id for j in honest if j != i} <= now
+    assert not (peers(f, victim) & {f.nodes[j].node_id for j in honest})
