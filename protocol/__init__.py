@@ -68,6 +68,8 @@ from ._events import (
 )
 from ._gossip import wire_size
 from ._handshake import (
+    DEFAULT_REKEY_BYTES,
+    DEFAULT_REKEY_RECORDS,
     HANDSHAKE_MAX_FRAME,
     HANDSHAKE_VERSION,
     ConnectionRole,
@@ -137,7 +139,7 @@ __all__ = [
     "PROTOCOL_VERSION", "DEFAULT_MAX_FRAME", "FrameDecoder", "decode", "encode", "frame",
     "decode_value", "encode_value", "message", "struct",
     "HANDSHAKE_VERSION", "HANDSHAKE_MAX_FRAME", "ConnectionRole", "ConnectionStatistics",
-    "SecureConnection",
+    "SecureConnection", "DEFAULT_REKEY_RECORDS", "DEFAULT_REKEY_BYTES",
     # identity and trust
     "SigningIdentity", "Certificate", "Revocation", "Role", "FleetTrust", "Verifier",
     "fingerprint", "verify_signature",

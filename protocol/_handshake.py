@@ -53,6 +53,26 @@ reordered record fails authentication; that raises :class:`RecordError` (a
 :class:`RemoteProtocolError`) and the session is dead for good (state ``CLOSED``)
 - only this session.
 
+Rekeying: each direction's key seals a bounded amount, then is replaced. Before
+a record would take its key past ``rekey_records`` records (counting the update
+itself; default :data:`DEFAULT_REKEY_RECORDS`, 2^20) or ``rekey_bytes`` of
+plaintext (default :data:`DEFAULT_REKEY_BYTES`, 64 GiB), the sender seals a
+:class:`KeyUpdate` (type 4, carrying the new epoch number) as the last record under
+the old key, then switches to ``key' = BLAKE3-derive_key("shoal 2025 session key
+update v1", key)`` with its counter back at 0; the receiver, on decrypting that
+record, makes the same step. Each direction rekeys on its own, with no round trip;
+the thresholds are the sender's policy, so the two ends need not agree on them.
+The old key is dropped (Python cannot wipe ``bytes``; nothing keeps a reference),
+and the derivation is one-way, so a key read from memory later does not open the
+records sealed before the last update. Why these limits: nonces are counters, so
+they never repeat under a key whatever the limits; what bounds a key is AES-GCM's
+confidentiality advantage, about ``(blocks + records)^2 / 2^129``
+(draft-irtf-cfrg-aead-limits): 64 GiB is 2^32 blocks, an advantage of about 2^-65,
+below TLS 1.3's 2^-60 target (RFC 8446 5.5: 2^24.5 records of 16 KiB, ~22 GiB).
+Integrity needs no limit here: one failed tag ends the session. 2^20 records bounds
+the lifetime of a key on chatty sessions of small messages (gossip), where the
+byte limit would take far longer to reach.
+
 Copies on the record path are kept to the ones the work needs (measured with
 ``benchmarks/bench_transport.py``): a record is encrypted straight into one
 buffer that already holds its length prefix (one write per record), and
@@ -102,6 +122,9 @@ __all__ = [
     "Hello",
     "Auth",
     "HandshakeReject",
+    "KeyUpdate",
+    "DEFAULT_REKEY_RECORDS",
+    "DEFAULT_REKEY_BYTES",
     "RejectCode",
     "HandshakeRejected",
     "RecordError",
@@ -121,6 +144,11 @@ HANDSHAKE_MAX_FRAME = 8 * 1024
 _AEAD_TAG = 16
 _NONCE_SIZE = 32
 _KEY_CONTEXT = "shoal 2025 session keys v1"
+_REKEY_CONTEXT = "shoal 2025 session key update v1"
+#: Records one key seals at most (the KeyUpdate that retires it included).
+DEFAULT_REKEY_RECORDS = 2**20
+#: Plaintext bytes one key seals before it is replaced (2^32 AES blocks).
+DEFAULT_REKEY_BYTES = 64 * 2**30
 _TRANSCRIPT_LABEL = b"shoal-handshake-v1"
 _AUTH_LABEL = SigningContext.HANDSHAKE
 _LEN = _struct.Struct(">I")
@@ -162,6 +190,15 @@ class HandshakeReject:
     detail: str
 
 
+@message(4)
+@dataclass(frozen=True, slots=True)
+class KeyUpdate:
+    """Sealed as the last record under a direction's key: later records of that
+    direction use the next key (epoch ``epoch``, counter from 0). Never a handshake
+    message and never handed to the application."""
+    epoch: int
+
+
 class HandshakeRejected(RemoteProtocolError):
     """The peer refused our handshake; ``code`` and ``detail`` are its reason."""
 
@@ -201,6 +238,8 @@ class ConnectionStatistics:
     plaintext_bytes_received: int
     wire_bytes_sent: int
     wire_bytes_received: int
+    send_epoch: int = 0   # key updates this end has made (its sending key's number)
+    recv_epoch: int = 0   # key updates the peer has made (its sending key's number)
 
 
 def check_node_certificate(cert: Certificate, trust: FleetTrust) -> None:
@@ -265,23 +304,33 @@ class SecureConnection:
         "_send_ctr", "_recv_ctr", "_send_aead", "_recv_aead", "_peer_authed",
         "_records_sent", "_records_received",
         "_pt_sent", "_pt_received", "_wire_sent", "_wire_received", "_received_any",
-        "_peer_eph", "failure",
+        "_peer_eph", "failure", "rekey_records", "rekey_bytes", "_send_epoch",
+        "_recv_epoch", "_send_key_bytes",
     )
 
     def __init__(self, *, role: ConnectionRole, identity: SigningIdentity,
                  certificate: Certificate, trust: FleetTrust, ephemeral_secret: bytes,
                  nonce: bytes, max_frame: int = DEFAULT_MAX_FRAME,
-                 expected_peer: str | None = None) -> None:
+                 expected_peer: str | None = None,
+                 rekey_records: int = DEFAULT_REKEY_RECORDS,
+                 rekey_bytes: int = DEFAULT_REKEY_BYTES) -> None:
         if len(ephemeral_secret) != 32 or len(nonce) != _NONCE_SIZE:
             raise LocalProtocolError("the ephemeral secret and the nonce are 32 random bytes")
         if certificate.subject_key != identity.public_key:
             raise LocalProtocolError("our certificate does not name our own identity key")
         if max_frame <= _AEAD_TAG:
             raise LocalProtocolError("max_frame is too small to carry a record")
+        if rekey_records < 2 or rekey_bytes < 1:
+            raise LocalProtocolError("a key must seal at least 2 records (one of them the "
+                                     "key update) and 1 byte")
         self.role = role
         self.state = ConnectionState.HANDSHAKE
         self.peer_certificate: Certificate | None = None
         self.max_frame = max_frame
+        self.rekey_records = rekey_records
+        self.rekey_bytes = rekey_bytes
+        self._send_epoch = self._recv_epoch = 0
+        self._send_key_bytes = 0   # plaintext bytes sealed under the current send key
         self._identity = identity
         self._certificate = certificate
         self._trust = trust
@@ -353,6 +402,8 @@ class SecureConnection:
 
     def send(self, msg: object) -> None:
         """Encrypt ``msg`` as the next record; fetch the bytes with :meth:`data_to_send`."""
+        if type(msg) is KeyUpdate:
+            raise LocalProtocolError("key updates are the session's own business")
         self.send_bytes(encode(msg))
 
     def send_bytes(self, plaintext: bytes) -> None:
@@ -361,6 +412,14 @@ class SecureConnection:
         if len(plaintext) + _AEAD_TAG > self.max_frame:
             raise LocalProtocolError(f"message of {len(plaintext)} bytes exceeds the "
                                      f"{self.max_frame}-byte frame limit")
+        if self._send_ctr and (self._send_ctr + 1 >= self.rekey_records or
+                               self._send_key_bytes + len(plaintext) > self.rekey_bytes):
+            self._update_send_key()
+        self._seal(plaintext)
+        self._records_sent += 1
+        self._pt_sent += len(plaintext)
+
+    def _seal(self, plaintext: bytes) -> None:
         if self._send_ctr >= _MAX_COUNTER:
             raise LocalProtocolError("record counter exhausted; open a new session")
         assert self._send_aead is not None
@@ -371,9 +430,16 @@ class SecureConnection:
             self._send_aead.encrypt_into(_COUNTER.pack(self._send_ctr), plaintext, None,
                                          view[_LEN.size:])
         self._send_ctr += 1
-        self._records_sent += 1
-        self._pt_sent += len(plaintext)
+        self._send_key_bytes += len(plaintext)
         self._out.append(rec)
+
+    def _update_send_key(self) -> None:
+        """Seal a KeyUpdate as the old key's last record, then step to the next key."""
+        self._send_epoch += 1
+        self._seal(encode(KeyUpdate(self._send_epoch)))
+        self._send_key = _next_key(self._send_key)
+        self._send_aead = AESGCM(self._send_key)
+        self._send_ctr = self._send_key_bytes = 0
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[object]:
         """Consume bytes from the stream; return the messages of complete records.
@@ -405,7 +471,9 @@ class SecureConnection:
                         if self.state is ConnectionState.HANDSHAKE:
                             self._handshake_frame(bytes(body))
                         else:
-                            out.append(self._record(body))
+                            msg = self._record(body)
+                            if msg is not _NO_MESSAGE:
+                                out.append(msg)
             del buf[:pos]
         except HandshakeRejected as exc:
             self.failure = (exc.code, exc.detail)
@@ -427,7 +495,8 @@ class SecureConnection:
             state=self.state, records_sent=self._records_sent,
             records_received=self._records_received, plaintext_bytes_sent=self._pt_sent,
             plaintext_bytes_received=self._pt_received, wire_bytes_sent=self._wire_sent,
-            wire_bytes_received=self._wire_received,
+            wire_bytes_received=self._wire_received, send_epoch=self._send_epoch,
+            recv_epoch=self._recv_epoch,
         )
 
     # ------------------------------------------------------------------ handshake
@@ -545,9 +614,18 @@ class SecureConnection:
         self._recv_ctr += 1
         first = not self._received_any
         self._received_any = True
+        msg = decode(pt, self.max_frame)
+        if type(msg) is KeyUpdate:
+            if msg.epoch != self._recv_epoch + 1:
+                raise RecordError(f"node {self.peer_id} announced key epoch {msg.epoch} "
+                                  f"after epoch {self._recv_epoch}; closing the session")
+            self._recv_epoch = msg.epoch
+            self._recv_key = _next_key(self._recv_key)
+            self._recv_aead = AESGCM(self._recv_key)
+            self._recv_ctr = 0
+            return _NO_MESSAGE
         self._records_received += 1
         self._pt_received += len(pt)
-        msg = decode(pt, self.max_frame)
         if first and self.role is ConnectionRole.INITIATOR and isinstance(msg, HandshakeReject):
             # The responder refused our Auth after we considered the session open; the
             # refusal is sealed with the session key, so it is the peer's own.
@@ -571,6 +649,13 @@ class _WrongFleet(UntrustedKey):
 
 class _UnexpectedPeer(UntrustedKey):
     pass
+
+
+_NO_MESSAGE = object()   # what _record returns for a record that was the session's own
+
+
+def _next_key(key: bytes) -> bytes:
+    return blake3.blake3(key, derive_key_context=_REKEY_CONTEXT).digest(length=32)
 
 
 def _code_for(exc: ProtocolError) -> RejectCode:

@@ -57,6 +57,8 @@ import trio
 from agent._errors import AgentError
 from protocol import (
     DEFAULT_MAX_FRAME,
+    DEFAULT_REKEY_BYTES,
+    DEFAULT_REKEY_RECORDS,
     HANDSHAKE_MAX_FRAME,
     Certificate,
     ConnectionRole,
@@ -109,6 +111,8 @@ class TransportSettings:
     max_handshakes: int = 64          # pending inbound handshakes; the oldest makes room
     max_handshakes_per_address: int = 8  # pending handshakes of one address (IPv6: /64)
     handshake_memory: int = 1048576   # bytes all pending handshakes may buffer together
+    rekey_records: int = DEFAULT_REKEY_RECORDS  # records one session key seals at most
+    rekey_bytes: int = DEFAULT_REKEY_BYTES      # plaintext bytes one session key seals
 
     def __post_init__(self) -> None:
         for name in ("handshake_timeout", "idle_timeout", "connect_timeout",
@@ -119,6 +123,10 @@ class TransportSettings:
                      "max_handshakes_per_address"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.rekey_records < 2:
+            raise ValueError("rekey_records must be >= 2 (one of them the key update)")
+        if self.rekey_bytes < 1:
+            raise ValueError("rekey_bytes must be >= 1")
         if self.handshake_memory < HANDSHAKE_RESERVE:
             raise ValueError(f"handshake_memory must be >= {HANDSHAKE_RESERVE} bytes "
                              f"(one pending handshake)")
@@ -273,7 +281,9 @@ async def secure_stream(stream: trio.abc.Stream, *, role: ConnectionRole,
     conn = SecureConnection(role=role, identity=identity, certificate=certificate,
                             trust=trust, ephemeral_secret=nacl.utils.random(32),
                             nonce=nacl.utils.random(32), max_frame=settings.max_frame,
-                            expected_peer=expected_peer)
+                            expected_peer=expected_peer,
+                            rekey_records=settings.rekey_records,
+                            rekey_bytes=settings.rekey_bytes)
     address = _address(stream)
     pending: list[object] = []
     read = min(settings.read_size, HANDSHAKE_READ)
