@@ -175,6 +175,9 @@ def test_a_byzantine_node_cannot_stop_the_fleet_and_is_cut_off(fleet: LocalFleet
         g = stats[i]["gossip"]                                  # type: ignore[index]
         assert g["entries_received"] > 1000, g
         assert g["pushes_refused"] > 0, g
+        # ... and `shoal status` shows the forged claims cut to what node 1 vouched for
+        led = stats[i]["ledger"]                                # type: ignore[index]
+        assert led["refused"].get("claim", 0) > 0, led
     # each content at most once per origin (the liar's thousands of re-wraps included);
     # node 1's vector entry is what node 1 vouched for, not the forged 2**62
     liar_held = {}

@@ -288,6 +288,7 @@ class ControlServer:
                 stats = {"runtime": asdict(rt.statistics()),
                          "store": asdict(rt.store.statistics()),
                          "rejected_entries": dict(m.ledger.statistics().rejected),
+                         "ledger": asdict(m.ledger.statistics()),
                          "swarm": asdict(m.swarm.statistics()),
                          "gossip": asdict(m.gossip.statistics()),
                          "control": asdict(self.statistics()),
