@@ -109,11 +109,12 @@ def run(argv: list[str]) -> tuple[int, str, str]:
 
 def check(argv: list[str]) -> None:
     code, out, err = run(argv)
+    options = argv[:argv.index("--")] if "--" in argv else argv   # after --, all positional
     assert code in (0, 1, 2), (argv, code, err)
     assert "Traceback" not in err and "Traceback" not in out, (argv, err)
-    if "--json" in argv and code in (0, 1, 2) and out.strip():
+    if "--json" in options and code in (0, 1, 2) and out.strip():
         json.loads(out)                        # exactly one document (raises otherwise)
-    if "--json" in argv and code == 2:
+    if "--json" in options and code == 2:
         assert json.loads(out)["error"], (argv, out)
 
 

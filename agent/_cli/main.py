@@ -331,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="surrogateescape")
     args_list = list(sys.argv[1:] if argv is None else argv)
-    _Parser.json_errors = "--json" in args_list
+    options = args_list[:args_list.index("--")] if "--" in args_list else args_list
+    _Parser.json_errors = "--json" in options
     parser = build_parser()
     args = parser.parse_args(args_list)
     func: Handler = args.func
