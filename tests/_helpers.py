@@ -3,6 +3,10 @@ operator's ``ShoalClient`` or the raw ``ControlClient``), its status, and bounde
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -66,3 +70,17 @@ def wait_for(f: LocalFleet, i: int, probe: Callable[[ShoalClient], Awaitable[Any
                         return value
                     await trio.sleep(every)
     return trio.run(go)
+
+
+def shoal_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``shoal`` command in a subprocess (this interpreter, this source tree)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run([sys.executable, "-m", "agent._cli", *args], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+def peer_ids(socket_path: str) -> set[str]:
+    """Node ids of the peers ``shoal peers --json`` lists at the daemon on ``socket_path``."""
+    r = shoal_cli("peers", "--socket", socket_path, "--json")
+    assert r.returncode == 0, r.stderr + r.stdout
+    return {p["node_id"] for p in json.loads(r.stdout)["peers"]}

@@ -21,23 +21,9 @@ from protocol._handshake import (
 )
 
 from ._net_fixtures import Fleet, Note, connection
+from .test_handshake import pump
 
 INIT, RESP = ConnectionRole.INITIATOR, ConnectionRole.RESPONDER
-
-
-def pump(a: SecureConnection, b: SecureConnection) -> tuple[list[object], list[object]]:
-    got_a: list[object] = []
-    got_b: list[object] = []
-    for _ in range(10):
-        ab = a.data_to_send()
-        ba = b.data_to_send()
-        if not ab and not ba:
-            break
-        if ab:
-            got_b += b.receive_data(ab)
-        if ba:
-            got_a += a.receive_data(ba)
-    return got_a, got_b
 
 
 def established(**kw: object) -> tuple[SecureConnection, SecureConnection]:

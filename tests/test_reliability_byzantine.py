@@ -45,6 +45,7 @@ from protocol._intents import Scope
 from protocol._ledger import content_key
 
 from ._chaos import MiB, verify_installed
+from ._helpers import peer_ids, shoal_cli
 
 pytestmark = pytest.mark.slow
 
@@ -62,16 +63,8 @@ CPU_PER_MIB = 0.5         # honest CPU seconds per MiB of gossip received
 CUT_WITHIN = 5.0          # seconds from the announce to the liar gone from every peer list
 
 
-def shoal(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    return subprocess.run([sys.executable, "-m", "agent._cli", *args], capture_output=True,
-                          text=True, env=env, timeout=60)
-
-
 def peers(f: LocalFleet, i: int) -> set[str]:
-    r = shoal("peers", "--socket", f.socket(i), "--json")
-    assert r.returncode == 0, r.stderr + r.stdout
-    return {p["node_id"] for p in json.loads(r.stdout)["peers"]}
+    return peer_ids(f.socket(i))
 
 
 def cpu_s(pid: int) -> float:
@@ -204,11 +197,11 @@ def test_a_byzantine_node_cannot_stop_the_fleet_and_is_cut_off(fleet: LocalFleet
     admin = tmp_path / "admin"
     write_seed(admin / "keys" / "root.key", f.root)
     rev = admin / "revoke.bin"
-    r = shoal("fleet", "revoke", "--data-dir", str(admin), "--fleet", f.fleet_id,
+    r = shoal_cli("fleet", "revoke", "--data-dir", str(admin), "--fleet", f.fleet_id,
               "--key", key.public_key.hex(), "--out", str(rev), "--json")
     assert r.returncode == 0, r.stderr
     t0 = time.monotonic()
-    r = shoal("fleet", "announce", str(rev), "--socket", f.socket(0), "--json")
+    r = shoal_cli("fleet", "announce", str(rev), "--socket", f.socket(0), "--json")
     assert r.returncode == 0, r.stderr + r.stdout
     cut: dict[int, float] = {}
     while len(cut) < len(HONEST) and time.monotonic() - t0 < CUT_WITHIN + 10:

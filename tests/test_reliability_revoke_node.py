@@ -9,9 +9,6 @@ are refused by every honest node's trust.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +19,13 @@ from agent._demo.fleet import LocalFleet
 from agent._storage.keys import load_key
 from agent._storage.persist import write_seed
 
+from ._helpers import peer_ids, shoal_cli
+
 pytestmark = pytest.mark.slow
 
 N = 3
 CUT_WITHIN = 5.0          # seconds from the announce to every honest session closed
+
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +35,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
         yield f
 
 
-def shoal(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    return subprocess.run([sys.executable, "-m", "agent._cli", *args], capture_output=True,
-                          text=True, env=env, timeout=60)
-
-
 def peers(f: LocalFleet, i: int) -> set[str]:
-    r = shoal("peers", "--socket", f.socket(i), "--json")
-    assert r.returncode == 0, r.stderr + r.stdout
-    return {p["node_id"] for p in json.loads(r.stdout)["peers"]}
+    return peer_ids(f.socket(i))
 
 
 def test_a_revoked_nodes_sessions_are_closed_and_stay_closed(fleet: LocalFleet,
@@ -59,11 +51,11 @@ def test_a_revoked_nodes_sessions_are_closed_and_stay_closed(fleet: LocalFleet,
     admin = tmp_path / "admin"
     write_seed(admin / "keys" / "root.key", f.root)
     out = admin / "revoke-node.bin"
-    r = shoal("fleet", "revoke", "--data-dir", str(admin), "--fleet", f.fleet_id,
+    r = shoal_cli("fleet", "revoke", "--data-dir", str(admin), "--fleet", f.fleet_id,
               "--key", key.public_key.hex(), "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr
     t0 = time.monotonic()
-    r = shoal("fleet", "announce", str(out), "--socket", f.socket(0), "--json")
+    r = shoal_cli("fleet", "announce", str(out), "--socket", f.socket(0), "--json")
     assert r.returncode == 0, r.stderr + r.stdout
     assert json.loads(r.stdout)["added"] is True
 
