@@ -35,6 +35,7 @@ class DropCause(enum.StrEnum):
     MISBEHAVED = "misbehaved"        # sent bytes, signatures or messages that fail a check
     UNRESPONSIVE = "unresponsive"    # left accepted requests unserved, time after time
     REVOKED = "revoked"              # the fleet root revoked its key
+    EXPIRED = "expired"              # its certificate expired (until a renewal arrives)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,9 @@ class BanPolicy:
     unresponsive: float = 60.0
 
     def ban_for(self, cause: DropCause) -> float:
-        return self.unresponsive if cause is DropCause.UNRESPONSIVE else self.misbehaved
+        if cause is DropCause.UNRESPONSIVE or cause is DropCause.EXPIRED:
+            return self.unresponsive   # (a renewed certificate admits it again)
+        return self.misbehaved
 
 
 BANS = BanPolicy()

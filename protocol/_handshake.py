@@ -441,6 +441,11 @@ class SecureConnection:
         self._send_aead = AESGCM(self._send_key)
         self._send_ctr = self._send_key_bytes = 0
 
+    @property
+    def plaintext_received(self) -> int:
+        """Plaintext bytes of the records received so far (key updates not counted)."""
+        return self._pt_received
+
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[object]:
         """Consume bytes from the stream; return the messages of complete records.
 

@@ -249,7 +249,7 @@ class FleetTrust:
     """
 
     __slots__ = ("fleet_id", "root_key", "verifier", "_certs", "_revoked", "rejected",
-                 "now_ms")
+                 "now_ms", "_node_keys")
 
     def __init__(self, fleet_id: str, root_key: bytes, *,
                  verifier: Verifier = verify_signature, now: float = 0.0) -> None:
@@ -260,6 +260,7 @@ class FleetTrust:
         self.verifier: Verifier = verifier
         self._certs: dict[tuple[bytes, Role], Certificate] = {}
         self._revoked: dict[bytes, Revocation] = {}
+        self._node_keys: dict[str, bytes] = {}   # node id -> key, of node certificates
         self.rejected = 0
         self.now_ms = int(now * 1000)
 
@@ -279,6 +280,8 @@ class FleetTrust:
         old = self._certs.get(key)
         if old is None or (old.issued_at, old.signature) < (cert.issued_at, cert.signature):
             self._certs[key] = cert
+            if cert.role is Role.NODE and old is None:
+                self._node_keys[fingerprint(cert.subject_key)] = cert.subject_key
         return True
 
     def add_revocation(self, rev: Revocation) -> bool:
@@ -300,6 +303,11 @@ class FleetTrust:
 
     def certificate(self, key: bytes, role: Role) -> Certificate | None:
         return self._certs.get((key, role))
+
+    def node_certificate(self, node_id: str) -> Certificate | None:
+        """The node certificate of the key whose fingerprint is ``node_id``."""
+        key = self._node_keys.get(node_id)
+        return None if key is None else self._certs.get((key, Role.NODE))
 
     def is_admitted(self, key: bytes, role: Role) -> bool:
         if key == self.root_key:

@@ -68,6 +68,18 @@ may hold at most ``relay_quota`` relay entries; those beyond are refused and
 counted (``LedgerStatistics.refused``), as are entries too far ahead of the clock
 and claims cut to what is vouched.
 
+A re-stamp of held content still replaces the held stamp, so it still travels with
+anti-entropy, and an origin may write records as fast as it likes: bytes an origin
+costs every node. So the entries an origin brings in (its records and relays, new
+or replacing; copies of entries held cost nothing) are rated in bytes, per origin,
+on arrival: a token bucket of ``rate`` bytes a second, ``burst`` deep (the driver
+passes ``now``). An entry over it is refused unmerged (counted as ``rate``) with
+the rest of its origin's entries in the batch, and that origin's claim stops just
+below it: nothing is lost, the vector does not pass it, and the next round brings
+it again once the bucket has refilled. An honest origin writes far less than the
+rate (a manifest when a version is published, a record a second); the burst lets a
+node take a long history of one origin at once.
+
 Nothing enters unverified: the entry signature (origin admitted as a node),
 then the payload (record: origin must be the node it describes; intent: an
 admitted operator; manifest: an admitted publisher and Merkle roots;
@@ -108,6 +120,8 @@ __all__ = [
     "MAX_AHEAD_MS",
     "MAX_COUNTER",
     "RELAY_QUOTA",
+    "ORIGIN_RATE",
+    "ORIGIN_BURST",
     "CounterExhausted",
     "DeltaPiece",
     "MergeResult",
@@ -130,6 +144,8 @@ MAX_COUNTER = (1 << 64) - 1        # the largest counter the wire (and the vecto
 # space (2**64) out of reach of every accepted entry
 MAX_AHEAD_MS = 1 << 44
 RELAY_QUOTA = 4096                  # relay entries (not records) held per origin
+ORIGIN_RATE = 256 << 10             # bytes of entries a second one origin may bring in
+ORIGIN_BURST = 32 << 20             # ... and at once (a long history of one origin)
 
 
 class CounterExhausted(LocalProtocolError):
@@ -187,16 +203,21 @@ class LedgerStatistics:
     duplicates: int
     # refused without being a protocol error: "quota" (relay entries over an origin's
     # quota), "ahead" (counters too far above the clock), "claim" (claims cut to what
-    # the origin vouches for)
+    # the origin vouches for), "rate" (entries over their origin's byte rate, to come
+    # again later)
     refused: dict[str, int] = field(default_factory=dict)
 
 
 class Ledger:
     """The CRDT. Holds the node's :class:`FleetTrust` and feeds it root-signed certs."""
 
-    def __init__(self, trust: FleetTrust, relay_quota: int = RELAY_QUOTA) -> None:
+    def __init__(self, trust: FleetTrust, relay_quota: int = RELAY_QUOTA,
+                 rate: float = ORIGIN_RATE, burst: float = ORIGIN_BURST) -> None:
         self.trust = trust
         self.relay_quota = relay_quota
+        self.rate = rate
+        self.burst = burst
+        self._tokens: dict[str, tuple[float, float]] = {}   # origin -> bytes left, when
         self._relay_at: dict[tuple[str, object], int] = {}   # (origin, content) -> counter
         self._relays: dict[str, int] = {}       # origin -> relay entries held
         self._content: dict[object, int] = {}   # content key -> stamps of it held (verified)
@@ -360,8 +381,9 @@ class Ledger:
         """Merge ``entries`` and the claims ``ranges`` (origin -> ``(since, upto)``).
 
         ``now`` (the driver's clock, seconds): entries stamped more than
-        ``MAX_AHEAD_MS`` above it are refused. ``limits=False`` (this node's own
-        writes) lifts the per-origin relay quota."""
+        ``MAX_AHEAD_MS`` above it are refused, and each origin's entries are rated in
+        bytes at it. ``limits=False`` (this node's own writes) lifts the per-origin
+        relay quota and rate."""
         # newest stamp per (origin, content) first: a relay entry at or below a stamp of
         # the same content held (or later in the batch) changes nothing, and is dropped
         # before anything is verified
@@ -403,11 +425,16 @@ class Ledger:
         rejected: dict[str, int] = {}
         errors: list[str] = []
         bad: set[str] = set()
+        stop: dict[str, int] = {}   # origin -> counter of its first entry over the rate
+        rated = limits and now is not None
+        at_s = 0.0 if now is None else now
         forged = 0
         ahead = MAX_COUNTER if now is None else int(now * 1000) + MAX_AHEAD_MS
         held_at, record_at = self._entries.get, self._record_at.get
         for e in sorted(batch, key=lambda x: (x.origin_key, x.counter)):
             origin = e.origin
+            if origin in stop:          # after one over the rate: its origin waits
+                continue
             key = (origin, e.counter)
             held = held_at(key)
             if held is not None and held.signature == e.signature:
@@ -441,6 +468,10 @@ class Ledger:
                 self._refuse("ahead")
                 bad.add(origin)
                 continue
+            if rated and not self._take(origin, entry_size(e), at_s):
+                self._refuse("rate")
+                stop[origin] = e.counter
+                continue
             self._insert(origin, e, ck)
             if known:
                 self._duplicates += 1   # another stamp of content held already: not news
@@ -454,12 +485,29 @@ class Ledger:
             if upto > vouched:
                 self._refuse("claim")
                 upto = vouched
+            if origin in stop:             # not past an entry refused over the rate
+                upto = min(upto, stop[origin] - 1)
             if (mine := vv.get(origin, 0)) >= since and upto > mine:
                 self._set_vv(origin, upto)
         return MergeResult(tuple(added), rejected, tuple(errors), forged)
 
     def _refuse(self, why: str) -> None:
         self._refused[why] = self._refused.get(why, 0) + 1
+
+    def _take(self, origin: str, size: int, now: float) -> bool:
+        """Take ``size`` bytes from ``origin``'s bucket; False when it holds too few."""
+        tokens = self._tokens
+        if len(tokens) > 4096:   # forget the origins whose bucket is full again
+            for o in [o for o, (have, at) in tokens.items()
+                      if have + (now - at) * self.rate >= self.burst]:
+                del tokens[o]
+        have, at = tokens.get(origin, (self.burst, now))
+        have = min(self.burst, have + max(0.0, now - at) * self.rate)
+        if have < size:
+            tokens[origin] = (have, now)
+            return False
+        tokens[origin] = (have - size, now)
+        return True
 
     def _insert(self, origin: str, e: Entry, ck: object | None = None) -> None:
         if ck is not None:

@@ -19,7 +19,10 @@ A revoked key loses its sessions at once: whenever the trust gains a revocation
 (merged from gossip, or announced here), every connected peer whose node key is no
 longer admitted is dropped (``DropPeer``, cause *revoked*), nothing more is sent or
 served to it, and any input that still arrives from it is refused (dropped again,
-not merged). The transport's trust refuses its new handshakes.
+not merged). The transport's trust refuses its new handshakes. A peer whose
+certificate expires while connected is dropped the same way (cause *expired*)
+as soon as an input's clock passes the expiry: the machine keeps the soonest
+expiry among its connected peers, so the check costs nothing until then.
 
 The node's own record is rewritten on every status change, at most every
 ``record_min_interval`` seconds for mere progress (and at most every
@@ -48,6 +51,7 @@ needs nothing: due timers fire once and re-arm from the new ``now``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -113,7 +117,10 @@ class NodeMachine:
         self.capabilities = capabilities
         self._outputs: list[Output] = []
         self._peers: set[str] = set()
-        self._revoked: frozenset[str] = frozenset()   # node ids no longer admitted
+        self._revoked: frozenset[str] = frozenset()   # node ids whose key was revoked
+        self._expired: frozenset[str] = frozenset()   # peers dropped: certificate expired
+        self._cut: frozenset[str] = frozenset()       # both: nothing more to or from them
+        self._expiry_ms = math.inf                    # soonest expiry of a connected peer
         self._record_writes = 0
         self._dropped = 0
         self._last_write = -1e18
@@ -211,11 +218,21 @@ class NodeMachine:
         trust = self.trust
         self._revoked = frozenset(fingerprint(r.subject_key) for r in trust.revocations()
                                   if not trust.is_admitted(r.subject_key, Role.NODE))
+        # a renewal admits an expired peer again
+        self._expired = frozenset(p for p in self._expired if not self._admitted(p))
+        self._cut = self._revoked | self._expired
 
-    def _drop_revoked(self, peer: str) -> None:
+    def _admitted(self, peer: str) -> bool:
+        cert = self.trust.node_certificate(peer)
+        return cert is not None and self.trust.is_admitted(cert.subject_key, Role.NODE)
+
+    def _drop_cut(self, peer: str) -> None:
         """Drop ``peer`` (again, for input still in flight: drivers take it as often)."""
-        self._outputs.append(DropPeer(peer, "its key was revoked by the fleet root",
-                                      BANS.ban_for(DropCause.REVOKED)))
+        if peer in self._revoked:
+            why, cause = "its key was revoked by the fleet root", DropCause.REVOKED
+        else:
+            why, cause = "its certificate expired", DropCause.EXPIRED
+        self._outputs.append(DropPeer(peer, why, BANS.ban_for(cause)))
         if peer in self._peers:          # counted once per session
             self._peers.discard(peer)
             self._dropped += 1
@@ -224,8 +241,29 @@ class NodeMachine:
         """After the trust gained a certificate or revocation: drop every connected peer
         whose key is no longer admitted, at once."""
         self._refresh_revoked()
-        for peer in sorted(self._peers & self._revoked):
-            self._drop_revoked(peer)
+        for peer in sorted(self._peers & self._cut):
+            self._drop_cut(peer)
+        self._refresh_expiry()
+
+    def _refresh_expiry(self) -> None:
+        """The soonest time a connected peer's certificate expires."""
+        certs = (self.trust.node_certificate(p) for p in self._peers)
+        self._expiry_ms = min((c.expires_at for c in certs if c is not None),
+                              default=math.inf)
+
+    def _drop_expired(self) -> None:
+        """The clock passed a connected peer's expiry: drop every peer no longer
+        admitted (whose renewal has not arrived)."""
+        now_ms = self.trust.now_ms
+        gone = frozenset(p for p in self._peers
+                         if (c := self.trust.node_certificate(p)) is not None
+                         and c.expired(now_ms))
+        if gone:
+            self._expired |= gone
+            self._cut = self._revoked | self._expired
+            for peer in sorted(gone):
+                self._drop_cut(peer)
+        self._refresh_expiry()
 
     # ------------------------------------------------------------------ reconcile
     def _observe_clock(self, now: float) -> None:
@@ -237,14 +275,16 @@ class NodeMachine:
             self._last_write = min(self._last_write, now)
         self._latest_now = now
         self.trust.observe_clock(now)
+        if self.trust.now_ms >= self._expiry_ms:
+            self._drop_expired()
 
     def _after_input(self, now: float) -> None:
         self._deployments.drain_swarm(now)
-        revoked = self._revoked
+        revoked = self._cut
         for out in self.swarm.take_outputs() + self.gossip.take_outputs():
             if isinstance(out, DropPeer):
                 if out.peer in revoked:
-                    continue              # already dropped as revoked
+                    continue              # already dropped as revoked (or expired)
                 self._dropped += 1
             elif revoked and isinstance(out, (SendMessage, ServeChunk)) and out.peer in revoked:
                 continue                  # nothing more to a revoked key
@@ -253,10 +293,16 @@ class NodeMachine:
     # ------------------------------------------------------------------ inputs
     def peer_connected(self, peer: str, now: float) -> None:
         self._observe_clock(now)
-        if peer in self._revoked:        # the transport should have refused it
-            self._drop_revoked(peer)
+        if peer in self._expired and self._admitted(peer):   # renewed since
+            self._expired -= {peer}
+            self._cut = self._revoked | self._expired
+        if peer in self._cut:            # the transport should have refused it
+            self._drop_cut(peer)
             return
         self._peers.add(peer)
+        cert = self.trust.node_certificate(peer)
+        if cert is not None:
+            self._expiry_ms = min(self._expiry_ms, cert.expires_at)
         self.gossip.peer_connected(peer, now)
         self.swarm.peer_connected(peer, now)
         self._after_input(now)
@@ -283,8 +329,8 @@ class NodeMachine:
 
     def receive(self, peer: str, message: WireMessage, now: float) -> None:
         self._observe_clock(now)
-        if peer in self._revoked:        # admission is re-checked before every input
-            self._drop_revoked(peer)
+        if peer in self._cut:            # admission is re-checked before every input
+            self._drop_cut(peer)
             return
         self.gossip.heard(peer, now)
         try:

@@ -47,7 +47,7 @@ from protocol._manifest import ChunkRef, FileEntry, Manifest, Variant, merkle_ro
 
 FORGED_UPTO = 1 << 62
 BATCH_EVERY = 1.0          # seconds between fresh batches of re-wraps
-BIG_ROUNDS = 3            # batches that carry the large manifests (see the module doc)
+BIG_ROUNDS = int(os.environ.get("SHOAL_TEST_BIG_ROUNDS", "3"))  # batches with the big ones
 PUSH_BYTES = 3 << 20       # an oversized push, still under the 8 MiB frame
 
 

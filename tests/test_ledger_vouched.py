@@ -184,3 +184,36 @@ def test_another_origins_stamp_of_held_content_is_not_news(
     assert calls == [m.manifest_id]
     assert victim.statistics().entries == 2
     assert victim.version_of(LIAR.key_id) == again.counter
+
+
+def test_an_origins_entries_over_its_byte_rate_wait_and_lose_nothing() -> None:
+    """An origin that re-stamps a large manifest again and again (each stamp replaces the
+    held one and would travel on) is rated in bytes: the entries over its bucket are
+    refused with the rest of its batch, its vector stops below them, and the next rounds
+    bring them once the bucket has refilled -- other origins are not slowed."""
+    m, _ = manifest(size=1 << 20)
+    liar = admitted_ledger(3)
+    stamps = [liar.append(LIAR, m) for _ in range(6)]
+    size = len(stamps[0].encoded())
+    honest = admitted_ledger(3)
+    mine = honest.append(X, record("x"))
+    victim = Ledger(admitted_ledger(3).trust, rate=size, burst=2.5 * size)
+
+    def sync(now: float) -> None:
+        for piece in liar.delta_since(victim.version_vector):
+            victim.merge_entries(piece.entries, piece.ranges, now)
+
+    # re-stamps arrive one by one, with the claims that cover them
+    for e in stamps[:3]:
+        victim.merge_entries([e, mine], {LIAR.key_id: (0, e.counter),
+                                         X.key_id: (0, mine.counter)}, 10.0)
+    assert victim.statistics().refused.get("rate") == 1
+    assert victim.version_of(LIAR.key_id) == stamps[1].counter   # not past the refused one
+    assert victim.version_of(X.key_id) == mine.counter           # X is not slowed
+    sync(10.0)                   # the bucket is empty: nothing more, nothing lost
+    assert victim.version_of(LIAR.key_id) == stamps[1].counter
+    for t in range(11, 20):      # one stamp's bytes a second: the liar catches up slowly
+        sync(float(t))
+    assert victim.version_of(LIAR.key_id) == liar.version_of(LIAR.key_id)
+    assert not liar.missing_for(victim.version_vector)
+    assert victim.statistics().manifests == 1

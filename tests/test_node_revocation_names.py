@@ -30,6 +30,44 @@ from ._fleet import (
 # ------------------------------------------------------------------ revocation
 
 
+def test_a_peer_whose_certificate_expires_mid_session_is_dropped_until_renewed() -> None:
+    """Expiry is re-checked while connected: the first input whose clock passes a
+    connected peer's expiry drops it (cause *expired*, a short ban, not for ever); its
+    in-flight input is refused; a renewed certificate admits it again."""
+    m = lone_machine(0, now=100.0)
+    a = node_key(1)
+    m.trust.add_certificate(Certificate.issue(ROOT, FLEET, a.public_key, Role.NODE, "a",
+                                              1, 200_000))        # expires at t = 200 s
+    m.peer_connected(a.key_id, 100.0)
+    m.take_outputs()
+    m.on_timer(199.0)
+    assert not [o for o in m.take_outputs() if isinstance(o, DropPeer)]
+    m.on_timer(200.5)
+    outs = m.take_outputs()
+    drops = [o for o in outs if isinstance(o, DropPeer)]
+    assert [d.peer for d in drops] == [a.key_id]
+    assert "expired" in drops[0].reason and 0 < drops[0].ban_for < math.inf
+    assert not any(isinstance(o, (SendMessage, ServeChunk)) and o.peer == a.key_id
+                   for o in outs)
+    before = len(list(m.ledger.entries()))
+    m.receive(a.key_id, _any_gossip(m), 201.0)
+    assert [o for o in m.take_outputs() if isinstance(o, DropPeer)] == [drops[0]]
+    assert len(list(m.ledger.entries())) == before
+    # the root renews it: the next session is kept
+    assert m.trust.add_certificate(Certificate.issue(ROOT, FLEET, a.public_key, Role.NODE,
+                                                     "a", 2, 10**9))
+    m.peer_connected(a.key_id, 202.0)
+    assert not [o for o in m.take_outputs() if isinstance(o, DropPeer)]
+    m.on_timer(300.0)
+    assert not [o for o in m.take_outputs() if isinstance(o, DropPeer)]
+
+
+def _any_gossip(m: Any) -> Any:
+    from protocol._gossip import GossipSummary
+    return GossipSummary(bytes(16), 1)
+
+
+
 def test_machine_drops_a_connected_peer_when_its_key_is_revoked_and_refuses_its_input() -> None:
     m = lone_machine(0, now=100.0)
     other = lone_machine(1, now=100.0)

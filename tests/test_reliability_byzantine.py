@@ -11,7 +11,9 @@ with its publisher key, and calls itself ``node1`` (its config's ``node_name``).
 
 Must hold, during the attack:
 
-* a rollout to every node converges, every honest node's files re-verified;
+* a rollout to every node reaches every honest node, every honest node's files
+  re-verified (the liar's own records come late or not at all: its entries are rated
+  per origin in bytes together with its flood, so its state is not waited for);
 * ``nodes=node1`` installs on node 1 only (names resolve through certificates);
 * every honest ledger holds each content at most once per origin, and node 1's vector
   entry is its own (no forged claim moved it);
@@ -118,7 +120,12 @@ async def _attack(f: LocalFleet, pkg1: Path, pkg2: Path) -> dict[str, object]:
     cpu0 = {i: cpu_s(_pid(f, i)) for i in HONEST}
     # a rollout to every node, under attack
     await f.call(0, lambda c: c.distribute_model("byz", "1.0.0"))
-    rep = await f.wait_converged(0, "byz", "1.0.0", 40)
+    honest = {f.nodes[i].node_id for i in HONEST}
+    with trio.fail_after(40):
+        while not honest <= set(await f.call(0, lambda c: c.nodes_with_version(
+                "byz", "1.0.0"))):
+            await trio.sleep(0.3)
+    rep = await f.call(0, lambda c: c.convergence_status("byz", "1.0.0"))
     out["rollout_s"] = time.monotonic() - t0
     out["rollout"] = rep
     # nodes=node1: only the node the root named node1
@@ -158,8 +165,9 @@ def test_a_byzantine_node_cannot_stop_the_fleet_and_is_cut_off(fleet: LocalFleet
     liar = f.nodes[LIAR].node_id
     victim = f.nodes[VICTIM].node_id
 
-    # the rollout converged on all four under attack
-    assert out["rollout"].converged == 4, out["rollout"]  # type: ignore[attr-defined]
+    # the rollout reached the three honest nodes under attack (the waiting above), and
+    # they count themselves converged
+    assert out["rollout"].converged >= 3, out["rollout"]  # type: ignore[attr-defined]
     # nodes=node1 targets node 1 only, at every honest node: not the liar calling itself so
     for rep in out["scoped"]:                                   # type: ignore[attr-defined]
         assert rep.total_platforms == 1 and rep.converged == 1, rep

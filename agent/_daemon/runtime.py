@@ -138,6 +138,7 @@ class RuntimeStatistics:
     installs: int
     sessions_refused_duplicate: int
     peers_dropped: int
+    throttled_s: float = 0.0    # seconds sessions' reads waited: peers over their rate
 
 
 @dataclass
@@ -231,6 +232,7 @@ class NodeRuntime:
         self.discovery: Discovery | None = None
         self._messages_in = self._outputs = self._stored = self._served = 0
         self._saves = self._installs = self._dup = self._drops = 0
+        self._throttled = 0.0       # of sessions that ended (live ones: their channel)
         self.migrator_timeout = float(config.migrator_timeout)  # seconds a migrator may run
         self.bytes_served_by_priority: dict[str, int] = {}  # priority name -> bytes (metrics)
 
@@ -390,6 +392,7 @@ class NodeRuntime:
             if self._sessions.get(peer) is sess:
                 del self._sessions[peer]
                 self.post(PeerDown(peer))
+            self._throttled += channel.statistics().throttled_s
             sess.done.set()
             with trio.CancelScope(shield=True):
                 await channel.aclose()
@@ -688,5 +691,8 @@ class NodeRuntime:
     def statistics(self) -> RuntimeStatistics:
         return RuntimeStatistics(self.node_id, self.port, len(self._sessions),
                                  self._messages_in, self._outputs, self._stored, self._served,
-                                 self._saves, self._installs, self._dup, self._drops)
+                                 self._saves, self._installs, self._dup, self._drops,
+                                 self._throttled + sum(
+                                     s.channel.statistics().throttled_s
+                                     for s in self._sessions.values()))
 

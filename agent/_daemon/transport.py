@@ -39,6 +39,18 @@ Nothing a stranger sends can make the daemon hold more than a fixed amount:
 After authentication a session buffers at most one partial record
 (``4 + max_frame`` bytes) plus one read (``read_size``), and the messages decoded
 from that read; authenticated inbound sessions are limited to ``max_connections``.
+
+CPU after authentication
+------------------------
+An admitted peer (perhaps a captured node) can send valid records as fast as the
+link carries them, and every record costs a decode. So each session's messages
+other than chunk data (gossip, announcements, requests) are rated in plaintext
+bytes: a token bucket of ``peer_rate`` bytes a second, ``peer_burst`` deep. A read
+that leaves the bucket in debt is still delivered, but the next read waits until
+the debt is paid: the peer's sender blocks on TCP, and its decode cost here is
+bounded by the rate. Chunk data (a ``Piece``: bytes this node asked for) costs no
+tokens. An honest peer stays far below the rate; the burst covers a new node's
+first sync of a large ledger.
 """
 
 from __future__ import annotations
@@ -64,6 +76,7 @@ from protocol import (
     ConnectionRole,
     ConnectionStatistics,
     FleetTrust,
+    Piece,
     ProtocolError,
     SecureConnection,
     SigningIdentity,
@@ -113,6 +126,8 @@ class TransportSettings:
     handshake_memory: int = 1048576   # bytes all pending handshakes may buffer together
     rekey_records: int = DEFAULT_REKEY_RECORDS  # records one session key seals at most
     rekey_bytes: int = DEFAULT_REKEY_BYTES      # plaintext bytes one session key seals
+    peer_rate: float = 1048576.0      # bytes/s of a session's messages (not chunk data) read
+    peer_burst: float = 16777216.0    # ... and at once
 
     def __post_init__(self) -> None:
         for name in ("handshake_timeout", "idle_timeout", "connect_timeout",
@@ -127,6 +142,8 @@ class TransportSettings:
             raise ValueError("rekey_records must be >= 2 (one of them the key update)")
         if self.rekey_bytes < 1:
             raise ValueError("rekey_bytes must be >= 1")
+        if not (self.peer_rate > 0 and self.peer_burst >= self.max_frame):
+            raise ValueError("peer_rate must be > 0 and peer_burst >= max_frame")
         if self.handshake_memory < HANDSHAKE_RESERVE:
             raise ValueError(f"handshake_memory must be >= {HANDSHAKE_RESERVE} bytes "
                              f"(one pending handshake)")
@@ -160,6 +177,7 @@ class ChannelStatistics:
     peer_address: str
     connection: ConnectionStatistics
     closed: bool
+    throttled_s: float = 0.0   # seconds reads waited: the peer sent over ``peer_rate``
 
 
 class SecureChannel:
@@ -183,6 +201,9 @@ class SecureChannel:
         self.peer_address = peer_address
         self.peer_certificate: Certificate = conn.peer_certificate
         self.peer_id: str = conn.peer_certificate.subject_id
+        self._tokens = settings.peer_burst   # of the peer's message bytes (see module doc)
+        self._tokens_at: float | None = None   # (trio's clock; set at the first read)
+        self._throttled = 0.0
 
     @property
     def closed(self) -> bool:
@@ -209,6 +230,10 @@ class SecureChannel:
         while not self._pending:
             if self._closed:
                 raise ChannelClosed(f"channel to {self.peer_id} is closed")
+            if self._tokens < 0:           # in debt: read nothing more until it is paid
+                wait = -self._tokens / self._settings.peer_rate
+                self._throttled += wait
+                await trio.sleep(wait)
             data: bytes | bytearray = b""
             with trio.move_on_after(self._settings.idle_timeout) as scope:
                 try:
@@ -224,12 +249,25 @@ class SecureChannel:
             if not data:
                 await self.aclose()
                 raise ChannelClosed(f"{self.peer_id} closed the connection")
+            before = self._conn.plaintext_received
             try:
-                self._pending.extend(self._conn.receive_data(data))
+                got = self._conn.receive_data(data)
             except ProtocolError:
                 await self.aclose()
                 raise
+            self._charge(self._conn.plaintext_received - before
+                         - sum(len(m.data) for m in got if type(m) is Piece))
+            self._pending.extend(got)
         return self._pending.popleft()
+
+    def _charge(self, size: int) -> None:
+        """Take ``size`` bytes of messages from the session's bucket (module doc)."""
+        now = trio.current_time()
+        st = self._settings
+        since = 0.0 if self._tokens_at is None else now - self._tokens_at
+        self._tokens = min(st.peer_burst, self._tokens + since * st.peer_rate)
+        self._tokens_at = now
+        self._tokens -= size
 
     def __aiter__(self) -> SecureChannel:
         return self
@@ -256,7 +294,7 @@ class SecureChannel:
 
     def statistics(self) -> ChannelStatistics:
         return ChannelStatistics(self.peer_id, self.peer_address, self._conn.statistics(),
-                                 self._closed)
+                                 self._closed, self._throttled)
 
 
 def _address(stream: trio.abc.Stream) -> str:
