@@ -8,7 +8,13 @@ drivers (agent/, sim/, benchmarks/) import from ``protocol`` only, never from th
 ``_modules`` behind it (``tests/test_layering.py`` holds them to it).
 """
 
-from ._capabilities import Capabilities, GpuInfo, Requirements, normalise_arch
+from ._capabilities import (
+    ACCELERATOR_KINDS,
+    Capabilities,
+    GpuInfo,
+    Requirements,
+    normalise_arch,
+)
 from ._chunking import (
     DEFAULT_PARAMS,
     DEFAULT_WINDOW,
@@ -123,7 +129,7 @@ from ._operator import (
     nodes_running,
 )
 from ._records import ModelState, NodeRecord, Suspicion
-from ._selection import VariantChoice, select_variant
+from ._selection import VariantChoice, select_variant, unmet_requirements
 from ._swarm import SwarmEngine, TransferProgress, make_piece
 from ._swarm_messages import SWARM_MESSAGES, Piece
 from ._types import BlockerReason, ModelOperationalStatus, TransferPriority
@@ -151,8 +157,8 @@ __all__ = [
     "validate_model_id", "validate_relative_path", "validate_version",
     "ChunkParams", "DEFAULT_PARAMS", "DEFAULT_WINDOW", "chunk_bytes", "chunk_matches",
     "chunk_stream", "hash_chunk",
-    "Capabilities", "GpuInfo", "Requirements", "normalise_arch",
-    "VariantChoice", "select_variant",
+    "ACCELERATOR_KINDS", "Capabilities", "GpuInfo", "Requirements", "normalise_arch",
+    "VariantChoice", "select_variant", "unmet_requirements",
     # the swarm, convergence and the seed API's types
     "SwarmEngine", "TransferProgress",
     "ModelConvergenceStatus", "ConvergenceBlocker", "RolloutState",

@@ -1,4 +1,11 @@
-"""What a node can run (its probe result) and what a model variant needs."""
+"""What a node can run (its probe result) and what a model variant needs.
+
+An accelerator is a :class:`GpuInfo` of one *kind* (:data:`ACCELERATOR_KINDS`):
+``cuda`` (an NVIDIA GPU, a MIG instance of one, or a Jetson's integrated GPU),
+``rocm`` (an AMD GPU), ``intel-gpu`` and ``npu`` (OpenVINO devices). Its memory is
+what a model may use on it; ``unified_memory`` says that memory is the system's RAM
+shared with the CPU (a Jetson), so it is counted once as RAM and once as GPU memory.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,9 @@ from types import MappingProxyType
 from ._codec import struct
 from ._errors import InvalidValue
 
-__all__ = ["normalise_arch", "GpuInfo", "Capabilities", "Requirements"]
+__all__ = ["ACCELERATOR_KINDS", "normalise_arch", "GpuInfo", "Capabilities", "Requirements"]
+
+ACCELERATOR_KINDS = ("cuda", "rocm", "intel-gpu", "npu")
 
 
 @struct
@@ -19,6 +28,8 @@ class GpuInfo:
     free_memory_mb: int
     driver: str
     compute_capability: str  # "9.0"; "" when unknown
+    kind: str = "cuda"       # one of ACCELERATOR_KINDS
+    unified_memory: bool = False   # its memory is the system RAM (shared with the CPU)
 
 
 @struct
@@ -38,6 +49,10 @@ class Capabilities:
         """Total memory of the largest GPU in GiB (0.0 with no GPU)."""
         return max((g.total_memory_mb for g in self.gpus), default=0) / 1024.0
 
+    @property
+    def accelerator_kinds(self) -> frozenset[str]:
+        return frozenset(g.kind for g in self.gpus)
+
 
 @struct
 @dataclass(frozen=True, slots=True)
@@ -50,10 +65,15 @@ class Requirements:
     precision: str = "fp32"
     min_ram_gb: float = 0.0
     min_storage_mb: int = 0
+    accelerators: tuple[str, ...] = ()   # at least one device of one of these kinds
 
     def __post_init__(self) -> None:
         if self.min_gpu_mem_gb < 0 or self.min_ram_gb < 0 or self.min_storage_mb < 0:
             raise InvalidValue("requirements cannot be negative")
+        for kind in self.accelerators:
+            if kind not in ACCELERATOR_KINDS:
+                raise InvalidValue(f"unknown accelerator kind {kind!r} (known: "
+                                   f"{', '.join(ACCELERATOR_KINDS)})")
         if self.precision not in ("fp32", "fp16", "bf16", "int8", "int4", "fp8"):
             raise InvalidValue(f"unknown precision {self.precision!r}")
 

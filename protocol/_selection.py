@@ -23,6 +23,9 @@ def unmet_requirements(req: Requirements, caps: Capabilities) -> dict[str, str]:
     unmet: dict[str, str] = {}
     if req.cpu_arch and caps.cpu_arch not in req.cpu_arch:
         unmet["cpu_arch"] = f"needs cpu {'/'.join(req.cpu_arch)}, node is {caps.cpu_arch}"
+    if req.accelerators and not set(req.accelerators) & caps.accelerator_kinds:
+        unmet["accelerator"] = (f"needs a {' or '.join(req.accelerators)} device, node has "
+                                f"{', '.join(sorted(caps.accelerator_kinds)) or 'none'}")
     if req.min_gpu_mem_gb > 0 and caps.max_gpu_memory_gb < req.min_gpu_mem_gb:
         unmet["gpu"] = (f"needs {req.min_gpu_mem_gb:g} GiB of GPU memory, node has "
                         f"{caps.max_gpu_memory_gb:g} GiB")

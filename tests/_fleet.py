@@ -169,7 +169,8 @@ class InProcessFleet(Fleet):
     """``n`` whole NodeMachines on the simulator's loop and network — the tests' one
     in-process driver (h11's ConnectionPair idea, grown to a fleet).
 
-    Node ``i`` has key ``node_key(i)``, capabilities ``caps()`` and, if given, formation
+    Node ``i`` has key ``node_key(i)``, capabilities ``caps()`` (or ``capabilities[i]``)
+    and, if given, formation
     ``formations[i]``, the versions ``installed[i]`` on disk and, if given, a wall clock
     ``offsets[i]`` ahead of the fleet's time. The links form a full mesh (or the overlay
     ``edges``), unlimited in bandwidth, with the simulator's default latency (or
@@ -188,7 +189,8 @@ class InProcessFleet(Fleet):
                  installed: Mapping[int, Sequence[tuple[str, str, str]]] | None = None,
                  offsets: Sequence[float] | None = None, config: Config | None = None,
                  edges: Iterable[tuple[int, int]] | None = None,
-                 profile: LinkProfile | None = None, strict: bool = True) -> None:
+                 profile: LinkProfile | None = None, strict: bool = True,
+                 capabilities: Sequence[Capabilities] | None = None) -> None:
         self.offset = list(offsets) if offsets else [0.0] * n
         self.strict = strict
         self.timers_held = False
@@ -196,7 +198,8 @@ class InProcessFleet(Fleet):
         self.installs: list[list[InstallVariant]] = [[] for _ in range(n)]
         self.activations: list[list[ActivateVersion]] = [[] for _ in range(n)]
         self.served = [0] * n
-        specs = [NodeSpec(up=0, down=0, capabilities=caps(),
+        specs = [NodeSpec(up=0, down=0,
+                          capabilities=capabilities[i] if capabilities else caps(),
                           formation=formations[i] if formations else "") for i in range(n)]
         super().__init__(specs, seed=seed, identity_seed=SEED,
                          config=config or Config(fleet_id=FLEET), topology="full",

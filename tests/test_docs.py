@@ -96,6 +96,8 @@ def test_runnable_example_runs(doc: str, line: str, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "agent._cli" if prog == "shoal" else "sim", *argv]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SHOAL_DATA_DIR": str(tmp_path / "data"),
            "MPLBACKEND": "Agg"}
+    for shipped in ("examples", "tests"):     # paths the docs name, as from a checkout
+        (tmp_path / shipped).symlink_to(ROOT / shipped)
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0, f"{doc}: `{line}` failed:\n{proc.stderr[-2000:]}"

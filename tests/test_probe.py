@@ -1,4 +1,5 @@
-"""The hardware probe on this machine, its GPU branch, and overrides (agent/_daemon/probe.py)."""
+"""The hardware probe on this machine, its NVML branch, and overrides
+(agent/_daemon/probe.py; recorded machines: tests/test_probe_hardware.py)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ import pytest
 from agent._daemon.probe import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
-    GpuProbe,
+    Backends,
     ProbeOverrides,
     normalise_arch,
     overrides_from_mapping,
     probe,
-    probe_gpus,
-    probe_providers,
+    usable_providers,
 )
 from agent._errors import ConfigError
+from agent._hardware import probe_nvml
 from protocol._capabilities import Capabilities, GpuInfo
 
 
@@ -58,23 +59,22 @@ def test_real_probe_on_this_machine(tmp_path: Path) -> None:
 def test_gpu_probe_without_gpu_is_a_normal_result() -> None:
     if NO_NVML is None:
         pytest.skip("this machine has a working NVML; covered by the GPU test")
-    result = probe_gpus()
-    assert result.gpus == ()
-    assert result.status.startswith(("no-driver", "no-library"))
+    result = probe_nvml()
+    assert result.devices == ()
+    assert result.status.startswith("absent")
 
 
 @pytest.mark.skipif(NO_NVML is not None, reason=f"no GPU here: {NO_NVML}")
 def test_gpu_probe_reads_real_gpus() -> None:
-    result = probe_gpus()
+    result = probe_nvml()
     assert result.status == "ok", result.status
-    assert result.gpus and result.driver
-    for gpu in result.gpus:
-        assert gpu.name and gpu.total_memory_mb > 0
+    assert result.devices and result.details[0].startswith("driver ")
+    for gpu in result.devices:
+        assert gpu.name and gpu.total_memory_mb > 0 and gpu.kind == "cuda"
         assert 0 <= gpu.free_memory_mb <= gpu.total_memory_mb
-        assert gpu.driver == result.driver
         assert gpu.compute_capability == "" or "." in gpu.compute_capability
     # a second probe works too: nvmlShutdown left NVML re-initialisable
-    assert probe_gpus().gpus == result.gpus or len(probe_gpus().gpus) == len(result.gpus)
+    assert len(probe_nvml().devices) == len(result.devices)
 
 
 def test_arch_normalisation() -> None:
@@ -87,9 +87,10 @@ def test_arch_normalisation() -> None:
 
 
 def test_providers() -> None:
-    assert probe_providers(False)[-1] == CPU_PROVIDER
-    with_gpu = probe_providers(True)
-    assert with_gpu[0] == CUDA_PROVIDER and with_gpu[-1] == CPU_PROVIDER
+    none, _ = usable_providers(None, frozenset(), (), False)
+    assert none == (CPU_PROVIDER,)
+    with_gpu, _ = usable_providers((CPU_PROVIDER, "Foo"), frozenset({"cuda"}), (), False)
+    assert with_gpu == (CUDA_PROVIDER, "Foo", CPU_PROVIDER)
     assert len(set(with_gpu)) == len(with_gpu)
 
 
@@ -103,9 +104,9 @@ def test_overrides_apply(tmp_path: Path) -> None:
     assert caps.max_gpu_memory_gb == 32.0
     caps = probe(str(tmp_path), ProbeOverrides(gpus=(), execution_providers=("Foo", "Bar")))
     assert caps.gpus == () and caps.execution_providers == ("Foo", "Bar")
-    # an injected GPU probe result is used when gpus are not overridden
-    seen = GpuProbe((fake,), "ok", "36.2")
-    assert probe(str(tmp_path), gpu_probe=seen).gpus == (fake,)
+    # an override of gpus replaces what the back-ends saw
+    assert probe(str(tmp_path), ProbeOverrides(gpus=(fake,)),
+                 backends=Backends()).gpus == (fake,)
 
 
 def test_probe_of_missing_data_dir_names_it(tmp_path: Path) -> None:
@@ -118,10 +119,12 @@ def test_overrides_from_config_table() -> None:
     ov = overrides_from_mapping({
         "cpu_arch": "amd64", "cpu_cores": 4, "ram_mb": 2048, "storage_free_mb": 0,
         "execution_providers": ["TensorrtExecutionProvider", "CPUExecutionProvider"],
-        "gpus": [{"name": "A2", "total_memory_mb": 16384, "compute_capability": "8.6"}],
+        "gpus": [{"name": "A2", "total_memory_mb": 16384, "compute_capability": "8.6"},
+                 {"name": "NPU", "total_memory_mb": 1, "kind": "npu"}],
     })
     assert ov.cpu_arch == "amd64" and ov.cpu_cores == 4 and ov.storage_free_mb == 0
-    assert ov.gpus == (GpuInfo("A2", 16384, 16384, "", "8.6"),)
+    assert ov.gpus == (GpuInfo("A2", 16384, 16384, "", "8.6"),
+                       GpuInfo("NPU", 1, 1, "", "", "npu"))
     cases: list[tuple[dict[str, Any], str]] = [
                     ({"ram": 1}, "probe.ram"), ({"cpu_cores": 0}, "probe.cpu_cores"),
                      ({"ram_mb": True}, "probe.ram_mb"), ({"cpu_arch": ""}, "probe.cpu_arch"),
@@ -131,7 +134,11 @@ def test_overrides_from_config_table() -> None:
                      ({"gpus": [{"name": "x", "total_memory_mb": 1, "vram": 2}]},
                       "probe.gpus[0].vram"),
                      ({"gpus": [{"name": "x", "total_memory_mb": 1, "free_memory_mb": 2}]},
-                      "probe.gpus[0].free_memory_mb")]
+                      "probe.gpus[0].free_memory_mb"),
+                     ({"gpus": [{"name": "x", "total_memory_mb": 1, "kind": "tpu"}]},
+                      "probe.gpus[0].kind"),
+                     ({"gpus": [{"name": "x", "total_memory_mb": 1, "unified_memory": 1}]},
+                      "probe.gpus[0].unified_memory")]
     for bad, key in cases:
         with pytest.raises(ConfigError) as info:
             overrides_from_mapping(bad)

@@ -270,6 +270,16 @@ def _cmd_status(args: argparse.Namespace) -> tuple[Any, str]:
     lines = [f"node {r.node_id} ({r.name}) fleet {r.fleet_id} port {r.listen_port}, "
              f"{len(r.peers)} peers"]
     if r.record is not None:
+        c = r.record.capabilities
+        if c is not None:
+            gpus = ", ".join(f"{g.name} ({g.kind}, {g.total_memory_mb} MiB)"
+                             for g in c.gpus) or "no accelerator"
+            probe = json.loads(r.statistics_json).get("probe", {}).get("backends", {})
+            seen = ", ".join(f"{name} {b['status'].split(':')[0]}"
+                             for name, b in probe.items())
+            lines.append(f"  hardware: {c.cpu_arch} x{c.cpu_cores}, {gpus}; providers "
+                         f"{', '.join(c.execution_providers)}"
+                         + (f" (probe: {seen})" if seen else ""))
         for m in r.record.models:
             lines.append(f"  {m.model_id} {m.version or '-'} [{m.variant_id or '-'}] "
                          f"{m.status.value} {m.bytes_done}/{m.bytes_total} B"

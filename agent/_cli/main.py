@@ -275,6 +275,10 @@ from agent._cli.migrate import register as _register_migrate  # noqa: E402  (exp
 
 REGISTRARS.append(_register_migrate)
 
+from agent._cli.probe import register as _register_probe  # noqa: E402  (probe)
+
+REGISTRARS.append(_register_probe)
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error with ``--json`` prints one JSON document too."""

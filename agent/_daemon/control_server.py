@@ -292,6 +292,7 @@ class ControlServer:
                          "swarm": asdict(m.swarm.statistics()),
                          "gossip": asdict(m.gossip.statistics()),
                          "control": asdict(self.statistics()),
+                         "probe": rt.probe_report.as_dict(),
                          "revoked_keys": [fingerprint(r.subject_key)
                                           for r in m.trust.revocations()]}
                 return StatusResponse(rt.node_id, m.name, rt.config.fleet_id, m.formation,

@@ -72,7 +72,7 @@ from agent._daemon.inbox import (
 from agent._daemon.lock import DataDirLock
 from agent._daemon.log import log_own_problems
 from agent._daemon.migrator import ingest_hook
-from agent._daemon.probe import probe
+from agent._daemon.probe import probe_machine
 from agent._daemon.transport import PeerListener, Redialer, SecureChannel, TransportError, dial
 from agent._errors import AgentError, ChunkCorrupted, ChunkNotFound, InsufficientStorage, StoreError
 from agent._storage.install import Installer
@@ -198,7 +198,10 @@ class NodeRuntime:
         installed: list[tuple[str, str, str]] = []
         for iv in sorted(self.installer.installed(), key=lambda v: (v.model_id, v.active)):
             installed.append((iv.model_id, iv.version, iv.variant_id))
-        self.capabilities = probe(str(self.data.root), config.probe)
+        self.probe_report = probe_machine(str(self.data.root), config.probe)
+        self.capabilities = self.probe_report.capabilities
+        for line in self.probe_report.summary():
+            log.info("probe: %s", line.strip())
         now = self.clock()
         self.machine = NodeMachine(
             config=config.protocol_config(), identity=self.identity,

@@ -76,7 +76,7 @@ log = logging.getLogger("shoal.daemon")
 PACKAGE_FILE = "shoal-model.toml"
 DEFAULT_VARIANT = "default"
 _REQUIREMENT_KEYS = {"cpu_arch", "min_gpu_mem_gb", "execution_providers", "precision",
-                     "min_ram_gb", "min_storage_mb"}
+                     "min_ram_gb", "min_storage_mb", "accelerators"}
 _VARIANT_KEYS = _REQUIREMENT_KEYS | {"id", "path", "migrator"}
 #: Chunks handed to the writer threads but not yet on disk (bounds memory: <= 32 * max_size).
 _MAX_IN_FLIGHT = 32
@@ -113,7 +113,7 @@ def _inside(root_real: str, path: str) -> bool:
 
 def _requirements(table: dict[str, Any], where: str) -> Requirements:
     kwargs: dict[str, Any] = {}
-    for key in ("cpu_arch", "execution_providers"):
+    for key in ("cpu_arch", "execution_providers", "accelerators"):
         if key in table:
             value = table[key]
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
