@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent._daemon.health import HealthSettings
 from agent._daemon.probe import ProbeOverrides, overrides_from_mapping
 from agent._daemon.transport import TransportSettings
 from agent._errors import ConfigError
@@ -44,7 +45,7 @@ DEFAULT_PORT = 7411
 _TOP_KEYS = {"data_dir", "fleet_id", "fleet_root_key", "node_name", "formation",
              "listen_address", "listen_port", "static_peers", "control_socket",
              "migrator_timeout", "bandwidth", "gossip", "swarm", "transport", "mdns", "probe",
-             "metrics"}
+             "metrics", "health"}
 _REQUIRED = ("data_dir", "fleet_id", "fleet_root_key")
 _FLEET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
@@ -72,6 +73,7 @@ class AgentConfig:
     mdns_interfaces: tuple[str, ...] = ()   # IPv4 addresses; () = every interface
     probe: ProbeOverrides = field(default_factory=ProbeOverrides)
     metrics_listen: tuple[str, int] | None = None   # [metrics] listen; None = no endpoint
+    health: HealthSettings = field(default_factory=HealthSettings)
 
     def protocol_config(self) -> Config:
         """The node state machine's :class:`protocol.Config` (rates folded into swarm)."""
@@ -148,6 +150,8 @@ def parse_config(data: Mapping[str, Any] | str, base_dir: str = ".") -> AgentCon
     if "swarm" in data:
         out["swarm"] = _dataclass_table(SwarmConfig, data["swarm"], "swarm",
                                         exclude=_SWARM_RATES)
+    if "health" in data:
+        out["health"] = _dataclass_table(HealthSettings, data["health"], "health")
     if "transport" in data:
         out["transport"] = _dataclass_table(TransportSettings, data["transport"],
                                             "transport")

@@ -140,7 +140,10 @@ class Deployments:
         return hit
 
     def install_finished(self, model_id: str, version: str, variant_id: str, ok: bool,
-                         reason: BlockerReason | None, detail: str, now: float) -> None:
+                         reason: BlockerReason | None, detail: str, now: float,
+                         unhealthy: str | None = None) -> None:
+        """``unhealthy``: the install succeeded but the variant's health check failed
+        through its settling window (its detail): the model runs, ``degraded``."""
         key = self._installing.pop(model_id, None)
         if key is not None:
             self._refresh_progress(model_id, key, now)
@@ -148,12 +151,38 @@ class Deployments:
             disk = self._disk.setdefault(model_id, {})
             disk[version] = variant_id
             self.set_state(model_id, now, version=version, variant_id=variant_id,
-                           status=_S.OPERATIONAL, active_version=version, blocker=None,
-                           blocker_detail="", installed=tuple(sorted(disk)))
+                           status=_S.OPERATIONAL if unhealthy is None else _S.DEGRADED,
+                           active_version=version,
+                           blocker=None if unhealthy is None else BlockerReason.UNHEALTHY,
+                           blocker_detail=unhealthy or "", blocker_since=now,
+                           installed=tuple(sorted(disk)))
         else:
             self.set_state(model_id, now, version=version, variant_id=variant_id,
                            status=_S.FAILED, blocker=reason or BlockerReason.DEPLOYMENT_FAILED,
                            blocker_detail=detail, blocker_since=now)
+
+    def health_reported(self, model_id: str, version: str, unhealthy: str | None,
+                        now: float) -> bool:
+        """A health check of the running ``version`` passed (``unhealthy`` None) or failed
+        (its detail): ``operational`` <-> ``degraded``. A report about a version that no
+        longer runs, or during a transfer or install, changes nothing. True when the
+        status changed."""
+        st = self._states.get(model_id)
+        if st is None or st.status not in _DONE or st.active_version != version \
+                or st.version != version:
+            return False
+        if unhealthy is None:
+            if st.status is _S.OPERATIONAL:
+                return False
+            self.set_state(model_id, now, status=_S.OPERATIONAL, blocker=None,
+                           blocker_detail="")
+            return True
+        if st.status is _S.DEGRADED and st.blocker_detail == unhealthy:
+            return False
+        self.set_state(model_id, now, status=_S.DEGRADED, blocker=BlockerReason.UNHEALTHY,
+                       blocker_detail=unhealthy,
+                       blocker_since=st.blocker_since if st.status is _S.DEGRADED else now)
+        return True
 
     # ------------------------------------------------------------------ reconcile
     def reconcile(self, capabilities: Capabilities | None, now: float) -> None:

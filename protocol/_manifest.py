@@ -196,6 +196,7 @@ class Variant:
     requirements: Requirements
     files: tuple[FileEntry, ...]
     migrator: str | None = None  # a file path in this variant, run as the model's migrator
+    health_check: str | None = None  # a file path in this variant, run to check its health
 
     def __post_init__(self) -> None:
         validate_variant_id(self.variant_id)
@@ -216,6 +217,9 @@ class Variant:
                     raise HostilePath(f"path {d!r} is both a file and a directory")
         if self.migrator is not None and self.migrator.casefold() not in seen:
             raise InvalidValue(f"migrator {self.migrator!r} is not a file of the variant")
+        if self.health_check is not None and self.health_check.casefold() not in seen:
+            raise InvalidValue(f"health_check {self.health_check!r} is not a file of the "
+                               "variant")
 
     @property
     def size(self) -> int:

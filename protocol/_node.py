@@ -506,12 +506,25 @@ class NodeMachine:
         self._after_input(now)
 
     def install_finished(self, model_id: str, version: str, variant_id: str, ok: bool,
-                         reason: BlockerReason | None, detail: str, now: float) -> None:
+                         reason: BlockerReason | None, detail: str, now: float,
+                         unhealthy: str | None = None) -> None:
+        """An install ended; ``unhealthy``: it succeeded, but the variant's health check
+        failed through its settling window (the model is ``degraded``)."""
         self._observe_clock(now)
         self._deployments.install_finished(model_id, version, variant_id, ok, reason, detail,
-                                           now)
+                                           now, unhealthy)
         self._write_record(now, urgent=True)
         self._reconcile(now)
+        self._after_input(now)
+
+    def health_reported(self, model_id: str, version: str, unhealthy: str | None,
+                        now: float) -> None:
+        """A health check of the running ``version``: passed (``unhealthy`` None) or
+        failed with that detail. The record is rewritten at once when the status moves
+        between ``operational`` and ``degraded``."""
+        self._observe_clock(now)
+        if self._deployments.health_reported(model_id, version, unhealthy, now):
+            self._write_record(now, urgent=True)
         self._after_input(now)
 
     # ------------------------------------------------------------------ outputs, queries

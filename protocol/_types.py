@@ -43,4 +43,5 @@ class BlockerReason(enum.StrEnum):
     DEPLOYMENT_FAILED = "deployment_failed"
     INCOMPATIBLE_CAPABILITIES = "incompatible_capabilities"
     NODE_BUSY = "node_busy"
+    UNHEALTHY = "unhealthy"          # degraded: the variant's health check fails
     UNKNOWN = "unknown"

@@ -15,7 +15,8 @@ from typing import Any
 from protocol import BlockerReason, NodeMachine, WireMessage
 
 __all__ = ["InboxEvent", "PeerMessage", "PeerUp", "PeerDown", "ChunkStored",
-           "ChunkStoreFailed", "ChunkMissing", "PieceSent", "InstallDone", "ControlCall"]
+           "ChunkStoreFailed", "ChunkMissing", "PieceSent", "InstallDone", "HealthChecked",
+           "ControlCall"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,16 @@ class InstallDone:
     ok: bool
     reason: BlockerReason | None
     detail: str
+    unhealthy: str | None = None    # installed, but its health check failed: why
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChecked:
+    """A health check of the running ``version`` passed (``unhealthy`` None) or failed."""
+
+    model_id: str
+    version: str
+    unhealthy: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,4 +104,4 @@ class ControlCall:
 
 
 InboxEvent = (PeerMessage | PeerUp | PeerDown | ChunkStored | ChunkStoreFailed | ChunkMissing
-              | PieceSent | InstallDone | ControlCall)
+              | PieceSent | InstallDone | HealthChecked | ControlCall)

@@ -83,7 +83,7 @@ class RuntimeCollector(Collector):
             wire.add_metric([p.node_id, "in"], p.bytes_received)
         yield wire
         for name in ("messages_in", "chunks_stored", "chunks_served", "ledger_saves",
-                     "installs", "peers_dropped"):
+                     "installs", "peers_dropped", "health_checks", "health_failures"):
             yield CounterMetricFamily(f"shoal_{name}", f"daemon: {name.replace('_', ' ')}",
                                       value=getattr(stats, name))
         served = CounterMetricFamily("shoal_served_bytes",

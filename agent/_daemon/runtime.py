@@ -57,11 +57,13 @@ import trio
 from agent._config import AgentConfig
 from agent._daemon.control_messages import PeerEntry
 from agent._daemon.discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
+from agent._daemon.health import run_check, settle
 from agent._daemon.inbox import (
     ChunkMissing,
     ChunkStored,
     ChunkStoreFailed,
     ControlCall,
+    HealthChecked,
     InboxEvent,
     InstallDone,
     PeerDown,
@@ -139,6 +141,8 @@ class RuntimeStatistics:
     sessions_refused_duplicate: int
     peers_dropped: int
     throttled_s: float = 0.0    # seconds sessions' reads waited: peers over their rate
+    health_checks: int = 0      # health checks run (agent/_daemon/health.py)
+    health_failures: int = 0    # ... that failed
 
 
 @dataclass
@@ -236,6 +240,8 @@ class NodeRuntime:
         self._messages_in = self._outputs = self._stored = self._served = 0
         self._saves = self._installs = self._dup = self._drops = 0
         self._throttled = 0.0       # of sessions that ended (live ones: their channel)
+        self._health_checks = self._health_failures = 0
+        self.health = config.health
         self.migrator_timeout = float(config.migrator_timeout)  # seconds a migrator may run
         self.bytes_served_by_priority: dict[str, int] = {}  # priority name -> bytes (metrics)
 
@@ -266,6 +272,7 @@ class NodeRuntime:
                     port=self.config.listen_port, settings=self.config.transport)
                 self.port = await nursery.start(self.listener.serve)
                 nursery.start_soon(self._machine_task)
+                nursery.start_soon(self._health_task)
                 for _ in range(_STORE_WORKERS):
                     nursery.start_soon(self._store_worker)
                 for service in services:
@@ -531,8 +538,11 @@ class NodeRuntime:
                 m.chunk_missing(chunk_hash, now)
             case PieceSent(peer, chunk_hash):
                 m.upload_done(peer, chunk_hash, now)
-            case InstallDone(model_id, version, variant_id, ok, reason, detail):
-                m.install_finished(model_id, version, variant_id, ok, reason, detail, now)
+            case InstallDone(model_id, version, variant_id, ok, reason, detail, unhealthy):
+                m.install_finished(model_id, version, variant_id, ok, reason, detail, now,
+                                   unhealthy)
+            case HealthChecked(model_id, version, unhealthy):
+                m.health_reported(model_id, version, unhealthy, now)
             case ControlCall(fn, done):    # a control request: run fn(machine, now) here
                 try:
                     done(fn(m, now), None)
@@ -667,8 +677,62 @@ class NodeRuntime:
         if not ok:
             log.error("install of %s %s failed: %s", out.model_id, out.version, detail,
                       extra={"model_id": out.model_id, "version": out.version})
+        unhealthy = None
+        if ok and manifest is not None:     # the model is `loading` until this settles
+            unhealthy = await self._settle_health(manifest, out.variant_id)
         self.post(InstallDone(out.model_id, out.version, out.variant_id, ok,
-                              None if ok else reason, detail))
+                              None if ok else reason, detail, unhealthy))
+
+    # ------------------------------------------------------------------ health checks
+
+    def _health_check_of(self, manifest: Manifest, variant_id: str) -> str | None:
+        return next((v.health_check for v in manifest.variants
+                     if v.variant_id == variant_id), None)
+
+    def _health_env(self, manifest: Manifest, variant_id: str) -> dict[str, str]:
+        return {"SHOAL_MODEL_ID": manifest.model_id, "SHOAL_VERSION": manifest.version,
+                "SHOAL_VARIANT": variant_id, "SHOAL_DATA_DIR": str(self.data.root)}
+
+    def _count_health(self, unhealthy: str | None, tries: int = 1) -> None:
+        self._health_checks += tries
+        self._health_failures += tries - 1 + (unhealthy is not None)
+
+    async def _settle_health(self, manifest: Manifest, variant_id: str) -> str | None:
+        """Run the variant's health check through its settling window (agent/_daemon/
+        health.py); None when it passed or there is none, else why it failed."""
+        check = self._health_check_of(manifest, variant_id)
+        iv = self.installer.active(manifest.model_id)
+        if check is None or iv is None or iv.version != manifest.version:
+            return None
+        unhealthy, tries = await settle(Path(iv.path), check,
+                                        self._health_env(manifest, variant_id), self.health)
+        self._count_health(unhealthy, tries)
+        if unhealthy is not None:
+            log.warning("%s %s is degraded: its health check failed for %g s: %s",
+                        manifest.model_id, manifest.version, self.health.settle_window,
+                        unhealthy, extra={"model_id": manifest.model_id,
+                                          "version": manifest.version})
+        return unhealthy
+
+    async def _health_task(self) -> None:
+        """Check every running version that has a health check, every interval."""
+        while True:
+            await trio.sleep(self.health.interval)
+            for iv in await trio.to_thread.run_sync(self.installer.installed):
+                if not iv.active:
+                    continue
+                manifest = self.machine.ledger.manifest_by_id(iv.manifest_id)
+                check = None if manifest is None else self._health_check_of(
+                    manifest, iv.variant_id)
+                st = self.machine.model_state(iv.model_id)
+                if manifest is None or check is None or st is None \
+                        or st.active_version != iv.version:
+                    continue
+                unhealthy = await run_check(Path(iv.path), check,
+                                            self._health_env(manifest, iv.variant_id),
+                                            self.health.timeout)
+                self._count_health(unhealthy)
+                self.post(HealthChecked(iv.model_id, iv.version, unhealthy))
 
     def _install_sync(self, manifest: Manifest, variant_id: str,
                       previous_version: str | None = None) -> str:
@@ -697,5 +761,6 @@ class NodeRuntime:
                                  self._saves, self._installs, self._dup, self._drops,
                                  self._throttled + sum(
                                      s.channel.statistics().throttled_s
-                                     for s in self._sessions.values()))
+                                     for s in self._sessions.values()),
+                                 self._health_checks, self._health_failures)
 

@@ -77,7 +77,7 @@ PACKAGE_FILE = "shoal-model.toml"
 DEFAULT_VARIANT = "default"
 _REQUIREMENT_KEYS = {"cpu_arch", "min_gpu_mem_gb", "execution_providers", "precision",
                      "min_ram_gb", "min_storage_mb", "accelerators"}
-_VARIANT_KEYS = _REQUIREMENT_KEYS | {"id", "path", "migrator"}
+_VARIANT_KEYS = _REQUIREMENT_KEYS | {"id", "path", "migrator", "health_check"}
 #: Chunks handed to the writer threads but not yet on disk (bounds memory: <= 32 * max_size).
 _MAX_IN_FLIGHT = 32
 
@@ -88,6 +88,7 @@ class VariantSpec:
     path: Path                 # a directory, or a single file
     requirements: Requirements
     migrator: str | None
+    health_check: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,12 +183,15 @@ def load_package(path: Path | str) -> list[VariantSpec]:
         where = f"{toml_path} variant {vid!r}"
         rel = table.get("path", vid)
         migrator = table.get("migrator")
-        if not isinstance(rel, str) or (migrator is not None and not isinstance(migrator, str)):
-            raise ConfigError(f"{where}: path and migrator must be strings")
+        health = table.get("health_check")
+        if not isinstance(rel, str) or any(v is not None and not isinstance(v, str)
+                                           for v in (migrator, health)):
+            raise ConfigError(f"{where}: path, migrator and health_check must be strings")
         try:
             validate_relative_path(rel)
-            if migrator is not None:
-                validate_relative_path(migrator)
+            for v in (migrator, health):
+                if v is not None:
+                    validate_relative_path(v)
         except InvalidValue as exc:
             raise ConfigError(f"{where}: {exc}") from None
         vpath = root / rel
@@ -195,7 +199,7 @@ def load_package(path: Path | str) -> list[VariantSpec]:
             raise PublishError(f"{where}: {rel} resolves outside the package")
         if not vpath.is_dir():
             raise ConfigError(f"{where}: {vpath} is not a directory")
-        specs.append(VariantSpec(vid, vpath, _requirements(table, where), migrator))
+        specs.append(VariantSpec(vid, vpath, _requirements(table, where), migrator, health))
     ids = [s.variant_id for s in specs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{toml_path}: duplicate variant ids")
@@ -347,7 +351,8 @@ def publish(store: ChunkStore, package: Path | str, model_id: str, version: str,
                              for rel, p, x in listing]
                     try:
                         variants.append(Variant(spec.variant_id, spec.requirements,
-                                                tuple(files), spec.migrator))
+                                                tuple(files), spec.migrator,
+                                                spec.health_check))
                     except InvalidValue as exc:
                         raise PublishError(f"variant {spec.variant_id}: {exc}") from None
         finally:

@@ -1,0 +1,112 @@
+"""A variant's health check: run it in its version directory, read its verdict.
+
+Theory of operation
+-------------------
+A variant may name a health check (``health_check`` in ``shoal-model.toml``: a file
+of the variant, like its migrator). The agent starts it in the version directory
+(``python FILE`` for a ``.py`` file, else the file itself, which must be
+executable) with ``SHOAL_MODEL_ID``, ``SHOAL_VERSION``, ``SHOAL_VARIANT`` and
+``SHOAL_DATA_DIR`` in its environment. Exit status 0 means healthy; anything else
+is unhealthy, and the detail the fleet sees is the check's last non-empty stderr
+line (else its exit status). A check that runs past ``timeout`` is killed and
+counts as unhealthy; one that cannot start (missing, not executable, a path out of
+the version) is unhealthy with the reason.
+
+When it runs: after an install, before the node reports the install finished (the
+model is ``loading`` meanwhile), every ``settle_every`` seconds until it passes or
+``settle_window`` ends -- ``operational`` if it passed, ``degraded`` if not; then
+every ``interval`` seconds while the version is the one that runs, so a model that
+degrades later (or recovers) is reported too. No check: today's behaviour, the
+model is ``operational`` once its files are switched.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from agent._storage.paths import confine
+from protocol import HostilePath, InvalidValue, validate_relative_path
+
+__all__ = ["HealthSettings", "check_argv", "run_check", "settle"]
+
+_DETAIL_MAX = 300        # characters of the detail kept (it travels in the node's record)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    settle_window: float = 30.0   # seconds after an install the check may take to pass
+    settle_every: float = 2.0     # seconds between tries within the window
+    interval: float = 30.0        # seconds between checks of the running version
+    timeout: float = 10.0         # seconds one check may run
+
+    def __post_init__(self) -> None:
+        for name in ("settle_window", "settle_every", "interval", "timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+
+
+def check_argv(version_dir: Path, check: str) -> list[str] | str:
+    """The argv that runs ``check`` (a file of the version), or why it cannot run."""
+    try:
+        validate_relative_path(check)
+        path = confine(version_dir, check)
+    except (HostilePath, InvalidValue) as exc:
+        return f"health check {check!r} refused: {exc}"
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"health check {check!r} cannot be started: {exc.strerror or exc}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"health check {check!r} is not a regular file"
+    if check.endswith(".py"):
+        return [sys.executable, str(path)]
+    if not st.st_mode & 0o100:
+        return f"health check {check!r} is not executable"
+    return [str(path)]
+
+
+def _last_line(stderr: bytes) -> str:
+    lines = [ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+    return lines[-1][:_DETAIL_MAX] if lines else ""
+
+
+async def run_check(version_dir: Path, check: str, env: Mapping[str, str],
+                    timeout: float) -> str | None:
+    """Run the check once: None when healthy, else the detail."""
+    argv = check_argv(version_dir, check)
+    if isinstance(argv, str):
+        return argv
+    with trio.move_on_after(timeout) as scope:
+        try:
+            proc = await trio.run_process(argv, cwd=str(version_dir),
+                                          env={**os.environ, **env}, check=False,
+                                          capture_stdout=True, capture_stderr=True,
+                                          stdin=b"")
+        except OSError as exc:
+            return f"health check {check!r} cannot be started: {exc.strerror or exc}"
+    if scope.cancelled_caught:
+        return f"health check timed out after {timeout:g} s"
+    if proc.returncode == 0:
+        return None
+    return _last_line(proc.stderr) or f"health check exited with status {proc.returncode}"
+
+
+async def settle(version_dir: Path, check: str, env: Mapping[str, str],
+                 settings: HealthSettings) -> tuple[str | None, int]:
+    """Run the check until it passes or the settling window ends: (None, tries) when
+    it passed, else (the last detail, tries)."""
+    deadline = trio.current_time() + settings.settle_window
+    tries = 0
+    while True:
+        tries += 1
+        detail = await run_check(version_dir, check, env, settings.timeout)
+        if detail is None or trio.current_time() + settings.settle_every >= deadline:
+            return detail, tries
+        await trio.sleep(settings.settle_every)
