@@ -69,16 +69,17 @@ counted (``LedgerStatistics.refused``), as are entries too far ahead of the cloc
 and claims cut to what is vouched.
 
 A re-stamp of held content still replaces the held stamp, so it still travels with
-anti-entropy, and an origin may write records as fast as it likes: bytes an origin
-costs every node. So the entries an origin brings in (its records and relays, new
-or replacing; copies of entries held cost nothing) are rated in bytes, per origin,
-on arrival: a token bucket of ``rate`` bytes a second, ``burst`` deep (the driver
-passes ``now``). An entry over it is refused unmerged (counted as ``rate``) with
-the rest of its origin's entries in the batch, and that origin's claim stops just
-below it: nothing is lost, the vector does not pass it, and the next round brings
-it again once the bucket has refilled. An honest origin writes far less than the
-rate (a manifest when a version is published, a record a second); the burst lets a
-node take a long history of one origin at once.
+anti-entropy, and an origin may rewrite its record as fast as it likes: bytes an
+origin costs every node without telling it anything new. So those *replacing*
+entries (a newer stamp of content held for the origin, a newer record of it) are
+rated in bytes, per origin, on arrival: a token bucket of ``rate`` bytes a second,
+``burst`` deep (the driver passes ``now``). One over it is dropped unmerged
+(counted as ``rate``): what it carried is held already (the content) or will be
+replaced again (a record), and the vector moves past it with the next entry of
+that origin held, so no peer sends it again and again. New content is never
+rated (it is bounded by the quota, and a node that joins late takes a long history
+at full speed); an honest origin writes far less than the rate (a record a
+second).
 
 Nothing enters unverified: the entry signature (origin admitted as a node),
 then the payload (record: origin must be the node it describes; intent: an
@@ -144,8 +145,8 @@ MAX_COUNTER = (1 << 64) - 1        # the largest counter the wire (and the vecto
 # space (2**64) out of reach of every accepted entry
 MAX_AHEAD_MS = 1 << 44
 RELAY_QUOTA = 4096                  # relay entries (not records) held per origin
-ORIGIN_RATE = 256 << 10             # bytes of entries a second one origin may bring in
-ORIGIN_BURST = 32 << 20             # ... and at once (a long history of one origin)
+ORIGIN_RATE = 128 << 10             # bytes/s of replacing entries one origin may bring in
+ORIGIN_BURST = 4 << 20              # ... and at once
 
 
 class CounterExhausted(LocalProtocolError):
@@ -203,8 +204,7 @@ class LedgerStatistics:
     duplicates: int
     # refused without being a protocol error: "quota" (relay entries over an origin's
     # quota), "ahead" (counters too far above the clock), "claim" (claims cut to what
-    # the origin vouches for), "rate" (entries over their origin's byte rate, to come
-    # again later)
+    # the origin vouches for), "rate" (replacing entries over their origin's byte rate)
     refused: dict[str, int] = field(default_factory=dict)
 
 
@@ -381,8 +381,8 @@ class Ledger:
         """Merge ``entries`` and the claims ``ranges`` (origin -> ``(since, upto)``).
 
         ``now`` (the driver's clock, seconds): entries stamped more than
-        ``MAX_AHEAD_MS`` above it are refused, and each origin's entries are rated in
-        bytes at it. ``limits=False`` (this node's own writes) lifts the per-origin
+        ``MAX_AHEAD_MS`` above it are refused, and each origin's replacing entries
+        are rated in bytes at it. ``limits=False`` (this node's own writes) lifts the per-origin
         relay quota and rate."""
         # newest stamp per (origin, content) first: a relay entry at or below a stamp of
         # the same content held (or later in the batch) changes nothing, and is dropped
@@ -425,7 +425,6 @@ class Ledger:
         rejected: dict[str, int] = {}
         errors: list[str] = []
         bad: set[str] = set()
-        stop: dict[str, int] = {}   # origin -> counter of its first entry over the rate
         rated = limits and now is not None
         at_s = 0.0 if now is None else now
         forged = 0
@@ -433,8 +432,6 @@ class Ledger:
         held_at, record_at = self._entries.get, self._record_at.get
         for e in sorted(batch, key=lambda x: (x.origin_key, x.counter)):
             origin = e.origin
-            if origin in stop:          # after one over the rate: its origin waits
-                continue
             key = (origin, e.counter)
             held = held_at(key)
             if held is not None and held.signature == e.signature:
@@ -468,9 +465,9 @@ class Ledger:
                 self._refuse("ahead")
                 bad.add(origin)
                 continue
-            if rated and not self._take(origin, entry_size(e), at_s):
-                self._refuse("rate")
-                stop[origin] = e.counter
+            if rated and (replaces is not None or (e.record is not None and record_at(origin)))\
+                    and not self._take(origin, entry_size(e), at_s):
+                self._refuse("rate")     # a replacing entry over its origin's rate
                 continue
             self._insert(origin, e, ck)
             if known:
@@ -485,8 +482,6 @@ class Ledger:
             if upto > vouched:
                 self._refuse("claim")
                 upto = vouched
-            if origin in stop:             # not past an entry refused over the rate
-                upto = min(upto, stop[origin] - 1)
             if (mine := vv.get(origin, 0)) >= since and upto > mine:
                 self._set_vv(origin, upto)
         return MergeResult(tuple(added), rejected, tuple(errors), forged)

@@ -186,34 +186,37 @@ def test_another_origins_stamp_of_held_content_is_not_news(
     assert victim.version_of(LIAR.key_id) == again.counter
 
 
-def test_an_origins_entries_over_its_byte_rate_wait_and_lose_nothing() -> None:
-    """An origin that re-stamps a large manifest again and again (each stamp replaces the
-    held one and would travel on) is rated in bytes: the entries over its bucket are
-    refused with the rest of its batch, its vector stops below them, and the next rounds
-    bring them once the bucket has refilled -- other origins are not slowed."""
+def test_replacing_entries_over_an_origins_byte_rate_are_dropped_new_content_never() -> None:
+    """An origin that re-stamps a large manifest again and again (each stamp would
+    replace the held one and travel on) is rated in bytes: stamps over its bucket are
+    dropped and counted, the vector still moves with the origin's next entry held (so
+    no peer resends them round after round), its new content is never rated, and other
+    origins are not slowed."""
     m, _ = manifest(size=1 << 20)
     liar = admitted_ledger(3)
-    stamps = [liar.append(LIAR, m) for _ in range(6)]
+    stamps = [liar.append(LIAR, m) for _ in range(4)]
     size = len(stamps[0].encoded())
+    news = [liar.append(LIAR, intent(f"2.0.{i}", wall=i + 1)) for i in range(3)]
     honest = admitted_ledger(3)
     mine = honest.append(X, record("x"))
-    victim = Ledger(admitted_ledger(3).trust, rate=size, burst=2.5 * size)
-
-    def sync(now: float) -> None:
-        for piece in liar.delta_since(victim.version_vector):
-            victim.merge_entries(piece.entries, piece.ranges, now)
-
-    # re-stamps arrive one by one, with the claims that cover them
-    for e in stamps[:3]:
-        victim.merge_entries([e, mine], {LIAR.key_id: (0, e.counter),
-                                         X.key_id: (0, mine.counter)}, 10.0)
+    victim = Ledger(admitted_ledger(3).trust, rate=size, burst=1.5 * size)
+    victim.merge_entries([stamps[0]], None, 10.0)            # new content: free
+    victim.merge_entries([stamps[1]], None, 10.0)            # replaces: takes the burst
+    result = victim.merge_entries([stamps[2], mine], {X.key_id: (0, mine.counter)}, 10.0)
+    assert victim.statistics().refused.get("rate") == 1      # over: dropped
+    assert result.added == (mine,) and victim.version_of(X.key_id) == mine.counter
+    # new content of the same origin goes in whatever its bucket holds
+    result = victim.merge_entries(news, {LIAR.key_id: (0, news[-1].counter)}, 10.0)
+    assert len(result.added) == 3
+    assert victim.version_of(LIAR.key_id) == news[-1].counter   # past the dropped stamp
+    assert victim.statistics().manifests == 1 and len(victim.intents()) == 3
+    # a second later the bucket holds one stamp again
+    victim.merge_entries([stamps[3]], None, 11.0)
     assert victim.statistics().refused.get("rate") == 1
-    assert victim.version_of(LIAR.key_id) == stamps[1].counter   # not past the refused one
-    assert victim.version_of(X.key_id) == mine.counter           # X is not slowed
-    sync(10.0)                   # the bucket is empty: nothing more, nothing lost
-    assert victim.version_of(LIAR.key_id) == stamps[1].counter
-    for t in range(11, 20):      # one stamp's bytes a second: the liar catches up slowly
-        sync(float(t))
-    assert victim.version_of(LIAR.key_id) == liar.version_of(LIAR.key_id)
-    assert not liar.missing_for(victim.version_vector)
-    assert victim.statistics().manifests == 1
+    # records that replace a record are rated too; the first one is not
+    recs = [liar.append(LIAR, record("l", written_at=i)) for i in range(4)]
+    small = Ledger(admitted_ledger(3).trust, rate=1.0, burst=len(recs[0].encoded()) + 1)
+    for r in recs:
+        small.merge_entries([r], None, 20.0)
+    assert small.statistics().refused.get("rate") == 2      # the 3rd and 4th
+    assert small.record_counter(LIAR.key_id) == recs[1].counter

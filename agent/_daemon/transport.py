@@ -49,8 +49,9 @@ bytes: a token bucket of ``peer_rate`` bytes a second, ``peer_burst`` deep. A re
 that leaves the bucket in debt is still delivered, but the next read waits until
 the debt is paid: the peer's sender blocks on TCP, and its decode cost here is
 bounded by the rate. Chunk data (a ``Piece``: bytes this node asked for) costs no
-tokens. An honest peer stays far below the rate; the burst covers a new node's
-first sync of a large ledger.
+tokens. An honest peer stays far below the rate; the burst and the debt a single
+read may run into cover a record up to ``max_frame``, and a new node's first sync
+of a large ledger pulls from several peers at once.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class TransportSettings:
     rekey_records: int = DEFAULT_REKEY_RECORDS  # records one session key seals at most
     rekey_bytes: int = DEFAULT_REKEY_BYTES      # plaintext bytes one session key seals
     peer_rate: float = 1048576.0      # bytes/s of a session's messages (not chunk data) read
-    peer_burst: float = 16777216.0    # ... and at once
+    peer_burst: float = 4194304.0     # ... and at once (a read may go into debt beyond)
 
     def __post_init__(self) -> None:
         for name in ("handshake_timeout", "idle_timeout", "connect_timeout",
@@ -142,8 +143,8 @@ class TransportSettings:
             raise ValueError("rekey_records must be >= 2 (one of them the key update)")
         if self.rekey_bytes < 1:
             raise ValueError("rekey_bytes must be >= 1")
-        if not (self.peer_rate > 0 and self.peer_burst >= self.max_frame):
-            raise ValueError("peer_rate must be > 0 and peer_burst >= max_frame")
+        if not (self.peer_rate > 0 and self.peer_burst > 0):
+            raise ValueError("peer_rate and peer_burst must be > 0")
         if self.handshake_memory < HANDSHAKE_RESERVE:
             raise ValueError(f"handshake_memory must be >= {HANDSHAKE_RESERVE} bytes "
                              f"(one pending handshake)")
