@@ -325,3 +325,12 @@ class Manifest:
         for v in self.variants:
             for f in v.files:
                 yield from f.chunks
+
+
+def check_migrator_path(path: str, what: str) -> str:
+    """``path`` if it is a plain, normalised, relative path; else :class:`HostilePath`
+    naming ``what`` (e.g. ``"ingest source"``) so the operator sees which side lied."""
+    try:
+        return validate_relative_path(path)
+    except HostilePath as exc:
+        raise HostilePath(f"migrator {what} {path!r} refused: {exc}") from None
