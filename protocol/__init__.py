@@ -98,6 +98,7 @@ from ._manifest import (
     Variant,
     check_migrator_path,
     merkle_root,
+    validate_migrator_address,
     validate_model_id,
     validate_relative_path,
     validate_version,
@@ -151,7 +152,7 @@ __all__ = [
     "IntentView", "check_known", "count_targets", "describe", "find_node", "intent_views",
     "nodes_running",
     # the paths a model's migrator names (its wire is gRPC: agent/_grpc)
-    "check_migrator_path",
+    "check_migrator_path", "validate_migrator_address",
     # errors
     "ShoalError", "ProtocolError", "LocalProtocolError", "RemoteProtocolError",
     "MalformedMessage", "FrameTooLarge", "SignatureError", "UntrustedKey", "InvalidValue",

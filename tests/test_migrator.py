@@ -4,6 +4,7 @@ in-process Installer)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -44,10 +45,10 @@ from agent._storage.install import Installer
 from agent._storage.paths import DataDir
 from agent._storage.publish import publish
 from agent._storage.store import ChunkStore
-from protocol._codec import decode_value
+from protocol._codec import decode_value, encode_value
 from protocol._errors import HostilePath
 from protocol._identity import SigningIdentity
-from protocol._manifest import Manifest, SemVer
+from protocol._manifest import Manifest, SemVer, merkle_root
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "threshold_model"
 MODEL = "threshold"
@@ -515,6 +516,73 @@ async def test_cancelling_the_agent_cancels_the_call_and_stops_the_migrator(
     assert time.monotonic() - t0 < 10
     assert processes_under(tmp_path) == []
     assert sorted(os.listdir(new)) == ["migrate.py"]
+
+
+def address_manifest(node: Node, tmp: Path, publisher: SigningIdentity, address: str
+                     ) -> Manifest:
+    """2.0.0 whose variant names ``migrator_address`` (no program): signed directly, as
+    shoal-model.toml cannot say it yet (agent/_storage/publish.py reads that file)."""
+    m = v2(node, tmp, publisher)
+    variant = dataclasses.replace(m.variant("default"), migrator=None,
+                                  migrator_address=address)
+    signed = Manifest.sign(publisher, MODEL, "2.0.0-addr", (variant,), 3)
+    node.store.put_manifest(signed)
+    return signed
+
+
+async def test_upgrade_through_a_variants_migrator_address(
+        tmp_path: Path, node_a: Node, publisher: SigningIdentity) -> None:
+    learned = json.loads((node_a.vdir("1.0.0") / STATE).read_text())
+    sock = Path(tempfile.mkdtemp(prefix="mig-", dir="/tmp")) / "model.sock"
+    address = f"unix://{sock}"
+    m2 = address_manifest(node_a, tmp_path, publisher, address)
+    assert decode_value(Manifest, encode_value(m2)) == m2     # the field is signed
+    m2.verify()
+    service = tmp_path / "service.py"      # the model's own, already running service
+    service.write_text(textwrap.dedent(_COPY.format(src=STATE, dst=STATE)).replace(
+        "main(M())", "import sys\nfrom agent.migrator_sdk import serve\nserve(M(), sys.argv[1])"))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    server = subprocess.Popen([sys.executable, str(service), address], env=env)
+    try:
+        await node_a.install(m2, "1.0.0")
+        assert node_a.active() == "2.0.0-addr"
+        assert json.loads((node_a.vdir("2.0.0-addr") / STATE).read_text()) == learned
+        assert server.poll() is None          # the agent only connected
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(sock.parent, ignore_errors=True)
+
+
+@pytest.mark.parametrize("address, error, pattern", [
+    ("10.1.2.3:50051", MigratorRefused, "only loopback"),
+    ("127.0.0.1:1", MigratorNotReady, "did not become ready on 127.0.0.1:1 within 1 s"),
+])
+async def test_a_bad_migrator_address_fails_the_upgrade(
+        tmp_path: Path, node_a: Node, publisher: SigningIdentity, address: str,
+        error: type[MigratorError], pattern: str) -> None:
+    m2 = address_manifest(node_a, tmp_path, publisher, address)
+    versions = node_a.data.model_dir(MODEL) / "versions"
+    before = snapshot(tmp_path, (versions,))
+    with pytest.raises(error, match=pattern):
+        await node_a.install(m2, "1.0.0", timeout=1.0)
+    assert node_a.active() == "1.0.0"
+    assert snapshot(tmp_path, (versions,)) == before
+    assert sorted(p.name for p in versions.iterdir()) == ["1.0.0"]
+
+
+def test_a_variant_names_a_program_or_an_address_never_both() -> None:
+    from protocol._capabilities import Requirements
+    from protocol._errors import InvalidValue
+    from protocol._manifest import FileEntry, Variant
+
+    f = FileEntry("migrate.py", 0, (), merkle_root([]), False)
+    assert Variant("v", Requirements(), (f,), None, "[::1]:7000").migrator_address
+    with pytest.raises(InvalidValue, match="exclusive"):
+        Variant("v", Requirements(), (f,), "migrate.py", "unix:///run/m.sock")
+    for bad in ("unix:relative", "host", "host:99999", "a b:1"):
+        with pytest.raises(InvalidValue, match="migrator_address"):
+            Variant("v", Requirements(), (f,), None, bad)
 
 
 # ---------------------------------------------------------------------- two daemons

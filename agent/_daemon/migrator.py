@@ -658,16 +658,18 @@ def is_derived(manifest: Manifest, variant_id: str) -> bool:
 
 
 def ingest_hook(installer: Installer, manifest: Manifest, variant_id: str,
-                previous_version: str | None, *, timeout: float = DEFAULT_TIMEOUT
-                ) -> Callable[[Path], None] | None:
+                previous_version: str | None, *, timeout: float = DEFAULT_TIMEOUT,
+                allow_remote: bool = False) -> Callable[[Path], None] | None:
     """The ``prepare`` callable for :meth:`Installer.install` when moving
     ``previous_version`` -> ``manifest.version`` needs an ingest; else None.
 
     The callable runs in a worker thread of a trio run (the daemon's installs do),
     and drives :func:`run_ingest` on the trio loop.
     """
-    migrator = manifest.variant(variant_id).migrator
-    if migrator is None or previous_version is None or previous_version == manifest.version:
+    variant = manifest.variant(variant_id)
+    migrator, address = variant.migrator, variant.migrator_address
+    if (migrator is None and address is None) or previous_version is None \
+            or previous_version == manifest.version:
         return None
     if is_derived(manifest, variant_id):
         return None
@@ -679,7 +681,7 @@ def ingest_hook(installer: Installer, manifest: Manifest, variant_id: str,
     def prepare(new_dir: Path) -> None:
         trio.from_thread.run(lambda: run_ingest(
             old_dir, new_dir, migrator, model_id=model_id, from_version=previous_version,
-            to_version=version, timeout=timeout))
+            to_version=version, address=address, timeout=timeout, allow_remote=allow_remote))
     return prepare
 
 
@@ -751,7 +753,8 @@ def build_derived(store: ChunkStore, publisher: SigningIdentity, base: Manifest,
         new_bytes += nb
     try:
         derived_variant = Variant(variant_id, variant.requirements,
-                                  tuple(files[k] for k in sorted(files)), variant.migrator)
+                                  tuple(files[k] for k in sorted(files)), variant.migrator,
+                                  variant.migrator_address)
         manifest = Manifest.sign(publisher, base.model_id, new_version, (derived_variant,),
                                  created_at_ms, base_version=base.version)
     except InvalidValue as exc:
@@ -775,7 +778,8 @@ def default_derived_version(base: str, now_s: float) -> str:
 
 async def export_version(installer: Installer, publisher: SigningIdentity, model_id: str,
                          new_version: str | None, now_s: float, *,
-                         timeout: float = DEFAULT_TIMEOUT) -> ExportResult:
+                         timeout: float = DEFAULT_TIMEOUT,
+                         allow_remote: bool = False) -> ExportResult:
     """Export the active version of ``model_id``: run its migrator, store a derived version.
 
     The caller announces ``result.manifest`` (a daemon: ``machine.publish_manifest`` and
@@ -787,7 +791,8 @@ async def export_version(installer: Installer, publisher: SigningIdentity, model
                             "export")
     base = installer.store.get_manifest(active.manifest_id)
     migrator = base.variant(active.variant_id).migrator
-    if migrator is None:
+    address = base.variant(active.variant_id).migrator_address
+    if migrator is None and address is None:
         raise MigratorError(f"{model_id} {active.version} (variant {active.variant_id}) "
                             "declares no migrator; add `migrator = \"...\"` to its "
                             "shoal-model.toml variant")
@@ -799,7 +804,8 @@ async def export_version(installer: Installer, publisher: SigningIdentity, model
             raise MigratorError(f"{model_id} {version} already exists; choose another "
                                 "--version")
     vdir = Path(active.path)
-    paths = await run_export(vdir, migrator, timeout=timeout)
+    paths = await run_export(vdir, migrator, address=address, timeout=timeout,
+                             allow_remote=allow_remote)
     return await trio.to_thread.run_sync(
         lambda: build_derived(installer.store, publisher, base, active.variant_id, vdir,
                               paths, version, int(now_s * 1000)))
