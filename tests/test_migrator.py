@@ -489,6 +489,24 @@ async def test_a_running_migrator_at_an_address_is_only_connected_to(
         await run_export(old, None, address=address, timeout=0.5)
 
 
+async def test_a_migrator_that_ignores_sigterm_is_killed_with_its_children(
+        tmp_path: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopping: SIGTERM to the group, SIGKILL after the grace period — a child the
+    migrator started goes too."""
+    old, _ = raw_versions(tmp_path)
+    (old / "migrate.py").write_text(RAW_STUBS_MIGRATOR.replace(
+        "signal.signal(signal.SIGTERM, lambda *a: server.stop(0))",
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "import subprocess\n"
+        f"subprocess.Popen(['sh', '-c', 'sleep 60; : {tmp_path}'])\n"))
+    monkeypatch.setattr(migrator_module, "STOP_GRACE", 0.5)
+    t0 = time.monotonic()
+    assert await run_export(old, "migrate.py", timeout=20) == ("state", "calib")
+    assert time.monotonic() - t0 >= 0.5
+    await trio.sleep(0.2)
+    assert processes_under(tmp_path) == []       # the migrator and its sh child
+
+
 @pytest.mark.parametrize("address, ok", [
     ("unix:///run/model/migrator.sock", True), ("unix:/run/m.sock", True),
     ("127.0.0.1:50051", True), ("localhost:7000", True), ("[::1]:7000", True),
