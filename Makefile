@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: all venv test lint typecheck pytest demo bench soak clean
+.PHONY: all venv test lint typecheck pytest demo bench soak clean proto
 
 all: test
 
@@ -26,6 +26,11 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# the Migrator gRPC stubs (checked in; tests/test_grpc_stubs.py checks they match)
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
+		agent/_grpc/migrator.proto
 
 demo: $(STAMP)
 	$(BIN)/python -m agent._demo.fleet

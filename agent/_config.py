@@ -44,8 +44,9 @@ DEFAULT_PORT = 7411
 
 _TOP_KEYS = {"data_dir", "fleet_id", "fleet_root_key", "node_name", "formation",
              "listen_address", "listen_port", "static_peers", "control_socket",
-             "migrator_timeout", "bandwidth", "gossip", "swarm", "transport", "mdns", "probe",
-             "metrics", "health"}
+             "migrator_timeout", "migrator_allow_remote", "bandwidth", "gossip", "swarm",
+             "transport", "mdns", "probe", "metrics",
+             "health"}
 _REQUIRED = ("data_dir", "fleet_id", "fleet_root_key")
 _FLEET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
@@ -64,6 +65,7 @@ class AgentConfig:
     static_peers: tuple[tuple[str, int], ...] = ()
     control_socket: str = ""          # "" -> <data_dir>/control.sock
     migrator_timeout: int = 120       # seconds a model's migrator may run
+    migrator_allow_remote: bool = False  # may a variant's migrator_address be off this host
     upload_rate: float = 0.0          # bytes/s, 0 = unlimited
     download_rate: float = 0.0
     gossip: GossipConfig = field(default_factory=GossipConfig)
@@ -138,6 +140,10 @@ def parse_config(data: Mapping[str, Any] | str, base_dir: str = ".") -> AgentCon
                              else os.path.join(out["data_dir"], "control.sock"))
     if "migrator_timeout" in data:
         out["migrator_timeout"] = _int(data["migrator_timeout"], "migrator_timeout", 1, 86400)
+    if "migrator_allow_remote" in data:
+        if not isinstance(data["migrator_allow_remote"], bool):
+            raise ConfigError("migrator_allow_remote: expected true or false")
+        out["migrator_allow_remote"] = data["migrator_allow_remote"]
     if "bandwidth" in data:
         bw = _table(data["bandwidth"], "bandwidth")
         _no_unknown(bw, {"upload", "download"}, "bandwidth.")

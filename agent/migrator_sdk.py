@@ -1,8 +1,11 @@
-"""The migrator SDK: what a model author writes to keep a model's state across versions.
+"""The migrator SDK: a small servicer helper for Python models.
 
-A migrator is a file of the model's variant, named in ``shoal-model.toml``
-(``migrator = "migrate.py"``). The agent runs it with the version directory as
-its working directory. With this SDK it is a few lines::
+A model keeps its state across versions by serving the seed's gRPC service
+``t1.fps.model.Migrator`` (``agent/_grpc/migrator.proto``; any language will do).
+For a Python model this module is the whole job: subclass :class:`Migrator`,
+implement :meth:`~Migrator.export` and/or :meth:`~Migrator.ingest`, and call
+:func:`main` — it serves on the address the agent put in ``SHOAL_MIGRATOR_ADDRESS``
+until the agent stops it (SIGTERM)::
 
     from agent.migrator_sdk import IngestContext, Migrator, main
 
@@ -16,85 +19,66 @@ its working directory. With this SDK it is a few lines::
     main(ThresholdMigrator())
 
 ``export()`` returns paths (files or directories, relative to the version
-directory) that hold the model's mutable state. ``ingest()`` runs in the *new*
-version's directory while the node moves from ``ctx.from_version``; it asks the
-agent to copy files out of the old version with :meth:`IngestContext.copy`
-(paths relative to the old and the new version's directory — the agent refuses
-anything outside them). Raise :class:`MigrationError` to fail with a reason the
-operator sees; the node then stays on its old version.
+directory) that hold the model's mutable state. ``ingest()`` runs while the node
+moves to this version; it asks the agent to copy files out of the old version with
+:meth:`IngestContext.copy` (source relative to the old version's directory,
+destination relative to the new one — the agent refuses anything outside them).
+Raise :class:`MigrationError` to fail with a reason the operator sees (the call
+ends with status ``FAILED_PRECONDITION`` and that reason); the node then stays on
+its old version.
 
-``print()`` is safe: while the migrator runs, ``sys.stdout`` is redirected to
-stderr, because the real stdout carries the agent's frames.
+A model that already runs its own gRPC server adds the service to it with
+:func:`add_to_server` instead.
 """
 
 from __future__ import annotations
 
+import os
+import queue
+import signal
 import sys
-from collections.abc import Iterable
-from typing import BinaryIO
+import threading
+import traceback
+from collections.abc import Iterable, Iterator
+from concurrent import futures
+from typing import Any
 
-from protocol import (
-    MAX_MIGRATOR_FRAME,
-    ExportRequest,
-    ExportResponse,
-    FrameDecoder,
-    IngestFileCopy,
-    IngestFileResult,
-    IngestRequest,
-    MigratorDone,
-    MigratorFailed,
-    ProtocolError,
-    decode,
-    encode,
-    frame,
-)
+import grpc
 
-__all__ = ["Migrator", "IngestContext", "MigrationError", "run", "main"]
+from agent._grpc import migrator_pb2 as pb
+from agent._grpc import migrator_pb2_grpc as pb_grpc
+
+__all__ = ["ADDRESS_ENV", "Migrator", "IngestContext", "MigrationError", "add_to_server",
+           "serve", "main"]
+
+#: Where the agent asks a started migrator to serve (a ``unix:`` address).
+ADDRESS_ENV = "SHOAL_MIGRATOR_ADDRESS"
 
 
 class MigrationError(Exception):
     """Raise from ``export``/``ingest`` to fail the migration with this reason."""
 
 
-class _Pipe:
-    def __init__(self, rfile: BinaryIO, wfile: BinaryIO) -> None:
-        self.rfile, self.wfile = rfile, wfile
-        self.decoder = FrameDecoder(MAX_MIGRATOR_FRAME)
-        self.pending: list[bytes] = []
-
-    def send(self, msg: object) -> None:
-        self.wfile.write(frame(encode(msg), MAX_MIGRATOR_FRAME))
-        self.wfile.flush()
-
-    def receive(self) -> object:
-        while not self.pending:
-            data = self.rfile.read1(65536) if hasattr(self.rfile, "read1") \
-                else self.rfile.read(65536)
-            if not data:
-                raise MigrationError("the agent closed the connection")
-            self.pending.extend(self.decoder.feed(data))
-        return decode(self.pending.pop(0), MAX_MIGRATOR_FRAME)
-
-
 class IngestContext:
-    """What ``ingest`` gets: the versions involved and the copy request."""
+    """What ``ingest`` gets: the copy request, answered by the agent."""
 
-    def __init__(self, request: IngestRequest, pipe: _Pipe) -> None:
-        self.model_id = request.model_id
-        self.from_version = request.from_version
-        self.to_version = request.to_version
-        self._pipe = pipe
+    def __init__(self, send: queue.SimpleQueue[Any], results: Iterator[pb.IngestFileResult]
+                 ) -> None:
+        self._send = send
+        self._results = results
 
     def try_copy(self, source: str, dest: str | None = None) -> str | None:
         """Copy ``source`` (old version) to ``dest`` (new version, default: the same
         path); None on success, else the agent's error text."""
         dest = source if dest is None else dest
-        self._pipe.send(IngestFileCopy(source, dest))
-        reply = self._pipe.receive()
-        if not isinstance(reply, IngestFileResult) or (reply.source_path, reply.dest_path) \
-                != (source, dest):
+        self._send.put(pb.IngestFileCopy(source_path=source, dest_path=dest))
+        try:
+            reply = next(self._results)
+        except StopIteration:
+            raise MigrationError("the agent ended the call") from None
+        if (reply.source_path, reply.dest_path) != (source, dest):
             raise MigrationError(f"unexpected answer to a copy request: {reply!r}")
-        return reply.error
+        return reply.error or None
 
     def copy(self, source: str, dest: str | None = None) -> None:
         """Like :meth:`try_copy`, but a failed copy raises :class:`MigrationError`."""
@@ -111,38 +95,83 @@ class Migrator:
         return ()
 
     def ingest(self, ctx: IngestContext) -> None:
-        """Carry state over from ``ctx.from_version``; the default carries nothing."""
+        """Carry state over from the old version; the default carries nothing."""
 
 
-def run(migrator: Migrator, rfile: BinaryIO | None = None,
-        wfile: BinaryIO | None = None) -> int:
-    """Serve one agent request on ``rfile``/``wfile`` (default: stdin/stdout); exit status."""
-    pipe = _Pipe(rfile or sys.stdin.buffer, wfile or sys.stdout.buffer)
-    real_stdout = sys.stdout
-    sys.stdout = sys.stderr           # a stray print() must not corrupt the frames
-    try:
+_DONE = object()
+
+
+class _Servicer(pb_grpc.MigratorServicer):
+    def __init__(self, migrator: Migrator) -> None:
+        self.migrator = migrator
+
+    def Export(self, request: pb.ExportRequest, context: grpc.ServicerContext
+               ) -> pb.ExportResponse:
         try:
-            first = pipe.receive()
-        except (ProtocolError, MigrationError) as exc:
-            print(f"migrator: bad request from the agent: {exc}", file=sys.stderr)
-            return 2
-        try:
-            if isinstance(first, ExportRequest):
-                pipe.send(ExportResponse(tuple(migrator.export())))
-            elif isinstance(first, IngestRequest):
-                migrator.ingest(IngestContext(first, pipe))
-                pipe.send(MigratorDone(f"ingested from {first.from_version}"))
-            else:
-                pipe.send(MigratorFailed(f"unexpected request {type(first).__name__}"))
-                return 1
+            paths = [str(p) for p in self.migrator.export()]
         except MigrationError as exc:
-            pipe.send(MigratorFailed(str(exc)))
-            return 1
-        return 0
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return pb.ExportResponse(paths=paths)
+
+    def Ingest(self, request_iterator: Iterator[pb.IngestFileResult],
+               context: grpc.ServicerContext) -> Iterator[pb.IngestFileCopy]:
+        # ingest() is written as plain calls (copy, wait for the answer); the stream is
+        # a generator: run ingest() on its own thread and relay its copy requests.
+        outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        failure: list[str] = []
+
+        def work() -> None:
+            try:
+                self.migrator.ingest(IngestContext(outbox, request_iterator))
+            except MigrationError as exc:
+                failure.append(str(exc))
+            except Exception as exc:
+                traceback.print_exc()
+                failure.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                outbox.put(_DONE)
+
+        thread = threading.Thread(target=work, name="migrator-ingest", daemon=True)
+        thread.start()
+        while (item := outbox.get()) is not _DONE:
+            yield item
+        thread.join()
+        if failure:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, failure[0])
+
+
+def add_to_server(migrator: Migrator, server: grpc.Server) -> None:
+    """Serve ``migrator`` as ``t1.fps.model.Migrator`` on an existing gRPC server."""
+    pb_grpc.add_MigratorServicer_to_server(_Servicer(migrator), server)  # type: ignore[no-untyped-call]
+
+
+def serve(migrator: Migrator, address: str | None = None) -> None:
+    """Serve ``migrator`` on ``address`` (default: ``$SHOAL_MIGRATOR_ADDRESS``) until
+    SIGTERM or SIGINT."""
+    address = address or os.environ.get(ADDRESS_ENV)
+    if not address:
+        raise SystemExit(f"{ADDRESS_ENV} is not set: the shoal agent starts a migrator "
+                         "with the address it should serve on")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    add_to_server(migrator, server)
+    if server.add_insecure_port(address) == 0:
+        raise SystemExit(f"cannot serve on {address}")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    try:
+        while not stop.wait(0.5):
+            pass
     finally:
-        sys.stdout = real_stdout
+        server.stop(grace=1.0).wait()
 
 
 def main(migrator: Migrator) -> None:
-    """``sys.exit(run(migrator))`` — the last line of a migrator script."""
-    sys.exit(run(migrator))
+    """Serve ``migrator`` for the agent, then exit — the last line of a migrator script."""
+    serve(migrator)
+    sys.exit(0)

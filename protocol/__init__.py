@@ -102,21 +102,12 @@ from ._manifest import (
     Manifest,
     SemVer,
     Variant,
+    check_migrator_path,
     merkle_root,
+    validate_migrator_address,
     validate_model_id,
     validate_relative_path,
     validate_version,
-)
-from ._migrator_messages import (
-    MAX_MIGRATOR_FRAME,
-    ExportRequest,
-    ExportResponse,
-    IngestFileCopy,
-    IngestFileResult,
-    IngestRequest,
-    MigratorDone,
-    MigratorFailed,
-    check_migrator_path,
 )
 from ._node import NodeMachine, NodeStatistics
 from ._operator import (
@@ -166,9 +157,8 @@ __all__ = [
     # operator decisions (answers of the control API)
     "IntentView", "check_known", "count_targets", "describe", "find_node", "intent_views",
     "nodes_running",
-    # the migrator's wire messages
-    "ExportRequest", "ExportResponse", "IngestRequest", "IngestFileCopy", "IngestFileResult",
-    "MigratorDone", "MigratorFailed", "MAX_MIGRATOR_FRAME", "check_migrator_path",
+    # the paths a model's migrator names (its wire is gRPC: agent/_grpc)
+    "check_migrator_path", "validate_migrator_address",
     # errors
     "ShoalError", "ProtocolError", "LocalProtocolError", "RemoteProtocolError",
     "MalformedMessage", "FrameTooLarge", "SignatureError", "UntrustedKey", "InvalidValue",

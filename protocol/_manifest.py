@@ -196,6 +196,9 @@ class Variant:
     requirements: Requirements
     files: tuple[FileEntry, ...]
     migrator: str | None = None  # a file path in this variant, run as the model's migrator
+    # (appended, with a default) the address of a migrator the model already serves:
+    # "unix:///abs/path" or "host:port"; the agent only connects. Exclusive with migrator.
+    migrator_address: str | None = None
     health_check: str | None = None  # a file path in this variant, run to check its health
 
     def __post_init__(self) -> None:
@@ -217,6 +220,11 @@ class Variant:
                     raise HostilePath(f"path {d!r} is both a file and a directory")
         if self.migrator is not None and self.migrator.casefold() not in seen:
             raise InvalidValue(f"migrator {self.migrator!r} is not a file of the variant")
+        if self.migrator_address is not None:
+            if self.migrator is not None:
+                raise InvalidValue(f"variant {self.variant_id}: migrator and "
+                                   "migrator_address are exclusive")
+            validate_migrator_address(self.migrator_address)
         if self.health_check is not None and self.health_check.casefold() not in seen:
             raise InvalidValue(f"health_check {self.health_check!r} is not a file of the "
                                "variant")
@@ -329,3 +337,26 @@ class Manifest:
         for v in self.variants:
             for f in v.files:
                 yield from f.chunks
+
+
+_MIGRATOR_ADDRESS = re.compile(r"^(unix:(//)?/[^\x00-\x1f]{1,200}|"
+                               r"(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,253}):[0-9]{1,5})$")
+
+
+def validate_migrator_address(address: str) -> str:
+    """``address`` if it has the form of a migrator address (``unix:///abs/path``,
+    ``unix:/abs/path`` or ``host:port``); else :class:`InvalidValue`. Whether a node
+    may connect to it (loopback only by default) is the node's policy."""
+    if not isinstance(address, str) or not _MIGRATOR_ADDRESS.match(address) or (
+            not address.startswith("unix:") and not 0 < int(address.rsplit(":", 1)[1]) < 65536):
+        raise InvalidValue(f"migrator_address {address!r}: expected unix:///path or host:port")
+    return address
+
+
+def check_migrator_path(path: str, what: str) -> str:
+    """``path`` if it is a plain, normalised, relative path; else :class:`HostilePath`
+    naming ``what`` (e.g. ``"ingest source"``) so the operator sees which side lied."""
+    try:
+        return validate_relative_path(path)
+    except HostilePath as exc:
+        raise HostilePath(f"migrator {what} {path!r} refused: {exc}") from None

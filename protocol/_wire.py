@@ -4,9 +4,9 @@
 on the peer port: the handshake (consumed by the transport before the session
 opens), anti-entropy gossip, and the swarm. :meth:`NodeMachine.receive` takes a
 ``WireMessage`` and :class:`~._events.SendMessage` carries one; a driver narrows
-what its decoder returned with :func:`is_wire_message`. Control-socket and
-migrator messages are registered with the same codec but never travel between
-peers, so they are not part of it.
+what its decoder returned with :func:`is_wire_message`. Control-socket messages
+are registered with the same codec but never travel between peers, so they are
+not part of it. (A model's migrator speaks gRPC, not this codec: agent/_grpc.)
 """
 
 from __future__ import annotations

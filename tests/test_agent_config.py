@@ -26,6 +26,7 @@ listen_port = 7500
 static_peers = ["10.0.0.6:7411", "relay.example:7411", "[fd00::1]:7412"]
 control_socket = "/run/shoal/control.sock"
 migrator_timeout = 300
+migrator_allow_remote = true
 
 [bandwidth]
 upload = "8mbit"
@@ -81,6 +82,7 @@ def test_minimal_config_uses_documented_defaults() -> None:
                               fleet_root_key=bytes.fromhex(ROOT),
                               control_socket="/var/lib/shoal/control.sock")
     assert cfg.listen_port == 7411 and cfg.mdns_enabled and cfg.listen_address == "0.0.0.0"
+    assert cfg.migrator_allow_remote is False
     assert cfg.protocol_config().fleet_id == "acme"
 
 
@@ -95,6 +97,7 @@ def test_every_key_is_parsed(tmp_path: Path) -> None:
     assert cfg.static_peers == (("10.0.0.6", 7411), ("relay.example", 7411),
                                 ("fd00::1", 7412))
     assert cfg.control_socket == "/run/shoal/control.sock" and cfg.migrator_timeout == 300
+    assert cfg.migrator_allow_remote is True
     assert cfg.upload_rate == 1_000_000.0 and cfg.download_rate == 2 * 1024 * 1024
     assert cfg.gossip == dataclasses.replace(
         GossipConfig(), interval=0.5, fanout=4, jitter=0.2, max_delta_bytes=65536,
@@ -179,6 +182,7 @@ BAD = [
     ("static_peers = [\"a:1\", \"b\"]\n", "static_peers[1]: expected \"host:port\""),
     ("node_name = \"bad/name\"\n", "node_name: 'bad/name' must be"),
     ("migrator_timeout = 0\n", "migrator_timeout: expected an integer 1..86400"),
+    ("migrator_allow_remote = 1\n", "migrator_allow_remote: expected true or false"),
     ("formation = 3\n", "formation: expected a string"),
     ("gossip = 3\n", "gossip: expected a table"),
 ]
@@ -223,7 +227,8 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
 
 def test_docs_mention_every_key() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "CONFIG.md").read_text()
-    keys = ["data_dir", "migrator_timeout", "fleet_id", "fleet_root_key", "node_name", "formation",
+    keys = ["data_dir", "migrator_timeout", "migrator_allow_remote", "fleet_id",
+            "fleet_root_key", "node_name", "formation",
             "listen_address", "listen_port", "static_peers", "control_socket",
             "[bandwidth]", "upload", "download", "[gossip]", "[swarm]", "[transport]",
             "[mdns]", "enabled", "interfaces", "[probe]", "[[probe.gpus]]",

@@ -223,3 +223,29 @@ def test_publish_reports_progress_up_to_the_total(tmp_path: Path) -> None:
     assert {t for _, t in calls} == {res.bytes_total}  # the total is known from the start
     done = [d for d, _ in calls]
     assert done == sorted(done) and done[-1] == res.bytes_total
+
+
+def test_package_keys_for_a_served_migrator_and_a_health_check(tmp_path: Path) -> None:
+    """migrator_address (a model already serving the Migrator) and health_check are read
+    from shoal-model.toml, signed into the variant, and checked."""
+    pkg = tmp_path / "pkg"
+    (pkg / "svc").mkdir(parents=True)
+    (pkg / "svc" / "w.bin").write_bytes(b"w" * 1000)
+    (pkg / "svc" / "check.py").write_text("import sys; sys.exit(0)\n")
+    (pkg / "shoal-model.toml").write_text(
+        '[[variant]]\nid = "svc"\nmigrator_address = "unix:///run/model/migrator.sock"\n'
+        'health_check = "check.py"\n')
+    store = ChunkStore(tmp_path / "store")
+    res = publish(store, pkg, "svc", "1.0.0", PUB)
+    v = store.get_manifest(res.manifest_id).variants[0]
+    assert (v.migrator_address, v.health_check) == ("unix:///run/model/migrator.sock",
+                                                    "check.py")
+    (pkg / "shoal-model.toml").write_text(
+        '[[variant]]\nid = "svc"\nmigrator_address = "unix:///m.sock"\n'
+        'migrator = "check.py"\n')
+    with pytest.raises((ConfigError, PublishError), match="exclusive"):
+        publish(store, pkg, "svc", "1.0.1", PUB)
+    (pkg / "shoal-model.toml").write_text(
+        '[[variant]]\nid = "svc"\nhealth_check = "nope.py"\n')
+    with pytest.raises((ConfigError, PublishError), match="health_check"):
+        publish(store, pkg, "svc", "1.0.2", PUB)

@@ -145,7 +145,8 @@ def _manifest_json(m: Manifest, store: ChunkStore) -> dict[str, Any]:
 def _variant_json(v: Variant) -> dict[str, Any]:
     return {"variant_id": v.variant_id, "files": len(v.files), "bytes": v.size,
             "chunks": len(v.chunk_refs()),
-            "requirements": dataclasses.asdict(v.requirements), "migrator": v.migrator}
+            "requirements": dataclasses.asdict(v.requirements), "migrator": v.migrator,
+             "migrator_address": v.migrator_address}
 
 
 def _cmd_models(args: argparse.Namespace) -> tuple[Any, str]:

@@ -94,6 +94,8 @@ def _package_toml(v: Variant) -> str:
         lines.append(f"min_storage_mb = {r.min_storage_mb}")
     if v.migrator is not None:
         lines.append(f"migrator = {json.dumps(v.migrator)}")
+    if v.migrator_address is not None:
+        lines.append(f"migrator_address = {json.dumps(v.migrator_address)}")
     return "\n".join(lines) + "\n"
 
 
@@ -135,13 +137,17 @@ def _cmd_export(args: argparse.Namespace) -> tuple[Any, str]:
     data = _data(args)
     version, vdir, base, variant_id = _active(data, args.model)
     migrator = base.variant(variant_id).migrator
-    if migrator is None:
+    address = base.variant(variant_id).migrator_address
+    if migrator is None and address is None:
         raise MigratorError(f"{args.model} {version} (variant {variant_id}) declares no "
                             "migrator; nothing to export")
     new_version = args.version or default_derived_version(version, time.time())
     if SemVer.parse(new_version) == SemVer.parse(version):
         raise MigratorError(f"the derived version must differ from {version}")
-    paths = trio.run(lambda: run_export(vdir, migrator, timeout=args.timeout))
+    cfg = locate(args).config
+    allow_remote = bool(cfg is not None and cfg.migrator_allow_remote)
+    paths = trio.run(lambda: run_export(vdir, migrator, address=address, timeout=args.timeout,
+                                        allow_remote=allow_remote))
     stage = data.root / f".tmp-export-{secrets.token_hex(4)}"
     try:
         files, nbytes = stage_export(vdir, base, variant_id, paths, stage)

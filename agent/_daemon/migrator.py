@@ -2,25 +2,40 @@
 
 Theory of operation
 -------------------
-A variant may name a migrator (``Variant.migrator``, a file of the variant). The
-agent starts it as a child process — ``python FILE`` for a ``.py`` file (with
-this agent's interpreter, so :mod:`agent.migrator_sdk` imports), else the file
-itself — with the version directory as its working directory, in a new session
-(so a kill reaches its children too), and speaks the frames of
-the migrator messages of :mod:`protocol` over its stdin/stdout. Its stderr is kept
-(the last few KiB) for the failure reason. One wall-clock timeout covers the
-whole conversation *and* the exit: past it the process group is killed.
+A variant may name a migrator: ``Variant.migrator``, a program among the
+variant's files. The migrator is a gRPC server implementing the seed's
+``t1.fps.model.Migrator`` service (``agent/_grpc/migrator.proto``); the agent is
+its client. One wire, whatever language the model is written in.
 
-* :func:`run_export` asks for the state paths; each is checked (relative,
+* **A program** — the agent starts it (``python FILE`` for a ``.py`` file, with
+  this agent's interpreter so :mod:`agent.migrator_sdk` imports, else the file
+  itself) in the version directory, in a new session (so a kill reaches its
+  children), with :data:`ADDRESS_ENV` set to a fresh ``unix:`` address inside a
+  private (0700) temporary directory. The agent waits until the channel is ready,
+  makes one call, then stops the process group (SIGTERM, SIGKILL after
+  :data:`STOP_GRACE` seconds) and removes the directory with the socket. The
+  program's stdout and stderr are kept (the last few KiB) for failure reasons.
+* **An address** (``migrator_address=``, a model already running as a service):
+  the agent only connects (:func:`check_migrator_address`).
+
+The gRPC client is blocking; it runs in a worker thread with a deadline (the
+time left of one wall-clock timeout that also covers start-up and readiness), and
+a trio watchdog cancels the call if the deadline or a trio cancellation comes
+first. The worker thread is never abandoned: a cancelled call ends it promptly,
+and nothing writes into a version directory after the runner returned.
+
+* :func:`run_export` calls ``Export``; each returned path is checked (relative,
   confined to the version directory, no symlink leading out).
-* :func:`run_ingest` serves :class:`IngestFileCopy` requests with
-  :func:`copy_confined` — a source confined to the *old* version's directory,
-  a destination confined to the *new* one, directories copied recursively,
-  symlinks followed only to regular files inside the old root. A path that
-  escapes (``..``, absolute, a symlink out) is a :class:`MigratorRefused`: the
-  migration is aborted at once and the process killed. An ordinary failure
-  (a missing file) is answered with ``IngestFileResult(error=...)`` and the
-  migrator decides.
+* :func:`run_ingest` calls ``Ingest`` and serves each ``IngestFileCopy`` with
+  :func:`copy_confined` — a source confined to the *old* version's directory, a
+  destination confined to the *new* one, directories copied recursively,
+  symlinks followed only to regular files inside the old root — answering one
+  ``IngestFileResult`` per copy (``error`` empty on success). A path that escapes
+  (``..``, absolute, a symlink out) is a :class:`MigratorRefused`: the call is
+  cancelled at once. An ordinary failure (a missing file) is answered with
+  ``error`` set and the migrator decides. The server ends the call: status OK
+  means the state is ingested; any other status fails the upgrade with its
+  details.
 
 Every failure is a :class:`MigratorError` (an :class:`AgentError`) whose message
 is what the operator sees as the ``deployment_failed`` blocker detail.
@@ -42,64 +57,63 @@ moving to it never runs ingest.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
+import queue
 import secrets
+import shutil
 import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import grpc
 import trio
 
 from agent._errors import AgentError
+from agent._grpc import migrator_pb2 as pb
+from agent._grpc import migrator_pb2_grpc as pb_grpc
 from agent._storage.install import RECORD_NAME, Installer
 from agent._storage.paths import confine
 from agent._storage.store import ChunkStore, StoreBatch
 from protocol import (
     DEFAULT_PARAMS,
-    MAX_MIGRATOR_FRAME,
     ChunkRef,
-    ExportRequest,
-    ExportResponse,
     FileEntry,
-    FrameDecoder,
     HostilePath,
-    IngestFileCopy,
-    IngestFileResult,
-    IngestRequest,
     InvalidValue,
     Manifest,
-    MigratorDone,
-    MigratorFailed,
-    ProtocolError,
     SemVer,
     ShoalError,
     SigningIdentity,
     Variant,
     check_migrator_path,
     chunk_stream,
-    decode,
-    encode,
-    frame,
     merkle_root,
 )
 
 __all__ = [
+    "ADDRESS_ENV",
     "DEFAULT_TIMEOUT",
     "EXPORT_MARKER",
+    "STOP_GRACE",
     "MigratorError",
     "MigratorRefused",
     "MigratorTimeout",
+    "MigratorNotReady",
     "MigratorCrashed",
     "MigratorGarbage",
     "MigratorReportedFailure",
     "IngestReport",
     "ExportResult",
+    "check_migrator_address",
     "migrator_command",
     "run_export",
     "run_ingest",
@@ -112,13 +126,30 @@ __all__ = [
     "ingest_hook",
 ]
 
-#: Seconds a migrator may run (conversation and exit) before it is killed.
+#: Seconds a migrator may take (start, readiness, the call) before it is given up on.
 DEFAULT_TIMEOUT = 120.0
+#: Seconds a started migrator has to exit after SIGTERM before its group gets SIGKILL.
+STOP_GRACE = 5.0
+#: Where a started migrator's private socket directory is made (None: the system's temp).
+PRIVATE_DIR: str | None = None
+#: The environment variable that tells a started migrator where to serve.
+ADDRESS_ENV = "SHOAL_MIGRATOR_ADDRESS"
 #: A file every derived (exported) version carries: its base version and state paths.
 EXPORT_MARKER = ".shoal-export.json"
-_STDERR_TAIL = 4096
+_OUTPUT_TAIL = 4096
 _TMP = ".tmp-ingest-"
-_SHOAL_ROOT = str(Path(__file__).resolve().parent.parent)
+_SHOAL_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+_MAX_MESSAGE = 4 * 1024 * 1024
+_CHANNEL_OPTIONS = [
+    # a started server comes up within milliseconds: do not sit in a 1 s reconnect backoff
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 500),
+    ("grpc.enable_retries", 0),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+    ("grpc.max_send_message_length", _MAX_MESSAGE),
+]
+T = TypeVar("T")
 
 
 class MigratorError(AgentError):
@@ -130,19 +161,23 @@ class MigratorRefused(MigratorError):
 
 
 class MigratorTimeout(MigratorError):
-    """The migrator ran past its timeout and was killed."""
+    """The migrator's call ran past its timeout and was cancelled."""
+
+
+class MigratorNotReady(MigratorError):
+    """The migrator never became ready to serve (or its address cannot be reached)."""
 
 
 class MigratorCrashed(MigratorError):
-    """The migrator exited (or could not start) before finishing its conversation."""
+    """The migrator process exited (or could not start) before the call was over."""
 
 
 class MigratorGarbage(MigratorError):
-    """The migrator wrote something that is not a valid frame or an expected message."""
+    """The migrator sent something that is not the service's message or a known status."""
 
 
 class MigratorReportedFailure(MigratorError):
-    """The migrator itself said the migration cannot be done (``MigratorFailed``)."""
+    """The migrator ended the call with a non-OK status (its details are the reason)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +186,7 @@ class IngestReport:
     failed: int          # requests answered with an error
     files: int           # files written into the new version
     bytes: int           # their bytes
-    detail: str          # the migrator's MigratorDone detail
+    detail: str          # what the migrator's call ended with
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +201,7 @@ class ExportResult:
     new_bytes: int
 
 
-# ---------------------------------------------------------------------- process
+# ---------------------------------------------------------------------- reaching it
 
 
 def migrator_command(version_dir: Path, migrator: str) -> list[str]:
@@ -190,158 +225,291 @@ def migrator_command(version_dir: Path, migrator: str) -> list[str]:
     return [str(path)]
 
 
-def _env() -> dict[str, str]:
+def check_migrator_address(address: str, *, allow_remote: bool = False) -> str:
+    """``address`` if the agent may connect to it: ``unix:///abs/path`` (or
+    ``unix:/abs/path``), or ``host:port`` on a loopback host unless ``allow_remote``.
+    :class:`MigratorRefused` otherwise."""
+    if address.startswith("unix:"):
+        path = address[len("unix://"):] if address.startswith("unix://") else address[5:]
+        if not path.startswith("/") or "\x00" in path:
+            raise MigratorRefused(f"migrator address {address!r} refused: a unix address "
+                                  "names an absolute path (unix:///run/model/migrator.sock)")
+        return address
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise MigratorRefused(f"migrator address {address!r} refused: expected "
+                              "unix:///path or host:port")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if allow_remote:
+        return address
+    if bare == "localhost":
+        return address
+    try:
+        loopback = ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise MigratorRefused(f"migrator address {address!r} refused: only loopback hosts "
+                              "(127.0.0.1, [::1], localhost) unless the node's config sets "
+                              "migrator_allow_remote = true")
+    return address
+
+
+def _env(address: str) -> dict[str, str]:
     env = dict(os.environ)
     old = env.get("PYTHONPATH")
     env["PYTHONPATH"] = _SHOAL_ROOT + (os.pathsep + old if old else "")
-    env["SHOAL_MIGRATOR"] = "1"
+    env[ADDRESS_ENV] = address
     return env
 
 
-class _Channel:
+class _CallBox:
+    """Cancels a gRPC call from another thread, even before the call exists."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._call: Any = None
+        self.reason: str | None = None
+
+    def set(self, call: Any) -> None:
+        with self._lock:
+            self._call = call
+            cancel = self.reason is not None
+        if cancel:
+            call.cancel()
+
+    def cancel(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+            call = self._call
+        if call is not None:
+            call.cancel()
+
+
+class _Started:
+    """A migrator program the agent started: its process and its output tail."""
+
     def __init__(self, proc: trio.Process) -> None:
-        assert proc.stdin is not None and proc.stdout is not None
-        self.stdin = proc.stdin
-        self.stdout = proc.stdout
-        self.decoder = FrameDecoder(MAX_MIGRATOR_FRAME)
-        self.pending: list[bytes] = []
+        self.proc = proc
+        self.output = bytearray()
 
-    async def send(self, msg: object) -> None:
-        try:
-            await self.stdin.send_all(frame(encode(msg), MAX_MIGRATOR_FRAME))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise _Eof from None
+    async def drain(self) -> None:
+        assert self.proc.stdout is not None
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await self.proc.stdout.receive_some(65536):
+                self.output.extend(data)
+                del self.output[:-_OUTPUT_TAIL]
 
-    async def receive(self) -> object:
-        while not self.pending:
-            data = await self.stdout.receive_some(65536)
-            if not data:
-                if not self.decoder.at_boundary():
-                    raise MigratorGarbage("migrator output ended in the middle of a frame")
-                raise _Eof
-            try:
-                self.pending.extend(self.decoder.feed(data))
-            except ProtocolError as exc:
-                raise MigratorGarbage(f"migrator wrote garbage on stdout ({exc}); only "
-                                      "shoal frames may go there (log to stderr)") from None
-        body = self.pending.pop(0)
-        try:
-            return decode(body, MAX_MIGRATOR_FRAME)
-        except ProtocolError as exc:
-            raise MigratorGarbage(f"migrator wrote an undecodable frame: {exc}") from None
+    def why(self) -> str:
+        lines = self.output.decode("utf-8", "replace").strip().splitlines()
+        return f"; output: {lines[-1][:300]}" if lines else ""
 
-
-class _Eof(Exception):
-    """The migrator closed its end before the conversation was over."""
-
-
-Handler = Callable[[object, _Channel], Awaitable[Any]]
-
-
-async def _converse(version_dir: Path, migrator: str, first: object, handler: Handler,
-                    timeout: float, label: str) -> Any:
-    """Start the migrator, send ``first``, feed replies to ``handler`` until it returns
-    something other than None, then require a clean exit. All within ``timeout``."""
-    cmd = migrator_command(version_dir, migrator)
-    try:
-        proc = await trio.lowlevel.open_process(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=str(version_dir), env=_env(), start_new_session=True)
-    except OSError as exc:
-        raise MigratorCrashed(f"{label}: cannot start migrator {migrator!r}: "
-                              f"{exc.strerror or exc}") from None
-    tail = bytearray()
-    stderr_done = trio.Event()
-    result: Any = None
-    error: BaseException | None = None
-
-    async def drain() -> None:
-        assert proc.stderr is not None
-        try:
-            while data := await proc.stderr.receive_some(65536):
-                tail.extend(data)
-                del tail[:-_STDERR_TAIL]
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            stderr_done.set()
-
-    def why() -> str:
-        text = tail.decode("utf-8", "replace").strip().splitlines()
-        return f"; stderr: {text[-1][:300]}" if text else ""
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(drain)
-            with trio.move_on_after(timeout) as scope:
-                chan = _Channel(proc)
-                try:
-                    await chan.send(first)
-                    while result is None:
-                        result = await handler(await chan.receive(), chan)
-                    with contextlib.suppress(OSError):
-                        await proc.stdin.aclose()  # type: ignore[union-attr]
-                    code = await proc.wait()
-                    if code != 0:
-                        error = MigratorCrashed(f"{label}: migrator finished its conversation "
-                                                f"but exited with status {code}")
-                except _Eof:
-                    code = await proc.wait()
-                    with trio.move_on_after(1.0):
-                        await stderr_done.wait()
-                    error = MigratorCrashed(
-                        f"{label}: migrator exited with status {code} before finishing"
-                        f"{why()}")
-                except MigratorError as exc:
-                    error = exc
-            if scope.cancelled_caught and error is None:
-                error = MigratorTimeout(f"{label}: migrator did not finish within "
-                                        f"{timeout:g} s and was killed")
-            _kill(proc)
-            with trio.move_on_after(1.0):
-                await stderr_done.wait()
-            nursery.cancel_scope.cancel()
-    finally:
-        _kill(proc)
-        with trio.CancelScope(shield=True):
-            await proc.wait()
-    if error is not None:
-        if isinstance(error, MigratorCrashed) and not str(error).endswith(why()):
-            error = MigratorCrashed(f"{error}{why()}")
-        raise error
-    return result
-
-
-def _kill(proc: trio.Process) -> None:
-    if proc.returncode is None:
+    def signal_group(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, sig)
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM the group, SIGKILL it after ``grace`` s; reap the process."""
+        if self.proc.returncode is None:
+            self.signal_group(signal.SIGTERM)
+            with trio.move_on_after(grace):
+                await self.proc.wait()
+        self.signal_group(signal.SIGKILL)   # stragglers of the group, or the leader itself
         with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+            self.proc.kill()
+        await self.proc.wait()
+
+
+async def _accepts(address: str) -> bool:
+    """Whether a connection to ``address`` (``unix:`` or ``host:port``) is accepted now."""
+    with trio.move_on_after(1.0):
+        try:
+            if address.startswith("unix:"):
+                path = address[len("unix://"):] if address.startswith("unix://") \
+                    else address[5:]
+                sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+                with sock:
+                    await sock.connect(path)
+            else:
+                host, _, port = address.rpartition(":")
+                stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+                await stream.aclose()
+        except OSError:
+            return False
+        return True
+    return False
+
+
+def _status_error(exc: grpc.RpcError, label: str, box: _CallBox, timeout: float
+                  ) -> MigratorError:
+    """The operator-facing error for a call that ended with a non-OK status."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else None) or ""
+    if box.reason == "timeout" or code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return MigratorTimeout(f"{label}: migrator did not finish within {timeout:g} s; "
+                               "the call was cancelled")
+    if box.reason is not None:
+        return MigratorError(f"{label}: the call was cancelled ({box.reason})")
+    if code == grpc.StatusCode.INTERNAL and details.startswith("Exception deserializing"):
+        return MigratorGarbage(f"{label}: migrator sent a message that is not a valid "
+                               f"t1.fps.model message ({details})")
+    if code == grpc.StatusCode.UNKNOWN and details.startswith("Server sent unknown code"):
+        return MigratorGarbage(f"{label}: migrator ended the call with an unknown status "
+                               f"({details[:300]})")
+    if not isinstance(code, grpc.StatusCode):
+        return MigratorGarbage(f"{label}: migrator ended the call with no valid status")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return MigratorCrashed(f"{label}: migrator connection lost: {details[:300]}")
+    return MigratorReportedFailure(f"{label}: migrator failed with status {code.name}: "
+                                   f"{details[:500] or '(no details)'}")
+
+
+async def _call(version_dir: Path, migrator: str | None, address: str | None,
+                rpc: Callable[[pb_grpc.MigratorStub, float, _CallBox], T], *,
+                timeout: float, label: str, allow_remote: bool = False) -> T:
+    """Reach the migrator (start ``migrator`` in ``version_dir``, or connect to
+    ``address``), wait for the channel, run ``rpc(stub, seconds_left, box)`` in a
+    worker thread, stop what was started. All within ``timeout`` seconds."""
+    deadline = trio.current_time() + timeout
+    private: str | None = None
+    cmd: list[str] = []
+    if address is not None:
+        check_migrator_address(address, allow_remote=allow_remote)
+    elif migrator is not None:
+        cmd = migrator_command(version_dir, migrator)
+        private = tempfile.mkdtemp(prefix="shoal-migrator-", dir=PRIVATE_DIR)  # mode 0700
+        if len(private) > 80:       # a unix socket path has at most 107 bytes
+            os.rmdir(private)
+            private = tempfile.mkdtemp(prefix="shoal-migrator-", dir="/tmp")
+        address = f"unix://{private}/migrator.sock"
+    else:
+        raise MigratorError(f"{label}: the variant declares no migrator")
+    started: _Started | None = None
+    try:
+        if private is not None:
+            try:
+                proc = await trio.lowlevel.open_process(
+                    cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, cwd=str(version_dir), env=_env(address),
+                    start_new_session=True)
+            except OSError as exc:
+                raise MigratorCrashed(f"{label}: cannot start migrator {migrator!r}: "
+                                      f"{exc.strerror or exc}") from None
+            started = _Started(proc)
+        outcome: list[tuple[bool, Any]] = []
+        async with trio.open_nursery() as nursery:
+            if started is not None:
+                nursery.start_soon(started.drain)
+            try:
+                outcome.append((True, await _connected(address, started, rpc, deadline,
+                                                       timeout, label)))
+            except Exception as exc:    # raised below, not wrapped in the nursery's group
+                outcome.append((False, exc))
+            finally:
+                if started is not None:
+                    with trio.CancelScope(shield=True):
+                        await started.stop(STOP_GRACE)
+                nursery.cancel_scope.cancel()
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+    finally:
+        if started is not None:
+            with trio.CancelScope(shield=True):
+                await started.stop(0)
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
+
+
+async def _connected(address: str, started: _Started | None,
+                     rpc: Callable[[pb_grpc.MigratorStub, float, _CallBox], T],
+                     deadline: float, timeout: float, label: str) -> T:
+    # Ready means something accepts connections on the address. (Checked with a plain
+    # connect: grpc's connectivity watcher thread races channel.close() and raises.)
+    while not await _accepts(address):
+        if started is not None and started.proc.poll() is not None:
+            await trio.sleep(0.05)      # let the output drain
+            raise MigratorCrashed(f"{label}: migrator exited with status "
+                                  f"{started.proc.returncode} before it served "
+                                  f"{ADDRESS_ENV}{started.why()}")
+        if trio.current_time() >= deadline:
+            where = f"the address in {ADDRESS_ENV}" if started is not None else address
+            raise MigratorNotReady(f"{label}: migrator did not become ready on {where} "
+                                   f"within {timeout:g} s"
+                                   f"{started.why() if started else ''}")
+        await trio.sleep(0.02)
+    channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    try:
+        box = _CallBox()
+        stub = pb_grpc.MigratorStub(channel)  # type: ignore[no-untyped-call]
+        outcome: list[Any] = []
+
+        seconds = max(0.001, deadline - trio.current_time())
+
+        def work() -> None:
+            try:
+                outcome.append(("ok", rpc(stub, seconds, box)))
+            except BaseException as exc:  # handed back to the trio task below
+                outcome.append(("err", exc))
+
+        finished = False
+        async with trio.open_nursery() as nursery:
+            async def watchdog() -> None:
+                try:
+                    await trio.sleep_until(deadline + 0.25)   # grpc's own deadline comes first
+                    box.cancel("timeout")
+                except trio.Cancelled:
+                    if not finished:
+                        box.cancel("the agent cancelled the migration")
+                    raise
+            nursery.start_soon(watchdog)
+            await trio.to_thread.run_sync(work)   # not abandoned: a cancel ends the call
+            finished = True
+            nursery.cancel_scope.cancel()
+        kind, value = outcome[0]
+        if kind == "ok":
+            return value  # type: ignore[no-any-return]
+        if isinstance(value, grpc.RpcError):
+            err = _status_error(value, label, box, timeout)
+            if started is not None and not isinstance(err, MigratorTimeout):
+                with trio.move_on_after(0.5):
+                    await started.proc.wait()
+                if started.proc.returncode is not None:
+                    await trio.sleep(0.05)
+                    raise MigratorCrashed(f"{label}: migrator exited with status "
+                                          f"{started.proc.returncode} before finishing"
+                                          f"{started.why()}") from None
+            raise err from None
+        if isinstance(value, grpc.FutureCancelledError):
+            raise _status_error(grpc.RpcError(), label, box, timeout) from None
+        raise value
+    finally:
+        channel.close()
 
 
 # ---------------------------------------------------------------------- export
 
 
-async def run_export(version_dir: Path, migrator: str, *,
-                     timeout: float = DEFAULT_TIMEOUT) -> tuple[str, ...]:
+async def run_export(version_dir: Path, migrator: str | None, *, address: str | None = None,
+                     timeout: float = DEFAULT_TIMEOUT,
+                     allow_remote: bool = False) -> tuple[str, ...]:
     """The state paths the migrator of ``version_dir`` names, each checked to be inside."""
 
-    async def handle(msg: object, chan: _Channel) -> tuple[str, ...] | None:
-        if isinstance(msg, ExportResponse):
-            for p in msg.paths:
-                try:
-                    confine(version_dir, check_migrator_path(p, "export path"))
-                except HostilePath as exc:
-                    raise MigratorRefused(f"export: {exc}") from None
-            return tuple(dict.fromkeys(msg.paths))
-        if isinstance(msg, MigratorFailed):
-            raise MigratorReportedFailure(f"export: migrator failed: {msg.reason}")
-        raise MigratorGarbage(f"export: unexpected {type(msg).__name__} from the migrator")
+    def rpc(stub: pb_grpc.MigratorStub, seconds: float, box: _CallBox) -> tuple[str, ...]:
+        fut = stub.Export.future(pb.ExportRequest(), timeout=seconds, wait_for_ready=True)
+        box.set(fut)
+        return tuple(fut.result().paths)
 
-    result: tuple[str, ...] = await _converse(version_dir, migrator, ExportRequest(), handle,
-                                              timeout, "export")
-    return result
+    paths = await _call(version_dir, migrator, address, rpc, timeout=timeout, label="export",
+                        allow_remote=allow_remote)
+    for p in paths:
+        try:
+            confine(version_dir, check_migrator_path(p, "export path"))
+        except HostilePath as exc:
+            raise MigratorRefused(f"export: {exc}") from None
+    return tuple(dict.fromkeys(paths))
 
 
 # ---------------------------------------------------------------------- ingest
@@ -434,45 +602,52 @@ def copy_confined(old_root: Path, new_root: Path, source: str, dest: str) -> tup
     return files, nbytes
 
 
-async def run_ingest(old_dir: Path, new_dir: Path, migrator: str, *, model_id: str,
-                     from_version: str, to_version: str,
-                     timeout: float = DEFAULT_TIMEOUT) -> IngestReport:
-    """Run ``new_dir``'s migrator in ingest mode, serving its copy requests."""
-    counts = {"copies": 0, "failed": 0, "files": 0, "bytes": 0}
+async def run_ingest(old_dir: Path, new_dir: Path, migrator: str | None, *, model_id: str,
+                     from_version: str, to_version: str, address: str | None = None,
+                     timeout: float = DEFAULT_TIMEOUT,
+                     allow_remote: bool = False) -> IngestReport:
+    """Call ``Ingest`` on the new version's migrator, serving its copy requests."""
+    label = f"ingest {from_version} -> {to_version}"
 
-    async def handle(msg: object, chan: _Channel) -> IngestReport | None:
-        if isinstance(msg, IngestFileCopy):
-            error: str | None = None
-            try:
-                files, nbytes = await trio.to_thread.run_sync(
-                    copy_confined, old_dir, new_dir, msg.source_path, msg.dest_path)
-            except HostilePath as exc:
-                with contextlib.suppress(_Eof):
-                    await chan.send(IngestFileResult(msg.source_path, msg.dest_path,
-                                                     f"refused: {exc}"))
-                raise MigratorRefused(f"ingest {from_version} -> {to_version}: {exc}; "
-                                      "the migration was aborted") from None
-            except (OSError, ShoalError) as exc:
-                error = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
-                counts["failed"] += 1
-            else:
-                counts["copies"] += 1
-                counts["files"] += files
-                counts["bytes"] += nbytes
-            await chan.send(IngestFileResult(msg.source_path, msg.dest_path, error))
-            return None
-        if isinstance(msg, MigratorDone):
-            return IngestReport(counts["copies"], counts["failed"], counts["files"],
-                                counts["bytes"], msg.detail)
-        if isinstance(msg, MigratorFailed):
-            raise MigratorReportedFailure(f"ingest {from_version} -> {to_version}: migrator "
-                                          f"failed: {msg.reason}")
-        raise MigratorGarbage(f"ingest: unexpected {type(msg).__name__} from the migrator")
+    def rpc(stub: pb_grpc.MigratorStub, seconds: float, box: _CallBox) -> IngestReport:
+        replies: queue.SimpleQueue[pb.IngestFileResult | None] = queue.SimpleQueue()
 
-    report: IngestReport = await _converse(
-        new_dir, migrator, IngestRequest(model_id, from_version, to_version), handle,
-        timeout, f"ingest {from_version} -> {to_version}")
-    return report
+        def requests() -> Iterator[pb.IngestFileResult]:
+            while (item := replies.get()) is not None:
+                yield item
+
+        counts = {"copies": 0, "failed": 0, "files": 0, "bytes": 0}
+        call = stub.Ingest(requests(), timeout=seconds, wait_for_ready=True)
+        box.set(call)
+        try:
+            for copy in call:
+                src, dst = copy.source_path, copy.dest_path
+                error = ""
+                try:
+                    files, nbytes = copy_confined(old_dir, new_dir, src, dst)
+                except HostilePath as exc:
+                    replies.put(pb.IngestFileResult(source_path=src, dest_path=dst,
+                                                    error=f"refused: {exc}"))
+                    box.cancel("refused")
+                    raise MigratorRefused(f"{label}: {exc}; the migration was "
+                                          "aborted") from None
+                except (OSError, ShoalError) as exc:
+                    error = ((exc.strerror or str(exc)) if isinstance(exc, OSError)
+                             else str(exc)) or type(exc).__name__
+                    counts["failed"] += 1
+                else:
+                    counts["copies"] += 1
+                    counts["files"] += files
+                    counts["bytes"] += nbytes
+                replies.put(pb.IngestFileResult(source_path=src, dest_path=dst, error=error))
+        finally:
+            replies.put(None)
+        return IngestReport(counts["copies"], counts["failed"], counts["files"],
+                            counts["bytes"], f"ingested from {from_version}")
+
+    del model_id    # the seed's service carries no model or version names
+    return await _call(new_dir, migrator, address, rpc, timeout=timeout, label=label,
+                       allow_remote=allow_remote)
 
 
 def is_derived(manifest: Manifest, variant_id: str) -> bool:
@@ -483,16 +658,18 @@ def is_derived(manifest: Manifest, variant_id: str) -> bool:
 
 
 def ingest_hook(installer: Installer, manifest: Manifest, variant_id: str,
-                previous_version: str | None, *, timeout: float = DEFAULT_TIMEOUT
-                ) -> Callable[[Path], None] | None:
+                previous_version: str | None, *, timeout: float = DEFAULT_TIMEOUT,
+                allow_remote: bool = False) -> Callable[[Path], None] | None:
     """The ``prepare`` callable for :meth:`Installer.install` when moving
     ``previous_version`` -> ``manifest.version`` needs an ingest; else None.
 
     The callable runs in a worker thread of a trio run (the daemon's installs do),
     and drives :func:`run_ingest` on the trio loop.
     """
-    migrator = manifest.variant(variant_id).migrator
-    if migrator is None or previous_version is None or previous_version == manifest.version:
+    variant = manifest.variant(variant_id)
+    migrator, address = variant.migrator, variant.migrator_address
+    if (migrator is None and address is None) or previous_version is None \
+            or previous_version == manifest.version:
         return None
     if is_derived(manifest, variant_id):
         return None
@@ -504,7 +681,7 @@ def ingest_hook(installer: Installer, manifest: Manifest, variant_id: str,
     def prepare(new_dir: Path) -> None:
         trio.from_thread.run(lambda: run_ingest(
             old_dir, new_dir, migrator, model_id=model_id, from_version=previous_version,
-            to_version=version, timeout=timeout))
+            to_version=version, address=address, timeout=timeout, allow_remote=allow_remote))
     return prepare
 
 
@@ -576,7 +753,8 @@ def build_derived(store: ChunkStore, publisher: SigningIdentity, base: Manifest,
         new_bytes += nb
     try:
         derived_variant = Variant(variant_id, variant.requirements,
-                                  tuple(files[k] for k in sorted(files)), variant.migrator)
+                                  tuple(files[k] for k in sorted(files)), variant.migrator,
+                                  variant.migrator_address)
         manifest = Manifest.sign(publisher, base.model_id, new_version, (derived_variant,),
                                  created_at_ms, base_version=base.version)
     except InvalidValue as exc:
@@ -600,7 +778,8 @@ def default_derived_version(base: str, now_s: float) -> str:
 
 async def export_version(installer: Installer, publisher: SigningIdentity, model_id: str,
                          new_version: str | None, now_s: float, *,
-                         timeout: float = DEFAULT_TIMEOUT) -> ExportResult:
+                         timeout: float = DEFAULT_TIMEOUT,
+                         allow_remote: bool = False) -> ExportResult:
     """Export the active version of ``model_id``: run its migrator, store a derived version.
 
     The caller announces ``result.manifest`` (a daemon: ``machine.publish_manifest`` and
@@ -612,7 +791,8 @@ async def export_version(installer: Installer, publisher: SigningIdentity, model
                             "export")
     base = installer.store.get_manifest(active.manifest_id)
     migrator = base.variant(active.variant_id).migrator
-    if migrator is None:
+    address = base.variant(active.variant_id).migrator_address
+    if migrator is None and address is None:
         raise MigratorError(f"{model_id} {active.version} (variant {active.variant_id}) "
                             "declares no migrator; add `migrator = \"...\"` to its "
                             "shoal-model.toml variant")
@@ -624,7 +804,8 @@ async def export_version(installer: Installer, publisher: SigningIdentity, model
             raise MigratorError(f"{model_id} {version} already exists; choose another "
                                 "--version")
     vdir = Path(active.path)
-    paths = await run_export(vdir, migrator, timeout=timeout)
+    paths = await run_export(vdir, migrator, address=address, timeout=timeout,
+                             allow_remote=allow_remote)
     return await trio.to_thread.run_sync(
         lambda: build_derived(installer.store, publisher, base, active.variant_id, vdir,
                               paths, version, int(now_s * 1000)))

@@ -243,6 +243,7 @@ class NodeRuntime:
         self._health_checks = self._health_failures = 0
         self.health = config.health
         self.migrator_timeout = float(config.migrator_timeout)  # seconds a migrator may run
+        self.migrator_allow_remote = config.migrator_allow_remote   # non-loopback addresses
         self.bytes_served_by_priority: dict[str, int] = {}  # priority name -> bytes (metrics)
 
     def _optional_key(self, role: str) -> SigningIdentity | None:
@@ -740,7 +741,8 @@ class NodeRuntime:
         # a version with a migrator ingests the state of the one it replaces before
         # it is activated (agent/_daemon/migrator.py); on failure the node stays on the old one
         prepare = ingest_hook(self.installer, manifest, variant_id, previous_version,
-                              timeout=self.migrator_timeout)
+                              timeout=self.migrator_timeout,
+                              allow_remote=self.migrator_allow_remote)
         return self.installer.install(manifest, variant_id, prepare=prepare).path
 
     # ------------------------------------------------------------------ queries

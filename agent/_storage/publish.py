@@ -77,7 +77,8 @@ PACKAGE_FILE = "shoal-model.toml"
 DEFAULT_VARIANT = "default"
 _REQUIREMENT_KEYS = {"cpu_arch", "min_gpu_mem_gb", "execution_providers", "precision",
                      "min_ram_gb", "min_storage_mb", "accelerators"}
-_VARIANT_KEYS = _REQUIREMENT_KEYS | {"id", "path", "migrator", "health_check"}
+_VARIANT_KEYS = _REQUIREMENT_KEYS | {"id", "path", "migrator", "migrator_address",
+                                     "health_check"}
 #: Chunks handed to the writer threads but not yet on disk (bounds memory: <= 32 * max_size).
 _MAX_IN_FLIGHT = 32
 
@@ -89,6 +90,7 @@ class VariantSpec:
     requirements: Requirements
     migrator: str | None
     health_check: str | None = None
+    migrator_address: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +186,11 @@ def load_package(path: Path | str) -> list[VariantSpec]:
         rel = table.get("path", vid)
         migrator = table.get("migrator")
         health = table.get("health_check")
+        address = table.get("migrator_address")
         if not isinstance(rel, str) or any(v is not None and not isinstance(v, str)
-                                           for v in (migrator, health)):
-            raise ConfigError(f"{where}: path, migrator and health_check must be strings")
+                                           for v in (migrator, health, address)):
+            raise ConfigError(f"{where}: path, migrator, migrator_address and health_check "
+                              "must be strings")
         try:
             validate_relative_path(rel)
             for v in (migrator, health):
@@ -199,7 +203,8 @@ def load_package(path: Path | str) -> list[VariantSpec]:
             raise PublishError(f"{where}: {rel} resolves outside the package")
         if not vpath.is_dir():
             raise ConfigError(f"{where}: {vpath} is not a directory")
-        specs.append(VariantSpec(vid, vpath, _requirements(table, where), migrator, health))
+        specs.append(VariantSpec(vid, vpath, _requirements(table, where), migrator, health,
+                                 address))
     ids = [s.variant_id for s in specs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{toml_path}: duplicate variant ids")
@@ -352,7 +357,8 @@ def publish(store: ChunkStore, package: Path | str, model_id: str, version: str,
                     try:
                         variants.append(Variant(spec.variant_id, spec.requirements,
                                                 tuple(files), spec.migrator,
-                                                spec.health_check))
+                                                migrator_address=spec.migrator_address,
+                                                health_check=spec.health_check))
                     except InvalidValue as exc:
                         raise PublishError(f"variant {spec.variant_id}: {exc}") from None
         finally:
