@@ -30,7 +30,7 @@ test: lint typecheck pytest
 # the Migrator gRPC stubs (checked in; tests/test_grpc_stubs.py checks they match)
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
-		agent/_grpc/migrator.proto
+		agent/_grpc/migrator.proto agent/_grpc/health.proto
 
 demo: $(STAMP)
 	$(BIN)/python -m agent._demo.fleet

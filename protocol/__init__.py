@@ -96,6 +96,7 @@ from ._identity import (
 from ._intents import Intent, IntentKind, Scope, ScopeKind
 from ._ledger import Ledger
 from ._manifest import (
+    GRPC_HEALTH_CHECK,
     HASH_SIZE,
     ChunkRef,
     FileEntry,
@@ -144,7 +145,8 @@ __all__ = [
     "Ledger", "Entry", "EntryKind", "encoded_entry", "NodeRecord", "ModelState",
     "Suspicion", "Intent", "IntentKind", "Scope", "ScopeKind", "HLC",
     # manifests, chunking, variant selection
-    "Manifest", "Variant", "FileEntry", "ChunkRef", "SemVer", "HASH_SIZE", "merkle_root",
+    "Manifest", "Variant", "FileEntry", "ChunkRef", "SemVer", "HASH_SIZE", "GRPC_HEALTH_CHECK",
+    "merkle_root",
     "validate_model_id", "validate_relative_path", "validate_version",
     "ChunkParams", "DEFAULT_PARAMS", "DEFAULT_WINDOW", "chunk_bytes", "chunk_matches",
     "chunk_stream", "hash_chunk",

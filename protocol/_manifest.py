@@ -36,6 +36,7 @@ from ._identity import (
 )
 
 __all__ = [
+    "GRPC_HEALTH_CHECK",
     "HASH_SIZE",
     "ChunkRef",
     "FileEntry",
@@ -189,6 +190,9 @@ class FileEntry:
             raise MalformedMessage(f"{self.path}: Merkle root does not match its chunk list")
 
 
+#: ``Variant.health_check`` value that asks the model's ``grpc.health.v1.Health`` service
+GRPC_HEALTH_CHECK = "grpc"
+
 @struct
 @dataclass(frozen=True, slots=True)
 class Variant:
@@ -199,7 +203,9 @@ class Variant:
     # (appended, with a default) the address of a migrator the model already serves:
     # "unix:///abs/path" or "host:port"; the agent only connects. Exclusive with migrator.
     migrator_address: str | None = None
-    health_check: str | None = None  # a file path in this variant, run to check its health
+    # a file path in this variant, run to check its health; or "grpc": ask the standard
+    # grpc.health.v1.Health service at migrator_address
+    health_check: str | None = None
 
     def __post_init__(self) -> None:
         validate_variant_id(self.variant_id)
@@ -225,7 +231,11 @@ class Variant:
                 raise InvalidValue(f"variant {self.variant_id}: migrator and "
                                    "migrator_address are exclusive")
             validate_migrator_address(self.migrator_address)
-        if self.health_check is not None and self.health_check.casefold() not in seen:
+        if self.health_check == GRPC_HEALTH_CHECK:
+            if self.migrator_address is None:
+                raise InvalidValue(f"variant {self.variant_id}: health_check = \"grpc\" asks "
+                                   "the model's service, so it needs a migrator_address")
+        elif self.health_check is not None and self.health_check.casefold() not in seen:
             raise InvalidValue(f"health_check {self.health_check!r} is not a file of the "
                                "variant")
 

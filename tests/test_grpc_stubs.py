@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO = "agent/_grpc/migrator.proto"
-GENERATED = ["agent/_grpc/migrator_pb2.py", "agent/_grpc/migrator_pb2.pyi",
-             "agent/_grpc/migrator_pb2_grpc.py"]
+PROTOS = ["agent/_grpc/migrator.proto", "agent/_grpc/health.proto"]
+GENERATED = [f"agent/_grpc/{name}{ext}" for name in ("migrator", "health")
+             for ext in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")]
 
 
 def test_regenerating_the_stubs_gives_the_checked_in_files(tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools")
     out = subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", "-I.", f"--python_out={tmp_path}",
-         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", PROTO],
+         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", *PROTOS],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     for rel in GENERATED:

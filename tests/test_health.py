@@ -12,11 +12,18 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from agent._daemon.health import HealthSettings, run_check, settle
+from agent._daemon.health import (
+    HealthSettings,
+    HealthTarget,
+    run_check,
+    run_grpc_check,
+    settle,
+)
 from protocol import BlockerReason, ModelOperationalStatus
 
 from ._fleet import InProcessFleet, intent
@@ -121,13 +128,69 @@ async def test_settling_retries_until_the_check_passes(tmp_path: Path) -> None:
 
     async with trio.open_nursery() as n:
         n.start_soon(make_ready)
-        detail, tries = await settle(tmp_path, check, {}, settings)
+        detail, tries = await settle(HealthTarget(tmp_path, check), {}, settings)
     assert detail is None and tries >= 2
     flag.unlink()
-    detail, tries = await settle(tmp_path, check, {},
+    detail, tries = await settle(HealthTarget(tmp_path, check), {},
                                  HealthSettings(settle_window=0.6, settle_every=0.2,
                                                 timeout=30.0))
     assert detail == "health check exited with status 1" and tries >= 1
+
+
+class _HealthServer:
+    """A model's grpc.health.v1.Health service, written against the generated stubs
+    (any implementation of the standard protocol answers the same)."""
+
+    def __init__(self, address: str) -> None:
+        from concurrent import futures
+
+        import grpc
+
+        from agent._grpc import health_pb2, health_pb2_grpc
+
+        self.pb = health_pb2
+        self.status = health_pb2.HealthCheckResponse.SERVING
+        outer = self
+
+        class Servicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+            def Check(self, request: Any, context: Any) -> Any:
+                return health_pb2.HealthCheckResponse(status=outer.status)
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        health_pb2_grpc.add_HealthServicer_to_server(Servicer(), self.server)
+        self.server.add_insecure_port(address)
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(None)
+
+
+async def test_the_grpc_health_protocol_at_the_models_address(tmp_path: Path) -> None:
+    address = f"unix://{tmp_path}/model.sock"
+    srv = _HealthServer(address)
+    try:
+        assert await run_grpc_check(address, 5.0) is None
+        srv.status = srv.pb.HealthCheckResponse.NOT_SERVING
+        assert await run_grpc_check(address, 5.0) == \
+            f"health service at {address} says NOT_SERVING"
+    finally:
+        srv.stop()
+    gone = await run_grpc_check(address, 2.0)
+    assert gone is not None and "UNAVAILABLE" in gone
+    refused = await run_grpc_check("192.0.2.7:50051", 2.0)
+    assert refused is not None and "only loopback" in refused
+    # a model that serves something else on that address, but no Health service
+    from concurrent import futures
+
+    import grpc
+    other = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    other.add_insecure_port(f"unix://{tmp_path}/other.sock")
+    other.start()
+    try:
+        none = await run_grpc_check(f"unix://{tmp_path}/other.sock", 5.0)
+        assert none is not None and "UNIMPLEMENTED" in none
+    finally:
+        other.stop(None)
 
 
 def test_health_settings_refuse_nonsense() -> None:
@@ -205,3 +268,55 @@ timeout = 5.0
         assert m["blocker_detail"] == "camera 2 returns black frames again"
     finally:
         d.stop()
+
+
+def test_a_daemon_asks_the_models_grpc_health_service(tmp_path: Path) -> None:
+    """A model that runs as a service (migrator_address) with health_check = "grpc":
+    NOT_SERVING from its grpc.health.v1.Health makes the node degraded, SERVING
+    operational again -- through a real daemon, the package published by `shoal`."""
+    from agent._admin.fleet import provision
+    from protocol._identity import SigningIdentity
+
+    from .test_operator_cli import Daemon, shoal, wait_status
+
+    address = f"unix://{tmp_path}/model.sock"
+    srv = _HealthServer(address)
+    srv.status = srv.pb.HealthCheckResponse.NOT_SERVING
+    node = provision(tmp_path / "n1", root=SigningIdentity.generate(),
+                     fleet_id=f"ghealth-{os.getpid()}", name="n1", operator=True,
+                     mdns_interface="")
+    node.config_path.write_text(node.config_path.read_text() + '''
+[health]
+settle_window = 1.0
+settle_every = 0.3
+interval = 0.5
+''')
+    pkg = tmp_path / "pkg"
+    (pkg / "svc").mkdir(parents=True)
+    (pkg / "svc" / "weights.bin").write_bytes(os.urandom(20_000))
+    (pkg / "shoal-model.toml").write_text(
+        f'[[variant]]\nid = "svc"\nmigrator_address = "{address}"\n'
+        'health_check = "grpc"\n')
+    d = Daemon(node.config_path, tmp_path / "daemon.log")
+    cfg = ("--config", str(node.config_path))
+
+    def until(status: str) -> dict[str, Any]:
+        for _ in range(200):
+            models = wait_status(node.config_path)["record"]["models"]  # type: ignore[index]
+            if models and models[0]["status"] == status:
+                return models[0]                                   # type: ignore[no-any-return]
+            time.sleep(0.1)
+        raise AssertionError(f"never {status}")
+
+    try:
+        wait_status(node.config_path)
+        assert shoal("publish", str(pkg), "--model", "svc", "--version", "1.0.0",
+                     *cfg).returncode == 0
+        assert shoal("distribute", "svc", "1.0.0", *cfg).returncode == 0
+        m = until("degraded")
+        assert m["blocker_detail"] == f"health service at {address} says NOT_SERVING"
+        srv.status = srv.pb.HealthCheckResponse.SERVING
+        until("operational")
+    finally:
+        d.stop()
+        srv.stop()

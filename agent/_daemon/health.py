@@ -18,6 +18,12 @@ model is ``loading`` meanwhile), every ``settle_every`` seconds until it passes 
 every ``interval`` seconds while the version is the one that runs, so a model that
 degrades later (or recovers) is reported too. No check: today's behaviour, the
 model is ``operational`` once its files are switched.
+
+A model that runs as a service may instead say ``health_check = "grpc"``: the agent
+asks the standard ``grpc.health.v1.Health/Check`` (service ``""``) at the variant's
+``migrator_address`` -- the same address, and the same loopback-only policy, as its
+gRPC migrator. ``SERVING`` is healthy; any other status, or a failed call (refused,
+deadline, unimplemented), is unhealthy with that as the detail.
 """
 
 from __future__ import annotations
@@ -32,9 +38,10 @@ from pathlib import Path
 import trio
 
 from agent._storage.paths import confine
-from protocol import HostilePath, InvalidValue, validate_relative_path
+from protocol import GRPC_HEALTH_CHECK, HostilePath, InvalidValue, validate_relative_path
 
-__all__ = ["HealthSettings", "check_argv", "run_check", "settle"]
+__all__ = ["HealthSettings", "HealthTarget", "check_argv", "check_once", "run_check",
+           "run_grpc_check", "settle"]
 
 _DETAIL_MAX = 300        # characters of the detail kept (it travels in the node's record)
 
@@ -50,6 +57,17 @@ class HealthSettings:
         for name in ("settle_window", "settle_every", "interval", "timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthTarget:
+    """What to check: a file of the version (``check``), or, when ``check`` is
+    ``"grpc"``, the Health service at ``address``."""
+
+    version_dir: Path
+    check: str
+    address: str | None = None
+    allow_remote: bool = False
 
 
 def check_argv(version_dir: Path, check: str) -> list[str] | str:
@@ -98,7 +116,51 @@ async def run_check(version_dir: Path, check: str, env: Mapping[str, str],
     return _last_line(proc.stderr) or f"health check exited with status {proc.returncode}"
 
 
-async def settle(version_dir: Path, check: str, env: Mapping[str, str],
+def _grpc_check_sync(address: str, timeout: float) -> str | None:
+    import grpc
+
+    from agent._grpc import health_pb2, health_pb2_grpc
+
+    serving = health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout,
+                              wait_for_ready=False)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            name = code.name if code is not None else "ERROR"
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            return f"health service at {address}: {name}: {details}"[:_DETAIL_MAX]
+    if resp.status == serving:
+        return None
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    return f"health service at {address} says {status}"
+
+
+async def run_grpc_check(address: str, timeout: float, *, allow_remote: bool = False
+                         ) -> str | None:
+    """``grpc.health.v1.Health/Check`` at ``address``: None when SERVING, else why not."""
+    from agent._daemon.migrator import MigratorRefused, check_migrator_address
+    try:
+        check_migrator_address(address, allow_remote=allow_remote)
+    except MigratorRefused as exc:
+        return str(exc).replace("migrator address", "health address")
+    return await trio.to_thread.run_sync(_grpc_check_sync, address, timeout)
+
+
+async def check_once(target: HealthTarget, env: Mapping[str, str], timeout: float
+                     ) -> str | None:
+    """One check of ``target``: None when healthy, else the detail."""
+    if target.check == GRPC_HEALTH_CHECK:
+        if target.address is None:
+            return "health_check = \"grpc\" needs the variant's migrator_address"
+        return await run_grpc_check(target.address, timeout,
+                                    allow_remote=target.allow_remote)
+    return await run_check(target.version_dir, target.check, env, timeout)
+
+
+async def settle(target: HealthTarget, env: Mapping[str, str],
                  settings: HealthSettings) -> tuple[str | None, int]:
     """Run the check until it passes or the settling window ends: (None, tries) when
     it passed, else (the last detail, tries)."""
@@ -106,7 +168,7 @@ async def settle(version_dir: Path, check: str, env: Mapping[str, str],
     tries = 0
     while True:
         tries += 1
-        detail = await run_check(version_dir, check, env, settings.timeout)
+        detail = await check_once(target, env, settings.timeout)
         if detail is None or trio.current_time() + settings.settle_every >= deadline:
             return detail, tries
         await trio.sleep(settings.settle_every)

@@ -57,7 +57,7 @@ import trio
 from agent._config import AgentConfig
 from agent._daemon.control_messages import PeerEntry
 from agent._daemon.discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
-from agent._daemon.health import run_check, settle
+from agent._daemon.health import HealthTarget, check_once, settle
 from agent._daemon.inbox import (
     ChunkMissing,
     ChunkStored,
@@ -686,9 +686,13 @@ class NodeRuntime:
 
     # ------------------------------------------------------------------ health checks
 
-    def _health_check_of(self, manifest: Manifest, variant_id: str) -> str | None:
-        return next((v.health_check for v in manifest.variants
-                     if v.variant_id == variant_id), None)
+    def _health_target(self, manifest: Manifest, variant_id: str,
+                       version_dir: str) -> HealthTarget | None:
+        v = next((v for v in manifest.variants if v.variant_id == variant_id), None)
+        if v is None or v.health_check is None:
+            return None
+        return HealthTarget(Path(version_dir), v.health_check, v.migrator_address,
+                            self.config.migrator_allow_remote)
 
     def _health_env(self, manifest: Manifest, variant_id: str) -> dict[str, str]:
         return {"SHOAL_MODEL_ID": manifest.model_id, "SHOAL_VERSION": manifest.version,
@@ -701,12 +705,14 @@ class NodeRuntime:
     async def _settle_health(self, manifest: Manifest, variant_id: str) -> str | None:
         """Run the variant's health check through its settling window (agent/_daemon/
         health.py); None when it passed or there is none, else why it failed."""
-        check = self._health_check_of(manifest, variant_id)
         iv = self.installer.active(manifest.model_id)
-        if check is None or iv is None or iv.version != manifest.version:
+        if iv is None or iv.version != manifest.version:
             return None
-        unhealthy, tries = await settle(Path(iv.path), check,
-                                        self._health_env(manifest, variant_id), self.health)
+        target = self._health_target(manifest, variant_id, iv.path)
+        if target is None:
+            return None
+        unhealthy, tries = await settle(target, self._health_env(manifest, variant_id),
+                                        self.health)
         self._count_health(unhealthy, tries)
         if unhealthy is not None:
             log.warning("%s %s is degraded: its health check failed for %g s: %s",
@@ -723,15 +729,15 @@ class NodeRuntime:
                 if not iv.active:
                     continue
                 manifest = self.machine.ledger.manifest_by_id(iv.manifest_id)
-                check = None if manifest is None else self._health_check_of(
-                    manifest, iv.variant_id)
+                target = None if manifest is None else self._health_target(
+                    manifest, iv.variant_id, iv.path)
                 st = self.machine.model_state(iv.model_id)
-                if manifest is None or check is None or st is None \
+                if manifest is None or target is None or st is None \
                         or st.active_version != iv.version:
                     continue
-                unhealthy = await run_check(Path(iv.path), check,
-                                            self._health_env(manifest, iv.variant_id),
-                                            self.health.timeout)
+                unhealthy = await check_once(target,
+                                             self._health_env(manifest, iv.variant_id),
+                                             self.health.timeout)
                 self._count_health(unhealthy)
                 self.post(HealthChecked(iv.model_id, iv.version, unhealthy))
 
