@@ -48,6 +48,8 @@ from protocol import (
     ModelConvergenceStatus,
     ModelOperationalStatus,
     ModelState,
+    OnDegraded,
+    RolloutPolicy,
     RolloutState,
     Scope,
     ScopeKind,
@@ -59,6 +61,7 @@ __all__ = [
     "ModelDistributionHandle",
     "ModelConvergenceStatus", "ConvergenceBlocker", "BlockerReason", "NodeModelStatus",
     "ModelOperationalStatus", "IntentKind", "ConvergenceSubscription", "RolloutState",
+    "RolloutPolicy", "OnDegraded",
     "ControlError", "ControlRefused", "RequestRejected", "UnknownModel", "UnknownVersion",
     "UnknownVariant", "EmptyScope", "UnknownIntent", "UnknownNode",
 ]
@@ -248,29 +251,34 @@ class ShoalClient:
 
     async def distribute_model(self, model_id: str, version: str,
                                scope: DistributionScope | None = None,
-                               priority: TransferPriority = TransferPriority.NORMAL
+                               priority: TransferPriority = TransferPriority.NORMAL,
+                               policy: RolloutPolicy | None = None
                                ) -> ModelDistributionHandle:
-        """Roll ``version`` out; every node picks the best variant its hardware runs."""
-        r = await self._control.distribute_model(model_id, version, _wire(scope), priority)
+        """Roll ``version`` out; every node picks the best variant its hardware runs.
+        ``policy``: what the fleet does when too many nodes report it degraded."""
+        r = await self._control.distribute_model(model_id, version, _wire(scope), priority,
+                                                 policy)
         return ModelDistributionHandle.from_response(r)
 
     async def distribute_model_variant(self, model_id: str, version: str, variant_id: str,
                                        scope: DistributionScope | None = None,
-                                       priority: TransferPriority = TransferPriority.NORMAL
+                                       priority: TransferPriority = TransferPriority.NORMAL,
+                                       policy: RolloutPolicy | None = None
                                        ) -> ModelDistributionHandle:
         """Roll out one explicit variant (a node that cannot run it reports a blocker)."""
         r = await self._control.distribute_model_variant(model_id, version, variant_id,
-                                                         _wire(scope), priority)
+                                                         _wire(scope), priority, policy)
         return ModelDistributionHandle.from_response(r)
 
     async def distribute_model_delta(self, model_id: str, from_version: str,
                                      to_version: str, scope: DistributionScope | None = None,
-                                     priority: TransferPriority = TransferPriority.NORMAL
+                                     priority: TransferPriority = TransferPriority.NORMAL,
+                                     policy: RolloutPolicy | None = None
                                      ) -> ModelDistributionHandle:
         """Roll ``to_version`` out as a delta on ``from_version``: nodes fetch only the
         chunks they do not hold already."""
         r = await self._control.distribute_model_delta(model_id, to_version, from_version,
-                                                       _wire(scope), priority)
+                                                       _wire(scope), priority, policy)
         return ModelDistributionHandle.from_response(r)
 
     async def rollback(self, model_id: str, to_version: str,

@@ -93,7 +93,7 @@ from ._identity import (
     fingerprint,
     verify_signature,
 )
-from ._intents import Intent, IntentKind, Scope, ScopeKind
+from ._intents import Intent, IntentKind, OnDegraded, RolloutPolicy, Scope, ScopeKind
 from ._ledger import Ledger
 from ._manifest import (
     GRPC_HEALTH_CHECK,
@@ -143,7 +143,8 @@ __all__ = [
     "fingerprint", "verify_signature",
     # the ledger and what it holds
     "Ledger", "Entry", "EntryKind", "encoded_entry", "NodeRecord", "ModelState",
-    "Suspicion", "Intent", "IntentKind", "Scope", "ScopeKind", "HLC",
+    "Suspicion", "Intent", "IntentKind", "Scope", "ScopeKind",
+    "OnDegraded", "RolloutPolicy", "HLC",
     # manifests, chunking, variant selection
     "Manifest", "Variant", "FileEntry", "ChunkRef", "SemVer", "HASH_SIZE", "GRPC_HEALTH_CHECK",
     "merkle_root",

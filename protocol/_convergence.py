@@ -52,7 +52,15 @@ from dataclasses import dataclass
 
 from ._codec import struct
 from ._identity import FleetTrust, Role
-from ._intents import Intent, IntentKind, intent_applies, resolve, standing_cancels
+from ._intents import (
+    Intent,
+    IntentKind,
+    OnDegraded,
+    intent_applies,
+    policy_actions,
+    resolve,
+    standing_cancels,
+)
 from ._records import NodeRecord
 from ._types import BlockerReason, ModelOperationalStatus
 
@@ -80,7 +88,8 @@ class RolloutState(enum.StrEnum):
     COMPLETE = "complete"          # every node in scope converged or failed
     SUPERSEDED = "superseded"      # its nodes follow a newer intent for another version
     CANCELLED = "cancelled"        # every intent that targeted it was cancelled
-    ROLLED_BACK = "rolled_back"    # superseded by a rollback
+    ROLLED_BACK = "rolled_back"    # superseded by a rollback (or its policy rolled it back)
+    HALTED = "halted"              # its rollout policy stopped it spreading
 
     @property
     def is_final(self) -> bool:
@@ -89,7 +98,7 @@ class RolloutState(enum.StrEnum):
 
 
 _FINAL = frozenset({RolloutState.COMPLETE, RolloutState.SUPERSEDED, RolloutState.CANCELLED,
-                    RolloutState.ROLLED_BACK})
+                    RolloutState.ROLLED_BACK, RolloutState.HALTED})
 
 
 @struct
@@ -112,6 +121,7 @@ class ModelConvergenceStatus:
     bytes_total: int = 0
     state: RolloutState = RolloutState.ACTIVE
     state_detail: str = ""      # why it ended ("superseded by 1.2.0 (intent ...)"), or ""
+    degraded: int = 0           # of the converged: running it, but their health check fails
 
     @property
     def is_complete(self) -> bool:
@@ -168,6 +178,15 @@ def rollout_state(model_id: str, version: str, intents: Iterable[Intent],
 
     ``targets`` is each node's resolved intent, ``in_scope`` the nodes it sends to
     ``version`` and ``unfinished`` those of them still pending or in progress."""
+    for d, act in policy_actions(intents, model_id, trust).values():
+        if d.version != version or d.policy is None:
+            continue
+        why = (f"by its rollout policy ({d.policy.text()}; intent "
+               f"{_short(act.intent_id)} from node {act.issuer_id[:12]})")
+        if d.policy.on_degraded is OnDegraded.ROLLBACK and not in_scope:
+            return RolloutState.ROLLED_BACK, f"rolled back {why}"
+        if d.policy.on_degraded is OnDegraded.HALT:
+            return RolloutState.HALTED, f"halted {why}"
     if in_scope:
         if unfinished:
             return RolloutState.ACTIVE, ""
@@ -201,7 +220,7 @@ def compute_convergence(model_id: str, version: str, intents: Iterable[Intent],
                         records: Mapping[str, NodeRecord], trust: FleetTrust,
                         unreachable: set[str], now: float) -> ModelConvergenceStatus:
     intents = [i for i in intents if i.model_id == model_id]
-    converged = in_progress = pending = failed = 0
+    converged = in_progress = pending = failed = degraded = 0
     dist: dict[str, int] = {}
     blockers: list[ConvergenceBlocker] = []
     targets: dict[str, Intent | None] = {}
@@ -223,6 +242,10 @@ def compute_convergence(model_id: str, version: str, intents: Iterable[Intent],
                                          or st.variant_id == target.variant_id)
         if on_target and variant_ok and st is not None and st.status in _DONE:
             converged += 1
+            if st.status is ModelOperationalStatus.DEGRADED:
+                degraded += 1
+                blockers.append(ConvergenceBlocker(node_id, st.blocker or BlockerReason.UNKNOWN,
+                                                   st.blocker_since, st.blocker_detail))
             continue
         left: float | None = None         # seconds this node still needs (None: unknown)
         has_failed = (on_target and st is not None
@@ -259,4 +282,4 @@ def compute_convergence(model_id: str, version: str, intents: Iterable[Intent],
             eta = max(known, default=0.0)
     return ModelConvergenceStatus(model_id, version, total, converged, in_progress, pending,
                                   failed, dist, tuple(blockers), eta, bytes_done, bytes_total,
-                                  state, detail)
+                                  state, detail, degraded)

@@ -119,6 +119,7 @@ class NoticeKind(enum.StrEnum):
     UNEXPECTED_MESSAGE = "unexpected_message"    # a message no engine handles
     STORE_FAILED = "store_failed"                # a chunk no transfer wants failed to store
     PEER_DROPPED = "swarm.peer_dropped"          # the swarm dropped a peer (see DropPeer)
+    POLICY_ACTED = "policy_acted"                # this node enacted a rollout policy
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,18 @@ admits, cancels the intent it names; when several do, the oldest (HLC stamp,
 then intent id) is *the* cancel that stands for it. Resolution, the rollout
 state and the operator's answers all read that one function.
 
+A ``distribute`` may carry a :class:`RolloutPolicy`: when more than
+``max_degraded_pct`` of the nodes it targets report its version ``degraded``, the
+fleet *halts* it (nodes that do not run its version yet no longer take it) or
+*rolls back* it (it stops counting everywhere: every node falls back to the intent
+it followed before, on disk, so no transfer). Whichever node first sees the
+threshold crossed in its ledger writes a ``policy`` intent naming the distribute,
+signed by its *node* key: that entry is the latch (records move on -- a node that
+rolled back no longer reports degraded -- but the action stands), so nothing
+loops. :func:`policy_actions` is the rule: an action counts only for a distribute
+whose own, operator-signed policy asks for it (a captured node can at most trigger
+early the fallback the operator already chose), the oldest action per distribute.
+
 A ``rollback`` applies only to nodes in its scope that have (had) the model
 deployed: their record reports a version of the model (running, being fetched
 or failed) or any version installed on disk (:func:`intent_applies`). A node
@@ -55,15 +67,40 @@ from ._manifest import validate_model_id, validate_version
 from ._records import NodeRecord
 from ._types import TransferPriority
 
-__all__ = ["IntentKind", "ScopeKind", "Scope", "Intent", "scope_matches", "certified_as",
-           "certified_names", "has_deployed",
-           "intent_applies", "targets_node", "standing_cancels", "resolve"]
+__all__ = ["IntentKind", "ScopeKind", "Scope", "Intent", "OnDegraded", "RolloutPolicy",
+           "scope_matches", "certified_as", "certified_names", "has_deployed",
+           "intent_applies", "targets_node", "standing_cancels", "policy_actions",
+           "resolve"]
 
 
 class IntentKind(enum.StrEnum):
     DISTRIBUTE = "distribute"
     ROLLBACK = "rollback"
     CANCEL = "cancel"
+    POLICY = "policy"     # a distribute's rollout policy acted (signed by a node)
+
+
+class OnDegraded(enum.StrEnum):
+    IGNORE = "ignore"
+    HALT = "halt"
+    ROLLBACK = "rollback"
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class RolloutPolicy:
+    """What the fleet does when more than ``max_degraded_pct`` % of a distribute's
+    nodes report its version degraded."""
+
+    max_degraded_pct: float
+    on_degraded: OnDegraded
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_degraded_pct <= 100.0:
+            raise InvalidValue("max_degraded_pct must be within 0..100")
+
+    def text(self) -> str:
+        return f"{self.on_degraded.value} over {self.max_degraded_pct:g}% degraded"
 
 
 class ScopeKind(enum.StrEnum):
@@ -266,12 +303,14 @@ class _IntentBody:
     issuer_key: bytes
     stamp: HLC
     cancels: str | None
+    policy: RolloutPolicy | None = None
 
 
 @struct
 @dataclass(frozen=True, slots=True)
 class Intent:
-    """A signed operator command. ``cancels`` names another intent's id (cancel only)."""
+    """A signed operator command. ``cancels`` names another intent's id (a cancel, or
+    the distribute whose rollout policy a ``policy`` intent enacts)."""
 
     kind: IntentKind
     model_id: str
@@ -284,22 +323,25 @@ class Intent:
     stamp: HLC
     cancels: str | None
     signature: bytes
+    policy: RolloutPolicy | None = None   # a distribute's rollout policy (appended)
 
     def __post_init__(self) -> None:
         validate_model_id(self.model_id)
         validate_version(self.version)
         if self.delta_from is not None:
             validate_version(self.delta_from)
-        if (self.kind is IntentKind.CANCEL) != (self.cancels is not None):
-            raise InvalidValue("a cancel intent, and only a cancel intent, names the "
-                               "intent it cancels")
+        if (self.kind in (IntentKind.CANCEL, IntentKind.POLICY)) != (self.cancels is not None):
+            raise InvalidValue("a cancel or policy intent, and only those, names another "
+                               "intent")
+        if self.policy is not None and self.kind is not IntentKind.DISTRIBUTE:
+            raise InvalidValue("only a distribute carries a rollout policy")
         if len(self.issuer_key) != 32:
             raise InvalidValue("issuer key must be 32 bytes")
 
     def _body(self) -> _IntentBody:
         return _IntentBody(self.kind, self.model_id, self.version, self.variant_id,
                            self.delta_from, self.scope, self.priority, self.issuer_key,
-                           self.stamp, self.cancels)
+                           self.stamp, self.cancels, self.policy)
 
     @property
     def intent_id(self) -> str:
@@ -318,17 +360,24 @@ class Intent:
                stamp: HLC, *, scope: Scope | None = None,
                priority: TransferPriority = TransferPriority.NORMAL,
                variant_id: str | None = None, delta_from: str | None = None,
-               cancels: str | None = None) -> Intent:
+               cancels: str | None = None, policy: RolloutPolicy | None = None) -> Intent:
         scope = scope if scope is not None else Scope()
         body = _IntentBody(kind, model_id, version, variant_id, delta_from, scope, priority,
-                           operator.public_key, stamp, cancels)
+                           operator.public_key, stamp, cancels, policy)
         return cls(kind, model_id, version, variant_id, delta_from, scope, priority,
                    operator.public_key, stamp, cancels,
-                   operator.sign(signing_payload(SigningContext.INTENT, canonical(body))))
+                   operator.sign(signing_payload(SigningContext.INTENT, canonical(body))),
+                   policy)
+
+    @property
+    def issuer_role(self) -> Role:
+        """Who may sign it: a node for a ``policy`` intent, an operator otherwise."""
+        return Role.NODE if self.kind is IntentKind.POLICY else Role.OPERATOR
 
     def verify(self, trust: FleetTrust) -> None:
-        """Raise UntrustedKey / SignatureError unless an admitted operator signed it."""
-        trust.check(self.issuer_key, Role.OPERATOR)
+        """Raise UntrustedKey / SignatureError unless an admitted operator (a node, for
+        a ``policy`` intent) signed it."""
+        trust.check(self.issuer_key, self.issuer_role)
         trust.verifier(self.issuer_key, self.signed_bytes(), self.signature)
 
 
@@ -353,6 +402,30 @@ def standing_cancels(intents: Iterable[Intent], model_id: str,
     return out
 
 
+def policy_actions(intents: Iterable[Intent], model_id: str,
+                   trust: FleetTrust) -> dict[str, tuple[Intent, Intent]]:
+    """The policy rule: each distribute id of ``model_id`` whose rollout policy acted
+    -> (the distribute, the ``policy`` intent that stands for it: the oldest, by an
+    admitted node, for a distribute whose operator-signed policy halts or rolls back)."""
+    mine = [i for i in intents if i.model_id == model_id]
+    by_id = {i.intent_id: i for i in mine if i.kind is IntentKind.DISTRIBUTE
+             and i.policy is not None and i.policy.on_degraded is not OnDegraded.IGNORE}
+    out: dict[str, tuple[Intent, Intent]] = {}
+    for it in mine:
+        if it.kind is not IntentKind.POLICY or it.cancels not in by_id or \
+                not trust.is_admitted(it.issuer_key, Role.NODE):
+            continue
+        held = out.get(it.cancels)
+        if held is None or (it.stamp, it.intent_id) < (held[1].stamp, held[1].intent_id):
+            out[it.cancels] = (by_id[it.cancels], it)
+    return out
+
+
+def runs_version(record: NodeRecord | None, model_id: str, version: str) -> bool:
+    st = record.model(model_id) if record is not None else None
+    return st is not None and st.active_version == version
+
+
 def resolve(intents: Iterable[Intent], model_id: str, node_id: str,
             records: Mapping[str, NodeRecord], trust: FleetTrust) -> Intent | None:
     """The intent node ``node_id`` should follow for ``model_id`` (None: no standing one).
@@ -366,15 +439,25 @@ def resolve(intents: Iterable[Intent], model_id: str, node_id: str,
     """
     candidates: list[Intent] = []
     cancels: list[Intent] = []
+    acts: list[Intent] = []
     for it in intents:
         if it.model_id != model_id:
             continue
         if it.kind is IntentKind.CANCEL:
             cancels.append(it)
+        elif it.kind is IntentKind.POLICY:
+            acts.append(it)
         elif trust.is_admitted(it.issuer_key, Role.OPERATOR):
             candidates.append(it)
     cancelled = standing_cancels(cancels, model_id, trust) if cancels else {}
     record = records.get(node_id)
+    if acts:
+        for iid, (d, _) in policy_actions([*candidates, *acts], model_id, trust).items():
+            assert d.policy is not None
+            # rolled back: it counts nowhere; halted: only where its version runs already
+            if d.policy.on_degraded is OnDegraded.ROLLBACK or \
+                    not runs_version(record, model_id, d.version):
+                cancelled = {**cancelled, iid: d}
     best: Intent | None = None
     best_key: tuple[HLC, str] | None = None
     for it in candidates:

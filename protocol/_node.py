@@ -61,7 +61,7 @@ from ._chunking import chunk_matches
 from ._config import Config
 from ._convergence import ModelConvergenceStatus, compute_convergence, unreachable_nodes
 from ._deployments import Deployments
-from ._errors import ManifestConflict, RemoteProtocolError, SignatureError
+from ._errors import ManifestConflict, RemoteProtocolError, RequestRejected, SignatureError
 from ._events import (
     DropPeer,
     Notice,
@@ -74,10 +74,11 @@ from ._events import (
 from ._gossip import GossipEngine, GossipStatistics, urgent
 from ._hlc import HybridClock
 from ._identity import Certificate, FleetTrust, Revocation, Role, SigningIdentity, fingerprint
-from ._intents import Intent, IntentKind, Scope, resolve
+from ._intents import Intent, IntentKind, RolloutPolicy, Scope, resolve
 from ._ledger import Ledger, LedgerStatistics
 from ._manifest import ChunkRef, Manifest
 from ._operator import cancel_of, cancel_target, check_operator, check_request
+from ._policy import POLICY_CHECK_INTERVAL, policies_to_enact
 from ._records import ModelState, NodeRecord
 from ._rng import Rng
 from ._swarm import SwarmEngine, SwarmStatistics
@@ -97,6 +98,7 @@ class NodeStatistics:
     gossip: GossipStatistics
     ledger: LedgerStatistics
     swarm: SwarmStatistics
+    policy_actions: int = 0              # rollout policies this node enacted
 
 
 class NodeMachine:
@@ -123,6 +125,9 @@ class NodeMachine:
         self._expiry_ms = math.inf                    # soonest expiry of a connected peer
         self._record_writes = 0
         self._dropped = 0
+        self._enacted: set[str] = set()          # distributes whose policy we enacted
+        self._policy_actions = 0
+        self._next_policy_check = now
         self._last_write = -1e18
         self._latest_now = now                   # detects a wall clock stepping back
         trust.observe_clock(now)                 # certificate expiry is judged at ``now``
@@ -364,6 +369,9 @@ class NodeMachine:
 
     def on_timer(self, now: float) -> None:
         self._observe_clock(now)
+        if now >= self._next_policy_check:
+            self._next_policy_check = now + POLICY_CHECK_INTERVAL
+            self._enact_policies(now)
         self.swarm.on_timer(now)
         self._deployments.update_progress(now)
         if self.gossip.on_timer(now) and self.gossip.update_suspicions(now):
@@ -371,6 +379,23 @@ class NodeMachine:
         elif self._deployments.dirty:
             self._write_record(now, urgent=False)
         self._after_input(now)
+
+    def _enact_policies(self, now: float) -> None:
+        """Write the ``policy`` intent of every distribute whose rollout policy crossed
+        its threshold here and has not acted (``_policy``)."""
+        for d in policies_to_enact(self.ledger.intents(), self.ledger.records(), self.trust):
+            if d.intent_id in self._enacted:
+                continue
+            self._enacted.add(d.intent_id)
+            act = Intent.create(self.identity, IntentKind.POLICY, d.model_id, d.version,
+                                self.clock.tick(now), cancels=d.intent_id)
+            self._append(act, now)
+            self._policy_actions += 1
+            self._outputs.append(Notice(NoticeKind.POLICY_ACTED, f"{d.model_id} "
+                                        f"{d.version}: rollout policy acted "
+                                        f"({d.policy.text() if d.policy else ''})",
+                                        d.model_id, d.intent_id))
+            self._reconcile(now)
 
     def next_deadline(self) -> float | None:
         times = [self.gossip.next_deadline()]
@@ -395,18 +420,22 @@ class NodeMachine:
     def issue(self, operator: SigningIdentity, kind: IntentKind, model_id: str, version: str,
               now: float, *, scope: Scope | None = None,
               priority: TransferPriority = TransferPriority.NORMAL,
-              variant_id: str | None = None, delta_from: str | None = None) -> Intent:
+              variant_id: str | None = None, delta_from: str | None = None,
+              policy: RolloutPolicy | None = None) -> Intent:
         """Issue a distribute or rollback signed by ``operator``, stamped by this node's
-        clock, written here (gossip spreads it); the intent.
+        clock, written here (gossip spreads it); the intent. ``policy``: a distribute's
+        rollout policy (``_policy``).
 
         Raises a :class:`~._errors.RequestRejected` (nothing signed or written) when
         the key is not admitted or the request cannot work (``_operator``)."""
         scope = scope if scope is not None else Scope()
         check_operator(self.trust, operator.public_key)
         check_request(self.ledger, kind, model_id, version, scope, variant_id, delta_from)
+        if policy is not None and kind is not IntentKind.DISTRIBUTE:
+            raise RequestRejected("only a distribute carries a rollout policy")
         intent = Intent.create(operator, kind, model_id, version, self.clock.tick(now),
                                scope=scope, priority=priority, variant_id=variant_id,
-                               delta_from=delta_from)
+                               delta_from=delta_from, policy=policy)
         self.issue_intent(intent, now)
         return intent
 
@@ -554,4 +583,4 @@ class NodeMachine:
         led = self.ledger.statistics()
         return NodeStatistics(self.node_id, len(self._peers), self._record_writes,
                               led.rejected, self._dropped, self.gossip.statistics(), led,
-                              self.swarm.statistics())
+                              self.swarm.statistics(), self._policy_actions)

@@ -38,7 +38,7 @@ from agent.client import (
     RolloutState,
     ShoalClient,
 )
-from protocol import TransferPriority, encode_value
+from protocol import InvalidValue, OnDegraded, RolloutPolicy, TransferPriority, encode_value
 
 __all__ = ["register"]
 
@@ -212,8 +212,9 @@ def _eta_text(r: ModelConvergenceStatus, unit: str = " s") -> str:
 def _status_text(r: ModelConvergenceStatus) -> str:
     head = f"{r.model_id} {r.target_version}: "
     if r.state in (RolloutState.ACTIVE, RolloutState.COMPLETE) and r.total_platforms:
-        lines = [head + f"{r.state.value}, {r.converged}/{r.total_platforms} converged "
-                 f"({100 * r.progress:.0f}%), {r.in_progress} in progress, {r.pending} "
+        degraded = f" ({r.degraded} degraded)" if r.degraded else ""
+        lines = [head + f"{r.state.value}, {r.converged}/{r.total_platforms} converged"
+                 f"{degraded} ({100 * r.progress:.0f}%), {r.in_progress} in progress, {r.pending} "
                  f"pending, {r.failed} failed; eta {_eta_text(r)}"]
     elif r.state.is_final:      # cancelled, superseded, rolled back: the detail says so
         lines = [head + (r.state_detail or r.state.value)]
@@ -389,9 +390,29 @@ def _scope(text: str) -> DistributionScope:
     return DistributionScope.parse(text)
 
 
+def _policy(args: argparse.Namespace) -> RolloutPolicy | None:
+    """``--max-degraded N%`` and ``--on-degraded MODE``: a rollout policy, or None."""
+    if args.max_degraded is None and args.on_degraded is None:
+        return None
+    mode = args.on_degraded or "rollback"
+    try:
+        action = OnDegraded(mode)
+    except ValueError:
+        raise ConfigError(f"--on-degraded {mode!r}: expected rollback, halt or "
+                          "ignore") from None
+    text = (args.max_degraded or "0%").strip()
+    try:
+        pct = float(text[:-1] if text.endswith("%") else text)
+        return RolloutPolicy(pct, action)
+    except (ValueError, InvalidValue):
+        raise ConfigError(f"--max-degraded {text!r}: expected a percentage 0..100, "
+                          "e.g. 20%") from None
+
+
 def _cmd_distribute(args: argparse.Namespace) -> tuple[Any, str]:
     scope = _scope(args.scope)
     prio = TransferPriority.parse(args.priority)
+    policy = _policy(args)
     if args.variant and args.delta_from:
         raise ConfigError("--variant and --from cannot be combined: a delta rollout picks "
                           "each node's variant itself")
@@ -399,11 +420,12 @@ def _cmd_distribute(args: argparse.Namespace) -> tuple[Any, str]:
     async def go(c: ShoalClient) -> ModelDistributionHandle:
         if args.variant:
             return await c.distribute_model_variant(args.model, args.version, args.variant,
-                                                    scope, prio)
+                                                    scope, prio, policy=policy)
         if args.delta_from:
             return await c.distribute_model_delta(args.model, args.delta_from, args.version,
-                                                  scope, prio)
-        return await c.distribute_model(args.model, args.version, scope, prio)
+                                                  scope, prio, policy=policy)
+        return await c.distribute_model(args.model, args.version, scope, prio,
+                                        policy=policy)
     h = _client(args, go)
     return _handle_obj(h), h.handle_id if args.quiet else _handle_text("distribute", h)
 
@@ -556,6 +578,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--scope", default="all", help=scope_help)
     p.add_argument("--priority", default="normal", help="critical | high | normal | low")
     p.add_argument("--variant", help="one explicit variant (default: each node picks)")
+    p.add_argument("--max-degraded", metavar="N%", help="rollout policy: act when more "
+                   "than N%% of the targeted nodes report this version degraded")
+    p.add_argument("--on-degraded", metavar="MODE", help="rollback (default with "
+                   "--max-degraded) | halt | ignore")
     p.add_argument("--from", dest="delta_from", metavar="VERSION",
                    help="delta update from this version")
     p.add_argument("-q", "--quiet", action="store_true",

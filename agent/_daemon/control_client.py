@@ -53,6 +53,7 @@ from protocol import (
     ModelConvergenceStatus,
     RequestRejected,
     Revocation,
+    RolloutPolicy,
     Scope,
     TransferPriority,
     UnknownIntent,
@@ -158,26 +159,29 @@ class ControlClient:
         return r
 
     async def distribute_model(self, model_id: str, version: str, scope: Scope = _ALL,
-                               priority: TransferPriority = TransferPriority.NORMAL
-                               ) -> IntentResponse:
+                               priority: TransferPriority = TransferPriority.NORMAL,
+                               policy: RolloutPolicy | None = None) -> IntentResponse:
         r: IntentResponse = await self.request(DistributeRequest(
-            IntentKind.DISTRIBUTE, model_id, version, scope=scope, priority=priority))
+            IntentKind.DISTRIBUTE, model_id, version, scope=scope, priority=priority,
+            policy=policy))
         return r
 
     async def distribute_model_variant(self, model_id: str, version: str, variant_id: str,
                                        scope: Scope = _ALL, priority: TransferPriority =
-                                       TransferPriority.NORMAL) -> IntentResponse:
+                                       TransferPriority.NORMAL,
+                                       policy: RolloutPolicy | None = None) -> IntentResponse:
         r: IntentResponse = await self.request(DistributeRequest(
             IntentKind.DISTRIBUTE, model_id, version, variant_id, scope=scope,
-            priority=priority))
+            priority=priority, policy=policy))
         return r
 
     async def distribute_model_delta(self, model_id: str, version: str, delta_from: str,
                                      scope: Scope = _ALL, priority: TransferPriority =
-                                     TransferPriority.NORMAL) -> IntentResponse:
+                                     TransferPriority.NORMAL,
+                                     policy: RolloutPolicy | None = None) -> IntentResponse:
         r: IntentResponse = await self.request(DistributeRequest(
             IntentKind.DISTRIBUTE, model_id, version, delta_from=delta_from, scope=scope,
-            priority=priority))
+            priority=priority, policy=policy))
         return r
 
     async def rollback(self, model_id: str, version: str, scope: Scope = _ALL

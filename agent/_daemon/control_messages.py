@@ -19,6 +19,7 @@ from protocol import (
     ModelConvergenceStatus,
     NodeRecord,
     Revocation,
+    RolloutPolicy,
     Scope,
     TransferPriority,
     message,
@@ -116,6 +117,7 @@ class DistributeRequest:
     delta_from: str | None = None
     scope: Scope = dataclasses.field(default_factory=Scope)
     priority: TransferPriority = TransferPriority.NORMAL
+    policy: RolloutPolicy | None = None   # a distribute's rollout policy
 
 
 @message(107)

@@ -371,7 +371,7 @@ class ControlServer:
         def issue(m: NodeMachine, now: float) -> IntentResponse:
             intent = m.issue(op, req.kind, req.model_id, req.version, now, scope=req.scope,
                              priority=req.priority, variant_id=req.variant_id,
-                             delta_from=req.delta_from)
+                             delta_from=req.delta_from, policy=req.policy)
             targets = count_targets(m.ledger, intent.scope, intent.kind, intent.model_id)
             return _intent_answer(m, intent, targets)
         result: IntentResponse = await self.runtime.call(issue)
