@@ -30,7 +30,7 @@ from agent._daemon.migrator import (
     ingest_hook,
     is_derived,
 )
-from agent._errors import AgentError
+from agent._errors import AgentError, ChunkCorrupted
 from agent._storage.install import Installer
 from agent._storage.paths import DataDir
 from agent._storage.publish import publish
@@ -72,11 +72,13 @@ class Node:
     def receive(self, source: Node, manifest: Manifest) -> int:
         """Copy the chunks of ``manifest`` this node lacks from ``source``; bytes moved."""
         moved = 0
+        # as the daemon does: the version's files are staged, chunks written in place
+        for v in manifest.variants:
+            self.store.stage(manifest, v.variant_id)
         for ref in {c.hash: c for c in manifest.iter_chunks()}.values():
             if not self.store.has(ref.hash):
                 self.store.put(ref.hash, source.store.get(ref.hash))
                 moved += ref.size
-        self.store.put_manifest(manifest)
         return moved
 
     async def install(self, manifest: Manifest, previous: str | None,
@@ -167,9 +169,19 @@ async def test_export_then_distribute_moves_only_the_state(
     assert files[STATE] != {f.path: f for f in base.variant("default").files}[STATE]
     derived.verify()
 
-    # node B runs the base with its default state; it fetches only what it lacks
+    # node B runs the base with its default state; it fetches only what it lacks.
+    # A's installed files are its store, and A's model rewrote its state file there:
+    # A cannot serve the base's original state chunk (its hash no longer matches), so
+    # B gets the base from a publisher that does not run it, as in a fleet
+    pub = Node(tmp_path / "pub")
+    publish(pub.store, package(tmp_path, "pkg1-again"), MODEL, "1.0.0", publisher,
+            created_at_ms=1)
+    assert pub.store.find_manifest(MODEL, "1.0.0") == base
+    with pytest.raises(ChunkCorrupted):
+        node_a.store.get({f.path: f for f in base.variant("default").files}[STATE]
+                         .chunks[0].hash)
     b = Node(tmp_path / "b")
-    b.receive(node_a, base)
+    b.receive(pub, base)
     await b.install(base, None)
     before = json.loads((b.vdir("1.0.0") / STATE).read_text())
     assert before["samples"] == 0
