@@ -37,6 +37,11 @@ Manifests live in ``manifests/<manifest_id>`` and pins in ``pins/<manifest_id>``
 and installed versions that are neither pinned, current, nor the newest other
 installed version of their model (the rollback).
 
+A data directory written by the earlier layout (one file per chunk under
+``chunks/``) is converted when the store opens: the chunks a pinned manifest needs
+that no installed version holds are written into staged packs, then ``chunks/`` is
+removed. Installed versions, pins and manifests are kept as they are.
+
 The store is safe to use from several threads of one process.
 """
 
@@ -65,6 +70,7 @@ from protocol import (
     chunk_matches,
     decode_value,
     encode_value,
+    hash_chunk,
 )
 
 __all__ = ["ChunkStore", "StoreBatch", "StoreStatistics", "GcResult", "ChunkProblem",
@@ -324,6 +330,9 @@ class ChunkStore:
                 self._stale_removed += 1
                 continue
             self._index_dir(entry.path, rec[0], rec[1], installed=False)
+        legacy = self.root / "chunks"
+        if legacy.is_dir():
+            self._convert_legacy(legacy)
 
     def _index_dir(self, path: str, manifest_id: str, variant_id: str, *,
                    installed: bool) -> None:
@@ -1113,6 +1122,54 @@ class ChunkStore:
                 staged=sum(d.progress_fd is not None for d in dirs),
                 disk_bytes=sum(s for d in dirs for _, s, _ in d.files),
             )
+
+    # ------------------------------------------------------------------ legacy layout
+
+    def _convert_legacy(self, chunks_dir: Path) -> None:
+        """Convert a store of the earlier layout (one file per chunk): every variant of a
+        pinned manifest that is not installed and has chunks only there becomes a
+        staged pack holding them; then ``chunks/`` is removed (what no pinned manifest
+        needed is what gc would have deleted)."""
+        loose: dict[bytes, str] = {}
+        for shard in os.scandir(chunks_dir):
+            if not shard.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(shard.path):
+                if _is_hex_name(entry.name) and entry.is_file(follow_symlinks=False):
+                    loose[bytes.fromhex(entry.name)] = entry.path
+        for mid in sorted(self._pinned):
+            manifest = self._manifests[mid]
+            for v in manifest.variants:
+                if (mid, v.variant_id) in self._by_key:
+                    continue
+                hashes = {r.hash for r in v.chunk_refs()}
+                if not any(h in loose and h not in self._sizes for h in hashes):
+                    continue
+                self.stage(manifest, v.variant_id)
+                batch: list[tuple[bytes, bytes]] = []
+                for h in hashes:
+                    if h not in loose:
+                        continue
+                    try:
+                        with open(loose[h], "rb") as f:
+                            data = f.read()
+                    except OSError:
+                        continue
+                    if hash_chunk(data) == h:       # a corrupt chunk file is not carried over
+                        batch.append((h, data))
+                    if len(batch) >= 64:
+                        self._put_many(batch, trusted_hash=True)
+                        batch = []
+                self._put_many(batch, trusted_hash=True)
+                d = self._dirs[self._by_key[(mid, v.variant_id)]]
+                if d.complete or len(d.have) == len(d.layout):
+                    with contextlib.suppress(StoreError, OSError):
+                        self.complete(manifest, v.variant_id)
+        tmp = self.root / f"{_TMP_PREFIX}legacy-chunks-{secrets.token_hex(4)}"
+        os.rename(chunks_dir, tmp)
+        if self._fsync:
+            fsync_dir(self.root)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _read_record(path: str) -> tuple[str, str] | None:
