@@ -16,6 +16,7 @@ from ._chunking import (
     chunk_bytes,
     chunk_matches,
     chunk_stream,
+    chunk_view,
     hash_chunk,
 )
 from ._codec import (
@@ -150,7 +151,7 @@ __all__ = [
     "Manifest", "Variant", "FileEntry", "ChunkRef", "SemVer", "HASH_SIZE", "merkle_root",
     "validate_model_id", "validate_relative_path", "validate_version",
     "ChunkParams", "DEFAULT_PARAMS", "DEFAULT_WINDOW", "chunk_bytes", "chunk_matches",
-    "chunk_stream", "hash_chunk",
+    "chunk_stream", "chunk_view", "hash_chunk",
     "Capabilities", "GpuInfo", "Requirements", "normalise_arch",
     "VariantChoice", "select_variant",
     # the swarm, convergence and the seed API's types

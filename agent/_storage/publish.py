@@ -20,11 +20,12 @@ A *package* is one of:
 
 * a directory without that file, or a single file: one variant named ``default``.
 
-Every file is streamed through :func:`protocol.chunk_stream` (memory
-bounded by its window, whatever the file size); the blocks it reads are written, by
-one writer thread, into the variant's pack in the store (its files as they will be
-installed), so the package is read once and written once and no file is made per
-chunk. Symlinks
+Every file is copied into the variant's pack in the store (its files as they will
+be installed) by ``copy_file_range`` on a writer thread, while the main thread cuts
+and hashes it through a read-only mapping, a window at a time
+(:func:`protocol.chunk_view`: memory bounded by the window, whatever the file size).
+The package is read once and written once (on XFS and btrfs the copy may share the
+package's extents), and no file is made per chunk. Symlinks
 are followed only when they resolve to a regular file inside the package;
 symlinked directories, sockets, FIFOs and devices are refused.
 
@@ -40,6 +41,7 @@ import collections
 import contextlib
 import errno
 import logging
+import mmap
 import os
 import shutil
 import stat
@@ -52,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from agent._errors import ConfigError, InsufficientStorage, PublishError
-from agent._storage.store import ChunkStore, create_file, io_pool, preallocate
+from agent._storage.store import ChunkStore, copy_range, create_file, io_pool, preallocate
 from protocol import (
     DEFAULT_PARAMS,
     DEFAULT_WINDOW,
@@ -65,7 +67,7 @@ from protocol import (
     ShoalError,
     SigningIdentity,
     Variant,
-    chunk_stream,
+    chunk_view,
     merkle_root,
     normalise_arch,
     validate_model_id,
@@ -283,6 +285,16 @@ class _Writer:
                                        "space and retry")
         return PublishError(f"cannot write {rel} into the store: {exc.strerror or exc}")
 
+    def copy(self, src: int, dst: int, size: int) -> Future[None]:
+        """Copy ``size`` bytes of ``src`` to ``dst`` on the writer thread."""
+        return self.pool.submit(copy_range, src, dst, 0, 0, size)
+
+    def wait(self, fut: Future[None], rel: str) -> None:
+        try:
+            fut.result()
+        except OSError as exc:
+            raise self._error(exc, rel) from exc
+
     def write(self, fd: int, data: bytes, offset: int) -> None:
         while len(self.pending) >= _MAX_IN_FLIGHT:
             try:
@@ -333,37 +345,56 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 def _publish_file(rel: str, open_path: str, executable: bool, writer: _Writer, dest: Path,
                   params: ChunkParams, window: int,
                   tick: Callable[[int], None] | None = None) -> FileEntry:
+    """Copy one file into the pack (in the kernel, ``copy_file_range``, on the writer
+    thread) while the main thread cuts and hashes it through a read-only mapping, one
+    window at a time (pages already cut are dropped from the mapping, so memory stays
+    bounded by the window). The source's bytes come from disk once."""
     try:
         fd = os.open(open_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise PublishError(f"cannot read {open_path}: {exc.strerror or exc}") from exc
-    with os.fdopen(fd, "rb", buffering=0) as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise PublishError(f"refusing {open_path}: not a regular file")
         with contextlib.suppress(OSError, AttributeError):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        out = writer.open(dest, rel, executable, st.st_size)
-        pos = 0
-
-        def read(n: int) -> bytes:
-            nonlocal pos
-            block = f.read(n)
-            if block:
-                writer.write(out, block, pos)
-                pos += len(block)
-            return block
+        size = st.st_size
+        out = writer.open(dest, rel, executable, size)
+        copy = writer.copy(fd, out, size)
         refs: list[ChunkRef] = []
-        for h, data in chunk_stream(read, params, window):
-            writer.count(h, len(data))
-            refs.append(ChunkRef(h, len(data)))
-            if tick is not None:
-                tick(len(data))
-        size = sum(r.size for r in refs)
-        if size != st.st_size or os.fstat(fd).st_size != size:
+        if size:
+            try:
+                mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+            except (OSError, ValueError) as exc:
+                raise PublishError(f"cannot read {open_path}: {exc}") from exc
+            try:
+                pos = 0
+                while pos < size:
+                    end = min(size, pos + window)
+                    view = memoryview(mm)[pos:end]
+                    try:
+                        got, used = chunk_view(view, params, eof=end == size)
+                    finally:
+                        view.release()
+                    for r in got:
+                        writer.count(r.hash, r.size)
+                        if tick is not None:
+                            tick(r.size)
+                    refs.extend(got)
+                    pos += used
+                    with contextlib.suppress(OSError, AttributeError, ValueError):
+                        mm.madvise(mmap.MADV_DONTNEED, 0, pos - pos % mmap.PAGESIZE)
+            finally:
+                mm.close()
+        writer.wait(copy, rel)
+        total = sum(r.size for r in refs)
+        if total != size or os.fstat(fd).st_size != size:
             raise PublishError(f"{open_path} changed while it was being published; retry")
+    finally:
+        os.close(fd)
     try:
-        return FileEntry(rel, size, tuple(refs), merkle_root([r.hash for r in refs]),
+        return FileEntry(rel, total, tuple(refs), merkle_root([r.hash for r in refs]),
                          executable)
     except InvalidValue as exc:
         raise PublishError(f"cannot publish {open_path}: {exc}") from None
