@@ -56,7 +56,9 @@ def test_earlier_layout_keeps_versions_pins_ledger_and_held_chunks(tmp_path: Pat
     assert sorted(m.manifest_id for m in store.manifests()) == manifests_before
     assert sorted(p.name for p in (data.store / "pins").iterdir()) == pins_before
     assert all(store.is_pinned(mid) for mid in pins_before)
-    ledger_after, _ = load_ledger(data.root, admitted_ledger(1).trust)
+    ledger_after, note = load_ledger(data.root, admitted_ledger(1).trust)
+    assert note == "loaded 5 ledger entries"     # the node's record and four manifests
+    assert len(ledger_after.manifests()) == 4
     assert ledger_after.state_key() == ledger_before.state_key()
     # every chunk a pinned manifest needed is still held, and verifies; no chunk files
     assert chunk_files and chunk_files <= store.hashes()
