@@ -6,13 +6,14 @@ store opens it, and ends with one copy of each version's bytes."""
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
 from agent._storage.install import Installer
 from agent._storage.paths import DataDir
 from agent._storage.persist import load_ledger
-from agent._storage.store import ChunkStore
+from agent._storage.store import PROGRESS_LOG, ChunkStore
 
 from ._fleet import admitted_ledger
 
@@ -86,3 +87,26 @@ def test_earlier_layout_keeps_versions_pins_ledger_and_held_chunks(tmp_path: Pat
     assert again.hashes() == held
     assert [v.version for v in Installer(data, again).installed("det")] == [
         "1.0.0", "2.0.0", "3.0.0"]
+
+
+def test_a_conversion_cut_short_goes_on_at_the_next_open(tmp_path: Path) -> None:
+    """Killed before ``chunks/`` was removed, after the progress of a staged pack was
+    lost: the next open writes the chunk files' bytes into it again, nothing held is
+    lost, and ``chunks/`` goes."""
+    data = _unpack(tmp_path)
+    saved = tmp_path / "chunks-copy"
+    shutil.copytree(data.store / "chunks", saved)
+    chunk_files = {bytes.fromhex(p.name) for p in saved.glob("*/*")}
+    store = ChunkStore(data.store)
+    m4 = store.find_manifest("det", "4.0.0")
+    pack = store.locate(m4.manifest_id, "default")
+    assert pack is not None
+    store.close()
+    # as if killed mid-way: chunks/ still there, 4.0.0's progress log empty
+    shutil.copytree(saved, data.store / "chunks")
+    (Path(pack) / PROGRESS_LOG).write_bytes(b"")
+    again = ChunkStore(data.store)
+    assert chunk_files <= again.hashes()
+    assert not (data.store / "chunks").exists()
+    assert set(again.missing(m4, "default")) == {r.hash for r in m4.iter_chunks()} - \
+        again.hashes()

@@ -1128,8 +1128,12 @@ class ChunkStore:
     def _convert_legacy(self, chunks_dir: Path) -> None:
         """Convert a store of the earlier layout (one file per chunk): every variant of a
         pinned manifest that is not installed and has chunks only there becomes a
-        staged pack holding them; then ``chunks/`` is removed (what no pinned manifest
-        needed is what gc would have deleted)."""
+        staged pack holding them (completed when all are there); each chunk file is
+        deleted once no variant still to convert needs it, so the conversion needs
+        about one variant of free space; then ``chunks/`` is removed (what no pinned
+        manifest needed is what gc would have deleted). Cut short (a crash, a full
+        disk), it goes on the next time the store opens: ``chunks/`` is only removed
+        at the end, and a staged pack takes the chunk files' bytes again."""
         loose: dict[bytes, str] = {}
         for shard in os.scandir(chunks_dir):
             if not shard.is_dir(follow_symlinks=False):
@@ -1137,39 +1141,59 @@ class ChunkStore:
             for entry in os.scandir(shard.path):
                 if _is_hex_name(entry.name) and entry.is_file(follow_symlinks=False):
                     loose[bytes.fromhex(entry.name)] = entry.path
+        plan: list[tuple[Manifest, str, set[bytes]]] = []
         for mid in sorted(self._pinned):
             manifest = self._manifests[mid]
             for v in manifest.variants:
-                if (mid, v.variant_id) in self._by_key:
+                path = self._by_key.get((mid, v.variant_id))
+                if path is not None and (self._dirs[path].installed
+                                         or self._dirs[path].complete):
                     continue
-                hashes = {r.hash for r in v.chunk_refs()}
-                if not any(h in loose and h not in self._sizes for h in hashes):
+                hashes = {r.hash for r in v.chunk_refs()} & loose.keys()
+                if path is None and not hashes - self._sizes.keys():
                     continue
-                self.stage(manifest, v.variant_id)
+                plan.append((manifest, v.variant_id, hashes))
+        needed: dict[bytes, int] = {}
+        for _, _, hashes in plan:
+            for h in hashes:
+                needed[h] = needed.get(h, 0) + 1
+        try:
+            for manifest, variant_id, hashes in plan:
+                self.stage(manifest, variant_id)
                 batch: list[tuple[bytes, bytes]] = []
-                for h in hashes:
-                    if h not in loose:
-                        continue
+                for h in sorted(hashes):
                     try:
                         with open(loose[h], "rb") as f:
                             data = f.read()
                     except OSError:
                         continue
-                    if hash_chunk(data) == h:       # a corrupt chunk file is not carried over
+                    if hash_chunk(data) == h:   # a corrupt chunk file is not carried over
                         batch.append((h, data))
                     if len(batch) >= 64:
-                        self._put_many(batch, trusted_hash=True)
+                        self._raise_first(self._put_many(batch, trusted_hash=True))
                         batch = []
-                self._put_many(batch, trusted_hash=True)
-                d = self._dirs[self._by_key[(mid, v.variant_id)]]
-                if d.complete or len(d.have) == len(d.layout):
-                    with contextlib.suppress(StoreError, OSError):
-                        self.complete(manifest, v.variant_id)
+                self._raise_first(self._put_many(batch, trusted_hash=True))
+                if not self.missing(manifest, variant_id):
+                    with contextlib.suppress(ChunkCorrupted):
+                        self.complete(manifest, variant_id)
+                for h in hashes:
+                    needed[h] -= 1
+                    if needed[h] == 0:
+                        with contextlib.suppress(OSError):
+                            os.unlink(loose[h])
+        except StoreError:
+            return      # e.g. no space for the next pack: the rest waits for the next open
         tmp = self.root / f"{_TMP_PREFIX}legacy-chunks-{secrets.token_hex(4)}"
         os.rename(chunks_dir, tmp)
         if self._fsync:
             fsync_dir(self.root)
         shutil.rmtree(tmp, ignore_errors=True)
+
+    @staticmethod
+    def _raise_first(results: list[bool | Exception]) -> None:
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
 
 
 def _read_record(path: str) -> tuple[str, str] | None:
