@@ -147,18 +147,25 @@ class ChunkProblem:
     problem: str  # "missing" or "corrupt"
 
 
+_OFF_BITS = 44                 # a packed place: size << 88 | file index << 44 | offset
+_OFF_MASK = (1 << _OFF_BITS) - 1
+
+
 @dataclass(slots=True)
 class _Dir:
-    """One indexed directory: an installed version or a pack."""
+    """One indexed directory: an installed version or a pack.
+
+    Kept small (a daemon indexes every chunk of every version it keeps): one packed int
+    per distinct chunk, its first place; ``dups`` only for chunks that occur again."""
 
     path: str
     manifest_id: str
     variant_id: str
     installed: bool
+    variant: Variant
     files: list[tuple[str, int, bool]]                  # relative path, size, executable
-    layout: dict[bytes, list[tuple[str, int]]]          # hash -> (relative path, offset)
-    sizes: dict[bytes, int]
-    per_file: dict[str, list[tuple[bytes, int]]]         # relative path -> (hash, offset)
+    layout: dict[bytes, int]                            # hash -> packed first place
+    dups: dict[bytes, list[int]]                        # hash -> packed further places
     have: set[bytes] = field(default_factory=set)
     progress_fd: int | None = None                      # open while a pack is staged
 
@@ -166,23 +173,95 @@ class _Dir:
     def complete(self) -> bool:
         return self.progress_fd is None and len(self.have) == len(self.layout)
 
+    def size(self, h: bytes) -> int:
+        return self.layout[h] >> (2 * _OFF_BITS)
+
+    def _unpack(self, packed: int) -> tuple[str, int]:
+        return self.files[(packed >> _OFF_BITS) & _OFF_MASK][0], packed & _OFF_MASK
+
+    def place(self, h: bytes) -> tuple[str, int]:
+        """(relative path, offset) of the chunk's first place."""
+        return self._unpack(self.layout[h])
+
+    def places(self, h: bytes) -> list[tuple[str, int]]:
+        return [self._unpack(self.layout[h]), *map(self._unpack, self.dups.get(h, ()))]
+
+    def file_chunks(self, index: int) -> list[tuple[bytes, int]]:
+        """(hash, offset) of every chunk of the ``index``-th file, in order."""
+        out, off = [], 0
+        for ref in self.variant.files[index].chunks:
+            out.append((ref.hash, off))
+            off += ref.size
+        return out
+
 
 def _new_dir(path: str, manifest: Manifest, variant: Variant, *, installed: bool) -> _Dir:
     files: list[tuple[str, int, bool]] = []
-    layout: dict[bytes, list[tuple[str, int]]] = {}
-    sizes: dict[bytes, int] = {}
-    per_file: dict[str, list[tuple[bytes, int]]] = {}
-    for entry in variant.files:
+    layout: dict[bytes, int] = {}
+    dups: dict[bytes, list[int]] = {}
+    for i, entry in enumerate(variant.files):
         files.append((entry.path, entry.size, entry.executable))
         off = 0
-        mine = per_file[entry.path] = []
         for ref in entry.chunks:
-            layout.setdefault(ref.hash, []).append((entry.path, off))
-            mine.append((ref.hash, off))
-            sizes[ref.hash] = ref.size
+            packed = (ref.size << (2 * _OFF_BITS)) | (i << _OFF_BITS) | off
+            if ref.hash in layout:
+                dups.setdefault(ref.hash, []).append(packed)
+            else:
+                layout[ref.hash] = packed
             off += ref.size
-    return _Dir(path, manifest.manifest_id, variant.variant_id, installed, files, layout,
-                sizes, per_file)
+    return _Dir(path, manifest.manifest_id, variant.variant_id, installed, variant, files,
+                layout, dups)
+
+
+def _multi_add(table: dict[bytes, str | list[str]], h: bytes, path: str) -> int:
+    """Add ``path`` to ``table[h]`` (a str, or a list when several); how many now."""
+    cur = table.get(h)
+    if cur is None:
+        table[h] = path
+        return 1
+    if isinstance(cur, str):
+        if cur == path:
+            return 1
+        table[h] = [cur, path]
+        return 2
+    if path not in cur:
+        cur.append(path)
+    return len(cur)
+
+
+def _multi_remove(table: dict[bytes, str | list[str]], h: bytes, path: str) -> int:
+    """Remove ``path`` from ``table[h]``; how many are left."""
+    cur = table.get(h)
+    if cur is None:
+        return 0
+    if isinstance(cur, str):
+        if cur == path:
+            del table[h]
+            return 0
+        return 1
+    with contextlib.suppress(ValueError):
+        cur.remove(path)
+    if len(cur) == 1:
+        table[h] = cur[0]
+        return 1
+    if not cur:
+        del table[h]
+    return len(cur)
+
+
+def _multi_get(table: dict[bytes, str | list[str]], h: bytes) -> list[str]:
+    cur = table.get(h)
+    if cur is None:
+        return []
+    return [cur] if isinstance(cur, str) else list(cur)
+
+
+def _multi_rename(table: dict[bytes, str | list[str]], h: bytes, old: str, new: str) -> None:
+    cur = table.get(h)
+    if cur == old:
+        table[h] = new
+    elif isinstance(cur, list) and old in cur:
+        cur[cur.index(old)] = new
 
 
 def _is_hex_name(name: str) -> bool:
@@ -251,8 +330,8 @@ class ChunkStore:
         self._lock = threading.RLock()
         self._dirs: dict[str, _Dir] = {}
         self._by_key: dict[tuple[str, str], str] = {}
-        self._holders: dict[bytes, list[str]] = {}
-        self._wanting: dict[bytes, set[str]] = {}
+        self._holders: dict[bytes, str | list[str]] = {}   # hash -> dirs holding it
+        self._wanting: dict[bytes, str | list[str]] = {}   # hash -> dirs lacking it
         self._sizes: dict[bytes, int] = {}
         self._bytes = 0
         self._manifests: dict[str, Manifest] = {}
@@ -364,7 +443,7 @@ class ChunkStore:
             for h in listed:
                 if h not in d.layout:
                     continue
-                if all(self._range_ok(d, fds, rel, off, h) for rel, off in d.layout[h]):
+                if all(self._range_ok(d, fds, rel, off, h) for rel, off in d.places(h)):
                     good.add(h)
         finally:
             for fd in fds.values():
@@ -377,10 +456,10 @@ class ChunkStore:
             if fd is None:
                 fd = fds[rel] = os.open(confine(Path(d.path), rel),
                                         os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            data = os.pread(fd, d.sizes[h], off)
+            data = os.pread(fd, d.size(h), off)
         except OSError:
             return False
-        return chunk_matches(h, d.sizes[h], data)
+        return chunk_matches(h, d.size(h), data)
 
     def _load_manifest(self, path: Path) -> Manifest | None:
         try:
@@ -401,26 +480,23 @@ class ChunkStore:
             key = (d.manifest_id, d.variant_id)
             if key not in self._by_key or d.installed:
                 self._by_key[key] = d.path
+            present = have if isinstance(have, set | dict) else set(have)
             for h in d.layout:
-                self._wanting.setdefault(h, set()).add(d.path)
-            for h in have:
-                self._add_have(d, h)
+                if h in present:
+                    self._add_have(d, h)
+                else:
+                    _multi_add(self._wanting, h, d.path)
 
     def _add_have(self, d: _Dir, h: bytes) -> bool:
         """Mark ``h`` present in ``d``; True if the store did not hold it before."""
         if h in d.have:
             return False
         d.have.add(h)
-        w = self._wanting.get(h)
-        if w is not None:
-            w.discard(d.path)
-            if not w:
-                del self._wanting[h]
-        holders = self._holders.setdefault(h, [])
-        holders.append(d.path)
-        if len(holders) == 1:
-            self._sizes[h] = d.sizes[h]
-            self._bytes += d.sizes[h]
+        _multi_remove(self._wanting, h, d.path)
+        if _multi_add(self._holders, h, d.path) == 1:
+            size = d.size(h)
+            self._sizes[h] = size
+            self._bytes += size
             return True
         return False
 
@@ -428,12 +504,8 @@ class ChunkStore:
         if h not in d.have:
             return
         d.have.discard(h)
-        self._wanting.setdefault(h, set()).add(d.path)
-        holders = self._holders.get(h, [])
-        with contextlib.suppress(ValueError):
-            holders.remove(d.path)
-        if not holders:
-            self._holders.pop(h, None)
+        _multi_add(self._wanting, h, d.path)
+        if _multi_remove(self._holders, h, d.path) == 0:
             size = self._sizes.pop(h, None)
             if size is not None:
                 self._bytes -= size
@@ -446,11 +518,7 @@ class ChunkStore:
             for h in list(d.have):
                 self._drop_have(d, h)
             for h in d.layout:
-                w = self._wanting.get(h)
-                if w is not None:
-                    w.discard(path)
-                    if not w:
-                        del self._wanting[h]
+                _multi_remove(self._wanting, h, path)
             key = (d.manifest_id, d.variant_id)
             if self._by_key.get(key) == path:
                 del self._by_key[key]
@@ -470,13 +538,8 @@ class ChunkStore:
             d.path, d.installed = new, installed
             self._dirs[new] = d
             for h in d.layout:
-                w = self._wanting.get(h)
-                if w is not None and old in w:
-                    w.discard(old)
-                    w.add(new)
-                hs = self._holders.get(h)
-                if hs is not None and old in hs:
-                    hs[hs.index(old)] = new
+                table = self._holders if h in d.have else self._wanting
+                _multi_rename(table, h, old, new)
             key = (d.manifest_id, d.variant_id)
             if self._by_key.get(key) == old or installed:
                 self._by_key[key] = new
@@ -653,7 +716,8 @@ class ChunkStore:
                 paths = [os.fspath(confine(Path(path), rel)) for rel, _, _ in d.files]
                 if self._fsync:
                     list(io_pool().map(fsync_path, paths))
-            bad = [h for found in io_pool().map(lambda f: self._verify_file(d, f), d.files)
+            bad = [h for found in io_pool().map(lambda i: self._verify_file(d, i),
+                                                      range(len(d.files)))
                    for h in found]
         except OSError as exc:
             raise self._os_error(exc, f"completing {manifest.model_id} "
@@ -679,11 +743,11 @@ class ChunkStore:
 
     def _fill(self, d: _Dir) -> None:
         """Copy into ``d`` every chunk it lacks, from the files that hold it, in runs."""
-        for rel, _, _ in d.files:
+        for index, (rel, _, _) in enumerate(d.files):
             with self._lock:
                 runs: list[tuple[str, int, int, int]] = []   # src file, src off, dst off, n
                 pos = 0
-                for h, off in d.per_file[rel]:
+                for h, off in d.file_chunks(index):
                     pos = off
                     if h in d.have:
                         continue
@@ -691,7 +755,7 @@ class ChunkStore:
                     if src is None:
                         raise ChunkNotFound(f"chunk {h.hex()} is not in the store")
                     sfile, soff = src
-                    n = d.sizes[h]
+                    n = d.size(h)
                     if runs and runs[-1][0] == sfile and runs[-1][1] + runs[-1][3] == soff \
                             and runs[-1][2] + runs[-1][3] == pos:
                         last = runs[-1]
@@ -715,25 +779,24 @@ class ChunkStore:
                 self._add_have(d, h)
 
     def _source(self, h: bytes, exclude: str | None = None) -> tuple[str, int] | None:
-        for path in self._holders.get(h, ()):
+        for path in _multi_get(self._holders, h):
             if path == exclude:
                 continue
-            src = self._dirs[path]
-            rel, off = src.layout[h][0]
+            rel, off = self._dirs[path].place(h)
             return os.path.join(path, *rel.split("/")), off
         return None
 
-    def _verify_file(self, d: _Dir, f: tuple[str, int, bool]) -> list[bytes]:
-        rel, size, _ = f
+    def _verify_file(self, d: _Dir, index: int) -> list[bytes]:
+        rel, size, _ = d.files[index]
         bad: list[bytes] = []
         fd = os.open(confine(Path(d.path), rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             if os.fstat(fd).st_size != size:
                 raise StoreError(f"{rel}: {os.fstat(fd).st_size} bytes on disk, the manifest "
                                  f"says {size}")
-            for h, off in d.per_file[rel]:
-                data = os.pread(fd, d.sizes[h], off)
-                if not chunk_matches(h, d.sizes[h], data):
+            for h, off in d.file_chunks(index):
+                data = os.pread(fd, d.size(h), off)
+                if not chunk_matches(h, d.size(h), data):
                     bad.append(h)
         finally:
             os.close(fd)
@@ -829,7 +892,7 @@ class ChunkStore:
                             f"chunk {chunk_hash.hex()}: {len(data)} bytes offered do not "
                             "match its BLAKE3 name; not stored"))
                         continue
-                    targets = sorted(self._wanting.get(chunk_hash, ()))
+                    targets = sorted(_multi_get(self._wanting, chunk_hash))
                     if not targets:
                         if chunk_hash in self._sizes:
                             self._puts_duplicate += 1
@@ -843,11 +906,11 @@ class ChunkStore:
                         new = False
                         for path in targets:
                             d = self._dirs[path]
-                            if d.sizes[chunk_hash] != len(data):
+                            if d.size(chunk_hash) != len(data):
                                 raise ChunkCorrupted(f"chunk {chunk_hash.hex()}: {len(data)} "
                                                      "bytes, the manifest says "
-                                                     f"{d.sizes[chunk_hash]}")
-                            for rel, off in d.layout[chunk_hash]:
+                                                     f"{d.size(chunk_hash)}")
+                            for rel, off in d.places(chunk_hash):
                                 full = os.path.join(path, *rel.split("/"))
                                 fd = fds.get(full)
                                 if fd is None:
@@ -912,10 +975,10 @@ class ChunkStore:
                 holders = self._holders.get(chunk_hash)
                 if not holders:
                     break
-                path = holders[0]
+                path = holders if isinstance(holders, str) else holders[0]
                 d = self._dirs[path]
-                rel, off = d.layout[chunk_hash][0]
-                size = d.sizes[chunk_hash]
+                rel, off = d.place(chunk_hash)
+                size = d.size(chunk_hash)
             full = os.path.join(path, *rel.split("/"))
             try:
                 fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
