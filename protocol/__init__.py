@@ -22,6 +22,7 @@ from ._chunking import (
     chunk_bytes,
     chunk_matches,
     chunk_stream,
+    chunk_view,
     hash_chunk,
 )
 from ._codec import (
@@ -150,7 +151,7 @@ __all__ = [
     "merkle_root",
     "validate_model_id", "validate_relative_path", "validate_version",
     "ChunkParams", "DEFAULT_PARAMS", "DEFAULT_WINDOW", "chunk_bytes", "chunk_matches",
-    "chunk_stream", "hash_chunk",
+    "chunk_stream", "chunk_view", "hash_chunk",
     "ACCELERATOR_KINDS", "Capabilities", "GpuInfo", "Requirements", "normalise_arch",
     "VariantChoice", "select_variant", "unmet_requirements",
     # the swarm, convergence and the seed API's types

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from ._codec import struct
+from ._codec import appended, struct
 from ._errors import InvalidValue
 
 __all__ = ["ACCELERATOR_KINDS", "normalise_arch", "GpuInfo", "Capabilities", "Requirements"]
@@ -28,8 +28,8 @@ class GpuInfo:
     free_memory_mb: int
     driver: str
     compute_capability: str  # "9.0"; "" when unknown
-    kind: str = "cuda"       # one of ACCELERATOR_KINDS
-    unified_memory: bool = False   # its memory is the system RAM (shared with the CPU)
+    kind: str = appended("cuda")          # one of ACCELERATOR_KINDS
+    unified_memory: bool = appended(False)  # its memory is the system RAM (the CPU's too)
 
 
 @struct
@@ -65,7 +65,7 @@ class Requirements:
     precision: str = "fp32"
     min_ram_gb: float = 0.0
     min_storage_mb: int = 0
-    accelerators: tuple[str, ...] = ()   # at least one device of one of these kinds
+    accelerators: tuple[str, ...] = appended(())  # a device of one of these kinds
 
     def __post_init__(self) -> None:
         if self.min_gpu_mem_gb < 0 or self.min_ram_gb < 0 or self.min_storage_mb < 0:

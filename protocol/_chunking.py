@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_PARAMS",
     "require_compiled_fastcdc",
     "hash_chunk",
+    "chunk_view",
     "chunk_matches",
     "chunk_stream",
     "chunk_bytes",
@@ -144,6 +145,36 @@ def _cuts(data: memoryview, params: ChunkParams) -> Iterator[tuple[int, int]]:
     assert _cdc is not None  # require_compiled_fastcdc() ran
     for c in _cdc(data, params.min_size, params.avg_size, params.max_size):
         yield c.offset, c.length
+
+
+def chunk_view(view: memoryview, params: ChunkParams = DEFAULT_PARAMS, *,
+               eof: bool = True) -> tuple[list[ChunkRef], int]:
+    """The chunks of one window of a stream, and how many bytes of it they cover.
+
+    Unless ``eof``, a last chunk that ends where ``view`` ends and is shorter than
+    ``max_size`` may have been cut short by the window: it is left out, and the next
+    window starts at the returned offset. Windows of at least ``max_size`` bytes give
+    exactly the boundaries of :func:`chunk_bytes` on the whole content (what
+    :func:`chunk_stream` does, without copying: ``view`` may be a mapped file).
+    """
+    require_compiled_fastcdc()
+    assert _cdc is not None
+    if not eof and len(view) < params.max_size:
+        raise InvalidValue(f"a chunking window of {len(view)} bytes is below max_size "
+                           f"({params.max_size} bytes)")
+    refs: list[ChunkRef] = []
+    consumed = 0
+    cuts = _cdc(view, params.min_size, params.avg_size, params.max_size)
+    try:
+        for c in cuts:
+            end = c.offset + c.length
+            if end == len(view) and not eof and c.length < params.max_size:
+                break
+            refs.append(ChunkRef(hash_chunk(view[c.offset:end]), c.length))
+            consumed = end
+    finally:
+        cuts.close()
+    return refs, consumed
 
 
 def chunk_bytes(data: bytes, params: ChunkParams = DEFAULT_PARAMS) -> list[ChunkRef]:

@@ -11,7 +11,11 @@ field may be extra, and every value must have exactly its declared type
 (``bool`` is not an ``int``, a ``str`` is not ``bytes``).
 
 On the wire a message is the msgpack array ``[PROTOCOL_VERSION, type_id,
-[field, ...]]``; a struct is the positional array of its fields; enums travel
+[field, ...]]``; a struct is the positional array of its fields (fields appended
+to a struct after it first shipped are declared with :func:`appended`: they are
+left off the end of the array while they hold their default, so a value that does
+not use them encodes -- and hashes, and verifies -- exactly as it did before they
+existed, and an older encoding without them decodes to their defaults); enums travel
 as their values; dicts as maps whose keys are sorted, so the encoding of a value
 is a pure function of the value. That makes :func:`canonical` (the bytes that
 get signed and hashed) simply the encoding itself.
@@ -55,6 +59,7 @@ __all__ = [
     "message_types",
     "DecodeLimits",
     "decode_limits",
+    "appended",
 ]
 
 PROTOCOL_VERSION = 1
@@ -68,8 +73,11 @@ _Converter = Callable[[Any], Any]
 _MESSAGE_BY_ID: dict[int, type[Any]] = {}
 _ID_BY_MESSAGE: dict[type[Any], int] = {}
 _STRUCTS: set[type[Any]] = set()
-# cls -> (field names, per-field decoders, per-field encoders, decode shape)
-_Schema = tuple[tuple[str, ...], tuple[_Converter, ...], tuple[_Converter, ...], Shape]
+# cls -> (field names, per-field decoders, per-field encoders, decode shape, fields
+# required on the wire (those before the appended ones), the fields' defaults)
+_Schema = tuple[tuple[str, ...], tuple[_Converter, ...], tuple[_Converter, ...], Shape,
+                int, tuple[Any, ...]]
+APPENDED = "shoal.codec.appended"
 _SCHEMA: dict[type[Any], _Schema] = {}
 
 
@@ -234,12 +242,19 @@ def _struct_encoder(cls: type[Any]) -> _Converter:
     return enc
 
 
+def appended(default: Any) -> Any:
+    """A field appended to a struct that has shipped: ``x: T = appended(default)``.
+    Appended fields come last; each is left off the wire while it holds ``default``."""
+    return dataclasses.field(default=default, metadata={APPENDED: True})
+
+
 def _build(cls: type[Any], values: tuple[Any, ...]) -> Any:
-    names, decoders, _, _ = _SCHEMA[cls]
-    if len(values) != len(names):
-        raise _Bad(f"{cls.__name__} takes {len(names)} fields, got {len(values)}")
+    names, decoders, _, _, required, _ = _SCHEMA[cls]
+    if not required <= len(values) <= len(names):
+        want = str(len(names)) if required == len(names) else f"{required}..{len(names)}"
+        raise _Bad(f"{cls.__name__} takes {want} fields, got {len(values)}")
     kwargs = {}
-    for name, dec, raw in zip(names, decoders, values, strict=True):
+    for name, dec, raw in zip(names, decoders, values, strict=False):
         try:
             kwargs[name] = dec(raw)
         except _Bad as exc:
@@ -251,8 +266,12 @@ def _build(cls: type[Any], values: tuple[Any, ...]) -> Any:
 
 
 def _fields_of(value: Any) -> list[Any]:
-    names, _, encoders, _ = _SCHEMA[type(value)]
-    return [enc(getattr(value, n)) for n, enc in zip(names, encoders, strict=True)]
+    names, _, encoders, _, required, defaults = _SCHEMA[type(value)]
+    values = [getattr(value, n) for n in names]
+    n = len(values)
+    while n > required and values[n - 1] == defaults[n - 1]:
+        n -= 1                        # an appended field at its default stays off the wire
+    return [enc(v) for enc, v in zip(encoders[:n], values[:n], strict=True)]
 
 
 def _register(cls: type[Any]) -> None:
@@ -267,8 +286,15 @@ def _register(cls: type[Any]) -> None:
     names = tuple(f.name for f in fields)
     decoders = tuple(c[0] for c in compiled)
     encoders = tuple(c[1] for c in compiled)
-    _SCHEMA[cls] = (names, decoders, encoders, (0, (), (), False, False, (0, 1)))
-    _SCHEMA[cls] = (names, decoders, encoders, shape_of(cls, _SCHEMA))  # needs cls registered
+    tail = [bool(f.metadata.get(APPENDED)) for f in fields]
+    required = tail.index(True) if True in tail else len(fields)
+    if not all(tail[required:]):
+        raise TypeError(f"{cls.__name__}: appended fields must come last")
+    defaults = tuple(f.default for f in fields)
+    _SCHEMA[cls] = (names, decoders, encoders, (0, (), (), False, False, (0, 1)), required,
+                    defaults)
+    _SCHEMA[cls] = (names, decoders, encoders, shape_of(cls, _SCHEMA), required,
+                    defaults)  # the shape needs cls registered
 
 
 def struct(cls: type[T]) -> type[T]:
@@ -440,7 +466,7 @@ def _peek_type(data: bytes | bytearray | memoryview) -> type[Any]:
     cls = _MESSAGE_BY_ID.get(type_id)
     if cls is None:
         raise MalformedMessage(f"unknown message type {type_id}")
-    want = len(_SCHEMA[cls][0])
+    want, required = len(_SCHEMA[cls][0]), _SCHEMA[cls][4]
     fields = head[at] if len(head) > at else -1
     if 0x90 <= fields <= 0x9F:
         count = fields - 0x90
@@ -450,7 +476,7 @@ def _peek_type(data: bytes | bytearray | memoryview) -> type[Any]:
         count = int.from_bytes(head[at + 1:at + 5], "big")
     else:
         raise MalformedMessage(f"{cls.__name__}: fields must be an array")
-    if count != want:
+    if not required <= count <= want:
         raise MalformedMessage(f"{cls.__name__} takes {want} fields, got {count}")
     return cls
 

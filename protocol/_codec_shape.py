@@ -56,7 +56,7 @@ def _min_size(tp: Any, schema: Schemas) -> int:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if isinstance(tp, type) and tp in schema:
         hints = typing.get_type_hints(tp)
-        names = schema[tp][0]
+        names = schema[tp][0][:schema[tp][4]]   # appended fields may be left off
         return (1 if len(names) < 16 else 3) + sum(_min_size(hints[n], schema) for n in names)
     if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
         return (1 if len(args) < 16 else 3) + sum(_min_size(a, schema) for a in args)
@@ -65,14 +65,15 @@ def _min_size(tp: Any, schema: Schemas) -> int:
     return 1     # nil, bool, int, float (an int is accepted), str, enum, x|None, seq, map
 
 
-def _own(tp: Any, schema: Schemas) -> tuple[int, int]:
+def _own(tp: Any, schema: Schemas, upto: int | None = None) -> tuple[int, int]:
     """(containers, bytes) a struct or fixed tuple owns at least: itself and its direct
     sequence / map fields, against its header and its fields' smallest encodings
-    (nested structs and fixed tuples are instances of their own)."""
+    (nested structs and fixed tuples are instances of their own). ``upto``: a struct
+    encoded with only its first ``upto`` fields (appended ones left off)."""
     args = typing.get_args(tp)
     if isinstance(tp, type) and tp in schema:
         hints = typing.get_type_hints(tp)
-        parts = [hints[n] for n in schema[tp][0]]
+        parts = [hints[n] for n in schema[tp][0][:upto]]
     else:
         parts = list(args)
     containers, size = 1, (1 if len(parts) < 16 else 3)
@@ -120,7 +121,8 @@ def shape_of(cls: type[Any], schema: Schemas) -> Shape:
             hints = typing.get_type_hints(tp)
             names = schema[tp][0]
             fixed = max(fixed, len(names))
-            denser(*_own(tp, schema))
+            for upto in range(schema[tp][4], len(names) + 1):   # each encodable length
+                denser(*_own(tp, schema, upto))
             for n in names:
                 walk(hints[n])
         elif origin in (typing.Union, types.UnionType):

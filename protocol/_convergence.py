@@ -50,7 +50,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ._codec import struct
+from ._codec import appended, struct
 from ._identity import FleetTrust, Role
 from ._intents import (
     Intent,
@@ -121,7 +121,7 @@ class ModelConvergenceStatus:
     bytes_total: int = 0
     state: RolloutState = RolloutState.ACTIVE
     state_detail: str = ""      # why it ended ("superseded by 1.2.0 (intent ...)"), or ""
-    degraded: int = 0           # of the converged: running it, but their health check fails
+    degraded: int = appended(0)  # of the converged: running it, health check failing
 
     @property
     def is_complete(self) -> bool:

@@ -52,7 +52,7 @@ from types import MappingProxyType
 import blake3
 
 from ._capabilities import normalise_arch
-from ._codec import canonical, struct
+from ._codec import appended, canonical, struct
 from ._errors import InvalidValue
 from ._hlc import HLC
 from ._identity import (
@@ -303,7 +303,7 @@ class _IntentBody:
     issuer_key: bytes
     stamp: HLC
     cancels: str | None
-    policy: RolloutPolicy | None = None
+    policy: RolloutPolicy | None = appended(None)
 
 
 @struct
@@ -323,7 +323,7 @@ class Intent:
     stamp: HLC
     cancels: str | None
     signature: bytes
-    policy: RolloutPolicy | None = None   # a distribute's rollout policy (appended)
+    policy: RolloutPolicy | None = appended(None)   # a distribute's rollout policy
 
     def __post_init__(self) -> None:
         validate_model_id(self.model_id)

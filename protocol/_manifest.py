@@ -22,7 +22,7 @@ from functools import total_ordering
 import blake3
 
 from ._capabilities import Requirements
-from ._codec import canonical, struct
+from ._codec import appended, canonical, struct
 from ._errors import HostilePath, InvalidValue, MalformedMessage
 from ._identity import (
     FleetTrust,
@@ -202,10 +202,10 @@ class Variant:
     migrator: str | None = None  # a file path in this variant, run as the model's migrator
     # (appended, with a default) the address of a migrator the model already serves:
     # "unix:///abs/path" or "host:port"; the agent only connects. Exclusive with migrator.
-    migrator_address: str | None = None
+    migrator_address: str | None = appended(None)
     # a file path in this variant, run to check its health; or "grpc": ask the standard
     # grpc.health.v1.Health service at migrator_address
-    health_check: str | None = None
+    health_check: str | None = appended(None)
 
     def __post_init__(self) -> None:
         validate_variant_id(self.variant_id)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import blake3
 
-from agent._storage.store import ChunkStore
+from agent._storage.store import PACK_RECORD, PROGRESS_LOG, ChunkStore
+from protocol import ShoalError, decode_value
 from protocol._manifest import Manifest
 
 MiB = 1024 * 1024
@@ -166,8 +167,11 @@ def _verify_version(store: ChunkStore, model_id: str, vdir: Path) -> VersionChec
 
 
 def visible_partial_files(data_dir: Path) -> list[str]:
-    """Files a reader could mistake for real data: chunk files whose content does not
-    hash to their name (temporaries are ``.tmp-*`` and are not counted)."""
+    """Bytes a reader could take for real data when they are not: chunk files (the
+    earlier layout) whose content does not hash to their name, and chunks a staged
+    pack's progress log names whose bytes in the pack's files do not match (a store
+    re-verifies those when it opens, but none should be wrong). Temporaries
+    (``.tmp-*``) are not counted."""
     bad: list[str] = []
     chunks = data_dir / "store" / "chunks"
     for p in chunks.glob("*/*") if chunks.is_dir() else []:
@@ -179,6 +183,32 @@ def visible_partial_files(data_dir: Path) -> list[str]:
             continue
         if digest != p.name:
             bad.append(str(p))
+    packs = data_dir / "store" / "packs"
+    for pack in packs.iterdir() if packs.is_dir() else []:
+        log = pack / PROGRESS_LOG
+        if pack.name.startswith(".tmp-") or not log.is_file():
+            continue
+        try:
+            rec = json.loads((pack / PACK_RECORD).read_text())
+            manifest = decode_value(Manifest, (data_dir / "store" / "manifests"
+                                               / rec["manifest_id"]).read_bytes())
+            variant = manifest.variant(rec["variant_id"])
+        except (OSError, ValueError, KeyError, ShoalError) as exc:
+            bad.append(f"{pack}: unreadable pack record ({exc})")
+            continue
+        raw = log.read_bytes()
+        logged = {raw[i:i + 32] for i in range(0, len(raw) - 31, 32)}
+        for entry in variant.files:
+            try:
+                data = (pack / entry.path).read_bytes()
+            except OSError:
+                continue
+            off = 0
+            for ref in entry.chunks:
+                if ref.hash in logged and \
+                        blake3.blake3(data[off:off + ref.size]).digest() != ref.hash:
+                    bad.append(f"{pack / entry.path} @ {off}")
+                off += ref.size
     return bad
 
 

@@ -19,6 +19,7 @@ from protocol._chunking import (
     chunk_bytes,
     chunk_matches,
     chunk_stream,
+    chunk_view,
     hash_chunk,
     require_compiled_fastcdc,
 )
@@ -93,6 +94,23 @@ def test_stream_equals_whole_buffer_at_fixed_windows(window: int) -> None:
     data = _data(window, 300_000)
     got = _stream(data, SMALL, window)
     assert [ChunkRef(h, len(b)) for h, b in got] == chunk_bytes(data, SMALL)
+
+
+@given(size=st.integers(0, 60_000), window_extra=st.integers(0, 30_000),
+       seed=st.integers(0, 2**32), zeros=st.booleans())
+def test_windows_of_a_view_equal_the_whole_buffer(size: int, window_extra: int, seed: int,
+                                                  zeros: bool) -> None:
+    """chunk_view over successive windows of a (mapped) buffer, as publish cuts a file,
+    gives the boundaries and hashes of chunk_bytes on the whole content."""
+    data = bytes(size) if zeros else _data(seed, size)
+    window = SMALL.max_size + window_extra
+    view, pos, got = memoryview(data), 0, []
+    while pos < size:
+        end = min(size, pos + window)
+        refs, used = chunk_view(view[pos:end], SMALL, eof=end == size)
+        got.extend(refs)
+        pos += used
+    assert got == chunk_bytes(data, SMALL)
 
 
 def test_stream_with_max_size_runs() -> None:

@@ -13,6 +13,8 @@ from typing import Any
 import blake3
 import pytest
 
+from agent._storage.store import ChunkStore
+
 REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
@@ -99,16 +101,21 @@ def test_cli_verify_detects_a_tampered_chunk(tmp_path: Path) -> None:
     _shoal(data, "keys", "init")
     _shoal(data, "publish", str(_package(tmp_path / "pkg")), "--model", "det",
            "--version", "1.0.0")
-    chunk = next(p for p in (data / "store" / "chunks").glob("*/*"))
-    blob = bytearray(chunk.read_bytes())
+    # the store keeps no chunk files: a chunk's bytes are inside the published files
+    pack = next((data / "store" / "packs").iterdir())
+    rec = json.loads((pack / ".shoal-pack").read_text())
+    manifest = ChunkStore(data / "store").get_manifest(rec["manifest_id"])
+    entry = manifest.variant(rec["variant_id"]).files[0]
+    target = pack / entry.path
+    blob = bytearray(target.read_bytes())
     blob[0] ^= 0xFF
-    chunk.write_bytes(bytes(blob))
+    target.write_bytes(bytes(blob))
     proc = _shoal(data, "verify", "det", "1.0.0", "--json", ok=False)
     assert proc.returncode == 2
     out = json.loads(proc.stdout)
     assert out["ok"] is False
     assert [p["problem"] for p in out["problems"]] == ["corrupt"]
-    assert out["problems"][0]["chunk_hash"] == chunk.name
+    assert out["problems"][0]["chunk_hash"] == entry.chunks[0].hash.hex()
     assert "failed verification" in proc.stderr
     assert list((data / "store" / "quarantine").iterdir())
 

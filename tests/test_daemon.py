@@ -26,6 +26,7 @@ from agent._admin.fleet import provision
 from agent._daemon.control_client import ControlClient
 from agent._daemon.transport import dial
 from agent._demo.fleet import LocalFleet, make_package, mutate_package
+from agent._storage.store import ChunkStore
 from protocol._errors import ProtocolError
 from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity
 from protocol._intents import Scope
@@ -138,8 +139,13 @@ def store_stats_async_bytes(status: Any) -> int:
 
 
 def _chunk_bytes_on_disk(data_dir: Path) -> int:
-    return sum(p.stat().st_size for p in (data_dir / "store" / "chunks").glob("*/*")
-               if not p.name.startswith(".tmp-"))
+    """Bytes of the distinct chunks a node holds on disk, verified: what its store
+    finds when it opens (a staged version's progress log is re-read and hashed)."""
+    store = ChunkStore(data_dir / "store", fsync=False)
+    try:
+        return store.statistics().bytes
+    finally:
+        store.close()
 
 
 def test_unadmitted_node_cannot_join(fleet: LocalFleet, tmp_path: Path) -> None:

@@ -107,10 +107,15 @@ def test_tampered_chunk_fails_install_and_keeps_current(tmp_path: Path) -> None:
     data, store, inst, ids = _setup(tmp_path)
     inst.install(store.get_manifest(ids["1.0.0"]), "default")
     m2 = store.get_manifest(ids["2.0.0"])
-    victim = m2.variant("default").files[0].chunks[2].hash  # a chunk only 2.0.0 has
-    path = data.store / "chunks" / victim.hex()[:2] / victim.hex()
+    entry = m2.variant("default").files[0]
+    victim = entry.chunks[2].hash  # a chunk only 2.0.0 has
+    # the store holds it once: inside the published 2.0.0 files (its pack)
+    pack = store.locate(m2.manifest_id, "default")
+    assert pack is not None
+    path = Path(pack) / entry.path
+    offset = entry.chunks[0].size + entry.chunks[1].size + 10
     blob = bytearray(path.read_bytes())
-    blob[10] ^= 0xFF
+    blob[offset] ^= 0xFF
     path.write_bytes(bytes(blob))
     with pytest.raises(ChunkCorrupted):
         inst.install(m2, "default")

@@ -40,7 +40,7 @@ from agent._daemon.migrator import (
     run_export,
     run_ingest,
 )
-from agent._errors import AgentError
+from agent._errors import AgentError, ChunkCorrupted
 from agent._storage.install import Installer
 from agent._storage.paths import DataDir
 from agent._storage.publish import publish
@@ -73,11 +73,13 @@ class Node:
     def receive(self, source: Node, manifest: Manifest) -> int:
         """Copy the chunks of ``manifest`` this node lacks from ``source``; bytes moved."""
         moved = 0
+        # as the daemon does: the version's files are staged, chunks written in place
+        for v in manifest.variants:
+            self.store.stage(manifest, v.variant_id)
         for ref in {c.hash: c for c in manifest.iter_chunks()}.values():
             if not self.store.has(ref.hash):
                 self.store.put(ref.hash, source.store.get(ref.hash))
                 moved += ref.size
-        self.store.put_manifest(manifest)
         return moved
 
     async def install(self, manifest: Manifest, previous: str | None,
@@ -194,9 +196,19 @@ async def test_export_then_distribute_moves_only_the_state(
     assert files[STATE] != {f.path: f for f in base.variant("default").files}[STATE]
     derived.verify()
 
-    # node B runs the base with its default state; it fetches only what it lacks
+    # node B runs the base with its default state; it fetches only what it lacks.
+    # A's installed files are its store, and A's model rewrote its state file there:
+    # A cannot serve the base's original state chunk (its hash no longer matches), so
+    # B gets the base from a publisher that does not run it, as in a fleet
+    pub = Node(tmp_path / "pub")
+    publish(pub.store, package(tmp_path, "pkg1-again"), MODEL, "1.0.0", publisher,
+            created_at_ms=1)
+    assert pub.store.find_manifest(MODEL, "1.0.0") == base
+    with pytest.raises(ChunkCorrupted):
+        node_a.store.get({f.path: f for f in base.variant("default").files}[STATE]
+                         .chunks[0].hash)
     b = Node(tmp_path / "b")
-    b.receive(node_a, base)
+    b.receive(pub, base)
     await b.install(base, None)
     before = json.loads((b.vdir("1.0.0") / STATE).read_text())
     assert before["samples"] == 0
@@ -372,7 +384,9 @@ async def test_bad_migrator_leaves_the_node_on_the_old_version(
         (node_a.vdir("1.0.0") / "state" / "leak").symlink_to("/etc")
     m2 = v2(node_a, tmp_path, publisher, migrate=source)
     versions = node_a.data.model_dir(MODEL) / "versions"
-    before = snapshot(tmp_path, (versions,))
+    # the version being installed is staged in its pack (the store's, see docs/STORAGE.md)
+    staged = node_a.data.store / "packs" / f"{m2.manifest_id}.default"
+    before = snapshot(tmp_path, (versions, staged))
     old_files = snapshot(node_a.vdir("1.0.0"), ())
     t0 = time.monotonic()
     with pytest.raises(error, match=pattern) as info:
@@ -381,7 +395,7 @@ async def test_bad_migrator_leaves_the_node_on_the_old_version(
     assert isinstance(info.value, MigratorError) and isinstance(info.value, AgentError)
     assert node_a.active() == "1.0.0"
     assert not node_a.vdir("2.0.0").exists()
-    assert snapshot(tmp_path, (versions,)) == before    # nothing outside the versions
+    assert snapshot(tmp_path, (versions, staged)) == before    # nothing outside them
     assert snapshot(node_a.vdir("1.0.0"), ()) == old_files
     assert sorted(p.name for p in versions.iterdir()) == ["1.0.0"]
     assert processes_under(tmp_path) == []
@@ -538,13 +552,13 @@ async def test_cancelling_the_agent_cancels_the_call_and_stops_the_migrator(
 
 def address_manifest(node: Node, tmp: Path, publisher: SigningIdentity, address: str
                      ) -> Manifest:
-    """2.0.0 whose variant names ``migrator_address`` (no program): signed directly, as
-    shoal-model.toml cannot say it yet (agent/_storage/publish.py reads that file)."""
+    """2.0.0 whose variant names ``migrator_address`` (no program), signed directly
+    (shoal-model.toml says it too: tests/test_publish.py)."""
     m = v2(node, tmp, publisher)
     variant = dataclasses.replace(m.variant("default"), migrator=None,
                                   migrator_address=address)
     signed = Manifest.sign(publisher, MODEL, "2.0.0-addr", (variant,), 3)
-    node.store.put_manifest(signed)
+    node.store.stage(signed, "default")     # as a daemon has it once its chunks came
     return signed
 
 
@@ -581,11 +595,15 @@ async def test_a_bad_migrator_address_fails_the_upgrade(
         error: type[MigratorError], pattern: str) -> None:
     m2 = address_manifest(node_a, tmp_path, publisher, address)
     versions = node_a.data.model_dir(MODEL) / "versions"
-    before = snapshot(tmp_path, (versions,))
+    staged = node_a.data.store / "packs" / f"{m2.manifest_id}.default"
+    # assembling 2.0.0 reads the base's state chunk, which A's model rewrote in its own
+    # installed file: the store quarantines that bad copy (and takes the good one)
+    quarantine = node_a.data.store / "quarantine"
+    before = snapshot(tmp_path, (versions, staged, quarantine))
     with pytest.raises(error, match=pattern):
         await node_a.install(m2, "1.0.0", timeout=1.0)
     assert node_a.active() == "1.0.0"
-    assert snapshot(tmp_path, (versions,)) == before
+    assert snapshot(tmp_path, (versions, staged, quarantine)) == before
     assert sorted(p.name for p in versions.iterdir()) == ["1.0.0"]
 
 

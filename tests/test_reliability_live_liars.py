@@ -73,8 +73,14 @@ async def _scenario(f: LocalFleet, mode: str, pkg: Path) -> dict[str, object]:
         # the liar must hold the chunks to be asked for them: copy the seeder's
         src = ChunkStore(f.nodes[SEEDER].data_dir / "store", fsync=False)
         dst = ChunkStore(f.nodes[LIAR].data_dir / "store", fsync=False)
+        for m in src.manifests():        # staged as a daemon stages what it fetches
+            for v in m.variants:
+                dst.stage(m, v.variant_id)
+            dst.unpin(m.manifest_id)        # not published by the liar: not announced
         for h in src.hashes():
             dst.put(h, src.get(h))
+        src.close()
+        dst.close()
     _start_liar(f, mode)
     await f.wait_ready(LIAR, timeout=30)
     await f.wait_peers(RECEIVER, 2, timeout=30)

@@ -226,7 +226,8 @@ def _cmd_activate(args: argparse.Namespace) -> tuple[Any, str]:
 
 def _cmd_gc(args: argparse.Namespace) -> tuple[Any, str]:
     res = _store(args).gc()
-    return dataclasses.asdict(res), (f"freed {res.chunks_freed} chunks ({_mib(res.bytes_freed)});"
+    return dataclasses.asdict(res), (f"removed {len(res.versions_removed)} versions, freed "
+                                     f"{res.chunks_freed} chunks ({_mib(res.bytes_freed)});"
                                      f" kept {res.chunks_kept} ({_mib(res.bytes_kept)})")
 
 
@@ -257,7 +258,8 @@ def _register_models(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("version")
     p.set_defaults(func=_cmd_activate)
     p = sub.add_parser("gc", parents=[common],
-                       help="delete chunks no pinned manifest references")
+                       help="delete versions nothing keeps (not pinned, "
+                       "not current, not the rollback)")
     p.set_defaults(func=_cmd_gc)
 
 

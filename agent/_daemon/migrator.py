@@ -82,7 +82,7 @@ from agent._grpc import migrator_pb2 as pb
 from agent._grpc import migrator_pb2_grpc as pb_grpc
 from agent._storage.install import RECORD_NAME, Installer
 from agent._storage.paths import confine
-from agent._storage.store import ChunkStore, StoreBatch
+from agent._storage.store import ChunkStore
 from protocol import (
     DEFAULT_PARAMS,
     ChunkRef,
@@ -710,11 +710,13 @@ def collect_state_files(version_dir: Path, paths: tuple[str, ...]
 
 
 def _chunk_file(store: ChunkStore, rel: str, data_source: Callable[[int], bytes],
-                executable: bool, batch: StoreBatch) -> tuple[FileEntry, int, int]:
+                executable: bool) -> tuple[FileEntry, int, int]:
     refs: list[ChunkRef] = []
     new_chunks = new_bytes = 0
+    seen: set[bytes] = set()
     for h, data in chunk_stream(data_source, DEFAULT_PARAMS):
-        if store.put(h, data, trusted_hash=True, batch=batch):
+        if not store.has(h) and h not in seen:
+            seen.add(h)
             new_chunks += 1
             new_bytes += len(data)
         refs.append(ChunkRef(h, len(data)))
@@ -723,34 +725,39 @@ def _chunk_file(store: ChunkStore, rel: str, data_source: Callable[[int], bytes]
     return entry, new_chunks, new_bytes
 
 
+def _reader(data: bytes) -> Callable[[int], bytes]:
+    pos = [0]
+
+    def read(n: int) -> bytes:
+        chunk = data[pos[0]:pos[0] + n]
+        pos[0] += len(chunk)
+        return chunk
+    return read
+
+
 def build_derived(store: ChunkStore, publisher: SigningIdentity, base: Manifest,
                   variant_id: str, version_dir: Path, state_paths: tuple[str, ...],
                   new_version: str, created_at_ms: int) -> ExportResult:
-    """Chunk the state into ``store`` and sign the derived manifest (also stored, pinned)."""
+    """Chunk the state, sign the derived manifest (stored, pinned) and stage its pack:
+    the state's chunks are written into it; the base's are copied in when it is
+    completed (installed)."""
     variant = base.variant(variant_id)
     files = {f.path: f for f in variant.files if f.path != EXPORT_MARKER}
     state = collect_state_files(version_dir, state_paths)
     new_chunks = new_bytes = state_bytes = 0
-    with store.batch() as batch:
-        for rel, read_path, executable in state:
-            with open(read_path, "rb", buffering=0) as f:
-                entry, nc, nb = _chunk_file(store, rel, f.read, executable, batch)
-            files[rel] = entry
-            new_chunks += nc
-            new_bytes += nb
-            state_bytes += entry.size
-        marker = json.dumps({"base_version": base.version, "variant_id": variant_id,
-                             "state_paths": list(state_paths)}, sort_keys=True).encode()
-        pos = [0]
-
-        def read_marker(n: int) -> bytes:
-            chunk = marker[pos[0]:pos[0] + n]
-            pos[0] += len(chunk)
-            return chunk
-        entry, nc, nb = _chunk_file(store, EXPORT_MARKER, read_marker, False, batch)
-        files[EXPORT_MARKER] = entry
+    for rel, read_path, executable in state:
+        with open(read_path, "rb", buffering=0) as f:
+            entry, nc, nb = _chunk_file(store, rel, f.read, executable)
+        files[rel] = entry
         new_chunks += nc
         new_bytes += nb
+        state_bytes += entry.size
+    marker = json.dumps({"base_version": base.version, "variant_id": variant_id,
+                         "state_paths": list(state_paths)}, sort_keys=True).encode()
+    entry, nc, nb = _chunk_file(store, EXPORT_MARKER, _reader(marker), False)
+    files[EXPORT_MARKER] = entry
+    new_chunks += nc
+    new_bytes += nb
     try:
         derived_variant = Variant(variant_id, variant.requirements,
                                   tuple(files[k] for k in sorted(files)), variant.migrator,
@@ -761,8 +768,25 @@ def build_derived(store: ChunkStore, publisher: SigningIdentity, base: Manifest,
         raise MigratorError(f"export: the derived version is not valid: {exc}") from None
     store.put_manifest(manifest)
     store.pin(manifest.manifest_id)
+    store.stage(manifest, variant_id)
+    sources = [(rel, read_path) for rel, read_path, _ in state]
+    for rel, read_path in sources:
+        with open(read_path, "rb", buffering=0) as f:
+            _put_chunks(store, rel, f.read, files[rel])
+    _put_chunks(store, EXPORT_MARKER, _reader(marker), files[EXPORT_MARKER])
     return ExportResult(manifest, base.version, variant_id, state_paths, len(state),
                         state_bytes, new_chunks, new_bytes)
+
+
+def _put_chunks(store: ChunkStore, rel: str, data_source: Callable[[int], bytes],
+                entry: FileEntry) -> None:
+    expected = [r.hash for r in entry.chunks]
+    got = []
+    for h, data in chunk_stream(data_source, DEFAULT_PARAMS):
+        got.append(h)
+        store.put(h, data, trusted_hash=True)
+    if got != expected:
+        raise MigratorError(f"export: {rel} changed while it was being exported; retry")
 
 
 def default_derived_version(base: str, now_s: float) -> str:

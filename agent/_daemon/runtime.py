@@ -635,9 +635,11 @@ class NodeRuntime:
                      extra={"model_id": out.model_id, "intent_id": out.intent_id})
 
     async def _store_worker(self) -> None:
-        """Store verified chunks in group commits: every chunk waiting is written in
-        one :meth:`ChunkStore.batch`, whose end fsyncs them all at once; only then is
-        each reported stored (so ``held`` never names a chunk a crash could lose)."""
+        """Write verified chunks in place, into the staged files of the versions being
+        fetched: every chunk waiting is written in one call, and each is reported stored
+        once it is written and named in its pack's progress log (after a crash the log's
+        chunks are re-read and hashed, so ``held`` never names a chunk that is not
+        there). The files are fsynced once each, when the version is complete."""
         while True:
             batch = [await self._store_recv.receive()]
             while len(batch) < _STORE_BATCH:
@@ -645,8 +647,9 @@ class NodeRuntime:
                     batch.append(self._store_recv.receive_nowait())
                 except trio.WouldBlock:
                     break
+            targets = self._download_targets()
             results = await trio.to_thread.run_sync(
-                self.store.put_verified_batch, [(o.chunk_hash, o.data) for o in batch])
+                self._write_chunks, targets, [(o.chunk_hash, o.data) for o in batch])
             for out, failure in zip(batch, results, strict=True):
                 if failure is None:
                     self.post(ChunkStored(out.chunk_hash))
@@ -656,6 +659,28 @@ class NodeRuntime:
                 else:
                     self.post(ChunkStoreFailed(out.chunk_hash, BlockerReason.UNKNOWN,
                                                str(failure)))
+
+    def _download_targets(self) -> list[tuple[Manifest, str]]:
+        """The variants the swarm fetches now (``manifest_id/variant_id`` keys): their
+        packs must be staged before their chunks can be written in place."""
+        out = []
+        for key in self.machine.swarm.wanted():
+            mid, _, variant_id = key.partition("/")
+            manifest = self.machine.ledger.manifest_by_id(mid)
+            if manifest is not None and self.store.locate(mid, variant_id) is None:
+                out.append((manifest, variant_id))
+        return out
+
+    def _write_chunks(self, targets: list[tuple[Manifest, str]],
+                      chunks: list[tuple[bytes, bytes]]) -> list[Exception | None]:
+        """Stage the packs of new downloads, then write verified chunks in place
+        (worker thread)."""
+        for manifest, variant_id in targets:
+            try:
+                self.store.stage(manifest, variant_id)
+            except StoreError as exc:
+                return [exc] * len(chunks)
+        return self.store.put_verified_batch(chunks)
 
     async def _install(self, out: InstallVariant) -> None:
         manifest = self.machine.ledger.manifest_by_id(out.manifest_id)

@@ -8,18 +8,18 @@ Layout per model::
     models/<model_id>/versions/<version>/.shoal-install   (the install record)
     models/<model_id>/current -> versions/<version>
 
-An install assembles the variant's files in a fresh temporary directory
-``models/<model_id>/.tmp-install-…`` (same filesystem, so the final rename is
-atomic). Every chunk read from the store is verified against its hash, written,
-and the file is then checked against the manifest: its size, and each
-chunk-range re-read from disk and hashed. The install record (manifest id,
-variant) is written last, the directory is fsynced and renamed to
-``versions/<version>``, and only then is ``current`` switched: a new symlink is
-made under a temporary name and ``os.replace``d over ``current``. At every
-moment ``current`` names a complete, verified version — a crash leaves at worst
-a ``.tmp-install-…`` directory, which the next :class:`Installer` removes.
-The previous version stays on disk, so :meth:`Installer.activate` can switch back
-without any transfer.
+An install does not copy: the variant's files are a pack of the store
+(``store/packs/<manifest id>.<variant>/``: written by ``shoal publish`` or by the
+swarm as chunks arrived). :meth:`ChunkStore.complete` fills in the chunks the pack
+lacks from the files of other versions, fsyncs each file once and re-hashes every
+chunk range; the migrator's ``prepare`` hook runs on it; the install record
+(manifest id, variant) is written, and the directory is renamed to
+``versions/<version>`` (same filesystem: atomic). Only then is ``current``
+switched: a new symlink is made under a temporary name and ``os.replace``d over
+``current``. At every moment ``current`` names a complete, verified version. The
+previous version stays on disk, so :meth:`Installer.activate` can switch back
+without any transfer. A version replaced by another variant of itself goes back to
+being a pack (its bytes are kept once, for serving, until gc).
 
 Every file path is joined through :func:`agent._storage.paths.confine`, and files are
 created with ``O_EXCL | O_NOFOLLOW``: a manifest cannot write outside its version
@@ -39,9 +39,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent._errors import ChunkNotFound, InstallError, InsufficientStorage, NotFound
+from agent._errors import (
+    ChunkCorrupted,
+    ChunkNotFound,
+    InstallError,
+    InsufficientStorage,
+    NotFound,
+    StoreError,
+)
 from agent._storage.paths import DataDir, confine, fsync_dir
-from agent._storage.store import ChunkStore
+from agent._storage.store import PACK_RECORD, ChunkStore
 from protocol import (
     ChunkIntegrityError,
     FileEntry,
@@ -211,40 +218,59 @@ class Installer:
                                  prev_version if prev_version != version else None, True)
         replacing_active = final.exists() and prev_version == version
         versions.mkdir(parents=True, exist_ok=True)
-        tmp = model_dir / f"{_TMP_PREFIX}{version}-{secrets.token_hex(4)}"
         try:
-            tmp.mkdir()
+            pack = self.store.complete(manifest, variant_id)
+        except ChunkNotFound as exc:
+            raise InstallError(f"{model_id} {version}: {exc}") from None
+        except (InsufficientStorage, ChunkCorrupted):
+            raise
+        except StoreError as exc:
+            raise InstallError(f"{model_id} {version}: {exc}") from None
+        if progress is not None:
             done = 0
             for entry in variant.files:
-                self._write_file(tmp, entry)
                 done += entry.size
-                if progress is not None:
-                    progress(done, variant.size)
+                progress(done, variant.size)
+        if os.path.realpath(pack) == os.path.realpath(final):   # indexed, record unreadable
+            self.store.forget(pack)
+            raise InstallError(f"{model_id} {version}: the installed directory has no "
+                               "readable install record; remove it and retry")
+        try:
             if prepare is not None:
-                prepare(tmp)
-            self._write_record(tmp, manifest, variant_id)
-            fsync_dir(tmp)
-            if replacing_active:
-                # `current` names versions/<version>: swap the directories under it in
-                # one step, so it never points at a missing or half-written version
-                if not exchange_paths(tmp, final):
-                    raise InstallError(
-                        f"{model_id} {version} is active with another variant and this "
-                        "system cannot swap directories atomically; activate another "
-                        "version before replacing it")
-                shutil.rmtree(tmp, ignore_errors=True)   # now holds the old variant
-                fsync_dir(versions)
-                return self._finish(manifest, variant_id, final, variant.size,
-                                    len(variant.files), None)
-            if final.exists() or final.is_symlink():
-                trash = model_dir / f"{_TMP_PREFIX}old-{secrets.token_hex(4)}"
-                os.rename(final, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            os.rename(tmp, final)
+                prepare(Path(pack))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(Path(pack) / RECORD_NAME)
+            self._write_record(Path(pack), manifest, variant_id)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(Path(pack) / PACK_RECORD)
+            fsync_dir(pack)
+            with self.store.locked():
+                if replacing_active:
+                    # `current` names versions/<version>: swap the directories under it
+                    # in one step, so it never points at a missing or half-written version
+                    if not exchange_paths(Path(pack), final):
+                        raise InstallError(
+                            f"{model_id} {version} is active with another variant and this "
+                            "system cannot swap directories atomically; activate another "
+                            "version before replacing it")
+                    self.store.swap_installed(pack, str(final))   # the old variant: a pack again
+                    fsync_dir(versions)
+                    return self._finish(manifest, variant_id, final, variant.size,
+                                        len(variant.files), None)
+                if final.exists() or final.is_symlink():
+                    trash = model_dir / f"{_TMP_PREFIX}old-{secrets.token_hex(4)}"
+                    os.rename(final, trash)
+                    self.store.retire(str(final), str(trash))
+                os.rename(pack, final)
+                self.store.adopt(pack, str(final))
             fsync_dir(versions)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            fsync_dir(os.path.dirname(pack))
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage(f"no space left to install {model_id} {version} "
+                                          f"under {model_dir}; free space and retry") from exc
+            raise InstallError(f"cannot install {model_id} {version}: "
+                               f"{exc.strerror or exc}") from exc
         return self._finish(manifest, variant_id, final, variant.size, len(variant.files),
                             prev_version)
 
@@ -262,42 +288,6 @@ class Installer:
         except NotFound:
             return False
         return True
-
-    def _write_file(self, root: Path, entry: FileEntry) -> None:
-        target = confine(root, entry.path)
-        parent = target.parent
-        if parent != root:
-            os.makedirs(parent, exist_ok=True)
-            confine(root, entry.path)  # re-check now that the parents exist
-        mode = 0o755 if entry.executable else 0o644
-        try:
-            fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, mode)
-        except OSError as exc:
-            raise InstallError(f"cannot create {target}: {exc.strerror or exc}") from exc
-        try:
-            for ref in entry.chunks:
-                try:
-                    data = self.store.get(ref.hash)
-                except ChunkNotFound:
-                    raise InstallError(f"{entry.path}: chunk {ref.hash.hex()} is not in the "
-                                       "store; fetch the version first") from None
-                if len(data) != ref.size:
-                    raise InstallError(f"{entry.path}: chunk {ref.hash.hex()} has "
-                                       f"{len(data)} bytes, the manifest says {ref.size}")
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            os.fsync(fd)
-            os.fchmod(fd, mode)
-            self._verify_written(fd, entry)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise InsufficientStorage(f"no space left to install {entry.path} under "
-                                          f"{root.parent}; free space and retry") from exc
-            raise InstallError(f"cannot write {target}: {exc.strerror or exc}") from exc
-        finally:
-            os.close(fd)
 
     @staticmethod
     def _verify_written(fd: int, entry: FileEntry) -> None:
@@ -319,7 +309,7 @@ class Installer:
         rec = {"manifest_id": manifest.manifest_id, "model_id": manifest.model_id,
                "version": manifest.version, "variant_id": variant_id}
         path = root / RECORD_NAME
-        with open(path, "x", encoding="utf-8") as f:
+        with open(path, "w", encoding="utf-8") as f:
             json.dump(rec, f)
             f.flush()
             os.fsync(f.fileno())

@@ -3,10 +3,10 @@
 Layout of a data directory::
 
     <data>/keys/                 node.key, publisher.key (0600; dir 0700)
-    <data>/store/chunks/ab/<hex> one file per chunk, named by its BLAKE3 hash
     <data>/store/manifests/<id>  codec-encoded signed manifests
-    <data>/store/pins/<id>       pinned manifests (their chunks survive gc)
-    <data>/store/quarantine/     chunks that failed verification on read
+    <data>/store/pins/<id>       pinned manifests (their versions survive gc)
+    <data>/store/packs/<id>.<variant>/  a variant's files, published or being fetched
+    <data>/store/quarantine/     copies of bytes that failed verification on read
     <data>/models/<model_id>/versions/<version>/   installed files
     <data>/models/<model_id>/current -> versions/<version>
 """

@@ -20,9 +20,12 @@ A *package* is one of:
 
 * a directory without that file, or a single file: one variant named ``default``.
 
-Every file is streamed through :func:`protocol.chunk_stream` (memory
-bounded by its window, whatever the file size) while a small thread pool writes
-the chunks to the store, so cutting/hashing and disk writes overlap. Symlinks
+Every file is copied into the variant's pack in the store (its files as they will
+be installed) by ``copy_file_range`` on a writer thread, while the main thread cuts
+and hashes it through a read-only mapping, a window at a time
+(:func:`protocol.chunk_view`: memory bounded by the window, whatever the file size).
+The package is read once and written once (on XFS and btrfs the copy may share the
+package's extents), and no file is made per chunk. Symlinks
 are followed only when they resolve to a regular file inside the package;
 symlinked directories, sockets, FIFOs and devices are refused.
 
@@ -35,8 +38,12 @@ one version.
 from __future__ import annotations
 
 import collections
+import contextlib
+import errno
 import logging
+import mmap
 import os
+import shutil
 import stat
 import time
 import tomllib
@@ -46,8 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent._errors import ConfigError, PublishError
-from agent._storage.store import ChunkStore, StoreBatch
+from agent._errors import ConfigError, InsufficientStorage, PublishError
+from agent._storage.store import ChunkStore, copy_range, create_file, io_pool, preallocate
 from protocol import (
     DEFAULT_PARAMS,
     DEFAULT_WINDOW,
@@ -60,7 +67,7 @@ from protocol import (
     ShoalError,
     SigningIdentity,
     Variant,
-    chunk_stream,
+    chunk_view,
     merkle_root,
     normalise_arch,
     validate_model_id,
@@ -79,8 +86,8 @@ _REQUIREMENT_KEYS = {"cpu_arch", "min_gpu_mem_gb", "execution_providers", "preci
                      "min_ram_gb", "min_storage_mb", "accelerators"}
 _VARIANT_KEYS = _REQUIREMENT_KEYS | {"id", "path", "migrator", "migrator_address",
                                      "health_check"}
-#: Chunks handed to the writer threads but not yet on disk (bounds memory: <= 32 * max_size).
-_MAX_IN_FLIGHT = 32
+#: Blocks handed to the writer thread but not yet written (bounds memory: 8 reads of <= 4 MiB).
+_MAX_IN_FLIGHT = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,61 +261,149 @@ def _walk(base: Path, root_real: str) -> Iterator[tuple[str, str, bool]]:
 
 
 class _Writer:
-    """Overlaps chunk writes with chunking: a few threads, bounded chunks in flight."""
+    """Writes the package's bytes into the pack's files as they are read for chunking:
+    one thread, a bounded number of blocks in flight, so reading, cutting/hashing and
+    writing overlap and every byte is read once and written once."""
 
-    def __init__(self, store: ChunkStore, threads: int, batch: StoreBatch) -> None:
+    def __init__(self, store: ChunkStore) -> None:
         self.store = store
-        self.batch = batch
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="shoal-put")
-        self.pending: collections.deque[tuple[Future[bool], int]] = collections.deque()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-write")
+        self.pending: collections.deque[Future[None]] = collections.deque()
+        self.fds: list[tuple[int, str]] = []
+        self.seen: set[bytes] = set()
         self.chunks_new = 0
         self.bytes_new = 0
 
-    def submit(self, chunk_hash: bytes, data: bytes) -> None:
-        if self.store.has(chunk_hash):
-            return
-        while len(self.pending) >= _MAX_IN_FLIGHT:
-            self._reap()
-        fut = self.pool.submit(self.store.put, chunk_hash, data, trusted_hash=True,
-                               batch=self.batch)
-        self.pending.append((fut, len(data)))
+    def open(self, root: Path, rel: str, executable: bool, size: int) -> int:
+        try:
+            fd = create_file(root, rel, executable)
+        except OSError as exc:
+            raise self._error(exc, rel) from exc
+        self.fds.append((fd, rel))
+        if size:
+            try:
+                preallocate(fd, size)
+            except OSError as exc:
+                raise self._error(exc, rel) from exc
+        return fd
 
-    def _reap(self) -> None:
-        fut, size = self.pending.popleft()
-        if fut.result():
+    def _error(self, exc: OSError, rel: str) -> ShoalError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return InsufficientStorage(f"no space left on the device holding "
+                                       f"{self.store.root} while publishing {rel}; free "
+                                       "space and retry")
+        return PublishError(f"cannot write {rel} into the store: {exc.strerror or exc}")
+
+    def copy(self, src: int, dst: int, size: int) -> Future[None]:
+        """Copy ``size`` bytes of ``src`` to ``dst`` on the writer thread."""
+        return self.pool.submit(copy_range, src, dst, 0, 0, size)
+
+    def wait(self, fut: Future[None], rel: str) -> None:
+        try:
+            fut.result()
+        except OSError as exc:
+            raise self._error(exc, rel) from exc
+
+    def write(self, fd: int, data: bytes, offset: int) -> None:
+        while len(self.pending) >= _MAX_IN_FLIGHT:
+            try:
+                self.pending.popleft().result()
+            except OSError as exc:
+                raise self._error(exc, "a file") from exc
+        self.pending.append(self.pool.submit(_pwrite_all, fd, data, offset))
+
+    def count(self, chunk_hash: bytes, size: int) -> None:
+        if chunk_hash not in self.seen and not self.store.has(chunk_hash):
+            self.seen.add(chunk_hash)
             self.chunks_new += 1
             self.bytes_new += size
 
     def drain(self) -> None:
-        while self.pending:
-            self._reap()
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        except OSError as exc:
+            raise self._error(exc, "a file") from exc
+
+    def sync(self, fsync: bool) -> None:
+        """Each file written, fsynced once (concurrently: fsyncs share journal commits)."""
+        self.drain()
+        if fsync:
+            try:
+                list(io_pool().map(lambda item: os.fsync(item[0]), self.fds))
+            except OSError as exc:
+                raise self._error(exc, "a file") from exc
 
     def close(self) -> None:
+        for fut in self.pending:
+            fut.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        for fd, _ in self.fds:
+            os.close(fd)
+        self.fds = []
 
 
-def _publish_file(rel: str, open_path: str, executable: bool, writer: _Writer,
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _publish_file(rel: str, open_path: str, executable: bool, writer: _Writer, dest: Path,
                   params: ChunkParams, window: int,
                   tick: Callable[[int], None] | None = None) -> FileEntry:
+    """Copy one file into the pack (in the kernel, ``copy_file_range``, on the writer
+    thread) while the main thread cuts and hashes it through a read-only mapping, one
+    window at a time (pages already cut are dropped from the mapping, so memory stays
+    bounded by the window). The source's bytes come from disk once."""
     try:
         fd = os.open(open_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise PublishError(f"cannot read {open_path}: {exc.strerror or exc}") from exc
-    with os.fdopen(fd, "rb", buffering=0) as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise PublishError(f"refusing {open_path}: not a regular file")
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        size = st.st_size
+        out = writer.open(dest, rel, executable, size)
+        copy = writer.copy(fd, out, size)
         refs: list[ChunkRef] = []
-        for h, data in chunk_stream(f.read, params, window):
-            writer.submit(h, data)
-            refs.append(ChunkRef(h, len(data)))
-            if tick is not None:
-                tick(len(data))
-        size = sum(r.size for r in refs)
-        if size != st.st_size or os.fstat(fd).st_size != size:
+        if size:
+            try:
+                mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+            except (OSError, ValueError) as exc:
+                raise PublishError(f"cannot read {open_path}: {exc}") from exc
+            try:
+                pos = 0
+                while pos < size:
+                    end = min(size, pos + window)
+                    view = memoryview(mm)[pos:end]
+                    try:
+                        got, used = chunk_view(view, params, eof=end == size)
+                    finally:
+                        view.release()
+                    for r in got:
+                        writer.count(r.hash, r.size)
+                        if tick is not None:
+                            tick(r.size)
+                    refs.extend(got)
+                    pos += used
+                    with contextlib.suppress(OSError, AttributeError, ValueError):
+                        mm.madvise(mmap.MADV_DONTNEED, 0, pos - pos % mmap.PAGESIZE)
+            finally:
+                mm.close()
+        writer.wait(copy, rel)
+        total = sum(r.size for r in refs)
+        if total != size or os.fstat(fd).st_size != size:
             raise PublishError(f"{open_path} changed while it was being published; retry")
+    finally:
+        os.close(fd)
     try:
-        return FileEntry(rel, size, tuple(refs), merkle_root([r.hash for r in refs]),
+        return FileEntry(rel, total, tuple(refs), merkle_root([r.hash for r in refs]),
                          executable)
     except InvalidValue as exc:
         raise PublishError(f"cannot publish {open_path}: {exc}") from None
@@ -317,16 +412,20 @@ def _publish_file(rel: str, open_path: str, executable: bool, writer: _Writer,
 def publish(store: ChunkStore, package: Path | str, model_id: str, version: str,
             publisher: SigningIdentity, *, params: ChunkParams = DEFAULT_PARAMS,
             window: int = DEFAULT_WINDOW, created_at_ms: int | None = None,
-            writer_threads: int = 2, base_version: str | None = None,
+            writer_threads: int = 1, base_version: str | None = None,
             progress: Callable[[int, int], None] | None = None,
             known: Iterable[Manifest] = ()) -> PublishResult:
     """Chunk, store, sign and pin ``package`` as ``(model_id, version)``.
 
-    ``base_version`` marks a derived version (a migrator export layered on a base).
-    ``known`` are manifests published elsewhere (a daemon passes its ledger's): one
-    ``(model, version)`` has one manifest, whoever published it first.
-    ``progress(bytes_done, bytes_total)`` is called as the files are chunked.
+    The files are copied into the store's packs (one per variant) in the same pass that
+    chunks and hashes them; each is fsynced once. ``base_version`` marks a derived
+    version (a migrator export layered on a base). ``known`` are manifests published
+    elsewhere (a daemon passes its ledger's): one ``(model, version)`` has one
+    manifest, whoever published it first. ``progress(bytes_done, bytes_total)`` is
+    called as the files are chunked. (``writer_threads`` is accepted for callers of the
+    earlier API; one writer thread is enough now that no file is made per chunk.)
     """
+    del writer_threads
     try:
         validate_model_id(model_id)
         validate_version(version)
@@ -339,51 +438,59 @@ def publish(store: ChunkStore, package: Path | str, model_id: str, version: str,
     if os.path.isfile(root_real):
         root_real = os.path.dirname(root_real)
     variants: list[Variant] = []
-    with store.batch() as batch:
-        writer = _Writer(store, writer_threads, batch)
+    dirs: list[Path] = []
+    writer = _Writer(store)
+    try:
         try:
-                walked = [list(_walk(spec.path, root_real)) for spec in specs]
-                total = sum(os.path.getsize(p) for files in walked for _, p, _ in files)
-                done = 0
+            walked = [list(_walk(spec.path, root_real)) for spec in specs]
+            total = sum(os.path.getsize(p) for files in walked for _, p, _ in files)
+            done = 0
 
-                def tick(n: int) -> None:
-                    nonlocal done
-                    done += n
-                    if progress is not None:
-                        progress(done, total)
-                for spec, listing in zip(specs, walked, strict=True):
-                    files = [_publish_file(rel, p, x, writer, params, window, tick)
-                             for rel, p, x in listing]
-                    try:
-                        variants.append(Variant(spec.variant_id, spec.requirements,
-                                                tuple(files), spec.migrator,
-                                                migrator_address=spec.migrator_address,
-                                                health_check=spec.health_check))
-                    except InvalidValue as exc:
-                        raise PublishError(f"variant {spec.variant_id}: {exc}") from None
+            def tick(n: int) -> None:
+                nonlocal done
+                done += n
+                if progress is not None:
+                    progress(done, total)
+            for spec, listing in zip(specs, walked, strict=True):
+                dest = store.new_pack_dir()
+                dirs.append(dest)
+                files = [_publish_file(rel, p, x, writer, dest, params, window, tick)
+                         for rel, p, x in listing]
+                try:
+                    variants.append(Variant(spec.variant_id, spec.requirements,
+                                            tuple(files), spec.migrator,
+                                            migrator_address=spec.migrator_address,
+                                            health_check=spec.health_check))
+                except InvalidValue as exc:
+                    raise PublishError(f"variant {spec.variant_id}: {exc}") from None
+            writer.sync(store.fsyncs)
         finally:
-            try:
-                writer.drain()
-            finally:
-                writer.close()
-    body = tuple(variants)
-    for existing in [*store.manifests(), *known]:
-        if existing.model_id == model_id and existing.version == version:
-            if existing.variants == body and existing.base_version == base_version:
-                store.put_manifest(existing)
-                store.pin(existing.manifest_id)
-                return _result(existing, writer, already=True)
-            raise PublishError(f"{model_id} {version} is already published with different "
-                               f"content (manifest {existing.manifest_id[:16]}); a version "
-                               "names one content forever: publish the change under a new "
-                               "version")
-    if created_at_ms is None:
-        created_at_ms = int(time.time() * 1000)
-    manifest = Manifest.sign(publisher, model_id, version, body, created_at_ms,
-                             base_version=base_version)
-    store.put_manifest(manifest)
-    store.pin(manifest.manifest_id)
-    return _result(manifest, writer, already=False)
+            writer.close()
+        body = tuple(variants)
+        manifest: Manifest | None = None
+        already = False
+        for existing in [*store.manifests(), *known]:
+            if existing.model_id == model_id and existing.version == version:
+                if existing.variants == body and existing.base_version == base_version:
+                    manifest, already = existing, True
+                    break
+                raise PublishError(f"{model_id} {version} is already published with "
+                                   f"different content (manifest {existing.manifest_id[:16]});"
+                                   " a version names one content forever: publish the change "
+                                   "under a new version")
+        if manifest is None:
+            if created_at_ms is None:
+                created_at_ms = int(time.time() * 1000)
+            manifest = Manifest.sign(publisher, model_id, version, body, created_at_ms,
+                                     base_version=base_version)
+        store.put_manifest(manifest)
+        for spec, dest in zip(specs, dirs, strict=True):
+            store.add_pack(dest, manifest, spec.variant_id)
+        store.pin(manifest.manifest_id)
+    finally:
+        for dest in dirs:       # what was not moved into place (an error, a duplicate)
+            shutil.rmtree(dest, ignore_errors=True)
+    return _result(manifest, writer, already=already)
 
 
 def _result(manifest: Manifest, writer: _Writer, *, already: bool) -> PublishResult:

@@ -1,38 +1,46 @@
-"""The on-disk content store: chunks named by their BLAKE3 hash, and manifests.
+"""The on-disk content store: an index of chunks inside the files of the versions kept.
 
 Theory of operation
 -------------------
-Each chunk is one file, ``chunks/<first byte hex>/<full hex>``. A chunk is
-never visible under its name until its bytes are complete and checked:
-:meth:`ChunkStore.put` verifies the bytes against the name, writes them to a
-temporary name (``.tmp-…``) *in the same directory*, fsyncs the file, renames
-it onto the final name (atomic on POSIX) and fsyncs the directory. A writer
-killed at any moment leaves at most a temporary, which the next
-:class:`ChunkStore` removes when it opens. A full disk (ENOSPC/EDQUOT) removes
-the temporary and raises :class:`InsufficientStorage`.
+There is one copy of a model's bytes on disk: the files of its versions. The store
+does not hold chunk files; it is an index, for every chunk of every version the node
+keeps, of where its bytes are: ``hash -> (directory, file, offset)``. Two kinds of
+directory are indexed:
 
-Reads verify too: :meth:`ChunkStore.get` hashes what it read, and a chunk whose
-bytes no longer match its name (bit rot, a tampered file, a power cut that lost
-unsynced data) raises :class:`ChunkCorrupted` after the file is moved to
-``quarantine/`` and dropped from the index, so the swarm fetches it again.
+* **installed versions**, ``models/<model>/versions/<version>/`` with their install
+  record ``.shoal-install`` (manifest id, variant);
+* **packs**, ``store/packs/<manifest id>.<variant>/``: the files of a variant that is
+  published here (``shoal publish`` writes the package's files into a pack in the same
+  pass that chunks and hashes them) or being fetched (a *staged* pack). A pack's
+  record is ``.shoal-pack``. Installing a variant renames its pack into
+  ``versions/<version>`` (same filesystem): no copy.
 
-The set of held hashes is kept in memory (built by listing the shard
-directories at open) — the node state machine needs it as a set, and
-``has()`` must not touch the disk.
+A staged pack is made of its final files, preallocated (``posix_fallocate``, so a full
+disk is found before any byte is fetched). Each verified chunk is written straight to
+its offset(s) (:meth:`ChunkStore.put`), and its hash is then appended to the pack's
+progress log ``.shoal-progress``. When the pack is completed (:meth:`ChunkStore.complete`),
+the chunks it lacks are copied from the files that hold them (``os.copy_file_range``,
+which shares extents on XFS and btrfs), every file is fsynced once, every chunk range
+is re-read and hashed, and the progress log is removed. After a crash the progress log
+says which chunks were written; each is re-read and hashed when the store opens (a
+power cut may have lost unsynced bytes), so a node refetches no chunk it had verified
+and written, and never counts one that is not there.
 
-Manifests live in ``manifests/<manifest_id>`` (codec-encoded, written the same
-atomic way). A *pinned* manifest (``pins/<manifest_id>``) holds a reference on
-every chunk it lists; :meth:`ChunkStore.gc` deletes the chunks no pinned
-manifest references and reports what it freed. Reference counts are derived
-from the pinned manifests at open, so they can never drift from the disk.
+Reads verify: :meth:`ChunkStore.get` reads the chunk from one of the files that hold it
+and hashes it. A mismatch (bit rot, a tampered file) drops that location from the index
+(the range is remembered as *wanted*, so the next :meth:`put` of the chunk repairs it in
+place); if no good copy is left the chunk is no longer held, :class:`ChunkCorrupted` is
+raised and the swarm fetches it again. Bad bytes are never served.
 
-A :meth:`ChunkStore.batch` is a group commit (publishing, and the daemon's
-writes of received chunks): the fsyncs of the chunks put with ``batch=`` are
-deferred to the end of the batch: the chunk files and their shard directories are
-fsynced when the batch ends, concurrently, so a few journal commits cover
-them all instead of one per chunk (docs/STORAGE.md). The rename is still atomic,
-so no partial chunk is ever visible; a manifest must only be written after the
-batch that stored its chunks has ended.
+Manifests live in ``manifests/<manifest_id>`` and pins in ``pins/<manifest_id>``.
+:meth:`ChunkStore.gc` works on versions: it deletes packs whose manifest is not pinned,
+and installed versions that are neither pinned, current, nor the newest other
+installed version of their model (the rollback).
+
+A data directory written by the earlier layout (one file per chunk under
+``chunks/``) is converted when the store opens: the chunks a pinned manifest needs
+that no installed version holds are written into staged packs, then ``chunks/`` is
+removed. Installed versions, pins and manifests are kept as they are.
 
 The store is safe to use from several threads of one process.
 """
@@ -41,40 +49,49 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import secrets
+import shutil
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent._errors import ChunkCorrupted, ChunkNotFound, InsufficientStorage, NotFound, StoreError
-from agent._storage.paths import fsync_dir
+from agent._storage.paths import confine, fsync_dir
 from protocol import (
     HASH_SIZE,
+    InvalidValue,
     MalformedMessage,
     Manifest,
+    Variant,
     chunk_matches,
     decode_value,
     encode_value,
+    hash_chunk,
 )
 
-__all__ = ["ChunkStore", "StoreBatch", "StoreStatistics", "GcResult", "ChunkProblem"]
+__all__ = ["ChunkStore", "StoreBatch", "StoreStatistics", "GcResult", "ChunkProblem",
+           "PACK_RECORD", "PROGRESS_LOG", "INSTALL_RECORD", "copy_range", "create_file",
+           "preallocate", "fsync_path", "io_pool"]
 
 _TMP_PREFIX = ".tmp-"
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 #: Largest manifest the store will decode (a manifest of 100k files is a few MiB).
 _MAX_MANIFEST = 64 * 1024 * 1024
-_SYNC_THREADS = 16
+_SYNC_THREADS = 8
+PACK_RECORD = ".shoal-pack"
+PROGRESS_LOG = ".shoal-progress"
+INSTALL_RECORD = ".shoal-install"
+_BLOCK = 4096
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
 
-def _fsync_pool() -> ThreadPoolExecutor:
-    """The process's pool of fsync threads, started on first use and kept (a daemon
-    commits a batch of received chunks many times a second: threads are not started
-    for each)."""
+def io_pool() -> ThreadPoolExecutor:
+    """The process's pool of fsync/verify threads, started on first use and kept."""
     global _pool
     with _pool_lock:
         if _pool is None:
@@ -84,30 +101,16 @@ def _fsync_pool() -> ThreadPoolExecutor:
 
 
 class StoreBatch:
-    """The files a group commit (:meth:`ChunkStore.batch`) still has to fsync."""
+    """Kept for callers of the earlier API: writes no longer need a group commit (a
+    chunk is durable once its version is completed, and the progress log is
+    re-verified after a crash)."""
 
-    __slots__ = ("_lock", "_files", "_dirs")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()   # puts of one batch may come from several threads
-        self._files: list[str] = []
-        self._dirs: set[str] = set()
-
-    def _dirty(self, path: str, directory: str) -> None:
-        with self._lock:
-            self._files.append(path)
-            self._dirs.add(directory)
-
-    def _take(self) -> tuple[list[str], list[str]]:
-        with self._lock:
-            files, dirs = self._files, sorted(self._dirs)
-            self._files, self._dirs = [], set()
-        return files, dirs
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
 class StoreStatistics:
-    chunks: int                 # chunks held
+    chunks: int                 # distinct chunks held (readable from some file)
     bytes: int                  # their total size
     manifests: int              # manifests stored
     pinned: int                 # of those, pinned
@@ -115,11 +118,15 @@ class StoreStatistics:
     puts_new: int               # chunks written since open
     puts_duplicate: int         # puts of a chunk already held (nothing written)
     corrupt_detected: int       # chunks that failed verification (on put or on read)
-    quarantined: int            # files moved to quarantine/ since open
+    quarantined: int            # chunk locations dropped because their bytes were bad
     stale_temporaries_removed: int
     gc_runs: int
     gc_freed_chunks: int
     gc_freed_bytes: int
+    versions: int = 0           # installed versions indexed
+    packs: int = 0              # packs (published or being fetched)
+    staged: int = 0             # of those, not complete yet
+    disk_bytes: int = 0         # bytes of all indexed files (what the versions take)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +135,7 @@ class GcResult:
     bytes_freed: int
     chunks_kept: int
     bytes_kept: int
+    versions_removed: tuple[str, ...] = ()   # directories deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +145,123 @@ class ChunkProblem:
     chunk_hash: str
     size: int
     problem: str  # "missing" or "corrupt"
+
+
+_OFF_BITS = 44                 # a packed place: size << 88 | file index << 44 | offset
+_OFF_MASK = (1 << _OFF_BITS) - 1
+
+
+@dataclass(slots=True)
+class _Dir:
+    """One indexed directory: an installed version or a pack.
+
+    Kept small (a daemon indexes every chunk of every version it keeps): one packed int
+    per distinct chunk, its first place; ``dups`` only for chunks that occur again."""
+
+    path: str
+    manifest_id: str
+    variant_id: str
+    installed: bool
+    variant: Variant
+    files: list[tuple[str, int, bool]]                  # relative path, size, executable
+    layout: dict[bytes, int]                            # hash -> packed first place
+    dups: dict[bytes, list[int]]                        # hash -> packed further places
+    have: set[bytes] = field(default_factory=set)
+    progress_fd: int | None = None                      # open while a pack is staged
+
+    @property
+    def complete(self) -> bool:
+        return self.progress_fd is None and len(self.have) == len(self.layout)
+
+    def size(self, h: bytes) -> int:
+        return self.layout[h] >> (2 * _OFF_BITS)
+
+    def _unpack(self, packed: int) -> tuple[str, int]:
+        return self.files[(packed >> _OFF_BITS) & _OFF_MASK][0], packed & _OFF_MASK
+
+    def place(self, h: bytes) -> tuple[str, int]:
+        """(relative path, offset) of the chunk's first place."""
+        return self._unpack(self.layout[h])
+
+    def places(self, h: bytes) -> list[tuple[str, int]]:
+        return [self._unpack(self.layout[h]), *map(self._unpack, self.dups.get(h, ()))]
+
+    def file_chunks(self, index: int) -> list[tuple[bytes, int]]:
+        """(hash, offset) of every chunk of the ``index``-th file, in order."""
+        out, off = [], 0
+        for ref in self.variant.files[index].chunks:
+            out.append((ref.hash, off))
+            off += ref.size
+        return out
+
+
+def _new_dir(path: str, manifest: Manifest, variant: Variant, *, installed: bool) -> _Dir:
+    files: list[tuple[str, int, bool]] = []
+    layout: dict[bytes, int] = {}
+    dups: dict[bytes, list[int]] = {}
+    for i, entry in enumerate(variant.files):
+        files.append((entry.path, entry.size, entry.executable))
+        off = 0
+        for ref in entry.chunks:
+            packed = (ref.size << (2 * _OFF_BITS)) | (i << _OFF_BITS) | off
+            if ref.hash in layout:
+                dups.setdefault(ref.hash, []).append(packed)
+            else:
+                layout[ref.hash] = packed
+            off += ref.size
+    return _Dir(path, manifest.manifest_id, variant.variant_id, installed, variant, files,
+                layout, dups)
+
+
+def _multi_add(table: dict[bytes, str | list[str]], h: bytes, path: str) -> int:
+    """Add ``path`` to ``table[h]`` (a str, or a list when several); how many now."""
+    cur = table.get(h)
+    if cur is None:
+        table[h] = path
+        return 1
+    if isinstance(cur, str):
+        if cur == path:
+            return 1
+        table[h] = [cur, path]
+        return 2
+    if path not in cur:
+        cur.append(path)
+    return len(cur)
+
+
+def _multi_remove(table: dict[bytes, str | list[str]], h: bytes, path: str) -> int:
+    """Remove ``path`` from ``table[h]``; how many are left."""
+    cur = table.get(h)
+    if cur is None:
+        return 0
+    if isinstance(cur, str):
+        if cur == path:
+            del table[h]
+            return 0
+        return 1
+    with contextlib.suppress(ValueError):
+        cur.remove(path)
+    if len(cur) == 1:
+        table[h] = cur[0]
+        return 1
+    if not cur:
+        del table[h]
+    return len(cur)
+
+
+def _multi_get(table: dict[bytes, str | list[str]], h: bytes) -> list[str]:
+    cur = table.get(h)
+    if cur is None:
+        return []
+    return [cur] if isinstance(cur, str) else list(cur)
+
+
+def _multi_rename(table: dict[bytes, str | list[str]], h: bytes, old: str, new: str) -> None:
+    cur = table.get(h)
+    if cur == old:
+        table[h] = new
+    elif isinstance(cur, list) and old in cur:
+        cur[cur.index(old)] = new
 
 
 def _is_hex_name(name: str) -> bool:
@@ -149,17 +274,64 @@ def _is_hex_name(name: str) -> bool:
     return name == name.lower()
 
 
-class ChunkStore:
-    """Chunks and manifests under ``root`` (created if missing)."""
+def _no_space(exc: OSError) -> bool:
+    return exc.errno in _NO_SPACE
 
-    def __init__(self, root: Path | str, *, fsync: bool = True) -> None:
+
+def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def copy_range(src: int, dst: int, src_off: int, dst_off: int, length: int) -> None:
+    """Copy ``length`` bytes between two open files, in the kernel where it can
+    (``copy_file_range``: on XFS and btrfs the block-aligned part shares extents)."""
+    # copy up to the next block boundary by hand so that the rest starts aligned
+    # (a reflink needs both offsets on a block boundary)
+    if (src_off - dst_off) % _BLOCK == 0 and dst_off % _BLOCK:
+        head = min(length, _BLOCK - dst_off % _BLOCK)
+        _write_all(dst, os.pread(src, head, src_off), dst_off)
+        src_off, dst_off, length = src_off + head, dst_off + head, length - head
+    while length > 0:
+        try:
+            n = os.copy_file_range(src, dst, length, src_off, dst_off)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
+                                 errno.EBADF):
+                raise
+            n = 0
+        if n <= 0:      # not supported here (or a short source): copy through memory
+            data = os.pread(src, min(length, 8 << 20), src_off)
+            if not data:
+                raise OSError(errno.EIO, "source shorter than expected")
+            _write_all(dst, data, dst_off)
+            n = len(data)
+        src_off, dst_off, length = src_off + n, dst_off + n, length - n
+
+
+class ChunkStore:
+    """Manifests, pins, packs and the chunk index under ``root`` (created if missing).
+
+    ``models`` is the directory of installed models whose versions are indexed too
+    (default: ``root``'s sibling ``models``, as in a data directory)."""
+
+    def __init__(self, root: Path | str, *, fsync: bool = True,
+                 models: Path | str | None = None) -> None:
         self.root = Path(root)
+        self.models = Path(models) if models is not None else self.root.parent / "models"
         self._fsync = fsync
-        self._chunks_dir = self.root / "chunks"
+        self._packs_dir = self.root / "packs"
         self._manifests_dir = self.root / "manifests"
         self._pins_dir = self.root / "pins"
         self._quarantine_dir = self.root / "quarantine"
         self._lock = threading.RLock()
+        self._dirs: dict[str, _Dir] = {}
+        self._by_key: dict[tuple[str, str], str] = {}
+        self._holders: dict[bytes, str | list[str]] = {}   # hash -> dirs holding it
+        self._wanting: dict[bytes, str | list[str]] = {}   # hash -> dirs lacking it
         self._sizes: dict[bytes, int] = {}
         self._bytes = 0
         self._manifests: dict[str, Manifest] = {}
@@ -174,7 +346,7 @@ class ChunkStore:
         self._gc_chunks = 0
         self._gc_bytes = 0
         try:
-            for d in (self._chunks_dir, self._manifests_dir, self._pins_dir,
+            for d in (self._packs_dir, self._manifests_dir, self._pins_dir,
                       self._quarantine_dir):
                 d.mkdir(parents=True, exist_ok=True)
             self._scan()
@@ -182,52 +354,204 @@ class ChunkStore:
             raise StoreError(f"cannot open the content store at {self.root}: "
                              f"{exc.strerror or exc}") from exc
 
+    def close(self) -> None:
+        """Close the progress logs this store holds open (it may be used no more)."""
+        with self._lock:
+            for d in self._dirs.values():
+                if d.progress_fd is not None:
+                    os.close(d.progress_fd)
+                    d.progress_fd = None
+
     # ------------------------------------------------------------------ open
 
     def _scan(self) -> None:
-        for shard in os.scandir(self._chunks_dir):
-            if not shard.is_dir(follow_symlinks=False):
-                continue
-            for entry in os.scandir(shard.path):
-                if entry.name.startswith(_TMP_PREFIX):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
-                    self._stale_removed += 1
-                elif _is_hex_name(entry.name) and entry.is_file(follow_symlinks=False):
-                    size = entry.stat(follow_symlinks=False).st_size
-                    self._sizes[bytes.fromhex(entry.name)] = size
-                    self._bytes += size
         for entry in os.scandir(self._manifests_dir):
             if entry.name.startswith(_TMP_PREFIX):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                 self._stale_removed += 1
                 continue
-            if not _is_hex_name(entry.name):
-                continue
-            manifest = self._read_manifest_file(Path(entry.path))
+            manifest = self._load_manifest(Path(entry.path))
             if manifest is not None:
                 self._manifests[manifest.manifest_id] = manifest
         for entry in os.scandir(self._pins_dir):
+            if entry.name.startswith(_TMP_PREFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                continue
             if entry.name in self._manifests:
                 self._pin_refs(entry.name)
+        # installed versions
+        if self.models.is_dir():
+            for model in os.scandir(self.models):
+                vroot = os.path.join(model.path, "versions")
+                if not model.is_dir(follow_symlinks=False) or not os.path.isdir(vroot):
+                    continue
+                for v in os.scandir(vroot):
+                    if v.is_dir(follow_symlinks=False):
+                        rec = _read_record(os.path.join(v.path, INSTALL_RECORD))
+                        if rec is not None:
+                            self._index_dir(v.path, rec[0], rec[1], installed=True)
+        for entry in os.scandir(self._packs_dir):
+            if entry.name.startswith(_TMP_PREFIX):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                self._stale_removed += 1
+                continue
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            rec = _read_record(os.path.join(entry.path, PACK_RECORD)) or \
+                _read_record(os.path.join(entry.path, INSTALL_RECORD))
+            if rec is None or rec[0] not in self._manifests or \
+                    (rec[0], rec[1]) in self._by_key:
+                # a pack whose manifest never got stored (a publish killed before its
+                # end), or a leftover of a version installed meanwhile
+                shutil.rmtree(entry.path, ignore_errors=True)
+                self._stale_removed += 1
+                continue
+            self._index_dir(entry.path, rec[0], rec[1], installed=False)
+        legacy = self.root / "chunks"
+        if legacy.is_dir():
+            self._convert_legacy(legacy)
 
-    def _read_manifest_file(self, path: Path) -> Manifest | None:
-        data = path.read_bytes()
+    def _index_dir(self, path: str, manifest_id: str, variant_id: str, *,
+                   installed: bool) -> None:
+        manifest = self._manifests.get(manifest_id)
+        if manifest is None:
+            return
         try:
-            manifest = decode_value(Manifest, data, max_size=_MAX_MANIFEST)
-        except MalformedMessage:
-            manifest = None
-        if manifest is None or manifest.manifest_id != path.name:
+            variant = manifest.variant(variant_id)
+        except InvalidValue:
+            return
+        d = _new_dir(path, manifest, variant, installed=installed)
+        log = os.path.join(path, PROGRESS_LOG)
+        have: Iterable[bytes]
+        if not installed and os.path.exists(log):
+            have = self._verify_logged(d, log)
+            d.progress_fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        else:
+            have = d.layout
+        self._register(d, have)
+
+    def _verify_logged(self, d: _Dir, log: str) -> set[bytes]:
+        """The chunks the progress log names whose bytes are there (re-read, hashed)."""
+        with open(log, "rb") as f:
+            raw = f.read()
+        listed = {raw[i:i + HASH_SIZE] for i in range(0, len(raw) - HASH_SIZE + 1, HASH_SIZE)}
+        good: set[bytes] = set()
+        fds: dict[str, int] = {}
+        try:
+            for h in listed:
+                if h not in d.layout:
+                    continue
+                if all(self._range_ok(d, fds, rel, off, h) for rel, off in d.places(h)):
+                    good.add(h)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        return good
+
+    def _range_ok(self, d: _Dir, fds: dict[str, int], rel: str, off: int, h: bytes) -> bool:
+        try:
+            fd = fds.get(rel)
+            if fd is None:
+                fd = fds[rel] = os.open(confine(Path(d.path), rel),
+                                        os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            data = os.pread(fd, d.size(h), off)
+        except OSError:
+            return False
+        return chunk_matches(h, d.size(h), data)
+
+    def _load_manifest(self, path: Path) -> Manifest | None:
+        try:
+            raw = path.read_bytes()
+            manifest = decode_value(Manifest, raw, max_size=_MAX_MANIFEST)
+            if manifest.manifest_id != path.name:
+                raise MalformedMessage("manifest id does not match its file name")
+        except (OSError, MalformedMessage):
             self._quarantine(path, f"manifest-{path.name}")
             return None
         return manifest
 
+    # ------------------------------------------------------------------ index
+
+    def _register(self, d: _Dir, have: Iterable[bytes]) -> None:
+        with self._lock:
+            self._dirs[d.path] = d
+            key = (d.manifest_id, d.variant_id)
+            if key not in self._by_key or d.installed:
+                self._by_key[key] = d.path
+            present = have if isinstance(have, set | dict) else set(have)
+            for h in d.layout:
+                if h in present:
+                    self._add_have(d, h)
+                else:
+                    _multi_add(self._wanting, h, d.path)
+
+    def _add_have(self, d: _Dir, h: bytes) -> bool:
+        """Mark ``h`` present in ``d``; True if the store did not hold it before."""
+        if h in d.have:
+            return False
+        d.have.add(h)
+        _multi_remove(self._wanting, h, d.path)
+        if _multi_add(self._holders, h, d.path) == 1:
+            size = d.size(h)
+            self._sizes[h] = size
+            self._bytes += size
+            return True
+        return False
+
+    def _drop_have(self, d: _Dir, h: bytes) -> None:
+        if h not in d.have:
+            return
+        d.have.discard(h)
+        _multi_add(self._wanting, h, d.path)
+        if _multi_remove(self._holders, h, d.path) == 0:
+            size = self._sizes.pop(h, None)
+            if size is not None:
+                self._bytes -= size
+
+    def _unregister(self, path: str) -> _Dir | None:
+        with self._lock:
+            d = self._dirs.pop(path, None)
+            if d is None:
+                return None
+            for h in list(d.have):
+                self._drop_have(d, h)
+            for h in d.layout:
+                _multi_remove(self._wanting, h, path)
+            key = (d.manifest_id, d.variant_id)
+            if self._by_key.get(key) == path:
+                del self._by_key[key]
+                for other in self._dirs.values():
+                    if (other.manifest_id, other.variant_id) == key:
+                        self._by_key[key] = other.path
+                        break
+            if d.progress_fd is not None:
+                os.close(d.progress_fd)
+                d.progress_fd = None
+            return d
+
+    def _rename_dir(self, old: str, new: str, *, installed: bool) -> None:
+        """``old`` was renamed to ``new`` on disk: point the index there."""
+        with self._lock:
+            d = self._dirs.pop(old)
+            d.path, d.installed = new, installed
+            self._dirs[new] = d
+            for h in d.layout:
+                table = self._holders if h in d.have else self._wanting
+                _multi_rename(table, h, old, new)
+            key = (d.manifest_id, d.variant_id)
+            if self._by_key.get(key) == old or installed:
+                self._by_key[key] = new
+
+    def locate(self, manifest_id: str, variant_id: str) -> str | None:
+        """The indexed directory (installed version or pack) of a variant, if any."""
+        return self._by_key.get((manifest_id, variant_id))
+
     # ------------------------------------------------------------------ paths
 
-    def _chunk_path(self, chunk_hash: bytes) -> str:
-        hx = chunk_hash.hex()
-        return os.path.join(self._chunks_dir, hx[:2], hx)
+    def _pack_path(self, manifest_id: str, variant_id: str) -> str:
+        return os.path.join(self._packs_dir, f"{manifest_id}.{variant_id}")
 
     def _quarantine(self, path: Path | str, name: str) -> None:
         target = self._quarantine_dir / f"{name}.{secrets.token_hex(4)}"
@@ -235,150 +559,403 @@ class ChunkStore:
             os.replace(path, target)
             self._quarantined += 1
 
-    # ------------------------------------------------------------------ writes
+    def _keep_bad(self, chunk_hash: bytes, data: bytes, where: str, offset: int) -> None:
+        """Keep a copy of bytes that failed verification in ``quarantine/`` (for an
+        operator to look at; at most one chunk) and say where they were."""
+        self._quarantined += 1
+        name = f"{chunk_hash.hex()}.{secrets.token_hex(4)}"
+        with contextlib.suppress(OSError):
+            (self._quarantine_dir / name).write_bytes(data)
+            (self._quarantine_dir / f"{name}.where").write_text(f"{where} @ {offset}\n")
 
-    def _write_atomic(self, final: str, data: bytes | memoryview,
-                      batch: StoreBatch | None = None) -> None:
-        """Write ``data`` to ``final`` via a temporary in the same directory.
-
-        Inside ``batch`` the fsyncs are left to the end of that batch."""
+    def _write_atomic(self, final: str, data: bytes | memoryview) -> None:
+        """Write ``data`` to ``final`` via a temporary in the same directory."""
         directory = os.path.dirname(final)
         tmp = os.path.join(directory, f"{_TMP_PREFIX}{secrets.token_hex(8)}")
         try:
             os.makedirs(directory, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                if self._fsync and batch is None:
+                _write_all(fd, data, 0)
+                if self._fsync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, final)
+            if self._fsync:
+                fsync_dir(directory)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            if exc.errno in _NO_SPACE:
-                raise InsufficientStorage(
-                    f"no space left on the device holding {self.root} while writing "
-                    f"{len(data)} bytes; free space (try `shoal gc`) and retry") from exc
-            raise StoreError(f"cannot write {final}: {exc.strerror or exc}") from exc
-        if not self._fsync:
-            return
-        if batch is not None:
-            batch._dirty(final, directory)
-            return
-        fsync_dir(directory)
+            raise self._os_error(exc, f"writing {final}") from exc
+
+    def _os_error(self, exc: OSError, what: str) -> StoreError:
+        if _no_space(exc):
+            return InsufficientStorage(
+                f"no space left on the device holding {self.root} while {what}; "
+                "free space (try `shoal gc`) and retry")
+        return StoreError(f"store at {self.root}: {what}: {exc.strerror or exc}")
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[StoreBatch]:
-        """A group commit: the chunks put with ``batch=`` this batch are fsynced together.
+        """A no-op kept for callers of the earlier API (see :class:`StoreBatch`)."""
+        yield StoreBatch()
 
-        Renames stay atomic (a killed writer still leaves nothing partial); the
-        batch only ends — and a manifest may only be written — once every file
-        and directory touched through it is fsynced. One journal commit then covers
-        them all, instead of one per chunk. Batches are independent: several
-        threads may each run their own at once. If the flush fails (a full disk
-        can report ENOSPC only then: :class:`InsufficientStorage`), the batch's
-        chunks are dropped from the store again before the error is raised.
-        """
-        b = StoreBatch()
+    # ------------------------------------------------------------------ packs
+
+    def stage(self, manifest: Manifest, variant_id: str) -> str:
+        """The directory that holds (or will hold) ``variant_id`` of ``manifest``:
+        its installed version or pack, else a new staged pack of preallocated files
+        (:class:`InsufficientStorage` if they do not fit). Stores and pins the manifest."""
+        variant = manifest.variant(variant_id)
+        self.put_manifest(manifest)
+        with self._lock:
+            found = self._by_key.get((manifest.manifest_id, variant_id))
+            if found is not None:
+                return found
+            self.pin(manifest.manifest_id)
+            final = self._pack_path(manifest.manifest_id, variant_id)
+            tmp = os.path.join(self._packs_dir, f"{_TMP_PREFIX}{secrets.token_hex(8)}")
+            try:
+                os.mkdir(tmp)
+                _write_record(os.path.join(tmp, PACK_RECORD), manifest, variant_id,
+                              self._fsync)
+                open(os.path.join(tmp, PROGRESS_LOG), "xb").close()
+                for entry in variant.files:
+                    target = create_file(Path(tmp), entry.path, entry.executable)
+                    try:
+                        if entry.size:
+                            preallocate(target, entry.size)
+                    finally:
+                        os.close(target)
+                if self._fsync:
+                    fsync_dir(tmp)
+                if os.path.exists(final):     # an unindexed leftover
+                    shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
+                if self._fsync:
+                    fsync_dir(self._packs_dir)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise self._os_error(exc, f"staging {manifest.model_id} {manifest.version} "
+                                     f"({variant.size} bytes)") from exc
+            d = _new_dir(final, manifest, variant, installed=False)
+            d.progress_fd = os.open(os.path.join(final, PROGRESS_LOG),
+                                    os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            self._register(d, ())
+            return final
+
+    @property
+    def fsyncs(self) -> bool:
+        """Whether this store makes what it writes durable (tests turn it off)."""
+        return self._fsync
+
+    def new_pack_dir(self) -> Path:
+        """A fresh temporary directory among the packs (removed at open if left over)."""
+        path = self._packs_dir / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
         try:
-            yield b
-        finally:
-            files, dirs = b._take()
+            path.mkdir()
+        except OSError as exc:
+            raise self._os_error(exc, "creating a pack") from exc
+        return path
+
+    def add_pack(self, tmp: Path, manifest: Manifest, variant_id: str) -> str:
+        """Index the complete, fsynced files of ``variant_id`` in ``tmp`` (made by
+        :meth:`new_pack_dir`) as its pack; the pack's path. If the variant is held
+        already, ``tmp`` is deleted and the existing directory's path returned."""
+        manifest.variant(variant_id)
+        with self._lock:
+            found = self._by_key.get((manifest.manifest_id, variant_id))
+            if found is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return found
+            final = self._pack_path(manifest.manifest_id, variant_id)
+            try:
+                _write_record(os.path.join(tmp, PACK_RECORD), manifest, variant_id,
+                              self._fsync)
+                if self._fsync:
+                    fsync_dir(tmp)
+                if os.path.exists(final):
+                    shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
+                if self._fsync:
+                    fsync_dir(self._packs_dir)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise self._os_error(exc, f"storing {manifest.model_id} "
+                                     f"{manifest.version}") from exc
+            self._index_dir(final, manifest.manifest_id, variant_id, installed=False)
+            return final
+
+    def missing(self, manifest: Manifest, variant_id: str) -> list[bytes]:
+        """The chunks of the variant that no indexed file holds."""
+        variant = manifest.variant(variant_id)
+        with self._lock:
+            return list(dict.fromkeys(r.hash for r in variant.chunk_refs()
+                                      if r.hash not in self._sizes))
+
+    def complete(self, manifest: Manifest, variant_id: str) -> str:
+        """Make the variant's directory whole and durable; its path.
+
+        Chunks its files lack are copied from the files that hold them; each file is
+        fsynced once; every chunk range is re-read and hashed (a mismatch drops the
+        chunk and raises :class:`ChunkCorrupted`). :class:`ChunkNotFound` when some
+        chunk is held nowhere."""
+        lacking = self.missing(manifest, variant_id)
+        if lacking:
+            raise ChunkNotFound(f"{len(lacking)} chunks of {manifest.model_id} "
+                                f"{manifest.version} ({variant_id}) are not in the store, "
+                                f"e.g. {lacking[0].hex()}; fetch the version first")
+        path = self.stage(manifest, variant_id)
+        d = self._dirs[path]
+        if d.installed:
+            return path
+        try:
+            if not d.complete:
+                self._fill(d)
+                paths = [os.fspath(confine(Path(path), rel)) for rel, _, _ in d.files]
+                if self._fsync:
+                    list(io_pool().map(fsync_path, paths))
+            bad = [h for found in io_pool().map(lambda i: self._verify_file(d, i),
+                                                      range(len(d.files)))
+                   for h in found]
+        except OSError as exc:
+            raise self._os_error(exc, f"completing {manifest.model_id} "
+                                 f"{manifest.version}") from exc
+        if bad:
+            with self._lock:
+                for h in bad:
+                    self._drop_have(d, h)
+                self._corrupt += len(bad)
+                self._quarantined += len(bad)
+            raise ChunkCorrupted(f"{manifest.model_id} {manifest.version}: {len(bad)} "
+                                 f"chunk(s) on disk do not match their hash, e.g. "
+                                 f"{bad[0].hex()}; dropped, they will be fetched again")
+        with self._lock:
+            if d.progress_fd is not None:
+                os.close(d.progress_fd)
+                d.progress_fd = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(path, PROGRESS_LOG))
             if self._fsync:
-                try:
-                    self._sync_paths(files, dirs)
-                except StoreError:
-                    self._discard(files)
-                    raise
+                fsync_dir(path)
+        return path
 
-    def _discard(self, files: list[str]) -> None:
-        """Drop chunk files whose group commit failed: a chunk is only held once it is
-        durable, so a later put of it writes (and flushes) it again."""
-        for path in files:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            with contextlib.suppress(ValueError):
-                self._forget(bytes.fromhex(os.path.basename(path)))
+    def _fill(self, d: _Dir) -> None:
+        """Copy into ``d`` every chunk it lacks, from the files that hold it, in runs. A
+        run whose source turns out shorter than the index says (a model rewrote its own
+        installed file) is copied chunk by chunk through :meth:`get`, which verifies each
+        and moves on to another copy (or finds none: ``ChunkNotFound``)."""
+        for index, (rel, _, _) in enumerate(d.files):
+            with self._lock:
+                # src file, src off, dst off, n, and the chunks of the run (hash, dst off)
+                runs: list[tuple[str, int, int, int, list[tuple[bytes, int]]]] = []
+                pos = 0
+                for h, off in d.file_chunks(index):
+                    pos = off
+                    if h in d.have:
+                        continue
+                    src = self._source(h, exclude=d.path)
+                    if src is None:
+                        raise ChunkNotFound(f"chunk {h.hex()} is not in the store")
+                    sfile, soff = src
+                    n = d.size(h)
+                    if runs and runs[-1][0] == sfile and runs[-1][1] + runs[-1][3] == soff \
+                            and runs[-1][2] + runs[-1][3] == pos:
+                        last = runs[-1]
+                        runs[-1] = (last[0], last[1], last[2], last[3] + n,
+                                    [*last[4], (h, pos)])
+                    else:
+                        runs.append((sfile, soff, pos, n, [(h, pos)]))
+            if not runs:
+                continue
+            dst = os.open(confine(Path(d.path), rel), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                for sfile, soff, doff, n, chunks in runs:
+                    try:
+                        src_fd = os.open(sfile, os.O_RDONLY | os.O_CLOEXEC)
+                        try:
+                            copy_range(src_fd, dst, soff, doff, n)
+                        finally:
+                            os.close(src_fd)
+                    except OSError:
+                        for h, at in chunks:        # verified, from wherever it is good
+                            _write_all(dst, self.get(h), at)
+            finally:
+                os.close(dst)
+        with self._lock:
+            for h in list(d.layout):
+                self._add_have(d, h)
 
-    @staticmethod
-    def _fsync_file(path: str) -> None:
+    def _source(self, h: bytes, exclude: str | None = None) -> tuple[str, int] | None:
+        for path in _multi_get(self._holders, h):
+            if path == exclude:
+                continue
+            rel, off = self._dirs[path].place(h)
+            return os.path.join(path, *rel.split("/")), off
+        return None
+
+    def _verify_file(self, d: _Dir, index: int) -> list[bytes]:
+        rel, size, _ = d.files[index]
+        bad: list[bytes] = []
+        fd = os.open(confine(Path(d.path), rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return  # collected meanwhile
-        try:
-            os.fsync(fd)
+            if os.fstat(fd).st_size != size:
+                raise StoreError(f"{rel}: {os.fstat(fd).st_size} bytes on disk, the manifest "
+                                 f"says {size}")
+            for h, off in d.file_chunks(index):
+                data = os.pread(fd, d.size(h), off)
+                if not chunk_matches(h, d.size(h), data):
+                    bad.append(h)
         finally:
             os.close(fd)
+        return bad
 
-    def _sync_paths(self, files: list[str], dirs: list[str]) -> None:
-        # fsyncs issued concurrently share journal commits, so a batch needs far fewer
-        try:
-            if len(files) > 1:
-                list(_fsync_pool().map(self._fsync_file, files))
-            else:
-                for path in files:
-                    self._fsync_file(path)
-            for d in dirs:
-                fsync_dir(d)
-        except OSError as exc:
-            if exc.errno in _NO_SPACE:   # delayed allocation can report it only here
-                raise InsufficientStorage(
-                    f"no space left on the device holding {self.root} while flushing "
-                    f"{len(files)} chunks; free space (try `shoal gc`) and retry") from exc
-            raise StoreError(f"cannot flush the content store at {self.root}: "
-                             f"{exc.strerror or exc}") from exc
+    def adopt(self, old: str, new: str) -> None:
+        """The pack at ``old`` has been renamed to the installed version ``new``."""
+        self._rename_dir(old, new, installed=True)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the index still (an installer renames directories under it)."""
+        with self._lock:
+            yield
+
+    def swap_installed(self, pack: str, final: str) -> None:
+        """``pack`` and the installed version ``final`` were exchanged on disk: ``final``
+        now holds the pack's files, ``pack`` the version that was installed there."""
+        with self._lock:
+            placeholder = f"{final}\0swapped"
+            self._rename_dir(final, placeholder, installed=False)
+            self._rename_dir(pack, final, installed=True)
+            self.retire(placeholder, pack)
+
+    def retire(self, indexed_as: str, disk_path: str) -> None:
+        """The installed version indexed as ``indexed_as``, now at ``disk_path``, is no
+        longer installed: keep its files as a pack (one copy), or drop them when a pack
+        of that variant exists already."""
+        with self._lock:
+            d = self._dirs.get(indexed_as)
+            if d is None:
+                shutil.rmtree(disk_path, ignore_errors=True)
+                return
+            target = self._pack_path(d.manifest_id, d.variant_id)
+            if os.path.exists(target) and target != disk_path:
+                self._unregister(indexed_as)
+                shutil.rmtree(disk_path, ignore_errors=True)
+                return
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(disk_path, PACK_RECORD))
+                _write_record(os.path.join(disk_path, PACK_RECORD),
+                              self._manifests[d.manifest_id], d.variant_id, self._fsync)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(disk_path, INSTALL_RECORD))
+                os.rename(disk_path, target)
+                if self._fsync:
+                    fsync_dir(self._packs_dir)
+            except OSError:
+                self._unregister(indexed_as)
+                shutil.rmtree(disk_path, ignore_errors=True)
+                return
+            self._rename_dir(indexed_as, target, installed=False)
+
+    def forget(self, path: str) -> None:
+        """Drop a directory from the index (it is being deleted or replaced)."""
+        self._unregister(path)
+
+    def index_installed(self, path: str, manifest_id: str, variant_id: str) -> None:
+        """Index an installed version directory (idempotent)."""
+        if path in self._dirs:
+            return
+        self._index_dir(path, manifest_id, variant_id, installed=True)
+
+    # ------------------------------------------------------------------ writes
 
     def put(self, chunk_hash: bytes, data: bytes, *, trusted_hash: bool = False,
             batch: StoreBatch | None = None) -> bool:
-        """Store a chunk; True if it was new, False if already held.
+        """Write a verified chunk into every indexed file that wants it; True if the
+        store did not hold it before.
 
         The bytes are verified against ``chunk_hash`` first (a mismatch raises
         :class:`ChunkCorrupted` and nothing is written) unless ``trusted_hash``
-        says the caller computed the hash from these very bytes a moment ago.
-        With ``batch`` the chunk is durable only once that batch has ended.
-        """
-        if self.has(chunk_hash):
-            with self._lock:
-                self._puts_duplicate += 1
-            return False
-        if not trusted_hash and not chunk_matches(chunk_hash, len(data), data):
-            with self._lock:
-                self._corrupt += 1
-            raise ChunkCorrupted(f"chunk {chunk_hash.hex()}: {len(data)} bytes offered do not "
-                                 "match its BLAKE3 name; not stored")
-        self._write_atomic(self._chunk_path(chunk_hash), data, batch)
-        with self._lock:
-            if chunk_hash in self._sizes:  # another thread stored it meanwhile
-                self._puts_duplicate += 1
-                return False
-            self._sizes[chunk_hash] = len(data)
-            self._bytes += len(data)
-            self._puts_new += 1
-        return True
+        says the caller computed the hash from these very bytes a moment ago. A chunk
+        that no staged version needs raises :class:`StoreError` (stage the version
+        first: :meth:`stage`)."""
+        result = self._put_many([(chunk_hash, data)], trusted_hash)[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-    # ------------------------------------------------------------------ reads
+    def _put_many(self, chunks: list[tuple[bytes, bytes]], trusted_hash: bool
+                  ) -> list[bool | Exception]:
+        results: list[bool | Exception] = []
+        logged: dict[int, list[bytes]] = {}
+        fds: dict[str, int] = {}
+        try:
+            with self._lock:
+                for chunk_hash, data in chunks:
+                    if not trusted_hash and not chunk_matches(chunk_hash, len(data), data):
+                        self._corrupt += 1
+                        results.append(ChunkCorrupted(
+                            f"chunk {chunk_hash.hex()}: {len(data)} bytes offered do not "
+                            "match its BLAKE3 name; not stored"))
+                        continue
+                    targets = sorted(_multi_get(self._wanting, chunk_hash))
+                    if not targets:
+                        if chunk_hash in self._sizes:
+                            self._puts_duplicate += 1
+                            results.append(False)
+                        else:
+                            results.append(StoreError(
+                                f"chunk {chunk_hash.hex()}: no version being fetched needs "
+                                "it; not stored"))
+                        continue
+                    try:
+                        new = False
+                        for path in targets:
+                            d = self._dirs[path]
+                            if d.size(chunk_hash) != len(data):
+                                raise ChunkCorrupted(f"chunk {chunk_hash.hex()}: {len(data)} "
+                                                     "bytes, the manifest says "
+                                                     f"{d.size(chunk_hash)}")
+                            for rel, off in d.places(chunk_hash):
+                                full = os.path.join(path, *rel.split("/"))
+                                fd = fds.get(full)
+                                if fd is None:
+                                    fd = fds[full] = os.open(
+                                        confine(Path(path), rel),
+                                        os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                                _write_all(fd, data, off)
+                            if d.progress_fd is not None:
+                                logged.setdefault(d.progress_fd, []).append(chunk_hash)
+                            new = self._add_have(d, chunk_hash) or new
+                        if new:
+                            self._puts_new += 1
+                        else:
+                            self._puts_duplicate += 1
+                        results.append(new)
+                    except OSError as exc:
+                        results.append(self._os_error(exc, f"writing chunk {chunk_hash.hex()}"))
+                    except StoreError as exc:
+                        results.append(exc)
+                for fd, hashes in logged.items():
+                    os.write(fd, b"".join(hashes))
+        except OSError as exc:   # the progress log: the chunks stay held in this process
+            err = self._os_error(exc, "appending to a progress log")
+            return [err if r is not False else r for r in results]
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        return results
 
     def put_verified_batch(self, chunks: list[tuple[bytes, bytes]]) -> list[Exception | None]:
-        """Write chunks whose bytes were verified against their hashes under one group
-        commit; per chunk, None or why it failed (a failed flush fails them all)."""
-        results: list[Exception | None] = []
-        try:
-            with self.batch() as group:
-                for chunk_hash, data in chunks:
-                    try:
-                        self.put(chunk_hash, data, trusted_hash=True, batch=group)
-                        results.append(None)
-                    except (StoreError, OSError) as exc:
-                        results.append(exc)
-        except (StoreError, OSError) as exc:     # the flush at the end of the batch
-            return [exc] * len(chunks)
-        return results
+        """Write chunks whose bytes were verified against their hashes; per chunk, None
+        or why it failed."""
+        return [r if isinstance(r, Exception) else None
+                for r in self._put_many(chunks, trusted_hash=True)]
+
+    # ------------------------------------------------------------------ reads
 
     def has(self, chunk_hash: bytes) -> bool:
         return chunk_hash in self._sizes
@@ -397,32 +974,47 @@ class ChunkStore:
         return len(self._sizes)
 
     def get(self, chunk_hash: bytes) -> bytes:
-        """The chunk's bytes, verified; :class:`ChunkCorrupted` (and quarantined) if not."""
-        path = self._chunk_path(chunk_hash)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            self._forget(chunk_hash)
-            raise ChunkNotFound(f"chunk {chunk_hash.hex()} is not in the store") from None
-        except OSError as exc:
-            raise StoreError(f"cannot read chunk {chunk_hash.hex()}: "
-                             f"{exc.strerror or exc}") from exc
-        expected = self._sizes.get(chunk_hash, len(data))
-        if not chunk_matches(chunk_hash, len(data), data) or len(data) != expected:
-            with self._lock:
-                self._corrupt += 1
-            self._quarantine(path, chunk_hash.hex())
-            self._forget(chunk_hash)
-            raise ChunkCorrupted(f"chunk {chunk_hash.hex()} on disk does not match its hash; "
-                                 "moved to quarantine, it will be fetched again")
-        return data
+        """The chunk's bytes, read from a file that holds it and verified.
 
-    def _forget(self, chunk_hash: bytes) -> None:
-        with self._lock:
-            size = self._sizes.pop(chunk_hash, None)
-            if size is not None:
-                self._bytes -= size
+        A location whose bytes do not match is dropped (and repaired by the next put
+        of the chunk); :class:`ChunkCorrupted` when no good copy is left."""
+        corrupt = False
+        for _ in range(8):
+            with self._lock:
+                holders = self._holders.get(chunk_hash)
+                if not holders:
+                    break
+                path = holders if isinstance(holders, str) else holders[0]
+                d = self._dirs[path]
+                rel, off = d.place(chunk_hash)
+                size = d.size(chunk_hash)
+            full = os.path.join(path, *rel.split("/"))
+            try:
+                fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    data = os.pread(fd, size, off)
+                finally:
+                    os.close(fd)
+            except FileNotFoundError:
+                with self._lock:
+                    if self._dirs.get(path) is not d:
+                        continue          # renamed or removed meanwhile: look again
+                data = b""
+            except OSError as exc:
+                raise StoreError(f"cannot read chunk {chunk_hash.hex()}: "
+                                 f"{exc.strerror or exc}") from exc
+            if chunk_matches(chunk_hash, size, data):
+                return data
+            with self._lock:
+                corrupt = True
+                self._corrupt += 1
+                if self._dirs.get(path) is d:
+                    self._drop_have(d, chunk_hash)
+                    self._keep_bad(chunk_hash, data, full, off)
+        if corrupt:
+            raise ChunkCorrupted(f"chunk {chunk_hash.hex()} on disk does not match its hash; "
+                                 "dropped from the index, it will be fetched again")
+        raise ChunkNotFound(f"chunk {chunk_hash.hex()} is not in the store")
 
     def check(self, chunk_hash: bytes, size: int) -> str | None:
         """Re-read and verify one chunk: None when good, else ``"missing"``/``"corrupt"``."""
@@ -487,8 +1079,6 @@ class ChunkStore:
             hint = f"; stored versions: {', '.join(known)}" if known else \
                 "; `shoal models` lists what is stored"
             raise NotFound(f"model {model_id} version {version} is not in the store{hint}")
-        # several manifests for one version can only come from different publishers;
-        # prefer the pinned, then the newest
         found.sort(key=lambda m: (m.manifest_id in self._pinned, m.created_at), reverse=True)
         return found[0]
 
@@ -500,7 +1090,7 @@ class ChunkStore:
             self._refs[ref] = self._refs.get(ref, 0) + 1
 
     def pin(self, manifest_id: str) -> None:
-        """Keep the chunks of this (stored) manifest through gc."""
+        """Keep the versions of this (stored) manifest through gc."""
         with self._lock:
             if manifest_id not in self._manifests:
                 raise NotFound(f"cannot pin {manifest_id}: not in the store")
@@ -529,24 +1119,62 @@ class ChunkStore:
     def refcount(self, chunk_hash: bytes) -> int:
         return self._refs.get(chunk_hash, 0)
 
+    def _kept_installed(self) -> set[str]:
+        """Per model: the version ``current`` names and the newest other (rollback)."""
+        kept: set[str] = set()
+        by_model: dict[str, list[tuple[float, str]]] = {}
+        for d in self._dirs.values():
+            if d.installed:
+                model_dir = os.path.dirname(os.path.dirname(d.path))
+                try:
+                    mtime = os.stat(os.path.join(d.path, INSTALL_RECORD)).st_mtime
+                except OSError:
+                    mtime = 0.0
+                by_model.setdefault(model_dir, []).append((mtime, d.path))
+        for model_dir, items in by_model.items():
+            try:
+                cur = os.path.realpath(os.path.join(model_dir, "current"))
+            except OSError:
+                cur = ""
+            kept.add(cur)
+            others = sorted((i for i in items if os.path.realpath(i[1]) != cur), reverse=True)
+            if others:
+                kept.add(os.path.realpath(others[0][1]))
+        return kept
+
     def gc(self) -> GcResult:
-        """Delete every chunk that no pinned manifest references; what was freed."""
+        """Delete the versions nothing keeps: packs whose manifest is not pinned, and
+        installed versions that are neither pinned, current, nor the rollback."""
         with self._lock:
-            victims = [(h, s) for h, s in self._sizes.items() if h not in self._refs]
-            freed_chunks = freed_bytes = 0
-            for h, size in victims:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._chunk_path(h))
-                self._forget(h)
-                freed_chunks += 1
-                freed_bytes += size
+            kept = self._kept_installed()
+            before_chunks, before_bytes = len(self._sizes), self._bytes
+            removed: list[str] = []
+            for d in list(self._dirs.values()):
+                if d.manifest_id in self._pinned:
+                    continue
+                if d.installed and os.path.realpath(d.path) in kept:
+                    continue
+                self._unregister(d.path)
+                if d.installed:
+                    trash = os.path.join(os.path.dirname(os.path.dirname(d.path)),
+                                         f".tmp-install-gc-{secrets.token_hex(4)}")
+                    with contextlib.suppress(OSError):
+                        os.rename(d.path, trash)
+                        shutil.rmtree(trash, ignore_errors=True)
+                else:
+                    shutil.rmtree(d.path, ignore_errors=True)
+                removed.append(d.path)
+            freed_chunks = before_chunks - len(self._sizes)
+            freed_bytes = before_bytes - self._bytes
             self._gc_runs += 1
             self._gc_chunks += freed_chunks
             self._gc_bytes += freed_bytes
-            return GcResult(freed_chunks, freed_bytes, len(self._sizes), self._bytes)
+            return GcResult(freed_chunks, freed_bytes, len(self._sizes), self._bytes,
+                            tuple(removed))
 
     def statistics(self) -> StoreStatistics:
         with self._lock:
+            dirs = list(self._dirs.values())
             return StoreStatistics(
                 chunks=len(self._sizes),
                 bytes=self._bytes,
@@ -561,4 +1189,132 @@ class ChunkStore:
                 gc_runs=self._gc_runs,
                 gc_freed_chunks=self._gc_chunks,
                 gc_freed_bytes=self._gc_bytes,
+                versions=sum(d.installed for d in dirs),
+                packs=sum(not d.installed for d in dirs),
+                staged=sum(d.progress_fd is not None for d in dirs),
+                disk_bytes=sum(s for d in dirs for _, s, _ in d.files),
             )
+
+    # ------------------------------------------------------------------ legacy layout
+
+    def _convert_legacy(self, chunks_dir: Path) -> None:
+        """Convert a store of the earlier layout (one file per chunk): every variant of a
+        pinned manifest that is not installed and has chunks only there becomes a
+        staged pack holding them (completed when all are there); each chunk file is
+        deleted once no variant still to convert needs it, so the conversion needs
+        about one variant of free space; then ``chunks/`` is removed (what no pinned
+        manifest needed is what gc would have deleted). Cut short (a crash, a full
+        disk), it goes on the next time the store opens: ``chunks/`` is only removed
+        at the end, and a staged pack takes the chunk files' bytes again."""
+        loose: dict[bytes, str] = {}
+        for shard in os.scandir(chunks_dir):
+            if not shard.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(shard.path):
+                if _is_hex_name(entry.name) and entry.is_file(follow_symlinks=False):
+                    loose[bytes.fromhex(entry.name)] = entry.path
+        plan: list[tuple[Manifest, str, set[bytes]]] = []
+        for mid in sorted(self._pinned):
+            manifest = self._manifests[mid]
+            for v in manifest.variants:
+                path = self._by_key.get((mid, v.variant_id))
+                if path is not None and (self._dirs[path].installed
+                                         or self._dirs[path].complete):
+                    continue
+                hashes = {r.hash for r in v.chunk_refs()} & loose.keys()
+                if path is None and not hashes - self._sizes.keys():
+                    continue
+                plan.append((manifest, v.variant_id, hashes))
+        needed: dict[bytes, int] = {}
+        for _, _, hashes in plan:
+            for h in hashes:
+                needed[h] = needed.get(h, 0) + 1
+        try:
+            for manifest, variant_id, hashes in plan:
+                self.stage(manifest, variant_id)
+                batch: list[tuple[bytes, bytes]] = []
+                for h in sorted(hashes):
+                    try:
+                        with open(loose[h], "rb") as f:
+                            data = f.read()
+                    except OSError:
+                        continue
+                    if hash_chunk(data) == h:   # a corrupt chunk file is not carried over
+                        batch.append((h, data))
+                    if len(batch) >= 64:
+                        self._raise_first(self._put_many(batch, trusted_hash=True))
+                        batch = []
+                self._raise_first(self._put_many(batch, trusted_hash=True))
+                if not self.missing(manifest, variant_id):
+                    with contextlib.suppress(ChunkCorrupted):
+                        self.complete(manifest, variant_id)
+                for h in hashes:
+                    needed[h] -= 1
+                    if needed[h] == 0:
+                        with contextlib.suppress(OSError):
+                            os.unlink(loose[h])
+        except StoreError:
+            return      # e.g. no space for the next pack: the rest waits for the next open
+        tmp = self.root / f"{_TMP_PREFIX}legacy-chunks-{secrets.token_hex(4)}"
+        os.rename(chunks_dir, tmp)
+        if self._fsync:
+            fsync_dir(self.root)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    @staticmethod
+    def _raise_first(results: list[bool | Exception]) -> None:
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+
+
+def _read_record(path: str) -> tuple[str, str] | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            rec = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("manifest_id"), str) \
+            or not isinstance(rec.get("variant_id"), str):
+        return None
+    return rec["manifest_id"], rec["variant_id"]
+
+
+def _write_record(path: str, manifest: Manifest, variant_id: str, fsync: bool = True) -> None:
+    rec = {"manifest_id": manifest.manifest_id, "model_id": manifest.model_id,
+           "version": manifest.version, "variant_id": variant_id}
+    with open(path, "x", encoding="utf-8") as f:
+        json.dump(rec, f)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+
+
+def create_file(root: Path, rel: str, executable: bool) -> int:
+    """Create ``root/rel`` (its parents too), confined to ``root``; an open fd."""
+    target = confine(root, rel)
+    if target.parent != root:
+        os.makedirs(target.parent, exist_ok=True)
+        confine(root, rel)        # re-check now that the parents exist
+    mode = 0o755 if executable else 0o644
+    fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 mode)
+    os.fchmod(fd, mode)
+    return fd
+
+
+def preallocate(fd: int, size: int) -> None:
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        os.ftruncate(fd, size)
+
+
+def fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
