@@ -332,6 +332,8 @@ class NodeMachine:
             return
         if isinstance(message, OverlayFull):   # may arrive after the session closed
             self.overlay.receive_full(peer, message, now)
+            if peer not in self._peers:
+                self.gossip.forget(peer)       # it declined or closed us: not a failure
             self._after_input(now)
             return
         if peer in self._declined:       # what it sent before it learnt it was declined
