@@ -177,7 +177,7 @@ class Fleet:
     """N simulated nodes, one seed, one virtual clock."""
 
     def __init__(self, specs: list[NodeSpec], *, seed: int, config: Config | None = None,
-                 profile: LinkProfile | None = None, topology: str = "random",
+                 profile: LinkProfile | None = None, topology: str = "overlay",
                  degree: int | None = None, seeder: int = 0, disk_delay: float = 0.0,
                  install_delay: float = 0.05, wire_check: bool = False,
                  machine_factory: Callable[..., Any] | None = None,
