@@ -14,7 +14,10 @@ Everything runs in one trio nursery:
   back-off until it answers) and then reported like a discovered one; its session
   is offered to the machine like any other. Two nodes that dial each other at
   once end up with two channels; both sides keep the one *opened by the smaller
-  node id* and close the other, so the choice agrees without a message.
+  node id* and close the other, so the choice agrees without a message. To make
+  that rare (in a fleet within the degree every node dials every other), the
+  larger id waits a short grace period before its dial (it normally gets dialled
+  first, and then has nothing to dial).
 * each session has a reader task and a writer task. Readers put received
   messages into the single *inbox* of the machine task, but only after taking
   a token of a semaphore the machine task gives back once it has handled the
@@ -134,6 +137,7 @@ _SEND_BATCH = 16             # queued messages written to a peer at once at most
 _SERVE_BATCH = 4             # ... of which chunks (read into memory together) at most
 _STORE_BATCH = 32            # chunks written under one group commit at most
 _CLOSE = object()              # queued after a peer's last message: close the session
+_GRACE = 2.0                  # the larger id waits this long before dialling
 
 
 
@@ -356,6 +360,8 @@ class NodeRuntime:
         self._dials += 1
         ok = False
         try:
+            if peer < self.node_id and peer not in self._sessions:
+                await trio.sleep(_GRACE)   # the smaller id dials first: wait to be dialled
             if peer in self._sessions or self._banned.get(peer, 0) > self.clock():
                 return
             host, _, port = address.rpartition(":")
