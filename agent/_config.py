@@ -3,8 +3,9 @@
 Every key is documented in ``docs/CONFIG.md``. Parsing is strict: an unknown
 key, a missing required key or a bad value raises :class:`ConfigError` whose
 message starts with the key's dotted name (``swarm.fanout: ...``), so an
-operator can find the line. ``[gossip]`` and ``[swarm]`` accept exactly the
-fields of :class:`protocol.GossipConfig` / :class:`protocol.SwarmConfig`
+operator can find the line. ``[gossip]``, ``[swarm]`` and ``[overlay]`` accept
+exactly the fields of :class:`protocol.GossipConfig` / :class:`protocol.SwarmConfig`
+/ :class:`protocol.OverlayConfig`
 (typed by their annotations), except the swarm's rates, which come from
 ``[bandwidth]``.
 
@@ -28,7 +29,7 @@ from agent._daemon.health import HealthSettings
 from agent._daemon.probe import ProbeOverrides, overrides_from_mapping
 from agent._daemon.transport import TransportSettings
 from agent._errors import ConfigError
-from protocol import Config, GossipConfig, SwarmConfig
+from protocol import Config, GossipConfig, OverlayConfig, SwarmConfig
 
 __all__ = [
     "DEFAULT_PORT",
@@ -45,8 +46,7 @@ DEFAULT_PORT = 7411
 _TOP_KEYS = {"data_dir", "fleet_id", "fleet_root_key", "node_name", "formation",
              "listen_address", "listen_port", "static_peers", "control_socket",
              "migrator_timeout", "migrator_allow_remote", "bandwidth", "gossip", "swarm",
-             "transport", "mdns", "probe", "metrics",
-             "health"}
+             "overlay", "transport", "mdns", "probe", "metrics", "health"}
 _REQUIRED = ("data_dir", "fleet_id", "fleet_root_key")
 _FLEET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
@@ -70,6 +70,7 @@ class AgentConfig:
     download_rate: float = 0.0
     gossip: GossipConfig = field(default_factory=GossipConfig)
     swarm: SwarmConfig = field(default_factory=SwarmConfig)
+    overlay: OverlayConfig = field(default_factory=OverlayConfig)
     transport: TransportSettings = field(default_factory=TransportSettings)
     mdns_enabled: bool = True
     mdns_interfaces: tuple[str, ...] = ()   # IPv4 addresses; () = every interface
@@ -81,7 +82,8 @@ class AgentConfig:
         """The node state machine's :class:`protocol.Config` (rates folded into swarm)."""
         swarm = dataclasses.replace(self.swarm, upload_rate=self.upload_rate,
                                     download_rate=self.download_rate)
-        return Config(fleet_id=self.fleet_id, gossip=self.gossip, swarm=swarm)
+        return Config(fleet_id=self.fleet_id, gossip=self.gossip, swarm=swarm,
+                      overlay=self.overlay)
 
 
 def load_config(path: str) -> AgentConfig:
@@ -158,6 +160,11 @@ def parse_config(data: Mapping[str, Any] | str, base_dir: str = ".") -> AgentCon
                                         exclude=_SWARM_RATES)
     if "health" in data:
         out["health"] = _dataclass_table(HealthSettings, data["health"], "health")
+    if "overlay" in data:
+        table = _table(data["overlay"], "overlay")
+        if "degree" in table:   # a daemon always runs the overlay (0 = off is the sim's)
+            _int(table["degree"], "overlay.degree", 2, 1024)
+        out["overlay"] = _dataclass_table(OverlayConfig, table, "overlay")
     if "transport" in data:
         out["transport"] = _dataclass_table(TransportSettings, data["transport"],
                                             "transport")

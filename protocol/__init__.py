@@ -37,7 +37,7 @@ from ._codec import (
     message,
     struct,
 )
-from ._config import Config, GossipConfig, SwarmConfig
+from ._config import Config, GossipConfig, OverlayConfig, SwarmConfig
 from ._convergence import ConvergenceBlocker, ModelConvergenceStatus, RolloutState
 from ._entries import Entry, EntryKind, encoded_entry
 from ._errors import (
@@ -63,6 +63,8 @@ from ._errors import (
 )
 from ._events import (
     ActivateVersion,
+    ClosePeer,
+    DialPeer,
     DropPeer,
     InstallVariant,
     Notice,
@@ -121,6 +123,7 @@ from ._operator import (
     intent_views,
     nodes_running,
 )
+from ._overlay import OverlayFull, OverlayStatistics, PeerHint
 from ._records import ModelState, NodeRecord, Suspicion
 from ._selection import VariantChoice, select_variant, unmet_requirements
 from ._swarm import SwarmEngine, TransferProgress, make_piece
@@ -133,6 +136,9 @@ __all__ = [
     "NodeMachine", "NodeStatistics", "Config", "GossipConfig", "SwarmConfig",
     "Output", "SendMessage", "ServeChunk", "StoreChunk", "InstallVariant",
     "ActivateVersion", "DropPeer", "PersistLedger", "Notice", "NoticeKind",
+    "DialPeer", "ClosePeer",
+    # the overlay: whom a node keeps sessions with
+    "OverlayConfig", "OverlayFull", "OverlayStatistics", "PeerHint",
     # the wire: messages, codec, the secure session
     "WireMessage", "is_wire_message", "Piece", "SWARM_MESSAGES", "make_piece", "wire_size",
     "PROTOCOL_VERSION", "DEFAULT_MAX_FRAME", "FrameDecoder", "decode", "encode", "frame",

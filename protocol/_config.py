@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["GossipConfig", "SwarmConfig", "Config"]
+__all__ = ["GossipConfig", "SwarmConfig", "OverlayConfig", "Config"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +73,36 @@ class SwarmConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OverlayConfig:
+    """Whom a node keeps sessions with (``protocol/_overlay.py``)."""
+
+    degree: int = 8                # active sessions aimed at; 0 = off (the driver decides)
+    slack: int = 2                 # sessions kept beyond ``degree`` before declining more
+    rotate_interval: float = 60.0  # seconds between rotations of one active peer; 0 = never
+    known_max: int = 256           # known (passive) peers remembered
+    hints: int = 8                 # peers named when declining a session (OverlayFull)
+    dial_timeout: float = 15.0     # seconds a dial may go unanswered before it counts failed
+    retry_base: float = 1.0        # back-off after a failed dial or a decline: base ...
+    retry_max: float = 60.0        # ... doubling per strike up to this (s)
+
+    def __post_init__(self) -> None:
+        for name in ("degree", "slack", "known_max", "hints"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.hints > 32:
+            raise ValueError("hints must be <= 32")
+        if self.degree and self.known_max < self.degree:
+            raise ValueError("known_max must be >= degree")
+        for name in ("dial_timeout", "retry_base", "retry_max"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.rotate_interval < 0:
+            raise ValueError("rotate_interval must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     fleet_id: str = "default"
     gossip: GossipConfig = field(default_factory=GossipConfig)
     swarm: SwarmConfig = field(default_factory=SwarmConfig)
+    overlay: OverlayConfig = field(default_factory=OverlayConfig)

@@ -26,6 +26,8 @@ __all__ = [
     "ActivateVersion",
     "PersistLedger",
     "DropPeer",
+    "DialPeer",
+    "ClosePeer",
     "Notice",
     "NoticeKind",
 ]
@@ -112,6 +114,25 @@ class DropPeer:
     ban_for: float = BANS.misbehaved
 
 
+@dataclass(frozen=True, slots=True)
+class DialPeer:
+    """Open a session to ``peer`` at ``address`` (``host:port``, as discovery reported
+    it), pinned to that node id; answer with ``peer_connected`` or ``dial_failed``.
+    The overlay (``_overlay``) decides whom to dial."""
+
+    peer: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClosePeer:
+    """Close the session with ``peer`` once what is queued for it has been sent (an
+    ``OverlayFull``, say), without a ban: the overlay declined or rotated it."""
+
+    peer: str
+    reason: str
+
+
 class NoticeKind(enum.StrEnum):
     """What a :class:`Notice` is about."""
 
@@ -139,5 +160,5 @@ class Notice:
 
 Output = (
     SendMessage | ServeChunk | StoreChunk | InstallVariant | ActivateVersion | PersistLedger
-    | DropPeer | Notice
+    | DropPeer | DialPeer | ClosePeer | Notice
 )

@@ -306,6 +306,12 @@ class GossipEngine:
         self.peers.discard(peer)
         self._last_sent.pop(peer, None)
 
+    def forget(self, peer: str) -> None:
+        """The node closed its session with ``peer`` on purpose (overlay rotation):
+        its silence from now on is no sign of failure."""
+        self._heard.pop(peer, None)
+        self._suspected.pop(peer, None)
+
     def heard(self, peer: str, now: float) -> None:
         """Any message from ``peer`` (gossip or not) proves it alive."""
         if peer in self.peers and self._heard.get(peer, -1e18) < now:

@@ -15,6 +15,13 @@ What a driver must do beyond carrying out I/O is an output too:
 wrote, and ``DropPeer.ban_for`` -- how long a dropped peer stays away -- from the
 one policy in ``_bans``.
 
+Whom to hold sessions with is the overlay's decision (``_overlay``): discovery
+only reports peers (``peer_known``/``peer_lost``); the machine answers with
+``DialPeer`` and ``ClosePeer`` outputs, and a session it will not keep (over
+``degree + slack``) is declined with an ``OverlayFull`` before it is closed. A
+declined peer never reaches the gossip or swarm engines. Gossip, pushes and the
+swarm address connected peers only, so all of them run over the active set.
+
 A revoked key loses its sessions at once: whenever the trust gains a revocation
 (merged from gossip, or announced here), every connected peer whose node key is no
 longer admitted is dropped (``DropPeer``, cause *revoked*), nothing more is sent or
@@ -78,6 +85,7 @@ from ._intents import Intent, IntentKind, RolloutPolicy, Scope, resolve
 from ._ledger import Ledger, LedgerStatistics
 from ._manifest import ChunkRef, Manifest
 from ._operator import cancel_of, cancel_target, check_operator, check_request
+from ._overlay import Overlay, OverlayFull, OverlayStatistics
 from ._policy import POLICY_CHECK_INTERVAL, policies_to_enact
 from ._records import ModelState, NodeRecord
 from ._rng import Rng
@@ -99,6 +107,7 @@ class NodeStatistics:
     ledger: LedgerStatistics
     swarm: SwarmStatistics
     policy_actions: int = 0              # rollout policies this node enacted
+    overlay: OverlayStatistics | None = None
 
 
 class NodeMachine:
@@ -119,6 +128,7 @@ class NodeMachine:
         self.capabilities = capabilities
         self._outputs: list[Output] = []
         self._peers: set[str] = set()
+        self._declined: set[str] = set()         # sessions the overlay declined, not yet closed
         self._revoked: frozenset[str] = frozenset()   # node ids whose key was revoked
         self._expired: frozenset[str] = frozenset()   # peers dropped: certificate expired
         self._cut: frozenset[str] = frozenset()       # both: nothing more to or from them
@@ -133,6 +143,7 @@ class NodeMachine:
         trust.observe_clock(now)                 # certificate expiry is judged at ``now``
         self.gossip = GossipEngine(node_id=self.node_id, config=config.gossip, rng=rng,
                                    ledger=self.ledger, now=now)
+        self.overlay = Overlay(node_id=self.node_id, config=config.overlay, rng=rng, now=now)
         self.swarm = SwarmEngine(node_id=self.node_id, config=config.swarm, rng=rng,
                                  held=set(held_chunks), lookup=self._lookup,
                                  verifier=chunk_verifier or chunk_matches)
@@ -286,7 +297,8 @@ class NodeMachine:
     def _after_input(self, now: float) -> None:
         self._deployments.drain_swarm(now)
         revoked = self._cut
-        for out in self.swarm.take_outputs() + self.gossip.take_outputs():
+        for out in (self.swarm.take_outputs() + self.gossip.take_outputs()
+                    + self.overlay.take_outputs()):
             if isinstance(out, DropPeer):
                 if out.peer in revoked:
                     continue              # already dropped as revoked (or expired)
@@ -296,7 +308,27 @@ class NodeMachine:
             self._outputs.append(out)
 
     # ------------------------------------------------------------------ inputs
-    def peer_connected(self, peer: str, now: float) -> None:
+    def peer_known(self, peer: str, address: str, now: float) -> None:
+        """Discovery found ``peer`` at ``address`` (``host:port``): the overlay may dial it."""
+        self._observe_clock(now)
+        if peer not in self._cut:
+            self.overlay.peer_known(peer, address, now)
+        self._after_input(now)
+
+    def peer_lost(self, peer: str, now: float) -> None:
+        """Discovery saw ``peer`` leave."""
+        self._observe_clock(now)
+        self.overlay.peer_lost(peer, now)
+        self._after_input(now)
+
+    def dial_failed(self, peer: str, now: float) -> None:
+        """A ``DialPeer`` did not open a session."""
+        self._observe_clock(now)
+        self.overlay.dial_failed(peer, now)
+        self._after_input(now)
+
+    def peer_connected(self, peer: str, now: float, inbound: bool = False) -> None:
+        """A session with ``peer`` opened; ``inbound``: the peer dialled us."""
         self._observe_clock(now)
         if peer in self._expired and self._admitted(peer):   # renewed since
             self._expired -= {peer}
@@ -304,6 +336,11 @@ class NodeMachine:
         if peer in self._cut:            # the transport should have refused it
             self._drop_cut(peer)
             return
+        if peer not in self._peers and not self.overlay.accept(peer, inbound, now):
+            self._declined.add(peer)      # the overlay's outputs decline and close it
+            self._after_input(now)
+            return
+        self._declined.discard(peer)
         self._peers.add(peer)
         cert = self.trust.node_certificate(peer)
         if cert is not None:
@@ -314,7 +351,14 @@ class NodeMachine:
 
     def peer_disconnected(self, peer: str, now: float) -> None:
         self._observe_clock(now)
+        if peer in self._declined and peer not in self._peers:
+            self._declined.discard(peer)
+            self.overlay.peer_disconnected(peer, now)
+            self._after_input(now)
+            return
         self._peers.discard(peer)
+        if self.overlay.peer_disconnected(peer, now):
+            self.gossip.forget(peer)      # closed on purpose: its silence means nothing
         self.gossip.peer_disconnected(peer, now)
         self.swarm.peer_disconnected(peer, now)
         self._after_input(now)
@@ -336,6 +380,14 @@ class NodeMachine:
         self._observe_clock(now)
         if peer in self._cut:            # admission is re-checked before every input
             self._drop_cut(peer)
+            return
+        if isinstance(message, OverlayFull):   # may arrive after the session closed
+            self.overlay.receive_full(peer, message, now)
+            if peer not in self._peers:
+                self.gossip.forget(peer)       # it declined or closed us: not a failure
+            self._after_input(now)
+            return
+        if peer in self._declined:       # what it sent before it learnt it was declined
             return
         self.gossip.heard(peer, now)
         try:
@@ -373,6 +425,7 @@ class NodeMachine:
             self._next_policy_check = now + POLICY_CHECK_INTERVAL
             self._enact_policies(now)
         self.swarm.on_timer(now)
+        self.overlay.on_timer(now)
         self._deployments.update_progress(now)
         if self.gossip.on_timer(now) and self.gossip.update_suspicions(now):
             self._write_record(now, urgent=True)
@@ -398,7 +451,7 @@ class NodeMachine:
             self._reconcile(now)
 
     def next_deadline(self) -> float | None:
-        times = [self.gossip.next_deadline()]
+        times = [self.gossip.next_deadline(), self.overlay.next_deadline()]
         s = self.swarm.next_deadline()
         if s is not None:
             times.append(s)
@@ -558,9 +611,14 @@ class NodeMachine:
 
     # ------------------------------------------------------------------ outputs, queries
     def take_outputs(self) -> list[Output]:
+        peers, declined = self._peers, self._declined
         out = [o for o in self._outputs
-               if not isinstance(o, SendMessage) or o.peer in self._peers]
+               if not isinstance(o, SendMessage) or o.peer in peers
+               or (o.peer in declined and isinstance(o.message, OverlayFull))]
         self._outputs = []
+        for o in out:
+            if isinstance(o, DropPeer):    # never dialled again before its ban ends
+                self.overlay.ban(o.peer, self._latest_now + o.ban_for)
         return out
 
     def model_state(self, model_id: str) -> ModelState | None:
@@ -583,4 +641,5 @@ class NodeMachine:
         led = self.ledger.statistics()
         return NodeStatistics(self.node_id, len(self._peers), self._record_writes,
                               led.rejected, self._dropped, self.gossip.statistics(), led,
-                              self.swarm.statistics(), self._policy_actions)
+                              self.swarm.statistics(), self._policy_actions,
+                              self.overlay.statistics())

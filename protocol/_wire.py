@@ -2,11 +2,12 @@
 
 :data:`WireMessage` is the union of every codec-registered message a peer may send
 on the peer port: the handshake (consumed by the transport before the session
-opens), anti-entropy gossip, and the swarm. :meth:`NodeMachine.receive` takes a
-``WireMessage`` and :class:`~._events.SendMessage` carries one; a driver narrows
-what its decoder returned with :func:`is_wire_message`. Control-socket messages
-are registered with the same codec but never travel between peers, so they are
-not part of it. (A model's migrator speaks gRPC, not this codec: agent/_grpc.)
+opens), anti-entropy gossip, the swarm, and the overlay's decline.
+:meth:`NodeMachine.receive` takes a ``WireMessage`` and
+:class:`~._events.SendMessage` carries one; a driver narrows what its decoder
+returned with :func:`is_wire_message`. Control-socket messages are registered with
+the same codec but never travel between peers, so they are not part of it. (A
+model's migrator speaks gRPC, not this codec: agent/_grpc.)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TypeGuard
 
 from ._gossip import GossipBuckets, GossipDelta, GossipDigest, GossipPush, GossipSummary
 from ._handshake import Auth, HandshakeReject, Hello
+from ._overlay import OverlayFull
 from ._swarm_messages import (
     Cancel,
     CannotHelp,
@@ -28,20 +30,21 @@ from ._swarm_messages import (
     Request,
 )
 
-__all__ = ["HandshakeMessage", "GossipMessage", "SwarmMessage", "WireMessage",
+__all__ = ["HandshakeMessage", "GossipMessage", "SwarmMessage", "OverlayMessage", "WireMessage",
            "WIRE_MESSAGES", "is_wire_message"]
 
 HandshakeMessage = Hello | Auth | HandshakeReject
 GossipMessage = GossipSummary | GossipDigest | GossipDelta | GossipBuckets | GossipPush
 SwarmMessage = (Interested | NotInterested | HaveSet | CannotHelp | Have | Request | Piece
                 | Cancel | Reject | Redirect)
-WireMessage = HandshakeMessage | GossipMessage | SwarmMessage
+OverlayMessage = OverlayFull
+WireMessage = HandshakeMessage | GossipMessage | SwarmMessage | OverlayMessage
 
 WIRE_MESSAGES: tuple[type[WireMessage], ...] = (
     Hello, Auth, HandshakeReject,
     GossipSummary, GossipDigest, GossipDelta, GossipBuckets, GossipPush,
     Interested, NotInterested, HaveSet, CannotHelp, Have, Request, Piece, Cancel, Reject,
-    Redirect)
+    Redirect, OverlayFull)
 
 
 def is_wire_message(message: object) -> TypeGuard[WireMessage]:

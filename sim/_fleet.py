@@ -9,10 +9,18 @@ disk and clock replaced by :mod:`sim._network` and virtual time:
 * every node gets a deterministic Ed25519 key (derived from the run's seed),
   a root-signed certificate, and one *shared* :class:`FleetTrust` (the same
   content every node would build; sharing it saves N^2 signature checks);
-* the overlay (``full``, a random ``degree``-regular-ish graph, or ``hub``: every
-  node connected only to the seeder) decides which pairs hold a session; a
-  session exists while both ends are up and reachable (partitions cut sessions
-  and healing re-dials them, as discovery would);
+* the overlay decides which pairs hold a session. By default (``overlay``) it is
+  the daemon's own rule, run by each machine (``protocol/_overlay.py``): every
+  node is told of the others as mDNS would tell it (``peer_known``; a random
+  ``known_max`` of them in a larger fleet), and the driver carries out the
+  machine's ``DialPeer`` (a session one round trip later, or ``dial_failed`` a
+  second later when the peer is down, unreachable or banned) and ``ClosePeer``
+  (the session closes; an ``OverlayFull`` already sent still arrives). The fixed
+  topologies turn the machines' overlay off (degree 0) and decide themselves:
+  ``full``, a random ``degree``-regular-ish graph (``random``), or ``hub`` (every
+  node connected only to the seeder); a session exists while both ends are up and
+  reachable (partitions cut sessions and healing re-dials them, as discovery
+  would);
 * outputs are carried out as the agent would: ``SendMessage`` goes through the
   network with its encoded size; ``ServeChunk`` sends a ``Piece`` of the chunk's token
   charged at the chunk's declared size (a liar serves a wrong token);
@@ -36,6 +44,7 @@ changes a run that does not use it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping
@@ -49,11 +58,14 @@ from protocol import (
     ActivateVersion,
     Capabilities,
     Certificate,
+    ClosePeer,
     Config,
+    DialPeer,
     DropPeer,
     FleetTrust,
     InstallVariant,
     Notice,
+    OverlayFull,
     PersistLedger,
     Piece,
     ProtocolError,
@@ -165,8 +177,8 @@ class Fleet:
     """N simulated nodes, one seed, one virtual clock."""
 
     def __init__(self, specs: list[NodeSpec], *, seed: int, config: Config | None = None,
-                 profile: LinkProfile | None = None, topology: str = "random",
-                 degree: int = 8, seeder: int = 0, disk_delay: float = 0.0,
+                 profile: LinkProfile | None = None, topology: str = "overlay",
+                 degree: int | None = None, seeder: int = 0, disk_delay: float = 0.0,
                  install_delay: float = 0.05, wire_check: bool = False,
                  machine_factory: Callable[..., Any] | None = None,
                  memo_signatures: bool = True, identity_seed: int | str | None = None) -> None:
@@ -174,7 +186,20 @@ class Fleet:
         # the keys (root, publisher, operator, nodes) derive from ``identity_seed`` when
         # given, so fleets that differ in their random draws can share one set of keys
         keys = seed if identity_seed is None else identity_seed
-        self.config = config if config is not None else Config(fleet_id="sim")
+        config = config if config is not None else Config(fleet_id="sim")
+        # the machines' own overlay runs only in "overlay"; the fixed topologies turn it off
+        if topology == "overlay":
+            if degree is not None:
+                config = dataclasses.replace(config, overlay=dataclasses.replace(
+                    config.overlay, degree=degree))
+            degree = config.overlay.degree
+        else:
+            config = dataclasses.replace(config, overlay=dataclasses.replace(
+                config.overlay, degree=0))
+            degree = 8 if degree is None else degree
+        self.config = config
+        self.topology = topology
+        self.degree = degree
         self.loop = EventLoop()
         self.net = Network(self.loop, derive_rng(seed, "network"),
                            profile if profile is not None else LinkProfile(), self._deliver)
@@ -231,7 +256,9 @@ class Fleet:
     def _overlay(self, topology: str, degree: int, rng: random.Random) -> set[tuple[int, int]]:
         n = len(self.nodes)
         edges: set[tuple[int, int]] = set()
-        if topology == "hub":
+        if topology == "overlay":
+            pass                        # each machine decides (protocol/_overlay.py)
+        elif topology == "hub":
             edges = {(min(self.seeder, i), max(self.seeder, i)) for i in range(n)
                      if i != self.seeder}
         elif topology == "full" or n <= degree + 1:
@@ -259,7 +286,7 @@ class Fleet:
                         edges.add(e)
                 stubs = left
         else:
-            raise ValueError(f"unknown topology {topology!r}: use full, random or hub")
+            raise ValueError(f"unknown topology {topology!r}: use overlay, full, random or hub")
         return edges
 
     def add_content(self, model: SyntheticModel, holders: Iterable[int]) -> None:
@@ -316,7 +343,21 @@ class Fleet:
         self.loop.log("start", index)
         for j in sorted(self.neighbours[index]):
             self._connect(node, self.nodes[j])
+        if self.topology == "overlay":
+            self._discover(node)
         self._pump(node)
+
+    def _discover(self, node: SimNode) -> None:
+        """Tell a starting node of the others, as mDNS on one segment would (a random
+        ``known_max`` of them when there are more: what its known set keeps anyway)."""
+        others = [j for j in range(len(self.nodes)) if j != node.index]
+        cap = self.config.overlay.known_max
+        if len(others) > cap:
+            others = sorted(derive_rng(self.seed, f"known/{node.index}/{node.life}")
+                            .sample(others, cap))
+        now = self.loop.now
+        for j in others:
+            node.machine.peer_known(self.nodes[j].node_id, f"sim:{j}", now)
 
     def crash(self, index: int) -> None:
         node = self.nodes[index]
@@ -358,7 +399,36 @@ class Fleet:
         for a, b in sorted(self.edges):
             self._connect(self.nodes[a], self.nodes[b])
 
+    def _dial(self, index: int, life: int, peer: str) -> None:
+        """Carry out a ``DialPeer`` (a round trip after it was asked for)."""
+        node = self.nodes[index]
+        if not node.alive or node.life != life:
+            return
+        other = self.by_id.get(peer)
+        if other is not None and peer not in node.peers and self._can_connect(node, other):
+            self._connect(node, other)
+            if peer in node.peers:
+                return
+        if peer in node.peers:
+            node.machine.dial_failed(peer, self.loop.now)   # raced with its inbound
+            self._pump(node)
+        else:   # refused, down or unreachable: the connect fails after a while
+            self.loop.call_at(self.loop.now + 1.0, self._dial_failed, index, life, peer)
+
+    def _dial_failed(self, index: int, life: int, peer: str) -> None:
+        node = self.nodes[index]
+        if node.alive and node.life == life:
+            node.machine.dial_failed(peer, self.loop.now)
+            self._pump(node)
+
+    def _can_connect(self, a: SimNode, b: SimNode) -> bool:
+        return (a.alive and b.alive
+                and self.banned.get(frozenset((a.node_id, b.node_id)), -math.inf)
+                <= self.loop.now
+                and self.net.reachable(a.node_id, b.node_id))
+
     def _connect(self, a: SimNode, b: SimNode) -> None:
+        """Open a session ``a`` dialled (``b`` sees it inbound)."""
         if not (a.alive and b.alive) or b.node_id in a.peers:
             return
         if self.banned.get(frozenset((a.node_id, b.node_id)), -math.inf) > self.loop.now:
@@ -369,7 +439,7 @@ class Fleet:
         a.peers.add(b.node_id)
         b.peers.add(a.node_id)
         a.machine.peer_connected(b.node_id, now)
-        b.machine.peer_connected(a.node_id, now)
+        b.machine.peer_connected(a.node_id, now, inbound=True)
         self._pump(a)
         self._pump(b)
 
@@ -470,6 +540,13 @@ class Fleet:
                 self._disconnect(node, other)
                 if until < math.inf:
                     self.loop.call_at(until, self._redial, node.index, other.index)
+        elif isinstance(out, DialPeer):
+            self.loop.call_at(now + 2 * self.net.latency(node.node_id, out.peer), self._dial,
+                              node.index, node.life, out.peer)
+        elif isinstance(out, ClosePeer):
+            other = self.by_id.get(out.peer)
+            if other is not None:
+                self._disconnect(node, other)
         elif isinstance(out, PersistLedger):
             pass   # the ledger object survives a crash as it is: nothing to save
         elif isinstance(out, Notice):
@@ -506,8 +583,8 @@ class Fleet:
 
     def _deliver(self, dst: str, src: str, message: Any) -> None:
         node = self.by_id[dst]
-        if not node.alive or src not in node.peers:
-            return
+        if not node.alive or (src not in node.peers and type(message) is not OverlayFull):
+            return   # (a decline arrives after its session closed)
         if type(message) is PIECE_TYPE:
             node.piece_bytes_in += self.sizes.get(message.chunk_hash, len(message.data))
             self._pieces_in += 1

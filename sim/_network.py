@@ -129,6 +129,10 @@ class Network:
         self._latency[(a, b)] = latency
         self._latency[(b, a)] = latency
 
+    def latency(self, a: str, b: str) -> float:
+        """The one-way latency of the link a->b (without jitter)."""
+        return self._latency.get((a, b), self.profile.latency)
+
     def split(self, groups: Iterable[Iterable[str]]) -> None:
         """Start a partition: nodes of different groups cannot reach each other.
         Nodes not named in any group reach everyone."""

@@ -29,6 +29,7 @@ from protocol import (
     GossipConfig,
     Intent,
     IntentKind,
+    OverlayConfig,
     Scope,
     SwarmConfig,
     TransferPriority,
@@ -73,9 +74,10 @@ def _intent(fleet: Fleet, model_id: str, version: str, issuer: int,
 
 
 def _overlay_for(n: int, degree: int | None) -> tuple[str, int]:
-    if degree is None:
-        degree = 8 if n > 16 else n
-    return ("full" if n <= degree + 1 else "random"), degree
+    """The daemon's overlay rule (``protocol/_overlay.py``) at ``degree`` (default: the
+    daemon's default); a fleet of at most ``degree + 1`` nodes becomes a full mesh."""
+    del n
+    return "overlay", OverlayConfig().degree if degree is None else degree
 
 
 # ---------------------------------------------------------------------- gossip
@@ -94,8 +96,6 @@ def gossip(nodes: int = 100, seed: int = 1, loss: float = 0.0, fanout: int = 3,
     ``protocol/_gossip.py``), so every run shows the quiet floor."""
     del heartbeat_every
     wall = time.perf_counter()
-    if degree is None:
-        degree = max(8, 2 * math.ceil(math.log2(max(nodes, 2))))
     topology, degree = _overlay_for(nodes, degree)
     gcfg = GossipConfig(interval=interval, fanout=fanout, push=push)
     config = Config(fleet_id="sim", gossip=gcfg)

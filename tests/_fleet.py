@@ -129,6 +129,7 @@ def lone_machine(i: int = 0, *, now: float = 0.0, name: str = "", seed: int = 1,
 
 
 _INPUTS = frozenset({"receive", "on_timer", "peer_connected", "peer_disconnected",
+                     "peer_known", "peer_lost", "dial_failed",
                      "chunk_stored", "chunk_missing", "upload_done", "install_finished",
                      "publish_manifest", "issue_intent"})
 
@@ -155,11 +156,11 @@ class _Clocked:
         if name not in _INPUTS:
             return attr
 
-        def at_local_time(*args: Any) -> Any:
+        def at_local_time(*args: Any, **kw: Any) -> Any:
             if name == "on_timer" and self.fleet.timers_held:
                 return None
             *rest, now = args
-            out = attr(*rest, now + self.fleet.offset[self.index])
+            out = attr(*rest, now + self.fleet.offset[self.index], **kw)
             self.fleet.after_input(self.index, name == "on_timer")
             return out
         return at_local_time

@@ -10,7 +10,7 @@ import pytest
 from agent._config import AgentConfig, load_config, parse_config, parse_peer, parse_rate
 from agent._errors import ConfigError
 from protocol._capabilities import GpuInfo
-from protocol._config import GossipConfig, SwarmConfig
+from protocol._config import GossipConfig, OverlayConfig, SwarmConfig
 
 ROOT = "ab" * 32
 MINIMAL = f'data_dir = "/var/lib/shoal"\nfleet_id = "acme"\nfleet_root_key = "{ROOT}"\n'
@@ -230,10 +230,12 @@ def test_docs_mention_every_key() -> None:
     keys = ["data_dir", "migrator_timeout", "migrator_allow_remote", "fleet_id",
             "fleet_root_key", "node_name", "formation",
             "listen_address", "listen_port", "static_peers", "control_socket",
-            "[bandwidth]", "upload", "download", "[gossip]", "[swarm]", "[transport]",
+            "[bandwidth]", "upload", "download", "[gossip]", "[swarm]", "[overlay]",
+            "[transport]",
             "[mdns]", "enabled", "interfaces", "[probe]", "[[probe.gpus]]",
             "[metrics]", "listen"]
     keys += [f.name for f in dataclasses.fields(GossipConfig)]
+    keys += [f.name for f in dataclasses.fields(OverlayConfig)]
     keys += [f.name for f in dataclasses.fields(SwarmConfig)
              if f.name not in ("upload_rate", "download_rate")]
     keys += ["handshake_timeout", "idle_timeout", "connect_timeout", "max_frame",
@@ -254,3 +256,16 @@ def test_daemon_swarm_defaults_are_the_protocols() -> None:
         dataclasses.replace(SwarmConfig(), laggard_patience=1.0)
     assert parse_config(MINIMAL + "[swarm]\nupload_window = 0\n").swarm == \
         dataclasses.replace(SwarmConfig(), upload_window=0)
+
+
+def test_overlay_settings_are_read_and_checked() -> None:
+    assert parse_config(MINIMAL).overlay == OverlayConfig()
+    cfg = parse_config(MINIMAL + "[overlay]\ndegree = 12\nrotate_interval = 0\n")
+    assert cfg.overlay == dataclasses.replace(OverlayConfig(), degree=12, rotate_interval=0.0)
+    assert cfg.protocol_config().overlay == cfg.overlay
+    for bad, where in (("degree = 1", "overlay.degree"), ("degree = 0", "overlay.degree"),
+                       ("degree = \"8\"", "overlay.degree"), ("slack = -1", "overlay.slack"),
+                       ("hints = 40", "hints"), ("known_max = 4", "known_max"),
+                       ("fanout = 3", "overlay.fanout")):
+        with pytest.raises(ConfigError, match=where):
+            parse_config(MINIMAL + f"[overlay]\n{bad}\n")

@@ -291,6 +291,7 @@ class ControlServer:
                          "ledger": asdict(m.ledger.statistics()),
                          "swarm": asdict(m.swarm.statistics()),
                          "gossip": asdict(m.gossip.statistics()),
+                         "overlay": rt.overlay_statistics(),
                          "control": asdict(self.statistics()),
                          "probe": rt.probe_report.as_dict(),
                          "revoked_keys": [fingerprint(r.subject_key)

@@ -14,9 +14,9 @@ from typing import Any
 
 from protocol import BlockerReason, NodeMachine, WireMessage
 
-__all__ = ["InboxEvent", "PeerMessage", "PeerUp", "PeerDown", "ChunkStored",
-           "ChunkStoreFailed", "ChunkMissing", "PieceSent", "InstallDone", "HealthChecked",
-           "ControlCall"]
+__all__ = ["InboxEvent", "PeerMessage", "PeerUp", "PeerDown", "PeerKnown", "PeerGone",
+           "DialFailed", "ChunkStored", "ChunkStoreFailed", "ChunkMissing", "PieceSent",
+           "InstallDone", "HealthChecked", "ControlCall"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,14 +29,37 @@ class PeerMessage:
 
 @dataclass(frozen=True, slots=True)
 class PeerUp:
-    """A session with ``peer`` is open."""
+    """A session with ``peer`` is open (``inbound``: the peer dialled us)."""
 
     peer: str
+    inbound: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class PeerDown:
     """The session with ``peer`` has ended."""
+
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerKnown:
+    """Discovery (or a static peer's handshake) says ``peer`` listens at ``address``."""
+
+    peer: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerGone:
+    """Discovery saw ``peer`` leave."""
+
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class DialFailed:
+    """A dial the machine asked for (``DialPeer``) did not open a session."""
 
     peer: str
 
@@ -103,5 +126,6 @@ class ControlCall:
     done: Callable[[Any, BaseException | None], None]
 
 
-InboxEvent = (PeerMessage | PeerUp | PeerDown | ChunkStored | ChunkStoreFailed | ChunkMissing
-              | PieceSent | InstallDone | HealthChecked | ControlCall)
+InboxEvent = (PeerMessage | PeerUp | PeerDown | PeerKnown | PeerGone | DialFailed | ChunkStored
+              | ChunkStoreFailed | ChunkMissing | PieceSent | InstallDone | HealthChecked
+              | ControlCall)

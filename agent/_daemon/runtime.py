@@ -4,12 +4,20 @@ Theory of operation
 -------------------
 Everything runs in one trio nursery:
 
-* a :class:`PeerListener` accepts authenticated sessions; dialler tasks connect
-  to peers that discovery (mDNS and static peers) reports. Two nodes that dial
-  each other at once end up with two channels; both sides keep the one *opened
-  by the smaller node id* and close the other, so the choice agrees without a
-  message. The smaller id dials a discovered peer at once, the larger after a
-  short grace period (it normally gets dialled first).
+* a :class:`PeerListener` accepts authenticated sessions. Whom to dial is the
+  machine's decision (its overlay, ``protocol/_overlay.py``): discovery only
+  reports peers to it (``PeerKnown``/``PeerGone``), and the runtime carries out
+  its ``DialPeer`` (one dial task; a failure is reported back as ``DialFailed``)
+  and ``ClosePeer`` (the session closes once what is queued for it -- an
+  ``OverlayFull`` declining it -- has been written). A static peer, whose node
+  id is unknown until its handshake, is dialled once at start (again with
+  back-off until it answers) and then reported like a discovered one; its session
+  is offered to the machine like any other. Two nodes that dial each other at
+  once end up with two channels; both sides keep the one *opened by the smaller
+  node id* and close the other, so the choice agrees without a message. To make
+  that rare (in a fleet within the degree every node dials every other), the
+  larger id waits a short grace period before its dial (it normally gets dialled
+  first, and then has nothing to dial).
 * each session has a reader task and a writer task. Readers put received
   messages into the single *inbox* of the machine task, but only after taking
   a token of a semaphore the machine task gives back once it has handled the
@@ -63,10 +71,13 @@ from agent._daemon.inbox import (
     ChunkStored,
     ChunkStoreFailed,
     ControlCall,
+    DialFailed,
     HealthChecked,
     InboxEvent,
     InstallDone,
     PeerDown,
+    PeerGone,
+    PeerKnown,
     PeerMessage,
     PeerUp,
     PieceSent,
@@ -75,7 +86,13 @@ from agent._daemon.lock import DataDirLock
 from agent._daemon.log import log_own_problems
 from agent._daemon.migrator import ingest_hook
 from agent._daemon.probe import probe_machine
-from agent._daemon.transport import PeerListener, Redialer, SecureChannel, TransportError, dial
+from agent._daemon.transport import (
+    PeerListener,
+    SecureChannel,
+    TransportError,
+    backoff_delay,
+    dial,
+)
 from agent._errors import AgentError, ChunkCorrupted, ChunkNotFound, InsufficientStorage, StoreError
 from agent._storage.install import Installer
 from agent._storage.keys import load_key
@@ -86,6 +103,8 @@ from agent._storage.store import ChunkStore
 from protocol import (
     ActivateVersion,
     BlockerReason,
+    ClosePeer,
+    DialPeer,
     DropPeer,
     FleetTrust,
     InstallVariant,
@@ -94,6 +113,7 @@ from protocol import (
     Notice,
     NoticeKind,
     Output,
+    OverlayFull,
     PersistLedger,
     Piece,
     ProtocolError,
@@ -118,6 +138,7 @@ _STORE_WORKERS = 2
 _SEND_BATCH = 16             # queued messages written to a peer at once at most
 _SERVE_BATCH = 4             # ... of which chunks (read into memory together) at most
 _STORE_BATCH = 32            # chunks written under one group commit at most
+_CLOSE = object()              # queued after a peer's last message: close the session
 _GRACE = 2.0                  # the larger id waits this long before dialling
 
 
@@ -222,7 +243,7 @@ class NodeRuntime:
         self.port = 0
         self._sessions: dict[str, _Session] = {}
         self._banned: dict[str, float] = {}
-        self._dialing: dict[str, trio.CancelScope] = {}
+        self._dialing: set[str] = set()     # peers a dial task is connecting to
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[InboxEvent](math.inf)
         self._tokens = trio.Semaphore(_INBOX_TOKENS)
         self._store_send, self._store_recv = trio.open_memory_channel[StoreChunk](_STORE_BATCH)
@@ -242,6 +263,7 @@ class NodeRuntime:
         self._throttled = 0.0       # of sessions that ended (live ones: their channel)
         self._health_checks = self._health_failures = 0
         self.health = config.health
+        self._dials = self._dial_failures = 0
         self.migrator_timeout = float(config.migrator_timeout)  # seconds a migrator may run
         self.migrator_allow_remote = config.migrator_allow_remote   # non-loopback addresses
         self.bytes_served_by_priority: dict[str, int] = {}  # priority name -> bytes (metrics)
@@ -320,41 +342,62 @@ class NodeRuntime:
         async with self.discovery:
             async for event in recv:
                 if isinstance(event, PeerFound):
-                    key = event.node_id or f"static:{event.host}:{event.port}"
-                    old = self._dialing.pop(key, None)
-                    if old is not None:
-                        old.cancel()
-                    scope = trio.CancelScope()
-                    self._dialing[key] = scope
-                    self._nursery.start_soon(self._dialer, event, scope)
-                elif isinstance(event, PeerLost) and event.node_id in self._dialing:
-                    self._dialing.pop(event.node_id).cancel()
+                    if event.node_id is None:       # a static peer: who is it?
+                        self._nursery.start_soon(self._bootstrap, event.host, event.port)
+                    else:
+                        self.post(PeerKnown(event.node_id, _address(event.host, event.port)))
+                elif isinstance(event, PeerLost):
+                    self.post(PeerGone(event.node_id))
 
-    async def _dialer(self, found: PeerFound, scope: trio.CancelScope) -> None:
-        peer = found.node_id
+    async def _bootstrap(self, host: str, port: int) -> None:
+        """Dial a static peer until it answers, report it by its node id, and offer
+        the session to the machine (whose overlay keeps or closes it)."""
+        attempt = 0
+        while True:
+            try:
+                channel = await dial(host, port, identity=self.identity,
+                                     certificate=self.certificate, trust=self.trust,
+                                     settings=self.config.transport)
+            except (ProtocolError, TransportError, OSError) as exc:
+                delay = backoff_delay(attempt, self.rng, base=0.5, cap=30.0)
+                attempt += 1
+                log.info("static peer %s:%d: %s; retrying in %.1f s", host, port, exc, delay)
+                await trio.sleep(delay)
+                continue
+            self.post(PeerKnown(channel.peer_id, _address(host, port)))
+            await self._run_dialled(channel)
+            return
 
-        async def connect() -> SecureChannel:
-            # while a session to the peer is up (either way) or it is banned, there is
-            # nothing to dial
-            while peer is not None and (peer in self._sessions
-                                        or self._banned.get(peer, 0) > self.clock()):
-                s = self._sessions.get(peer)
-                if s is not None:
-                    await s.done.wait()
-                else:
-                    await trio.sleep(self._banned[peer] - self.clock())
-            return await dial(found.host, found.port, identity=self.identity,
-                              certificate=self.certificate, trust=self.trust,
-                              settings=self.config.transport, expected_peer=peer)
+    async def _dial(self, peer: str, address: str) -> None:
+        """Carry out a ``DialPeer``: one attempt (the machine decides about retries)."""
+        self._dials += 1
+        ok = False
+        try:
+            if peer < self.node_id and peer not in self._sessions:
+                await trio.sleep(_GRACE)   # the smaller id dials first: wait to be dialled
+            if peer in self._sessions or self._banned.get(peer, 0) > self.clock():
+                return
+            host, _, port = address.rpartition(":")
+            channel = await dial(host.strip("[]"), int(port), identity=self.identity,
+                                 certificate=self.certificate, trust=self.trust,
+                                 settings=self.config.transport, expected_peer=peer)
+            ok = True
+        except (ProtocolError, TransportError, OSError, ValueError) as exc:
+            log.info("dial %s at %s failed: %s", peer, address, exc)
+        finally:
+            self._dialing.discard(peer)
+            if not ok:
+                self._dial_failures += 1
+                self.post(DialFailed(peer))
+        if ok:
+            await self._run_dialled(channel)
 
-        async def session(channel: SecureChannel) -> None:
-            await self._session(channel, initiated_by_us=True)
-
-        with scope:
-            if peer is not None and peer < self.node_id:
-                await trio.sleep(_GRACE)    # the smaller id dials; we wait to be dialled
-            await Redialer(connect, session, rng=self.rng, base_delay=0.5, max_delay=30.0,
-                           target=f"{found.host}:{found.port}").run()
+    async def _run_dialled(self, channel: SecureChannel) -> None:
+        async with channel:
+            try:
+                await self._session(channel, initiated_by_us=True)
+            except (ProtocolError, TransportError) as exc:
+                log.info("session with %s ended: %s", channel.peer_id, exc)
 
     async def _inbound(self, channel: SecureChannel) -> None:
         await self._session(channel, initiated_by_us=False)
@@ -383,7 +426,7 @@ class NodeRuntime:
         out_send, out_recv = trio.open_memory_channel[Any](_OUTBOX)
         sess = _Session(channel, initiated_by_us, out_send, out_recv, self.clock())
         self._sessions[peer] = sess
-        self.post(PeerUp(peer))
+        self.post(PeerUp(peer, inbound=not initiated_by_us))
         try:
             async with trio.open_nursery() as n:
                 n.start_soon(self._writer, peer, sess, n.cancel_scope)
@@ -418,12 +461,16 @@ class NodeRuntime:
                 # most this batch (<= _SERVE_BATCH chunks and their records) here,
                 # and at most _OUTBOX queued items behind it (docs/RELIABILITY.md)
                 chunks_in = int(isinstance(item, ServeChunk))
-                while len(batch) < _SEND_BATCH and chunks_in < _SERVE_BATCH:
+                while (len(batch) < _SEND_BATCH and chunks_in < _SERVE_BATCH
+                       and batch[-1] is not _CLOSE):
                     try:
                         batch.append(sess.outbox_recv.receive_nowait())
                     except trio.WouldBlock:
                         break
                     chunks_in += isinstance(batch[-1], ServeChunk)
+                closing = batch[-1] is _CLOSE
+                if closing:
+                    batch.pop()
                 serve = [it.chunk_hash for it in batch if isinstance(it, ServeChunk)]
                 chunks = (await trio.to_thread.run_sync(self._read_chunks, serve)
                           if serve else {})
@@ -449,6 +496,9 @@ class NodeRuntime:
                     for msg in messages:
                         if isinstance(msg, Piece):
                             self.post(PieceSent(peer, msg.chunk_hash))
+                if closing:     # the machine's ClosePeer: what it queued before has gone
+                    await sess.channel.aclose()
+                    break
         except (ProtocolError, TransportError) as exc:
             log.info("sending to %s failed: %s", peer, exc)
         scope.cancel()
@@ -524,12 +574,19 @@ class NodeRuntime:
             case PeerMessage(peer, message):
                 self._tokens.release()
                 self._messages_in += 1
-                if peer in self._sessions:
+                # (a decline is read after its session closed: it names peers to try)
+                if peer in self._sessions or isinstance(message, OverlayFull):
                     m.receive(peer, message, now)
-            case PeerUp(peer):
-                m.peer_connected(peer, now)
+            case PeerUp(peer, inbound):
+                m.peer_connected(peer, now, inbound=inbound)
             case PeerDown(peer):
                 m.peer_disconnected(peer, now)
+            case PeerKnown(peer, address):
+                m.peer_known(peer, address, now)
+            case PeerGone(peer):
+                m.peer_lost(peer, now)
+            case DialFailed(peer):
+                m.dial_failed(peer, now)
             case ChunkStored(chunk_hash):
                 self._stored += 1
                 m.chunk_stored(chunk_hash, now)
@@ -630,6 +687,15 @@ class NodeRuntime:
             sess = self._sessions.get(out.peer)
             if sess is not None:
                 await sess.channel.aclose()
+        elif isinstance(out, DialPeer):
+            if out.peer not in self._dialing:
+                assert self._nursery is not None
+                self._dialing.add(out.peer)
+                self._nursery.start_soon(self._dial, out.peer, out.address)
+        elif isinstance(out, ClosePeer):
+            log.info("closing the session with %s: %s", out.peer, out.reason,
+                     extra={"peer": out.peer})
+            await self._enqueue(out.peer, _CLOSE)
         elif isinstance(out, Notice):
             log.info("notice %s: %s", out.kind, out.detail,
                      extra={"model_id": out.model_id, "intent_id": out.intent_id})
@@ -778,6 +844,14 @@ class NodeRuntime:
 
     # ------------------------------------------------------------------ queries
 
+    def overlay_statistics(self) -> dict[str, int]:
+        """The machine's overlay and this runtime's dials (metrics, benchmarks)."""
+        st = self.machine.overlay.statistics()
+        return {"degree": st.degree, "sessions": len(self._sessions), "active": st.active,
+                "known": st.known, "dials": self._dials, "dial_failures": self._dial_failures,
+                "declined": st.declined, "declined_by_peers": st.declined_by_peers,
+                "rotations": st.rotations, "closed_excess": st.closed_excess}
+
     def peers(self) -> list[PeerEntry]:
         now = self.clock()
         out = []
@@ -797,3 +871,7 @@ class NodeRuntime:
                                      for s in self._sessions.values()),
                                  self._health_checks, self._health_failures)
 
+
+def _address(host: str, port: int) -> str:
+    """``host:port`` (``[v6]:port`` for an IPv6 address)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,168 @@
+"""Real daemons on loopback: what one rollout costs each node as the fleet grows.
+
+Fleets of ``small`` and ``large`` real ``shoal daemon`` processes
+(:class:`agent._demo.fleet.LocalFleet`: TCP + mDNS on 127.0.0.1, default settings,
+so the default overlay degree) each roll out one model of ``size`` bytes published on
+node 0. Once every daemon has found all the others (mDNS) and settled, each daemon's
+``statistics.runtime.messages_in`` and its CPU time (``psutil``, user + system) are
+read before the ``distribute`` and again once node 0 sees every node operational; the
+publish itself (node 0 chunking the model) is outside the window. Reported per fleet:
+messages received per node (and how many of them were gossip: ``statistics.gossip``) and
+CPU seconds per node (means), the fleet's CPU, the
+rollout's wall time, and the most peer sessions any daemon held at a poll during it
+(``status().peers``: every open session, one being declined included); then the
+large/small ratios of messages and CPU per node.
+
+quick=True: 4 and 8 daemons, 4 MiB; full: 8 and 32 daemons, 16 MiB (issue 23's aim:
+per-node messages and CPU grow by at most 1.3x from 8 to 32).
+
+Also runnable as a script (``python benchmarks/bench_overlay.py [SMALL LARGE [MiB]]``),
+which prints the rows as JSON: run from another checkout's root (with that checkout
+first on ``PYTHONPATH``) it measures that checkout's daemons the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import trio
+
+from agent._demo.fleet import LocalFleet
+
+__all__ = ["run", "measure"]
+
+MiB = 1024 * 1024
+
+
+def _package(root: Path, size: int) -> Path:
+    root.mkdir(parents=True)
+    (root / "shoal-model.toml").write_text('[[variant]]\nid = "cpu"\nprecision = "fp32"\n')
+    (root / "cpu").mkdir()
+    (root / "cpu" / "model.bin").write_bytes(random.Random(size).randbytes(size))
+    return root
+
+
+def _cpu(procs: list[psutil.Process]) -> list[float]:
+    out = []
+    for p in procs:
+        t = p.cpu_times()
+        out.append(t.user + t.system)
+    return out
+
+
+async def _rollout(fleet: LocalFleet, n: int, pkg: Path, timeout: float) -> dict[str, Any]:
+    for i in range(n):
+        await fleet.wait_ready(i, timeout=120)
+    t = time.perf_counter()
+    with trio.fail_after(timeout):       # mDNS: every daemon has found every other one
+        while True:
+            found = [len((await fleet.call(i, lambda c: c.peers())).peers) for i in range(n)]
+            if min(found) >= min(n - 1, 8):
+                break
+            await trio.sleep(0.5)
+    await trio.sleep(5.0)                # let the overlay and the first gossip settle
+    settle = time.perf_counter() - t
+    await fleet.call(0, lambda c: c.publish(str(pkg), "wide", "1.0.0"))
+    await trio.sleep(1.0)
+    procs = [psutil.Process(p.pid) for p in fleet.procs if p is not None]
+
+    async def messages() -> tuple[list[int], list[int]]:
+        total, gossip = [], []
+        for i in range(n):
+            st = json.loads((await fleet.call(i, lambda c: c.status())).statistics_json)
+            total.append(int(st["runtime"]["messages_in"]))
+            gossip.append(int(st["gossip"]["messages_received"]))
+        return total, gossip
+
+    (m0, g0), c0 = await messages(), _cpu(procs)
+    most = max(found)
+    t0 = time.perf_counter()
+    await fleet.call(0, lambda c: c.distribute_model("wide", "1.0.0"))
+    with trio.fail_after(timeout):
+        while True:
+            rep = await fleet.call(0, lambda c: c.convergence_status("wide", "1.0.0"))
+            for i in range(0, n, max(1, n // 8)):
+                most = max(most, len((await fleet.call(i, lambda c: c.peers())).peers))
+            if rep.is_success and rep.total_platforms == n:
+                break
+            await trio.sleep(0.3)
+    elapsed = time.perf_counter() - t0
+    (m1, g1), c1 = await messages(), _cpu(procs)
+    sessions = [len((await fleet.call(i, lambda c: c.peers())).peers) for i in range(n)]
+    msgs = [b - a for a, b in zip(m0, m1, strict=True)]
+    cpu = [b - a for a, b in zip(c0, c1, strict=True)]
+    gossip = [b - a for a, b in zip(g0, g1, strict=True)]
+    return {"n": n, "messages_per_node": sum(msgs) / n, "messages_max": max(msgs),
+            "gossip_messages_per_node": sum(gossip) / n,
+            "cpu_per_node": sum(cpu) / n, "cpu_fleet": sum(cpu), "rollout_s": elapsed,
+            "settle_s": settle, "sessions_most": max(most, *sessions),
+            "sessions_end": sorted(sessions)}
+
+
+def measure(n: int, size: int, timeout: float = 300.0) -> dict[str, Any]:
+    """One fleet of ``n`` daemons rolls out ``size`` bytes; the figures of the window."""
+    base = Path(tempfile.mkdtemp(prefix=f"shoal-bench-overlay-{n}-"))
+    pkg = _package(base / "pkg", size)
+    fleet = LocalFleet(base / "fleet", n, fleet_id=f"bench-overlay-{os.getpid()}-{n}",
+                       extra_config="")
+    try:
+        fleet.start_all()
+        return trio.run(_rollout, fleet, n, pkg, timeout)
+    finally:
+        fleet.stop_all()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _rows(small: dict[str, Any], large: dict[str, Any], size: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for r in (small, large):
+        n = r["n"]
+        rows += [
+            {"name": f"overlay: messages per node, rollout to {n} daemons",
+             "value": round(r["messages_per_node"]), "unit": "messages",
+             "detail": f"{size // MiB} MiB model; max {r['messages_max']}; of them gossip "
+                       f"{r['gossip_messages_per_node']:.0f}; rollout {r['rollout_s']:.1f} s"},
+            {"name": f"overlay: CPU per node, rollout to {n} daemons",
+             "value": round(r["cpu_per_node"], 2), "unit": "s",
+             "detail": f"fleet {r['cpu_fleet']:.1f} s of CPU"},
+            {"name": f"overlay: most sessions of a daemon, {n} daemons",
+             "value": r["sessions_most"], "unit": "sessions",
+             "detail": f"polled during the rollout; at its end {r['sessions_end']}"},
+        ]
+    rows += [
+        {"name": f"overlay: messages per node {large['n']} / {small['n']} daemons",
+         "value": round(large["messages_per_node"] / small["messages_per_node"], 2),
+         "unit": "ratio", "detail": "aim <= 1.3"},
+        {"name": f"overlay: CPU per node {large['n']} / {small['n']} daemons",
+         "value": round(large["cpu_per_node"] / small["cpu_per_node"], 2),
+         "unit": "ratio", "detail": "aim <= 1.3"},
+    ]
+    return rows
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    small_n, large_n, size = (4, 8, 4 * MiB) if quick else (8, 32, 16 * MiB)
+    small = measure(small_n, size)
+    print(f"  [bench_overlay] {json.dumps(small)}", file=sys.stderr, flush=True)
+    large = measure(large_n, size)
+    print(f"  [bench_overlay] {json.dumps(large)}", file=sys.stderr, flush=True)
+    return _rows(small, large, size)
+
+
+if __name__ == "__main__":
+    args = [int(a) for a in sys.argv[1:]]
+    a, b, mib = (args + [8, 32, 16][len(args):])[:3]
+    res_a = measure(a, mib * MiB)
+    print(json.dumps(res_a), flush=True)
+    res_b = measure(b, mib * MiB)
+    print(json.dumps(res_b), flush=True)
+    print(json.dumps(_rows(res_a, res_b, mib * MiB), indent=1))

@@ -1,0 +1,181 @@
+"""The overlay rule (protocol/_overlay.py): a bounded, random, repaired, rotated active set."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from protocol import (
+    ClosePeer,
+    DialPeer,
+    InvalidValue,
+    MalformedMessage,
+    OverlayConfig,
+    OverlayFull,
+    PeerHint,
+    SendMessage,
+    decode,
+    encode,
+)
+from protocol._overlay import Overlay
+
+
+def nid(i: int) -> str:
+    return f"{i:032x}"
+
+
+ME = nid(0)
+
+
+def make(degree: int = 4, slack: int = 1, rotate: float = 0.0, **kw: float) -> Overlay:
+    cfg = OverlayConfig(degree=degree, slack=slack, rotate_interval=rotate, **kw)  # type: ignore[arg-type]
+    return Overlay(node_id=ME, config=cfg, rng=random.Random(1), now=0.0)
+
+
+def settle(ov: Overlay) -> float:
+    """Run the fill that discoveries called for (it waits SETTLE); the time it ran."""
+    t = ov.next_deadline()
+    ov.on_timer(t)
+    return t
+
+
+def dials(ov: Overlay) -> list[str]:
+    return [o.peer for o in ov.take_outputs() if isinstance(o, DialPeer)]
+
+
+def test_dials_degree_random_known_peers_and_no_more() -> None:
+    ov = make(degree=4)
+    for i in range(1, 21):
+        ov.peer_known(nid(i), f"10.0.0.{i}:7411", 0.0)
+    assert ov.take_outputs() == []      # discoveries settle before a fill draws from them
+    assert 0.5 <= settle(ov) <= 1.0
+    out = ov.take_outputs()
+    assert all(isinstance(o, DialPeer) for o in out)
+    assert len(out) == 4 and len({o.peer for o in out}) == 4
+    assert all(o.address == f"10.0.0.{int(o.peer, 16)}:7411"
+               for o in out if isinstance(o, DialPeer))
+    ov.peer_known(nid(30), "10.0.0.30:7411", 1.1)
+    settle(ov)
+    assert dials(ov) == []              # 4 dials in flight already: none more
+
+
+def test_session_bound_and_polite_decline_with_hints() -> None:
+    ov = make(degree=2, slack=1)
+    for i in range(1, 11):
+        ov.peer_known(nid(i), f"h{i}:1", 0.0)
+    ov.take_outputs()
+    for i in range(20, 23):             # three inbound sessions fit: degree 2 + slack 1
+        assert ov.accept(nid(i), True, 0.0)
+    assert not ov.accept(nid(23), True, 0.0)
+    out = ov.take_outputs()
+    full = [o for o in out if isinstance(o, SendMessage)]
+    assert len(full) == 1 and full[0].peer == nid(23)
+    msg = full[0].message
+    assert isinstance(msg, OverlayFull) and 0 < len(msg.peers) <= 8
+    assert all(h.node != nid(23) and h.address for h in msg.peers)
+    assert [o.peer for o in out if isinstance(o, ClosePeer)] == [nid(23)]
+    assert decode(encode(msg)) == msg
+    assert ov.statistics().active == 3 and ov.statistics().declined == 1
+
+
+def test_declined_dialer_backs_off_and_tries_the_hints() -> None:
+    ov = make(degree=1, slack=0)
+    ov.peer_known(nid(1), "h1:1", 0.0)
+    settle(ov)
+    assert dials(ov) == [nid(1)]
+    assert ov.accept(nid(1), False, 1.1)
+    ov.receive_full(nid(1), OverlayFull((PeerHint(nid(2), "h2:1"),)), 1.1)
+    out = ov.take_outputs()
+    assert ClosePeer(nid(1), "the peer's overlay is full") in out
+    ov.peer_disconnected(nid(1), 1.1)
+    out += ov.take_outputs()
+    assert [o.peer for o in out if isinstance(o, DialPeer)] == [nid(2)]   # the hint, at once
+    ov.dial_failed(nid(2), 1.2)
+    # both peers are now in back-off: nothing is dialled until it ends (no storm)
+    assert dials(ov) == []
+    wake = ov.next_deadline()
+    assert 1.2 < wake < 10
+    ov.on_timer(wake)
+    assert dials(ov) != []
+
+
+def test_backoff_grows_with_strikes_up_to_retry_max() -> None:
+    ov = make(degree=1, slack=0, retry_base=1.0, retry_max=8.0)
+    ov.peer_known(nid(1), "h1:1", 0.0)
+    now, waits = settle(ov), []
+    for _ in range(8):
+        assert dials(ov) == [nid(1)]
+        ov.dial_failed(nid(1), now)
+        wake = ov.next_deadline()
+        waits.append(wake - now)
+        now = wake
+        ov.on_timer(now)
+    assert waits[0] <= 2.0 and max(waits) <= 8.0 and waits[-1] >= 4.0
+
+
+def test_a_lost_session_is_repaired_at_once() -> None:
+    ov = make(degree=2, slack=0)
+    for i in range(1, 6):
+        ov.peer_known(nid(i), f"h{i}:1", 0.0)
+    settle(ov)
+    first = dials(ov)
+    for p in first:
+        ov.accept(p, False, 0.5)
+    ov.peer_disconnected(first[0], 1.0)
+    again = dials(ov)
+    assert len(again) == 1 and again[0] not in first
+
+
+def test_rotation_replaces_one_peer_and_shrinks_the_slack() -> None:
+    ov = make(degree=2, slack=2, rotate=10.0)
+    for i in range(1, 5):               # four inbound sessions: two above the degree
+        assert ov.accept(nid(i), True, 0.0)
+    while len(ov.active) > 2:           # one a rotation until back at the degree
+        t = settle(ov)
+        closes = [o for o in ov.take_outputs() if isinstance(o, ClosePeer)]
+        assert len(closes) == 1 and "above" in closes[0].reason
+        assert ov.peer_disconnected(closes[0].peer, t) is True     # closed on purpose
+    assert ov.statistics().closed_excess == 2
+    for i in range(10, 15):
+        ov.peer_known(nid(i), f"h{i}:1", t)
+    settle(ov)
+    assert ov.take_outputs() == []      # at the degree: nothing to dial
+    # at the degree with spare known peers, a rotation swaps one peer for a fresh one
+    settle(ov)
+    out = ov.take_outputs()
+    assert sum(isinstance(o, ClosePeer) for o in out) == 1
+    assert next(o.peer for o in out if isinstance(o, DialPeer)) in map(nid, range(10, 15))
+    assert ov.statistics().rotations == 1
+
+
+def test_known_set_is_bounded() -> None:
+    ov = make(degree=2, known_max=16)
+    for i in range(1, 200):
+        ov.peer_known(nid(i), f"h{i}:1", 0.0)
+    assert len(ov.known) == 16
+
+
+def test_degree_zero_is_off() -> None:
+    ov = make(degree=0, slack=0)
+    for i in range(1, 50):
+        ov.peer_known(nid(i), f"h{i}:1", 0.0)
+        assert ov.accept(nid(i), True, 0.0)
+    assert ov.take_outputs() == [] and ov.next_deadline() == float("inf")
+
+
+def test_overlay_full_is_validated_on_decode() -> None:
+    good = OverlayFull((PeerHint(nid(5), "10.0.0.5:7411"),))
+    assert decode(encode(good)) == good
+    with pytest.raises(InvalidValue):
+        PeerHint("not-a-node-id", "h:1")
+    bad = encode(OverlayFull(())).replace(b"\x90", b"\x91\x92\xa1x\xa1y")
+    with pytest.raises(MalformedMessage):
+        decode(bad)
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="degree"):
+        OverlayConfig(degree=-1)
+    with pytest.raises(ValueError, match="known_max"):
+        OverlayConfig(degree=8, known_max=4)
