@@ -53,7 +53,7 @@ from typing import Unpack
 from ._capabilities import Capabilities
 from ._events import ActivateVersion, InstallVariant, Notice, NoticeKind, Output
 from ._identity import FleetTrust
-from ._intents import Intent, resolve
+from ._intents import Intent, OnDegraded, policy_actions, resolve
 from ._ledger import Ledger
 from ._manifest import ChunkRef
 from ._records import ModelState, NodeRecord
@@ -164,12 +164,16 @@ class Deployments:
     def health_reported(self, model_id: str, version: str, unhealthy: str | None,
                         now: float) -> bool:
         """A health check of the running ``version`` passed (``unhealthy`` None) or failed
-        (its detail): ``operational`` <-> ``degraded``. A report about a version that no
-        longer runs, or during a transfer or install, changes nothing. True when the
-        status changed."""
+        (its detail): ``operational`` <-> ``degraded``; ``failed`` when the version runs
+        because a rollout policy rolled a newer one back (the node keeps failing after
+        the rollback: nothing more is tried, so nothing loops). A report about a version
+        that no longer runs, or during a transfer or install, changes nothing. True when
+        the status changed."""
         st = self._states.get(model_id)
-        if st is None or st.status not in _DONE or st.active_version != version \
-                or st.version != version:
+        unhealthy_failed = st is not None and st.status is _S.FAILED \
+            and st.blocker is BlockerReason.UNHEALTHY
+        if st is None or (st.status not in _DONE and not unhealthy_failed) \
+                or st.active_version != version or st.version != version:
             return False
         if unhealthy is None:
             if st.status is _S.OPERATIONAL:
@@ -177,12 +181,25 @@ class Deployments:
             self.set_state(model_id, now, status=_S.OPERATIONAL, blocker=None,
                            blocker_detail="")
             return True
-        if st.status is _S.DEGRADED and st.blocker_detail == unhealthy:
+        rolled = self._rolled_back_from(model_id, version)
+        status = _S.FAILED if rolled is not None or unhealthy_failed else _S.DEGRADED
+        detail = unhealthy if rolled is None else (
+            f"still failing after its rollout policy rolled {rolled} back: {unhealthy}")
+        if st.status is status and st.blocker_detail == detail:
             return False
-        self.set_state(model_id, now, status=_S.DEGRADED, blocker=BlockerReason.UNHEALTHY,
-                       blocker_detail=unhealthy,
-                       blocker_since=st.blocker_since if st.status is _S.DEGRADED else now)
+        self.set_state(model_id, now, status=status, blocker=BlockerReason.UNHEALTHY,
+                       blocker_detail=detail,
+                       blocker_since=st.blocker_since if st.status is status else now)
         return True
+
+    def _rolled_back_from(self, model_id: str, version: str) -> str | None:
+        """The newer version a rollout policy rolled back, when ``version`` is what the
+        fleet returned to (else None)."""
+        for d, _ in policy_actions(self._ledger.intents(), model_id, self._trust).values():
+            if d.policy is not None and d.policy.on_degraded is OnDegraded.ROLLBACK \
+                    and d.version != version:
+                return d.version
+        return None
 
     # ------------------------------------------------------------------ reconcile
     def reconcile(self, capabilities: Capabilities | None, now: float) -> None:

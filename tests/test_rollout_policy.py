@@ -66,6 +66,17 @@ def test_rollback_over_the_threshold_sends_every_node_back_from_disk() -> None:
     fleet.advance(30)
     assert [_running(fleet, i) for i in range(4)] == ["1.0.0"] * 4
     assert all(len(fleet.activations[i]) == 1 for i in range(4))
+    # a node still failing on the version it returned to reports failed, and stays put
+    fleet.m(2).health_reported("m", "1.0.0", "disk errors", fleet.now)
+    fleet.advance(20)
+    st = fleet.m(2).model_state("m")
+    assert st is not None and st.status is S.FAILED and st.active_version == "1.0.0"
+    assert "still failing after its rollout policy rolled 2.0.0 back" in st.blocker_detail
+    assert len(fleet.activations[2]) == 1 and len(fleet.installs[2]) == 2
+    assert fleet.m(0).convergence("m", "1.0.0", fleet.now).failed == 1
+    fleet.m(2).health_reported("m", "1.0.0", None, fleet.now)      # fixed by hand
+    st = fleet.m(2).model_state("m")
+    assert st is not None and st.status is S.OPERATIONAL
 
 
 def test_halt_stops_the_version_spreading_and_keeps_it_where_it_runs() -> None:

@@ -94,6 +94,9 @@ class RuntimeCollector(Collector):
         yield served
         yield from self._fetching()
         node = m.statistics()
+        yield CounterMetricFamily("shoal_policy_actions", "rollout policies this node "
+                                  "enacted (automatic rollbacks and halts)",
+                                  value=node.policy_actions)
         yield CounterMetricFamily("shoal_chunks_verified", "chunks received whose hash "
                                   "verified", value=node.swarm.pieces_accepted)
         yield CounterMetricFamily("shoal_chunks_rejected", "chunks received that failed "
