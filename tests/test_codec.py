@@ -66,6 +66,9 @@ FIELD_HINTS: dict[str, st.SearchStrategy[Any]] = {
     "base_version": _VERSIONS, "delta_from": _VERSIONS,
     "precision": st.sampled_from(["fp32", "fp16", "int8"]),
     "path": st.sampled_from(["model.bin", "weights/a.bin", "config.json", "bin/migrate"]),
+    "migrator": st.sampled_from(["bin/migrate", "model.bin"]),
+    "migrator_address": st.sampled_from(["unix:///run/model/m.sock", "127.0.0.1:50051"]),
+    "health_check": st.sampled_from(["config.json", "bin/migrate", "grpc"]),
 }
 _BYTES_BY_SUFFIX = {"key": 32, "hash": 32, "root": 32, "signature": 64, "nonce": 32}
 
