@@ -80,6 +80,7 @@ from ._events import Output, SendMessage
 from ._hlc import vv_from_wire, vv_to_wire
 from ._identity import Role
 from ._ledger import Ledger, MergeResult
+from ._rate import TokenBuckets
 from ._records import Suspicion
 from ._rng import Rng
 
@@ -293,7 +294,7 @@ class GossipEngine:
         self._in_sync = self._entries_recv = self._entries_added = self._rejected = 0
         self._full = self._bucketed = self._keepalives = 0
         self._pushed = 0
-        self._push_tokens: dict[str, tuple[float, float]] = {}   # origin -> tokens, when
+        self._push_tokens = TokenBuckets(PUSH_RATE, PUSH_BURST)   # entries, per origin
         self._push_refused = 0
 
     # ------------------------------------------------------------------ peers
@@ -442,11 +443,6 @@ class GossipEngine:
     def _rate_push(self, msg: GossipPush, now: float) -> GossipPush:
         """``msg`` less the entries over their origin's push rate (and the claims of
         those origins)."""
-        tokens = self._push_tokens
-        if len(tokens) > 4096:   # forget the origins whose bucket is full again
-            for o in [o for o, (have, at) in tokens.items()
-                      if have + (now - at) * PUSH_RATE >= PUSH_BURST]:
-                del tokens[o]
         over: set[str] = set()
         keep: list[Entry] = []
         holds = self.ledger.holds
@@ -455,15 +451,11 @@ class GossipEngine:
             if holds(origin, e.counter):   # a copy from another peer costs nothing
                 keep.append(e)
                 continue
-            have, at = tokens.get(origin, (PUSH_BURST, now))
-            have = min(PUSH_BURST, have + max(0.0, now - at) * PUSH_RATE)
-            if have >= 1.0:
+            if self._push_tokens.take(origin, 1.0, now):
                 keep.append(e)
-                have -= 1.0
             else:
                 over.add(origin)
                 self._push_refused += 1
-            tokens[origin] = (have, now)
         if not over:
             return msg
         return GossipPush(tuple(keep), {o: r for o, r in msg.ranges.items()

@@ -115,6 +115,7 @@ from ._hlc import VersionVector, vv_join
 from ._identity import FleetTrust, Role, SigningIdentity
 from ._intents import Intent
 from ._manifest import Manifest
+from ._rate import TokenBuckets
 from ._records import ModelState, NodeRecord, Suspicion
 
 __all__ = [
@@ -215,9 +216,7 @@ class Ledger:
                  rate: float = ORIGIN_RATE, burst: float = ORIGIN_BURST) -> None:
         self.trust = trust
         self.relay_quota = relay_quota
-        self.rate = rate
-        self.burst = burst
-        self._tokens: dict[str, tuple[float, float]] = {}   # origin -> bytes left, when
+        self._tokens = TokenBuckets(rate, burst)   # replacing entries' bytes, per origin
         self._relay_at: dict[tuple[str, object], int] = {}   # (origin, content) -> counter
         self._relays: dict[str, int] = {}       # origin -> relay entries held
         self._content: dict[object, int] = {}   # content key -> stamps of it held (verified)
@@ -466,7 +465,7 @@ class Ledger:
                 bad.add(origin)
                 continue
             if rated and (replaces is not None or (e.record is not None and record_at(origin)))\
-                    and not self._take(origin, entry_size(e), at_s):
+                    and not self._tokens.take(origin, entry_size(e), at_s):
                 self._refuse("rate")     # a replacing entry over its origin's rate
                 continue
             self._insert(origin, e, ck)
@@ -489,20 +488,6 @@ class Ledger:
     def _refuse(self, why: str) -> None:
         self._refused[why] = self._refused.get(why, 0) + 1
 
-    def _take(self, origin: str, size: int, now: float) -> bool:
-        """Take ``size`` bytes from ``origin``'s bucket; False when it holds too few."""
-        tokens = self._tokens
-        if len(tokens) > 4096:   # forget the origins whose bucket is full again
-            for o in [o for o, (have, at) in tokens.items()
-                      if have + (now - at) * self.rate >= self.burst]:
-                del tokens[o]
-        have, at = tokens.get(origin, (self.burst, now))
-        have = min(self.burst, have + max(0.0, now - at) * self.rate)
-        if have < size:
-            tokens[origin] = (have, now)
-            return False
-        tokens[origin] = (have - size, now)
-        return True
 
     def _insert(self, origin: str, e: Entry, ck: object | None = None) -> None:
         if ck is not None:
