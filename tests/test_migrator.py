@@ -22,6 +22,10 @@ import pytest
 import trio
 
 import agent._daemon.migrator as migrator_module
+from agent._daemon.export import (
+    default_derived_version,
+    export_version,
+)
 from agent._daemon.migrator import (
     EXPORT_MARKER,
     MigratorCrashed,
@@ -33,8 +37,6 @@ from agent._daemon.migrator import (
     MigratorTimeout,
     check_migrator_address,
     copy_confined,
-    default_derived_version,
-    export_version,
     ingest_hook,
     is_derived,
     run_export,

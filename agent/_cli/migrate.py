@@ -31,12 +31,14 @@ from typing import Any
 import trio
 
 from agent._cli.location import control_socket, locate
+from agent._daemon.export import (
+    collect_state_files,
+    default_derived_version,
+)
 from agent._daemon.migrator import (
     DEFAULT_TIMEOUT,
     EXPORT_MARKER,
     MigratorError,
-    collect_state_files,
-    default_derived_version,
     run_export,
 )
 from agent._errors import NotFound
