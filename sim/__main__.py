@@ -117,6 +117,10 @@ def _fmt_t(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}s"
 
 
+def _status(row: dict[str, Any]) -> str:
+    return str(row["status"] or "-") if row["up"] else "down"
+
+
 def _human_run(result: dict[str, Any]) -> str:
     lines = [f"fleet {result['name']}  seed {result['seed']}  {result['nodes']} nodes  "
              f"{result['sim_seconds']:.1f} s simulated"
@@ -136,7 +140,7 @@ def _human_run(result: dict[str, Any]) -> str:
             blockers = ", ".join(f"{k} {v:.0f}s" for k, v in row["blocked_seconds"].items())
             lines.append(f"  {row['node']:<16} {row['model']:<12} target {row['target'] or '-':<8}"
                          f" active {row['active'] or '-':<8} converged "
-                         f"{_fmt_t(row.get('converged_at')):<9} {row['status'] or 'down':<13}"
+                         f"{_fmt_t(row.get('converged_at')):<9} {_status(row):<13}"
                          f" {('blocked: ' + blockers) if blockers else ''}")
     lines.append("bytes by link: " + ", ".join(f"{k} {v / 1e6:.1f} MB"
                                                for k, v in result["bytes_by_link"].items()))

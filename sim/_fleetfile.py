@@ -603,6 +603,7 @@ class _Track:
 
     active: str | None = None
     changed_at: float = 0.0                 # the sample that first saw ``active``
+    history: list[tuple[float, str | None]] = field(default_factory=list)
     blockers: dict[str, float] = field(default_factory=dict)   # reason -> seconds seen
     first_blocked: dict[str, float] = field(default_factory=dict)
 
@@ -779,6 +780,7 @@ def simulate(ff: FleetFile, seed: int | None = None,
                 active = node.disk.active.get(m)
                 if active != tr.active:
                     tr.active, tr.changed_at = active, now
+                    tr.history.append((round(now, 3), active))
                 if not node.alive:
                     reason = "node_down"
                 else:
@@ -819,6 +821,7 @@ def simulate(ff: FleetFile, seed: int | None = None,
             st = node.machine.model_state(m) if node.alive else None
             row["status"] = st.status.value if st is not None else None
             row["blocker"] = st.blocker.value if st is not None and st.blocker else None
+            row["activations"] = [list(h) for h in tr.history]
             row["blocked_seconds"] = {k: round(v, 3) for k, v in sorted(tr.blockers.items())}
             row["first_blocked_at"] = {k: round(v, 3)
                                        for k, v in sorted(tr.first_blocked.items())}
@@ -829,10 +832,11 @@ def simulate(ff: FleetFile, seed: int | None = None,
         rows = result_nodes[f.name]
         targeted = [r for r in rows if r["target"] is not None]
         times = [r["converged_at"] for r in targeted if r.get("converged_at") is not None]
-        blocked: dict[str, int] = {}
+        blocked_nodes: dict[str, set[str]] = {}
         for r in rows:
             for k in r["blocked_seconds"]:
-                blocked[k] = blocked.get(k, 0) + 1
+                blocked_nodes.setdefault(k, set()).add(r["node"])
+        blocked = {k: len(v) for k, v in blocked_nodes.items()}
         formations_out[f.name] = {
             "nodes": len(rows) // max(1, len(model_ids)),
             "targeted": len(targeted), "converged": len(times),

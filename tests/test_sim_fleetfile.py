@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,3 +166,57 @@ def test_variant_requirements_pick_variants_and_report_incompatible_capabilities
     assert field["converged"] == 0
     assert field["nodes_blocked_by"] == {"incompatible_capabilities": 3}
     assert out["formations"]["hq"]["converged"] == 1
+
+
+# ---------------------------------------------------------------------- shipped examples
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "fleets"
+
+
+def run_example(name: str, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    assert main(["run", str(EXAMPLES / f"{name}.toml"), "--json"]) == 0
+    out: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return out
+
+
+def test_the_shipped_examples_are_the_three_of_issue_18() -> None:
+    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == ["factory", "retail", "tactical"]
+
+
+def test_factory_example_reports_the_full_disks(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_example("factory", capsys)
+    f = out["formations"]
+    for name in ("control", "gpu-cells", "arm-cells"):
+        assert f[name]["converged"] == f[name]["targeted"] > 0
+    assert f["old-pcs"]["converged"] == 0
+    assert f["old-pcs"]["nodes_blocked_by"] == {"insufficient_storage": 2}
+    assert set(out["bytes_by_link"]) == {"lan"}
+    assert all(row["active"] == "1.1.0" for row in f["gpu-cells"]["node_rows"])
+
+
+def test_tactical_example_waits_for_its_radio_windows(capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    out = run_example("tactical", capsys)
+    assert out["converged"] and out["stopped_early"]
+    f = out["formations"]
+    assert f["drones-a"]["last_converged_at"] < 600          # over the vehicles' radios
+    # the rollback is ordered at 40 min; drones-b's radios are next up at 47 min
+    assert 47 * 60 <= f["drones-b"]["first_converged_at"] <= 52 * 60
+    assert {r["active"] for r in f["drones-b"]["node_rows"] if r["model"] == "detector"} \
+        == {"1.0.0"}
+    assert f["vehicles"]["nodes_blocked_by"] == {"node_down": 1}
+    nav = [r for r in f["vehicles"]["node_rows"] if r["model"] == "nav"]
+    assert {r["active"] for r in nav} == {"2.0.0"}
+    assert all(r["target"] is None for r in f["drones-a"]["node_rows"] if r["model"] == "nav")
+    assert set(out["bytes_by_link"]) == {"satellite", "radio", "radio-b"}
+
+
+def test_retail_example_heals_and_cancels(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_example("retail", capsys)
+    assert out["converged"]
+    f = out["formations"]
+    assert f["store-a"]["last_converged_at"] < 600           # the canary went first
+    assert f["store-d"]["first_converged_at"] >= 32 * 60     # after its WAN came back
+    for store in ("store-a", "store-b", "store-c", "store-d"):
+        assert {r["active"] for r in f[store]["node_rows"]} == {"3.0.0"}   # 3.1.0 cancelled
+    assert [a["event"] for a in out["actions"]][-1] == "cancel"
