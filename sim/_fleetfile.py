@@ -16,7 +16,8 @@ dotted path, e.g. ``formation[1].hardware.gpu_mem_gb``); :func:`simulate` builds
   inside the formations in ``within`` and every pair across the formation pairs in
   ``between``; pairs no link joins never reach each other (and discovery does not
   tell them of each other). A ``schedule`` brings the class up ``up_for`` in every
-  ``every``; ``[[partition]]`` splits the fleet into groups of formations until it
+  ``every``; ``outages`` takes it down at random (exponential up and down times drawn
+  from the seed); ``[[partition]]`` splits the fleet into groups of formations until it
   heals; ``[[crash]]`` takes a node down (its disk survives) and back up;
 * each ``[[model]]`` is synthetic content (``sim/_content.py``'s tokens with declared
   sizes) with one or more variants and a list of versions, each a ``changed``
@@ -69,6 +70,7 @@ from protocol import (
 )
 
 from ._fleet import Fleet, NodeSpec
+from ._loop import derive_rng
 from ._network import LinkClass, LinkProfile
 
 __all__ = ["FleetFile", "FleetFileError", "load", "parse", "simulate"]
@@ -213,6 +215,8 @@ class Link:
     every: float | None          # schedule period (None: always up)
     up_for: float
     offset: float
+    mean_up: float | None = None     # random outages: exponential up and down times
+    mean_down: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,9 +410,21 @@ def _link(t: _Table, formations: set[str]) -> Link:
         if every <= 0 or not 0 < up_for <= every:
             raise FleetFileError(f"{sched.path}: needs 0 < up_for <= every")
         sched.done()
+    mean_up = mean_down = None
+    outages = t.table("outages", optional=True)
+    if outages is not None:
+        if sched is not None:
+            raise FleetFileError(f"{outages.path}: a link takes a schedule or random "
+                                 f"outages, not both")
+        mean_up = outages.seconds("mean_up")
+        mean_down = outages.seconds("mean_down")
+        if mean_up <= 0 or mean_down <= 0:
+            raise FleetFileError(f"{outages.path}: mean_up and mean_down must be more than 0")
+        outages.done()
     t.done()
     return Link(LinkClass(name, _mbit(up), _mbit(down), latency, jitter, loss),
-                tuple(within), tuple(between), every, up_for or 0.0, offset or 0.0)
+                tuple(within), tuple(between), every, up_for or 0.0, offset or 0.0,
+                mean_up, mean_down or 0.0)
 
 
 def _partition(t: _Table, formations: set[str]) -> PartitionEvent:
@@ -729,6 +745,16 @@ def simulate(ff: FleetFile, seed: int | None = None,
         fleet.set_link_state(name, up)
 
     for lk in ff.links:
+        if lk.mean_up is not None:
+            # random outages: up for Exp(mean_up), down for Exp(mean_down), repeated
+            rng = derive_rng(seed, f"outages/{lk.link.name}")
+            t = rng.expovariate(1 / lk.mean_up)
+            while t < ff.duration:
+                loop.call_at(t, link_state, lk.link.name, False)
+                t += rng.expovariate(1 / lk.mean_down)
+                loop.call_at(t, link_state, lk.link.name, True)
+                t += rng.expovariate(1 / lk.mean_up)
+            continue
         if lk.every is None:
             continue
         # down from time 0 unless inside a window; up at offset + k*every for up_for

@@ -149,6 +149,18 @@ def test_a_scheduled_outage_delays_convergence_by_about_the_outage() -> None:
     assert t0 < 60.0
 
 
+def test_random_outages_replay_with_the_seed_and_delay_convergence() -> None:
+    outages = "outages = { mean_up = '20s', mean_down = '40s' }"
+    text = small(schedule=outages)
+    runs = [simulate(parse(text), seed=s) for s in (5, 5, 6)]
+    assert runs[0]["trace"] == runs[1]["trace"] != runs[2]["trace"]
+    # seed 5's first outage falls during the transfer (48.5 s against 38.5 s without)
+    base = last_converged(simulate(parse(small()), seed=5), "field")
+    assert last_converged(runs[0], "field") > base
+    with pytest.raises(FleetFileError, match=r"link\[0\].outages: a link takes a schedule"):
+        parse(small(schedule=outages + "\nschedule = { every = '1h', up_for = '1h' }"))
+
+
 def test_a_formation_without_the_storage_reports_insufficient_storage() -> None:
     out = simulate(parse(small(storage=2).replace('duration = "20m"', 'duration = "90s"')))
     field = out["formations"]["field"]
