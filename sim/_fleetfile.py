@@ -205,6 +205,11 @@ class Formation:
     name: str
     count: int
     capabilities: Capabilities
+    # per-node hardware (index -> capabilities) where ``[[formation.node]]`` overrides it
+    overrides: tuple[tuple[int, Capabilities], ...] = ()
+
+    def capabilities_of(self, index: int) -> Capabilities:
+        return dict(self.overrides).get(index, self.capabilities)
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,27 +355,60 @@ def _formation(t: _Table) -> Formation:
     if count < 1:
         raise FleetFileError(f"{t.path}.count: must be at least 1")
     hw = t.table("hardware", optional=True) or _Table({}, f"{t.path}.hardware")
-    arch = hw.take("cpu_arch", str, "x86_64")
-    try:
-        arch = normalise_arch(arch)
-    except (InvalidValue, ValueError) as exc:
-        raise FleetFileError(f"{hw.path}.cpu_arch: {exc}") from None
-    gpu_gb = hw.number("gpu_mem_gb", 0.0)
-    gpu_kind = hw.take("gpu_kind", str, "cuda")
-    cores = hw.take("cpu_cores", int, 8)
-    ram_gb = hw.number("ram_gb", 16.0)
-    storage = hw.take("storage_free_mb", int, 1_000_000)
-    if storage < 0:
-        raise FleetFileError(f"{hw.path}.storage_free_mb: must be >= 0")
-    providers = hw.strings("execution_providers", ["CPUExecutionProvider"])
-    hw.done()
+    base = _hardware(hw, _HARDWARE_DEFAULTS)
+    overrides: dict[int, Capabilities] = {}
+    for o in t.tables("node"):
+        indices = o.take("index", (int, list))
+        indices = indices if isinstance(indices, list) else [indices]
+        for i in indices:
+            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < count:
+                raise FleetFileError(f"{o.path}.index: {i!r} is not a node index of "
+                                     f"{name} (0 to {count - 1})")
+            if i in overrides:
+                raise FleetFileError(f"{o.path}.index: node {i} is overridden twice")
+        node_hw = o.table("hardware")
+        assert node_hw is not None
+        node_caps = _capabilities(_hardware(node_hw, base))
+        o.done()
+        for i in indices:
+            overrides[i] = node_caps
     t.done()
-    gpus = (GpuInfo("sim-gpu", int(gpu_gb * 1024), int(gpu_gb * 1024), "sim", "", gpu_kind),
-            ) if gpu_gb > 0 else ()
-    caps = Capabilities(cpu_arch=arch, cpu_cores=cores, ram_mb=int(ram_gb * 1024),
-                        storage_free_mb=storage, gpus=gpus,
-                        execution_providers=tuple(providers))
-    return Formation(name, count, caps)
+    return Formation(name, count, _capabilities(base), tuple(sorted(overrides.items())))
+
+
+_HARDWARE_DEFAULTS: dict[str, Any] = {
+    "cpu_arch": "x86_64", "gpu_mem_gb": 0.0, "gpu_kind": "cuda", "cpu_cores": 8,
+    "ram_gb": 16.0, "storage_free_mb": 1_000_000,
+    "execution_providers": ["CPUExecutionProvider"]}
+
+
+def _hardware(hw: _Table, defaults: dict[str, Any]) -> dict[str, Any]:
+    """A ``hardware`` table read over ``defaults`` (the formation's, for a node's)."""
+    out = dict(defaults)
+    arch = hw.take("cpu_arch", str, None)
+    if arch is not None:
+        try:
+            out["cpu_arch"] = normalise_arch(arch)
+        except (InvalidValue, ValueError) as exc:
+            raise FleetFileError(f"{hw.path}.cpu_arch: {exc}") from None
+    out["gpu_mem_gb"] = hw.number("gpu_mem_gb", out["gpu_mem_gb"])
+    out["gpu_kind"] = hw.take("gpu_kind", str, out["gpu_kind"])
+    out["cpu_cores"] = hw.take("cpu_cores", int, out["cpu_cores"])
+    out["ram_gb"] = hw.number("ram_gb", out["ram_gb"])
+    out["storage_free_mb"] = hw.take("storage_free_mb", int, out["storage_free_mb"])
+    if out["storage_free_mb"] < 0:
+        raise FleetFileError(f"{hw.path}.storage_free_mb: must be >= 0")
+    out["execution_providers"] = hw.strings("execution_providers", out["execution_providers"])
+    hw.done()
+    return out
+
+
+def _capabilities(hw: dict[str, Any]) -> Capabilities:
+    gpu_mb = int(hw["gpu_mem_gb"] * 1024)
+    gpus = (GpuInfo("sim-gpu", gpu_mb, gpu_mb, "sim", "", hw["gpu_kind"]),) if gpu_mb else ()
+    return Capabilities(cpu_arch=hw["cpu_arch"], cpu_cores=hw["cpu_cores"],
+                        ram_mb=int(hw["ram_gb"] * 1024), storage_free_mb=hw["storage_free_mb"],
+                        gpus=gpus, execution_providers=tuple(hw["execution_providers"]))
 
 
 def _mbit(value: float) -> float:
@@ -638,8 +676,9 @@ def simulate(ff: FleetFile, seed: int | None = None,
             formation_of.append(f.name)
             # the default link carries nothing once a link class joins a pair; its rate
             # only matters for pairs the file leaves unjoined (none reach each other)
-            specs.append(NodeSpec(up=_mbit(1000), down=_mbit(1000), capabilities=f.capabilities,
-                                  formation=f.name, name=f"{f.name}-{i}"))
+            specs.append(NodeSpec(up=_mbit(1000), down=_mbit(1000),
+                                  capabilities=f.capabilities_of(i), formation=f.name,
+                                  name=f"{f.name}-{i}"))
     members: dict[str, list[int]] = {}
     for i, fname in enumerate(formation_of):
         members.setdefault(fname, []).append(i)

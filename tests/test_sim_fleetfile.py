@@ -171,6 +171,24 @@ def test_a_formation_without_the_storage_reports_insufficient_storage() -> None:
     assert not out["converged"]
 
 
+def test_one_node_of_a_formation_can_have_other_hardware() -> None:
+    text = SMALL.replace('storage_free_mb = {storage}', 'storage_free_mb = {storage}\n'
+                         '[[formation.node]]\nindex = 2\nhardware = {{ storage_free_mb = 2 }}')
+    ff = parse(text.format(storage=100_000, schedule="").replace('"20m"', '"90s"'))
+    field = ff.formations[1]
+    assert field.capabilities_of(0).storage_free_mb == 100_000
+    assert field.capabilities_of(2).storage_free_mb == 2
+    assert field.capabilities_of(2).cpu_arch == "aarch64"        # the formation's
+    out = simulate(ff)
+    rows = {r["node"]: r for r in out["formations"]["field"]["node_rows"]}
+    assert rows["field-2"]["blocker"] == "insufficient_storage"
+    assert rows["field-0"]["active"] == rows["field-1"]["active"] == "1.0.0"
+    with pytest.raises(FleetFileError, match=r"formation\[1\]\.node\[0\]\.index: 3"):
+        parse(SMALL.replace('storage_free_mb = {storage}', 'storage_free_mb = 1\n'
+                              '[[formation.node]]\nindex = 3\nhardware = {{}}')
+              .format(schedule=""))
+
+
 def test_variant_requirements_pick_variants_and_report_incompatible_capabilities() -> None:
     text = small().replace('size = "4M"', 'size = "4M"\nrequirements = { cpu_arch = ["x86_64"] }')
     out = simulate(parse(text.replace('duration = "20m"', 'duration = "60s"')))
