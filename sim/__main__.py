@@ -6,6 +6,7 @@ Examples::
     shoal-sim swarm --nodes 100 --size 1073741824 --up 100 --down 100 --seed 1
     shoal-sim swarm --nodes 20 --size 16M --plot swarm.png --html swarm.html
     shoal-sim delta --nodes 10 --size 67108864 --changed 0.1 --json --out delta.json
+    shoal-sim run examples/fleets/factory.toml --json
 """
 
 from __future__ import annotations
@@ -80,10 +81,21 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--size", type=_size, default=32 * sc.MiB)
     c.add_argument("--crashes", type=int, default=6)
     common(c)
+
+    r = sub.add_parser("run", help="simulate a fleet described by a scenario file "
+                                   "(docs/SIMULATOR.md, \"Scenario files\")")
+    r.add_argument("file", type=Path, metavar="FLEET.toml")
+    r.add_argument("--seed", type=int, default=None, help="override the file's run.seed")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.add_argument("--out", type=Path, help="also write the JSON result to this file")
     return p
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.scenario == "run":
+        from ._fleetfile import load, simulate
+
+        return simulate(load(args.file), seed=args.seed)
     if args.scenario == "gossip":
         return sc.gossip(nodes=args.nodes, seed=args.seed, loss=args.loss, fanout=args.fanout,
                          degree=args.degree, push=not args.no_push)
@@ -101,7 +113,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return sc.churn(nodes=args.nodes, size=args.size, seed=args.seed, crashes=args.crashes)
 
 
+def _fmt_t(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def _status(row: dict[str, Any]) -> str:
+    return str(row["status"] or "-") if row["up"] else "down"
+
+
+def _human_run(result: dict[str, Any]) -> str:
+    lines = [f"fleet {result['name']}  seed {result['seed']}  {result['nodes']} nodes  "
+             f"{result['sim_seconds']:.1f} s simulated"
+             f"{' (stopped: converged)' if result['stopped_early'] else ''}  "
+             f"converged {result['converged']}"]
+    for a in result["actions"]:
+        extra = f"  ERROR {a['error']}" if "error" in a else ""
+        what = " ".join(str(a[k]) for k in ("model", "version") if k in a)
+        lines.append(f"  t={a['t']:>9.1f}s  {a['event']:<10} at {a['node']} {what}{extra}")
+    for name, f in result["formations"].items():
+        blocked = ", ".join(f"{k} ({n})" for k, n in f["nodes_blocked_by"].items()) or "nothing"
+        lines.append(f"formation {name}: {f['converged']}/{f['targeted']} targeted nodes "
+                     f"converged (of {f['nodes']}); first {_fmt_t(f['first_converged_at'])}, "
+                     f"median {_fmt_t(f['median_converged_at'])}, "
+                     f"last {_fmt_t(f['last_converged_at'])}; blocked by {blocked}")
+        for row in f["node_rows"]:
+            blockers = ", ".join(f"{k} {v:.0f}s" for k, v in row["blocked_seconds"].items())
+            lines.append(f"  {row['node']:<16} {row['model']:<12} target {row['target'] or '-':<8}"
+                         f" active {row['active'] or '-':<8} converged "
+                         f"{_fmt_t(row.get('converged_at')):<9} {_status(row):<13}"
+                         f" {('blocked: ' + blockers) if blockers else ''}")
+    lines.append("bytes by link: " + ", ".join(f"{k} {v / 1e6:.1f} MB"
+                                               for k, v in result["bytes_by_link"].items()))
+    lines.append(f"trace {result['trace']}")
+    return "\n".join(lines)
+
+
 def _human(result: dict[str, Any]) -> str:
+    if result.get("scenario") == "run":
+        return _human_run(result)
     lines = [f"scenario {result['scenario']}"]
     for key, value in result.items():
         if key == "scenario":
@@ -124,7 +173,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"shoal-sim: error: --{wants[0]} needs {exc.package}: "
                   f"pip install 'shoal[{exc.extra}]'", file=sys.stderr)
             return 2
-    result = run(args)
+    if args.scenario == "run":
+        from ._fleetfile import FleetFileError
+
+        try:
+            result = run(args)
+        except FleetFileError as exc:
+            print(f"shoal-sim: error: {args.file}: {exc}", file=sys.stderr)
+            return 2
+    else:
+        result = run(args)
     text = json.dumps(result, sort_keys=True, default=str)
     if args.out is not None:
         args.out.write_text(text + "\n")

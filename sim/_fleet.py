@@ -56,6 +56,7 @@ import blake3
 from protocol import (
     SWARM_MESSAGES,
     ActivateVersion,
+    BlockerReason,
     Capabilities,
     Certificate,
     ClosePeer,
@@ -125,6 +126,10 @@ class NodeSpec:
     join_at: float = 0.0           # virtual time the node first comes up
     capabilities: Capabilities = field(default_factory=lambda: DEFAULT_CAPABILITIES)
     formation: str = ""
+    name: str = ""                 # its certificate name (default ``n<index>``)
+    # with ``Fleet(disk_limits=True)``: a chunk store that would take more than the
+    # capabilities' ``storage_free_mb`` of new bytes fails with insufficient_storage
+    # (what the agent's store reports on a full disk)
 
 
 @dataclass(slots=True)
@@ -135,6 +140,7 @@ class Disk:
     installed: set[tuple[str, str, str]] = field(default_factory=set)
     active: dict[str, str] = field(default_factory=dict)
     ledger: Any = None
+    stored_bytes: int = 0      # bytes written by chunk stores (Fleet(disk_limits=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +168,7 @@ class SimNode:
         self.identity = identity
         self.certificate = certificate
         self.node_id = identity.key_id
-        self.name = f"n{index}"
+        self.name = spec.name or f"n{index}"
         self.machine: Any = None
         self.disk = Disk()
         self.peers: set[str] = set()
@@ -181,7 +187,8 @@ class Fleet:
                  degree: int | None = None, seeder: int = 0, disk_delay: float = 0.0,
                  install_delay: float = 0.05, wire_check: bool = False,
                  machine_factory: Callable[..., Any] | None = None,
-                 memo_signatures: bool = True, identity_seed: int | str | None = None) -> None:
+                 memo_signatures: bool = True, identity_seed: int | str | None = None,
+                 disk_limits: bool = False) -> None:
         self.seed = seed
         # the keys (root, publisher, operator, nodes) derive from ``identity_seed`` when
         # given, so fleets that differ in their random draws can share one set of keys
@@ -204,6 +211,7 @@ class Fleet:
         self.net = Network(self.loop, derive_rng(seed, "network"),
                            profile if profile is not None else LinkProfile(), self._deliver)
         self.disk_delay = disk_delay
+        self.disk_limits = disk_limits
         self.install_delay = install_delay
         self.wire_check = wire_check
         self.seeder = seeder
@@ -221,7 +229,8 @@ class Fleet:
         self.nodes: list[SimNode] = []
         for i, spec in enumerate(specs):
             ident = seeded_identity(keys, f"node/{i}")
-            cert = Certificate.issue(self.root, fleet_id, ident.public_key, Role.NODE, f"n{i}", 0)
+            cert = Certificate.issue(self.root, fleet_id, ident.public_key, Role.NODE,
+                                     spec.name or f"n{i}", 0)
             self.trust.add_certificate(cert)
             node = SimNode(i, spec, ident, cert)
             self.nodes.append(node)
@@ -351,6 +360,9 @@ class Fleet:
         """Tell a starting node of the others, as mDNS on one segment would (a random
         ``known_max`` of them when there are more: what its known set keeps anyway)."""
         others = [j for j in range(len(self.nodes)) if j != node.index]
+        if self.net.link_classes:   # only the nodes a link joins it to
+            joined = self.net.joined
+            others = [j for j in others if joined(node.node_id, self.nodes[j].node_id)]
         cap = self.config.overlay.known_max
         if len(others) > cap:
             others = sorted(derive_rng(self.seed, f"known/{node.index}/{node.life}")
@@ -393,6 +405,35 @@ class Fleet:
         """Close the session between ``a`` and ``b``; messages in flight on it are lost.
         Nothing re-dials it but :meth:`connect` or :meth:`heal`."""
         self._disconnect(self.nodes[a], self.nodes[b])
+
+    def set_link_state(self, cls: str, up: bool) -> None:
+        """Bring link class ``cls`` down (sessions over it close, as keepalive would) or
+        up (fixed topologies re-dial their edges; the overlay is told of the peers the
+        class joins again, as discovery would tell it)."""
+        if self.net.class_is_up(cls) == up:
+            return
+        self.net.set_class_state(cls, up)
+        now = self.loop.now
+        if not up:
+            for node in self.nodes:
+                if not node.alive:
+                    continue
+                for peer_id in sorted(node.peers):
+                    if self.net.link_class(node.node_id, peer_id) == cls:
+                        self._disconnect(node, self.by_id[peer_id])
+            return
+        for a, b in sorted(self.edges):
+            if self.net.link_class(self.nodes[a].node_id, self.nodes[b].node_id) == cls:
+                self._connect(self.nodes[a], self.nodes[b])
+        if self.topology == "overlay":
+            for node in self.nodes:
+                if not node.alive:
+                    continue
+                for other in self.nodes:
+                    if (other is not node
+                            and self.net.link_class(node.node_id, other.node_id) == cls):
+                        node.machine.peer_known(other.node_id, f"sim:{other.index}", now)
+                self._pump(node)
 
     def heal(self) -> None:
         self.net.heal()
@@ -521,6 +562,14 @@ class Fleet:
             self.net.send(node.node_id, out.peer, Piece(out.chunk_hash, token, int(out.priority)),
                           size)
         elif isinstance(out, StoreChunk):
+            if self.disk_limits and out.chunk_hash not in node.disk.held:
+                size = self.sizes.get(out.chunk_hash, 0)
+                free = node.spec.capabilities.storage_free_mb * 1024 * 1024
+                if node.disk.stored_bytes + size > free:
+                    self.loop.call_at(now + self.disk_delay, self._store_failed, node.index,
+                                      node.life, out.chunk_hash)
+                    return
+                node.disk.stored_bytes += size
             self.loop.call_at(now + self.disk_delay, self._stored, node.index, node.life,
                               out.chunk_hash)
         elif isinstance(out, InstallVariant):
@@ -567,6 +616,15 @@ class Fleet:
         for hook in self.on_store:
             hook(node, chunk_hash)
         node.machine.chunk_stored(chunk_hash, self.loop.now)
+        self._pump(node)
+
+    def _store_failed(self, index: int, life: int, chunk_hash: bytes) -> None:
+        node = self.nodes[index]
+        if not node.alive or node.life != life:
+            return
+        free = node.spec.capabilities.storage_free_mb
+        node.machine.chunk_store_failed(chunk_hash, BlockerReason.INSUFFICIENT_STORAGE,
+                                        f"disk full ({free} MB free at start)", self.loop.now)
         self._pump(node)
 
     def _installed(self, index: int, life: int, model_id: str, version: str,

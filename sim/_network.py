@@ -54,7 +54,7 @@ from typing import Any
 
 from ._loop import EventLoop
 
-__all__ = ["LinkProfile", "Network", "NetworkStatistics"]
+__all__ = ["LinkClass", "LinkProfile", "Network", "NetworkStatistics"]
 
 Deliver = Callable[[str, str, Any], None]  # (dst, src, message)
 
@@ -70,6 +70,26 @@ class LinkProfile:
     reorder: float = 0.0          # probability a message may overtake earlier ones
     reorder_delay: float = 0.05   # extra delay (uniform in [0, x]) of a reordered message
     bypass_bytes: int = 16 * 1024  # messages this small skip the bulk queue
+
+
+@dataclass(frozen=True, slots=True)
+class LinkClass:
+    """A kind of link (a radio mesh, a satellite hop, a LAN) that joins named pairs.
+
+    Every node on a class has its own interface on it: an uplink and a downlink of
+    ``up``/``down`` bytes/s with their own FIFO queues, separate from the node's
+    default link and from its other classes' interfaces. A message between a pair the
+    class joins uses the sender's and the receiver's interfaces on it, the class's
+    latency (+ uniform jitter) and loss (a message dropped after it used the uplink).
+    A class that is down makes its pairs unreachable: a message is checked at send,
+    at arrival and at delivery, so one still on the link when it goes down is lost."""
+
+    name: str
+    up: float                    # bytes/s of each member's interface
+    down: float
+    latency: float = 0.005
+    jitter: float = 0.0
+    loss: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +128,13 @@ class Network:
         self.on_sent: Deliver | None = None
         self._sent = self._delivered = self._lost = self._blocked = self._dup = 0
         self._bytes_sent = self._bytes_delivered = 0
+        # link classes (empty: every pair uses the nodes' default links, as before)
+        self._classes: dict[str, LinkClass] = {}
+        self._class_up: dict[str, bool] = {}
+        self._pair_class: dict[tuple[str, str], str] = {}
+        self._if_up_free: dict[tuple[str, str], float] = {}
+        self._if_down_free: dict[tuple[str, str], float] = {}
+        self.bytes_by_class: dict[str, int] = {}
 
     # ------------------------------------------------------------------ topology
 
@@ -131,7 +158,46 @@ class Network:
 
     def latency(self, a: str, b: str) -> float:
         """The one-way latency of the link a->b (without jitter)."""
+        if self._pair_class:
+            cls = self._pair_class.get((a, b))
+            if cls is not None:
+                return self._classes[cls].latency
         return self._latency.get((a, b), self.profile.latency)
+
+    # ------------------------------------------------------------------ link classes
+
+    @property
+    def link_classes(self) -> dict[str, LinkClass]:
+        return self._classes
+
+    def add_link_class(self, link: LinkClass) -> None:
+        self._classes[link.name] = link
+        self._class_up[link.name] = True
+        self.bytes_by_class.setdefault(link.name, 0)
+
+    def join(self, a: str, b: str, cls: str) -> None:
+        """Let ``a`` and ``b`` reach each other over class ``cls`` (the last class that
+        joined a pair wins). Once any pair is joined, pairs no class joins are unreachable."""
+        if cls not in self._classes:
+            raise KeyError(f"no link class {cls!r}")
+        self._pair_class[(a, b)] = cls
+        self._pair_class[(b, a)] = cls
+
+    def link_class(self, a: str, b: str) -> str | None:
+        return self._pair_class.get((a, b))
+
+    def joined(self, a: str, b: str) -> bool:
+        """Whether some link joins ``a`` and ``b`` (up or down)."""
+        return not self._pair_class or (a, b) in self._pair_class
+
+    def set_class_state(self, cls: str, up: bool) -> None:
+        """Bring every link of class ``cls`` up or down (messages in flight on it are lost)."""
+        if self._class_up[cls] != up:
+            self._class_up[cls] = up
+            self.loop.log("link", cls, up)
+
+    def class_is_up(self, cls: str) -> bool:
+        return self._class_up[cls]
 
     def split(self, groups: Iterable[Iterable[str]]) -> None:
         """Start a partition: nodes of different groups cannot reach each other.
@@ -150,6 +216,10 @@ class Network:
     def reachable(self, a: str, b: str) -> bool:
         if not (self._alive.get(a) and self._alive.get(b)):
             return False
+        if self._pair_class:
+            cls = self._pair_class.get((a, b))
+            if cls is None or not self._class_up[cls]:
+                return False
         g = self._group
         if g is None:
             return True
@@ -165,12 +235,19 @@ class Network:
         for table in (self._last_delivery, self._last_head):
             for key in [k for k in table if name in k]:
                 del table[key]
+        self._free_interfaces(name)
         self.loop.log("crash", name)
+
+    def _free_interfaces(self, name: str) -> None:
+        for cls in self._classes:
+            self._if_up_free[(name, cls)] = self.loop.now
+            self._if_down_free[(name, cls)] = self.loop.now
 
     def restart(self, name: str) -> None:
         self._alive[name] = True
         self._up_free[name] = self.loop.now
         self._down_free[name] = self.loop.now
+        self._free_interfaces(name)
         self.loop.log("restart", name)
 
     def is_up(self, name: str) -> bool:
@@ -185,6 +262,11 @@ class Network:
         if not self.reachable(src, dst):
             self._blocked += 1
             return False
+        if self._pair_class:
+            cls = self._pair_class.get((src, dst))
+            if cls is not None:
+                self._send_on_class(src, dst, message, size, self._classes[cls])
+                return True
         p = self.profile
         self._sent += 1
         self._bytes_sent += size
@@ -224,6 +306,73 @@ class Network:
             self.loop.call_at(head, self._arrive, src, dst, message, size,
                               up_done + lat, epochs, ordered)
         return True
+
+    def _send_on_class(self, src: str, dst: str, message: Any, size: int,
+                       link: LinkClass) -> None:
+        """:meth:`send` over the pair's link class: the same model on the two ends'
+        interfaces of that class, with its latency, jitter and loss."""
+        now = self.loop.now
+        bypass = self.profile.bypass_bytes
+        self._sent += 1
+        self._bytes_sent += size
+        self.bytes_sent_by[src] += size
+        self.bytes_by_class[link.name] += size
+        key = (src, link.name)
+        free = self._if_up_free.get(key, 0.0)
+        up_time = size / link.up if link.up > 0 else 0.0
+        if size <= bypass:
+            up_start = now
+            self._if_up_free[key] = max(free, now) + up_time
+        else:
+            up_start = max(now, free)
+            self._if_up_free[key] = up_start + up_time
+        up_done = up_start + up_time
+        if self.on_sent is not None and size > bypass:
+            self.loop.call_at(up_done, self._sent_hook, src, dst, message, self._epoch[src])
+        rng = self.rng
+        if link.loss and rng.random() < link.loss:
+            self._lost += 1
+            return
+        lat = link.latency + (rng.random() * link.jitter if link.jitter else 0.0)
+        head = up_start + lat
+        pair = (src, dst)
+        last = self._last_head.get(pair, 0.0)
+        if head < last:
+            head = last
+        self._last_head[pair] = head
+        self.loop.call_at(head, self._arrive_on_class, src, dst, message, size, up_done + lat,
+                          (self._epoch[src], self._epoch[dst]), link)
+
+    def _arrive_on_class(self, src: str, dst: str, message: Any, size: int, tail: float,
+                         epochs: tuple[int, int], link: LinkClass) -> None:
+        if self._stale(src, dst, epochs) or not self.reachable(src, dst):
+            self._blocked += 1
+            return
+        now = self.loop.now
+        key = (dst, link.name)
+        free = self._if_down_free.get(key, 0.0)
+        down_time = size / link.down if link.down > 0 else 0.0
+        if size <= self.profile.bypass_bytes:
+            start = now
+            self._if_down_free[key] = max(free, now) + down_time
+        else:
+            start = max(now, free)
+            self._if_down_free[key] = start + down_time
+        at = max(start + down_time, tail)
+        pair = (src, dst)
+        last = self._last_delivery.get(pair, 0.0)
+        if at < last:
+            at = last
+        self._last_delivery[pair] = at
+        self.loop.call_at(at, self._deliver_on_class, src, dst, message, size, epochs)
+
+    def _deliver_on_class(self, src: str, dst: str, message: Any, size: int,
+                          epochs: tuple[int, int]) -> None:
+        """A message whose tail was still on a link that went down is lost too."""
+        if not self.reachable(src, dst):
+            self._blocked += 1
+            return
+        self._deliver(src, dst, message, size, epochs)
 
     def _sent_hook(self, src: str, dst: str, message: Any, epoch: int) -> None:
         if self.on_sent is not None and self._epoch[src] == epoch and self._alive[src]:

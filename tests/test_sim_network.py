@@ -168,3 +168,58 @@ def test_loop_orders_ties_by_scheduling_order() -> None:
     assert loop.now == pytest.approx(0.7)
     loop.run()
     assert seen == [-1, 0, 1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------------- link classes
+
+
+def test_a_link_class_has_its_own_rate_latency_and_queue() -> None:
+    from sim._network import LinkClass
+
+    loop, net, got = make_net()
+    net.add_link_class(LinkClass("radio", up=MB / 4, down=MB / 4, latency=0.1))
+    net.add_link_class(LinkClass("lan", up=MB, down=MB, latency=0.0))
+    net.join("a", "b", "radio")
+    net.join("a", "c", "lan")
+    net.send("a", "b", "slow", MB)
+    net.send("a", "c", "fast", MB)      # another interface: does not wait behind "slow"
+    loop.run()
+    at = {m: t for t, _, _, m in got}
+    assert at["slow"] == pytest.approx(4.1)
+    assert at["fast"] == pytest.approx(1.0)
+    assert net.bytes_by_class == {"radio": MB, "lan": MB}
+    assert net.latency("a", "b") == 0.1
+
+
+def test_unjoined_pairs_and_a_class_that_is_down_are_unreachable() -> None:
+    from sim._network import LinkClass
+
+    loop, net, got = make_net()
+    net.add_link_class(LinkClass("sat", up=MB, down=MB, latency=0.3))
+    net.join("a", "b", "sat")
+    assert net.reachable("a", "b") and not net.reachable("a", "c")
+    assert net.joined("a", "b") and not net.joined("b", "c")
+    net.send("a", "b", "lost in flight", MB)
+    loop.run(until=0.5)
+    net.set_class_state("sat", False)
+    assert not net.reachable("a", "b")
+    assert net.send("a", "b", "refused", 10) is False
+    loop.run()
+    assert got == []
+    net.set_class_state("sat", True)
+    net.send("a", "b", "ok", 10)
+    loop.run()
+    assert [m for *_, m in got] == ["ok"]
+
+
+def test_link_class_loss_drops_about_its_fraction() -> None:
+    from sim._network import LinkClass
+
+    loop, net, got = make_net()
+    net.add_link_class(LinkClass("radio", up=MB, down=MB, latency=0.01, loss=0.2))
+    net.join("a", "b", "radio")
+    for i in range(2000):
+        net.send("a", "b", i, 100)
+    loop.run()
+    assert 0.17 < 1 - len(got) / 2000 < 0.23
+    assert net.statistics().lost == 2000 - len(got)
