@@ -52,7 +52,7 @@ over the active set; the overlay is what bounds them.
   node short of a session, a dial every 2-4 s that way. With the hold, such nodes
   wait at ``degree - 1`` and a refill soon finds one of them. (In the test's 100-node
   fleet in memory: ~4.6 dials per node a minute without the hold, ~1.9 with it, ~1.2
-  with no trim at all but 8.6-9.5 sessions per node instead of 7.8-7.9.) A second loss
+  with no trim at all but 8.6-9.5 sessions per node instead of 7.8-8.0.) A second loss
   during the hold, or any loss of a session the node had not been told about, is
   repaired at once.
 * **Rotation.** Every ``rotate_interval`` (jittered by +-25 %) a node closes one
