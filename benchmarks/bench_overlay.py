@@ -9,8 +9,10 @@ read before the ``distribute`` and again once node 0 sees every node operational
 publish itself (node 0 chunking the model) is outside the window. Reported per fleet:
 messages received per node (and how many of them were gossip: ``statistics.gossip``) and
 CPU seconds per node (means), the fleet's CPU, the
-rollout's wall time, and the most peer sessions any daemon held at a poll during it
-(``status().peers``: every open session, one being declined included); then the
+rollout's wall time, the most peer sessions any daemon held at a poll during it
+(``status().peers``: every open session, one being declined included), the mean of
+those polls, the sessions at the window's start and end, and the dials per node in
+the window; then the
 large/small ratios of messages and CPU per node.
 
 quick=True: 4 and 8 daemons, 4 MiB; full: 8 and 32 daemons, 16 MiB (issue 23's aim:
@@ -63,10 +65,16 @@ async def _rollout(fleet: LocalFleet, n: int, pkg: Path, timeout: float) -> dict
     for i in range(n):
         await fleet.wait_ready(i, timeout=120)
     t = time.perf_counter()
+
+    async def overlay(i: int) -> dict[str, int]:
+        st = json.loads((await fleet.call(i, lambda c: c.status())).statistics_json)
+        return dict(st["overlay"])
+
     with trio.fail_after(timeout):       # mDNS: every daemon has found every other one
-        while True:
+        while True:                      # and holds sessions (degree - 1 at least: a node
             found = [len((await fleet.call(i, lambda c: c.peers())).peers) for i in range(n)]
-            if min(found) >= min(n - 1, 8):
+            known = [(await overlay(i))["known"] for i in range(n)]   # may wait one short)
+            if min(known) >= n - 1 and min(found) >= min(n - 1, 7):
                 break
             await trio.sleep(0.5)
     await trio.sleep(5.0)                # let the overlay and the first gossip settle
@@ -84,6 +92,9 @@ async def _rollout(fleet: LocalFleet, n: int, pkg: Path, timeout: float) -> dict
         return total, gossip
 
     (m0, g0), c0 = await messages(), _cpu(procs)
+    d0 = [(await overlay(i))["dials"] for i in range(n)]
+    sessions_start = [len((await fleet.call(i, lambda c: c.peers())).peers) for i in range(n)]
+    polled: list[int] = []
     most = max(found)
     t0 = time.perf_counter()
     await fleet.call(0, lambda c: c.distribute_model("wide", "1.0.0"))
@@ -91,13 +102,15 @@ async def _rollout(fleet: LocalFleet, n: int, pkg: Path, timeout: float) -> dict
         while True:
             rep = await fleet.call(0, lambda c: c.convergence_status("wide", "1.0.0"))
             for i in range(0, n, max(1, n // 8)):
-                most = max(most, len((await fleet.call(i, lambda c: c.peers())).peers))
+                polled.append(len((await fleet.call(i, lambda c: c.peers())).peers))
+                most = max(most, polled[-1])
             if rep.is_success and rep.total_platforms == n:
                 break
             await trio.sleep(0.3)
     elapsed = time.perf_counter() - t0
     (m1, g1), c1 = await messages(), _cpu(procs)
     sessions = [len((await fleet.call(i, lambda c: c.peers())).peers) for i in range(n)]
+    d1 = [(await overlay(i))["dials"] for i in range(n)]
     msgs = [b - a for a, b in zip(m0, m1, strict=True)]
     cpu = [b - a for a, b in zip(c0, c1, strict=True)]
     gossip = [b - a for a, b in zip(g0, g1, strict=True)]
@@ -105,7 +118,9 @@ async def _rollout(fleet: LocalFleet, n: int, pkg: Path, timeout: float) -> dict
             "gossip_messages_per_node": sum(gossip) / n,
             "cpu_per_node": sum(cpu) / n, "cpu_fleet": sum(cpu), "rollout_s": elapsed,
             "settle_s": settle, "sessions_most": max(most, *sessions),
-            "sessions_end": sorted(sessions)}
+            "sessions_start": sorted(sessions_start), "sessions_end": sorted(sessions),
+            "sessions_mean_polled": sum(polled) / max(1, len(polled)),
+            "dials_per_node": (sum(d1) - sum(d0)) / n}
 
 
 def measure(n: int, size: int, timeout: float = 300.0) -> dict[str, Any]:
@@ -137,6 +152,10 @@ def _rows(small: dict[str, Any], large: dict[str, Any], size: int) -> list[dict[
             {"name": f"overlay: most sessions of a daemon, {n} daemons",
              "value": r["sessions_most"], "unit": "sessions",
              "detail": f"polled during the rollout; at its end {r['sessions_end']}"},
+            {"name": f"overlay: sessions per daemon (mean of polls), {n} daemons",
+             "value": round(r["sessions_mean_polled"], 2), "unit": "sessions",
+             "detail": f"at the start {r['sessions_start']}; dials per node in the window "
+                       f"{r['dials_per_node']:.2f}"},
         ]
     rows += [
         {"name": f"overlay: messages per node {large['n']} / {small['n']} daemons",

@@ -179,3 +179,138 @@ def test_config_rejects_bad_values() -> None:
         OverlayConfig(degree=-1)
     with pytest.raises(ValueError, match="known_max"):
         OverlayConfig(degree=8, known_max=4)
+
+
+def test_excess_is_trimmed_within_seconds_one_at_a_time_keeping_the_newest() -> None:
+    ov = make(degree=2, slack=2, rotate=60.0)
+    for i in range(1, 5):               # four inbound sessions: two above the degree
+        assert ov.accept(nid(i), True, 0.1 * i)
+    assert ov.take_outputs() == []      # not at once: the slack admits first
+    closed, t = [], 0.4
+    while len(ov.active) > 2:
+        t_next = ov.next_deadline()
+        assert 2.0 <= t_next - t <= 4.0  # one close 2-4 s after going (or staying) above
+        t = t_next
+        ov.on_timer(t)
+        out = ov.take_outputs()
+        closes = [o for o in out if isinstance(o, ClosePeer)]
+        assert len(closes) == 1 and "above" in closes[0].reason
+        full = [o for o in out if isinstance(o, SendMessage)]
+        assert [o.peer for o in full] == [closes[0].peer]     # told so, with hints
+        assert ov.peer_disconnected(closes[0].peer, t) is True
+        closed.append(closes[0].peer)
+    assert t <= 8.0 and len(closed) == 2
+    assert nid(4) not in closed         # the newest (perhaps a joiner) is kept
+    assert ov.statistics().closed_excess == 2
+    assert ov.next_deadline() > 40.0    # at the degree: nothing more until the rotation
+    assert all(not isinstance(o, DialPeer) for o in ov.take_outputs())
+
+
+class _Fleet:
+    """Overlays wired together in memory: a dial opens a session at once; OverlayFull
+    and ClosePeer are delivered at once."""
+
+    def __init__(self, n: int, degree: int = 8, slack: int = 2) -> None:
+        self.cfg = OverlayConfig(degree=degree, slack=slack)
+        self.nodes: dict[str, Overlay] = {}
+        self.sessions: set[frozenset[str]] = set()
+        self.dials = 0
+        self.now = 0.0
+        for i in range(1, n + 1):
+            self.join(i)
+
+    def join(self, i: int) -> None:
+        me = nid(i)
+        ov = Overlay(node_id=me, config=self.cfg, rng=random.Random(i), now=self.now)
+        for peer, other in self.nodes.items():
+            ov.peer_known(peer, f"h{peer}:1", self.now)
+            other.peer_known(me, f"h{me}:1", self.now)
+        self.nodes[me] = ov
+
+    def _drain(self) -> None:
+        queue = [(me, o) for me, ov in self.nodes.items() for o in ov.take_outputs()]
+        while queue:
+            me, o = queue.pop(0)
+            pair = frozenset((me, o.peer))
+            if isinstance(o, DialPeer):
+                self.dials += 1
+                self.sessions.add(pair)
+                self.nodes[o.peer].accept(me, True, self.now)     # a decline closes it
+                self.nodes[me].accept(o.peer, False, self.now)
+            elif isinstance(o, SendMessage) and isinstance(o.message, OverlayFull):
+                if pair in self.sessions:
+                    self.nodes[o.peer].receive_full(me, o.message, self.now)
+            elif isinstance(o, ClosePeer) and pair in self.sessions:
+                self.sessions.discard(pair)
+                self.nodes[me].peer_disconnected(o.peer, self.now)
+                self.nodes[o.peer].peer_disconnected(me, self.now)
+            queue += [(m, x) for m, ov in self.nodes.items() for x in ov.take_outputs()]
+
+    def run_until(self, end: float, step: float = 0.05) -> None:
+        while self.now < end:
+            self.now = round(self.now + step, 6)
+            for ov in self.nodes.values():
+                if ov.next_deadline() <= self.now:
+                    ov.on_timer(self.now)
+            self._drain()
+
+    def degrees(self) -> dict[str, int]:
+        return {me: sum(1 for s in self.sessions if me in s) for me in self.nodes}
+
+    def connected(self) -> bool:
+        start = next(iter(self.nodes))
+        seen, todo = {start}, [start]
+        while todo:
+            a = todo.pop()
+            for s in self.sessions:
+                if a in s:
+                    (b,) = s - {a}
+                    if b not in seen:
+                        seen.add(b)
+                        todo.append(b)
+        return len(seen) == len(self.nodes)
+
+
+def test_a_fleet_settles_at_the_degree_within_seconds_and_admits_a_joiner() -> None:
+    fleet = _Fleet(32)
+    fleet.run_until(20.0)
+    deg = fleet.degrees()
+    # back at the degree within seconds (rotation alone trims one session a minute, and
+    # the start-up leaves most nodes at degree + slack); a node that a trim takes below
+    # the degree refills, which may take another above it for a few seconds
+    assert max(deg.values()) <= 9 and min(deg.values()) >= 7, sorted(deg.values())
+    assert sum(deg.values()) / len(deg) <= 8.3, sorted(deg.values())
+    assert all(len(ov.active) == deg[me] for me, ov in fleet.nodes.items())
+    assert fleet.connected()
+    dials = fleet.dials
+    fleet.run_until(40.0)
+    assert fleet.dials - dials <= 40     # settling, not a redial storm (32 nodes, 20 s)
+    fleet.join(33)                       # a late joiner, the other nodes at the degree
+    fleet.run_until(70.0)
+    deg = fleet.degrees()
+    assert deg[nid(33)] >= 7, deg[nid(33)]
+    assert max(deg.values()) <= 10 and fleet.connected()
+    assert sum(deg.values()) / len(deg) <= 8.3, sorted(deg.values())
+
+
+def test_a_node_trimmed_by_a_peer_waits_before_refilling_the_slot() -> None:
+    ov = make(degree=4, slack=1)
+    for i in range(1, 11):
+        ov.peer_known(nid(i), f"h{i}:1", 0.0)
+    t = settle(ov)
+    first = dials(ov)
+    for p in first:
+        assert ov.accept(p, False, t)
+    # a peer that kept the session for seconds closes it (its trim): one slot short
+    # of the degree is fine for a while -- refilling at once would take another node
+    # above its degree, whose trim would take a third below, and so on
+    ov.receive_full(first[0], OverlayFull(()), t + 10.0)
+    ov.peer_disconnected(first[0], t + 10.0)
+    assert dials(ov) == []
+    wake = ov.next_deadline()
+    assert t + 20.0 <= wake <= t + 30.0
+    # a crash within the hold is repaired at once (the hold spares one slot, no more)
+    ov.peer_disconnected(first[1], t + 11.0)
+    assert len(dials(ov)) == 1
+    ov.on_timer(wake)
+    assert len(dials(ov)) == 1          # the hold over, the last slot is refilled
