@@ -6,6 +6,8 @@ loops; two halves of a partition that both act agree once healed."""
 
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +188,92 @@ def _package(where: Path, check: str, seed: int) -> Path:
     (where / "shoal-model.toml").write_text('[[variant]]\nid = "cpu"\n'
                                             'health_check = "check.py"\n')
     return where
+
+
+def _fleet_on_v1(tmp_path: Path) -> tuple[Any, tuple[str, ...]]:
+    """Three daemons running det 1.0.0 (healthy check), 2.0.0 published (its check
+    fails where a node's data directory holds ``unhealthy``)."""
+    from agent._demo.fleet import FAST_GOSSIP, LocalFleet
+
+    from ._helpers import shoal_cli, wait_for
+
+    health = "[health]\nsettle_window = 1.0\nsettle_every = 0.3\ninterval = 0.5\n"
+    f = LocalFleet(tmp_path / "fleet", 3, extra_config=FAST_GOSSIP + health)
+    for i in range(3):
+        f.start(i)
+    cfg = ("--config", str(f.nodes[0].config_path))
+    for pkg, version in ((_package(tmp_path / "v1", HEALTHY, 1), "1.0.0"),
+                         (_package(tmp_path / "v2", FLAGGED, 2), "2.0.0")):
+        r = shoal_cli("publish", str(pkg), "--model", "det", "--version", version, *cfg)
+        assert r.returncode == 0, r.stderr
+    assert shoal_cli("distribute", "det", "1.0.0", *cfg).returncode == 0
+
+    async def all_on_1(c: Any) -> bool:
+        return len(await c.nodes_with_version("det", "1.0.0")) == 3
+
+    wait_for(f, 0, all_on_1, timeout=60)
+    return f, cfg
+
+
+def test_real_daemons_leave_a_degraded_version_alone_under_ignore(tmp_path: Path) -> None:
+    from ._helpers import shoal_cli, wait_for
+
+    f, cfg = _fleet_on_v1(tmp_path)
+    try:
+        for i in (1, 2):
+            (f.nodes[i].data_dir / "unhealthy").write_text("x")
+        r = shoal_cli("distribute", "det", "2.0.0", "--max-degraded", "10%",
+                      "--on-degraded", "ignore", *cfg)
+        assert r.returncode == 0, r.stderr
+
+        async def two_degraded(c: Any) -> Any:
+            s = await c.convergence_status("det", "2.0.0")
+            return s if s.degraded == 2 and s.converged == 3 else None
+
+        rep = wait_for(f, 0, two_degraded, timeout=60)
+        assert rep.state.value == "complete", rep
+        time.sleep(3.0)                       # several policy checks later: still there
+        rep = wait_for(f, 1, lambda c: c.convergence_status("det", "2.0.0"), timeout=10)
+        assert rep.state.value == "complete" and rep.converged == 3, rep
+    finally:
+        f.stop_all()
+
+
+def test_real_daemons_halt_a_degraded_version_before_it_spreads(tmp_path: Path) -> None:
+    """Node 2 is down while 2.0.0 goes out with `--on-degraded halt`; node 1 reports
+    it degraded, the policy halts it; node 2 comes back and stays on 1.0.0."""
+    from ._helpers import shoal_cli, wait_for
+
+    f, cfg = _fleet_on_v1(tmp_path)
+    try:
+        f.kill(2, signal.SIGTERM)
+        (f.nodes[1].data_dir / "unhealthy").write_text("x")
+        r = shoal_cli("distribute", "det", "2.0.0", "--max-degraded", "0%",
+                      "--on-degraded", "halt", *cfg)
+        assert r.returncode == 0, r.stderr
+
+        async def halted(c: Any) -> Any:
+            s = await c.convergence_status("det", "2.0.0")
+            return s if s.state.value == "halted" else None
+
+        rep = wait_for(f, 0, halted, timeout=60)
+        assert "halted by its rollout policy" in rep.state_detail
+        f.start(2)
+        import trio
+        trio.run(f.wait_ready, 2, 30.0)
+
+        async def node2_caught_up(c: Any) -> Any:
+            s = await c.convergence_status("det", "2.0.0")
+            return s if s.state.value == "halted" else None
+
+        wait_for(f, 2, node2_caught_up, timeout=60)
+        time.sleep(3.0)
+        on_2 = wait_for(f, 0, lambda c: c.nodes_with_version("det", "2.0.0"), timeout=10)
+        assert f.nodes[2].node_id not in on_2          # it never took 2.0.0
+        on_1 = wait_for(f, 2, lambda c: c.nodes_with_version("det", "1.0.0"), timeout=10)
+        assert f.nodes[2].node_id in on_1
+    finally:
+        f.stop_all()
 
 
 def test_real_daemons_roll_a_degraded_version_back_by_policy(tmp_path: Path) -> None:
