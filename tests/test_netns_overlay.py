@@ -152,10 +152,12 @@ def test_24_hosts_found_by_mdns_converge_over_a_bounded_overlay(hosts: Hosts,
     async def scenario() -> None:
         for i in range(N):
             await hosts.wait_ready(i, timeout=60)
-        with trio.fail_after(40):       # mDNS alone: every host learns of all the others
+        # mDNS alone: every host learns of all the others, and fills its active set (a
+        # host whose session a peer trimmed holds that one slot for 10-20 s: degree - 1)
+        with trio.fail_after(40):
             while True:
                 stats = await poll()
-                if all(s["known"] == N - 1 and s["active"] >= OverlayConfig().degree
+                if all(s["known"] == N - 1 and s["active"] >= OverlayConfig().degree - 1
                        for s in stats):
                     break
                 await trio.sleep(0.5)
