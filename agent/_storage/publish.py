@@ -54,7 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from agent._errors import ConfigError, InsufficientStorage, PublishError
-from agent._storage.store import ChunkStore, copy_range, create_file, io_pool, preallocate
+from agent._storage.files import copy_range, create_file, io_pool, preallocate
+from agent._storage.store import ChunkStore
 from protocol import (
     DEFAULT_PARAMS,
     DEFAULT_WINDOW,

@@ -48,58 +48,56 @@ The store is safe to use from several threads of one process.
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import os
 import secrets
 import shutil
 import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent._errors import ChunkCorrupted, ChunkNotFound, InsufficientStorage, NotFound, StoreError
+from agent._storage.files import (
+    TMP_PREFIX,
+    copy_range,
+    create_file,
+    fsync_path,
+    io_pool,
+    no_space,
+    preallocate,
+    read_record,
+    write_all,
+    write_record,
+)
+from agent._storage.index import (
+    IndexedDir,
+    multi_add,
+    multi_get,
+    multi_remove,
+    multi_rename,
+    new_dir,
+)
+from agent._storage.legacy import convert_legacy
 from agent._storage.paths import confine, fsync_dir
 from protocol import (
     HASH_SIZE,
     InvalidValue,
     MalformedMessage,
     Manifest,
-    Variant,
     chunk_matches,
     decode_value,
     encode_value,
-    hash_chunk,
 )
 
 __all__ = ["ChunkStore", "StoreBatch", "StoreStatistics", "GcResult", "ChunkProblem",
            "PACK_RECORD", "PROGRESS_LOG", "INSTALL_RECORD", "copy_range", "create_file",
            "preallocate", "fsync_path", "io_pool"]
 
-_TMP_PREFIX = ".tmp-"
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 #: Largest manifest the store will decode (a manifest of 100k files is a few MiB).
 _MAX_MANIFEST = 64 * 1024 * 1024
-_SYNC_THREADS = 8
 PACK_RECORD = ".shoal-pack"
 PROGRESS_LOG = ".shoal-progress"
 INSTALL_RECORD = ".shoal-install"
-_BLOCK = 4096
-_pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-
-
-def io_pool() -> ThreadPoolExecutor:
-    """The process's pool of fsync/verify threads, started on first use and kept."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=_SYNC_THREADS,
-                                       thread_name_prefix="shoal-fsync")
-        return _pool
-
-
 class StoreBatch:
     """Kept for callers of the earlier API: writes no longer need a group commit (a
     chunk is durable once its version is completed, and the progress log is
@@ -147,171 +145,6 @@ class ChunkProblem:
     problem: str  # "missing" or "corrupt"
 
 
-_OFF_BITS = 44                 # a packed place: size << 88 | file index << 44 | offset
-_OFF_MASK = (1 << _OFF_BITS) - 1
-
-
-@dataclass(slots=True)
-class _Dir:
-    """One indexed directory: an installed version or a pack.
-
-    Kept small (a daemon indexes every chunk of every version it keeps): one packed int
-    per distinct chunk, its first place; ``dups`` only for chunks that occur again."""
-
-    path: str
-    manifest_id: str
-    variant_id: str
-    installed: bool
-    variant: Variant
-    files: list[tuple[str, int, bool]]                  # relative path, size, executable
-    layout: dict[bytes, int]                            # hash -> packed first place
-    dups: dict[bytes, list[int]]                        # hash -> packed further places
-    have: set[bytes] = field(default_factory=set)
-    progress_fd: int | None = None                      # open while a pack is staged
-
-    @property
-    def complete(self) -> bool:
-        return self.progress_fd is None and len(self.have) == len(self.layout)
-
-    def size(self, h: bytes) -> int:
-        return self.layout[h] >> (2 * _OFF_BITS)
-
-    def _unpack(self, packed: int) -> tuple[str, int]:
-        return self.files[(packed >> _OFF_BITS) & _OFF_MASK][0], packed & _OFF_MASK
-
-    def place(self, h: bytes) -> tuple[str, int]:
-        """(relative path, offset) of the chunk's first place."""
-        return self._unpack(self.layout[h])
-
-    def places(self, h: bytes) -> list[tuple[str, int]]:
-        return [self._unpack(self.layout[h]), *map(self._unpack, self.dups.get(h, ()))]
-
-    def file_chunks(self, index: int) -> list[tuple[bytes, int]]:
-        """(hash, offset) of every chunk of the ``index``-th file, in order."""
-        out, off = [], 0
-        for ref in self.variant.files[index].chunks:
-            out.append((ref.hash, off))
-            off += ref.size
-        return out
-
-
-def _new_dir(path: str, manifest: Manifest, variant: Variant, *, installed: bool) -> _Dir:
-    files: list[tuple[str, int, bool]] = []
-    layout: dict[bytes, int] = {}
-    dups: dict[bytes, list[int]] = {}
-    for i, entry in enumerate(variant.files):
-        files.append((entry.path, entry.size, entry.executable))
-        off = 0
-        for ref in entry.chunks:
-            packed = (ref.size << (2 * _OFF_BITS)) | (i << _OFF_BITS) | off
-            if ref.hash in layout:
-                dups.setdefault(ref.hash, []).append(packed)
-            else:
-                layout[ref.hash] = packed
-            off += ref.size
-    return _Dir(path, manifest.manifest_id, variant.variant_id, installed, variant, files,
-                layout, dups)
-
-
-def _multi_add(table: dict[bytes, str | list[str]], h: bytes, path: str) -> int:
-    """Add ``path`` to ``table[h]`` (a str, or a list when several); how many now."""
-    cur = table.get(h)
-    if cur is None:
-        table[h] = path
-        return 1
-    if isinstance(cur, str):
-        if cur == path:
-            return 1
-        table[h] = [cur, path]
-        return 2
-    if path not in cur:
-        cur.append(path)
-    return len(cur)
-
-
-def _multi_remove(table: dict[bytes, str | list[str]], h: bytes, path: str) -> int:
-    """Remove ``path`` from ``table[h]``; how many are left."""
-    cur = table.get(h)
-    if cur is None:
-        return 0
-    if isinstance(cur, str):
-        if cur == path:
-            del table[h]
-            return 0
-        return 1
-    with contextlib.suppress(ValueError):
-        cur.remove(path)
-    if len(cur) == 1:
-        table[h] = cur[0]
-        return 1
-    if not cur:
-        del table[h]
-    return len(cur)
-
-
-def _multi_get(table: dict[bytes, str | list[str]], h: bytes) -> list[str]:
-    cur = table.get(h)
-    if cur is None:
-        return []
-    return [cur] if isinstance(cur, str) else list(cur)
-
-
-def _multi_rename(table: dict[bytes, str | list[str]], h: bytes, old: str, new: str) -> None:
-    cur = table.get(h)
-    if cur == old:
-        table[h] = new
-    elif isinstance(cur, list) and old in cur:
-        cur[cur.index(old)] = new
-
-
-def _is_hex_name(name: str) -> bool:
-    if len(name) != 2 * HASH_SIZE:
-        return False
-    try:
-        bytes.fromhex(name)
-    except ValueError:
-        return False
-    return name == name.lower()
-
-
-def _no_space(exc: OSError) -> bool:
-    return exc.errno in _NO_SPACE
-
-
-def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
-def copy_range(src: int, dst: int, src_off: int, dst_off: int, length: int) -> None:
-    """Copy ``length`` bytes between two open files, in the kernel where it can
-    (``copy_file_range``: on XFS and btrfs the block-aligned part shares extents)."""
-    # copy up to the next block boundary by hand so that the rest starts aligned
-    # (a reflink needs both offsets on a block boundary)
-    if (src_off - dst_off) % _BLOCK == 0 and dst_off % _BLOCK:
-        head = min(length, _BLOCK - dst_off % _BLOCK)
-        _write_all(dst, os.pread(src, head, src_off), dst_off)
-        src_off, dst_off, length = src_off + head, dst_off + head, length - head
-    while length > 0:
-        try:
-            n = os.copy_file_range(src, dst, length, src_off, dst_off)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
-                                 errno.EBADF):
-                raise
-            n = 0
-        if n <= 0:      # not supported here (or a short source): copy through memory
-            data = os.pread(src, min(length, 8 << 20), src_off)
-            if not data:
-                raise OSError(errno.EIO, "source shorter than expected")
-            _write_all(dst, data, dst_off)
-            n = len(data)
-        src_off, dst_off, length = src_off + n, dst_off + n, length - n
-
-
 class ChunkStore:
     """Manifests, pins, packs and the chunk index under ``root`` (created if missing).
 
@@ -328,7 +161,7 @@ class ChunkStore:
         self._pins_dir = self.root / "pins"
         self._quarantine_dir = self.root / "quarantine"
         self._lock = threading.RLock()
-        self._dirs: dict[str, _Dir] = {}
+        self._dirs: dict[str, IndexedDir] = {}
         self._by_key: dict[tuple[str, str], str] = {}
         self._holders: dict[bytes, str | list[str]] = {}   # hash -> dirs holding it
         self._wanting: dict[bytes, str | list[str]] = {}   # hash -> dirs lacking it
@@ -366,7 +199,7 @@ class ChunkStore:
 
     def _scan(self) -> None:
         for entry in os.scandir(self._manifests_dir):
-            if entry.name.startswith(_TMP_PREFIX):
+            if entry.name.startswith(TMP_PREFIX):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                 self._stale_removed += 1
@@ -375,7 +208,7 @@ class ChunkStore:
             if manifest is not None:
                 self._manifests[manifest.manifest_id] = manifest
         for entry in os.scandir(self._pins_dir):
-            if entry.name.startswith(_TMP_PREFIX):
+            if entry.name.startswith(TMP_PREFIX):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                 continue
@@ -389,18 +222,18 @@ class ChunkStore:
                     continue
                 for v in os.scandir(vroot):
                     if v.is_dir(follow_symlinks=False):
-                        rec = _read_record(os.path.join(v.path, INSTALL_RECORD))
+                        rec = read_record(os.path.join(v.path, INSTALL_RECORD))
                         if rec is not None:
                             self._index_dir(v.path, rec[0], rec[1], installed=True)
         for entry in os.scandir(self._packs_dir):
-            if entry.name.startswith(_TMP_PREFIX):
+            if entry.name.startswith(TMP_PREFIX):
                 shutil.rmtree(entry.path, ignore_errors=True)
                 self._stale_removed += 1
                 continue
             if not entry.is_dir(follow_symlinks=False):
                 continue
-            rec = _read_record(os.path.join(entry.path, PACK_RECORD)) or \
-                _read_record(os.path.join(entry.path, INSTALL_RECORD))
+            rec = read_record(os.path.join(entry.path, PACK_RECORD)) or \
+                read_record(os.path.join(entry.path, INSTALL_RECORD))
             if rec is None or rec[0] not in self._manifests or \
                     (rec[0], rec[1]) in self._by_key:
                 # a pack whose manifest never got stored (a publish killed before its
@@ -411,7 +244,7 @@ class ChunkStore:
             self._index_dir(entry.path, rec[0], rec[1], installed=False)
         legacy = self.root / "chunks"
         if legacy.is_dir():
-            self._convert_legacy(legacy)
+            convert_legacy(self, legacy)
 
     def _index_dir(self, path: str, manifest_id: str, variant_id: str, *,
                    installed: bool) -> None:
@@ -422,7 +255,7 @@ class ChunkStore:
             variant = manifest.variant(variant_id)
         except InvalidValue:
             return
-        d = _new_dir(path, manifest, variant, installed=installed)
+        d = new_dir(path, manifest, variant, installed=installed)
         log = os.path.join(path, PROGRESS_LOG)
         have: Iterable[bytes]
         if not installed and os.path.exists(log):
@@ -432,7 +265,7 @@ class ChunkStore:
             have = d.layout
         self._register(d, have)
 
-    def _verify_logged(self, d: _Dir, log: str) -> set[bytes]:
+    def _verify_logged(self, d: IndexedDir, log: str) -> set[bytes]:
         """The chunks the progress log names whose bytes are there (re-read, hashed)."""
         with open(log, "rb") as f:
             raw = f.read()
@@ -450,7 +283,7 @@ class ChunkStore:
                 os.close(fd)
         return good
 
-    def _range_ok(self, d: _Dir, fds: dict[str, int], rel: str, off: int, h: bytes) -> bool:
+    def _range_ok(self, d: IndexedDir, fds: dict[str, int], rel: str, off: int, h: bytes) -> bool:
         try:
             fd = fds.get(rel)
             if fd is None:
@@ -474,7 +307,7 @@ class ChunkStore:
 
     # ------------------------------------------------------------------ index
 
-    def _register(self, d: _Dir, have: Iterable[bytes]) -> None:
+    def _register(self, d: IndexedDir, have: Iterable[bytes]) -> None:
         with self._lock:
             self._dirs[d.path] = d
             key = (d.manifest_id, d.variant_id)
@@ -485,32 +318,32 @@ class ChunkStore:
                 if h in present:
                     self._add_have(d, h)
                 else:
-                    _multi_add(self._wanting, h, d.path)
+                    multi_add(self._wanting, h, d.path)
 
-    def _add_have(self, d: _Dir, h: bytes) -> bool:
+    def _add_have(self, d: IndexedDir, h: bytes) -> bool:
         """Mark ``h`` present in ``d``; True if the store did not hold it before."""
         if h in d.have:
             return False
         d.have.add(h)
-        _multi_remove(self._wanting, h, d.path)
-        if _multi_add(self._holders, h, d.path) == 1:
+        multi_remove(self._wanting, h, d.path)
+        if multi_add(self._holders, h, d.path) == 1:
             size = d.size(h)
             self._sizes[h] = size
             self._bytes += size
             return True
         return False
 
-    def _drop_have(self, d: _Dir, h: bytes) -> None:
+    def _drop_have(self, d: IndexedDir, h: bytes) -> None:
         if h not in d.have:
             return
         d.have.discard(h)
-        _multi_add(self._wanting, h, d.path)
-        if _multi_remove(self._holders, h, d.path) == 0:
+        multi_add(self._wanting, h, d.path)
+        if multi_remove(self._holders, h, d.path) == 0:
             size = self._sizes.pop(h, None)
             if size is not None:
                 self._bytes -= size
 
-    def _unregister(self, path: str) -> _Dir | None:
+    def _unregister(self, path: str) -> IndexedDir | None:
         with self._lock:
             d = self._dirs.pop(path, None)
             if d is None:
@@ -518,7 +351,7 @@ class ChunkStore:
             for h in list(d.have):
                 self._drop_have(d, h)
             for h in d.layout:
-                _multi_remove(self._wanting, h, path)
+                multi_remove(self._wanting, h, path)
             key = (d.manifest_id, d.variant_id)
             if self._by_key.get(key) == path:
                 del self._by_key[key]
@@ -539,7 +372,7 @@ class ChunkStore:
             self._dirs[new] = d
             for h in d.layout:
                 table = self._holders if h in d.have else self._wanting
-                _multi_rename(table, h, old, new)
+                multi_rename(table, h, old, new)
             key = (d.manifest_id, d.variant_id)
             if self._by_key.get(key) == old or installed:
                 self._by_key[key] = new
@@ -571,12 +404,12 @@ class ChunkStore:
     def _write_atomic(self, final: str, data: bytes | memoryview) -> None:
         """Write ``data`` to ``final`` via a temporary in the same directory."""
         directory = os.path.dirname(final)
-        tmp = os.path.join(directory, f"{_TMP_PREFIX}{secrets.token_hex(8)}")
+        tmp = os.path.join(directory, f"{TMP_PREFIX}{secrets.token_hex(8)}")
         try:
             os.makedirs(directory, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
-                _write_all(fd, data, 0)
+                write_all(fd, data, 0)
                 if self._fsync:
                     os.fsync(fd)
             finally:
@@ -590,7 +423,7 @@ class ChunkStore:
             raise self._os_error(exc, f"writing {final}") from exc
 
     def _os_error(self, exc: OSError, what: str) -> StoreError:
-        if _no_space(exc):
+        if no_space(exc):
             return InsufficientStorage(
                 f"no space left on the device holding {self.root} while {what}; "
                 "free space (try `shoal gc`) and retry")
@@ -615,10 +448,10 @@ class ChunkStore:
                 return found
             self.pin(manifest.manifest_id)
             final = self._pack_path(manifest.manifest_id, variant_id)
-            tmp = os.path.join(self._packs_dir, f"{_TMP_PREFIX}{secrets.token_hex(8)}")
+            tmp = os.path.join(self._packs_dir, f"{TMP_PREFIX}{secrets.token_hex(8)}")
             try:
                 os.mkdir(tmp)
-                _write_record(os.path.join(tmp, PACK_RECORD), manifest, variant_id,
+                write_record(os.path.join(tmp, PACK_RECORD), manifest, variant_id,
                               self._fsync)
                 open(os.path.join(tmp, PROGRESS_LOG), "xb").close()
                 for entry in variant.files:
@@ -639,7 +472,7 @@ class ChunkStore:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise self._os_error(exc, f"staging {manifest.model_id} {manifest.version} "
                                      f"({variant.size} bytes)") from exc
-            d = _new_dir(final, manifest, variant, installed=False)
+            d = new_dir(final, manifest, variant, installed=False)
             d.progress_fd = os.open(os.path.join(final, PROGRESS_LOG),
                                     os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             self._register(d, ())
@@ -652,7 +485,7 @@ class ChunkStore:
 
     def new_pack_dir(self) -> Path:
         """A fresh temporary directory among the packs (removed at open if left over)."""
-        path = self._packs_dir / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
+        path = self._packs_dir / f"{TMP_PREFIX}{secrets.token_hex(8)}"
         try:
             path.mkdir()
         except OSError as exc:
@@ -671,7 +504,7 @@ class ChunkStore:
                 return found
             final = self._pack_path(manifest.manifest_id, variant_id)
             try:
-                _write_record(os.path.join(tmp, PACK_RECORD), manifest, variant_id,
+                write_record(os.path.join(tmp, PACK_RECORD), manifest, variant_id,
                               self._fsync)
                 if self._fsync:
                     fsync_dir(tmp)
@@ -741,7 +574,7 @@ class ChunkStore:
                 fsync_dir(path)
         return path
 
-    def _fill(self, d: _Dir) -> None:
+    def _fill(self, d: IndexedDir) -> None:
         """Copy into ``d`` every chunk it lacks, from the files that hold it, in runs. A
         run whose source turns out shorter than the index says (a model rewrote its own
         installed file) is copied chunk by chunk through :meth:`get`, which verifies each
@@ -780,7 +613,7 @@ class ChunkStore:
                             os.close(src_fd)
                     except OSError:
                         for h, at in chunks:        # verified, from wherever it is good
-                            _write_all(dst, self.get(h), at)
+                            write_all(dst, self.get(h), at)
             finally:
                 os.close(dst)
         with self._lock:
@@ -788,14 +621,14 @@ class ChunkStore:
                 self._add_have(d, h)
 
     def _source(self, h: bytes, exclude: str | None = None) -> tuple[str, int] | None:
-        for path in _multi_get(self._holders, h):
+        for path in multi_get(self._holders, h):
             if path == exclude:
                 continue
             rel, off = self._dirs[path].place(h)
             return os.path.join(path, *rel.split("/")), off
         return None
 
-    def _verify_file(self, d: _Dir, index: int) -> list[bytes]:
+    def _verify_file(self, d: IndexedDir, index: int) -> list[bytes]:
         rel, size, _ = d.files[index]
         bad: list[bytes] = []
         fd = os.open(confine(Path(d.path), rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -847,7 +680,7 @@ class ChunkStore:
             try:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(disk_path, PACK_RECORD))
-                _write_record(os.path.join(disk_path, PACK_RECORD),
+                write_record(os.path.join(disk_path, PACK_RECORD),
                               self._manifests[d.manifest_id], d.variant_id, self._fsync)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(disk_path, INSTALL_RECORD))
@@ -901,7 +734,7 @@ class ChunkStore:
                             f"chunk {chunk_hash.hex()}: {len(data)} bytes offered do not "
                             "match its BLAKE3 name; not stored"))
                         continue
-                    targets = sorted(_multi_get(self._wanting, chunk_hash))
+                    targets = sorted(multi_get(self._wanting, chunk_hash))
                     if not targets:
                         if chunk_hash in self._sizes:
                             self._puts_duplicate += 1
@@ -926,7 +759,7 @@ class ChunkStore:
                                     fd = fds[full] = os.open(
                                         confine(Path(path), rel),
                                         os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                                _write_all(fd, data, off)
+                                write_all(fd, data, off)
                             if d.progress_fd is not None:
                                 logged.setdefault(d.progress_fd, []).append(chunk_hash)
                             new = self._add_have(d, chunk_hash) or new
@@ -1195,126 +1028,8 @@ class ChunkStore:
                 disk_bytes=sum(s for d in dirs for _, s, _ in d.files),
             )
 
-    # ------------------------------------------------------------------ legacy layout
-
-    def _convert_legacy(self, chunks_dir: Path) -> None:
-        """Convert a store of the earlier layout (one file per chunk): every variant of a
-        pinned manifest that is not installed and has chunks only there becomes a
-        staged pack holding them (completed when all are there); each chunk file is
-        deleted once no variant still to convert needs it, so the conversion needs
-        about one variant of free space; then ``chunks/`` is removed (what no pinned
-        manifest needed is what gc would have deleted). Cut short (a crash, a full
-        disk), it goes on the next time the store opens: ``chunks/`` is only removed
-        at the end, and a staged pack takes the chunk files' bytes again."""
-        loose: dict[bytes, str] = {}
-        for shard in os.scandir(chunks_dir):
-            if not shard.is_dir(follow_symlinks=False):
-                continue
-            for entry in os.scandir(shard.path):
-                if _is_hex_name(entry.name) and entry.is_file(follow_symlinks=False):
-                    loose[bytes.fromhex(entry.name)] = entry.path
-        plan: list[tuple[Manifest, str, set[bytes]]] = []
-        for mid in sorted(self._pinned):
-            manifest = self._manifests[mid]
-            for v in manifest.variants:
-                path = self._by_key.get((mid, v.variant_id))
-                if path is not None and (self._dirs[path].installed
-                                         or self._dirs[path].complete):
-                    continue
-                hashes = {r.hash for r in v.chunk_refs()} & loose.keys()
-                if path is None and not hashes - self._sizes.keys():
-                    continue
-                plan.append((manifest, v.variant_id, hashes))
-        needed: dict[bytes, int] = {}
-        for _, _, hashes in plan:
-            for h in hashes:
-                needed[h] = needed.get(h, 0) + 1
-        try:
-            for manifest, variant_id, hashes in plan:
-                self.stage(manifest, variant_id)
-                batch: list[tuple[bytes, bytes]] = []
-                for h in sorted(hashes):
-                    try:
-                        with open(loose[h], "rb") as f:
-                            data = f.read()
-                    except OSError:
-                        continue
-                    if hash_chunk(data) == h:   # a corrupt chunk file is not carried over
-                        batch.append((h, data))
-                    if len(batch) >= 64:
-                        self._raise_first(self._put_many(batch, trusted_hash=True))
-                        batch = []
-                self._raise_first(self._put_many(batch, trusted_hash=True))
-                if not self.missing(manifest, variant_id):
-                    with contextlib.suppress(ChunkCorrupted):
-                        self.complete(manifest, variant_id)
-                for h in hashes:
-                    needed[h] -= 1
-                    if needed[h] == 0:
-                        with contextlib.suppress(OSError):
-                            os.unlink(loose[h])
-        except StoreError:
-            return      # e.g. no space for the next pack: the rest waits for the next open
-        tmp = self.root / f"{_TMP_PREFIX}legacy-chunks-{secrets.token_hex(4)}"
-        os.rename(chunks_dir, tmp)
-        if self._fsync:
-            fsync_dir(self.root)
-        shutil.rmtree(tmp, ignore_errors=True)
-
     @staticmethod
     def _raise_first(results: list[bool | Exception]) -> None:
         for r in results:
             if isinstance(r, Exception):
                 raise r
-
-
-def _read_record(path: str) -> tuple[str, str] | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            rec = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(rec, dict) or not isinstance(rec.get("manifest_id"), str) \
-            or not isinstance(rec.get("variant_id"), str):
-        return None
-    return rec["manifest_id"], rec["variant_id"]
-
-
-def _write_record(path: str, manifest: Manifest, variant_id: str, fsync: bool = True) -> None:
-    rec = {"manifest_id": manifest.manifest_id, "model_id": manifest.model_id,
-           "version": manifest.version, "variant_id": variant_id}
-    with open(path, "x", encoding="utf-8") as f:
-        json.dump(rec, f)
-        f.flush()
-        if fsync:
-            os.fsync(f.fileno())
-
-
-def create_file(root: Path, rel: str, executable: bool) -> int:
-    """Create ``root/rel`` (its parents too), confined to ``root``; an open fd."""
-    target = confine(root, rel)
-    if target.parent != root:
-        os.makedirs(target.parent, exist_ok=True)
-        confine(root, rel)        # re-check now that the parents exist
-    mode = 0o755 if executable else 0o644
-    fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 mode)
-    os.fchmod(fd, mode)
-    return fd
-
-
-def preallocate(fd: int, size: int) -> None:
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            raise
-        os.ftruncate(fd, size)
-
-
-def fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
