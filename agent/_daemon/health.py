@@ -28,20 +28,30 @@ deadline, unimplemented), is unhealthy with that as the detail.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
+from agent._storage.install import Installer
 from agent._storage.paths import confine
-from protocol import GRPC_HEALTH_CHECK, HostilePath, InvalidValue, validate_relative_path
+from protocol import (
+    GRPC_HEALTH_CHECK,
+    HostilePath,
+    InvalidValue,
+    Manifest,
+    validate_relative_path,
+)
 
-__all__ = ["HealthSettings", "HealthTarget", "check_argv", "check_once", "run_check",
-           "run_grpc_check", "settle"]
+__all__ = ["HealthMonitor", "HealthSettings", "HealthTarget", "check_argv", "check_once",
+           "run_check", "run_grpc_check", "settle"]
+
+log = logging.getLogger("shoal.daemon")
 
 _DETAIL_MAX = 300        # characters of the detail kept (it travels in the node's record)
 
@@ -172,3 +182,78 @@ async def settle(target: HealthTarget, env: Mapping[str, str],
         if detail is None or trio.current_time() + settings.settle_every >= deadline:
             return detail, tries
         await trio.sleep(settings.settle_every)
+
+
+class HealthMonitor:
+    """A daemon's health checks: through the settling window after each install
+    (:meth:`after_install`), and of every running version that has one, every interval
+    (:meth:`run`). ``manifest_of(manifest_id)`` and ``running(model_id)`` (the active
+    version the node machine reports) come from the node machine; ``report(model_id,
+    version, unhealthy)`` hands each periodic result back to it."""
+
+    def __init__(self, settings: HealthSettings, data_root: Path, installer: Installer, *,
+                 allow_remote: bool, manifest_of: Callable[[str], Manifest | None],
+                 running: Callable[[str], str | None],
+                 report: Callable[[str, str, str | None], None]) -> None:
+        self.settings = settings
+        self._data_root = data_root
+        self._installer = installer
+        self._allow_remote = allow_remote
+        self._manifest_of = manifest_of
+        self._running = running
+        self._report = report
+        self.checks = 0       # health checks run
+        self.failures = 0     # ... that failed
+
+    def _target(self, manifest: Manifest, variant_id: str,
+                version_dir: str) -> HealthTarget | None:
+        v = next((v for v in manifest.variants if v.variant_id == variant_id), None)
+        if v is None or v.health_check is None:
+            return None
+        return HealthTarget(Path(version_dir), v.health_check, v.migrator_address,
+                            self._allow_remote)
+
+    def _env(self, manifest: Manifest, variant_id: str) -> dict[str, str]:
+        return {"SHOAL_MODEL_ID": manifest.model_id, "SHOAL_VERSION": manifest.version,
+                "SHOAL_VARIANT": variant_id, "SHOAL_DATA_DIR": str(self._data_root)}
+
+    def _count(self, unhealthy: str | None, tries: int = 1) -> None:
+        self.checks += tries
+        self.failures += tries - 1 + (unhealthy is not None)
+
+    async def after_install(self, manifest: Manifest, variant_id: str) -> str | None:
+        """Run the variant's check through its settling window; None when it passed or
+        there is none, else why it failed."""
+        iv = self._installer.active(manifest.model_id)
+        if iv is None or iv.version != manifest.version:
+            return None
+        target = self._target(manifest, variant_id, iv.path)
+        if target is None:
+            return None
+        unhealthy, tries = await settle(target, self._env(manifest, variant_id),
+                                        self.settings)
+        self._count(unhealthy, tries)
+        if unhealthy is not None:
+            log.warning("%s %s is degraded: its health check failed for %g s: %s",
+                        manifest.model_id, manifest.version, self.settings.settle_window,
+                        unhealthy, extra={"model_id": manifest.model_id,
+                                          "version": manifest.version})
+        return unhealthy
+
+    async def run(self) -> None:
+        """Check every running version that has a health check, every interval."""
+        while True:
+            await trio.sleep(self.settings.interval)
+            for iv in await trio.to_thread.run_sync(self._installer.installed):
+                if not iv.active:
+                    continue
+                manifest = self._manifest_of(iv.manifest_id)
+                target = None if manifest is None else self._target(
+                    manifest, iv.variant_id, iv.path)
+                if manifest is None or target is None \
+                        or self._running(iv.model_id) != iv.version:
+                    continue
+                unhealthy = await check_once(target, self._env(manifest, iv.variant_id),
+                                             self.settings.timeout)
+                self._count(unhealthy)
+                self._report(iv.model_id, iv.version, unhealthy)

@@ -65,7 +65,7 @@ import trio
 from agent._config import AgentConfig
 from agent._daemon.control_messages import PeerEntry
 from agent._daemon.discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
-from agent._daemon.health import HealthTarget, check_once, settle
+from agent._daemon.health import HealthMonitor
 from agent._daemon.inbox import (
     ChunkMissing,
     ChunkStored,
@@ -261,8 +261,13 @@ class NodeRuntime:
         self._messages_in = self._outputs = self._stored = self._served = 0
         self._saves = self._installs = self._dup = self._drops = 0
         self._throttled = 0.0       # of sessions that ended (live ones: their channel)
-        self._health_checks = self._health_failures = 0
-        self.health = config.health
+        self.health = HealthMonitor(
+            config.health, self.data.root, self.installer,
+            allow_remote=config.migrator_allow_remote,
+            manifest_of=lambda mid: self.machine.ledger.manifest_by_id(mid),
+            running=self._running_version,
+            report=lambda model, version, unhealthy: self.post(
+                HealthChecked(model, version, unhealthy)))
         self._dials = self._dial_failures = 0
         self.migrator_timeout = float(config.migrator_timeout)  # seconds a migrator may run
         self.migrator_allow_remote = config.migrator_allow_remote   # non-loopback addresses
@@ -295,7 +300,7 @@ class NodeRuntime:
                     port=self.config.listen_port, settings=self.config.transport)
                 self.port = await nursery.start(self.listener.serve)
                 nursery.start_soon(self._machine_task)
-                nursery.start_soon(self._health_task)
+                nursery.start_soon(self.health.run)
                 for _ in range(_STORE_WORKERS):
                     nursery.start_soon(self._store_worker)
                 for service in services:
@@ -771,66 +776,13 @@ class NodeRuntime:
                       extra={"model_id": out.model_id, "version": out.version})
         unhealthy = None
         if ok and manifest is not None:     # the model is `loading` until this settles
-            unhealthy = await self._settle_health(manifest, out.variant_id)
+            unhealthy = await self.health.after_install(manifest, out.variant_id)
         self.post(InstallDone(out.model_id, out.version, out.variant_id, ok,
                               None if ok else reason, detail, unhealthy))
 
-    # ------------------------------------------------------------------ health checks
-
-    def _health_target(self, manifest: Manifest, variant_id: str,
-                       version_dir: str) -> HealthTarget | None:
-        v = next((v for v in manifest.variants if v.variant_id == variant_id), None)
-        if v is None or v.health_check is None:
-            return None
-        return HealthTarget(Path(version_dir), v.health_check, v.migrator_address,
-                            self.config.migrator_allow_remote)
-
-    def _health_env(self, manifest: Manifest, variant_id: str) -> dict[str, str]:
-        return {"SHOAL_MODEL_ID": manifest.model_id, "SHOAL_VERSION": manifest.version,
-                "SHOAL_VARIANT": variant_id, "SHOAL_DATA_DIR": str(self.data.root)}
-
-    def _count_health(self, unhealthy: str | None, tries: int = 1) -> None:
-        self._health_checks += tries
-        self._health_failures += tries - 1 + (unhealthy is not None)
-
-    async def _settle_health(self, manifest: Manifest, variant_id: str) -> str | None:
-        """Run the variant's health check through its settling window (agent/_daemon/
-        health.py); None when it passed or there is none, else why it failed."""
-        iv = self.installer.active(manifest.model_id)
-        if iv is None or iv.version != manifest.version:
-            return None
-        target = self._health_target(manifest, variant_id, iv.path)
-        if target is None:
-            return None
-        unhealthy, tries = await settle(target, self._health_env(manifest, variant_id),
-                                        self.health)
-        self._count_health(unhealthy, tries)
-        if unhealthy is not None:
-            log.warning("%s %s is degraded: its health check failed for %g s: %s",
-                        manifest.model_id, manifest.version, self.health.settle_window,
-                        unhealthy, extra={"model_id": manifest.model_id,
-                                          "version": manifest.version})
-        return unhealthy
-
-    async def _health_task(self) -> None:
-        """Check every running version that has a health check, every interval."""
-        while True:
-            await trio.sleep(self.health.interval)
-            for iv in await trio.to_thread.run_sync(self.installer.installed):
-                if not iv.active:
-                    continue
-                manifest = self.machine.ledger.manifest_by_id(iv.manifest_id)
-                target = None if manifest is None else self._health_target(
-                    manifest, iv.variant_id, iv.path)
-                st = self.machine.model_state(iv.model_id)
-                if manifest is None or target is None or st is None \
-                        or st.active_version != iv.version:
-                    continue
-                unhealthy = await check_once(target,
-                                             self._health_env(manifest, iv.variant_id),
-                                             self.health.timeout)
-                self._count_health(unhealthy)
-                self.post(HealthChecked(iv.model_id, iv.version, unhealthy))
+    def _running_version(self, model_id: str) -> str | None:
+        st = self.machine.model_state(model_id)
+        return None if st is None else st.active_version
 
     def _install_sync(self, manifest: Manifest, variant_id: str,
                       previous_version: str | None = None) -> str:
@@ -869,7 +821,7 @@ class NodeRuntime:
                                  self._throttled + sum(
                                      s.channel.statistics().throttled_s
                                      for s in self._sessions.values()),
-                                 self._health_checks, self._health_failures)
+                                 self.health.checks, self.health.failures)
 
 
 def _address(host: str, port: int) -> str:
