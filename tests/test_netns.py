@@ -25,10 +25,7 @@ Skipped, with the reason, where namespaces cannot be created (not root, no
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,112 +34,47 @@ import trio
 
 from agent._demo.fleet import FAST_GOSSIP, LocalFleet, make_package
 
+from ._netns import NamespaceFleet, Segment, why_not
+
 pytestmark = pytest.mark.slow
 
 N = 4
 SLOW = 3                       # this host's link is shaped to 8 mbit/s
 SUBNET = "10.213.7"
 MiB = 1024 * 1024
-_TAG = f"{os.getpid() % 100000}"
-BRIDGE = f"shbr{_TAG}"
 # liveness shortened so a partition shows within seconds (defaults: 10 s / 30 s)
 SUSPECT_AFTER, UNREACHABLE_AFTER = 2.0, 4.0
 LIVENESS = f"suspect_after = {SUSPECT_AFTER}\nunreachable_after = {UNREACHABLE_AFTER}\n"
+SEG = Segment(N, "v", SUBNET)
+_ns, _addr, _outer, _ip = SEG.ns, SEG.addr, SEG.outer, SEG.run
 
 
-def _ns(i: int) -> str:
-    return f"shoal-t{_TAG}-{i}"
-
-
-def _addr(i: int) -> str:
-    return f"{SUBNET}.{10 + i}"
-
-
-def _ip(*args: str, ns: str | None = None, check: bool = True
-        ) -> subprocess.CompletedProcess[str]:
-    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
-    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=20)
-
-
-def _why_not() -> str | None:
-    if sys.platform != "linux":
-        return "network namespaces are Linux-only"
-    if os.geteuid() != 0:
-        return "creating network namespaces needs root"
-    if shutil.which("ip") is None or shutil.which("tc") is None:
-        return "the `ip`/`tc` commands (package iproute2) are not installed"
-    return None
-
-
-def _teardown() -> None:
-    for i in range(N):
-        _ip("ip", "netns", "del", _ns(i), check=False)
-    _ip("ip", "link", "del", BRIDGE, check=False)
-
-
-def _setup() -> None:
-    _ip("ip", "link", "add", BRIDGE, "type", "bridge")
-    _ip("ip", "link", "set", BRIDGE, "type", "bridge", "mcast_snooping", "0", check=False)
-    _ip("ip", "link", "set", BRIDGE, "up")
-    for i in range(N):
-        ns, outer, inner = _ns(i), f"shv{_TAG}o{i}", f"shv{_TAG}i{i}"
-        _ip("ip", "netns", "add", ns)
-        _ip("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
-        _ip("ip", "link", "set", inner, "netns", ns)
-        _ip("ip", "link", "set", outer, "master", BRIDGE)
-        _ip("ip", "link", "set", outer, "up")
-        _ip("ip", "link", "set", "lo", "up", ns=ns)
-        _ip("ip", "addr", "add", f"{_addr(i)}/24", "dev", inner, ns=ns)
-        _ip("ip", "link", "set", inner, "up", ns=ns)
-        _ip("ip", "route", "add", "224.0.0.0/4", "dev", inner, ns=ns)
-        if i == SLOW:
-            tbf = ["root", "tbf", "rate", "8mbit", "burst", "32kbit", "latency", "400ms"]
-            _ip("tc", "qdisc", "add", "dev", inner, *tbf, ns=ns)      # its upload
-            _ip("tc", "qdisc", "add", "dev", outer, *tbf)             # its download
-
-
-class NamespaceFleet(LocalFleet):
-    """A :class:`LocalFleet` whose node ``i`` runs in namespace ``_ns(i)`` at ``_addr(i)``."""
-
-    def __init__(self, base: Path) -> None:
-        super().__init__(base, N, extra_config=FAST_GOSSIP + LIVENESS)
-        for i, node in enumerate(self.nodes):
-            text = node.config_path.read_text()
-            text = text.replace('listen_address = "127.0.0.1"',
-                                f'listen_address = "{_addr(i)}"')
-            text = text.replace('interfaces = ["127.0.0.1"]', f'interfaces = ["{_addr(i)}"]')
-            assert _addr(i) in text
-            node.config_path.write_text(text)
-
-    def start(self, i: int) -> None:
-        node = self.nodes[i]
-        log = open(node.data_dir / "daemon.log", "ab")  # noqa: SIM115 - owned by the child
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        self.procs[i] = subprocess.Popen(
-            ["ip", "netns", "exec", _ns(i), sys.executable, "-m", "agent._cli", "daemon",
-             "--config", str(node.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
+def _shape(i: int) -> None:
+    """Host SLOW's link, both ways, at 8 mbit/s."""
+    if i == SLOW:
+        tbf = ["root", "tbf", "rate", "8mbit", "burst", "32kbit", "latency", "400ms"]
+        _ip("tc", "qdisc", "add", "dev", SEG.inner(i), *tbf, ns=_ns(i))   # its upload
+        _ip("tc", "qdisc", "add", "dev", SEG.outer(i), *tbf)              # its download
 
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NamespaceFleet]:
-    reason = _why_not()
+    reason = why_not(need_tc=True)
     if reason is not None:
         pytest.skip(reason)
-    _teardown()   # leftovers of a killed earlier run with the same pid
+    SEG.teardown()   # leftovers of a killed earlier run with the same pid
     try:
-        _setup()
+        SEG.setup(_shape)
     except (subprocess.CalledProcessError, OSError) as exc:
-        _teardown()
+        SEG.teardown()
         detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
         pytest.skip(f"cannot create network namespaces here: {detail}")
     try:
-        fleet = NamespaceFleet(tmp_path_factory.mktemp("netns"))
+        fleet = NamespaceFleet(tmp_path_factory.mktemp("netns"), SEG, FAST_GOSSIP + LIVENESS)
         with fleet.running():      # every test starts from a meshed fleet, alone or not
             yield fleet
     finally:
-        _teardown()
+        SEG.teardown()
 
 
 def _logs(fleet: LocalFleet) -> str:
@@ -158,7 +90,7 @@ def test_rollout_across_namespaces_with_a_slow_link(hosts: NamespaceFleet,
                                                     tmp_path: Path) -> None:
     # the namespaces really are separate hosts: host 0 cannot reach 127.0.0.1 of host 1,
     # and the slow link is shaped
-    qdisc = _ip("tc", "qdisc", "show", "dev", f"shv{_TAG}i{SLOW}", ns=_ns(SLOW)).stdout
+    qdisc = _ip("tc", "qdisc", "show", "dev", SEG.inner(SLOW), ns=_ns(SLOW)).stdout
     assert "tbf" in qdisc and "8Mbit" in qdisc
     pkg = make_package(tmp_path / "pkg", 16 * MiB, seed=5)   # int8-cpu variant: 8 MiB
 
@@ -190,10 +122,6 @@ def test_rollout_across_namespaces_with_a_slow_link(hosts: NamespaceFleet,
     for i in range(N):
         current = hosts.nodes[i].data_dir / "models" / "det" / "current"
         assert current.resolve().name == "1.0.0"
-
-
-def _outer(i: int) -> str:
-    return f"shv{_TAG}o{i}"
 
 
 def test_partition_mid_rollout_then_heal(hosts: NamespaceFleet, tmp_path: Path) -> None:

@@ -16,10 +16,7 @@ with the reason, where namespaces cannot be created (not root, no iproute2).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,105 +27,35 @@ import trio
 from agent._demo.fleet import FAST_GOSSIP, LocalFleet, make_package
 from protocol import OverlayConfig
 
+from ._netns import NamespaceFleet, Segment, why_not
+
 pytestmark = pytest.mark.slow
 
 N = 24
 SUBNET = "10.213.8"
-_TAG = f"{os.getpid() % 100000}"
-BRIDGE = f"shob{_TAG}"
 LIMIT = OverlayConfig().degree + OverlayConfig().slack
-
-
-def _ns(i: int) -> str:
-    return f"shoal-o{_TAG}-{i}"
-
-
-def _addr(i: int) -> str:
-    return f"{SUBNET}.{10 + i}"
-
-
-def _run(*args: str, ns: str | None = None, check: bool = True
-         ) -> subprocess.CompletedProcess[str]:
-    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
-    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=20)
-
-
-def _why_not() -> str | None:
-    if sys.platform != "linux":
-        return "network namespaces are Linux-only"
-    if os.geteuid() != 0:
-        return "creating network namespaces needs root"
-    if shutil.which("ip") is None:
-        return "the `ip` command (package iproute2) is not installed"
-    return None
-
-
-def _teardown() -> None:
-    for i in range(N):
-        _run("ip", "netns", "del", _ns(i), check=False)
-    _run("ip", "link", "del", BRIDGE, check=False)
-
-
-def _setup() -> None:
-    _run("ip", "link", "add", BRIDGE, "type", "bridge")
-    _run("ip", "link", "set", BRIDGE, "type", "bridge", "mcast_snooping", "0", check=False)
-    _run("ip", "link", "set", BRIDGE, "up")
-    for i in range(N):
-        ns, outer, inner = _ns(i), f"sho{_TAG}o{i}", f"sho{_TAG}i{i}"
-        _run("ip", "netns", "add", ns)
-        _run("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
-        _run("ip", "link", "set", inner, "netns", ns)
-        _run("ip", "link", "set", outer, "master", BRIDGE)
-        _run("ip", "link", "set", outer, "up")
-        _run("ip", "link", "set", "lo", "up", ns=ns)
-        _run("ip", "addr", "add", f"{_addr(i)}/24", "dev", inner, ns=ns)
-        _run("ip", "link", "set", inner, "up", ns=ns)
-        _run("ip", "route", "add", "224.0.0.0/4", "dev", inner, ns=ns)
-
-
-class Hosts(LocalFleet):
-    """Node ``i`` runs in namespace ``_ns(i)``, listening and advertising at ``_addr(i)``."""
-
-    def __init__(self, base: Path) -> None:
-        super().__init__(base, N, extra_config=FAST_GOSSIP)
-        for i, node in enumerate(self.nodes):
-            text = node.config_path.read_text()
-            text = text.replace('listen_address = "127.0.0.1"',
-                                f'listen_address = "{_addr(i)}"')
-            text = text.replace('interfaces = ["127.0.0.1"]', f'interfaces = ["{_addr(i)}"]')
-            assert _addr(i) in text and "static_peers = []" in text   # mDNS alone
-            node.config_path.write_text(text)
-
-    def start(self, i: int) -> None:
-        node = self.nodes[i]
-        log = open(node.data_dir / "daemon.log", "ab")  # noqa: SIM115 - owned by the child
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        self.procs[i] = subprocess.Popen(
-            ["ip", "netns", "exec", _ns(i), sys.executable, "-m", "agent._cli", "daemon",
-             "--config", str(node.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
+SEG = Segment(N, "o", SUBNET)
 
 
 @pytest.fixture()
-def hosts(tmp_path: Path) -> Iterator[Hosts]:
-    reason = _why_not()
+def hosts(tmp_path: Path) -> Iterator[NamespaceFleet]:
+    reason = why_not()
     if reason is not None:
         pytest.skip(reason)
-    _teardown()   # leftovers of a killed earlier run with the same pid
+    SEG.teardown()   # leftovers of a killed earlier run with the same pid
     try:
-        _setup()
+        SEG.setup()
     except (subprocess.CalledProcessError, OSError) as exc:
-        _teardown()
+        SEG.teardown()
         detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
         pytest.skip(f"cannot create network namespaces here: {detail}")
-    fleet = Hosts(tmp_path / "hosts")
+    fleet = NamespaceFleet(tmp_path / "hosts", SEG, FAST_GOSSIP, mdns_only=True)
     try:
         fleet.start_all()
         yield fleet
     finally:
         fleet.stop_all()
-        _teardown()
+        SEG.teardown()
 
 
 async def _overlay(fleet: LocalFleet, i: int) -> dict[str, int]:
@@ -136,7 +63,7 @@ async def _overlay(fleet: LocalFleet, i: int) -> dict[str, int]:
     return {k: int(v) for k, v in json.loads(st.statistics_json)["overlay"].items()}
 
 
-def test_24_hosts_found_by_mdns_converge_over_a_bounded_overlay(hosts: Hosts,
+def test_24_hosts_found_by_mdns_converge_over_a_bounded_overlay(hosts: NamespaceFleet,
                                                                 tmp_path: Path) -> None:
     pkg = make_package(tmp_path / "pkg", 512 * 1024, seed=3)
     most = most_open = 0
