@@ -24,19 +24,26 @@ from typing import Any
 
 import blake3
 
-from protocol import HLC, Intent, IntentKind, Scope
-from protocol._codec import decode_value
-from protocol._config import Config, LedgerConfig
-from protocol._entries import encoded_entry, entry_size
-from protocol._ledger import Entry, Ledger
-from protocol._manifest import ChunkRef
-from protocol._node import RETIRE_INTERVAL
+from protocol import (
+    HLC,
+    ChunkRef,
+    Config,
+    Entry,
+    Intent,
+    IntentKind,
+    Ledger,
+    LedgerConfig,
+    Scope,
+    decode_value,
+    encoded_entry,
+)
 from sim._content import VARIANT_ID, SyntheticModel, _assemble, build_model
 from sim._fleet import Fleet
 from sim._network import LinkProfile
 from sim._scenarios import _overlay_for, _specs
 
 GiB, KiB = 1 << 30, 1 << 10
+SETTLE_WAIT = 30.0   # virtual seconds after a rollout: three passes of the node's retirement
 _GOSSIP = ("GossipDelta", "GossipDigest", "GossipPush", "GossipSummary", "GossipBuckets")
 
 
@@ -129,12 +136,12 @@ def rollouts(nodes: int, count: int, *, retire: bool, seed: int = 1) -> dict[str
             return True
         fleet.run(until=fleet.loop.now + 600, stop_when=done)
         gossip = sum(fleet.bytes_by_type.get(t, 0) - before[t] for t in _GOSSIP)
-        fleet.run(until=fleet.loop.now + 3 * RETIRE_INTERVAL)   # settle and forget
+        fleet.run(until=fleet.loop.now + SETTLE_WAIT)   # settle, and forget
         if k in (2, count):
             led = fleet.nodes[watch].disk.ledger
             assert led is not None
             tag = "first" if k == 2 else "last"
-            out[f"{tag}_ledger_bytes"] = sum(entry_size(e) for e in led.entries())
+            out[f"{tag}_ledger_bytes"] = sum(len(encoded_entry(e)) for e in led.entries())
             out[f"{tag}_ledger_entries"] = len(list(led.entries()))
             out[f"{tag}_ledger_memory"] = _ledger_memory(led)
             out[f"{tag}_gossip_per_node"] = gossip / nodes
