@@ -3,11 +3,10 @@
 Every key is documented in ``docs/CONFIG.md``. Parsing is strict: an unknown
 key, a missing required key or a bad value raises :class:`ConfigError` whose
 message starts with the key's dotted name (``swarm.fanout: ...``), so an
-operator can find the line. ``[gossip]``, ``[swarm]`` and ``[overlay]`` accept
+operator can find the line. ``[gossip]``, ``[swarm]``, ``[overlay]`` and ``[ledger]`` accept
 exactly the fields of :class:`protocol.GossipConfig` / :class:`protocol.SwarmConfig`
-/ :class:`protocol.OverlayConfig`
-(typed by their annotations), except the swarm's rates, which come from
-``[bandwidth]``.
+/ :class:`protocol.OverlayConfig` / :class:`protocol.LedgerConfig` (typed by their
+annotations), except the swarm's rates, which come from ``[bandwidth]``.
 
 Relative paths are taken relative to the directory of the config file.
 """
@@ -29,7 +28,7 @@ from agent._daemon.health import HealthSettings
 from agent._daemon.probe import ProbeOverrides, overrides_from_mapping
 from agent._daemon.transport import TransportSettings
 from agent._errors import ConfigError
-from protocol import Config, GossipConfig, OverlayConfig, SwarmConfig
+from protocol import Config, GossipConfig, LedgerConfig, OverlayConfig, SwarmConfig
 
 __all__ = [
     "DEFAULT_PORT",
@@ -46,7 +45,7 @@ DEFAULT_PORT = 7411
 _TOP_KEYS = {"data_dir", "fleet_id", "fleet_root_key", "node_name", "formation",
              "listen_address", "listen_port", "static_peers", "control_socket",
              "migrator_timeout", "migrator_allow_remote", "bandwidth", "gossip", "swarm",
-             "overlay", "transport", "mdns", "probe", "metrics", "health"}
+             "overlay", "ledger", "transport", "mdns", "probe", "metrics", "health"}
 _REQUIRED = ("data_dir", "fleet_id", "fleet_root_key")
 _FLEET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
@@ -71,6 +70,7 @@ class AgentConfig:
     gossip: GossipConfig = field(default_factory=GossipConfig)
     swarm: SwarmConfig = field(default_factory=SwarmConfig)
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
     transport: TransportSettings = field(default_factory=TransportSettings)
     mdns_enabled: bool = True
     mdns_interfaces: tuple[str, ...] = ()   # IPv4 addresses; () = every interface
@@ -83,7 +83,7 @@ class AgentConfig:
         swarm = dataclasses.replace(self.swarm, upload_rate=self.upload_rate,
                                     download_rate=self.download_rate)
         return Config(fleet_id=self.fleet_id, gossip=self.gossip, swarm=swarm,
-                      overlay=self.overlay)
+                      overlay=self.overlay, ledger=self.ledger)
 
 
 def load_config(path: str) -> AgentConfig:
@@ -165,6 +165,8 @@ def parse_config(data: Mapping[str, Any] | str, base_dir: str = ".") -> AgentCon
         if "degree" in table:   # a daemon always runs the overlay (0 = off is the sim's)
             _int(table["degree"], "overlay.degree", 2, 1024)
         out["overlay"] = _dataclass_table(OverlayConfig, table, "overlay")
+    if "ledger" in data:
+        out["ledger"] = _dataclass_table(LedgerConfig, data["ledger"], "ledger")
     if "transport" in data:
         out["transport"] = _dataclass_table(TransportSettings, data["transport"],
                                             "transport")

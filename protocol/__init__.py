@@ -37,7 +37,7 @@ from ._codec import (
     message,
     struct,
 )
-from ._config import Config, GossipConfig, OverlayConfig, SwarmConfig
+from ._config import Config, GossipConfig, LedgerConfig, OverlayConfig, SwarmConfig
 from ._convergence import ConvergenceBlocker, ModelConvergenceStatus, RolloutState
 from ._entries import Entry, EntryKind, encoded_entry
 from ._errors import (
@@ -71,6 +71,7 @@ from ._events import (
     NoticeKind,
     Output,
     PersistLedger,
+    RemoveVersions,
     SendMessage,
     ServeChunk,
     StoreChunk,
@@ -135,10 +136,10 @@ __all__ = [
     # the node state machine, its inputs' types and its outputs
     "NodeMachine", "NodeStatistics", "Config", "GossipConfig", "SwarmConfig",
     "Output", "SendMessage", "ServeChunk", "StoreChunk", "InstallVariant",
-    "ActivateVersion", "DropPeer", "PersistLedger", "Notice", "NoticeKind",
+    "ActivateVersion", "RemoveVersions", "DropPeer", "PersistLedger", "Notice", "NoticeKind",
     "DialPeer", "ClosePeer",
     # the overlay: whom a node keeps sessions with
-    "OverlayConfig", "OverlayFull", "OverlayStatistics", "PeerHint",
+    "LedgerConfig", "OverlayConfig", "OverlayFull", "OverlayStatistics", "PeerHint",
     # the wire: messages, codec, the secure session
     "WireMessage", "is_wire_message", "Piece", "SWARM_MESSAGES", "make_piece", "wire_size",
     "PROTOCOL_VERSION", "DEFAULT_MAX_FRAME", "FrameDecoder", "decode", "encode", "frame",

@@ -101,8 +101,28 @@ class OverlayConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    """How long history is kept (``protocol/_settle.py``)."""
+
+    retire: bool = True               # forget void history (False: keep every entry)
+    settle_after: float = 7 * 24 * 3600.0  # seconds after which an intent settles even
+    #                                   # if some node it targets never carried it out
+    keep_versions: int = 2            # versions of a model kept on disk: the active one
+    #                                   # and the rollbacks before it (and any a live
+    #                                   # intent names); 0 = keep every version
+
+    def __post_init__(self) -> None:
+        if not self.settle_after > 0:
+            raise ValueError("settle_after must be > 0")
+        if self.keep_versions == 1 or self.keep_versions < 0:
+            raise ValueError("keep_versions must be 0 (all) or >= 2 (the active version "
+                             "and at least one to roll back to)")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     fleet_id: str = "default"
     gossip: GossipConfig = field(default_factory=GossipConfig)
     swarm: SwarmConfig = field(default_factory=SwarmConfig)
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)

@@ -62,6 +62,7 @@ from ._intents import (
     standing_cancels,
 )
 from ._records import NodeRecord
+from ._settle import settled_ids
 from ._types import BlockerReason, ModelOperationalStatus
 
 __all__ = ["ConvergenceBlocker", "ModelConvergenceStatus", "RolloutState",
@@ -197,6 +198,14 @@ def rollout_state(model_id: str, version: str, intents: Iterable[Intent],
     aimed = sorted((i for i in mine if i.kind is not IntentKind.CANCEL and i.version == version),
                    key=lambda i: (i.stamp, i.intent_id))
     if not aimed:
+        # its intents may have been void history: a newer intent settled (``_settle``)
+        everything = [i for i in intents if i.model_id == model_id]
+        floors = [i for i in everything if i.intent_id in settled_ids(everything)
+                  and i.version != version]
+        if floors:
+            floor = max(floors, key=lambda i: (i.stamp, i.intent_id))
+            return RolloutState.SUPERSEDED, (f"superseded by {floor.version} "
+                                             f"(intent {_short(floor.intent_id)})")
         return RolloutState.UNKNOWN, "no intent targets this version"
     live = [i for i in aimed if i.intent_id not in cancels]
     if not live:

@@ -51,7 +51,7 @@ from dataclasses import replace
 from typing import Unpack
 
 from ._capabilities import Capabilities
-from ._events import ActivateVersion, InstallVariant, Notice, NoticeKind, Output
+from ._events import ActivateVersion, InstallVariant, Notice, NoticeKind, Output, RemoveVersions
 from ._identity import FleetTrust
 from ._intents import Intent, OnDegraded, policy_actions, resolve
 from ._ledger import Ledger
@@ -76,7 +76,8 @@ class Deployments:
     def __init__(self, *, node_id: str, trust: FleetTrust, ledger: Ledger, swarm: SwarmEngine,
                  lookup: Callable[[str], Sequence[ChunkRef] | None],
                  emit: Callable[[Output], None], write_record: Callable[[float], None],
-                 installed: Iterable[tuple[str, str, str]], now: float) -> None:
+                 installed: Iterable[tuple[str, str, str]], now: float,
+                 keep_versions: int = 2) -> None:
         self._node_id = node_id
         self._trust = trust
         self._ledger = ledger
@@ -89,8 +90,11 @@ class Deployments:
         self._transfers: dict[str, str] = {}     # model -> swarm key being fetched
         self._installing: dict[str, str] = {}    # model -> swarm key being installed
         self._disk: dict[str, dict[str, str]] = {}   # model -> version -> variant on disk
+        self._keep = keep_versions
+        self._activated: dict[str, list[str]] = {}  # model -> versions, last active last
         for model_id, version, variant_id in installed:   # last listed per model is active
             self._disk.setdefault(model_id, {})[version] = variant_id
+            self._activated.setdefault(model_id, []).append(version)
             self._states[model_id] = ModelState(model_id, version, variant_id, _S.OPERATIONAL,
                                                 updated_at=now, active_version=version)
         for model_id, versions in self._disk.items():
@@ -156,6 +160,7 @@ class Deployments:
                            blocker=None if unhealthy is None else BlockerReason.UNHEALTHY,
                            blocker_detail=unhealthy or "", blocker_since=now,
                            installed=tuple(sorted(disk)))
+            self._now_active(model_id, version, now)
         else:
             self.set_state(model_id, now, version=version, variant_id=variant_id,
                            status=_S.FAILED, blocker=reason or BlockerReason.DEPLOYMENT_FAILED,
@@ -200,6 +205,33 @@ class Deployments:
                     and d.version != version:
                 return d.version
         return None
+
+    def _now_active(self, model_id: str, version: str, now: float) -> None:
+        """``version`` runs now: remember the order, and remove what is no longer kept
+        from disk -- all but the last ``keep_versions`` active ones and those a live
+        intent names (a rollback target, a delta's base, a version being fetched)."""
+        order = self._activated.setdefault(model_id, [])
+        if version in order:
+            order.remove(version)
+        order.append(version)
+        disk = self._disk.get(model_id, {})
+        if not self._keep or len(disk) <= self._keep:
+            return
+        keep = {v for v in order if v in disk}
+        keep = set([v for v in order if v in keep][-self._keep:])
+        for it in self._ledger.intents():
+            if it.model_id == model_id:
+                keep.add(it.version)
+                if it.delta_from:
+                    keep.add(it.delta_from)
+        gone = tuple(sorted(v for v in disk if v not in keep))
+        if not gone:
+            return
+        for v in gone:
+            del disk[v]
+        self._activated[model_id] = [v for v in order if v in disk]
+        self._emit(RemoveVersions(model_id, gone))
+        self.set_state(model_id, now, installed=tuple(sorted(disk)))
 
     # ------------------------------------------------------------------ reconcile
     def reconcile(self, capabilities: Capabilities | None, now: float) -> None:
@@ -267,6 +299,7 @@ class Deployments:
             self.set_state(model_id, now, version=version, variant_id=disk[version],
                            status=_S.OPERATIONAL, active_version=version, intent_id=iid,
                            blocker=None, blocker_detail="")
+            self._now_active(model_id, version, now)
             return
         manifest = self._ledger.manifest_for(model_id, version)
         if manifest is None:

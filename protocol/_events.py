@@ -88,6 +88,17 @@ class ActivateVersion:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoveVersions:
+    """Delete these installed versions of ``model_id`` from disk: neither active, nor the
+    rollback, nor named by a live intent (``LedgerConfig.keep_versions``). The machine
+    no longer reports them and no longer serves their chunks (those no kept version
+    shares)."""
+
+    model_id: str
+    versions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PersistLedger:
     """Make the ledger durable now, before carrying out the outputs that follow.
 
@@ -159,6 +170,6 @@ class Notice:
 
 
 Output = (
-    SendMessage | ServeChunk | StoreChunk | InstallVariant | ActivateVersion | PersistLedger
-    | DropPeer | DialPeer | ClosePeer | Notice
+    SendMessage | ServeChunk | StoreChunk | InstallVariant | ActivateVersion | RemoveVersions
+    | PersistLedger | DropPeer | DialPeer | ClosePeer | Notice
 )

@@ -31,6 +31,8 @@ rolled back no longer reports degraded -- but the action stands), so nothing
 loops. :func:`policy_actions` is the rule: an action counts only for a distribute
 whose own, operator-signed policy asks for it (a captured node can at most trigger
 early the fallback the operator already chose), the oldest action per distribute.
+Once a distribute is *settled* (``_settle``: carried out and healthy on every node it
+targets), its policy no longer acts.
 
 A ``rollback`` applies only to nodes in its scope that have (had) the model
 deployed: their record reports a version of the model (running, being fetched
@@ -78,6 +80,7 @@ class IntentKind(enum.StrEnum):
     ROLLBACK = "rollback"
     CANCEL = "cancel"
     POLICY = "policy"     # a distribute's rollout policy acted (signed by a node)
+    SETTLE = "settle"     # an intent carried out and healthy everywhere (a node; _settle)
 
 
 class OnDegraded(enum.StrEnum):
@@ -330,9 +333,10 @@ class Intent:
         validate_version(self.version)
         if self.delta_from is not None:
             validate_version(self.delta_from)
-        if (self.kind in (IntentKind.CANCEL, IntentKind.POLICY)) != (self.cancels is not None):
-            raise InvalidValue("a cancel or policy intent, and only those, names another "
-                               "intent")
+        if (self.kind in (IntentKind.CANCEL, IntentKind.POLICY, IntentKind.SETTLE)) != \
+                (self.cancels is not None):
+            raise InvalidValue("a cancel, policy or settle intent, and only those, names "
+                               "another intent")
         if self.policy is not None and self.kind is not IntentKind.DISTRIBUTE:
             raise InvalidValue("only a distribute carries a rollout policy")
         if len(self.issuer_key) != 32:
@@ -371,8 +375,10 @@ class Intent:
 
     @property
     def issuer_role(self) -> Role:
-        """Who may sign it: a node for a ``policy`` intent, an operator otherwise."""
-        return Role.NODE if self.kind is IntentKind.POLICY else Role.OPERATOR
+        """Who may sign it: a node for a ``policy`` or ``settle`` intent, an operator
+        otherwise."""
+        return Role.NODE if self.kind in (IntentKind.POLICY, IntentKind.SETTLE) \
+            else Role.OPERATOR
 
     def verify(self, trust: FleetTrust) -> None:
         """Raise UntrustedKey / SignatureError unless an admitted operator (a node, for
@@ -406,10 +412,14 @@ def policy_actions(intents: Iterable[Intent], model_id: str,
                    trust: FleetTrust) -> dict[str, tuple[Intent, Intent]]:
     """The policy rule: each distribute id of ``model_id`` whose rollout policy acted
     -> (the distribute, the ``policy`` intent that stands for it: the oldest, by an
-    admitted node, for a distribute whose operator-signed policy halts or rolls back)."""
+    admitted node, for a distribute whose operator-signed policy halts or rolls back).
+    A distribute some ``settle`` intent names (``_settle``) has proved itself: its
+    policy no longer acts."""
     mine = [i for i in intents if i.model_id == model_id]
+    settled = {i.cancels for i in mine if i.kind is IntentKind.SETTLE}   # (_settle)
     by_id = {i.intent_id: i for i in mine if i.kind is IntentKind.DISTRIBUTE
-             and i.policy is not None and i.policy.on_degraded is not OnDegraded.IGNORE}
+             and i.policy is not None and i.policy.on_degraded is not OnDegraded.IGNORE
+             and i.intent_id not in settled}
     out: dict[str, tuple[Intent, Intent]] = {}
     for it in mine:
         if it.kind is not IntentKind.POLICY or it.cancels not in by_id or \
@@ -445,7 +455,7 @@ def resolve(intents: Iterable[Intent], model_id: str, node_id: str,
             continue
         if it.kind is IntentKind.CANCEL:
             cancels.append(it)
-        elif it.kind is IntentKind.POLICY:
+        elif it.kind is IntentKind.POLICY or it.kind is IntentKind.SETTLE:
             acts.append(it)
         elif trust.is_admitted(it.issuer_key, Role.OPERATOR):
             candidates.append(it)

@@ -117,6 +117,7 @@ from ._intents import Intent
 from ._manifest import Manifest
 from ._rate import TokenBuckets
 from ._records import ModelState, NodeRecord, Suspicion
+from ._settle import manifests_to_retire, void_intents
 
 __all__ = [
     "MAX_AHEAD_MS",
@@ -207,6 +208,7 @@ class LedgerStatistics:
     # quota), "ahead" (counters too far above the clock), "claim" (claims cut to what
     # the origin vouches for), "rate" (replacing entries over their origin's byte rate)
     refused: dict[str, int] = field(default_factory=dict)
+    retired: int = 0     # entries forgotten as void history (``Ledger.retire``)
 
 
 class Ledger:
@@ -233,6 +235,9 @@ class Ledger:
         self._duplicates = 0
         self._intents: dict[str, Intent] = {}
         self._manifests: dict[str, Manifest] = {}
+        self._intents_changed = 0               # bumped when the set of intents changes
+        self._live: tuple[int, list[Intent], set[str]] = (-1, [], set())  # (at, live, void)
+        self._retired = 0
         # indexes kept beside the state, so that gossip costs what changed, not the fleet:
         self._records: dict[str, NodeRecord] = {}   # origin -> its live record
         self._vv_index: dict[str, int] = {}         # origin -> position in the vector's order
@@ -292,11 +297,33 @@ class Ledger:
         return self._record_at.get(node_id, 0)
 
     def intents(self) -> list[Intent]:
-        """Distinct intents, in id order."""
+        """Distinct live intents, in id order: those held that are not void
+        (``_settle``: dominated by a settled intent, or naming one that is) and do not
+        name an intent not held. Every reader sees these only, so retiring void ones
+        changes no answer."""
+        return list(self._live_intents()[0])
+
+    def all_intents(self) -> list[Intent]:
+        """Every distinct intent held, void or not, in id order."""
         return [self._intents[k] for k in sorted(self._intents)]
 
     def intent(self, intent_id: str) -> Intent | None:
-        return self._intents.get(intent_id)
+        """The live intent of that id (None if not held, or void)."""
+        it = self._intents.get(intent_id)
+        return None if it is None or intent_id in self._live_intents()[1] else it
+
+    def _live_intents(self) -> tuple[list[Intent], set[str]]:
+        at, live, void = self._live
+        if at != self._intents_changed:
+            everything = self.all_intents()
+            void = void_intents(everything)
+            # (and a cancel, policy or settle whose target is not held: it changes no
+            # answer until the target arrives, and a target that was forgotten as void
+            # would otherwise leave it looking live on one node and not on another)
+            live = [i for i in everything if i.intent_id not in void
+                    and (i.cancels is None or i.cancels in self._intents)]
+            self._live = (self._intents_changed, live, void)
+        return live, void
 
     def manifests(self) -> list[Manifest]:
         return [self._manifests[k] for k in sorted(self._manifests)]
@@ -330,7 +357,7 @@ class Ledger:
             certificates=kinds[EntryKind.CERTIFICATE],
             revocations=kinds[EntryKind.REVOCATION], origins=len(self._top),
             rejected=dict(self._rejected), duplicates=self._duplicates,
-            refused=dict(self._refused))
+            refused=dict(self._refused), retired=self._retired)
 
     # ------------------------------------------------------------------ local writes
     def append(self, origin: SigningIdentity, payload: object, floor: int = 0) -> Entry:
@@ -349,6 +376,52 @@ class Ledger:
         if result.errors:
             raise InvalidValue(f"local ledger write refused: {result.errors[0]}")
         return entry
+
+    # ------------------------------------------------------------------ retirement
+    def retire(self) -> int:
+        """Forget the history no reader can see any more (``_settle``): the entries of
+        void intents, and of manifests nothing live needs. An origin's newest entry is
+        kept (it vouches for the origin's counter). The number of entries dropped."""
+        live, void = self._live_intents()
+        gone_manifests = manifests_to_retire(self._manifests.values(), live,
+                                             self._records.values())
+        if not void and not gone_manifests:
+            return 0
+        dropped = 0
+        for key, e in list(self._entries.items()):
+            origin, counter = key
+            if counter == self._top.get(origin):
+                continue
+            if (e.intent is not None and e.intent.intent_id in void) or \
+                    (e.manifest is not None and e.manifest.manifest_id in gone_manifests):
+                self._drop(key, e)
+                dropped += 1
+        held_ids = {e.intent.intent_id for e in self._entries.values() if e.intent is not None}
+        held_manifests = {e.manifest.manifest_id for e in self._entries.values()
+                          if e.manifest is not None}
+        for iid in [i for i in self._intents if i not in held_ids]:
+            del self._intents[iid]
+            self._intents_changed += 1
+        for mid in [m for m in self._manifests if m not in held_manifests]:
+            del self._manifests[mid]
+        self._retired += dropped
+        return dropped
+
+    def _drop(self, key: tuple[str, int], e: Entry) -> None:
+        """Forget one relay entry (below its origin's top: the vector still covers it)."""
+        origin, counter = key
+        del self._entries[key]
+        self._sizes.pop(key, None)
+        self._held[origin].discard(counter)
+        ck = content_key(e)
+        if ck is not None and self._relay_at.get((origin, ck)) == counter:
+            del self._relay_at[(origin, ck)]
+            self._relays[origin] -= 1
+            n = self._content.get(ck, 0) - 1
+            if n > 0:
+                self._content[ck] = n
+            else:
+                self._content.pop(ck, None)
 
     # ------------------------------------------------------------------ restart gap
     def open_gap(self, origin: str) -> None:
@@ -509,7 +582,9 @@ class Ledger:
             self._record_at[origin] = e.counter
             self._records[origin] = e.record
         elif e.intent is not None:
-            self._intents.setdefault(e.intent.intent_id, e.intent)
+            if e.intent.intent_id not in self._intents:
+                self._intents[e.intent.intent_id] = e.intent
+                self._intents_changed += 1
         elif e.manifest is not None:
             self._manifests.setdefault(e.manifest.manifest_id, e.manifest)
         self._entries[(origin, e.counter)] = e

@@ -89,11 +89,14 @@ from ._overlay import Overlay, OverlayFull, OverlayStatistics
 from ._policy import POLICY_CHECK_INTERVAL, policies_to_enact
 from ._records import ModelState, NodeRecord
 from ._rng import Rng
+from ._settle import settles_to_write
 from ._swarm import SwarmEngine, SwarmStatistics
 from ._types import BlockerReason, TransferPriority
 from ._wire import WireMessage
 
 __all__ = ["NodeMachine", "NodeStatistics"]
+
+RETIRE_INTERVAL = 10.0   # seconds between passes that forget void history (_settle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,8 @@ class NodeMachine:
         self._enacted: set[str] = set()          # distributes whose policy we enacted
         self._policy_actions = 0
         self._next_policy_check = now
+        self._next_retire = now + RETIRE_INTERVAL
+        self._settled: set[str] = set()           # intents we latched as settled
         self._last_write = -1e18
         self._latest_now = now                   # detects a wall clock stepping back
         trust.observe_clock(now)                 # certificate expiry is judged at ``now``
@@ -150,7 +155,7 @@ class NodeMachine:
         self._deployments = Deployments(
             node_id=self.node_id, trust=trust, ledger=self.ledger, swarm=self.swarm,
             lookup=self._lookup, emit=self._emit, write_record=self._write_urgent,
-            installed=installed, now=now)
+            installed=installed, now=now, keep_versions=config.ledger.keep_versions)
         if not trust.add_certificate(certificate):
             raise RemoteProtocolError("this node's certificate is not signed by the fleet root")
         self._refresh_revoked()
@@ -424,6 +429,11 @@ class NodeMachine:
         if now >= self._next_policy_check:
             self._next_policy_check = now + POLICY_CHECK_INTERVAL
             self._enact_policies(now)
+            self._settle(now)
+        if now >= self._next_retire:
+            self._next_retire = now + RETIRE_INTERVAL
+            if self.config.ledger.retire:
+                self.ledger.retire()
         self.swarm.on_timer(now)
         self.overlay.on_timer(now)
         self._deployments.update_progress(now)
@@ -449,6 +459,19 @@ class NodeMachine:
                                         f"({d.policy.text() if d.policy else ''})",
                                         d.model_id, d.intent_id))
             self._reconcile(now)
+
+    def _settle(self, now: float) -> None:
+        """Write the ``settle`` intent of every intent carried out everywhere (or past
+        the horizon) that dominates older history (``_settle``)."""
+        horizon_ms = int(self.config.ledger.settle_after * 1000)
+        for j in settles_to_write(self.ledger.intents(), self.ledger.records(), self.trust,
+                                  self.node_id, int(now * 1000), horizon_ms):
+            if j.intent_id in self._settled:
+                continue
+            self._settled.add(j.intent_id)
+            self._append(Intent.create(self.identity, IntentKind.SETTLE, j.model_id,
+                                       j.version, self.clock.tick(now), cancels=j.intent_id),
+                         now)
 
     def next_deadline(self) -> float | None:
         times = [self.gossip.next_deadline(), self.overlay.next_deadline()]
@@ -579,6 +602,13 @@ class NodeMachine:
     def chunk_missing(self, chunk_hash: bytes, now: float) -> None:
         self._observe_clock(now)
         self.swarm.chunk_missing(chunk_hash, now)
+        self._after_input(now)
+
+    def chunks_gone(self, chunk_hashes: Iterable[bytes], now: float) -> None:
+        """The driver deleted these chunks (a ``RemoveVersions`` it carried out): no
+        longer held, served or announced."""
+        self._observe_clock(now)
+        self.swarm.chunks_removed(chunk_hashes, now)
         self._after_input(now)
 
     def upload_done(self, peer: str, chunk_hash: bytes, now: float) -> None:

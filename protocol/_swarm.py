@@ -288,6 +288,22 @@ class SwarmEngine:
         self._picker.store_failed(chunk_hash, now)
         self._schedule(now)
 
+    def chunks_removed(self, chunk_hashes: Iterable[bytes], now: float) -> None:
+        """The driver deleted chunks on purpose (an old version removed): forget them;
+        a transfer that still wants one fetches it again."""
+        gone = [h for h in chunk_hashes if h in self._held]
+        if not gone:
+            return
+        for h in gone:
+            self._held.discard(h)
+            self._uploader.chunk_lost(h, now)
+        self._buckets(now)
+        for h in gone:
+            for d in self._picker.refetch(h):
+                for peer in sorted(self._connected):
+                    self._send(peer, Interested(d.key))
+        self._schedule(now)
+
     def chunk_missing(self, chunk_hash: bytes, now: float) -> None:
         """The store lost (or never had) a chunk we advertised: tell askers, fetch it again."""
         self._held.discard(chunk_hash)

@@ -70,6 +70,7 @@ from protocol import (
     PersistLedger,
     Piece,
     ProtocolError,
+    RemoveVersions,
     Role,
     SendMessage,
     ServeChunk,
@@ -578,6 +579,11 @@ class Fleet:
         elif isinstance(out, ActivateVersion):
             node.disk.active[out.model_id] = out.version
             self.loop.log("activate", node.index, out.model_id, out.version)
+        elif isinstance(out, RemoveVersions):
+            # (the simulated disk keeps the chunks: it models what the records and the
+            # ledger say, not which bytes a removal frees)
+            node.disk.installed = {x for x in node.disk.installed
+                                   if x[0] != out.model_id or x[1] not in out.versions}
         elif isinstance(out, DropPeer):
             self._drops += 1
             self.drop_log.append((now, node.node_id, out.peer, out.reason))

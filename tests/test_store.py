@@ -158,6 +158,24 @@ def test_complete_refuses_what_is_held_nowhere(tmp_path: Path) -> None:
     assert list((tmp_path / "store" / "packs").iterdir()) == []   # nothing allocated
 
 
+def test_a_pack_being_written_by_another_process_survives_an_open(tmp_path: Path) -> None:
+    """A publish from the command line writes its pack while a daemon starts on the same
+    data directory: the daemon's open must leave the publisher's temporary alone (it
+    removed it, and the publish failed with "No such file or directory")."""
+    root = tmp_path / "store"
+    publisher = ChunkStore(root)
+    tmp = publisher.new_pack_dir()
+    (tmp / "w.bin").write_bytes(b"being written")
+    held = subprocess.run(
+        [sys.executable, "-c", "import sys; from agent._storage.store import ChunkStore; "
+         "ChunkStore(sys.argv[1])", str(root)], cwd=REPO, capture_output=True, text=True)
+    assert held.returncode == 0, held.stderr
+    assert (tmp / "w.bin").read_bytes() == b"being written"     # still there
+    publisher.release_pack_dir(tmp)                               # the publisher is gone
+    ChunkStore(root)
+    assert not tmp.exists()                                       # now it is stale
+
+
 def test_stale_temporaries_removed_on_open(tmp_path: Path) -> None:
     root = tmp_path / "store"
     store = ChunkStore(root)

@@ -88,6 +88,13 @@ class ChunkMissing:
 
 
 @dataclass(frozen=True, slots=True)
+class ChunksGone:
+    """Versions the machine let go were deleted; these chunks went with them."""
+
+    chunk_hashes: frozenset[bytes]
+
+
+@dataclass(frozen=True, slots=True)
 class PieceSent:
     """The piece of ``chunk_hash`` has been written to ``peer``'s connection."""
 
@@ -127,5 +134,5 @@ class ControlCall:
 
 
 InboxEvent = (PeerMessage | PeerUp | PeerDown | PeerKnown | PeerGone | DialFailed | ChunkStored
-              | ChunkStoreFailed | ChunkMissing | PieceSent | InstallDone | HealthChecked
-              | ControlCall)
+              | ChunkStoreFailed | ChunkMissing | ChunksGone | PieceSent | InstallDone
+              | HealthChecked | ControlCall)

@@ -68,6 +68,7 @@ from agent._daemon.discovery import Discovery, DiscoveryEvent, PeerFound, PeerLo
 from agent._daemon.health import HealthMonitor
 from agent._daemon.inbox import (
     ChunkMissing,
+    ChunksGone,
     ChunkStored,
     ChunkStoreFailed,
     ControlCall,
@@ -117,6 +118,7 @@ from protocol import (
     PersistLedger,
     Piece,
     ProtocolError,
+    RemoveVersions,
     Role,
     SendMessage,
     ServeChunk,
@@ -599,6 +601,8 @@ class NodeRuntime:
                 m.chunk_store_failed(chunk_hash, reason, detail, now)
             case ChunkMissing(chunk_hash):
                 m.chunk_missing(chunk_hash, now)
+            case ChunksGone(chunk_hashes):
+                m.chunks_gone(chunk_hashes, now)
             case PieceSent(peer, chunk_hash):
                 m.upload_done(peer, chunk_hash, now)
             case InstallDone(model_id, version, variant_id, ok, reason, detail, unhealthy):
@@ -684,6 +688,9 @@ class NodeRuntime:
             except AgentError as exc:
                 log.error("could not activate %s %s: %s", out.model_id, out.version, exc,
                           extra={"model_id": out.model_id, "version": out.version})
+        elif isinstance(out, RemoveVersions):
+            assert self._nursery is not None
+            self._nursery.start_soon(self._remove_versions, out)
         elif isinstance(out, DropPeer):
             self._drops += 1
             self._banned[out.peer] = self.clock() + out.ban_for
@@ -704,6 +711,23 @@ class NodeRuntime:
         elif isinstance(out, Notice):
             log.info("notice %s: %s", out.kind, out.detail,
                      extra={"model_id": out.model_id, "intent_id": out.intent_id})
+
+    async def _remove_versions(self, out: RemoveVersions) -> None:
+        """Delete versions the machine no longer keeps, and tell it which chunks went."""
+        def remove() -> set[bytes]:
+            before = self.store.hashes()
+            for version in out.versions:
+                try:
+                    if self.installer.remove(out.model_id, version):
+                        log.info("removed %s %s from disk (not kept)", out.model_id, version,
+                                 extra={"model_id": out.model_id, "version": version})
+                except AgentError as exc:
+                    log.error("could not remove %s %s: %s", out.model_id, version, exc,
+                              extra={"model_id": out.model_id, "version": version})
+            return before - self.store.hashes()
+        gone = await trio.to_thread.run_sync(remove)
+        if gone:
+            self.post(ChunksGone(frozenset(gone)))
 
     async def _store_worker(self) -> None:
         """Write verified chunks in place, into the staged files of the versions being

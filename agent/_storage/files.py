@@ -3,7 +3,9 @@ records a version directory carries, and the process's pool of fsync/verify thre
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import threading
@@ -13,8 +15,8 @@ from pathlib import Path
 from agent._storage.paths import confine
 from protocol import Manifest
 
-__all__ = ["TMP_PREFIX", "copy_range", "create_file", "fsync_path", "io_pool", "no_space",
-           "preallocate", "read_record", "write_all", "write_record"]
+__all__ = ["TMP_PREFIX", "copy_range", "create_file", "fsync_path", "hold", "in_use", "io_pool",
+           "no_space", "preallocate", "read_record", "write_all", "write_record"]
 
 TMP_PREFIX = ".tmp-"   # a file or directory being written; removed at open if left
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -32,6 +34,31 @@ def io_pool() -> ThreadPoolExecutor:
             _pool = ThreadPoolExecutor(max_workers=_SYNC_THREADS,
                                        thread_name_prefix="shoal-fsync")
         return _pool
+
+
+def hold(path: str | Path) -> int:
+    """Open ``path`` (a temporary file or directory being written) and take an exclusive
+    ``flock`` on it: another process opening the store sees it in use (:func:`in_use`)
+    and leaves it alone. Closing the descriptor lets it go."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def in_use(path: str | Path) -> bool:
+    """Is ``path`` held by a writer (:func:`hold`), in this process or another?"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    return False
 
 
 def no_space(exc: OSError) -> bool:

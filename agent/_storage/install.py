@@ -339,6 +339,30 @@ class Installer:
         self._switch(model_id, version)
         return iv
 
+    def remove(self, model_id: str, version: str) -> bool:
+        """Delete an installed version that is not active (the node no longer keeps it:
+        ``RemoveVersions``); its manifest is unpinned unless the store holds it as a
+        pack too (a publisher's). False if it was not installed."""
+        validate_model_id(model_id)
+        validate_version(version)
+        iv = self._installed_version(model_id, version, active=False)
+        if iv is None:
+            return False
+        active = self.active(model_id)
+        if active is not None and active.version == version:
+            raise InstallError(f"{model_id} {version} is the active version; activate "
+                               "another before removing it")
+        model_dir = self.data.model_dir(model_id)
+        trash = model_dir / f"{_TMP_PREFIX}gone-{secrets.token_hex(4)}"
+        with self.store.locked():
+            os.rename(iv.path, trash)
+            self.store.forget(iv.path)
+        fsync_dir(model_dir / "versions")
+        shutil.rmtree(trash, ignore_errors=True)
+        if self.store.locate(iv.manifest_id, iv.variant_id) is None:
+            self.store.unpin(iv.manifest_id)
+        return True
+
     def verify(self, model_id: str, version: str) -> list[str]:
         """Re-hash an installed version's files against its manifest; the problems found."""
         iv = self._installed_version(model_id, version, active=False)

@@ -490,6 +490,7 @@ def publish(store: ChunkStore, package: Path | str, model_id: str, version: str,
         store.pin(manifest.manifest_id)
     finally:
         for dest in dirs:       # what was not moved into place (an error, a duplicate)
+            store.release_pack_dir(dest)
             shutil.rmtree(dest, ignore_errors=True)
     return _result(manifest, writer, already=already)
 

@@ -48,6 +48,7 @@ The store is safe to use from several threads of one process.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
@@ -62,6 +63,8 @@ from agent._storage.files import (
     copy_range,
     create_file,
     fsync_path,
+    hold,
+    in_use,
     io_pool,
     no_space,
     preallocate,
@@ -174,6 +177,7 @@ class ChunkStore:
         self._puts_duplicate = 0
         self._corrupt = 0
         self._quarantined = 0
+        self._held_tmp: dict[str, int] = {}   # new_pack_dir's directories, held (flock)
         self._stale_removed = 0
         self._gc_runs = 0
         self._gc_chunks = 0
@@ -198,8 +202,12 @@ class ChunkStore:
     # ------------------------------------------------------------------ open
 
     def _scan(self) -> None:
+        # (a temporary another process is writing -- a publish from the command line
+        # while this daemon starts -- is held with flock and left alone)
         for entry in os.scandir(self._manifests_dir):
             if entry.name.startswith(TMP_PREFIX):
+                if in_use(entry.path):
+                    continue
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                 self._stale_removed += 1
@@ -227,6 +235,8 @@ class ChunkStore:
                             self._index_dir(v.path, rec[0], rec[1], installed=True)
         for entry in os.scandir(self._packs_dir):
             if entry.name.startswith(TMP_PREFIX):
+                if in_use(entry.path):
+                    continue
                 shutil.rmtree(entry.path, ignore_errors=True)
                 self._stale_removed += 1
                 continue
@@ -409,6 +419,7 @@ class ChunkStore:
             os.makedirs(directory, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
+                fcntl.flock(fd, fcntl.LOCK_EX)   # in use: another store's open leaves it
                 write_all(fd, data, 0)
                 if self._fsync:
                     os.fsync(fd)
@@ -488,9 +499,18 @@ class ChunkStore:
         path = self._packs_dir / f"{TMP_PREFIX}{secrets.token_hex(8)}"
         try:
             path.mkdir()
+            self._held_tmp[str(path)] = hold(path)
         except OSError as exc:
             raise self._os_error(exc, "creating a pack") from exc
         return path
+
+    def release_pack_dir(self, path: Path) -> None:
+        """Let go of a directory made by :meth:`new_pack_dir` (moved into place, or
+        about to be deleted)."""
+        fd = self._held_tmp.pop(str(path), None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def add_pack(self, tmp: Path, manifest: Manifest, variant_id: str) -> str:
         """Index the complete, fsynced files of ``variant_id`` in ``tmp`` (made by
@@ -500,6 +520,7 @@ class ChunkStore:
         with self._lock:
             found = self._by_key.get((manifest.manifest_id, variant_id))
             if found is not None:
+                self.release_pack_dir(tmp)
                 shutil.rmtree(tmp, ignore_errors=True)
                 return found
             final = self._pack_path(manifest.manifest_id, variant_id)
@@ -517,6 +538,8 @@ class ChunkStore:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise self._os_error(exc, f"storing {manifest.model_id} "
                                      f"{manifest.version}") from exc
+            finally:
+                self.release_pack_dir(tmp)
             self._index_dir(final, manifest.manifest_id, variant_id, installed=False)
             return final
 

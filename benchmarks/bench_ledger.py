@@ -1,0 +1,180 @@
+"""A ledger bounded by the live fleet (issue 21): many rollouts of a 1 GiB model in
+128 KiB chunks (8,192 chunks a version) across a simulated fleet, with history
+forgotten as it settles, side by side with the same run keeping everything.
+
+Every node already holds each version's chunks (``Fleet.add_content``), so a rollout
+moves no model bytes in the simulator; what it runs is everything the ledger sees of a
+real rollout -- manifest and intent pushed and gossiped, every node installing and
+writing its record, the settle, the retirement, versions removed from disk. Figures,
+at one node (the median id), after rollout 2 and after the last:
+
+* ledger bytes: the encoded size of the entries it holds;
+* ledger memory: what a fresh ``Ledger`` holding those entries takes (tracemalloc);
+* what a node that joins then must sync: the entries a peer's ``delta_since({})``
+  ships, and the virtual seconds until the joiner holds the fleet's live intents;
+* gossip bytes per node during the rollout (``GossipDelta``, ``GossipDigest``,
+  ``GossipPush``, ``GossipSummary``, ``GossipBuckets``).
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from typing import Any
+
+import blake3
+
+from protocol import (
+    HLC,
+    ChunkRef,
+    Config,
+    Entry,
+    Intent,
+    IntentKind,
+    Ledger,
+    LedgerConfig,
+    Scope,
+    decode_value,
+    encoded_entry,
+)
+from sim._content import VARIANT_ID, SyntheticModel, _assemble, build_model
+from sim._fleet import Fleet
+from sim._network import LinkProfile
+from sim._scenarios import _overlay_for, _specs
+
+GiB, KiB = 1 << 30, 1 << 10
+SETTLE_WAIT = 30.0   # virtual seconds after a rollout: three passes of the node's retirement
+_GOSSIP = ("GossipDelta", "GossipDigest", "GossipPush", "GossipSummary", "GossipBuckets")
+
+
+def _ledger_memory(led: Ledger) -> int:
+    """Bytes a ledger holding ``led``'s entries takes, its entries decoded afresh (the
+    objects of a running node, not shared with ``led``)."""
+    raw = [encoded_entry(e) for e in led.entries()]
+    vv = {o: (0, c) for o, c in led.version_vector.items()}
+    tracemalloc.start()
+    try:
+        fresh = Ledger(led.trust, relay_quota=1 << 30)
+        fresh.merge_entries([decode_value(Entry, r) for r in raw], vv, limits=False)
+        size, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    del fresh
+    return size
+
+
+def _joiner(fleet: Fleet, index: int) -> tuple[int, float]:
+    """Crash node ``index``, forget its ledger, start it: (bytes a peer's full delta
+    ships, virtual seconds until it holds the live intents node 0 holds)."""
+    peer = fleet.nodes[0].disk.ledger
+    assert peer is not None
+    shipped = sum(p.size for p in peer.delta_since({}))
+    want = {i.intent_id for i in peer.intents()}
+    fleet.crash(index)
+    fleet.nodes[index].disk.ledger = None
+    t0 = fleet.loop.now
+    fleet.start(index)
+
+    def caught_up() -> bool:
+        m = fleet.nodes[index].machine
+        return m is not None and {i.intent_id for i in m.ledger.intents()} == want
+    fleet.run(until=t0 + 120, stop_when=caught_up)
+    return shipped, fleet.loop.now - t0
+
+
+def _versions(fleet: Fleet, count: int) -> list[SyntheticModel]:
+    """``count`` versions of a 1 GiB model in 128 KiB chunks, each changing 5 % of
+    the chunks of the one before (a run at a different place each time)."""
+    first = build_model(fleet.publisher, "m", "1.0.1", GiB, 128 * KiB)
+    refs = list(first.manifest.variant(VARIANT_ID).files[0].chunks)
+    out = [first]
+    run = len(refs) // 20
+    for k in range(2, count + 1):
+        version = f"1.0.{k}"
+        tokens: dict[bytes, bytes] = {}
+        sizes: dict[bytes, int] = {}
+        start = (k * 7919 * run) % (len(refs) - run)
+        for i in range(start, start + run):
+            token = f"m/{version}/{i}".encode()
+            h = blake3.blake3(token).digest()
+            tokens[h], sizes[h] = token, refs[i].size
+            refs[i] = ChunkRef(h, refs[i].size)
+        out.append(SyntheticModel(_assemble(fleet.publisher, "m", version, list(refs), 0,
+                                            None), tokens, sizes))
+    return out
+
+
+def rollouts(nodes: int, count: int, *, retire: bool, seed: int = 1) -> dict[str, Any]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    config = Config(fleet_id="sim", ledger=LedgerConfig(retire=retire,
+                                                          keep_versions=2 if retire else 0))
+    specs = _specs(nodes, 100.0, 100.0, False, seed)
+    topology, degree = _overlay_for(nodes, None)
+    fleet = Fleet(specs, seed=seed, topology=topology, degree=degree, config=config,
+                  profile=LinkProfile(latency=0.01))
+    everyone = list(range(nodes))
+    models = _versions(fleet, count)
+    for model in models:       # on every disk before the nodes start: no transfers
+        fleet.add_content(model, everyone)
+    fleet.run(until=2.0)
+    watch = nodes // 2
+    out: dict[str, Any] = {"nodes": nodes, "rollouts": count, "retire": retire}
+    for k, model in enumerate(models, start=1):
+        version = model.manifest.version
+        before = {t: fleet.bytes_by_type.get(t, 0) for t in _GOSSIP}
+        fleet.publish(0, model)
+        fleet.issue(0, Intent.create(fleet.operator, IntentKind.DISTRIBUTE, "m", version,
+                                     HLC(int(fleet.loop.now * 1000), 0, "op"),
+                                     scope=Scope.all()))
+
+        def done(v: str = version) -> bool:
+            for node in fleet.nodes:
+                m = node.machine
+                st = m.model_state("m") if m is not None else None
+                if st is None or st.active_version != v:
+                    return False
+            return True
+        fleet.run(until=fleet.loop.now + 600, stop_when=done)
+        gossip = sum(fleet.bytes_by_type.get(t, 0) - before[t] for t in _GOSSIP)
+        fleet.run(until=fleet.loop.now + SETTLE_WAIT)   # settle, and forget
+        if k in (2, count):
+            led = fleet.nodes[watch].disk.ledger
+            assert led is not None
+            tag = "first" if k == 2 else "last"
+            out[f"{tag}_ledger_bytes"] = sum(len(encoded_entry(e)) for e in led.entries())
+            out[f"{tag}_ledger_entries"] = len(list(led.entries()))
+            out[f"{tag}_ledger_memory"] = _ledger_memory(led)
+            out[f"{tag}_gossip_per_node"] = gossip / nodes
+            if k == count:
+                out["last_join_bytes"], out["last_join_s"] = _joiner(fleet, nodes - 1)
+            else:
+                # (a node that joins after rollout 2: measured on a copy of the run would
+                # need a second fleet; the joiner here rejoins and the run goes on)
+                out["first_join_bytes"], out["first_join_s"] = _joiner(fleet, nodes - 1)
+    out["wall_s"] = time.perf_counter() - wall
+    out["cpu_s"] = time.process_time() - cpu
+    return out
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    nodes, count = (20, 10) if quick else (100, 100)
+    rows: list[dict[str, Any]] = []
+    for retire in (True, False):
+        r = rollouts(nodes, count, retire=retire)
+        name = f"N={nodes}, {count} rollouts, {'retiring' if retire else 'keeping all'}"
+        for what, unit in (("ledger_bytes", "B"), ("ledger_memory", "B"),
+                           ("join_bytes", "B"), ("gossip_per_node", "B")):
+            first, last = r[f"first_{what}"], r[f"last_{what}"]
+            rows.append({"name": f"{name}: {what} after {count} / after 2",
+                         "value": round(last / first, 3), "unit": "x",
+                         "detail": f"{last:.0f} / {first:.0f} {unit}"})
+        rows.append({"name": f"{name}: joiner catches up (s, virtual)",
+                     "value": round(r["last_join_s"], 2), "unit": "s",
+                     "detail": f"after 2: {r['first_join_s']:.2f} s; "
+                               f"wall {r['wall_s']:.0f} s, cpu {r['cpu_s']:.0f} s"})
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run(quick=False):
+        print(row)
