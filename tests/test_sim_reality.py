@@ -59,6 +59,10 @@ POLL = 0.1
 CONFIG_JSON = 15                           # make_package's config.json per variant
 
 
+class Unavailable(Exception):
+    """Namespaces or qdiscs cannot be made here (the reason)."""
+
+
 @dataclass(frozen=True)
 class Plan:
     """What the test needs of a scenario file: nodes, pair classes, model, action times."""
@@ -140,7 +144,7 @@ def _real(plan: Plan, base: Path, tag: str, subnet: str) -> tuple[float, dict[st
     except (subprocess.CalledProcessError, OSError) as exc:
         seg.teardown()
         detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
-        pytest.skip(f"cannot create namespaces with tbf/htb/u32 here: {detail}")
+        raise Unavailable(f"cannot create namespaces with tbf/htb/u32 here: {detail}") from exc
     try:
         qdiscs = seg.run("tc", "qdisc", "show", "dev", seg.inner(0), ns=seg.ns(0)).stdout
         assert "tbf" in qdiscs and "htb" in qdiscs, qdiscs
@@ -177,19 +181,27 @@ async def _rollout(fleet: NamespaceFleet, plan: Plan, pkg: Path
     return max(done.values()), done
 
 
-def _compare(name: str, tag: str, subnet: str, tmp_path: Path) -> None:
+def measure(name: str, tag: str, subnet: str, base: Path) -> tuple[str, float, float]:
+    """Run scenario file ``name`` both ways: (report, simulated, real completion in s).
+    Raises :class:`Unavailable` where the real half cannot run."""
     reason = why_not(need_tc=True)
     if reason is not None:
-        pytest.skip(reason)
+        raise Unavailable(reason)
     plan = _plan(DATA / name)
     t_sim, sim_nodes = _simulated(plan)
-    t_real, real_nodes = _real(plan, tmp_path, tag, subnet)
-    ratio = t_real / t_sim
+    t_real, real_nodes = _real(plan, base, tag, subnet)
     lines = [f"reality/{plan.ff.name}: sim {t_sim:.2f} s, real {t_real:.2f} s, "
-             f"real/sim {ratio:.3f} (tolerance +-{TOLERANCE:.0%})"]
+             f"real/sim {t_real / t_sim:.3f} (tolerance +-{TOLERANCE:.0%})"]
     for node in plan.names:
         lines.append(f"  {node}: sim {sim_nodes[node]:.2f} s, real {real_nodes[node]:.2f} s")
-    text = "\n".join(lines)
+    return "\n".join(lines), t_sim, t_real
+
+
+def _compare(name: str, tag: str, subnet: str, tmp_path: Path) -> None:
+    try:
+        text, t_sim, t_real = measure(name, tag, subnet, tmp_path)
+    except Unavailable as exc:
+        pytest.skip(str(exc))
     print(text, flush=True)
     with open(tmp_path / "reality.txt", "a") as f:
         f.write(text + "\n")
