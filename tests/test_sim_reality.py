@@ -10,11 +10,12 @@ simulator's own parser and
    a daemon in each (``ip netns exec ... python -m agent._cli daemon``, default
    gossip and swarm settings, as the simulator's machines have), real mDNS. Each link
    class becomes, on every member's veth, a ``tbf`` per direction: the veth's root is
-   a ``prio`` qdisc whose bands hold one ``tbf`` per class the node is on (its rate
-   the class's ``up_mbit`` on the namespace side, ``down_mbit`` on the bridge side),
-   ``u32`` filters sort packets into them by the peer's address, and everything else
-   (mDNS, ARP) goes unshaped. So, as in the simulator, a node has its own interface
-   per class. The package is ``make_package`` of the sizes the file declares (checked);
+   an ``htb`` qdisc whose classes (10 Gbit/s: they only sort) hold one ``tbf`` per
+   class the node is on (its rate the class's ``up_mbit`` on the namespace side,
+   ``down_mbit`` on the bridge side), ``u32`` filters sort packets into them by the
+   peer's address, and everything else (mDNS, ARP) goes unshaped (this kernel has no
+   ``prio``). So, as in the simulator, a node has its own interface per class. The
+   package is ``make_package`` of the sizes the file declares (checked);
    the origin (node 0, the one holding the operator key) publishes it through the
    control client, then the clock starts, ``distribute_model`` is sent, and every
    node's own control socket is polled (every 0.1 s) until its record shows the model
@@ -25,9 +26,11 @@ simulator's own parser and
 ``tbf`` parameters: ``burst 32kbit`` (4,000 B: above one 1,514 B Ethernet frame, so
 the rate holds from the first packet; NOTES.md measured 7.65 Mbit/s through
 ``rate 8mbit`` with it) and ``latency 400ms`` (the queue a tbf keeps before it drops:
-400 ms at the class rate, 100 KB at 2 Mbit/s; TCP's window fills it, not overflows it,
-at these rates). The kernel has no netem, so the files give the veths' own latency
-(0.1 ms) and no loss.
+400 ms at the class rate, 100 KB at 2 Mbit/s; where several TCP flows meet on one
+2 Mbit/s class it still fills and drops some packets, see docs/JOURNAL.md 2026-12-06;
+50 ms and 100 ms were slower, 2 s too).
+The kernel has no netem, so the files give the veths' own latency (0.1 ms) and no loss,
+and ``header_bytes = 66``: the Ethernet, IPv4 and TCP headers a tbf counts per 1,448 B.
 
 Skipped, with the reason, where namespaces or qdiscs cannot be made (not root, no
 ``ip``/``tc``, a kernel without tbf/htb/u32).
