@@ -375,6 +375,12 @@ def _link(t: _Table, formations: set[str]) -> Link:
     latency = t.number("latency_ms", 5.0) / 1000
     jitter = t.number("jitter_ms", 0.0) / 1000
     loss = t.number("loss", 0.0, hi=0.5)
+    header_bytes = t.take("header_bytes", int, 0)
+    mss = t.take("mss", int, 1448)
+    if not 0 <= header_bytes <= 1000:
+        raise FleetFileError(f"{t.path}.header_bytes: {header_bytes} is outside [0, 1000]")
+    if not 64 <= mss <= 65536:
+        raise FleetFileError(f"{t.path}.mss: {mss} is outside [64, 65536]")
     within = t.strings("within", [])
     between_raw = t.take("between", list, [])
     between: list[tuple[str, str]] = []
@@ -413,7 +419,7 @@ def _link(t: _Table, formations: set[str]) -> Link:
             raise FleetFileError(f"{outages.path}: mean_up and mean_down must be more than 0")
         outages.done()
     t.done()
-    return Link(LinkClass(name, mbit(up), mbit(down), latency, jitter, loss),
+    return Link(LinkClass(name, mbit(up), mbit(down), latency, jitter, loss, header_bytes, mss),
                 tuple(within), tuple(between), every, up_for or 0.0, offset or 0.0,
                 mean_up, mean_down or 0.0)
 

@@ -82,7 +82,14 @@ class LinkClass:
     class joins uses the sender's and the receiver's interfaces on it, the class's
     latency (+ uniform jitter) and loss (a message dropped after it used the uplink).
     A class that is down makes its pairs unreachable: a message is checked at send,
-    at arrival and at delivery, so one still on the link when it goes down is lost."""
+    at arrival and at delivery, so one still on the link when it goes down is lost.
+
+    ``header_bytes`` (0: none) is what each packet adds on the wire, charged per
+    ``mss`` bytes of a message (at least one packet): a message of ``size`` bytes costs
+    ``size + header_bytes * ceil(size / mss)`` of both interfaces' capacity and of the
+    class's byte count. 66 B per 1,448 B is TCP over IPv4 with timestamps on Ethernet
+    (14 + 20 + 32 B), what a ``tbf`` on an Ethernet link counts (docs/SIMULATOR.md,
+    "Checked against reality")."""
 
     name: str
     up: float                    # bytes/s of each member's interface
@@ -90,6 +97,14 @@ class LinkClass:
     latency: float = 0.005
     jitter: float = 0.0
     loss: float = 0.0
+    header_bytes: int = 0        # per packet on the wire
+    mss: int = 1448              # payload bytes per packet
+
+    def wire_bytes(self, size: int) -> int:
+        """The bytes ``size`` bytes of messages take on this class's wire."""
+        if not self.header_bytes:
+            return size
+        return size + self.header_bytes * max(1, -(-size // self.mss))
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +328,7 @@ class Network:
         interfaces of that class, with its latency, jitter and loss."""
         now = self.loop.now
         bypass = self.profile.bypass_bytes
+        size = link.wire_bytes(size)
         self._sent += 1
         self._bytes_sent += size
         self.bytes_sent_by[src] += size

@@ -87,6 +87,10 @@ def last_converged(result: dict[str, object], formation: str) -> float:
      "within = ['a']\nloss = 0.9\n", "link[0].loss: 0.9 is outside"),
     ("[[formation]]\nname = 'a'\ncount = 1\n[[link]]\nname = 'x'\nup_mbit = 1\n"
      "within = ['a']\nschedule = { every = '1h', up_for = '2h' }\n", "link[0].schedule"),
+    ("[[formation]]\nname = 'a'\ncount = 1\n[[link]]\nname = 'x'\nup_mbit = 1\n"
+     "within = ['a']\nheader_bytes = -1\n", "link[0].header_bytes: -1 is outside"),
+    ("[[formation]]\nname = 'a'\ncount = 1\n[[link]]\nname = 'x'\nup_mbit = 1\n"
+     "within = ['a']\nmss = 1.5\n", "link[0].mss: expected an integer"),
     ("[[formation]]\nname = 'a'\ncount = 1\n[[model]]\nid = 'm'\norigin = 'a-0'\n"
      "[[model.variant]]\nid = 'v'\nsize = '1M'\nrequirements = { gpu = 1 }\n"
      "[[model.version]]\nversion = '1.0.0'\n", "model[0].variant[0].requirements.gpu: unknown key"),
@@ -250,3 +254,13 @@ def test_retail_example_heals_and_cancels(capsys: pytest.CaptureFixture[str]) ->
     for store in ("store-a", "store-b", "store-c", "store-d"):
         assert {r["active"] for r in f[store]["node_rows"]} == {"3.0.0"}   # 3.1.0 cancelled
     assert [a["event"] for a in out["actions"]][-1] == "cancel"
+
+
+def test_header_bytes_charge_each_packet_of_a_link_class() -> None:
+    """``header_bytes`` per ``mss`` of payload: the bytes per class grow by that much,
+    and a transfer bound by the link takes that much longer."""
+    plain = simulate(parse(small()))
+    framed = simulate(parse(small().replace("latency_ms = 300",
+                                            "latency_ms = 300\nheader_bytes = 66")))
+    assert framed["bytes_by_link"]["sat"] > plain["bytes_by_link"]["sat"] * 1.04
+    assert last_converged(framed, "field") > last_converged(plain, "field")

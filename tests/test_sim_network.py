@@ -191,6 +191,23 @@ def test_a_link_class_has_its_own_rate_latency_and_queue() -> None:
     assert net.latency("a", "b") == 0.1
 
 
+def test_a_link_class_charges_packet_headers_on_the_wire() -> None:
+    from sim._network import LinkClass
+
+    tcp = LinkClass("tcp", up=MB, down=MB, latency=0.0, header_bytes=66, mss=1448)
+    assert tcp.wire_bytes(1448) == 1514 and tcp.wire_bytes(1449) == 1449 + 132
+    assert tcp.wire_bytes(10) == 76                    # a small message is one packet
+    assert LinkClass("raw", up=MB, down=MB).wire_bytes(MB) == MB
+    loop, net, got = make_net()
+    net.add_link_class(tcp)
+    net.join("a", "b", "tcp")
+    size = 1448 * 1000
+    net.send("a", "b", "bulk", size)
+    loop.run()
+    assert got[0][0] == pytest.approx(1514 * 1000 / MB)  # 4.6 % more than size / rate
+    assert net.bytes_by_class == {"tcp": 1514 * 1000}
+
+
 def test_unjoined_pairs_and_a_class_that_is_down_are_unreachable() -> None:
     from sim._network import LinkClass
 
