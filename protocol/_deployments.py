@@ -227,7 +227,10 @@ class Deployments:
         gone = tuple(sorted(v for v in disk if v not in keep))
         if not gone:
             return
-        for v in gone:
+        for v in gone:          # no longer held: stop seeding it, forget its chunk list
+            m = self._ledger.manifest_for(model_id, v)
+            if m is not None:
+                self._swarm.drop(f"{m.manifest_id}/{disk[v]}", now)
             del disk[v]
         self._activated[model_id] = [v for v in order if v in disk]
         self._emit(RemoveVersions(model_id, gone))

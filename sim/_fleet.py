@@ -580,10 +580,7 @@ class Fleet:
             node.disk.active[out.model_id] = out.version
             self.loop.log("activate", node.index, out.model_id, out.version)
         elif isinstance(out, RemoveVersions):
-            # (the simulated disk keeps the chunks: it models what the records and the
-            # ledger say, not which bytes a removal frees)
-            node.disk.installed = {x for x in node.disk.installed
-                                   if x[0] != out.model_id or x[1] not in out.versions}
+            self._remove_versions(node, out)
         elif isinstance(out, DropPeer):
             self._drops += 1
             self.drop_log.append((now, node.node_id, out.peer, out.reason))
@@ -613,6 +610,29 @@ class Fleet:
         is an overlay edge (and both are up and reachable)."""
         if (min(a, b), max(a, b)) in self.edges:
             self._connect(self.nodes[a], self.nodes[b])
+
+    def _remove_versions(self, node: SimNode, out: RemoveVersions) -> None:
+        """Delete the versions from the node's disk, and the chunks no version it keeps
+        shares (as the daemon does), then tell the machine which went."""
+        ledger = node.machine.ledger
+
+        def chunks(model_id: str, version: str, variant_id: str) -> set[bytes]:
+            m = ledger.manifest_for(model_id, version)
+            return set() if m is None else {c.hash for f in m.variant(variant_id).files
+                                            for c in f.chunks}
+        gone_v = {x for x in node.disk.installed
+                  if x[0] == out.model_id and x[1] in out.versions}
+        node.disk.installed -= gone_v
+        kept: set[bytes] = set()
+        for x in node.disk.installed:
+            kept |= chunks(*x)
+        gone: set[bytes] = set()
+        for x in gone_v:
+            gone |= chunks(*x) - kept
+        gone &= node.disk.held
+        if gone:
+            node.disk.held -= gone
+            node.machine.chunks_gone(gone, self.loop.now)
 
     def _stored(self, index: int, life: int, chunk_hash: bytes) -> None:
         node = self.nodes[index]
