@@ -4,7 +4,7 @@ machine, with the CPU time, the peak RSS and the simulated node-seconds per wall
 
 Each scenario runs as its own ``python -m sim ... --json`` process, so its CPU time and
 peak RSS are that process's own (``os.wait4``), and it runs under a memory cap
-(``RLIMIT_AS``, default 16 GiB, ``SHOAL_BENCH_SIM_MEM_GB``) and a wall-clock limit
+(``RLIMIT_AS``, default 12 GiB, ``SHOAL_BENCH_SIM_MEM_GB``) and a wall-clock limit
 (default 15 minutes, ``SHOAL_BENCH_SIM_LIMIT_S``): a run that hits either is reported as
 not finished (value None, with why), not left to take the shared machine down.
 
@@ -86,7 +86,7 @@ def measure(args: list[str], *, limit_s: float | None = None,
 
 def run(quick: bool) -> list[dict[str, Any]]:
     limit = float(os.environ.get("SHOAL_BENCH_SIM_LIMIT_S", "900"))
-    mem = int(float(os.environ.get("SHOAL_BENCH_SIM_MEM_GB", "16")) * (1 << 30))
+    mem = int(float(os.environ.get("SHOAL_BENCH_SIM_MEM_GB", "12")) * (1 << 30))
     rows: list[dict[str, Any]] = []
     scenarios = [("gossip", GOSSIP_QUICK if quick else GOSSIP_FULL),
                  ("swarm", SWARM_QUICK if quick else SWARM_FULL)]
@@ -95,7 +95,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
         name = f"sim {label} " + " ".join(args[1:])
         cpu = m.get("cpu_s")
         rss = m.get("peak_rss_mb")
-        detail = (f"aim <= 600 s wall; CPU {cpu:.0f} s" if cpu is not None else "aim <= 600 s")
+        aim = "quick size (the aim, <= 600 s wall, is the full run's)" if quick else \
+            "aim <= 600 s wall"
+        detail = f"{aim}; CPU {cpu:.0f} s" if cpu is not None else aim
         if rss is not None:
             detail += f", peak RSS {rss:.0f} MB"
         if "error" in m:
