@@ -389,8 +389,11 @@ class Picker:
                 # (they find no provider again: spare and back-off only shrink)
                 still = []
                 for e in aside:
-                    if any(e[2] in has for has in pass_spare):
-                        still.append(e)
+                    h = e[2]
+                    for has in pass_spare:
+                        if h in has:
+                            still.append(e)
+                            break
                     else:
                         parked.append(e)
                 aside = still
@@ -409,8 +412,13 @@ class Picker:
                     if h not in missing or h in requests or h in pending:
                         del queued[h]   # requeued when it becomes idle again
                         continue
-                    if (retry and retry.get(h, now) > now) or not any(
-                            h in has for has in pass_spare):
+                    if retry and retry.get(h, now) > now:
+                        parked.append(e)
+                        continue
+                    for has in pass_spare:   # (a loop, not any(): this runs per pop)
+                        if h in has:
+                            break
+                    else:
                         parked.append(e)
                         continue
                     seen += 1

@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--degree", type=int, default=None)
     g.add_argument("--no-push", action="store_true",
                    help="leave the intent to anti-entropy rounds (gossip.push = false)")
+    g.add_argument("--settle-rounds", type=int, default=30,
+                   help="rounds the fleet runs before the quiet rounds (its records spread)")
+    g.add_argument("--quiet-rounds", type=int, default=10,
+                   help="rounds over which quiet bytes are measured (0: not measured)")
     common(g)
 
     s = sub.add_parser("swarm", help="distribution time against Kumar-Ross T_min and a hub")
@@ -98,7 +102,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return simulate(load(args.file), seed=args.seed)
     if args.scenario == "gossip":
         return sc.gossip(nodes=args.nodes, seed=args.seed, loss=args.loss, fanout=args.fanout,
-                         degree=args.degree, push=not args.no_push)
+                         degree=args.degree, push=not args.no_push,
+                         settle_rounds=args.settle_rounds, quiet_rounds=args.quiet_rounds)
     if args.scenario == "swarm":
         return sc.swarm(nodes=args.nodes, size=args.size, up=args.up, down=args.down,
                         seed=args.seed, hetero=args.hetero, chunk_size=args.chunk_size,

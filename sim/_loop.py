@@ -18,6 +18,7 @@ seed must produce the same trace digest; the tests check exactly that.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,6 +88,26 @@ class EventLoop:
         pop = heapq.heappop
         ran = 0
         self._stopped = False
+        if max_events is None and stop_when is None:
+            # the common case, without the per-event checks it does not need
+            horizon = math.inf if until is None else until
+            try:
+                while heap:
+                    when = heap[0][0]
+                    if when > horizon:
+                        self.now = max(self.now, horizon)
+                        return
+                    _, _, callback, args = pop(heap)
+                    self.now = when
+                    callback(*args)
+                    ran += 1
+                    if self._stopped:
+                        return
+            finally:
+                self._events_run += ran
+            if until is not None:
+                self.now = max(self.now, until)
+            return
         while heap:
             when = heap[0][0]
             if until is not None and when > until:

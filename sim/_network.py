@@ -50,6 +50,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from heapq import heappush
 from typing import Any
 
 from ._loop import EventLoop
@@ -273,8 +274,11 @@ class Network:
     def send(self, src: str, dst: str, message: Any, size: int) -> bool:
         """Queue ``message`` (``size`` bytes on the wire). False if it was dropped at once
         (partition, crashed endpoint); loss is silent, as on a real link."""
-        now = self.loop.now
-        if not self.reachable(src, dst):
+        loop = self.loop
+        now = loop.now
+        alive = self._alive
+        if not (alive.get(src) and alive.get(dst)) or (
+                (self._pair_class or self._group is not None) and not self.reachable(src, dst)):
             self._blocked += 1
             return False
         if self._pair_class:
@@ -318,8 +322,10 @@ class Network:
                 if head < last:
                     head = last
                 self._last_head[key] = head
-            self.loop.call_at(head, self._arrive, src, dst, message, size,
-                              up_done + lat, epochs, ordered)
+            # loop.call_at(head, ...), inlined
+            loop._seq += 1
+            heappush(loop._heap, (head if head >= now else now, loop._seq, self._arrive,
+                                  (src, dst, message, size, up_done + lat, epochs, ordered)))
         return True
 
     def _send_on_class(self, src: str, dst: str, message: Any, size: int,
@@ -399,10 +405,14 @@ class Network:
 
     def _arrive(self, src: str, dst: str, message: Any, size: int, tail: float,
                 epochs: tuple[int, int], ordered: bool) -> None:
-        if self._stale(src, dst, epochs) or not self.reachable(src, dst):
+        epoch, alive = self._epoch, self._alive
+        if ((epoch[src], epoch[dst]) != epochs or not (alive.get(src) and alive.get(dst))
+                or ((self._pair_class or self._group is not None)
+                    and not self.reachable(src, dst))):
             self._blocked += 1
             return
-        now = self.loop.now
+        loop = self.loop
+        now = loop.now
         down_time = size / self._down[dst]
         if size <= self.profile.bypass_bytes:
             start = now
@@ -417,11 +427,14 @@ class Network:
             if at < last:
                 at = last
             self._last_delivery[key] = at
-        self.loop.call_at(at, self._deliver, src, dst, message, size, epochs)
+        # loop.call_at(at, ...), inlined (at >= now)
+        loop._seq += 1
+        heappush(loop._heap, (at, loop._seq, self._deliver, (src, dst, message, size, epochs)))
 
     def _deliver(self, src: str, dst: str, message: Any, size: int,
                  epochs: tuple[int, int]) -> None:
-        if self._stale(src, dst, epochs) or not self._alive[dst]:
+        epoch = self._epoch
+        if (epoch[src], epoch[dst]) != epochs or not self._alive[dst]:
             self._blocked += 1
             return
         self._delivered += 1

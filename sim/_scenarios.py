@@ -108,10 +108,13 @@ def gossip(nodes: int = 100, seed: int = 1, loss: float = 0.0, fanout: int = 3,
     bytes_before = fleet.statistics().bytes_sent
     by_type_before = dict(fleet.bytes_by_type)
     fleet.run(until=settled_at + quiet_rounds * interval)
-    quiet = (fleet.statistics().bytes_sent - bytes_before) / (nodes * quiet_rounds)
-    quiet_by_type = {k: round((v - by_type_before.get(k, 0)) / (nodes * quiet_rounds), 1)
-                     for k, v in sorted(fleet.bytes_by_type.items())
-                     if v != by_type_before.get(k, 0)}
+    quiet: float | None = None
+    quiet_by_type: dict[str, float] = {}
+    if quiet_rounds > 0:
+        quiet = (fleet.statistics().bytes_sent - bytes_before) / (nodes * quiet_rounds)
+        quiet_by_type = {k: round((v - by_type_before.get(k, 0)) / (nodes * quiet_rounds), 1)
+                         for k, v in sorted(fleet.bytes_by_type.items())
+                         if v != by_type_before.get(k, 0)}
 
     t0 = fleet.loop.now
     intent = _intent(fleet, "sim-model", "1.0.0", 0)
@@ -280,6 +283,7 @@ def swarm(nodes: int = 20, size: int = 64 * MiB, up: float = 100.0, down: float 
         # copies of the model the seeder's uplink carried (1.0 = every chunk left it once)
         "seeder_copies": fleet.net.bytes_sent_by[fleet.nodes[0].node_id] / model.size,
         "sim_events": fleet.loop.statistics().events_run,
+        "sim_seconds": fleet.loop.now,   # virtual time of the swarm run (not the hub's)
     }
     if hub:
         _, hub_res = one("hub")
