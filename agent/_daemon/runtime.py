@@ -138,6 +138,8 @@ _STORE_WORKERS = 2
 _SEND_BATCH = 16             # queued messages written to a peer at once at most
 _SERVE_BATCH = 4             # ... of which chunks (read into memory together) at most
 _STORE_BATCH = 32            # chunks written under one group commit at most
+_STORE_GATHER = 8            # ... for which a store worker waits at most
+_STORE_GATHER_S = 0.002      # ... seconds before it writes what it has
 _CLOSE = object()              # queued after a peer's last message: close the session
 _GRACE = 2.0                  # the larger id waits this long before dialling
 
@@ -722,6 +724,11 @@ class NodeRuntime:
         there). The files are fsynced once each, when the version is complete."""
         while True:
             batch = [await self._store_recv.receive()]
+            # pieces arrive one machine step at a time: gather a few before the
+            # worker-thread hop, which costs more than writing one 128 KiB chunk
+            with trio.move_on_after(_STORE_GATHER_S):
+                while len(batch) < _STORE_GATHER:
+                    batch.append(await self._store_recv.receive())
             while len(batch) < _STORE_BATCH:
                 try:
                     batch.append(self._store_recv.receive_nowait())
