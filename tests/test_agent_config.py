@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from agent._config import AgentConfig, load_config, parse_config, parse_peer, parse_rate
+from agent._config import (
+    DAEMON_SWARM,
+    AgentConfig,
+    load_config,
+    parse_config,
+    parse_peer,
+    parse_rate,
+)
 from agent._errors import ConfigError
 from protocol._capabilities import GpuInfo
 from protocol._config import GossipConfig, OverlayConfig, SwarmConfig
@@ -104,7 +111,7 @@ def test_every_key_is_parsed(tmp_path: Path) -> None:
         suspect_after=5.0, unreachable_after=20.0, min_suspecting_peers=3,
         fleet_progress_rate=20.0)
     assert cfg.swarm == dataclasses.replace(
-        SwarmConfig(), max_requests_per_peer=4, max_requests_total=32,
+        DAEMON_SWARM, max_requests_per_peer=4, max_requests_total=32,
         upload_slots=6, endgame_chunks=4, request_timeout=15.0)
     assert cfg.transport.handshake_timeout == 5.0 and cfg.transport.idle_timeout == 60.0
     assert cfg.transport.connect_timeout == 3.0 and cfg.transport.max_connections == 16
@@ -246,16 +253,22 @@ def test_docs_mention_every_key() -> None:
     assert not missing, f"docs/CONFIG.md does not document {missing}"
 
 
-def test_daemon_swarm_defaults_are_the_protocols() -> None:
-    """The daemon runs the swarm engine's defaults (the upload window included: a piece
-    stalled on its own connection leaves it, see test_swarm_window.py and the
-    partition test in test_netns.py); a ``[swarm]`` table changes only what it names."""
-    assert parse_config(MINIMAL).swarm == SwarmConfig()
-    assert SwarmConfig().upload_window == 1
+def test_daemon_swarm_defaults() -> None:
+    """The daemon runs the swarm engine's defaults except a deeper request pipeline and
+    a wider upload window (``DAEMON_SWARM``: between real daemons a piece's round trip
+    is mostly their own processing; a piece stalled on its own connection still leaves
+    the window, see test_swarm_window.py and the partition test in test_netns.py); a
+    ``[swarm]`` table changes only what it names."""
+    assert parse_config(MINIMAL).swarm == DAEMON_SWARM
+    assert dataclasses.replace(SwarmConfig(), min_requests_per_peer=8,
+                                               upload_window=4) == DAEMON_SWARM
+    assert SwarmConfig().upload_window == 1     # the protocol's (the simulator's) own
     assert parse_config(MINIMAL + "[swarm]\nlaggard_patience = 1.0\n").swarm == \
-        dataclasses.replace(SwarmConfig(), laggard_patience=1.0)
+        dataclasses.replace(DAEMON_SWARM, laggard_patience=1.0)
     assert parse_config(MINIMAL + "[swarm]\nupload_window = 0\n").swarm == \
-        dataclasses.replace(SwarmConfig(), upload_window=0)
+        dataclasses.replace(DAEMON_SWARM, upload_window=0)
+    assert parse_config(MINIMAL + "[swarm]\nmin_requests_per_peer = 2\n").swarm.\
+        min_requests_per_peer == 2
 
 
 def test_overlay_settings_are_read_and_checked() -> None:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -122,6 +123,46 @@ def test_corrupt_bytes_are_never_served_and_a_refetch_repairs_them(tmp_path: Pat
     assert store.put(h, chunks[1]) is True  # refetched: written back in place
     assert store.get(h) == chunks[1]
     assert f.read_bytes() == b"".join(chunks)
+
+
+def test_get_cached_serves_verified_bytes_and_leaves_doubt_to_get(tmp_path: Path) -> None:
+    """``get_cached`` (the serving writer's read on the event loop's thread) gives the
+    verified bytes of a chunk whose bytes are in the page cache, and None, never
+    wrong bytes, for anything else: an unknown chunk, a busy index lock, a chunk whose
+    bytes on disk do not match (left to ``get``, which quarantines it)."""
+    store = ChunkStore(tmp_path / "store")
+    chunks = [_data(i, 5000) for i in range(3)]
+    pack = _fill(store, _manifest("1.0.0", chunks), chunks)
+    (pack / "w.bin").read_bytes()          # in the page cache now
+    for c in chunks:
+        assert store.get_cached(hash_chunk(c)) == c
+    assert store.get_cached(hash_chunk(_data(99))) is None
+    held, release = threading.Event(), threading.Event()
+
+    def worker() -> None:                  # a worker thread holds the index: do not wait
+        with store._lock:
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    held.wait(10)
+    try:
+        assert store.get_cached(hash_chunk(chunks[0])) is None
+    finally:
+        release.set()
+        t.join()
+    f = pack / "w.bin"
+    blob = bytearray(f.read_bytes())
+    blob[5000 + 7] ^= 0x01
+    f.write_bytes(bytes(blob))
+    h = hash_chunk(chunks[1])
+    assert store.get_cached(h) is None
+    assert store.statistics().corrupt_detected == 0    # nothing decided there
+    with pytest.raises(ChunkCorrupted):
+        store.get(h)
+    assert not store.has(h) and store.get_cached(h) is None
+    assert store.get_cached(hash_chunk(chunks[2])) == chunks[2]
 
 
 def test_a_chunk_held_twice_is_served_from_the_good_copy(tmp_path: Path) -> None:
