@@ -1,9 +1,9 @@
 """Issue 21: ledgers that forget void history, gossiping over a network that loses,
 duplicates and reorders deliveries, with partitions (pairs that do not talk for a
-while) and a late joiner, against a reference ledger that never forgets anything.
-After healing, every ledger gives every node the same desired state and every version
-the same convergence status as the reference does: retiring history changes no
-answer."""
+while), crashes (a restart from the saved ledger) and a late joiner, against a
+reference ledger that never forgets anything. After healing, every ledger gives every
+node the same desired state and every version the same convergence status as the
+reference does: retiring history changes no answer."""
 
 from __future__ import annotations
 
@@ -61,10 +61,30 @@ class RetiringLedgers(RuleBasedStateMachine):
         if node < len(self.ledgers):
             self._write(node, POOL[which])
 
+    @rule(node=st.integers(0, N - 1), which=st.integers(0, len(SETTLES) - 1))
+    def settled_rollout(self, node: int, which: int) -> None:
+        """An older intent, the one that settles over it, and its settle, at one node."""
+        if node < len(self.ledgers):
+            for payload in (D1, INTENTS[[1, 2, 3, 4][which]], SETTLES[which]):
+                self._write(node, payload)
+
     @rule(node=st.integers(0, N - 1))
     def retire(self, node: int) -> None:
         if node < len(self.ledgers):
             self.ledgers[node].retire()
+
+    @rule(node=st.integers(0, N - 1))
+    def crash(self, node: int) -> None:
+        """The node restarts from what it saved (entries and vector, as ``save_ledger``
+        writes them): what was in flight to it is lost."""
+        if node < len(self.ledgers):
+            old = self.ledgers[node]
+            fresh = admitted_ledger(N)
+            fresh.merge_entries(list(old.entries()),
+                                {o: (0, c) for o, c in old.version_vector.items()})
+            assert fresh.version_vector == old.version_vector   # nothing claimed is lost
+            self.ledgers[node] = fresh
+            self.wire = [(d, p) for d, p in self.wire if d != node]
 
     @rule()
     def late_joiner(self) -> None:
@@ -113,6 +133,9 @@ class RetiringLedgers(RuleBasedStateMachine):
         for dst, piece in self.wire:              # in flight arrives, partitions heal
             self.ledgers[dst].merge_entries(piece.entries, piece.ranges)
         self._anti_entropy()
+        for node in range(N):       # (as a node does on each change of state: its record
+            self.write_record(node, "a", "1.0.0", True)   # is then its newest entry)
+        self._anti_entropy()
         for led in self.ledgers:
             led.retire()
         self._anti_entropy()
@@ -139,6 +162,6 @@ def _conv(led: Ledger, version: str) -> object:
                                100.0)
 
 
-RetiringLedgers.TestCase.settings = settings(max_examples=60, stateful_step_count=40,
+RetiringLedgers.TestCase.settings = settings(max_examples=200, stateful_step_count=40,
                                              deadline=None)
 TestRetiringLedgers = RetiringLedgers.TestCase
