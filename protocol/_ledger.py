@@ -101,13 +101,10 @@ Entries themselves -- their encoding, signature and verification -- live in
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import gt
-
-import blake3
 
 from ._entries import Entry, EntryKind, encoded_entry, entry_size
 from ._errors import InvalidValue, LocalProtocolError, RemoteProtocolError, SignatureError
@@ -118,6 +115,7 @@ from ._manifest import Manifest
 from ._rate import TokenBuckets
 from ._records import ModelState, NodeRecord, Suspicion
 from ._settle import manifests_to_retire, void_intents
+from ._vector_index import VectorIndex
 
 __all__ = [
     "MAX_AHEAD_MS",
@@ -240,16 +238,7 @@ class Ledger:
         self._retired = 0
         # indexes kept beside the state, so that gossip costs what changed, not the fleet:
         self._records: dict[str, NodeRecord] = {}   # origin -> its live record
-        self._vv_index: dict[str, int] = {}         # origin -> position in the vector's order
-        self._vv_meta: dict[str, tuple[bytes, int]] = {}   # origin -> raw id, leading 16 bits
-        self._vv_sorted: list[str] = []             # origins of the vector, sorted
-        self._vv_prefix: list[int] = []             # their leading 16 bits, same order
-        self._vv_piece: dict[str, bytes] = {}       # origin -> raw id + counter (digest input)
-        self._known: list[str] = []                 # origins held or in the vector, sorted
-        self._known_prefix: list[int] = []
-        self._known_set: set[str] = set()
-        self._hash_cache: tuple[int, bytes] = (-1, b"")
-        self._bucket_cache: dict[int, tuple[list[bytes], set[int]]] = {}  # bits -> hashes, dirty
+        self._index = VectorIndex()                 # the vector's origins, sorted, hashed
 
     # ------------------------------------------------------------------ queries
     @property
@@ -596,84 +585,32 @@ class Ledger:
 
     # ------------------------------------------------------------------ indexes
     def _know(self, origin: str) -> None:
-        if origin not in self._known_set:
-            self._known_set.add(origin)
-            i = bisect.bisect_left(self._known, origin)
-            self._known.insert(i, origin)
-            self._known_prefix.insert(i, int(origin[:4], 16))
+        self._index.know(origin)
 
     def _set_vv(self, origin: str, counter: int) -> None:
         """Move the vector of ``origin`` to ``counter`` and keep its indexes in step."""
-        meta = self._vv_meta.get(origin)
-        if meta is None:
-            raw = bytes.fromhex(origin)
-            meta = self._vv_meta[origin] = (raw, int(origin[:4], 16))
-            self._vv_index[origin] = len(self._vv_index)
-            i = bisect.bisect_left(self._vv_sorted, origin)
-            self._vv_sorted.insert(i, origin)
-            self._vv_prefix.insert(i, meta[1])
-            self._know(origin)
         self._vv[origin] = counter
-        self._vv_piece[origin] = meta[0] + counter.to_bytes(8, "big")
         self._generation += 1
-        if self._bucket_cache:
-            prefix = meta[1]
-            for bits, (_, dirty) in self._bucket_cache.items():
-                dirty.add(prefix >> (16 - bits))
+        self._index.moved(origin, counter)
 
     def vector_in_buckets(self, bits: int, buckets: Iterable[int]) -> dict[bytes, int]:
         """The vector's entries (16 raw id bytes -> counter) whose origins' leading
         ``bits`` bits are one of ``buckets``: ``vv_to_wire`` of that part."""
-        shift = 16 - bits
-        out: dict[bytes, int] = {}
-        meta, vv, names, prefixes = self._vv_meta, self._vv, self._vv_sorted, self._vv_prefix
-        for b in sorted(set(buckets)):
-            i = bisect.bisect_left(prefixes, b << shift)
-            j = bisect.bisect_left(prefixes, (b + 1) << shift, i)
-            part = names[i:j]
-            out.update(zip([meta[o][0] for o in part], map(vv.__getitem__, part),
-                           strict=True))
-        return out
+        return self._index.vector_in_buckets(self._vv, bits, buckets)
 
     def vv_hash(self) -> bytes:
         """``_hlc.vv_hash(self.version_vector)``, kept per vector generation."""
-        if self._hash_cache[0] != self._generation:
-            data = b"".join([self._vv_piece[o] for o in self._vv_sorted])
-            self._hash_cache = (self._generation, blake3.blake3(data).digest(16))
-        return self._hash_cache[1]
+        return self._index.vv_hash(self._generation)
 
     def bucket_hashes(self, bits: int) -> bytes:
         """``_gossip.bucket_hashes(self.version_vector, bits)``: one 8-byte hash per
-        bucket (origins sharing their leading ``bits`` bits), in bucket order. Only
-        the buckets whose origins moved since the last call are hashed again."""
-        cached = self._bucket_cache.get(bits)
-        if cached is None:
-            hashes = [self._bucket_hash(bits, b) for b in range(1 << bits)]
-            self._bucket_cache[bits] = (hashes, set())
-        else:
-            hashes, dirty = cached
-            for b in dirty:
-                hashes[b] = self._bucket_hash(bits, b)
-            dirty.clear()
-        return b"".join(hashes)
-
-    def _bucket_hash(self, bits: int, bucket: int) -> bytes:
-        shift = 16 - bits
-        i = bisect.bisect_left(self._vv_prefix, bucket << shift)
-        j = bisect.bisect_left(self._vv_prefix, (bucket + 1) << shift, i)
-        return blake3.blake3(b"".join([self._vv_piece[o] for o in self._vv_sorted[i:j]])
-                             ).digest(8)
+        bucket (origins sharing their leading ``bits`` bits), in bucket order."""
+        return self._index.bucket_hashes(bits)
 
     def origins_in_buckets(self, bits: int, buckets: Iterable[int]) -> list[str]:
         """The origins this ledger holds entries of or has a vector entry for whose
         leading ``bits`` bits are one of ``buckets``, in id order."""
-        shift = 16 - bits
-        out: list[str] = []
-        for b in sorted(set(buckets)):
-            i = bisect.bisect_left(self._known_prefix, b << shift)
-            j = bisect.bisect_left(self._known_prefix, (b + 1) << shift, i)
-            out.extend(self._known[i:j])
-        return out
+        return self._index.origins_in_buckets(bits, buckets)
 
     # ------------------------------------------------------------------ deltas
     def _size(self, key: tuple[str, int]) -> int:
@@ -750,7 +687,7 @@ class Ledger:
         else:   # the few listed ones, in the vector's own order (as a scan meets them)
             vv_moves = [(o, vv[o]) for o in sorted(
                 [o for o in origins if vv.get(o, 0) > pget(o, 0) and o not in last],
-                key=self._vv_index.__getitem__)]
+                key=self._index.order)]
         for origin, c in vv_moves:   # vector moves with no entry to carry
             if c > pget(origin, 0) and origin not in last and (only is None or only(origin)):
                 ranges[origin] = (pget(origin, 0), c)
