@@ -22,7 +22,14 @@ __all__ = [
 
 
 class AgentError(ShoalError):
-    """Base of the errors raised by the agent (disk, keys, config, install)."""
+    """Base of the errors raised by the agent (disk, keys, config, install).
+
+    ``chunk_hashes``: chunks the error found bad or absent on this node (a store read,
+    an install): they are no longer held, and the swarm should fetch them again."""
+
+    def __init__(self, *args: object, chunk_hashes: tuple[bytes, ...] = ()) -> None:
+        super().__init__(*args)
+        self.chunk_hashes = chunk_hashes
 
 
 class ConfigError(AgentError):

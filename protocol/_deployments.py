@@ -145,12 +145,20 @@ class Deployments:
 
     def install_finished(self, model_id: str, version: str, variant_id: str, ok: bool,
                          reason: BlockerReason | None, detail: str, now: float,
-                         unhealthy: str | None = None) -> None:
+                         unhealthy: str | None = None, refetch: bool = False) -> None:
         """``unhealthy``: the install succeeded but the variant's health check failed
-        through its settling window (its detail): the model runs, ``degraded``."""
+        through its settling window (its detail): the model runs, ``degraded``.
+        ``refetch``: chunks it needed turned out bad or gone: fetch them, install again."""
         key = self._installing.pop(model_id, None)
         if key is not None:
             self._refresh_progress(model_id, key, now)
+        if not ok and refetch and key is not None:
+            self._transfers[model_id] = key
+            self.set_state(model_id, now, status=_S.DOWNLOADING, blocker=None,
+                           blocker_detail="")
+            self._emit(Notice(NoticeKind.TRANSFER_RESTARTED, f"{model_id} {version}: "
+                              f"fetching again ({detail})", model_id=model_id))
+            return          # (the reconcile that follows wants the key again)
         if ok:
             disk = self._disk.setdefault(model_id, {})
             disk[version] = variant_id

@@ -152,6 +152,7 @@ class NoticeKind(enum.StrEnum):
     STORE_FAILED = "store_failed"                # a chunk no transfer wants failed to store
     PEER_DROPPED = "swarm.peer_dropped"          # the swarm dropped a peer (see DropPeer)
     POLICY_ACTED = "policy_acted"                # this node enacted a rollout policy
+    TRANSFER_RESTARTED = "transfer_restarted"    # an install found held chunks bad: refetch
 
 
 @dataclass(frozen=True, slots=True)

@@ -619,12 +619,15 @@ class NodeMachine:
 
     def install_finished(self, model_id: str, version: str, variant_id: str, ok: bool,
                          reason: BlockerReason | None, detail: str, now: float,
-                         unhealthy: str | None = None) -> None:
+                         unhealthy: str | None = None, refetch: bool = False) -> None:
         """An install ended; ``unhealthy``: it succeeded, but the variant's health check
-        failed through its settling window (the model is ``degraded``)."""
+        failed through its settling window (the model is ``degraded``). ``refetch``: it
+        failed because chunks held turned out bad or gone (a model rewrote its own
+        installed file; the driver reported them with :meth:`chunk_missing` first): the
+        version is fetched again, then installed again."""
         self._observe_clock(now)
         self._deployments.install_finished(model_id, version, variant_id, ok, reason, detail,
-                                           now, unhealthy)
+                                           now, unhealthy, refetch)
         self._write_record(now, urgent=True)
         self._reconcile(now)
         self._after_input(now)

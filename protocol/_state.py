@@ -41,7 +41,9 @@ TRANSITIONS: Mapping[ModelOperationalStatus, frozenset[ModelOperationalStatus]] 
     MappingProxyType({
         _S.NOT_DEPLOYED: _LEAVE_TO,
         _S.DOWNLOADING: _LEAVE_TO | {_S.LOADING},
-        _S.LOADING: frozenset({_S.LOADING, _S.OPERATIONAL, _S.DEGRADED, _S.FAILED}),
+        # (back to downloading: an install found chunks it held bad or gone)
+        _S.LOADING: frozenset({_S.LOADING, _S.OPERATIONAL, _S.DEGRADED, _S.FAILED,
+                               _S.DOWNLOADING}),
         _S.OPERATIONAL: _LEAVE_TO | {_S.DEGRADED},
         _S.DEGRADED: _LEAVE_TO | {_S.DEGRADED},
         _S.FAILED: _LEAVE_TO,

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent._errors import ChunkCorrupted, InstallError, NotFound
+from agent._errors import ChunkCorrupted, InstallError, NotFound, StoreError
 from agent._storage.install import RECORD_NAME, Installer
 from agent._storage.paths import DataDir, confine
 from agent._storage.publish import publish
@@ -277,3 +277,38 @@ def test_install_reports_progress_per_file(tmp_path: Path) -> None:
                  progress=lambda done, total: calls.append((done, total)))
     total = sum(len(b) for b in _files("1.0.0").values())
     assert len(calls) == 3 and {t for _, t in calls} == {total} and calls[-1][0] == total
+
+
+def test_a_chunk_a_model_rewrote_is_never_written_back_over_its_file(tmp_path: Path) -> None:
+    """A running model writes its own installed files (learned state). The store finds
+    the chunk changed, says which (so the daemon fetches it again), and a fetched copy
+    goes to a version being staged -- never over the model's file (it once did: the
+    learned state was lost on the next upgrade)."""
+    data, store, inst, ids = _setup(tmp_path)
+    m1 = store.get_manifest(ids["1.0.0"])
+    inst.install(m1, "default")
+    model = data.version_dir("det", "1.0.0") / "model.bin"
+    first = next(f for f in m1.variant("default").files if f.path == "model.bin").chunks[0]
+    original = model.read_bytes()[:first.size]
+    with open(model, "r+b") as f:                  # the model updates its state
+        f.write(b"\x00" * first.size)
+    with pytest.raises(ChunkCorrupted) as bad:
+        store.get(first.hash)
+    assert bad.value.chunk_hashes == (first.hash,)
+    [result] = store.put_verified_batch([(first.hash, original)])   # (a fetch arrives)
+    assert isinstance(result, StoreError) and "no version being fetched" in str(result)
+    assert model.read_bytes()[:first.size] == b"\x00" * first.size   # the model's bytes
+
+
+def test_remove_deletes_a_version_that_is_not_active(tmp_path: Path) -> None:
+    data, store, inst, ids = _setup(tmp_path)
+    inst.install(store.get_manifest(ids["1.0.0"]), "default")
+    inst.install(store.get_manifest(ids["2.0.0"]), "default")
+    with pytest.raises(InstallError, match="active version"):
+        inst.remove("det", "2.0.0")
+    assert inst.remove("det", "1.0.0")
+    assert not data.version_dir("det", "1.0.0").exists()
+    assert [v.version for v in inst.installed("det")] == ["2.0.0"]
+    assert not store.is_pinned(ids["1.0.0"])
+    assert not inst.remove("det", "1.0.0")          # gone already
+    assert _tree(data.model_dir("det") / "current") == _files("2.0.0")

@@ -697,7 +697,7 @@ def test_two_daemons_export_distribute_upgrade_and_a_failing_ingest(tmp_path: Pa
         rep = trio.run(failed)
         assert {b.reason for b in rep.blockers} == {"deployment_failed"}
         assert all("status 4" in b.details and "no cheese" in b.details
-                   for b in rep.blockers)
+                   for b in rep.blockers), rep.blockers
         assert current(0).name == current(1).name == "2.0.0"
         assert json.loads((current(1) / STATE).read_text()) == learned
         assert processes_under(tmp_path, "migrate.py") == []

@@ -199,19 +199,23 @@ def _fleet_on_v1(tmp_path: Path) -> tuple[Any, tuple[str, ...]]:
 
     health = "[health]\nsettle_window = 1.0\nsettle_every = 0.3\ninterval = 0.5\n"
     f = LocalFleet(tmp_path / "fleet", 3, extra_config=FAST_GOSSIP + health)
-    for i in range(3):
-        f.start(i)
-    cfg = ("--config", str(f.nodes[0].config_path))
-    for pkg, version in ((_package(tmp_path / "v1", HEALTHY, 1), "1.0.0"),
-                         (_package(tmp_path / "v2", FLAGGED, 2), "2.0.0")):
-        r = shoal_cli("publish", str(pkg), "--model", "det", "--version", version, *cfg)
-        assert r.returncode == 0, r.stderr
-    assert shoal_cli("distribute", "det", "1.0.0", *cfg).returncode == 0
+    try:
+        for i in range(3):
+            f.start(i)
+        cfg = ("--config", str(f.nodes[0].config_path))
+        for pkg, version in ((_package(tmp_path / "v1", HEALTHY, 1), "1.0.0"),
+                             (_package(tmp_path / "v2", FLAGGED, 2), "2.0.0")):
+            r = shoal_cli("publish", str(pkg), "--model", "det", "--version", version, *cfg)
+            assert r.returncode == 0, r.stderr
+        assert shoal_cli("distribute", "det", "1.0.0", *cfg).returncode == 0
 
-    async def all_on_1(c: Any) -> bool:
-        return len(await c.nodes_with_version("det", "1.0.0")) == 3
+        async def all_on_1(c: Any) -> bool:
+            return len(await c.nodes_with_version("det", "1.0.0")) == 3
 
-    wait_for(f, 0, all_on_1, timeout=60)
+        wait_for(f, 0, all_on_1, timeout=60)
+    except BaseException:
+        f.stop_all()          # (no daemon outlives a failed set-up)
+        raise
     return f, cfg
 
 

@@ -245,3 +245,41 @@ def test_keep_versions_zero_keeps_every_version() -> None:
     st = fleet.m(1).model_state("m")
     assert st is not None and st.installed == ("1.0.0", "2.0.0", "3.0.0")
     assert fleet.m(1).ledger.manifest_for("m", "1.0.0") is not None
+
+
+def test_an_install_that_finds_held_chunks_bad_fetches_them_again() -> None:
+    """A model that rewrote its own installed file made a chunk the next version shares
+    unservable here: the driver reports it gone and the install failed with ``refetch``.
+    The node goes back to downloading, fetches that chunk from a peer and installs again
+    (it once stayed failed, or overwrote the model's file with the fetched bytes)."""
+    from sim._fleet import Fleet
+
+    fleet = InProcessFleet(3)
+    fleet.publish_files("1.0.0", seed="a")
+    d = intent("1.0.0", wall=1)
+    first = True
+    real = Fleet._installed
+
+    def installed(self: Fleet, index: int, life: int, model_id: str, version: str,
+                  variant_id: str) -> None:
+        nonlocal first
+        if index == 2 and first:
+            first = False
+            node = self.nodes[2]
+            bad = next(iter(sorted(node.disk.held)))
+            node.disk.held.discard(bad)
+            node.machine.chunk_missing(bad, self.loop.now)
+            node.machine.install_finished(model_id, version, variant_id, False, None,
+                                          "1 chunk on disk does not match its hash",
+                                          self.loop.now, refetch=True)
+            self._pump(node)
+            return
+        real(self, index, life, model_id, version, variant_id)
+    fleet._installed = installed.__get__(fleet)       # type: ignore[method-assign]
+    fleet.issue(0, d)
+    fleet.advance(30)
+    assert not first                                  # the failure did happen
+    assert _on(fleet, "1.0.0")
+    assert [x.version for x in fleet.installs[2]] == ["1.0.0", "1.0.0"]   # again
+    st = fleet.m(2).model_state("m")
+    assert st is not None and st.status is S.OPERATIONAL and st.blocker is None

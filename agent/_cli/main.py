@@ -112,6 +112,9 @@ def _cmd_publish(args: argparse.Namespace) -> tuple[Any, str]:
     return dataclasses.asdict(res), text
 
 
+_SOCKET_WAIT_S = 15.0     # how long publish waits for a starting daemon's control socket
+
+
 def _publish_via_daemon(args: argparse.Namespace, socket_path: str) -> PublishResult:
     import os
 
@@ -122,6 +125,11 @@ def _publish_via_daemon(args: argparse.Namespace, socket_path: str) -> PublishRe
     path = os.path.abspath(args.path)
 
     async def go() -> PublishResult:
+        # a daemon holds the data directory but may still be starting: its control
+        # socket appears once it has opened its store and ledger
+        with trio.move_on_after(_SOCKET_WAIT_S):
+            while not os.path.exists(socket_path) and holder(_data(args).root) is not None:
+                await trio.sleep(0.1)
         async with ControlClient(socket_path) as c:
             r = await c.publish(path, args.model, args.version)
         return PublishResult(r.manifest_id, r.model_id, r.version, r.variants, r.files,

@@ -113,6 +113,7 @@ class InstallDone:
     reason: BlockerReason | None
     detail: str
     unhealthy: str | None = None    # installed, but its health check failed: why
+    refetch: bool = False           # failed on chunks held bad or gone: fetch, install again
 
 
 @dataclass(frozen=True, slots=True)

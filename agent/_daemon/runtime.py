@@ -35,7 +35,8 @@ Everything runs in one trio nursery:
 * a dropped peer (``DropPeer``) is neither redialled nor accepted for the
   ``ban_for`` seconds the machine decided (``protocol/_bans.py``).
 * chunk writes (``StoreChunk``) go to a small pool of store workers (fsync in
-  threads); installs run in a worker thread; both report back through the inbox.
+  threads); installs and removals run in a worker thread; all report back through
+  the inbox (:mod:`agent._daemon.disk_tasks`, with the ledger's saves).
 
 Persistence: the ledger is saved atomically. Whenever the node wrote a new
 entry of its *own* the machine says so with a ``PersistLedger`` output, placed
@@ -65,6 +66,7 @@ import trio
 from agent._config import AgentConfig
 from agent._daemon.control_messages import PeerEntry
 from agent._daemon.discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
+from agent._daemon.disk_tasks import STORE_BATCH, DiskTasks
 from agent._daemon.health import HealthMonitor
 from agent._daemon.inbox import (
     ChunkMissing,
@@ -85,7 +87,6 @@ from agent._daemon.inbox import (
 )
 from agent._daemon.lock import DataDirLock
 from agent._daemon.log import log_own_problems
-from agent._daemon.migrator import ingest_hook
 from agent._daemon.probe import probe_machine
 from agent._daemon.transport import (
     PeerListener,
@@ -94,7 +95,7 @@ from agent._daemon.transport import (
     backoff_delay,
     dial,
 )
-from agent._errors import AgentError, ChunkCorrupted, ChunkNotFound, InsufficientStorage, StoreError
+from agent._errors import AgentError
 from agent._storage.install import Installer
 from agent._storage.keys import load_key
 from agent._storage.paths import DataDir
@@ -103,13 +104,11 @@ from agent._storage.publish import announce_stored
 from agent._storage.store import ChunkStore
 from protocol import (
     ActivateVersion,
-    BlockerReason,
     ClosePeer,
     DialPeer,
     DropPeer,
     FleetTrust,
     InstallVariant,
-    Manifest,
     NodeMachine,
     Notice,
     NoticeKind,
@@ -139,13 +138,8 @@ _SEND_STALL = 10.0            # seconds a peer may refuse to drain its queue bef
 _STORE_WORKERS = 2
 _SEND_BATCH = 16             # queued messages written to a peer at once at most
 _SERVE_BATCH = 4             # ... of which chunks (read into memory together) at most
-_STORE_BATCH = 32            # chunks written under one group commit at most
-_STORE_GATHER = 8            # ... for which a store worker waits at most
-_STORE_GATHER_S = 0.002      # ... seconds before it writes what it has
 _CLOSE = object()              # queued after a peer's last message: close the session
 _GRACE = 2.0                  # the larger id waits this long before dialling
-
-
 
 
 #: Something the runtime starts beside it: ``await nursery.start(service, runtime)``.
@@ -180,7 +174,7 @@ class _Session:
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
 
 
-class NodeRuntime:
+class NodeRuntime(DiskTasks):
     """Builds the node from its data directory and config and runs it until cancelled.
 
     ``clock`` gives the node's wall-clock time in seconds (``time.time`` by default);
@@ -250,7 +244,7 @@ class NodeRuntime:
         self._dialing: set[str] = set()     # peers a dial task is connecting to
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[InboxEvent](math.inf)
         self._tokens = trio.Semaphore(_INBOX_TOKENS)
-        self._store_send, self._store_recv = trio.open_memory_channel[StoreChunk](_STORE_BATCH)
+        self._store_send, self._store_recv = trio.open_memory_channel[StoreChunk](STORE_BATCH)
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()       # pulsed after every machine step (subscribers)
         self._saved_own = -1               # own counter the last save covered
@@ -480,18 +474,8 @@ class NodeRuntime:
                 closing = batch[-1] is _CLOSE
                 if closing:
                     batch.pop()
-                # chunks in the page cache are read and verified here (a worker-thread
-                # hop costs more than that); the rest, in one worker-thread call
-                chunks: dict[bytes, bytes] = {}
-                for it in batch:
-                    if isinstance(it, ServeChunk):
-                        data = self.store.get_cached(it.chunk_hash)
-                        if data is not None:
-                            chunks[it.chunk_hash] = data
-                rest = [it.chunk_hash for it in batch
-                        if isinstance(it, ServeChunk) and it.chunk_hash not in chunks]
-                if rest:
-                    chunks.update(await trio.to_thread.run_sync(self._read_chunks, rest))
+                chunks = await self._read_served(
+                    [it.chunk_hash for it in batch if isinstance(it, ServeChunk)])
                 messages: list[object] = []
                 for it in batch:
                     if not isinstance(it, ServeChunk):
@@ -520,16 +504,6 @@ class NodeRuntime:
         except (ProtocolError, TransportError) as exc:
             log.info("sending to %s failed: %s", peer, exc)
         scope.cancel()
-
-    def _read_chunks(self, hashes: list[bytes]) -> dict[bytes, bytes]:
-        """The verified bytes of each chunk the store can give (worker thread)."""
-        out: dict[bytes, bytes] = {}
-        for h in hashes:
-            try:
-                out[h] = self.store.get(h)
-            except (ChunkNotFound, ChunkCorrupted, StoreError) as exc:
-                log.warning("cannot serve chunk %s: %s", h.hex()[:16], exc)
-        return out
 
     async def _enqueue(self, peer: str, item: Any) -> None:
         sess = self._sessions.get(peer)
@@ -616,9 +590,10 @@ class NodeRuntime:
                 m.chunks_gone(chunk_hashes, now)
             case PieceSent(peer, chunk_hash):
                 m.upload_done(peer, chunk_hash, now)
-            case InstallDone(model_id, version, variant_id, ok, reason, detail, unhealthy):
+            case InstallDone(model_id, version, variant_id, ok, reason, detail, unhealthy,
+                             refetch):
                 m.install_finished(model_id, version, variant_id, ok, reason, detail, now,
-                                   unhealthy)
+                                   unhealthy, refetch)
             case HealthChecked(model_id, version, unhealthy):
                 m.health_reported(model_id, version, unhealthy, now)
             case ControlCall(fn, done):    # a control request: run fn(machine, now) here
@@ -643,38 +618,6 @@ class NodeRuntime:
         if box["e"] is not None:
             raise box["e"]
         return box["r"]
-
-    async def _save_if_due(self) -> None:
-        """Save changes that are not the node's own at most every
-        ``ledger_save_interval`` seconds, and retry a save that failed."""
-        vv = self.machine.ledger.version_vector
-        now = self.clock()
-        if self._owed_own > self._saved_own or (
-                vv != self._saved_vv and now - self._last_save >= self.ledger_save_interval):
-            await self._save(now)
-
-    async def _save(self, now: float) -> None:
-        """Save the ledger (and the manifests new in it) unless a failed save waits out
-        its retry delay."""
-        if now < self._save_retry_at:
-            return
-        ledger = self.machine.ledger
-        # top_counter, not the vector: while this node's gap is open (a first start, a
-        # lost ledger) its own writes are held but not claimed in the vector
-        vv, own = ledger.version_vector, ledger.top_counter(self.node_id)
-        try:
-            await trio.to_thread.run_sync(save_ledger, self.data.root, ledger)
-            self._saved_own, self._saved_vv, self._last_save = own, vv, now
-            self._saves += 1
-            for manifest in ledger.manifests():
-                if manifest.manifest_id not in self._stored_manifests:
-                    await trio.to_thread.run_sync(self.store.put_manifest, manifest)
-                    self._stored_manifests.add(manifest.manifest_id)
-        except AgentError as exc:
-            # disk full or unwritable: keep serving and retry; own counters are
-            # wall-clock floored, so an unsaved own entry is never reused
-            self._save_retry_at = now + 1.0
-            log.error("could not save the ledger: %s; retrying in 1 s", exc)
 
     async def _carry_out(self, out: Output) -> None:
         if isinstance(out, PersistLedger):
@@ -722,117 +665,6 @@ class NodeRuntime:
         elif isinstance(out, Notice):
             log.info("notice %s: %s", out.kind, out.detail,
                      extra={"model_id": out.model_id, "intent_id": out.intent_id})
-
-    async def _remove_versions(self, out: RemoveVersions) -> None:
-        """Delete versions the machine no longer keeps, and tell it which chunks went."""
-        def remove() -> set[bytes]:
-            before = self.store.hashes()
-            for version in out.versions:
-                try:
-                    if self.installer.remove(out.model_id, version):
-                        log.info("removed %s %s from disk (not kept)", out.model_id, version,
-                                 extra={"model_id": out.model_id, "version": version})
-                except AgentError as exc:
-                    log.error("could not remove %s %s: %s", out.model_id, version, exc,
-                              extra={"model_id": out.model_id, "version": version})
-            return before - self.store.hashes()
-        gone = await trio.to_thread.run_sync(remove)
-        if gone:
-            self.post(ChunksGone(frozenset(gone)))
-
-    async def _store_worker(self) -> None:
-        """Write verified chunks in place, into the staged files of the versions being
-        fetched: every chunk waiting is written in one call, and each is reported stored
-        once it is written and named in its pack's progress log (after a crash the log's
-        chunks are re-read and hashed, so ``held`` never names a chunk that is not
-        there). The files are fsynced once each, when the version is complete."""
-        while True:
-            batch = [await self._store_recv.receive()]
-            # pieces arrive one machine step at a time: gather a few before the
-            # worker-thread hop, which costs more than writing one 128 KiB chunk
-            with trio.move_on_after(_STORE_GATHER_S):
-                while len(batch) < _STORE_GATHER:
-                    batch.append(await self._store_recv.receive())
-            while len(batch) < _STORE_BATCH:
-                try:
-                    batch.append(self._store_recv.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            targets = self._download_targets()
-            results = await trio.to_thread.run_sync(
-                self._write_chunks, targets, [(o.chunk_hash, o.data) for o in batch])
-            for out, failure in zip(batch, results, strict=True):
-                if failure is None:
-                    self.post(ChunkStored(out.chunk_hash))
-                elif isinstance(failure, InsufficientStorage):
-                    self.post(ChunkStoreFailed(out.chunk_hash,
-                                               BlockerReason.INSUFFICIENT_STORAGE, str(failure)))
-                else:
-                    self.post(ChunkStoreFailed(out.chunk_hash, BlockerReason.UNKNOWN,
-                                               str(failure)))
-
-    def _download_targets(self) -> list[tuple[Manifest, str]]:
-        """The variants the swarm fetches now (``manifest_id/variant_id`` keys): their
-        packs must be staged before their chunks can be written in place."""
-        out = []
-        for key in self.machine.swarm.wanted():
-            mid, _, variant_id = key.partition("/")
-            manifest = self.machine.ledger.manifest_by_id(mid)
-            if manifest is not None and self.store.locate(mid, variant_id) is None:
-                out.append((manifest, variant_id))
-        return out
-
-    def _write_chunks(self, targets: list[tuple[Manifest, str]],
-                      chunks: list[tuple[bytes, bytes]]) -> list[Exception | None]:
-        """Stage the packs of new downloads, then write verified chunks in place
-        (worker thread)."""
-        for manifest, variant_id in targets:
-            try:
-                self.store.stage(manifest, variant_id)
-            except StoreError as exc:
-                return [exc] * len(chunks)
-        return self.store.put_verified_batch(chunks)
-
-    async def _install(self, out: InstallVariant) -> None:
-        manifest = self.machine.ledger.manifest_by_id(out.manifest_id)
-        ok, reason, detail = False, BlockerReason.DEPLOYMENT_FAILED, ""
-        if manifest is None:
-            detail = f"manifest {out.manifest_id} is not in the ledger"
-        else:
-            try:
-                res = await trio.to_thread.run_sync(self._install_sync, manifest,
-                                                    out.variant_id, out.previous_version)
-                ok = True
-                detail = f"installed at {res}"
-                self._installs += 1
-                log.info("installed %s %s (%s)", out.model_id, out.version, out.variant_id,
-                         extra={"model_id": out.model_id, "version": out.version})
-            except InsufficientStorage as exc:
-                reason, detail = BlockerReason.INSUFFICIENT_STORAGE, str(exc)
-            except (AgentError, ProtocolError, OSError) as exc:
-                detail = str(exc)
-        if not ok:
-            log.error("install of %s %s failed: %s", out.model_id, out.version, detail,
-                      extra={"model_id": out.model_id, "version": out.version})
-        unhealthy = None
-        if ok and manifest is not None:     # the model is `loading` until this settles
-            unhealthy = await self.health.after_install(manifest, out.variant_id)
-        self.post(InstallDone(out.model_id, out.version, out.variant_id, ok,
-                              None if ok else reason, detail, unhealthy))
-
-    def _running_version(self, model_id: str) -> str | None:
-        st = self.machine.model_state(model_id)
-        return None if st is None else st.active_version
-
-    def _install_sync(self, manifest: Manifest, variant_id: str,
-                      previous_version: str | None = None) -> str:
-        self.store.put_manifest(manifest)
-        # a version with a migrator ingests the state of the one it replaces before
-        # it is activated (agent/_daemon/migrator.py); on failure the node stays on the old one
-        prepare = ingest_hook(self.installer, manifest, variant_id, previous_version,
-                              timeout=self.migrator_timeout,
-                              allow_remote=self.migrator_allow_remote)
-        return self.installer.install(manifest, variant_id, prepare=prepare).path
 
     # ------------------------------------------------------------------ queries
 

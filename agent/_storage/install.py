@@ -221,7 +221,8 @@ class Installer:
         try:
             pack = self.store.complete(manifest, variant_id)
         except ChunkNotFound as exc:
-            raise InstallError(f"{model_id} {version}: {exc}") from None
+            raise InstallError(f"{model_id} {version}: {exc}",
+                               chunk_hashes=exc.chunk_hashes) from None
         except (InsufficientStorage, ChunkCorrupted):
             raise
         except StoreError as exc:

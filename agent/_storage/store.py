@@ -350,7 +350,10 @@ class ChunkStore:
         if h not in d.have:
             return
         d.have.discard(h)
-        multi_add(self._wanting, h, d.path)
+        if not d.installed:
+            # (an installed version's files are its model's: a chunk found changed there
+            # -- a model that rewrote its own state -- is never written back over it)
+            multi_add(self._wanting, h, d.path)
         if multi_remove(self._holders, h, d.path) == 0:
             size = self._sizes.pop(h, None)
             if size is not None:
@@ -564,7 +567,8 @@ class ChunkStore:
         if lacking:
             raise ChunkNotFound(f"{len(lacking)} chunks of {manifest.model_id} "
                                 f"{manifest.version} ({variant_id}) are not in the store, "
-                                f"e.g. {lacking[0].hex()}; fetch the version first")
+                                f"e.g. {lacking[0].hex()}; fetch the version first",
+                                chunk_hashes=tuple(lacking))
         path = self.stage(manifest, variant_id)
         d = self._dirs[path]
         if d.installed:
@@ -589,7 +593,8 @@ class ChunkStore:
                 self._quarantined += len(bad)
             raise ChunkCorrupted(f"{manifest.model_id} {manifest.version}: {len(bad)} "
                                  f"chunk(s) on disk do not match their hash, e.g. "
-                                 f"{bad[0].hex()}; dropped, they will be fetched again")
+                                 f"{bad[0].hex()}; dropped, they will be fetched again",
+                                 chunk_hashes=tuple(bad))
         with self._lock:
             if d.progress_fd is not None:
                 os.close(d.progress_fd)
@@ -616,7 +621,8 @@ class ChunkStore:
                         continue
                     src = self._source(h, exclude=d.path)
                     if src is None:
-                        raise ChunkNotFound(f"chunk {h.hex()} is not in the store")
+                        raise ChunkNotFound(f"chunk {h.hex()} is not in the store",
+                                            chunk_hashes=(h,))
                     sfile, soff = src
                     n = d.size(h)
                     if runs and runs[-1][0] == sfile and runs[-1][1] + runs[-1][3] == soff \
@@ -872,8 +878,10 @@ class ChunkStore:
                     self._keep_bad(chunk_hash, data, full, off)
         if corrupt:
             raise ChunkCorrupted(f"chunk {chunk_hash.hex()} on disk does not match its hash; "
-                                 "dropped from the index, it will be fetched again")
-        raise ChunkNotFound(f"chunk {chunk_hash.hex()} is not in the store")
+                                 "dropped from the index, it will be fetched again",
+                                 chunk_hashes=(chunk_hash,))
+        raise ChunkNotFound(f"chunk {chunk_hash.hex()} is not in the store",
+                            chunk_hashes=(chunk_hash,))
 
     def get_cached(self, chunk_hash: bytes) -> bytes | None:
         """The chunk's verified bytes when they can be had without waiting: the index
