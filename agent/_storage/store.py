@@ -42,22 +42,21 @@ A data directory written by the earlier layout (one file per chunk under
 that no installed version holds are written into staged packs, then ``chunks/`` is
 removed. Installed versions, pins and manifests are kept as they are.
 
-The store is safe to use from several threads of one process.
+The store is safe to use from several threads of one process. Its shared state and
+index primitives are in ``store_base.py``, its reads in ``store_reads.py``, its
+manifests, pins and gc in ``store_pins.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import shutil
-import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from agent._errors import ChunkCorrupted, ChunkNotFound, InsufficientStorage, NotFound, StoreError
+from agent._errors import ChunkCorrupted, ChunkNotFound, StoreError
 from agent._storage.files import (
     TMP_PREFIX,
     copy_range,
@@ -66,7 +65,6 @@ from agent._storage.files import (
     hold,
     in_use,
     io_pool,
-    no_space,
     preallocate,
     read_record,
     write_all,
@@ -74,14 +72,23 @@ from agent._storage.files import (
 )
 from agent._storage.index import (
     IndexedDir,
-    multi_add,
     multi_get,
-    multi_remove,
-    multi_rename,
     new_dir,
 )
 from agent._storage.legacy import convert_legacy
 from agent._storage.paths import confine, fsync_dir
+from agent._storage.store_base import (
+    _MAX_MANIFEST,
+    INSTALL_RECORD,
+    PACK_RECORD,
+    PROGRESS_LOG,
+    ChunkProblem,
+    GcResult,
+    StoreBatch,
+    StoreStatistics,
+)
+from agent._storage.store_pins import StorePins
+from agent._storage.store_reads import StoreReads
 from protocol import (
     HASH_SIZE,
     InvalidValue,
@@ -89,69 +96,13 @@ from protocol import (
     Manifest,
     chunk_matches,
     decode_value,
-    encode_value,
 )
 
 __all__ = ["ChunkStore", "StoreBatch", "StoreStatistics", "GcResult", "ChunkProblem",
            "PACK_RECORD", "PROGRESS_LOG", "INSTALL_RECORD", "copy_range", "create_file",
            "preallocate", "fsync_path", "io_pool"]
 
-#: ``preadv`` flag: fail with EAGAIN instead of waiting for the disk (Linux >= 4.14)
-_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
-
-#: Largest manifest the store will decode (a manifest of 100k files is a few MiB).
-_MAX_MANIFEST = 64 * 1024 * 1024
-PACK_RECORD = ".shoal-pack"
-PROGRESS_LOG = ".shoal-progress"
-INSTALL_RECORD = ".shoal-install"
-class StoreBatch:
-    """Kept for callers of the earlier API: writes no longer need a group commit (a
-    chunk is durable once its version is completed, and the progress log is
-    re-verified after a crash)."""
-
-    __slots__ = ()
-
-
-@dataclass(frozen=True, slots=True)
-class StoreStatistics:
-    chunks: int                 # distinct chunks held (readable from some file)
-    bytes: int                  # their total size
-    manifests: int              # manifests stored
-    pinned: int                 # of those, pinned
-    referenced_chunks: int      # distinct chunks referenced by pinned manifests
-    puts_new: int               # chunks written since open
-    puts_duplicate: int         # puts of a chunk already held (nothing written)
-    corrupt_detected: int       # chunks that failed verification (on put or on read)
-    quarantined: int            # chunk locations dropped because their bytes were bad
-    stale_temporaries_removed: int
-    gc_runs: int
-    gc_freed_chunks: int
-    gc_freed_bytes: int
-    versions: int = 0           # installed versions indexed
-    packs: int = 0              # packs (published or being fetched)
-    staged: int = 0             # of those, not complete yet
-    disk_bytes: int = 0         # bytes of all indexed files (what the versions take)
-
-
-@dataclass(frozen=True, slots=True)
-class GcResult:
-    chunks_freed: int
-    bytes_freed: int
-    chunks_kept: int
-    bytes_kept: int
-    versions_removed: tuple[str, ...] = ()   # directories deleted
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkProblem:
-    """One chunk of a manifest that is missing or corrupt in the store."""
-
-    chunk_hash: str
-    size: int
-    problem: str  # "missing" or "corrupt"
-
-
-class ChunkStore:
+class ChunkStore(StoreReads, StorePins):
     """Manifests, pins, packs and the chunk index under ``root`` (created if missing).
 
     ``models`` is the directory of installed models whose versions are indexed too
@@ -159,32 +110,7 @@ class ChunkStore:
 
     def __init__(self, root: Path | str, *, fsync: bool = True,
                  models: Path | str | None = None) -> None:
-        self.root = Path(root)
-        self.models = Path(models) if models is not None else self.root.parent / "models"
-        self._fsync = fsync
-        self._packs_dir = self.root / "packs"
-        self._manifests_dir = self.root / "manifests"
-        self._pins_dir = self.root / "pins"
-        self._quarantine_dir = self.root / "quarantine"
-        self._lock = threading.RLock()
-        self._dirs: dict[str, IndexedDir] = {}
-        self._by_key: dict[tuple[str, str], str] = {}
-        self._holders: dict[bytes, str | list[str]] = {}   # hash -> dirs holding it
-        self._wanting: dict[bytes, str | list[str]] = {}   # hash -> dirs lacking it
-        self._sizes: dict[bytes, int] = {}
-        self._bytes = 0
-        self._manifests: dict[str, Manifest] = {}
-        self._pinned: set[str] = set()
-        self._refs: dict[bytes, int] = {}
-        self._puts_new = 0
-        self._puts_duplicate = 0
-        self._corrupt = 0
-        self._quarantined = 0
-        self._held_tmp: dict[str, int] = {}   # new_pack_dir's directories, held (flock)
-        self._stale_removed = 0
-        self._gc_runs = 0
-        self._gc_chunks = 0
-        self._gc_bytes = 0
+        super().__init__(root, fsync=fsync, models=models)
         try:
             for d in (self._packs_dir, self._manifests_dir, self._pins_dir,
                       self._quarantine_dir):
@@ -317,139 +243,6 @@ class ChunkStore:
             self._quarantine(path, f"manifest-{path.name}")
             return None
         return manifest
-
-    # ------------------------------------------------------------------ index
-
-    def _register(self, d: IndexedDir, have: Iterable[bytes]) -> None:
-        with self._lock:
-            self._dirs[d.path] = d
-            key = (d.manifest_id, d.variant_id)
-            if key not in self._by_key or d.installed:
-                self._by_key[key] = d.path
-            present = have if isinstance(have, set | dict) else set(have)
-            for h in d.layout:
-                if h in present:
-                    self._add_have(d, h)
-                else:
-                    multi_add(self._wanting, h, d.path)
-
-    def _add_have(self, d: IndexedDir, h: bytes) -> bool:
-        """Mark ``h`` present in ``d``; True if the store did not hold it before."""
-        if h in d.have:
-            return False
-        d.have.add(h)
-        multi_remove(self._wanting, h, d.path)
-        if multi_add(self._holders, h, d.path) == 1:
-            size = d.size(h)
-            self._sizes[h] = size
-            self._bytes += size
-            return True
-        return False
-
-    def _drop_have(self, d: IndexedDir, h: bytes) -> None:
-        if h not in d.have:
-            return
-        d.have.discard(h)
-        if not d.installed:
-            # (an installed version's files are its model's: a chunk found changed there
-            # -- a model that rewrote its own state -- is never written back over it)
-            multi_add(self._wanting, h, d.path)
-        if multi_remove(self._holders, h, d.path) == 0:
-            size = self._sizes.pop(h, None)
-            if size is not None:
-                self._bytes -= size
-
-    def _unregister(self, path: str) -> IndexedDir | None:
-        with self._lock:
-            d = self._dirs.pop(path, None)
-            if d is None:
-                return None
-            for h in list(d.have):
-                self._drop_have(d, h)
-            for h in d.layout:
-                multi_remove(self._wanting, h, path)
-            key = (d.manifest_id, d.variant_id)
-            if self._by_key.get(key) == path:
-                del self._by_key[key]
-                for other in self._dirs.values():
-                    if (other.manifest_id, other.variant_id) == key:
-                        self._by_key[key] = other.path
-                        break
-            if d.progress_fd is not None:
-                os.close(d.progress_fd)
-                d.progress_fd = None
-            return d
-
-    def _rename_dir(self, old: str, new: str, *, installed: bool) -> None:
-        """``old`` was renamed to ``new`` on disk: point the index there."""
-        with self._lock:
-            d = self._dirs.pop(old)
-            d.path, d.installed = new, installed
-            self._dirs[new] = d
-            for h in d.layout:
-                table = self._holders if h in d.have else self._wanting
-                multi_rename(table, h, old, new)
-            key = (d.manifest_id, d.variant_id)
-            if self._by_key.get(key) == old or installed:
-                self._by_key[key] = new
-
-    def locate(self, manifest_id: str, variant_id: str) -> str | None:
-        """The indexed directory (installed version or pack) of a variant, if any."""
-        return self._by_key.get((manifest_id, variant_id))
-
-    # ------------------------------------------------------------------ paths
-
-    def _pack_path(self, manifest_id: str, variant_id: str) -> str:
-        return os.path.join(self._packs_dir, f"{manifest_id}.{variant_id}")
-
-    def _quarantine(self, path: Path | str, name: str) -> None:
-        target = self._quarantine_dir / f"{name}.{secrets.token_hex(4)}"
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(path, target)
-            self._quarantined += 1
-
-    def _keep_bad(self, chunk_hash: bytes, data: bytes, where: str, offset: int) -> None:
-        """Keep a copy of bytes that failed verification in ``quarantine/`` (for an
-        operator to look at; at most one chunk) and say where they were."""
-        self._quarantined += 1
-        name = f"{chunk_hash.hex()}.{secrets.token_hex(4)}"
-        with contextlib.suppress(OSError):
-            (self._quarantine_dir / name).write_bytes(data)
-            (self._quarantine_dir / f"{name}.where").write_text(f"{where} @ {offset}\n")
-
-    def _write_atomic(self, final: str, data: bytes | memoryview) -> None:
-        """Write ``data`` to ``final`` via a temporary in the same directory."""
-        directory = os.path.dirname(final)
-        tmp = os.path.join(directory, f"{TMP_PREFIX}{secrets.token_hex(8)}")
-        try:
-            os.makedirs(directory, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)   # in use: another store's open leaves it
-                write_all(fd, data, 0)
-                if self._fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, final)
-            if self._fsync:
-                fsync_dir(directory)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise self._os_error(exc, f"writing {final}") from exc
-
-    def _os_error(self, exc: OSError, what: str) -> StoreError:
-        if no_space(exc):
-            return InsufficientStorage(
-                f"no space left on the device holding {self.root} while {what}; "
-                "free space (try `shoal gc`) and retry")
-        return StoreError(f"store at {self.root}: {what}: {exc.strerror or exc}")
-
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[StoreBatch]:
-        """A no-op kept for callers of the earlier API (see :class:`StoreBatch`)."""
-        yield StoreBatch()
 
     # ------------------------------------------------------------------ packs
 
@@ -819,259 +612,6 @@ class ChunkStore:
         or why it failed."""
         return [r if isinstance(r, Exception) else None
                 for r in self._put_many(chunks, trusted_hash=True)]
-
-    # ------------------------------------------------------------------ reads
-
-    def has(self, chunk_hash: bytes) -> bool:
-        return chunk_hash in self._sizes
-
-    __contains__ = has
-
-    def size_of(self, chunk_hash: bytes) -> int | None:
-        return self._sizes.get(chunk_hash)
-
-    def hashes(self) -> set[bytes]:
-        """A copy of the set of held chunk hashes (what the node machine calls ``held``)."""
-        with self._lock:
-            return set(self._sizes)
-
-    def __len__(self) -> int:
-        return len(self._sizes)
-
-    def get(self, chunk_hash: bytes) -> bytes:
-        """The chunk's bytes, read from a file that holds it and verified.
-
-        A location whose bytes do not match is dropped (and repaired by the next put
-        of the chunk); :class:`ChunkCorrupted` when no good copy is left."""
-        corrupt = False
-        for _ in range(8):
-            with self._lock:
-                holders = self._holders.get(chunk_hash)
-                if not holders:
-                    break
-                path = holders if isinstance(holders, str) else holders[0]
-                d = self._dirs[path]
-                rel, off = d.place(chunk_hash)
-                size = d.size(chunk_hash)
-            full = os.path.join(path, *rel.split("/"))
-            try:
-                fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    data = os.pread(fd, size, off)
-                finally:
-                    os.close(fd)
-            except FileNotFoundError:
-                with self._lock:
-                    if self._dirs.get(path) is not d:
-                        continue          # renamed or removed meanwhile: look again
-                data = b""
-            except OSError as exc:
-                raise StoreError(f"cannot read chunk {chunk_hash.hex()}: "
-                                 f"{exc.strerror or exc}") from exc
-            if chunk_matches(chunk_hash, size, data):
-                return data
-            with self._lock:
-                corrupt = True
-                self._corrupt += 1
-                if self._dirs.get(path) is d:
-                    self._drop_have(d, chunk_hash)
-                    self._keep_bad(chunk_hash, data, full, off)
-        if corrupt:
-            raise ChunkCorrupted(f"chunk {chunk_hash.hex()} on disk does not match its hash; "
-                                 "dropped from the index, it will be fetched again",
-                                 chunk_hashes=(chunk_hash,))
-        raise ChunkNotFound(f"chunk {chunk_hash.hex()} is not in the store",
-                            chunk_hashes=(chunk_hash,))
-
-    def get_cached(self, chunk_hash: bytes) -> bytes | None:
-        """The chunk's verified bytes when they can be had without waiting: the index
-        lock is free and every byte is in the page cache (``preadv`` with
-        ``RWF_NOWAIT``, which fails rather than wait for the disk). None otherwise, and
-        on any doubt (a short read, a mismatch, an error): :meth:`get` in a worker
-        thread then reads, verifies and quarantines as usual. Meant for the event
-        loop's thread, where a worker-thread hop per read costs more than the read."""
-        if _NOWAIT is None or not self._lock.acquire(blocking=False):
-            return None
-        try:
-            holders = self._holders.get(chunk_hash)
-            if not holders:
-                return None
-            path = holders if isinstance(holders, str) else holders[0]
-            d = self._dirs[path]
-            rel, off = d.place(chunk_hash)
-            size = d.size(chunk_hash)
-        finally:
-            self._lock.release()
-        buf = bytearray(size)
-        try:
-            fd = os.open(os.path.join(path, *rel.split("/")),
-                         os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                n = os.preadv(fd, [buf], off, _NOWAIT)
-            finally:
-                os.close(fd)
-        except OSError:         # EAGAIN: not all of it cached; or gone, or anything else
-            return None
-        data = bytes(buf)
-        if n != size or not chunk_matches(chunk_hash, size, data):
-            return None
-        return data
-
-    def check(self, chunk_hash: bytes, size: int) -> str | None:
-        """Re-read and verify one chunk: None when good, else ``"missing"``/``"corrupt"``."""
-        try:
-            data = self.get(chunk_hash)
-        except ChunkNotFound:
-            return "missing"
-        except ChunkCorrupted:
-            return "corrupt"
-        return None if len(data) == size else "corrupt"
-
-    def verify_manifest(self, manifest: Manifest,
-                        variant_ids: Iterable[str] | None = None) -> list[ChunkProblem]:
-        """Re-read every chunk of the manifest (or of the named variants) and verify it."""
-        wanted = set(variant_ids) if variant_ids is not None else None
-        problems: list[ChunkProblem] = []
-        seen: set[bytes] = set()
-        for v in manifest.variants:
-            if wanted is not None and v.variant_id not in wanted:
-                continue
-            for ref in v.chunk_refs():
-                if ref.hash in seen:
-                    continue
-                seen.add(ref.hash)
-                problem = self.check(ref.hash, ref.size)
-                if problem is not None:
-                    problems.append(ChunkProblem(ref.hash.hex(), ref.size, problem))
-        return problems
-
-    # ------------------------------------------------------------------ manifests
-
-    def put_manifest(self, manifest: Manifest) -> str:
-        """Store a manifest (idempotent); its id."""
-        mid = manifest.manifest_id
-        with self._lock:
-            if mid in self._manifests:
-                return mid
-        self._write_atomic(os.path.join(self._manifests_dir, mid), encode_value(manifest))
-        with self._lock:
-            self._manifests[mid] = manifest
-        return mid
-
-    def get_manifest(self, manifest_id: str) -> Manifest:
-        try:
-            return self._manifests[manifest_id]
-        except KeyError:
-            raise NotFound(f"no manifest {manifest_id} in the store") from None
-
-    def manifests(self) -> list[Manifest]:
-        """Every stored manifest, by model id then version."""
-        from protocol import SemVer
-
-        with self._lock:
-            items = list(self._manifests.values())
-        return sorted(items, key=lambda m: (m.model_id, SemVer.parse(m.version), m.manifest_id))
-
-    def find_manifest(self, model_id: str, version: str) -> Manifest:
-        """The stored manifest of ``(model_id, version)``; :class:`NotFound` if none."""
-        found = [m for m in self.manifests() if m.model_id == model_id and m.version == version]
-        if not found:
-            known = sorted({m.version for m in self.manifests() if m.model_id == model_id})
-            hint = f"; stored versions: {', '.join(known)}" if known else \
-                "; `shoal models` lists what is stored"
-            raise NotFound(f"model {model_id} version {version} is not in the store{hint}")
-        found.sort(key=lambda m: (m.manifest_id in self._pinned, m.created_at), reverse=True)
-        return found[0]
-
-    # ------------------------------------------------------------------ pins and gc
-
-    def _pin_refs(self, manifest_id: str) -> None:
-        self._pinned.add(manifest_id)
-        for ref in {c.hash for c in self._manifests[manifest_id].iter_chunks()}:
-            self._refs[ref] = self._refs.get(ref, 0) + 1
-
-    def pin(self, manifest_id: str) -> None:
-        """Keep the versions of this (stored) manifest through gc."""
-        with self._lock:
-            if manifest_id not in self._manifests:
-                raise NotFound(f"cannot pin {manifest_id}: not in the store")
-            if manifest_id in self._pinned:
-                return
-            self._write_atomic(os.path.join(self._pins_dir, manifest_id), b"")
-            self._pin_refs(manifest_id)
-
-    def unpin(self, manifest_id: str) -> None:
-        with self._lock:
-            if manifest_id not in self._pinned:
-                return
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self._pins_dir, manifest_id))
-            self._pinned.discard(manifest_id)
-            for ref in {c.hash for c in self._manifests[manifest_id].iter_chunks()}:
-                left = self._refs.get(ref, 0) - 1
-                if left > 0:
-                    self._refs[ref] = left
-                else:
-                    self._refs.pop(ref, None)
-
-    def is_pinned(self, manifest_id: str) -> bool:
-        return manifest_id in self._pinned
-
-    def refcount(self, chunk_hash: bytes) -> int:
-        return self._refs.get(chunk_hash, 0)
-
-    def _kept_installed(self) -> set[str]:
-        """Per model: the version ``current`` names and the newest other (rollback)."""
-        kept: set[str] = set()
-        by_model: dict[str, list[tuple[float, str]]] = {}
-        for d in self._dirs.values():
-            if d.installed:
-                model_dir = os.path.dirname(os.path.dirname(d.path))
-                try:
-                    mtime = os.stat(os.path.join(d.path, INSTALL_RECORD)).st_mtime
-                except OSError:
-                    mtime = 0.0
-                by_model.setdefault(model_dir, []).append((mtime, d.path))
-        for model_dir, items in by_model.items():
-            try:
-                cur = os.path.realpath(os.path.join(model_dir, "current"))
-            except OSError:
-                cur = ""
-            kept.add(cur)
-            others = sorted((i for i in items if os.path.realpath(i[1]) != cur), reverse=True)
-            if others:
-                kept.add(os.path.realpath(others[0][1]))
-        return kept
-
-    def gc(self) -> GcResult:
-        """Delete the versions nothing keeps: packs whose manifest is not pinned, and
-        installed versions that are neither pinned, current, nor the rollback."""
-        with self._lock:
-            kept = self._kept_installed()
-            before_chunks, before_bytes = len(self._sizes), self._bytes
-            removed: list[str] = []
-            for d in list(self._dirs.values()):
-                if d.manifest_id in self._pinned:
-                    continue
-                if d.installed and os.path.realpath(d.path) in kept:
-                    continue
-                self._unregister(d.path)
-                if d.installed:
-                    trash = os.path.join(os.path.dirname(os.path.dirname(d.path)),
-                                         f".tmp-install-gc-{secrets.token_hex(4)}")
-                    with contextlib.suppress(OSError):
-                        os.rename(d.path, trash)
-                        shutil.rmtree(trash, ignore_errors=True)
-                else:
-                    shutil.rmtree(d.path, ignore_errors=True)
-                removed.append(d.path)
-            freed_chunks = before_chunks - len(self._sizes)
-            freed_bytes = before_bytes - self._bytes
-            self._gc_runs += 1
-            self._gc_chunks += freed_chunks
-            self._gc_bytes += freed_bytes
-            return GcResult(freed_chunks, freed_bytes, len(self._sizes), self._bytes,
-                            tuple(removed))
 
     def statistics(self) -> StoreStatistics:
         with self._lock:

@@ -1,0 +1,146 @@
+"""Reading chunks out of the store: every read is hashed, and a chunk whose bytes on
+disk changed is dropped from the index, kept aside in ``quarantine/`` and named in the
+error (the swarm fetches it again)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from agent._errors import ChunkCorrupted, ChunkNotFound, StoreError
+from agent._storage.store_base import _NOWAIT, ChunkProblem, StoreBase
+from protocol import (
+    Manifest,
+    chunk_matches,
+)
+
+__all__ = ["StoreReads"]
+
+
+class StoreReads(StoreBase):
+    """The reads of :class:`~agent._storage.store.ChunkStore`."""
+
+    # ------------------------------------------------------------------ reads
+
+    def has(self, chunk_hash: bytes) -> bool:
+        return chunk_hash in self._sizes
+
+    __contains__ = has
+
+    def size_of(self, chunk_hash: bytes) -> int | None:
+        return self._sizes.get(chunk_hash)
+
+    def hashes(self) -> set[bytes]:
+        """A copy of the set of held chunk hashes (what the node machine calls ``held``)."""
+        with self._lock:
+            return set(self._sizes)
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def get(self, chunk_hash: bytes) -> bytes:
+        """The chunk's bytes, read from a file that holds it and verified.
+
+        A location whose bytes do not match is dropped (and repaired by the next put
+        of the chunk); :class:`ChunkCorrupted` when no good copy is left."""
+        corrupt = False
+        for _ in range(8):
+            with self._lock:
+                holders = self._holders.get(chunk_hash)
+                if not holders:
+                    break
+                path = holders if isinstance(holders, str) else holders[0]
+                d = self._dirs[path]
+                rel, off = d.place(chunk_hash)
+                size = d.size(chunk_hash)
+            full = os.path.join(path, *rel.split("/"))
+            try:
+                fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    data = os.pread(fd, size, off)
+                finally:
+                    os.close(fd)
+            except FileNotFoundError:
+                with self._lock:
+                    if self._dirs.get(path) is not d:
+                        continue          # renamed or removed meanwhile: look again
+                data = b""
+            except OSError as exc:
+                raise StoreError(f"cannot read chunk {chunk_hash.hex()}: "
+                                 f"{exc.strerror or exc}") from exc
+            if chunk_matches(chunk_hash, size, data):
+                return data
+            with self._lock:
+                corrupt = True
+                self._corrupt += 1
+                if self._dirs.get(path) is d:
+                    self._drop_have(d, chunk_hash)
+                    self._keep_bad(chunk_hash, data, full, off)
+        if corrupt:
+            raise ChunkCorrupted(f"chunk {chunk_hash.hex()} on disk does not match its hash; "
+                                 "dropped from the index, it will be fetched again",
+                                 chunk_hashes=(chunk_hash,))
+        raise ChunkNotFound(f"chunk {chunk_hash.hex()} is not in the store",
+                            chunk_hashes=(chunk_hash,))
+
+    def get_cached(self, chunk_hash: bytes) -> bytes | None:
+        """The chunk's verified bytes when they can be had without waiting: the index
+        lock is free and every byte is in the page cache (``preadv`` with
+        ``RWF_NOWAIT``, which fails rather than wait for the disk). None otherwise, and
+        on any doubt (a short read, a mismatch, an error): :meth:`get` in a worker
+        thread then reads, verifies and quarantines as usual. Meant for the event
+        loop's thread, where a worker-thread hop per read costs more than the read."""
+        if _NOWAIT is None or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            holders = self._holders.get(chunk_hash)
+            if not holders:
+                return None
+            path = holders if isinstance(holders, str) else holders[0]
+            d = self._dirs[path]
+            rel, off = d.place(chunk_hash)
+            size = d.size(chunk_hash)
+        finally:
+            self._lock.release()
+        buf = bytearray(size)
+        try:
+            fd = os.open(os.path.join(path, *rel.split("/")),
+                         os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                n = os.preadv(fd, [buf], off, _NOWAIT)
+            finally:
+                os.close(fd)
+        except OSError:         # EAGAIN: not all of it cached; or gone, or anything else
+            return None
+        data = bytes(buf)
+        if n != size or not chunk_matches(chunk_hash, size, data):
+            return None
+        return data
+
+    def check(self, chunk_hash: bytes, size: int) -> str | None:
+        """Re-read and verify one chunk: None when good, else ``"missing"``/``"corrupt"``."""
+        try:
+            data = self.get(chunk_hash)
+        except ChunkNotFound:
+            return "missing"
+        except ChunkCorrupted:
+            return "corrupt"
+        return None if len(data) == size else "corrupt"
+
+    def verify_manifest(self, manifest: Manifest,
+                        variant_ids: Iterable[str] | None = None) -> list[ChunkProblem]:
+        """Re-read every chunk of the manifest (or of the named variants) and verify it."""
+        wanted = set(variant_ids) if variant_ids is not None else None
+        problems: list[ChunkProblem] = []
+        seen: set[bytes] = set()
+        for v in manifest.variants:
+            if wanted is not None and v.variant_id not in wanted:
+                continue
+            for ref in v.chunk_refs():
+                if ref.hash in seen:
+                    continue
+                seen.add(ref.hash)
+                problem = self.check(ref.hash, ref.size)
+                if problem is not None:
+                    problems.append(ChunkProblem(ref.hash.hex(), ref.size, problem))
+        return problems
