@@ -41,10 +41,11 @@ from protocol import (
     StoreChunk,
 )
 
-__all__ = ["STORE_BATCH", "DiskTasks"]
+__all__ = ["STORE_BATCH", "STORE_WORKERS", "DiskTasks"]
 
 log = logging.getLogger("shoal.daemon")
 
+STORE_WORKERS = 2            # store workers writing chunks at once
 STORE_BATCH = 32             # chunks written under one group commit at most
 _STORE_GATHER = 8            # ... for which a store worker waits at most
 _STORE_GATHER_S = 0.002      # ... seconds before it writes what it has

@@ -66,7 +66,7 @@ import trio
 from agent._config import AgentConfig
 from agent._daemon.control_messages import PeerEntry
 from agent._daemon.discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
-from agent._daemon.disk_tasks import STORE_BATCH, DiskTasks
+from agent._daemon.disk_tasks import STORE_BATCH, STORE_WORKERS, DiskTasks
 from agent._daemon.health import HealthMonitor
 from agent._daemon.inbox import (
     ChunkMissing,
@@ -135,7 +135,6 @@ log = logging.getLogger("shoal.daemon")
 _INBOX_TOKENS = 64            # network messages queued for the machine at most
 _OUTBOX = 64                  # messages queued per peer before the machine waits
 _SEND_STALL = 10.0            # seconds a peer may refuse to drain its queue before it is dropped
-_STORE_WORKERS = 2
 _SEND_BATCH = 16             # queued messages written to a peer at once at most
 _SERVE_BATCH = 4             # ... of which chunks (read into memory together) at most
 _CLOSE = object()              # queued after a peer's last message: close the session
@@ -299,7 +298,7 @@ class NodeRuntime(DiskTasks):
                 self.port = await nursery.start(self.listener.serve)
                 nursery.start_soon(self._machine_task)
                 nursery.start_soon(self.health.run)
-                for _ in range(_STORE_WORKERS):
+                for _ in range(STORE_WORKERS):
                     nursery.start_soon(self._store_worker)
                 for service in services:
                     await nursery.start(service, self)
