@@ -222,11 +222,24 @@ class Deployments:
         if version in order:
             order.remove(version)
         order.append(version)
+        self._prune(model_id, now)
+
+    def prune(self, now: float) -> None:
+        """Remove what no model keeps any more: a version kept only because a live
+        intent named it is let go once that intent is void (``_settle``)."""
+        for model_id in sorted(self._disk):
+            self._prune(model_id, now)
+
+    def _prune(self, model_id: str, now: float) -> None:
         disk = self._disk.get(model_id, {})
-        if not self._keep or len(disk) <= self._keep:
-            return
-        keep = {v for v in order if v in disk}
-        keep = set([v for v in order if v in keep][-self._keep:])
+        st = self._states.get(model_id)
+        if not self._keep or len(disk) <= self._keep or model_id in self._installing \
+                or (st is not None and st.status is _S.LOADING):
+            return          # (an install may be reading the version it replaces)
+        order = self._activated.get(model_id, [])
+        keep = set([v for v in order if v in disk][-self._keep:])
+        if st is not None and st.active_version:
+            keep.add(st.active_version)
         for it in self._ledger.intents():
             if it.model_id == model_id:
                 keep.add(it.version)

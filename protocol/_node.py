@@ -434,6 +434,7 @@ class NodeMachine:
             self._next_retire = now + RETIRE_INTERVAL
             if self.config.ledger.retire:
                 self.ledger.retire()
+            self._deployments.prune(now)
         self.swarm.on_timer(now)
         self.overlay.on_timer(now)
         self._deployments.update_progress(now)

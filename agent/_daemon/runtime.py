@@ -232,7 +232,7 @@ class NodeRuntime(DiskTasks):
             capabilities=self.capabilities, held_chunks=self.store.hashes(), ledger=ledger,
             installed=installed)
         self.node_id = self.machine.node_id
-        announce_stored(self.store, self.machine.ledger.manifest_by_id,
+        announce_stored(self.store, self.machine.ledger,
                         lambda m: self.machine.publish_manifest(m, now))
         for m in self.machine.ledger.manifests():
             self.store.put_manifest(m)

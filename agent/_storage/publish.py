@@ -63,12 +63,14 @@ from protocol import (
     ChunkRef,
     FileEntry,
     InvalidValue,
+    Ledger,
     Manifest,
     Requirements,
     ShoalError,
     SigningIdentity,
     Variant,
     chunk_view,
+    manifests_to_retire,
     merkle_root,
     normalise_arch,
     validate_model_id,
@@ -511,16 +513,20 @@ def _result(manifest: Manifest, writer: _Writer, *, already: bool) -> PublishRes
     )
 
 
-def announce_stored(store: ChunkStore, in_ledger: Callable[[str], object | None],
+def announce_stored(store: ChunkStore, ledger: Ledger,
                     publish_manifest: Callable[[Manifest], Manifest]) -> None:
     """Hand the manifests ``shoal publish`` stored while no daemon ran (pinned, and not
-    in the ledger: ``in_ledger(manifest_id)`` is None) to ``publish_manifest``, which
-    writes them to the ledger so gossip carries them to the fleet. A manifest the
-    ledger refuses (a conflicting version, a publisher no longer admitted) is logged
-    and skipped."""
-    for manifest in store.manifests():
-        if not store.is_pinned(manifest.manifest_id) or \
-                in_ledger(manifest.manifest_id) is not None:
+    in ``ledger``) to ``publish_manifest``, which writes them to the ledger so gossip
+    carries them to the fleet. Not those the fleet has forgotten (a version below a
+    settled one that no node keeps: ``protocol._settle``), which a publisher's store
+    still holds. A manifest the ledger refuses (a conflicting version, a publisher no
+    longer admitted) is logged and skipped."""
+    stored = store.manifests()
+    forgotten = manifests_to_retire(stored, ledger.intents(), ledger.records().values())
+    for manifest in stored:
+        mid = manifest.manifest_id
+        if not store.is_pinned(mid) or mid in forgotten or \
+                ledger.manifest_by_id(mid) is not None:
             continue
         try:
             standing = publish_manifest(manifest)
