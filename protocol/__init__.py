@@ -127,14 +127,14 @@ from ._operator import (
 from ._overlay import OverlayFull, OverlayStatistics, PeerHint
 from ._records import ModelState, NodeRecord, Suspicion
 from ._selection import VariantChoice, select_variant, unmet_requirements
-from ._settle import SETTLE_AFTER, manifests_to_retire, void_intents
+from ._settle import manifests_to_retire
 from ._swarm import SwarmEngine, TransferProgress, make_piece
 from ._swarm_messages import SWARM_MESSAGES, Piece
 from ._types import BlockerReason, ModelOperationalStatus, TransferPriority
 from ._wire import WireMessage, is_wire_message
 
 __all__ = [
-    "SETTLE_AFTER", "manifests_to_retire", "void_intents",
+    "manifests_to_retire",
     # the node state machine, its inputs' types and its outputs
     "NodeMachine", "NodeStatistics", "Config", "GossipConfig", "SwarmConfig",
     "Output", "SendMessage", "ServeChunk", "StoreChunk", "InstallVariant",

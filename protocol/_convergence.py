@@ -200,8 +200,8 @@ def rollout_state(model_id: str, version: str, intents: Iterable[Intent],
     if not aimed:
         # its intents may have been void history: a newer intent settled (``_settle``)
         everything = [i for i in intents if i.model_id == model_id]
-        floors = [i for i in everything if i.intent_id in settled_ids(everything)
-                  and i.version != version]
+        settled = settled_ids(everything)
+        floors = [i for i in everything if i.intent_id in settled and i.version != version]
         if floors:
             floor = max(floors, key=lambda i: (i.stamp, i.intent_id))
             return RolloutState.SUPERSEDED, (f"superseded by {floor.version} "

@@ -385,6 +385,8 @@ class Ledger:
                     (e.manifest is not None and e.manifest.manifest_id in gone_manifests):
                 self._drop(key, e)
                 dropped += 1
+        if not dropped:      # (void entries that are their origins' newest: nothing to do)
+            return 0
         held_ids = {e.intent.intent_id for e in self._entries.values() if e.intent is not None}
         held_manifests = {e.manifest.manifest_id for e in self._entries.values()
                           if e.manifest is not None}

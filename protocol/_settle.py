@@ -68,10 +68,9 @@ from ._manifest import Manifest, SemVer
 from ._records import NodeRecord
 from ._types import ModelOperationalStatus
 
-__all__ = ["SETTLE_AFTER", "dominates", "void_intents", "settled_ids", "carried_out",
+__all__ = ["dominates", "void_intents", "settled_ids", "carried_out",
            "settles_to_write", "manifests_to_retire"]
 
-SETTLE_AFTER = 7 * 24 * 3600.0   # seconds: the default horizon for nodes that never return
 
 _REPLACING = (IntentKind.DISTRIBUTE, IntentKind.ROLLBACK)
 _NAMING = (IntentKind.CANCEL, IntentKind.POLICY, IntentKind.SETTLE)
