@@ -271,13 +271,7 @@ class ChunkStore(StoreReads, StorePins):
                             preallocate(target, entry.size)
                     finally:
                         os.close(target)
-                if self._fsync:
-                    fsync_dir(tmp)
-                if os.path.exists(final):     # an unindexed leftover
-                    shutil.rmtree(final, ignore_errors=True)
-                os.rename(tmp, final)
-                if self._fsync:
-                    fsync_dir(self._packs_dir)
+                self._into_packs(tmp, final)
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise self._os_error(exc, f"staging {manifest.model_id} {manifest.version} "
@@ -287,6 +281,17 @@ class ChunkStore(StoreReads, StorePins):
                                     os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             self._register(d, ())
             return final
+
+    def _into_packs(self, tmp: str, final: str) -> None:
+        """Move a complete temporary directory into place as a pack, durably (an
+        unindexed leftover at ``final`` is replaced)."""
+        if self._fsync:
+            fsync_dir(tmp)
+        if os.path.exists(final):
+            shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+        if self._fsync:
+            fsync_dir(self._packs_dir)
 
     @property
     def fsyncs(self) -> bool:
@@ -326,13 +331,7 @@ class ChunkStore(StoreReads, StorePins):
             try:
                 write_record(os.path.join(tmp, PACK_RECORD), manifest, variant_id,
                               self._fsync)
-                if self._fsync:
-                    fsync_dir(tmp)
-                if os.path.exists(final):
-                    shutil.rmtree(final, ignore_errors=True)
-                os.rename(tmp, final)
-                if self._fsync:
-                    fsync_dir(self._packs_dir)
+                self._into_packs(str(tmp), final)
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise self._os_error(exc, f"storing {manifest.model_id} "
