@@ -19,6 +19,7 @@ import blake3
 from protocol._capabilities import Capabilities, GpuInfo, Requirements
 from protocol._chunking import chunk_bytes
 from protocol._config import Config
+from protocol._convergence import ModelConvergenceStatus, compute_convergence
 from protocol._events import ActivateVersion, DropPeer, InstallVariant, ServeChunk
 from protocol._hlc import HLC
 from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity
@@ -68,6 +69,23 @@ def admitted_ledger(n_nodes: int) -> Ledger:
     for i in range(n_nodes):
         trust.add_certificate(node_cert(node_key(i)))
     return Ledger(trust)
+
+
+def anti_entropy(ledgers: Sequence[Ledger], rounds: int) -> None:
+    """Every ledger sends every other what it lacks, ``rounds`` times over."""
+    for _ in range(rounds):
+        for a, la in enumerate(ledgers):
+            for b, lb in enumerate(ledgers):
+                if a != b:
+                    for p in la.delta_since(lb.version_vector):
+                        lb.merge_entries(p.entries, p.ranges)
+
+
+def convergence_of(led: Ledger, version: str, model: str = "m") -> ModelConvergenceStatus:
+    """``compute_convergence`` of ``model`` ``version`` as ``led`` holds it (no one
+    unreachable, at time 100)."""
+    return compute_convergence(model, version, led.intents(), led.records(), led.trust,
+                               set(), 100.0)
 
 
 def caps(gpu_gb: int = 0, arch: str = "x86_64", storage_mb: int = 100_000) -> Capabilities:

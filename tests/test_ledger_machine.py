@@ -6,11 +6,20 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from protocol._convergence import compute_convergence
 from protocol._intents import IntentKind, Scope, resolve
-from protocol._ledger import DeltaPiece, Entry, Ledger, content_key
+from protocol._ledger import DeltaPiece, Entry, content_key
 
-from ._fleet import admitted_ledger, caps, intent, manifest, node_key, record, running
+from ._fleet import (
+    admitted_ledger,
+    anti_entropy,
+    caps,
+    convergence_of,
+    intent,
+    manifest,
+    node_key,
+    record,
+    running,
+)
 
 N = 3
 POOL = [intent("1.0.0", wall=1), intent("2.0.0", wall=2, scope=Scope.of_formation("a")),
@@ -124,12 +133,7 @@ class GossipingLedgers(RuleBasedStateMachine):
     def teardown(self) -> None:
         for dst, piece in self.wire:            # everything still in flight arrives...
             self.ledgers[dst].merge_entries(piece.entries, piece.ranges)
-        for _ in range(2 * N):                  # ...and anti-entropy keeps running
-            for a in range(N):
-                for b in range(N):
-                    if a != b:
-                        for p in self.ledgers[a].delta_since(self.ledgers[b].version_vector):
-                            self.ledgers[b].merge_entries(p.entries, p.ranges)
+        anti_entropy(self.ledgers, 2 * N)      # ...and anti-entropy keeps running
         keys = {led.state_key() for led in self.ledgers}
         assert len(keys) == 1, "ledgers did not converge"
         for node in range(N):
@@ -139,13 +143,8 @@ class GossipingLedgers(RuleBasedStateMachine):
                 answers.add(None if it is None else it.intent_id)
             assert len(answers) == 1
         for version in ("1.0.0", "2.0.0", "3.0.0"):
-            status = [_conv(led, version) for led in self.ledgers]
+            status = [convergence_of(led, version) for led in self.ledgers]
             assert all(s == status[0] for s in status)
-
-
-def _conv(led: Ledger, version: str) -> object:
-    return compute_convergence("m", version, led.intents(), led.records(), led.trust, set(),
-                               100.0)
 
 
 GossipingLedgers.TestCase.settings = settings(max_examples=40, stateful_step_count=30,

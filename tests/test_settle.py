@@ -8,7 +8,7 @@ without the history."""
 
 from __future__ import annotations
 
-from protocol import IntentKind, ModelOperationalStatus, Scope
+from protocol import Intent, IntentKind, ModelOperationalStatus, Scope
 from protocol._config import Config, LedgerConfig
 from protocol._hlc import HLC
 from protocol._intents import OnDegraded, RolloutPolicy, resolve
@@ -21,6 +21,7 @@ from ._fleet import (
     intent,
     make_trust,
     manifest,
+    node_key,
     record,
     running,
 )
@@ -48,10 +49,9 @@ def test_dominance_is_static_scope_containment_and_newer() -> None:
     assert not dominates(other_model, old)
 
 
-def _settle(j: object, wall: int = 50) -> object:
-    from ._fleet import node_key
-    return intent(getattr(j, "version"), wall=wall, kind=IntentKind.SETTLE,  # noqa: B009
-                  cancels=getattr(j, "intent_id"), issuer=node_key(0))  # noqa: B009
+def _settle(j: Intent, wall: int = 50) -> Intent:
+    return intent(j.version, wall=wall, kind=IntentKind.SETTLE, cancels=j.intent_id,
+                  issuer=node_key(0))
 
 
 def test_void_is_what_a_settled_intent_dominates_and_what_names_it() -> None:
@@ -105,7 +105,6 @@ def test_a_settle_is_written_once_everyone_targeted_runs_it_healthy() -> None:
 
 
 def test_a_distribute_whose_policy_may_act_settles_only_at_the_horizon() -> None:
-    from protocol._intents import Intent
     trust = make_trust()
     d1 = intent("1.0.0", wall=1)
     d2 = Intent.create(OPERATOR, IntentKind.DISTRIBUTE, "m", "2.0.0", HLC(2, 0, "op"),
@@ -132,6 +131,15 @@ def test_manifests_are_kept_while_an_intent_or_a_record_names_them() -> None:
 
 
 # ------------------------------------------------------------------ whole machines
+
+
+def _three_rollouts(fleet: InProcessFleet) -> None:
+    """1.0.0, 2.0.0 and 3.0.0 published and distributed to all, each given the time to
+    settle and be retired before the next."""
+    for k, version in enumerate(("1.0.0", "2.0.0", "3.0.0")):
+        fleet.publish_files(version, seed="abc"[k])
+        fleet.issue(0, intent(version, wall=1 + 4 * k))
+        fleet.advance(20 + 2 * RETIRE_INTERVAL)
 
 
 def _on(fleet: InProcessFleet, version: str) -> bool:
@@ -186,10 +194,7 @@ def test_a_cancel_after_settling_leaves_nodes_where_they_are() -> None:
 
 def test_a_node_that_returns_empty_converges_without_the_history() -> None:
     fleet = InProcessFleet(4)
-    for k, version in enumerate(("1.0.0", "2.0.0", "3.0.0")):
-        fleet.publish_files(version, seed="abc"[k])
-        fleet.issue(0, intent(version, wall=1 + 4 * k))
-        fleet.advance(20 + 2 * RETIRE_INTERVAL)
+    _three_rollouts(fleet)
     assert _on(fleet, "3.0.0")
     fleet.restart(3, forget_ledger=True)
     fleet.advance(30)
@@ -217,10 +222,7 @@ def test_retirement_off_keeps_every_entry_and_gives_the_same_answers() -> None:
 
 def test_a_node_keeps_the_active_version_and_one_to_roll_back_to() -> None:
     fleet = InProcessFleet(3)
-    for k, version in enumerate(("1.0.0", "2.0.0", "3.0.0")):
-        fleet.publish_files(version, seed="abc"[k])
-        fleet.issue(0, intent(version, wall=1 + 4 * k))
-        fleet.advance(20 + 2 * RETIRE_INTERVAL)
+    _three_rollouts(fleet)
     assert _on(fleet, "3.0.0")
     for n in range(3):
         st = fleet.m(n).model_state("m")
@@ -238,10 +240,7 @@ def test_a_node_keeps_the_active_version_and_one_to_roll_back_to() -> None:
 def test_keep_versions_zero_keeps_every_version() -> None:
     fleet = InProcessFleet(2, config=Config(fleet_id="test-fleet",
                                             ledger=LedgerConfig(keep_versions=0)))
-    for k, version in enumerate(("1.0.0", "2.0.0", "3.0.0")):
-        fleet.publish_files(version, seed="abc"[k])
-        fleet.issue(0, intent(version, wall=1 + 4 * k))
-        fleet.advance(20 + 2 * RETIRE_INTERVAL)
+    _three_rollouts(fleet)
     st = fleet.m(1).model_state("m")
     assert st is not None and st.installed == ("1.0.0", "2.0.0", "3.0.0")
     assert fleet.m(1).ledger.manifest_for("m", "1.0.0") is not None

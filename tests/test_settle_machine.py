@@ -11,11 +11,20 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
-from protocol._convergence import compute_convergence
 from protocol._intents import IntentKind, Scope, resolve
-from protocol._ledger import DeltaPiece, Ledger
+from protocol._ledger import DeltaPiece
 
-from ._fleet import admitted_ledger, caps, intent, manifest, node_key, record, running
+from ._fleet import (
+    admitted_ledger,
+    anti_entropy,
+    caps,
+    convergence_of,
+    intent,
+    manifest,
+    node_key,
+    record,
+    running,
+)
 
 N = 4                   # nodes; the last joins late
 D1 = intent("1.0.0", wall=1)
@@ -120,12 +129,7 @@ class RetiringLedgers(RuleBasedStateMachine):
             self.wire.pop(data.draw(st.integers(0, len(self.wire) - 1)))
 
     def _anti_entropy(self) -> None:
-        for _ in range(2 * N):
-            for a, la in enumerate(self.ledgers):
-                for b, lb in enumerate(self.ledgers):
-                    if a != b:
-                        for p in la.delta_since(lb.version_vector):
-                            lb.merge_entries(p.entries, p.ranges)
+        anti_entropy(self.ledgers, 2 * N)
 
     def teardown(self) -> None:
         while len(self.ledgers) < N:              # the late joiner joins at the latest now
@@ -150,16 +154,11 @@ class RetiringLedgers(RuleBasedStateMachine):
                 theirs = resolve(ref.intents(), "m", nid, ref.records(), ref.trust)
                 assert mine == theirs, f"node {node}: desired state differs"
             for version in VERSIONS:
-                assert _conv(led, version) == _conv(ref, version)
+                assert convergence_of(led, version) == convergence_of(ref, version)
         # what was forgotten is what no reader sees: never a live intent
         live = {i.intent_id for i in ref.intents()}
         for led in self.ledgers:
             assert live <= {i.intent_id for i in led.all_intents()}
-
-
-def _conv(led: Ledger, version: str) -> object:
-    return compute_convergence("m", version, led.intents(), led.records(), led.trust, set(),
-                               100.0)
 
 
 RetiringLedgers.TestCase.settings = settings(max_examples=200, stateful_step_count=40,
