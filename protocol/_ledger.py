@@ -226,7 +226,6 @@ class Ledger:
         self._top: dict[str, int] = {}          # origin -> highest counter held
         self._held: dict[str, set[int]] = {}    # origin -> counters of held entries
         self._vv: VersionVector = {}
-        self._sizes: dict[tuple[str, int], int] = {}
         self._rejected: dict[str, int] = {}
         self._generation = 0                    # bumped whenever the vector moves
         self._gaps: set[str] = set()            # own origins whose history is unknown
@@ -402,7 +401,6 @@ class Ledger:
         """Forget one relay entry (below its origin's top: the vector still covers it)."""
         origin, counter = key
         del self._entries[key]
-        self._sizes.pop(key, None)
         self._held[origin].discard(counter)
         ck = content_key(e)
         if ck is not None and self._relay_at.get((origin, ck)) == counter:
@@ -558,7 +556,6 @@ class Ledger:
             old_at = self._relay_at.get((origin, ck))
             if old_at is not None:   # a newer stamp of the same content replaces the older
                 del self._entries[(origin, old_at)]
-                self._sizes.pop((origin, old_at), None)
                 self._held[origin].discard(old_at)
             else:
                 self._relays[origin] = self._relays.get(origin, 0) + 1
@@ -568,7 +565,6 @@ class Ledger:
             old = self._record_at.get(origin)
             if old is not None:
                 del self._entries[(origin, old)]
-                self._sizes.pop((origin, old), None)
                 self._held[origin].discard(old)
             self._record_at[origin] = e.counter
             self._records[origin] = e.record
@@ -615,12 +611,6 @@ class Ledger:
         return self._index.origins_in_buckets(bits, buckets)
 
     # ------------------------------------------------------------------ deltas
-    def _size(self, key: tuple[str, int]) -> int:
-        s = self._sizes.get(key)
-        if s is None:
-            s = self._sizes[key] = entry_size(self._entries[key])
-        return s
-
     def missing_for(self, peer_vv: Mapping[str, int],
                     only: Callable[[str], bool] | None = None,
                     origins: Iterable[str] | None = None) -> bool:
@@ -670,13 +660,15 @@ class Ledger:
                 pieces.append(DeltaPiece(tuple(cur), ranges, cur_size))
             cur, cur_size, ranges = [], 0, {}
 
-        vv, entries, size_of, n = self._vv, self._entries, self._size, len(keys)
+        # (an entry keeps its encoding: its size is no lookup kept per ledger)
+        vv, entries, n = self._vv, self._entries, len(keys)
         for i, key in enumerate(keys):
-            size = size_of(key)
+            e = entries[key]
+            size = len(e.encoded())
             if cur and cur_size + size > max_bytes:
                 close()
             origin, counter = key
-            cur.append(entries[key])
+            cur.append(e)
             cur_size += size
             since = last.get(origin, pget(origin, 0))
             final = i + 1 == n or keys[i + 1][0] != origin
