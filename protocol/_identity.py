@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import blake3
 import nacl.exceptions
@@ -155,6 +155,18 @@ class Certificate:
     issued_at: int
     expires_at: int
     signature: bytes
+    # the hash, kept once computed: every ledger keys its relay entries by the
+    # certificate they carry (no part of the encoding, equality or repr)
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        """The hash the dataclass would compute (of the compared fields), once."""
+        h = self._hash
+        if h is None:
+            h = hash((self.fleet_id, self.subject_key, self.role, self.name, self.issued_at,
+                      self.expires_at, self.signature))
+            object.__setattr__(self, "_hash", h)
+        return h
 
     def __post_init__(self) -> None:
         if len(self.subject_key) != PUBLIC_KEY_SIZE:
