@@ -104,7 +104,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import compress, repeat
-from operator import gt
+from operator import attrgetter, gt
 
 from ._entries import Entry, EntryKind, encoded_entry, entry_size
 from ._errors import InvalidValue, LocalProtocolError, RemoteProtocolError, SignatureError
@@ -448,7 +448,16 @@ class Ledger:
         # newest stamp per (origin, content) first: a relay entry at or below a stamp of
         # the same content held (or later in the batch) changes nothing, and is dropped
         # before anything is verified
-        given = list(entries)
+        # an entry held here already (this very object, or an equal one) is a duplicate
+        # whatever else the batch holds: dropped before anything looks at it
+        held_at = self._entries.get
+        given: list[Entry] = []
+        for e in entries:
+            h = held_at((e.origin, e.counter))
+            if h is not None and (h is e or h == e):
+                self._duplicates += 1
+            else:
+                given.append(e)
         keys: dict[int, object] = {}
         newest: dict[tuple[str, object], int] = {}
         for e in given:
@@ -490,8 +499,8 @@ class Ledger:
         at_s = 0.0 if now is None else now
         forged = 0
         ahead = MAX_COUNTER if now is None else int(now * 1000) + MAX_AHEAD_MS
-        held_at, record_at = self._entries.get, self._record_at.get
-        for e in sorted(batch, key=lambda x: (x.origin_key, x.counter)):
+        record_at = self._record_at.get
+        for e in sorted(batch, key=attrgetter("origin_key", "counter")):
             origin = e.origin
             key = (origin, e.counter)
             held = held_at(key)
