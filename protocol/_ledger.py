@@ -224,7 +224,9 @@ class Ledger:
         self._entries: dict[tuple[str, int], Entry] = {}
         self._record_at: dict[str, int] = {}    # origin -> counter of its live record
         self._top: dict[str, int] = {}          # origin -> highest counter held
-        self._held: dict[str, set[int]] = {}    # origin -> counters of held entries
+        # origin -> counters of held entries (a list: most origins hold one or two, and
+        # every ledger holds one per origin; a key is inserted only when not held)
+        self._held: dict[str, list[int]] = {}
         self._vv: VersionVector = {}
         self._rejected: dict[str, int] = {}
         self._generation = 0                    # bumped whenever the vector moves
@@ -401,7 +403,7 @@ class Ledger:
         """Forget one relay entry (below its origin's top: the vector still covers it)."""
         origin, counter = key
         del self._entries[key]
-        self._held[origin].discard(counter)
+        self._held[origin].remove(counter)
         ck = content_key(e)
         if ck is not None and self._relay_at.get((origin, ck)) == counter:
             del self._relay_at[(origin, ck)]
@@ -565,7 +567,7 @@ class Ledger:
             old_at = self._relay_at.get((origin, ck))
             if old_at is not None:   # a newer stamp of the same content replaces the older
                 del self._entries[(origin, old_at)]
-                self._held[origin].discard(old_at)
+                self._held[origin].remove(old_at)
             else:
                 self._relays[origin] = self._relays.get(origin, 0) + 1
                 self._content[ck] = self._content.get(ck, 0) + 1
@@ -574,7 +576,7 @@ class Ledger:
             old = self._record_at.get(origin)
             if old is not None:
                 del self._entries[(origin, old)]
-                self._held[origin].discard(old)
+                self._held[origin].remove(old)
             self._record_at[origin] = e.counter
             self._records[origin] = e.record
         elif e.intent is not None:
@@ -584,7 +586,7 @@ class Ledger:
         elif e.manifest is not None:
             self._manifests.setdefault(e.manifest.manifest_id, e.manifest)
         self._entries[(origin, e.counter)] = e
-        self._held.setdefault(origin, set()).add(e.counter)
+        self._held.setdefault(origin, []).append(e.counter)
         if e.counter > self._top.get(origin, 0):
             if origin not in self._top:
                 self._know(origin)
