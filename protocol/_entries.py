@@ -84,6 +84,9 @@ class Entry:
     # the verifier that accepted the signature: the same verifier need not check it again
     _checked_by: Verifier | None = field(default=None, init=False, repr=False,
                                          compare=False)
+    # the content key of a relay entry (see content_key), made once per entry: every
+    # ledger that holds the entry keys it by this very object
+    _content: object | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         present = sum(x is not None for x in (self.record, self.intent, self.manifest,
@@ -110,6 +113,22 @@ class Entry:
             encoded = encode_value(self)
             object.__setattr__(self, "_encoded", encoded)
         return encoded
+
+    def content_key(self) -> object | None:
+        """The exact content of a relay entry (None for a record): equal exactly when
+        two entries carry the same payload, signature included. Made once per entry."""
+        key = self._content
+        if key is None and self.record is None:
+            if self.intent is not None:
+                key = (EntryKind.INTENT, self.intent.intent_id, self.intent.signature)
+            elif self.manifest is not None:
+                key = (EntryKind.MANIFEST, self.manifest.manifest_id, self.manifest.signature)
+            elif self.certificate is not None:
+                key = (EntryKind.CERTIFICATE, self.certificate)
+            else:
+                key = (EntryKind.REVOCATION, self.revocation)
+            object.__setattr__(self, "_content", key)
+        return key
 
     @property
     def kind(self) -> EntryKind:

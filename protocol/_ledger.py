@@ -155,16 +155,8 @@ class CounterExhausted(LocalProtocolError):
 
 def content_key(e: Entry) -> object | None:
     """The exact content of a relay entry (None for a record): equal exactly when two
-    entries carry the same payload, signature included."""
-    if e.intent is not None:
-        return (EntryKind.INTENT, e.intent.intent_id, e.intent.signature)
-    if e.manifest is not None:
-        return (EntryKind.MANIFEST, e.manifest.manifest_id, e.manifest.signature)
-    if e.certificate is not None:
-        return (EntryKind.CERTIFICATE, e.certificate)
-    if e.revocation is not None:
-        return (EntryKind.REVOCATION, e.revocation)
-    return None
+    entries carry the same payload, signature included (made once per entry)."""
+    return e.content_key()
 
 
 @dataclass(frozen=True, slots=True)
