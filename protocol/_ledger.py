@@ -590,6 +590,12 @@ class Ledger:
 
     def _set_vv(self, origin: str, counter: int) -> None:
         """Move the vector of ``origin`` to ``counter`` and keep its indexes in step."""
+        if origin not in self._vv and (top := self._top.get(origin)) is not None:
+            # keyed by the id the held entry carries (shared with every ledger that holds
+            # that entry), not by the copy a message brought: one string per origin
+            held = self._entries.get((origin, top))
+            if held is not None:
+                origin = held.origin
         self._vv[origin] = counter
         self._generation += 1
         self._index.moved(origin, counter)
