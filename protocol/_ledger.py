@@ -598,7 +598,7 @@ class Ledger:
                 origin = held.origin
         self._vv[origin] = counter
         self._generation += 1
-        self._index.moved(origin, counter)
+        self._index.moved(origin, counter, origin in self._top)
 
     def vector_in_buckets(self, bits: int, buckets: Iterable[int]) -> dict[bytes, int]:
         """The vector's entries (16 raw id bytes -> counter) whose origins' leading

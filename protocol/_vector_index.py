@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 from array import array
 from collections.abc import Iterable, Mapping
+from struct import Struct
 
 import blake3
 
@@ -28,6 +29,7 @@ from ._errors import InvalidValue
 __all__ = ["VectorIndex"]
 
 _PIECE = 24   # raw id (16 bytes) + counter (8 bytes, big-endian): one origin's digest input
+_COUNTER = Struct(">Q")
 
 
 class VectorIndex:
@@ -59,12 +61,13 @@ class VectorIndex:
             known.insert(i, origin)
             self._known_prefix.insert(i, int(origin[:4], 16))
 
-    def moved(self, origin: str, counter: int) -> None:
-        """The vector of ``origin`` is now ``counter``."""
+    def moved(self, origin: str, counter: int, known: bool = False) -> None:
+        """The vector of ``origin`` is now ``counter`` (``known``: the caller told
+        :meth:`know` of it already)."""
         i = bisect.bisect_left(self._sorted, origin)
         at = i * _PIECE
         if origin in self._order:
-            self._pieces[at + 16:at + _PIECE] = counter.to_bytes(8, "big")
+            _COUNTER.pack_into(self._pieces, at + 16, counter)
         else:
             raw = bytes.fromhex(origin)
             if len(raw) != 16:
@@ -73,7 +76,8 @@ class VectorIndex:
             self._sorted.insert(i, origin)
             self._prefix.insert(i, int(origin[:4], 16))
             self._pieces[at:at] = raw + counter.to_bytes(8, "big")
-            self.know(origin)
+            if not known:
+                self.know(origin)
         if self._bucket_cache:
             prefix = self._prefix[i]
             for bits, (_, dirty) in self._bucket_cache.items():
@@ -92,10 +96,9 @@ class VectorIndex:
         pieces = self._pieces
         for b in sorted(set(buckets)):
             i, j = self._slice(bits, b, self._prefix)
-            part = self._sorted[i:j]
-            out.update(zip([bytes(pieces[k:k + 16])
-                            for k in range(i * _PIECE, j * _PIECE, _PIECE)],
-                           map(vv.__getitem__, part), strict=True))
+            seg = bytes(pieces[i * _PIECE:j * _PIECE])
+            out.update(zip([seg[k:k + 16] for k in range(0, len(seg), _PIECE)],
+                           map(vv.__getitem__, self._sorted[i:j]), strict=True))
         return out
 
     def vv_hash(self, generation: int) -> bytes:
