@@ -87,6 +87,12 @@ class Entry:
     # the content key of a relay entry (see content_key), made once per entry: every
     # ledger that holds the entry keys it by this very object
     _content: object | None = field(default=None, init=False, repr=False, compare=False)
+    # (origin, counter) and (origin, content key): the keys ledgers hold the entry by,
+    # made once, so that every ledger holding the entry shares them
+    _stamp: tuple[str, int] | None = field(default=None, init=False, repr=False,
+                                           compare=False)
+    _relay: tuple[str, object] | None = field(default=None, init=False, repr=False,
+                                              compare=False)
 
     def __post_init__(self) -> None:
         present = sum(x is not None for x in (self.record, self.intent, self.manifest,
@@ -113,6 +119,24 @@ class Entry:
             encoded = encode_value(self)
             object.__setattr__(self, "_encoded", encoded)
         return encoded
+
+    @property
+    def stamp(self) -> tuple[str, int]:
+        """``(origin, counter)``, made once per entry."""
+        stamp = self._stamp
+        if stamp is None:
+            stamp = (self.origin, self.counter)
+            object.__setattr__(self, "_stamp", stamp)
+        return stamp
+
+    def relay_key(self) -> tuple[str, object] | None:
+        """``(origin, content_key())`` for a relay entry (None for a record), made once
+        per entry."""
+        key = self._relay
+        if key is None and self.record is None:
+            key = (self.origin, self.content_key())
+            object.__setattr__(self, "_relay", key)
+        return key
 
     def content_key(self) -> object | None:
         """The exact content of a relay entry (None for a record): equal exactly when

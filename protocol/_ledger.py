@@ -563,7 +563,7 @@ class Ledger:
             else:
                 self._relays[origin] = self._relays.get(origin, 0) + 1
                 self._content[ck] = self._content.get(ck, 0) + 1
-            self._relay_at[(origin, ck)] = e.counter
+            self._relay_at[e.relay_key() or (origin, ck)] = e.counter
         if e.record is not None:
             old = self._record_at.get(origin)
             if old is not None:
@@ -577,7 +577,7 @@ class Ledger:
                 self._intents_changed += 1
         elif e.manifest is not None:
             self._manifests.setdefault(e.manifest.manifest_id, e.manifest)
-        self._entries[(origin, e.counter)] = e
+        self._entries[e.stamp] = e   # (the entry's own key tuple, shared by all ledgers)
         self._held.setdefault(origin, []).append(e.counter)
         if e.counter > self._top.get(origin, 0):
             if origin not in self._top:
