@@ -647,7 +647,9 @@ class Ledger:
         listed (the same pieces as an ``only`` accepting exactly them, without a scan)."""
         keys: list[tuple[str, int]] = []
         top_of, held, pget = self._top, self._held, peer_vv.get
-        names = list(top_of) if origins is None else [o for o in origins if o in top_of]
+        if origins is not None:
+            origins = list(origins)
+        names = list(top_of) if origins is None else list(filter(top_of.__contains__, origins))
         # the origins whose top is above the peer's counter, compared without a Python
         # loop (the vectors are as long as the fleet is large)
         newer = compress(names, map(gt, map(top_of.__getitem__, names),
@@ -688,9 +690,10 @@ class Ledger:
         if origins is None:
             vv_moves: Iterable[tuple[str, int]] = vv.items()
         else:   # the few listed ones, in the vector's own order (as a scan meets them)
-            vv_moves = [(o, vv[o]) for o in sorted(
-                [o for o in origins if vv.get(o, 0) > pget(o, 0) and o not in last],
-                key=self._index.order)]
+            moved = compress(origins, map(gt, map(vv.get, origins, repeat(0)),
+                                          map(pget, origins, repeat(0))))
+            vv_moves = [(o, vv[o]) for o in sorted([o for o in moved if o not in last],
+                                                   key=self._index.order)]
         for origin, c in vv_moves:   # vector moves with no entry to carry
             if c > pget(origin, 0) and origin not in last and (only is None or only(origin)):
                 ranges[origin] = (pget(origin, 0), c)
