@@ -10,11 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol._codec import encode
+from protocol._errors import InvalidValue
 from protocol._gossip import GossipDelta, GossipDigest, bucket_hashes, bucket_of, wire_size
 from protocol._hlc import vv_from_wire, vv_hash, vv_to_wire
 from protocol._ledger import Ledger
+from protocol._vector_index import VectorIndex
 
-from ._fleet import admitted_ledger, node_key, record
+from ._fleet import admitted_ledger, node_cert, node_key, record
 
 N = 12
 
@@ -126,3 +128,58 @@ def test_vv_from_wire_checks_every_item() -> None:
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad!r}")
+
+
+@settings(max_examples=30)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(1, 2**64 - 1), st.booleans()),
+                max_size=120),
+       st.integers(0, 6), st.sets(st.integers(0, 63), max_size=6))
+def test_vector_index_alone_answers_as_the_scans_do(
+        moves: list[tuple[int, int, bool]], bits: int, raw_buckets: set[int]) -> None:
+    """The index fed directly (origins told of first or not, counters anywhere in the
+    wire's range, in any order): hashes and slices as computed from the plain vector."""
+    names = [random.Random(i).randbytes(16).hex() for i in range(41)]
+    buckets = tuple(sorted(b % (1 << bits) for b in raw_buckets))
+    index, vv, known = VectorIndex(), {}, set()
+    for gen, (i, counter, told) in enumerate(moves):
+        origin = names[i]
+        if told:
+            index.know(origin)
+            known.add(origin)
+        vv[origin] = counter
+        index.moved(origin, counter, told)
+        known.add(origin)
+        assert index.vv_hash(gen) == vv_hash(vv)
+    assert index.vv_hash(len(moves)) == vv_hash(vv)
+    for b in range(7):
+        assert index.bucket_hashes(b) == bucket_hashes(vv, b)
+    assert index.vector_in_buckets(vv, bits, buckets) == {
+        k: c for k, c in vv_to_wire(vv).items() if bucket_of(k.hex(), bits) in buckets}
+    assert index.origins_in_buckets(bits, buckets) == sorted(
+        o for o in known if bucket_of(o, bits) in buckets)
+
+
+def test_vector_index_refuses_an_origin_that_is_not_16_bytes_of_hex() -> None:
+    index = VectorIndex()
+    for bad in ("ab" * 15, "ab" * 17, "zz" * 16):
+        with pytest.raises(ValueError):
+            index.moved(bad, 1)
+    with pytest.raises(InvalidValue):
+        index.moved("ab" * 15, 1)
+    assert index.vv_hash(0) == vv_hash({})
+
+
+def test_ledgers_holding_one_entry_share_its_keys() -> None:
+    """The keys an entry is held by are made once per entry object (every simulated
+    ledger holding it shares them), and are the plain tuples."""
+    ledgers = _fleet([(0, 1, 7), (1, 2, 7)])     # node 0's record reaches 1, then 2
+    e = next(x for x in ledgers[0].entries() if x.record is not None)
+    assert e.stamp == (e.origin, e.counter) and e.stamp is e.stamp
+    assert e.relay_key() is None and e.content_key() is None
+    held = [next(k for k in led._entries if k == e.stamp) for led in ledgers[1:3]]
+    assert held[0] is held[1] is e.stamp
+    cert = node_cert(node_key(5))
+    relay = ledgers[5].append(node_key(5), cert)
+    assert relay.content_key() == ("certificate", cert)
+    assert relay.relay_key() == (relay.origin, relay.content_key())
+    assert relay.relay_key() is relay.relay_key()
