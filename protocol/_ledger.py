@@ -216,9 +216,7 @@ class Ledger:
         self._entries: dict[tuple[str, int], Entry] = {}
         self._record_at: dict[str, int] = {}    # origin -> counter of its live record
         self._top: dict[str, int] = {}          # origin -> highest counter held
-        # origin -> counters of held entries (a list: most origins hold one or two, and
-        # every ledger holds one per origin; a key is inserted only when not held)
-        self._held: dict[str, list[int]] = {}
+        self._held: dict[str, list[int]] = {}   # origin -> counters held (one or two, most)
         self._vv: VersionVector = {}
         self._rejected: dict[str, int] = {}
         self._generation = 0                    # bumped whenever the vector moves
@@ -442,8 +440,7 @@ class Ledger:
         # newest stamp per (origin, content) first: a relay entry at or below a stamp of
         # the same content held (or later in the batch) changes nothing, and is dropped
         # before anything is verified
-        # an entry held here already (this very object, or an equal one) is a duplicate
-        # whatever else the batch holds: dropped before anything looks at it
+        # an entry held here already (this very object, or an equal one): a duplicate
         held_at = self._entries.get
         given: list[Entry] = []
         for e in entries:
@@ -591,8 +588,7 @@ class Ledger:
     def _set_vv(self, origin: str, counter: int) -> None:
         """Move the vector of ``origin`` to ``counter`` and keep its indexes in step."""
         if origin not in self._vv and (top := self._top.get(origin)) is not None:
-            # keyed by the id the held entry carries (shared with every ledger that holds
-            # that entry), not by the copy a message brought: one string per origin
+            # the id string of the held entry (shared by ledgers), not a message's copy
             held = self._entries.get((origin, top))
             if held is not None:
                 origin = held.origin
