@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from ._codec_shape import DecodeLimits, Shape, shape_of
+from ._codec_shape import WIRE_ITEM, DecodeLimits, Shape, shape_of
 from ._errors import FrameTooLarge, LocalProtocolError, MalformedMessage
 
 __all__ = [
@@ -153,6 +153,8 @@ def _compile(tp: Any) -> tuple[_Converter, _Converter]:
         return dec_enum, enc_enum
     if isinstance(tp, type) and tp in _STRUCTS:
         return _struct_decoder(tp), _struct_encoder(tp)
+    if isinstance(tp, type) and hasattr(tp, WIRE_ITEM):
+        return _packed_sequence(tp)
 
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -224,6 +226,27 @@ def _checker(tp: type, name: str) -> _Converter:
             raise LocalProtocolError(f"expected {name}, got {type(v).__name__}")
         return v
     return enc
+
+
+def _packed_sequence(cls: type[Any]) -> tuple[_Converter, _Converter]:
+    """A sequence type held compactly in memory that travels as ``tuple[item, ...]``:
+    ``cls.__wire_item__`` names the item struct, ``cls.from_pairs`` builds one from the
+    decoded item arrays (checking them as strictly as the item's own decoder, raising
+    ``ValueError``), ``value.to_wire()`` gives the item arrays back."""
+
+    def dec(v: Any) -> Any:
+        if type(v) is not tuple:
+            raise _Bad(f"expected array, got {_kind(v)}")
+        try:
+            return cls.from_pairs(v)
+        except (ValueError, TypeError) as exc:
+            raise _Bad(str(exc)) from None
+
+    def enc(v: Any) -> Any:
+        if type(v) is not cls:
+            raise LocalProtocolError(f"expected {cls.__name__}, got {type(v).__name__}")
+        return v.to_wire()
+    return dec, enc
 
 
 def _struct_decoder(cls: type[Any]) -> _Converter:

@@ -46,6 +46,7 @@ from typing import Any
 import blake3
 
 from protocol import (
+    ChunkList,
     ChunkRef,
     FileEntry,
     IntentKind,
@@ -102,7 +103,7 @@ def _manifests(spec: ModelSpec, publisher: Any) -> tuple[dict[str, Manifest],
                 sizes[h] = length
                 refs.append(ChunkRef(h, length))
             previous[v.variant_id] = refs
-            entry = FileEntry("model.bin", v.size, tuple(refs),
+            entry = FileEntry("model.bin", v.size, ChunkList(refs),
                               merkle_root([r.hash for r in refs]))
             variants.append(Variant(v.variant_id, v.requirements, (entry,)))
         out[ver.version] = Manifest.sign(publisher, spec.model_id, ver.version, tuple(variants),
