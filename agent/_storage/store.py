@@ -345,8 +345,8 @@ class ChunkStore(StoreReads, StorePins):
         """The chunks of the variant that no indexed file holds."""
         variant = manifest.variant(variant_id)
         with self._lock:
-            return list(dict.fromkeys(r.hash for r in variant.chunk_refs()
-                                      if r.hash not in self._sizes))
+            return [h for h in variant.distinct_chunks().iter_hashes()
+                    if h not in self._sizes]
 
     def complete(self, manifest: Manifest, variant_id: str) -> str:
         """Make the variant's directory whole and durable; its path.
@@ -620,7 +620,7 @@ class ChunkStore(StoreReads, StorePins):
                 bytes=self._bytes,
                 manifests=len(self._manifests),
                 pinned=len(self._pinned),
-                referenced_chunks=len(self._refs),
+                referenced_chunks=self._referenced_chunks(),
                 puts_new=self._puts_new,
                 puts_duplicate=self._puts_duplicate,
                 corrupt_detected=self._corrupt,

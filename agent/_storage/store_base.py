@@ -109,8 +109,9 @@ class StoreBase:
         self._sizes: dict[bytes, int] = {}
         self._bytes = 0
         self._manifests: dict[str, Manifest] = {}
+        # (no per-chunk reference counts: refcount() and referenced_chunks are worked out
+        # from the pinned manifests when asked, so the store's memory is its index alone)
         self._pinned: set[str] = set()
-        self._refs: dict[bytes, int] = {}
         self._puts_new = 0
         self._puts_duplicate = 0
         self._corrupt = 0
@@ -256,5 +257,12 @@ class StoreBase:
 
     def _pin_refs(self, manifest_id: str) -> None:
         self._pinned.add(manifest_id)
-        for ref in {c.hash for c in self._manifests[manifest_id].iter_chunks()}:
-            self._refs[ref] = self._refs.get(ref, 0) + 1
+
+    def _referenced_chunks(self) -> int:
+        """Distinct chunks the pinned manifests name (worked out when asked)."""
+        seen: set[bytes] = set()
+        for manifest_id in self._pinned:
+            for v in self._manifests[manifest_id].variants:
+                for f in v.files:
+                    seen.update(f.chunks.iter_hashes())
+        return len(seen)

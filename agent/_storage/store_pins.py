@@ -79,18 +79,17 @@ class StorePins(StoreBase):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self._pins_dir, manifest_id))
             self._pinned.discard(manifest_id)
-            for ref in {c.hash for c in self._manifests[manifest_id].iter_chunks()}:
-                left = self._refs.get(ref, 0) - 1
-                if left > 0:
-                    self._refs[ref] = left
-                else:
-                    self._refs.pop(ref, None)
 
     def is_pinned(self, manifest_id: str) -> bool:
         return manifest_id in self._pinned
 
     def refcount(self, chunk_hash: bytes) -> int:
-        return self._refs.get(chunk_hash, 0)
+        """How many pinned manifests name ``chunk_hash`` (a scan of their hash buffers)."""
+        with self._lock:
+            return sum(1 for manifest_id in self._pinned
+                       if any(f.chunks.find(chunk_hash) >= 0
+                              for v in self._manifests[manifest_id].variants
+                              for f in v.files))
 
     def _kept_installed(self) -> set[str]:
         """Per model: the version ``current`` names and the newest other (rollback)."""
