@@ -50,6 +50,7 @@ __all__ = [
     "validate_version",
     "validate_relative_path",
     "merkle_root",
+    "merkle_root_of_buffer",
 ]
 
 HASH_SIZE = 32
@@ -146,17 +147,38 @@ def merkle_root(hashes: list[bytes] | tuple[bytes, ...]) -> bytes:
     An odd node at a level is promoted unchanged. The root of no chunks is the
     hash of the empty leaf list.
     """
-    if not hashes:
+    return merkle_root_of_buffer(b"".join(hashes), len(hashes))
+
+
+def merkle_root_of_buffer(hashes: bytes, count: int) -> bytes:
+    """:func:`merkle_root` of ``count`` 32-byte hashes concatenated in ``hashes``. Each
+    level is one buffer, not a list of objects, so the check of a large file's chunk
+    list allocates ~64 bytes per chunk, in two buffers, and no object per chunk."""
+    if len(hashes) != count * HASH_SIZE:
+        raise InvalidValue("a Merkle leaf is a 32-byte hash")
+    if not count:
         return blake3.blake3(b"shoal-merkle-empty").digest()
-    level = [blake3.blake3(b"\x00" + h).digest() for h in hashes]
-    while len(level) > 1:
-        nxt = []
-        for i in range(0, len(level) - 1, 2):
-            nxt.append(blake3.blake3(b"\x01" + level[i] + level[i + 1]).digest())
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    return level[0]
+    level = bytearray(count * HASH_SIZE)
+    view = memoryview(hashes)
+    for i in range(count):
+        at = i * HASH_SIZE
+        h = blake3.blake3(b"\x00")
+        h.update(view[at:at + HASH_SIZE])
+        level[at:at + HASH_SIZE] = h.digest()
+    n = count
+    while n > 1:
+        pairs = n // 2
+        for i in range(pairs):
+            a = 2 * i * HASH_SIZE
+            node = blake3.blake3(b"\x01")
+            node.update(level[a:a + 2 * HASH_SIZE])
+            level[i * HASH_SIZE:(i + 1) * HASH_SIZE] = node.digest()
+        if n % 2:       # the odd node, promoted unchanged
+            level[pairs * HASH_SIZE:(pairs + 1) * HASH_SIZE] = \
+                level[(n - 1) * HASH_SIZE:n * HASH_SIZE]
+            pairs += 1
+        n = pairs
+    return bytes(level[:HASH_SIZE])
 
 
 MAX_CHUNK = 64 * 1024 * 1024
@@ -262,6 +284,19 @@ class ChunkList(Sequence[ChunkRef]):
         """Every hash, concatenated (the buffer itself, not a copy)."""
         return self._hashes
 
+    def find(self, chunk_hash: bytes) -> int:
+        """The first position of ``chunk_hash`` in the list, or -1 (a scan of the buffer
+        at C speed, no object per chunk)."""
+        hashes = self._hashes
+        if len(chunk_hash) != HASH_SIZE:
+            return -1
+        at = hashes.find(chunk_hash)
+        while at >= 0:
+            if at % HASH_SIZE == 0:
+                return at // HASH_SIZE
+            at = hashes.find(chunk_hash, at + 1)
+        return -1
+
     def iter_hashes(self) -> Iterator[bytes]:
         hashes = self._hashes
         for at in range(0, len(hashes), HASH_SIZE):
@@ -341,7 +376,8 @@ class FileEntry:
             raise InvalidValue(f"{self.path}: a Merkle root is 32 bytes")
 
     def check_merkle(self) -> None:
-        if merkle_root(list(self.chunks.iter_hashes())) != self.merkle_root:
+        if merkle_root_of_buffer(self.chunks.hash_bytes, len(self.chunks)) != \
+                self.merkle_root:
             raise MalformedMessage(f"{self.path}: Merkle root does not match its chunk list")
 
 

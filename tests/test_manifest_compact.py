@@ -18,7 +18,15 @@ from protocol._capabilities import Requirements
 from protocol._codec import canonical, decode_value, encode_value
 from protocol._errors import InvalidValue, MalformedMessage
 from protocol._identity import SigningIdentity
-from protocol._manifest import ChunkList, ChunkRef, FileEntry, Manifest, Variant, merkle_root
+from protocol._manifest import (
+    ChunkList,
+    ChunkRef,
+    FileEntry,
+    Manifest,
+    Variant,
+    merkle_root,
+    merkle_root_of_buffer,
+)
 
 GOLDEN_ID = "c06dffa35b5a0d576842087147c9c5ecba4bba064d2e225ac9f108978e40578f"
 GOLDEN_BYTES = "29bdd30dcdf6f6c20817a57f8bab1f13ae539c7cd8049c329028e141eab7615d"
@@ -159,3 +167,26 @@ def test_manifest_memory_per_chunk_is_bounded() -> None:
     small, large = _held_after_decode(2_000), _held_after_decode(22_000)
     per_chunk = (large - small) / 20_000
     assert per_chunk <= 48, per_chunk
+
+
+def _merkle_by_the_definition(hashes: list[bytes]) -> bytes:
+    if not hashes:
+        return blake3.blake3(b"shoal-merkle-empty").digest()
+    level = [blake3.blake3(b"\x00" + h).digest() for h in hashes]
+    while len(level) > 1:
+        nxt = [blake3.blake3(b"\x01" + level[i] + level[i + 1]).digest()
+               for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 7, 8, 9, 31, 33, 255, 256, 257, 1001])
+def test_merkle_root_over_one_buffer_is_the_same_root(n: int) -> None:
+    hashes = [blake3.blake3(b"m%d" % i).digest() for i in range(n)]
+    expected = _merkle_by_the_definition(hashes)
+    assert merkle_root(hashes) == merkle_root(tuple(hashes)) == expected
+    assert merkle_root_of_buffer(b"".join(hashes), n) == expected
+    with pytest.raises(InvalidValue):
+        merkle_root_of_buffer(b"".join(hashes) + b"x", n)
