@@ -104,9 +104,10 @@ class StoreBase:
         self._lock = threading.RLock()
         self._dirs: dict[str, IndexedDir] = {}
         self._by_key: dict[tuple[str, str], str] = {}
-        self._holders: dict[bytes, str | list[str]] = {}   # hash -> dirs holding it
+        # hash -> dirs holding it: also the set of chunks held (a chunk's size is read
+        # from its first holder's index, not kept in a dict of its own)
+        self._holders: dict[bytes, str | list[str]] = {}
         self._wanting: dict[bytes, str | list[str]] = {}   # hash -> dirs lacking it
-        self._sizes: dict[bytes, int] = {}
         self._bytes = 0
         self._manifests: dict[str, Manifest] = {}
         # (no per-chunk reference counts: refcount() and referenced_chunks are worked out
@@ -144,9 +145,7 @@ class StoreBase:
         d.have.add(h)
         multi_remove(self._wanting, h, d.path)
         if multi_add(self._holders, h, d.path) == 1:
-            size = d.size(h)
-            self._sizes[h] = size
-            self._bytes += size
+            self._bytes += d.size(h)
             return True
         return False
 
@@ -159,9 +158,7 @@ class StoreBase:
             # -- a model that rewrote its own state -- is never written back over it)
             multi_add(self._wanting, h, d.path)
         if multi_remove(self._holders, h, d.path) == 0:
-            size = self._sizes.pop(h, None)
-            if size is not None:
-                self._bytes -= size
+            self._bytes -= d.size(h)
 
     def _unregister(self, path: str) -> IndexedDir | None:
         with self._lock:

@@ -119,7 +119,7 @@ class StorePins(StoreBase):
         installed versions that are neither pinned, current, nor the rollback."""
         with self._lock:
             kept = self._kept_installed()
-            before_chunks, before_bytes = len(self._sizes), self._bytes
+            before_chunks, before_bytes = len(self._holders), self._bytes
             removed: list[str] = []
             for d in list(self._dirs.values()):
                 if d.manifest_id in self._pinned:
@@ -136,10 +136,10 @@ class StorePins(StoreBase):
                 else:
                     shutil.rmtree(d.path, ignore_errors=True)
                 removed.append(d.path)
-            freed_chunks = before_chunks - len(self._sizes)
+            freed_chunks = before_chunks - len(self._holders)
             freed_bytes = before_bytes - self._bytes
             self._gc_runs += 1
             self._gc_chunks += freed_chunks
             self._gc_bytes += freed_bytes
-            return GcResult(freed_chunks, freed_bytes, len(self._sizes), self._bytes,
+            return GcResult(freed_chunks, freed_bytes, len(self._holders), self._bytes,
                             tuple(removed))
