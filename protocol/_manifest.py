@@ -249,9 +249,10 @@ class ChunkList(Sequence[ChunkRef]):
         out._ends = ends
         return out
 
-    def to_wire(self) -> list[list[Any]]:
-        """The encoding of ``tuple[ChunkRef, ...]``: ``[[hash, size], ...]``."""
-        return [[h, s] for h, s in zip(self.iter_hashes(), self.sizes(), strict=True)]
+    def iter_wire(self) -> Iterator[tuple[bytes, int]]:
+        """What the codec writes for each chunk, as ``tuple[ChunkRef, ...]`` did: the
+        array ``[hash, size]`` (msgpack packs a tuple as an array)."""
+        return zip(self.iter_hashes(), self.sizes(), strict=True)
 
     # ------------------------------------------------------------------ compact reads
 
