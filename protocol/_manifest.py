@@ -147,6 +147,8 @@ def merkle_root(hashes: list[bytes] | tuple[bytes, ...]) -> bytes:
     An odd node at a level is promoted unchanged. The root of no chunks is the
     hash of the empty leaf list.
     """
+    if any(len(h) != HASH_SIZE for h in hashes):
+        raise InvalidValue("a Merkle leaf is a 32-byte hash")
     return merkle_root_of_buffer(b"".join(hashes), len(hashes))
 
 

@@ -190,3 +190,5 @@ def test_merkle_root_over_one_buffer_is_the_same_root(n: int) -> None:
     assert merkle_root_of_buffer(b"".join(hashes), n) == expected
     with pytest.raises(InvalidValue):
         merkle_root_of_buffer(b"".join(hashes) + b"x", n)
+    with pytest.raises(InvalidValue):
+        merkle_root([*hashes, b"\x01" * 31, b"\x02" * 33])
