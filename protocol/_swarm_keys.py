@@ -15,12 +15,12 @@ first position -- the one dict per chunk; a chunk's size is read from the chunk 
 through that position (:attr:`KeyInfo.size_of` is a view, not a second dict). The
 per-position hash objects are the ones the catalog's dict keys on, and every set of
 hashes the engine keeps (held, per-peer have-sets, missing) is filled from them, so a
-hash costs one 32-byte object however many sets hold it. It also maps every chunk hash
-back to the known keys that hold it, because pieces, stores and losses name chunks by
-hash and a chunk shared by two versions is one chunk: a store of it advances both
-downloads and is announced in both swarms. That map holds the key itself, and a set
-only when several keys share the chunk (a set per chunk cost ~220 B of memory per
-chunk).
+hash costs one 32-byte object however many sets hold it. Pieces, stores and losses name
+chunks by hash, and a chunk shared by two versions is one chunk: a store of it advances
+both downloads and is announced in both swarms. :meth:`KeyCatalog.keys_of` finds the
+known keys that hold a chunk by probing each key's ``index_of`` (the known keys are the
+swarms in progress, a handful), so there is no reverse map with an entry per chunk (it
+cost ~40 B a chunk, and a set, ~220 B, for each chunk two versions share).
 
 The catalog never calls the manifest lookup itself: the engine does, so that when a key
 becomes known it can also answer the peers that asked for it before.
@@ -102,15 +102,12 @@ class KeyInfo:
 
 
 class KeyCatalog:
-    """Known keys (``infos``) and the reverse map from chunk hash to keys."""
+    """Known keys (``infos``), and which of them hold a chunk."""
 
-    __slots__ = ("infos", "_hash_keys")
+    __slots__ = ("infos",)
 
     def __init__(self) -> None:
         self.infos: dict[str, KeyInfo] = {}
-        # chunk hash -> the known key holding it: the key itself, a set only when
-        # several keys share the chunk
-        self._hash_keys: dict[bytes, str | set[str]] = {}
 
     def add(self, key: str, refs: Sequence[ChunkRef]) -> KeyInfo:
         """Make ``key`` known with the chunk list ``refs``."""
@@ -122,50 +119,22 @@ class KeyCatalog:
             hashes.append(h if first == i else hashes[first])
         info = KeyInfo(KeyRefs(chunks, hashes), index_of)
         self.infos[key] = info
-        hash_keys = self._hash_keys
-        for h in index_of:
-            held_by = hash_keys.get(h)
-            if held_by is None:
-                hash_keys[h] = key
-            elif isinstance(held_by, str):
-                if held_by != key:
-                    hash_keys[h] = {held_by, key}
-            else:
-                held_by.add(key)
         return info
 
     def forget(self, key: str) -> None:
-        info = self.infos.pop(key, None)
-        if info is None:
-            return
-        hash_keys = self._hash_keys
-        for h in info.index_of:
-            keys = hash_keys.get(h)
-            if keys is None:
-                continue
-            if isinstance(keys, str):
-                if keys == key:
-                    del hash_keys[h]
-                continue
-            keys.discard(key)
-            if len(keys) == 1:
-                hash_keys[h] = next(iter(keys))
-            elif not keys:
-                del hash_keys[h]
+        self.infos.pop(key, None)
 
-    def keys_of(self, chunk_hash: bytes) -> tuple[str, ...] | set[str]:
-        """The known keys that hold ``chunk_hash``."""
-        keys = self._hash_keys.get(chunk_hash)
-        if keys is None:
-            return ()
-        return (keys,) if isinstance(keys, str) else keys
+    def keys_of(self, chunk_hash: bytes) -> tuple[str, ...]:
+        """The known keys that hold ``chunk_hash`` (a dict probe per known key: the keys
+        are the swarms in progress, a handful, so no reverse map per chunk)."""
+        return tuple(key for key, info in self.infos.items() if chunk_hash in info.index_of)
 
     def known(self, chunk_hash: bytes) -> tuple[bytes, int] | None:
         """``(the catalog's own bytes object for this hash, the chunk's size)``, or None
         for a chunk of no known key. Keeping the catalog's object (not the copy each
         message decodes) keeps one 32-byte object per chunk in every set that holds it."""
-        for key in self.keys_of(chunk_hash):
-            info = self.infos[key]
-            i = info.index_of[chunk_hash]
-            return info.refs.hashes[i], info.refs.chunks.size(i)
+        for info in self.infos.values():
+            i = info.index_of.get(chunk_hash)
+            if i is not None:
+                return info.refs.hashes[i], info.refs.chunks.size(i)
         return None

@@ -70,13 +70,15 @@ _AVAIL_BITS = 24                      # availability (peers holding a chunk) < 2
 _AVAIL_MASK = (1 << _AVAIL_BITS) - 1
 # A queue entry is one int that orders as the tuple (availability, rank, hash, seq) did:
 # from the top, the availability, the rank's IEEE-754 bits (which order as the float
-# does for ranks >= 0), the 256-bit hash, a 40-bit sequence number. (~80 B an entry; the
-# tuple, its seq and its live marker cost ~180 B.)
+# does for ranks >= 0), the 256-bit hash, the chunk's position in the key (a function of
+# the hash, so it changes no order; read back without rebuilding the hash) and a 40-bit
+# sequence number. (~80 B an entry; the tuple, its seq and its live marker cost ~180 B.)
 _SEQ_BITS = 40
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
-_HASH_BITS = 256
-_HASH_MASK = (1 << _HASH_BITS) - 1
-_RANK_SHIFT = _SEQ_BITS + _HASH_BITS
+_POS_BITS = 32
+_LOW_MASK = (1 << (_SEQ_BITS + _POS_BITS)) - 1
+_HASH_SHIFT = _SEQ_BITS + _POS_BITS
+_RANK_SHIFT = _HASH_SHIFT + 256
 _AVAIL_SHIFT = _RANK_SHIFT + 64
 _NO_RANK = -1.0                       # a position with no rank drawn (never missing yet)
 
@@ -90,13 +92,9 @@ def _rank_bits(rank: float) -> int:
     return int.from_bytes(struct.pack(">d", rank), "big")
 
 
-def _entry(avail: int, rank: float, h: bytes, seq: int) -> int:
+def _entry(avail: int, rank: float, h: bytes, pos: int, seq: int) -> int:
     return (avail << _AVAIL_SHIFT) | (_rank_bits(rank) << _RANK_SHIFT) | (
-        int.from_bytes(h, "big") << _SEQ_BITS) | seq
-
-
-def _entry_hash(e: int) -> bytes:
-    return ((e >> _SEQ_BITS) & _HASH_MASK).to_bytes(32, "big")
+        int.from_bytes(h, "big") << _HASH_SHIFT) | (pos << _SEQ_BITS) | seq
 
 
 @dataclass(slots=True)
@@ -306,7 +304,7 @@ class Picker:
         if not live:
             d.n_queued += 1
         d.queued[i] = _live(avail, seq)
-        heapq.heappush(d.heap, _entry(avail, d.rank[i], h, seq))
+        heapq.heappush(d.heap, _entry(avail, d.rank[i], h, i, seq))
         if len(d.heap) > 4 * d.n_queued + 1024:
             self._rebuild_queue(d)   # mostly stale entries (availability churn): compact
 
@@ -323,7 +321,7 @@ class Picker:
             self._queue_seq += 1
             i = index_of[h]
             queued[i] = _live(avail, self._queue_seq)
-            entries.append(_entry(avail, d.rank[i], h, self._queue_seq))
+            entries.append(_entry(avail, d.rank[i], h, i, self._queue_seq))
         heapq.heapify(entries)
         d.heap = entries
         d.queued = queued
@@ -438,7 +436,7 @@ class Picker:
                 # (they find no provider again: spare and back-off only shrink)
                 still = []
                 for e in aside:
-                    h = _entry_hash(e)
+                    h = hashes[(e & _LOW_MASK) >> _SEQ_BITS]
                     for has in pass_spare:
                         if h in has:
                             still.append(e)
@@ -454,10 +452,11 @@ class Picker:
                 while seen < window and heap:
                     e = heapq.heappop(heap)
                     c.picker_pops += 1
-                    i = index_of[_entry_hash(e)]
-                    h = hashes[i]      # (the catalog's object, not a new one)
+                    low = e & _LOW_MASK
+                    i = low >> _SEQ_BITS
+                    h = hashes[i]      # (the catalog's object)
                     live = queued[i]
-                    if not live or live >> _AVAIL_BITS != e & _SEQ_MASK:
+                    if not live or live >> _AVAIL_BITS != low & _SEQ_MASK:
                         continue   # stale: superseded or consumed
                     if h not in missing or h in requests or h in pending:
                         queued[i] = 0   # requeued when it becomes idle again
