@@ -35,7 +35,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["ClassRate", "Timeline", "reach_times", "transfer_bound"]
+__all__ = ["ClassRate", "Timeline", "reach_times", "transfer_bound", "up_periods"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,3 +172,25 @@ def reach_times(tl: Timeline, t0: float, source: int) -> list[float]:
         while k < len(events) and events[k].t <= t:
             _apply(st, events[k])
             k += 1
+
+
+def up_periods(tl: Timeline, end: float) -> dict[str, list[tuple[float, float]]]:
+    """Per link class, the ``(start, stop)`` periods in ``[0, end]`` it was up."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for name in tl.classes:
+        periods: list[tuple[float, float]] = []
+        since: float | None = 0.0
+        for e in sorted((e for e in tl.events if e.kind == "link" and e.name == name),
+                        key=lambda e: e.t):
+            if e.t > end:
+                break
+            if e.up and since is None:
+                since = e.t
+            elif not e.up and since is not None:
+                if e.t > since:
+                    periods.append((since, e.t))
+                since = None
+        if since is not None and end > since:
+            periods.append((since, end))
+        out[name] = periods
+    return out

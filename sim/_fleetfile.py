@@ -57,7 +57,7 @@ from protocol import (
     select_variant,
 )
 
-from ._bound import ClassRate, Timeline, reach_times, transfer_bound
+from ._bound import ClassRate, Timeline, reach_times, transfer_bound, up_periods
 from ._fleet import Fleet, NodeSpec
 from ._fleetspec import (
     Action,
@@ -496,6 +496,8 @@ def simulate(ff: FleetFile, seed: int | None = None,
         "formations": formations_out,
         "bytes_by_link": dict(sorted(net.bytes_by_class.items())),
         "rollouts": [_against_bound(r, fleet, timeline, tracks, names) for r in rollouts],
+        "links_up": {k: [[round(a, 3), round(b, 3)] for a, b in v]
+                     for k, v in up_periods(timeline, end).items()},
         "bytes_sent": st.bytes_sent, "messages_lost": nst.lost,
         "actions": log, "notices": st.notices,
         "wall_seconds": time.perf_counter() - wall,

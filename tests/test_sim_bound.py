@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,16 @@ def test_shoal_sim_run_reports_each_rollout_against_its_bound() -> None:
     assert rollout["measured_s"] >= rollout["bound_s"]
     assert rollout["ratio"] == pytest.approx(rollout["measured_s"] / rollout["bound_s"],
                                              abs=1e-3)
+
+
+def test_shoal_sim_run_writes_a_plot_and_a_report(tmp_path: Path) -> None:
+    png, page = tmp_path / "radio.png", tmp_path / "radio.html"
+    subprocess.run([sys.executable, "-m", "sim", "run",
+                    str(ROOT / "benchmarks/fleets/radio.toml"), "--plot", str(png),
+                    "--html", str(page)], capture_output=True, text=True, check=True,
+                   timeout=300, cwd=ROOT, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = page.read_text()
+    assert "Rollouts against their bound" in text and "data:image/png;base64," in text
+    for name in ("radio-a", "radio-ab", "radio-b", "ground", "distribute"):
+        assert name in text
