@@ -47,12 +47,14 @@ from typing import Any
 import blake3
 
 from protocol import (
+    ChunkParams,
     ChunkRef,
     FileEntry,
     IntentKind,
     Manifest,
     ProtocolError,
     Variant,
+    chunk_bytes,
     merkle_root,
     select_variant,
 )
@@ -87,6 +89,19 @@ def _manifests(spec: ModelSpec, publisher: Any) -> tuple[dict[str, Manifest],
     for n, ver in enumerate(spec.versions):
         variants = []
         for v in spec.variants:
+            path = dict(ver.files).get(v.variant_id)
+            if path is not None:     # a real file: its real chunks, shared where equal
+                data = path.read_bytes()
+                cut = chunk_bytes(data, ChunkParams.around(spec.chunk_size))
+                off = 0
+                for ref in cut:
+                    tokens[ref.hash] = data[off:off + ref.size]
+                    sizes[ref.hash] = ref.size
+                    off += ref.size
+                entry = FileEntry(path.name, len(data), tuple(cut),
+                                  merkle_root([r.hash for r in cut]))
+                variants.append(Variant(v.variant_id, v.requirements, (entry,)))
+                continue
             old = previous.get(v.variant_id)
             lengths = [spec.chunk_size] * (v.size // spec.chunk_size)
             if v.size % spec.chunk_size:
