@@ -257,8 +257,9 @@ def simulate(ff: FleetFile, seed: int | None = None,
         pairs = [(mem[x], mem[y]) for fname in lk.within
                  for mem in (members[fname],)
                  for x in range(len(mem)) for y in range(x + 1, len(mem))]
-        pairs += [(a, b) for fa, fb in lk.between for a in members[fa] for b in members[fb]
-                  if a != b]
+        pairs += [(a, b) for fa, fb in lk.between
+                  for a in members.get(fa, [index.get(fa, -1)])
+                  for b in members.get(fb, [index.get(fb, -1)]) if a != b]
         for a, b in pairs:
             net.join(ids[a], ids[b], lk.link.name)
             class_of[(min(a, b), max(a, b))] = lk.link.name

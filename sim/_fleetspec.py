@@ -288,7 +288,7 @@ def parse(text: str, default_name: str = "fleet", base: Path | None = None) -> F
         raise FleetFileError("formation: two formations have the same name")
     known = set(fnames)
     nodes = {f"{f.name}-{i}" for f in formations for i in range(f.count)}
-    links = tuple(_link(t, known) for t in top.tables("link"))
+    links = tuple(_link(t, known, nodes) for t in top.tables("link"))
     if len({lk.link.name for lk in links}) != len(links):
         raise FleetFileError("link: two links have the same name")
     partitions = tuple(_partition(t, known) for t in top.tables("partition"))
@@ -372,7 +372,7 @@ def _capabilities(hw: dict[str, Any]) -> Capabilities:
                         gpus=gpus, execution_providers=tuple(hw["execution_providers"]))
 
 
-def _link(t: _Table, formations: set[str]) -> Link:
+def _link(t: _Table, formations: set[str], nodes: set[str]) -> Link:
     name = t.take("name", str)
     up = t.number("up_mbit", lo=1e-6)
     down = t.number("down_mbit", up, lo=1e-6)
@@ -391,15 +391,16 @@ def _link(t: _Table, formations: set[str]) -> Link:
     for i, pair in enumerate(between_raw):
         if (not isinstance(pair, list) or len(pair) != 2
                 or not all(isinstance(x, str) for x in pair)):
-            raise FleetFileError(f"{t.path}.between[{i}]: expected [\"FORMATION\", \"FORMATION\"]")
+            raise FleetFileError(f"{t.path}.between[{i}]: expected [\"FORMATION or NODE\", "
+                                 f"\"FORMATION or NODE\"]")
         between.append((pair[0], pair[1]))
     for i, f in enumerate(within):
         if f not in formations:
             raise FleetFileError(f"{t.path}.within[{i}]: no formation {f!r}")
     for i, pair in enumerate(between):
         for f in pair:
-            if f not in formations:
-                raise FleetFileError(f"{t.path}.between[{i}]: no formation {f!r}")
+            if f not in formations and f not in nodes:
+                raise FleetFileError(f"{t.path}.between[{i}]: no formation or node {f!r}")
     if not within and not between:
         raise FleetFileError(f"{t.path}: joins nothing (give within and/or between)")
     every = up_for = offset = None
