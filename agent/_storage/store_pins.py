@@ -60,6 +60,22 @@ class StorePins(StoreBase):
         found.sort(key=lambda m: (m.manifest_id in self._pinned, m.created_at), reverse=True)
         return found[0]
 
+    def forget_manifests(self, manifest_ids: set[str]) -> list[str]:
+        """Delete these manifests' files, except those pinned or of a version held here
+        (a pack or an installed version): what the node's ledger retired and nothing on
+        this disk needs (``docs/LEDGER.md``). The ids deleted."""
+        gone: list[str] = []
+        with self._lock:
+            held = {d.manifest_id for d in self._dirs.values()}
+            for mid in sorted(manifest_ids):
+                if mid not in self._manifests or mid in self._pinned or mid in held:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self._manifests_dir, mid))
+                del self._manifests[mid]
+                gone.append(mid)
+        return gone
+
     # ------------------------------------------------------------------ pins and gc
 
     def pin(self, manifest_id: str) -> None:
