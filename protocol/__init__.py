@@ -102,6 +102,7 @@ from ._ledger import Ledger
 from ._manifest import (
     GRPC_HEALTH_CHECK,
     HASH_SIZE,
+    ChunkList,
     ChunkRef,
     FileEntry,
     Manifest,
@@ -156,7 +157,8 @@ __all__ = [
     "Suspicion", "Intent", "IntentKind", "Scope", "ScopeKind",
     "OnDegraded", "RolloutPolicy", "HLC",
     # manifests, chunking, variant selection
-    "Manifest", "Variant", "FileEntry", "ChunkRef", "SemVer", "HASH_SIZE", "GRPC_HEALTH_CHECK",
+    "Manifest", "Variant", "FileEntry", "ChunkRef", "ChunkList", "SemVer", "HASH_SIZE",
+    "GRPC_HEALTH_CHECK",
     "merkle_root",
     "validate_model_id", "validate_relative_path", "validate_version",
     "ChunkParams", "DEFAULT_PARAMS", "DEFAULT_WINDOW", "chunk_bytes", "chunk_matches",

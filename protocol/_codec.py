@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from ._codec_shape import DecodeLimits, Shape, shape_of
+from ._codec_shape import WIRE_ITEM, DecodeLimits, Shape, shape_of
 from ._errors import FrameTooLarge, LocalProtocolError, MalformedMessage
 
 __all__ = [
@@ -153,6 +153,8 @@ def _compile(tp: Any) -> tuple[_Converter, _Converter]:
         return dec_enum, enc_enum
     if isinstance(tp, type) and tp in _STRUCTS:
         return _struct_decoder(tp), _struct_encoder(tp)
+    if isinstance(tp, type) and hasattr(tp, WIRE_ITEM):
+        return _packed_sequence(tp)
 
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -224,6 +226,27 @@ def _checker(tp: type, name: str) -> _Converter:
             raise LocalProtocolError(f"expected {name}, got {type(v).__name__}")
         return v
     return enc
+
+
+def _packed_sequence(cls: type[Any]) -> tuple[_Converter, _Converter]:
+    """A sequence type held compactly in memory that travels as ``tuple[item, ...]``:
+    ``cls.__wire_item__`` names the item struct, ``cls.from_pairs`` builds one from the
+    decoded item arrays (checking them as strictly as the item's own decoder, raising
+    ``ValueError``), ``value.iter_wire()`` gives the item arrays back one by one."""
+
+    def dec(v: Any) -> Any:
+        if type(v) is not tuple:
+            raise _Bad(f"expected array, got {_kind(v)}")
+        try:
+            return cls.from_pairs(v)
+        except (ValueError, TypeError) as exc:
+            raise _Bad(str(exc)) from None
+
+    def enc(v: Any) -> Any:
+        if type(v) is not cls:
+            raise LocalProtocolError(f"expected {cls.__name__}, got {type(v).__name__}")
+        return v      # written item by item when packed (``_stream``)
+    return dec, enc
 
 
 def _struct_decoder(cls: type[Any]) -> _Converter:
@@ -331,7 +354,43 @@ def message_types() -> dict[int, type[Any]]:
 
 
 def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    try:
+        return msgpack.packb(obj, use_bin_type=True,  # type: ignore[no-any-return]
+                             default=_refuse_packed)
+    except _Streamed:
+        # a packed sequence inside: the same bytes, written as the tree is walked, so a
+        # long sequence costs no list of per-item objects on the way out
+        packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+        _stream(obj, packer)
+        return packer.bytes()  # type: ignore[no-any-return]
+
+
+class _Streamed(Exception):
+    """Internal: msgpack met a packed sequence; encode by walking (:func:`_stream`)."""
+
+
+def _refuse_packed(obj: Any) -> Any:
+    if hasattr(type(obj), WIRE_ITEM):
+        raise _Streamed
+    raise TypeError(f"can not serialize {type(obj).__name__!r} object")
+
+
+def _stream(obj: Any, packer: msgpack.Packer) -> None:
+    if type(obj) is list or type(obj) is tuple:
+        packer.pack_array_header(len(obj))
+        for x in obj:
+            _stream(x, packer)
+    elif type(obj) is dict:
+        packer.pack_map_header(len(obj))
+        for k, v in obj.items():
+            _stream(k, packer)
+            _stream(v, packer)
+    elif hasattr(type(obj), WIRE_ITEM):
+        packer.pack_array_header(len(obj))
+        for item in obj.iter_wire():
+            packer.pack(item)
+    else:
+        packer.pack(obj)
 
 
 def encode_value(value: Any) -> bytes:

@@ -21,7 +21,11 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["DecodeLimits", "Schemas", "Shape", "shape_of"]
+__all__ = ["WIRE_ITEM", "DecodeLimits", "Schemas", "Shape", "shape_of"]
+
+#: A class attribute naming the item struct of a sequence type that is held compactly
+#: in memory but travels (and is shaped here) as ``tuple[item, ...]``
+WIRE_ITEM = "__wire_item__"
 
 #: (largest fixed arity, min element size of each variable sequence, min entry size
 #: of each map, has str, has bytes, densest (containers, bytes))
@@ -51,11 +55,21 @@ class DecodeLimits:
 
 
 
+def _wire(tp: Any) -> Any:
+    """``tp`` as it travels: a packed sequence type is its ``tuple[item, ...]``."""
+    item = getattr(tp, WIRE_ITEM, None) if isinstance(tp, type) else None
+    return tp if item is None else tuple[item, ...]  # type: ignore[valid-type]
+
+
+def _hints(tp: type[Any]) -> dict[str, Any]:
+    return {k: _wire(v) for k, v in typing.get_type_hints(tp).items()}
+
+
 def _min_size(tp: Any, schema: Schemas) -> int:
     """The fewest msgpack bytes a valid value of ``tp`` can take."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if isinstance(tp, type) and tp in schema:
-        hints = typing.get_type_hints(tp)
+        hints = _hints(tp)
         names = schema[tp][0][:schema[tp][4]]   # appended fields may be left off
         return (1 if len(names) < 16 else 3) + sum(_min_size(hints[n], schema) for n in names)
     if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
@@ -72,7 +86,7 @@ def _own(tp: Any, schema: Schemas, upto: int | None = None) -> tuple[int, int]:
     encoded with only its first ``upto`` fields (appended ones left off)."""
     args = typing.get_args(tp)
     if isinstance(tp, type) and tp in schema:
-        hints = typing.get_type_hints(tp)
+        hints = _hints(tp)
         parts = [hints[n] for n in schema[tp][0][:upto]]
     else:
         parts = list(args)
@@ -118,7 +132,7 @@ def shape_of(cls: type[Any], schema: Schemas) -> Shape:
             if tp in seen:
                 return
             seen.add(tp)
-            hints = typing.get_type_hints(tp)
+            hints = _hints(tp)
             names = schema[tp][0]
             fixed = max(fixed, len(names))
             for upto in range(schema[tp][4], len(names) + 1):   # each encodable length
@@ -159,7 +173,7 @@ def _tree(tp: Any, schema: Schemas) -> int:
     """Arrays in a value of ``tp``, which holds no sequence or map, at most."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if isinstance(tp, type) and tp in schema:
-        hints = typing.get_type_hints(tp)
+        hints = _hints(tp)
         return 1 + sum(_tree(hints[n], schema) for n in schema[tp][0])
     if origin in (typing.Union, types.UnionType):
         return max(_tree(a, schema) for a in args)

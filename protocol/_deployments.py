@@ -66,6 +66,10 @@ __all__ = ["Deployments"]
 
 _S = ModelOperationalStatus
 _DONE = (_S.OPERATIONAL, _S.DEGRADED)
+#: Seconds a transfer may have no source (no connected peer holds any chunk it still
+#: lacks, nothing in flight) before the node reports it blocked (``_NO_SOURCE``).
+STALL_AFTER = 15.0
+_NO_SOURCE = "no source: no connected peer holds any of the "
 _RETRYABLE = (BlockerReason.INSUFFICIENT_GPU_MEMORY, BlockerReason.INSUFFICIENT_STORAGE,
               BlockerReason.INCOMPATIBLE_CAPABILITIES, BlockerReason.UNKNOWN)
 
@@ -89,6 +93,7 @@ class Deployments:
         self._states: dict[str, ModelState] = {}
         self._transfers: dict[str, str] = {}     # model -> swarm key being fetched
         self._installing: dict[str, str] = {}    # model -> swarm key being installed
+        self._sourceless: dict[str, float] = {}  # model -> since when its transfer has none
         self._disk: dict[str, dict[str, str]] = {}   # model -> version -> variant on disk
         self._keep = keep_versions
         self._activated: dict[str, list[str]] = {}  # model -> versions, last active last
@@ -120,6 +125,7 @@ class Deployments:
             self.dirty = True
 
     def drop_transfer(self, model_id: str, now: float) -> None:
+        self._sourceless.pop(model_id, None)
         key = self._transfers.pop(model_id, None)
         if key is not None:
             self._swarm.drop(key, now)
@@ -358,6 +364,7 @@ class Deployments:
                     continue
                 self._refresh_progress(model_id, key, now)
                 del self._transfers[model_id]
+                self._sourceless.pop(model_id, None)
                 self._installing[model_id] = key
                 st = self._states[model_id]
                 manifest_id = key.partition("/")[0]
@@ -372,6 +379,28 @@ class Deployments:
             return          # the swarm does not know the key (yet, or any more)
         self.set_state(model_id, now, bytes_done=p.bytes_held, bytes_total=p.bytes_total,
                        bytes_reused=p.bytes_reused, bytes_fetched=p.bytes_fetched)
+        self._report_source(model_id, p.stalled and model_id in self._transfers,
+                            p.bytes_total - p.bytes_held, now)
+
+    def _report_source(self, model_id: str, stalled: bool, missing: int, now: float) -> None:
+        """A transfer no connected peer can feed for ``STALL_AFTER`` seconds is reported
+        blocked (``transfer_failed``, "no source: ..."), so an operator sees why a node
+        stays downloading; the blocker goes as soon as a source is back."""
+        st = self._states.get(model_id)
+        if st is None:
+            return
+        ours = st.blocker is BlockerReason.TRANSFER_FAILED and \
+            st.blocker_detail.startswith(_NO_SOURCE)
+        if not stalled:
+            self._sourceless.pop(model_id, None)
+            if ours:
+                self.set_state(model_id, now, blocker=None, blocker_detail="")
+            return
+        since = self._sourceless.setdefault(model_id, now)
+        if now - since >= STALL_AFTER and st.blocker is None:
+            self.set_state(model_id, now, blocker=BlockerReason.TRANSFER_FAILED,
+                           blocker_detail=f"{_NO_SOURCE}{missing / 2**20:.1f} MiB still "
+                                          "missing", blocker_since=since)
 
     def update_progress(self, now: float) -> None:
         """Refresh the progress of every running transfer from the swarm."""

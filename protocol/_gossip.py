@@ -38,6 +38,14 @@ and the new one), or the incoming push's for an origin whose entries in it were
 all added and are all forwarded. Records (progress, rewritten every second) and
 nodes' certificates are not pushed: the rounds carry them.
 
+A manifest forgotten here (``_settle``, "Wanted back") is covered by this node's
+vector, so no round sends it again. When a live intent names a manifest the ledger
+lacks for ``WANT_AFTER`` seconds (a manifest normally arrives with its intent), a
+round also sends one peer a :class:`GossipWant` naming it, a different peer every
+``WANT_EVERY`` seconds until it arrives; a peer that holds it answers with its
+signed entry in a :class:`GossipDelta` (wants are rated per asking peer: an answer
+can be a large manifest).
+
 A push costs every receiver a decode and a verification, and one admitted node
 could push without end, so pushes are rated per origin (the node that stamped the
 entry): a token bucket of ``PUSH_RATE`` entries a second, ``PUSH_BURST`` deep. The
@@ -80,11 +88,14 @@ from ._events import Output, SendMessage
 from ._hlc import vv_from_wire, vv_to_wire
 from ._identity import Role
 from ._ledger import Ledger, MergeResult
+from ._manifest import validate_model_id, validate_version
 from ._rate import TokenBuckets
 from ._records import Suspicion
 from ._rng import Rng
+from ._settle import wanted_manifests
 
 __all__ = ["GossipSummary", "GossipDigest", "GossipDelta", "GossipBuckets", "GossipPush",
+           "GossipWant",
            "GossipStatistics", "GossipEngine", "bucket_bits", "bucket_of", "bucket_hashes",
            "wire_size"]
 
@@ -145,8 +156,25 @@ class GossipPush:
     _size: int | None = _size_slot()
 
 
-_TYPES = (GossipSummary, GossipDigest, GossipDelta, GossipBuckets, GossipPush)
-_Msg = GossipSummary | GossipDigest | GossipDelta | GossipBuckets | GossipPush
+@message(25)
+@dataclass(frozen=True, slots=True)
+class GossipWant:
+    """Send me the manifests of these ``(model_id, version)`` pairs: a live intent here
+    names them and none is held (see "A manifest forgotten here")."""
+
+    names: tuple[tuple[str, str], ...]
+    _size: int | None = _size_slot()
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.names) <= WANT_NAMES:
+            raise InvalidValue(f"a want names 1-{WANT_NAMES} manifests")
+        for model_id, version in self.names:
+            validate_model_id(model_id)
+            validate_version(version)
+
+
+_TYPES = (GossipSummary, GossipDigest, GossipDelta, GossipBuckets, GossipPush, GossipWant)
+_Msg = GossipSummary | GossipDigest | GossipDelta | GossipBuckets | GossipPush | GossipWant
 
 def urgent(entry: Entry) -> bool:
     """Whether ``entry`` is pushed: an intent, a manifest, a revocation, or the
@@ -156,6 +184,12 @@ def urgent(entry: Entry) -> bool:
     cert = entry.certificate
     return cert is not None and cert.role is not Role.NODE
 
+
+WANT_NAMES = 8          # manifests one want may name...
+WANT_AFTER = 3.0        # ...missing this long (seconds) before they are asked for...
+WANT_EVERY = 5.0        # ...and again this often, of another peer, until they arrive
+WANT_RATE = 0.5         # wants answered a second per asking peer...
+WANT_BURST = 4.0        # ...with a bucket this deep
 
 PUSH_RATE = 32.0         # pushed entries a second accepted per origin...
 PUSH_BURST = 256.0       # ...with a bucket this deep
@@ -270,6 +304,8 @@ class GossipStatistics:
     suspicion_changes: int         # times the suspected set changed
     entries_pushed: int            # urgent entries sent at once (counted once per peer)
     pushes_refused: int = 0        # pushed entries refused over their origin's push rate
+    wants_sent: int = 0            # asks for manifests a live intent names and none is held
+    wants_answered: int = 0        # peers' asks answered with manifest entries
 
 
 class GossipEngine:
@@ -296,6 +332,9 @@ class GossipEngine:
         self._pushed = 0
         self._push_tokens = TokenBuckets(PUSH_RATE, PUSH_BURST)   # entries, per origin
         self._push_refused = 0
+        self._asks: dict[tuple[str, str], float] = {}   # manifest wanted -> when to ask
+        self._want_tokens = TokenBuckets(WANT_RATE, WANT_BURST)   # wants answered, per peer
+        self._wants = self._wants_answered = 0
 
     # ------------------------------------------------------------------ peers
     def peer_connected(self, peer: str, now: float) -> None:
@@ -342,7 +381,24 @@ class GossipEngine:
             if now - self._last_sent.get(p, -1e18) >= keepalive:
                 self._keepalives += 1
                 self._send(p, summary, now)
+        self._ask_for_manifests(peers, now)
         return True
+
+    def _ask_for_manifests(self, peers: list[str], now: float) -> None:
+        """Ask one peer (each time another, in turn) for the manifests live intents
+        name and the ledger lacks (see "A manifest forgotten here")."""
+        missing = wanted_manifests(self.ledger.intents(), self.ledger.manifests())
+        asks = self._asks
+        for name in [n for n in asks if n not in missing]:
+            del asks[name]
+        due = [n for n in missing if asks.setdefault(n, now + WANT_AFTER) <= now]
+        if not due or not peers:
+            return
+        due = due[:WANT_NAMES]
+        for name in due:
+            asks[name] = now + WANT_EVERY
+        self._wants += 1
+        self._send(peers[self._wants % len(peers)], GossipWant(tuple(due)), now)
 
     def clock_stepped_back(self, now: float) -> None:
         """The wall clock went back: no time kept here may lie after ``now``, or
@@ -432,6 +488,9 @@ class GossipEngine:
             return None
         if isinstance(msg, GossipDelta):
             return self._merge(msg.entries, msg.ranges, now)
+        if isinstance(msg, GossipWant):
+            self._answer_want(peer, msg, now)
+            return None
         if isinstance(msg, GossipPush):
             msg = self._rate_push(msg, now)
             result = self._merge(msg.entries, msg.ranges, now)
@@ -439,6 +498,19 @@ class GossipEngine:
                 self._forward(peer, msg, result, now)
             return result
         raise MalformedMessage(f"not a gossip message: {type(msg).__name__}")
+
+    def _answer_want(self, peer: str, msg: GossipWant, now: float) -> None:
+        """Send ``peer`` the manifest entries held for the names of its want, one
+        entry a delta (a manifest can be large), at most ``WANT_NAMES`` entries."""
+        if not self._want_tokens.take(peer, 1.0, now):
+            return
+        names = set(msg.names)
+        found = [e for e in self.ledger.entries() if e.manifest is not None
+                 and (e.manifest.model_id, e.manifest.version) in names]
+        if found:
+            self._wants_answered += 1
+        for e in found[:WANT_NAMES]:
+            self._send(peer, GossipDelta((e,), {}), now)
 
     def _rate_push(self, msg: GossipPush, now: float) -> GossipPush:
         """``msg`` less the entries over their origin's push rate (and the claims of
@@ -570,4 +642,5 @@ class GossipEngine:
                                 self._bytes_recv, self._in_sync, self._entries_recv,
                                 self._entries_added, self._rejected, self._full,
                                 self._bucketed, self._keepalives, len(self._suspected),
-                                self._changes, self._pushed, self._push_refused)
+                                self._changes, self._pushed, self._push_refused,
+                                self._wants, self._wants_answered)

@@ -15,9 +15,11 @@ paths are relative, normalised and can never leave the model directory.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import total_ordering
+from typing import Any, overload
 
 import blake3
 
@@ -39,6 +41,7 @@ __all__ = [
     "GRPC_HEALTH_CHECK",
     "HASH_SIZE",
     "ChunkRef",
+    "ChunkList",
     "FileEntry",
     "Variant",
     "Manifest",
@@ -47,6 +50,7 @@ __all__ = [
     "validate_version",
     "validate_relative_path",
     "merkle_root",
+    "merkle_root_of_buffer",
 ]
 
 HASH_SIZE = 32
@@ -143,17 +147,43 @@ def merkle_root(hashes: list[bytes] | tuple[bytes, ...]) -> bytes:
     An odd node at a level is promoted unchanged. The root of no chunks is the
     hash of the empty leaf list.
     """
-    if not hashes:
+    if any(len(h) != HASH_SIZE for h in hashes):
+        raise InvalidValue("a Merkle leaf is a 32-byte hash")
+    return merkle_root_of_buffer(b"".join(hashes), len(hashes))
+
+
+def merkle_root_of_buffer(hashes: bytes, count: int) -> bytes:
+    """:func:`merkle_root` of ``count`` 32-byte hashes concatenated in ``hashes``. Each
+    level is one buffer, not a list of objects, so the check of a large file's chunk
+    list allocates ~64 bytes per chunk, in two buffers, and no object per chunk."""
+    if len(hashes) != count * HASH_SIZE:
+        raise InvalidValue("a Merkle leaf is a 32-byte hash")
+    if not count:
         return blake3.blake3(b"shoal-merkle-empty").digest()
-    level = [blake3.blake3(b"\x00" + h).digest() for h in hashes]
-    while len(level) > 1:
-        nxt = []
-        for i in range(0, len(level) - 1, 2):
-            nxt.append(blake3.blake3(b"\x01" + level[i] + level[i + 1]).digest())
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    return level[0]
+    level = bytearray(count * HASH_SIZE)
+    view = memoryview(hashes)
+    for i in range(count):
+        at = i * HASH_SIZE
+        h = blake3.blake3(b"\x00")
+        h.update(view[at:at + HASH_SIZE])
+        level[at:at + HASH_SIZE] = h.digest()
+    n = count
+    while n > 1:
+        pairs = n // 2
+        for i in range(pairs):
+            a = 2 * i * HASH_SIZE
+            node = blake3.blake3(b"\x01")
+            node.update(level[a:a + 2 * HASH_SIZE])
+            level[i * HASH_SIZE:(i + 1) * HASH_SIZE] = node.digest()
+        if n % 2:       # the odd node, promoted unchanged
+            level[pairs * HASH_SIZE:(pairs + 1) * HASH_SIZE] = \
+                level[(n - 1) * HASH_SIZE:n * HASH_SIZE]
+            pairs += 1
+        n = pairs
+    return bytes(level[:HASH_SIZE])
+
+
+MAX_CHUNK = 64 * 1024 * 1024
 
 
 @struct
@@ -165,28 +195,192 @@ class ChunkRef:
     def __post_init__(self) -> None:
         if len(self.hash) != HASH_SIZE:
             raise InvalidValue("a chunk hash is 32 bytes")
-        if not 0 < self.size <= 64 * 1024 * 1024:
+        if not 0 < self.size <= MAX_CHUNK:
             raise InvalidValue(f"chunk size {self.size} out of range")
+
+
+class ChunkList(Sequence[ChunkRef]):
+    """An ordered chunk list, held compactly: every hash in one ``bytes`` buffer (32 bytes
+    a chunk) and the chunks' end offsets in one ``array('Q')`` (8 bytes a chunk), so a
+    manifest costs ~40 bytes per chunk instead of a :class:`ChunkRef` object, a hash
+    object and a tuple slot (~121 bytes). It is a ``Sequence[ChunkRef]``: indexing and
+    iteration build the :class:`ChunkRef` on demand; :meth:`hash`, :meth:`size`,
+    :meth:`offset` and :meth:`iter_hashes` read the buffers without building one.
+
+    On the wire (``__wire_item__``) it is exactly the ``tuple[ChunkRef, ...]`` it
+    replaced: an array of ``[hash, size]`` arrays, so encodings, ids and signatures
+    made before it are unchanged."""
+
+    __slots__ = ("_hashes", "_ends")
+    __wire_item__ = ChunkRef
+
+    def __init__(self, refs: Iterable[ChunkRef] = ()) -> None:
+        hashes = bytearray()
+        ends = array("Q")
+        end = 0
+        for ref in refs:
+            if type(ref) is not ChunkRef:
+                raise InvalidValue(f"a chunk list holds ChunkRef, not {type(ref).__name__}")
+            hashes += ref.hash
+            end += ref.size
+            ends.append(end)
+        self._hashes = bytes(hashes)
+        self._ends = ends
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[Sequence[Any]]) -> ChunkList:
+        """Build from ``(hash, size)`` pairs as msgpack decodes them, checked as strictly
+        as :class:`ChunkRef` (exact types, 32-byte hashes, sizes in range) without
+        building one per chunk. Raises :class:`InvalidValue`."""
+        hashes = bytearray()
+        ends = array("Q")
+        end = 0
+        for i, pair in enumerate(pairs):
+            if type(pair) is not tuple or len(pair) != 2:
+                raise InvalidValue(f"chunk {i}: a ChunkRef is an array of 2")
+            h, size = pair
+            if type(h) is not bytes or len(h) != HASH_SIZE:
+                raise InvalidValue(f"chunk {i}: a chunk hash is 32 bytes")
+            if type(size) is not int or not 0 < size <= MAX_CHUNK:
+                raise InvalidValue(f"chunk {i}: chunk size {size!r} out of range")
+            hashes += h
+            end += size
+            ends.append(end)
+        out = cls.__new__(cls)
+        out._hashes = bytes(hashes)
+        out._ends = ends
+        return out
+
+    def iter_wire(self) -> Iterator[tuple[bytes, int]]:
+        """What the codec writes for each chunk, as ``tuple[ChunkRef, ...]`` did: the
+        array ``[hash, size]`` (msgpack packs a tuple as an array)."""
+        return zip(self.iter_hashes(), self.sizes(), strict=True)
+
+    # ------------------------------------------------------------------ compact reads
+
+    def hash(self, i: int) -> bytes:
+        """The ``i``-th chunk's hash (a new 32-byte object)."""
+        if not 0 <= i < len(self._ends):
+            raise IndexError("chunk index out of range")
+        return self._hashes[i * HASH_SIZE:(i + 1) * HASH_SIZE]
+
+    def size(self, i: int) -> int:
+        """The ``i``-th chunk's size."""
+        ends = self._ends
+        if not 0 <= i < len(ends):
+            raise IndexError("chunk index out of range")
+        return ends[i] - ends[i - 1] if i else ends[0]
+
+    def offset(self, i: int) -> int:
+        """Where the ``i``-th chunk starts in the file."""
+        if not 0 <= i < len(self._ends):
+            raise IndexError("chunk index out of range")
+        return self._ends[i - 1] if i else 0
+
+    @property
+    def total(self) -> int:
+        """The sum of the chunk sizes."""
+        return self._ends[-1] if self._ends else 0
+
+    @property
+    def hash_bytes(self) -> bytes:
+        """Every hash, concatenated (the buffer itself, not a copy)."""
+        return self._hashes
+
+    def find(self, chunk_hash: bytes) -> int:
+        """The first position of ``chunk_hash`` in the list, or -1 (a scan of the buffer
+        at C speed, no object per chunk)."""
+        hashes = self._hashes
+        if len(chunk_hash) != HASH_SIZE:
+            return -1
+        at = hashes.find(chunk_hash)
+        while at >= 0:
+            if at % HASH_SIZE == 0:
+                return at // HASH_SIZE
+            at = hashes.find(chunk_hash, at + 1)
+        return -1
+
+    def iter_hashes(self) -> Iterator[bytes]:
+        hashes = self._hashes
+        for at in range(0, len(hashes), HASH_SIZE):
+            yield hashes[at:at + HASH_SIZE]
+
+    def sizes(self) -> Iterator[int]:
+        prev = 0
+        for end in self._ends:
+            yield end - prev
+            prev = end
+
+    # ------------------------------------------------------------------ Sequence
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    @overload
+    def __getitem__(self, i: int) -> ChunkRef: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> ChunkList: ...
+
+    def __getitem__(self, i: int | slice) -> ChunkRef | ChunkList:
+        if isinstance(i, slice):
+            return ChunkList(self[j] for j in range(*i.indices(len(self))))
+        n = len(self._ends)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("chunk index out of range")
+        return ChunkRef(self._hashes[i * HASH_SIZE:(i + 1) * HASH_SIZE], self.size(i))
+
+    def __iter__(self) -> Iterator[ChunkRef]:
+        for h, s in zip(self.iter_hashes(), self.sizes(), strict=True):
+            yield ChunkRef(h, s)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ChunkList):
+            return self._hashes == other._hashes and self._ends == other._ends
+        if isinstance(other, tuple):    # the representation it replaced
+            return len(other) == len(self) and all(
+                a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self._hashes, self._ends.tobytes()))
+
+    def __repr__(self) -> str:
+        return f"ChunkList({len(self)} chunks, {self.total} bytes)"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ChunkList.from_pairs, (tuple((h, s) for h, s in
+                                             zip(self.iter_hashes(), self.sizes(),
+                                                 strict=True)),))
 
 
 @struct
 @dataclass(frozen=True, slots=True)
 class FileEntry:
+    """One file of a variant. ``chunks`` may be given as any sequence of
+    :class:`ChunkRef`; it is held as a :class:`ChunkList`."""
+
     path: str
     size: int
-    chunks: tuple[ChunkRef, ...]
+    chunks: ChunkList
     merkle_root: bytes
     executable: bool = False
 
     def __post_init__(self) -> None:
         validate_relative_path(self.path)
-        if sum(c.size for c in self.chunks) != self.size:
+        given: Any = self.chunks       # (callers may pass any sequence of ChunkRef)
+        if not isinstance(given, ChunkList):
+            object.__setattr__(self, "chunks", ChunkList(given))
+        if self.chunks.total != self.size:
             raise InvalidValue(f"{self.path}: chunk sizes do not add up to the file size")
         if len(self.merkle_root) != HASH_SIZE:
             raise InvalidValue(f"{self.path}: a Merkle root is 32 bytes")
 
     def check_merkle(self) -> None:
-        if merkle_root([c.hash for c in self.chunks]) != self.merkle_root:
+        if merkle_root_of_buffer(self.chunks.hash_bytes, len(self.chunks)) != \
+                self.merkle_root:
             raise MalformedMessage(f"{self.path}: Merkle root does not match its chunk list")
 
 
@@ -245,14 +439,22 @@ class Variant:
 
     def chunk_refs(self) -> list[ChunkRef]:
         """Distinct chunks of the variant in first-use order."""
+        return list(self.distinct_chunks())
+
+    def distinct_chunks(self) -> ChunkList:
+        """Distinct chunks of the variant in first-use order, as one compact list."""
+        if len(self.files) == 1:
+            only = self.files[0].chunks
+            if len(set(only.iter_hashes())) == len(only):
+                return only
         seen: set[bytes] = set()
         out: list[ChunkRef] = []
         for f in self.files:
-            for c in f.chunks:
-                if c.hash not in seen:
-                    seen.add(c.hash)
-                    out.append(c)
-        return out
+            for h, s in zip(f.chunks.iter_hashes(), f.chunks.sizes(), strict=True):
+                if h not in seen:
+                    seen.add(h)
+                    out.append(ChunkRef(h, s))
+        return ChunkList(out)
 
 
 @struct

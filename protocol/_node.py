@@ -175,7 +175,7 @@ class NodeMachine:
             return None
         for v in m.variants:
             if v.variant_id == variant_id:
-                return v.chunk_refs()
+                return v.distinct_chunks()
         return None
 
     def _append(self, payload: object, now: float) -> int:

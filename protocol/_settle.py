@@ -41,6 +41,12 @@ history alive, so retirement needs one more fact, recorded in the ledger itself.
   target); one that neither does, of a version below a settled intent of its model
   and published before it, is forgotten. A node that still needs it (its own
   record names it) keeps it, since the rule reads its record too.
+* **Wanted back** (:func:`wanted_manifests`): nodes retire at their own pace, so an
+  operator may name a version again (a rollback) at a node that still holds its
+  manifest after another node forgot it. That node's vector still covers the
+  forgotten entry, so the rounds never send it again; it asks its peers for the
+  manifests a live intent names and it lacks (``GossipWant``, ``_gossip``), and takes
+  the signed entry back like any other.
 
 A dropped entry is forgotten only where the ledger can vouch for its counter
 without it: an origin's newest entry is never dropped (``_ledger``, "Vouched
@@ -69,7 +75,7 @@ from ._records import NodeRecord
 from ._types import ModelOperationalStatus
 
 __all__ = ["dominates", "void_intents", "settled_ids", "carried_out",
-           "settles_to_write", "manifests_to_retire"]
+           "settles_to_write", "manifests_to_retire", "wanted_manifests"]
 
 
 _REPLACING = (IntentKind.DISTRIBUTE, IntentKind.ROLLBACK)
@@ -174,3 +180,18 @@ def manifests_to_retire(manifests: Iterable[Manifest], intents: Iterable[Intent]
                for j in floors.get(m.model_id, ())):
             out.add(m.manifest_id)
     return out
+
+
+def wanted_manifests(intents: Iterable[Intent],
+                     manifests: Iterable[Manifest]) -> list[tuple[str, str]]:
+    """``(model_id, version)`` pairs a live distribute or rollback among ``intents``
+    names (its version, or the base of its delta) with none of ``manifests`` for it:
+    a manifest still on its way, or one this node forgot and an operator named again."""
+    held = {(m.model_id, m.version) for m in manifests}
+    out: set[tuple[str, str]] = set()
+    for i in intents:
+        if i.kind in _REPLACING:
+            for v in (i.version, i.delta_from):
+                if v and (i.model_id, v) not in held:
+                    out.add((i.model_id, v))
+    return sorted(out)

@@ -8,12 +8,19 @@ positions and a ``Have`` names one index. The engine knows a key while it wants 
 some peer is interested in it, and forgets it after (its memory follows the swarms in
 progress, not every manifest in the ledger).
 
-For a known key the catalog holds a :class:`KeyInfo`: the chunk list and, for each
-distinct hash, its first position and its size. It also maps every chunk hash back to
-the known keys that hold it, because pieces, stores and losses name chunks by hash and
-a chunk shared by two versions is one chunk: a store of it advances both downloads and
-is announced in both swarms. That map holds the key itself, and a set only when several
-keys share the chunk (a set per chunk cost ~220 B of memory per chunk).
+For a known key the catalog holds a :class:`KeyInfo`: the chunk list, compact (the
+manifest's :class:`~._manifest.ChunkList`, shared with it when the key is one file
+without repeats), one ``bytes`` object per position, and for each distinct hash its
+first position -- the one dict per chunk; a chunk's size is read from the chunk list
+through that position (:attr:`KeyInfo.size_of` is a view, not a second dict). The
+per-position hash objects are the ones the catalog's dict keys on, and every set of
+hashes the engine keeps (held, per-peer have-sets, missing) is filled from them, so a
+hash costs one 32-byte object however many sets hold it. Pieces, stores and losses name
+chunks by hash, and a chunk shared by two versions is one chunk: a store of it advances
+both downloads and is announced in both swarms. :meth:`KeyCatalog.keys_of` finds the
+known keys that hold a chunk by probing each key's ``index_of`` (the known keys are the
+swarms in progress, a handful), so there is no reverse map with an entry per chunk (it
+cost ~40 B a chunk, and a set, ~220 B, for each chunk two versions share).
 
 The catalog never calls the manifest lookup itself: the engine does, so that when a key
 becomes known it can also answer the peers that asked for it before.
@@ -21,85 +28,113 @@ becomes known it can also answer the peers that asked for it before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import overload
 
-from ._manifest import ChunkRef
+from ._manifest import ChunkList, ChunkRef
 
-__all__ = ["KeyInfo", "KeyCatalog"]
+__all__ = ["KeyInfo", "KeyCatalog", "KeyRefs"]
+
+
+class KeyRefs(Sequence[ChunkRef]):
+    """A key's chunk list as the engine reads it: position ``i`` is ``ChunkRef(hashes[i],
+    chunks.size(i))``, built on demand, whose hash is the catalog's own object."""
+
+    __slots__ = ("chunks", "hashes")
+
+    def __init__(self, chunks: ChunkList, hashes: list[bytes]) -> None:
+        self.chunks = chunks
+        self.hashes = hashes
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    @overload
+    def __getitem__(self, i: int) -> ChunkRef: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[ChunkRef]: ...
+
+    def __getitem__(self, i: int | slice) -> ChunkRef | list[ChunkRef]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self.hashes)
+        return ChunkRef(self.hashes[i], self.chunks.size(i))
+
+    def __iter__(self) -> Iterator[ChunkRef]:
+        for h, size in zip(self.hashes, self.chunks.sizes(), strict=True):
+            yield ChunkRef(h, size)
+
+
+class KeySizes(Mapping[bytes, int]):
+    """``hash -> size`` over a key's distinct chunks, read through ``index_of``."""
+
+    __slots__ = ("_info",)
+
+    def __init__(self, info: KeyInfo) -> None:
+        self._info = info
+
+    def __getitem__(self, h: bytes) -> int:
+        info = self._info
+        return info.refs.chunks.size(info.index_of[h])
+
+    def __contains__(self, h: object) -> bool:
+        return h in self._info.index_of
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._info.index_of)
+
+    def __len__(self) -> int:
+        return len(self._info.index_of)
 
 
 @dataclass(slots=True)
 class KeyInfo:
-    refs: tuple[ChunkRef, ...]
-    index_of: dict[bytes, int]     # first position of each hash
-    size_of: dict[bytes, int]
+    refs: KeyRefs
+    index_of: dict[bytes, int]     # first position of each hash: the one dict per chunk
+
+    @property
+    def size_of(self) -> KeySizes:
+        """``hash -> size`` of the key's distinct chunks (a view, no dict of its own)."""
+        return KeySizes(self)
 
 
 class KeyCatalog:
-    """Known keys (``infos``) and the reverse map from chunk hash to keys."""
+    """Known keys (``infos``), and which of them hold a chunk."""
 
-    __slots__ = ("infos", "_hash_keys")
+    __slots__ = ("infos",)
 
     def __init__(self) -> None:
         self.infos: dict[str, KeyInfo] = {}
-        # chunk hash -> the known key holding it: the key itself, a set only when
-        # several keys share the chunk
-        self._hash_keys: dict[bytes, str | set[str]] = {}
 
     def add(self, key: str, refs: Sequence[ChunkRef]) -> KeyInfo:
         """Make ``key`` known with the chunk list ``refs``."""
+        chunks = refs if isinstance(refs, ChunkList) else ChunkList(refs)
         index_of: dict[bytes, int] = {}
-        size_of: dict[bytes, int] = {}
-        for i, ref in enumerate(refs):
-            if ref.hash not in index_of:
-                index_of[ref.hash] = i
-                size_of[ref.hash] = ref.size
-        info = KeyInfo(tuple(refs), index_of, size_of)
+        hashes: list[bytes] = []
+        for i, h in enumerate(chunks.iter_hashes()):
+            first = index_of.setdefault(h, i)
+            hashes.append(h if first == i else hashes[first])
+        info = KeyInfo(KeyRefs(chunks, hashes), index_of)
         self.infos[key] = info
-        hash_keys = self._hash_keys
-        for h in index_of:
-            held_by = hash_keys.get(h)
-            if held_by is None:
-                hash_keys[h] = key
-            elif isinstance(held_by, str):
-                if held_by != key:
-                    hash_keys[h] = {held_by, key}
-            else:
-                held_by.add(key)
         return info
 
     def forget(self, key: str) -> None:
-        info = self.infos.pop(key, None)
-        if info is None:
-            return
-        hash_keys = self._hash_keys
-        for h in info.index_of:
-            keys = hash_keys.get(h)
-            if keys is None:
-                continue
-            if isinstance(keys, str):
-                if keys == key:
-                    del hash_keys[h]
-                continue
-            keys.discard(key)
-            if len(keys) == 1:
-                hash_keys[h] = next(iter(keys))
-            elif not keys:
-                del hash_keys[h]
+        self.infos.pop(key, None)
 
-    def keys_of(self, chunk_hash: bytes) -> tuple[str, ...] | set[str]:
-        """The known keys that hold ``chunk_hash``."""
-        keys = self._hash_keys.get(chunk_hash)
-        if keys is None:
-            return ()
-        return (keys,) if isinstance(keys, str) else keys
+    def keys_of(self, chunk_hash: bytes) -> tuple[str, ...]:
+        """The known keys that hold ``chunk_hash`` (a dict probe per known key: the keys
+        are the swarms in progress, a handful, so no reverse map per chunk)."""
+        return tuple(key for key, info in self.infos.items() if chunk_hash in info.index_of)
 
     def known(self, chunk_hash: bytes) -> tuple[bytes, int] | None:
-        """``(the manifest's own bytes object for this hash, the chunk's size)``, or None
-        for a chunk of no known key. Keeping the manifest's object (not the copy each
+        """``(the catalog's own bytes object for this hash, the chunk's size)``, or None
+        for a chunk of no known key. Keeping the catalog's object (not the copy each
         message decodes) keeps one 32-byte object per chunk in every set that holds it."""
-        for key in self.keys_of(chunk_hash):
-            info = self.infos[key]
-            return info.refs[info.index_of[chunk_hash]].hash, info.size_of[chunk_hash]
+        for info in self.infos.values():
+            i = info.index_of.get(chunk_hash)
+            if i is not None:
+                return info.refs.hashes[i], info.refs.chunks.size(i)
         return None

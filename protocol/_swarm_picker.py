@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import heapq
 import math
+import struct
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -66,11 +68,33 @@ __all__ = ["Download", "Picker"]
 
 _AVAIL_BITS = 24                      # availability (peers holding a chunk) < 2**24
 _AVAIL_MASK = (1 << _AVAIL_BITS) - 1
+# A queue entry is one int that orders as the tuple (availability, rank, hash, seq) did:
+# from the top, the availability, the rank's IEEE-754 bits (which order as the float
+# does for ranks >= 0), the 256-bit hash, the chunk's position in the key (a function of
+# the hash, so it changes no order; read back without rebuilding the hash) and a 40-bit
+# sequence number. (~80 B an entry; the tuple, its seq and its live marker cost ~180 B.)
+_SEQ_BITS = 40
+_SEQ_MASK = (1 << _SEQ_BITS) - 1
+_POS_BITS = 32
+_LOW_MASK = (1 << (_SEQ_BITS + _POS_BITS)) - 1
+_HASH_SHIFT = _SEQ_BITS + _POS_BITS
+_RANK_SHIFT = _HASH_SHIFT + 256
+_AVAIL_SHIFT = _RANK_SHIFT + 64
+_NO_RANK = -1.0                       # a position with no rank drawn (never missing yet)
 
 
 def _live(avail: int, seq: int) -> int:
     """A picker-queue entry's identity, packed: its sequence number and availability."""
     return (seq << _AVAIL_BITS) | min(avail, _AVAIL_MASK)
+
+
+def _rank_bits(rank: float) -> int:
+    return int.from_bytes(struct.pack(">d", rank), "big")
+
+
+def _entry(avail: int, rank: float, h: bytes, pos: int, seq: int) -> int:
+    return (avail << _AVAIL_SHIFT) | (_rank_bits(rank) << _RANK_SHIFT) | (
+        int.from_bytes(h, "big") << _HASH_SHIFT) | (pos << _SEQ_BITS) | seq
 
 
 @dataclass(slots=True)
@@ -80,13 +104,17 @@ class Download:
     order: int
     info: KeyInfo | None = None
     missing: set[bytes] = field(default_factory=set)
-    rank: dict[bytes, float] = field(default_factory=dict)   # random tie-break
+    # per position of the key's chunk list (``info.index_of``): the random tie-break
+    # (``_NO_RANK`` until drawn), 8 bytes a chunk
+    rank: array[float] = field(default_factory=lambda: array("d"))
     # the picker's queue ("Picker cost" in the module docstring): a lazy min-heap of
-    # (availability, rank, hash, seq); ``queued[h] == _live(availability, seq)`` marks h's
-    # one live entry, any other entry for h is stale and skipped when popped (one int, not
-    # a tuple: this dict holds every missing chunk at the start of a download)
-    heap: list[tuple[int, float, bytes, int]] = field(default_factory=list)
-    queued: dict[bytes, int] = field(default_factory=dict)
+    # packed entries (:func:`_entry`: availability, rank, hash, seq); per position,
+    # ``queued[i] == _live(availability, seq)`` marks the chunk's one live entry (0: none),
+    # any other entry for it is stale and skipped when popped; ``n_queued`` counts the
+    # live ones. Arrays, not dicts: they cover every missing chunk at the start.
+    heap: list[int] = field(default_factory=list)
+    queued: array[int] = field(default_factory=lambda: array("Q"))
+    n_queued: int = 0
     bytes_total: int = 0
     bytes_reused: int = 0
     bytes_fetched: int = 0
@@ -147,9 +175,14 @@ class Picker:
         d.missing = {h for h in info.size_of if h not in self._held}
         d.bytes_reused = d.bytes_total - sum(info.size_of[h] for h in d.missing)
         self._c.bytes_reused += d.bytes_reused
-        d.rank = {h: self._rng.random() for h in sorted(d.missing)}
+        n = len(info.refs)
+        d.rank = array("d", [_NO_RANK]) * n
+        index_of = info.index_of
+        for h in sorted(d.missing):
+            d.rank[index_of[h]] = self._rng.random()
         d.heap = []
-        d.queued = {}
+        d.queued = array("Q", [0]) * n
+        d.n_queued = 0
         self._rebuild_queue(d)
 
     def drop(self, key: str, now: float) -> Download | None:
@@ -175,7 +208,10 @@ class Picker:
         for d in self.downloads.values():
             if d.info is not None and chunk_hash in d.info.size_of:
                 d.missing.add(chunk_hash)
-                d.rank.setdefault(chunk_hash, self._rng.random())
+                i = d.info.index_of[chunk_hash]
+                rank = self._rng.random()      # (drawn whether or not it is kept)
+                if d.rank[i] == _NO_RANK:
+                    d.rank[i] = rank
                 self._requeue_in(d, chunk_hash)
                 if d.completed:
                     d.completed = False
@@ -253,34 +289,43 @@ class Picker:
         if h in table.by_chunk or h in table.pending_store or h in self._held:
             return
         avail = self.avail.get(h, 0)
-        live = d.queued.get(h)
+        assert d.info is not None
+        i = d.info.index_of[h]
+        live = d.queued[i]
         if avail == 0:
-            if live is not None:
-                del d.queued[h]
+            if live:
+                d.queued[i] = 0
+                d.n_queued -= 1
             return
-        if live is not None and live & _AVAIL_MASK == avail:
+        if live and live & _AVAIL_MASK == avail:
             return
         self._queue_seq += 1
         seq = self._queue_seq
-        d.queued[h] = _live(avail, seq)
-        heapq.heappush(d.heap, (avail, d.rank[h], h, seq))
-        if len(d.heap) > 4 * len(d.queued) + 1024:
+        if not live:
+            d.n_queued += 1
+        d.queued[i] = _live(avail, seq)
+        heapq.heappush(d.heap, _entry(avail, d.rank[i], h, i, seq))
+        if len(d.heap) > 4 * d.n_queued + 1024:
             self._rebuild_queue(d)   # mostly stale entries (availability churn): compact
 
     def _rebuild_queue(self, d: Download) -> None:
         requests, pending, avail_of = self._table.by_chunk, self._table.pending_store, self.avail
-        entries: list[tuple[int, float, bytes, int]] = []
-        queued: dict[bytes, int] = {}
+        assert d.info is not None
+        index_of = d.info.index_of
+        entries: list[int] = []
+        queued = array("Q", [0]) * len(d.queued)
         for h in d.missing:
             avail = avail_of.get(h, 0)
             if avail == 0 or h in requests or h in pending:
                 continue
             self._queue_seq += 1
-            queued[h] = _live(avail, self._queue_seq)
-            entries.append((avail, d.rank[h], h, self._queue_seq))
+            i = index_of[h]
+            queued[i] = _live(avail, self._queue_seq)
+            entries.append(_entry(avail, d.rank[i], h, i, self._queue_seq))
         heapq.heapify(entries)
         d.heap = entries
         d.queued = queued
+        d.n_queued = len(entries)
 
     # ================================================================== requests
 
@@ -380,8 +425,10 @@ class Picker:
         peer_has, peer_out, missing = self.peer_has, table.by_peer, d.missing
         depth = self._links.depth
         c = self._c
-        parked: list[tuple[int, float, bytes, int]] = []
-        aside: list[tuple[int, float, bytes, int]] = []
+        assert d.info is not None
+        index_of, hashes = d.info.index_of, d.info.refs.hashes
+        parked: list[int] = []
+        aside: list[int] = []
         try:
             while spare:
                 pass_spare = [peer_has[p] for p in spare]
@@ -389,7 +436,7 @@ class Picker:
                 # (they find no provider again: spare and back-off only shrink)
                 still = []
                 for e in aside:
-                    h = e[2]
+                    h = hashes[(e & _LOW_MASK) >> _SEQ_BITS]
                     for has in pass_spare:
                         if h in has:
                             still.append(e)
@@ -405,12 +452,15 @@ class Picker:
                 while seen < window and heap:
                     e = heapq.heappop(heap)
                     c.picker_pops += 1
-                    _, _, h, seq = e
-                    live = queued.get(h)
-                    if live is None or live >> _AVAIL_BITS != seq:
+                    low = e & _LOW_MASK
+                    i = low >> _SEQ_BITS
+                    h = hashes[i]      # (the catalog's object)
+                    live = queued[i]
+                    if not live or live >> _AVAIL_BITS != low & _SEQ_MASK:
                         continue   # stale: superseded or consumed
                     if h not in missing or h in requests or h in pending:
-                        del queued[h]   # requeued when it becomes idle again
+                        queued[i] = 0   # requeued when it becomes idle again
+                        d.n_queued -= 1
                         continue
                     if retry and retry.get(h, now) > now:
                         parked.append(e)
@@ -425,13 +475,15 @@ class Picker:
                     result = self._issue(d, h, spare, now, bucket)
                     if result is None:
                         if h in requests:
-                            del queued[h]
+                            queued[i] = 0
+                            d.n_queued -= 1
                         else:
                             parked.append(e)   # the download cap: ask again later
                         return False
                     if result:
                         issued += 1
-                        del queued[h]
+                        queued[i] = 0
+                        d.n_queued -= 1
                     else:
                         aside.append(e)
                 if issued == 0 or seen < window:
@@ -448,7 +500,7 @@ class Picker:
             left = [h for h in d.missing if h not in pending]
             if left and len(left) <= limit and all(h in requests for h in left):
                 expected = self._links.expected_answer
-                for h in sorted(left, key=lambda h: d.rank[h]):
+                for h in sorted(left, key=lambda h: d.rank[index_of[h]]):
                     recs = requests[h]
                     if len(recs) >= cfg.endgame_fanout:
                         continue

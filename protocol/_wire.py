@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from typing import TypeGuard
 
-from ._gossip import GossipBuckets, GossipDelta, GossipDigest, GossipPush, GossipSummary
+from ._gossip import (
+    GossipBuckets,
+    GossipDelta,
+    GossipDigest,
+    GossipPush,
+    GossipSummary,
+    GossipWant,
+)
 from ._handshake import Auth, HandshakeReject, Hello
 from ._overlay import OverlayFull
 from ._swarm_messages import (
@@ -34,7 +41,8 @@ __all__ = ["HandshakeMessage", "GossipMessage", "SwarmMessage", "OverlayMessage"
            "WIRE_MESSAGES", "is_wire_message"]
 
 HandshakeMessage = Hello | Auth | HandshakeReject
-GossipMessage = GossipSummary | GossipDigest | GossipDelta | GossipBuckets | GossipPush
+GossipMessage = (GossipSummary | GossipDigest | GossipDelta | GossipBuckets | GossipPush
+                 | GossipWant)
 SwarmMessage = (Interested | NotInterested | HaveSet | CannotHelp | Have | Request | Piece
                 | Cancel | Reject | Redirect)
 OverlayMessage = OverlayFull
@@ -42,7 +50,7 @@ WireMessage = HandshakeMessage | GossipMessage | SwarmMessage | OverlayMessage
 
 WIRE_MESSAGES: tuple[type[WireMessage], ...] = (
     Hello, Auth, HandshakeReject,
-    GossipSummary, GossipDigest, GossipDelta, GossipBuckets, GossipPush,
+    GossipSummary, GossipDigest, GossipDelta, GossipBuckets, GossipPush, GossipWant,
     Interested, NotInterested, HaveSet, CannotHelp, Have, Request, Piece, Cancel, Reject,
     Redirect, OverlayFull)
 

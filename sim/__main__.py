@@ -92,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=None, help="override the file's run.seed")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.add_argument("--out", type=Path, help="also write the JSON result to this file")
+    r.add_argument("--plot", type=Path, metavar="PNG",
+                   help="write convergence per formation, links and crashes over time")
+    r.add_argument("--html", type=Path, metavar="HTML",
+                   help="write a self-contained report (the plot and every table)")
     return p
 
 
@@ -147,6 +151,13 @@ def _human_run(result: dict[str, Any]) -> str:
                          f" active {row['active'] or '-':<8} converged "
                          f"{_fmt_t(row.get('converged_at')):<9} {_status(row):<13}"
                          f" {('blocked: ' + blockers) if blockers else ''}")
+    for r in result.get("rollouts", []):
+        took = "-" if r["measured_s"] is None else f"{r['measured_s']:.1f}s"
+        bound = "-" if r["bound_s"] is None else f"{r['bound_s']:.1f}s"
+        ratio = "" if r["ratio"] is None else f" = {r['ratio']:.2f}x"
+        lines.append(f"rollout {r['action']} {r['model']} {r['version']} at "
+                     f"t={r['at']:.1f}s: {r['carried_out']}/{r['targets']} targets, took "
+                     f"{took} against a bound of {bound} over the connected periods{ratio}")
     lines.append("bytes by link: " + ", ".join(f"{k} {v / 1e6:.1f} MB"
                                                for k, v in result["bytes_by_link"].items()))
     lines.append(f"trace {result['trace']}")
@@ -191,7 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, sort_keys=True, default=str)
     if args.out is not None:
         args.out.write_text(text + "\n")
-    if getattr(args, "plot", None) or getattr(args, "html", None):
+    if args.scenario == "run" and (args.plot or args.html):
+        from . import _fleetreport
+
+        png = _fleetreport.plot_png(result)
+        if args.plot:
+            args.plot.write_bytes(png)
+        if args.html:
+            _fleetreport.html(result, args.html, png)
+    elif getattr(args, "plot", None) or getattr(args, "html", None):
         from . import _report
 
         png = _report.plot_png([result])

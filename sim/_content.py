@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import blake3
 
 from protocol import (
+    ChunkList,
     ChunkRef,
     FileEntry,
     Manifest,
@@ -64,7 +65,7 @@ def _split(total: int, chunk_size: int) -> list[int]:
 def _assemble(publisher: SigningIdentity, model_id: str, version: str,
               refs: list[ChunkRef], created_at: int, base: str | None) -> Manifest:
     total = sum(r.size for r in refs)
-    entry = FileEntry("model.bin", total, tuple(refs), merkle_root([r.hash for r in refs]))
+    entry = FileEntry("model.bin", total, ChunkList(refs), merkle_root([r.hash for r in refs]))
     variant = Variant(VARIANT_ID, Requirements(), (entry,))
     return Manifest.sign(publisher, model_id, version, (variant,), created_at, base)
 

@@ -605,6 +605,7 @@ class Fleet:
         returns: the machine then keeps its upload queue in the swarm engine
         (``SwarmConfig.upload_window``), where it is ordered, instead of in the link."""
         self.net.on_sent = self._piece_sent
+        self.net.sent_small = (PIECE_TYPE,)    # a piece of a small chunk too
 
     def _piece_sent(self, src: str, dst: str, message: Any) -> None:
         if type(message) is not PIECE_TYPE:

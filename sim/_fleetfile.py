@@ -37,6 +37,7 @@ targeted node that is up has converged.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -46,16 +47,20 @@ from typing import Any
 import blake3
 
 from protocol import (
+    ChunkList,
+    ChunkParams,
     ChunkRef,
     FileEntry,
     IntentKind,
     Manifest,
     ProtocolError,
     Variant,
+    chunk_bytes,
     merkle_root,
     select_variant,
 )
 
+from ._bound import ClassRate, Timeline, reach_times, transfer_bound, up_periods
 from ._fleet import Fleet, NodeSpec
 from ._fleetspec import (
     Action,
@@ -85,6 +90,19 @@ def _manifests(spec: ModelSpec, publisher: Any) -> tuple[dict[str, Manifest],
     for n, ver in enumerate(spec.versions):
         variants = []
         for v in spec.variants:
+            path = dict(ver.files).get(v.variant_id)
+            if path is not None:     # a real file: its real chunks, shared where equal
+                data = path.read_bytes()
+                cut = chunk_bytes(data, ChunkParams.around(spec.chunk_size))
+                off = 0
+                for ref in cut:
+                    tokens[ref.hash] = data[off:off + ref.size]
+                    sizes[ref.hash] = ref.size
+                    off += ref.size
+                entry = FileEntry(path.name, len(data), ChunkList(cut),
+                                  merkle_root([r.hash for r in cut]))
+                variants.append(Variant(v.variant_id, v.requirements, (entry,)))
+                continue
             old = previous.get(v.variant_id)
             lengths = [spec.chunk_size] * (v.size // spec.chunk_size)
             if v.size % spec.chunk_size:
@@ -102,7 +120,7 @@ def _manifests(spec: ModelSpec, publisher: Any) -> tuple[dict[str, Manifest],
                 sizes[h] = length
                 refs.append(ChunkRef(h, length))
             previous[v.variant_id] = refs
-            entry = FileEntry("model.bin", v.size, tuple(refs),
+            entry = FileEntry("model.bin", v.size, ChunkList(refs),
                               merkle_root([r.hash for r in refs]))
             variants.append(Variant(v.variant_id, v.requirements, (entry,)))
         out[ver.version] = Manifest.sign(publisher, spec.model_id, ver.version, tuple(variants),
@@ -119,10 +137,94 @@ class _Track:
     """One node's view of one model over the run."""
 
     active: str | None = None
+    initial: str | None = None              # ``active`` at the start
     changed_at: float = 0.0                 # the sample that first saw ``active``
     history: list[tuple[float, str | None]] = field(default_factory=list)
     blockers: dict[str, float] = field(default_factory=dict)   # reason -> seconds seen
     first_blocked: dict[str, float] = field(default_factory=dict)
+
+
+def _timeline(ff: FleetFile, n: int, class_of: dict[tuple[int, int], str]) -> Timeline:
+    classes = {lk.link.name: ClassRate(
+        lk.link.up, lk.link.down,
+        lk.link.mss / (lk.link.mss + lk.link.header_bytes)) for lk in ff.links}
+    peers: list[dict[str, set[int]]] = [{} for _ in range(n)]
+    for (a, b), name in class_of.items():
+        peers[a].setdefault(name, set()).add(b)
+        peers[b].setdefault(name, set()).add(a)
+    return Timeline(classes, [{c: frozenset(p) for c, p in d.items()} for d in peers])
+
+
+@dataclass
+class _Rollout:
+    """A distribute or rollback as issued: what each node lacked of it then."""
+
+    action: Action
+    intent_id: str
+    at: float
+    issuer: int                 # the node where it was issued
+    origin: int
+    missing: list[int]          # bytes node i lacked of the variant it would run
+    origin_only: int            # bytes of those that no node but the origin held
+
+
+def _rollout(fleet: Fleet, man: Manifest, a: Action, intent_id: str, issuer: int,
+             origin: int, now: float) -> _Rollout:
+    need: dict[bytes, int] = {}
+    missing: list[int] = []
+    for node in fleet.nodes:
+        choice = select_variant(man, node.spec.capabilities, a.variant)
+        lacks = {} if choice.variant_id is None else {
+            c.hash: c.size for c in man.variant(choice.variant_id).chunk_refs()
+            if c.hash not in node.disk.held}
+        need.update(lacks)
+        missing.append(sum(lacks.values()))
+    others = [n.disk.held for k, n in enumerate(fleet.nodes) if k != origin]
+    only = sum(size for h, size in need.items() if not any(h in held for held in others))
+    return _Rollout(a, intent_id, now, issuer, origin, missing, only)
+
+
+def _first_on(track: _Track, version: str, at: float) -> float | None:
+    """When the node first ran ``version`` from ``at`` on (``at`` if it ran it then)."""
+    before = [v for t, v in track.history if t <= at]
+    if (before[-1] if before else track.initial) == version:
+        return at
+    return next((t for t, v in track.history if t > at and v == version), None)
+
+
+def _against_bound(r: _Rollout, fleet: Fleet, timeline: Timeline,
+                   tracks: dict[tuple[int, str], _Track], names: list[str]) -> dict[str, Any]:
+    """The rollout's completion against its bound over the connected periods
+    (``sim/_bound.py``): the nodes it decided at the end, when the last of them
+    first ran its version (to the sample), and the bound: the latest of the targets' own (from the
+    order's earliest possible arrival), the origin's and the fleet's uplinks'."""
+    targets = [i for i, node in enumerate(fleet.nodes) if node.alive
+               and (want := node.machine.desired(r.action.model)) is not None
+               and want.intent_id == r.intent_id]
+    first = {i: _first_on(tracks[(i, r.action.model)], r.action.version, r.at)
+             for i in targets}
+    done = [t for t in first.values() if t is not None]
+    reach = reach_times(timeline, r.at, r.issuer)
+    everyone = range(len(fleet.nodes))
+    bound = max([reach[i] - r.at + transfer_bound(timeline, reach[i], [i], r.missing[i])
+                 for i in targets if reach[i] < math.inf]
+                + [transfer_bound(timeline, r.at, [r.origin], r.origin_only, upload=True),
+                   transfer_bound(timeline, r.at, everyone,
+                                  sum(r.missing[i] for i in targets), upload=True)])
+    measured = max(done) - r.at if targets and len(done) == len(targets) else None
+    return {
+        "action": r.action.do, "model": r.action.model, "version": r.action.version,
+        "at": round(r.at, 3), "node": r.action.node, "targets": len(targets),
+        "carried_out": len(done),
+        "bytes_missing_max": max([r.missing[i] for i in targets], default=0),
+        "origin_only_bytes": r.origin_only,
+        "measured_s": None if measured is None else round(measured, 3),
+        "bound_s": round(bound, 3) if math.isfinite(bound) else None,
+        "ratio": (round(measured / bound, 3) if measured is not None and bound > 0
+                  and math.isfinite(bound) else None),
+        "last_node": (None if measured is None else
+                      names[max(targets, key=lambda i: first[i] or 0.0)]),
+    }
 
 
 def simulate(ff: FleetFile, seed: int | None = None,
@@ -151,17 +253,18 @@ def simulate(ff: FleetFile, seed: int | None = None,
     ids = [n.node_id for n in fleet.nodes]
     for lk in ff.links:
         net.add_link_class(lk.link)
+    class_of: dict[tuple[int, int], str] = {}
     for lk in ff.links:      # in file order: a later link wins a pair two links join
-        for fname in lk.within:
-            mem = members[fname]
-            for x in range(len(mem)):
-                for y in range(x + 1, len(mem)):
-                    net.join(ids[mem[x]], ids[mem[y]], lk.link.name)
-        for fa, fb in lk.between:
-            for a in members[fa]:
-                for b in members[fb]:
-                    if a != b:
-                        net.join(ids[a], ids[b], lk.link.name)
+        pairs = [(mem[x], mem[y]) for fname in lk.within
+                 for mem in (members[fname],)
+                 for x in range(len(mem)) for y in range(x + 1, len(mem))]
+        pairs += [(a, b) for fa, fb in lk.between
+                  for a in members.get(fa, [index.get(fa, -1)])
+                  for b in members.get(fb, [index.get(fb, -1)]) if a != b]
+        for a, b in pairs:
+            net.join(ids[a], ids[b], lk.link.name)
+            class_of[(min(a, b), max(a, b))] = lk.link.name
+    timeline = _timeline(ff, len(names), class_of)
 
     # content: every version's chunks on its origin; installed versions on their nodes
     manifests: dict[str, dict[str, Manifest]] = {}
@@ -211,6 +314,8 @@ def simulate(ff: FleetFile, seed: int | None = None,
                              "publish (installed at start)")
 
     issued: list[str] = []
+    rollouts: list[_Rollout] = []
+    origin_of = {spec.model_id: spec.origin for spec in ff.models}
 
     def act(a: Action) -> None:
         i = index[a.node]
@@ -236,6 +341,9 @@ def simulate(ff: FleetFile, seed: int | None = None,
             note(loop.now, a.do, **entry, error=f"{type(exc).__name__}: {exc}")
             return
         issued.append(intent.intent_id)
+        if a.do != "cancel":
+            rollouts.append(_rollout(fleet, manifests[a.model][a.version], a,
+                                     intent.intent_id, i, index[origin_of[a.model]], loop.now))
         loop.log("action", a.do, i, a.model, a.version)
         note(loop.now, a.do, **entry, intent=intent.intent_id[:16])
         fleet.pump(i)
@@ -244,7 +352,28 @@ def simulate(ff: FleetFile, seed: int | None = None,
         loop.call_at(action.at, act, action)
 
     def link_state(name: str, up: bool) -> None:
+        timeline.link(loop.now, name, up)
         fleet.set_link_state(name, up)
+
+    def split(groups: list[list[int]]) -> None:
+        side = [0] * len(names)
+        for g, members_of in enumerate(groups):
+            for i in members_of:
+                side[i] = g + 1
+        timeline.split(loop.now, side)
+        fleet.split(groups)
+
+    def heal() -> None:
+        timeline.split(loop.now, None)
+        fleet.heal()
+
+    def crash_node(i: int) -> None:
+        timeline.node(loop.now, i, False)
+        fleet.crash(i)
+
+    def start_node(i: int) -> None:
+        timeline.node(loop.now, i, True)
+        fleet.start(i)
 
     for lk in ff.links:
         if lk.mean_up is not None:
@@ -274,18 +403,19 @@ def simulate(ff: FleetFile, seed: int | None = None,
 
     for p in ff.partitions:
         groups = [[i for f in g for i in members[f]] for g in p.groups]
-        loop.call_at(p.at, fleet.split, groups)
+        loop.call_at(p.at, split, groups)
         if p.heal_at is not None:
-            loop.call_at(p.heal_at, fleet.heal)
+            loop.call_at(p.heal_at, heal)
     for c in ff.crashes:
-        loop.call_at(c.at, fleet.crash, index[c.node])
+        loop.call_at(c.at, crash_node, index[c.node])
         if c.back_at is not None:
-            loop.call_at(c.back_at, fleet.start, index[c.node])
+            loop.call_at(c.back_at, start_node, index[c.node])
     last_event = max([a.at for a in ff.actions] + [p.heal_at or p.at for p in ff.partitions]
                      + [c.back_at or c.at for c in ff.crashes] + [0.0])
 
     model_ids = [m.model_id for m in ff.models]
-    tracks = {(i, m): _Track(fleet.nodes[i].disk.active.get(m))
+    tracks = {(i, m): _Track(fleet.nodes[i].disk.active.get(m),
+                           fleet.nodes[i].disk.active.get(m))
               for i in range(len(names)) for m in model_ids}
     step = ff.sample_every
 
@@ -382,6 +512,9 @@ def simulate(ff: FleetFile, seed: int | None = None,
         "converged": all(f["converged"] == f["targeted"] for f in formations_out.values()),
         "formations": formations_out,
         "bytes_by_link": dict(sorted(net.bytes_by_class.items())),
+        "rollouts": [_against_bound(r, fleet, timeline, tracks, names) for r in rollouts],
+        "links_up": {k: [[round(a, 3), round(b, 3)] for a, b in v]
+                     for k, v in up_periods(timeline, end).items()},
         "bytes_sent": st.bytes_sent, "messages_lost": nst.lost,
         "actions": log, "notices": st.notices,
         "wall_seconds": time.perf_counter() - wall,

@@ -207,6 +207,7 @@ class VersionSpec:
     version: str
     changed: float
     installed: tuple[str, ...]
+    files: tuple[tuple[str, Path], ...] = ()    # variant id -> a real file: its contents
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,10 +257,12 @@ def load(path: str | Path) -> FleetFile:
         text = p.read_text()
     except OSError as exc:
         raise FleetFileError(f"{p}: {exc.strerror or exc}") from None
-    return parse(text, default_name=p.stem)
+    return parse(text, default_name=p.stem, base=p.parent)
 
 
-def parse(text: str, default_name: str = "fleet") -> FleetFile:
+def parse(text: str, default_name: str = "fleet", base: Path | None = None) -> FleetFile:
+    """``base``: the folder relative ``files`` paths are read from (the file's own by
+    :func:`load`; the working directory by default)."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -285,7 +288,7 @@ def parse(text: str, default_name: str = "fleet") -> FleetFile:
         raise FleetFileError("formation: two formations have the same name")
     known = set(fnames)
     nodes = {f"{f.name}-{i}" for f in formations for i in range(f.count)}
-    links = tuple(_link(t, known) for t in top.tables("link"))
+    links = tuple(_link(t, known, nodes) for t in top.tables("link"))
     if len({lk.link.name for lk in links}) != len(links):
         raise FleetFileError("link: two links have the same name")
     partitions = tuple(_partition(t, known) for t in top.tables("partition"))
@@ -294,7 +297,8 @@ def parse(text: str, default_name: str = "fleet") -> FleetFile:
         if start < end:
             raise FleetFileError("partition: partitions overlap in time (one at a time)")
     crashes = tuple(_crash(t, nodes) for t in top.tables("crash"))
-    models = tuple(_model(t, known, nodes) for t in top.tables("model"))
+    models = tuple(_model(t, known, nodes, base or Path.cwd())
+                   for t in top.tables("model"))
     if len({m.model_id for m in models}) != len(models):
         raise FleetFileError("model: two models have the same id")
     actions = tuple(_action(t, nodes, {m.model_id: m for m in models})
@@ -368,7 +372,7 @@ def _capabilities(hw: dict[str, Any]) -> Capabilities:
                         gpus=gpus, execution_providers=tuple(hw["execution_providers"]))
 
 
-def _link(t: _Table, formations: set[str]) -> Link:
+def _link(t: _Table, formations: set[str], nodes: set[str]) -> Link:
     name = t.take("name", str)
     up = t.number("up_mbit", lo=1e-6)
     down = t.number("down_mbit", up, lo=1e-6)
@@ -387,15 +391,16 @@ def _link(t: _Table, formations: set[str]) -> Link:
     for i, pair in enumerate(between_raw):
         if (not isinstance(pair, list) or len(pair) != 2
                 or not all(isinstance(x, str) for x in pair)):
-            raise FleetFileError(f"{t.path}.between[{i}]: expected [\"FORMATION\", \"FORMATION\"]")
+            raise FleetFileError(f"{t.path}.between[{i}]: expected [\"FORMATION or NODE\", "
+                                 f"\"FORMATION or NODE\"]")
         between.append((pair[0], pair[1]))
     for i, f in enumerate(within):
         if f not in formations:
             raise FleetFileError(f"{t.path}.within[{i}]: no formation {f!r}")
     for i, pair in enumerate(between):
         for f in pair:
-            if f not in formations:
-                raise FleetFileError(f"{t.path}.between[{i}]: no formation {f!r}")
+            if f not in formations and f not in nodes:
+                raise FleetFileError(f"{t.path}.between[{i}]: no formation or node {f!r}")
     if not within and not between:
         raise FleetFileError(f"{t.path}: joins nothing (give within and/or between)")
     every = up_for = offset = None
@@ -483,7 +488,36 @@ def _requirements(t: _Table | None) -> Requirements:
     return req
 
 
-def _model(t: _Table, formations: set[str], nodes: set[str]) -> ModelSpec:
+def _files(v: _Table, variant_ids: list[str], base: Path) -> tuple[tuple[str, Path], ...]:
+    """``file = PATH`` (a model of one variant) or ``files = {VARIANT = PATH}``: real
+    files whose contents are the version's variants."""
+    if v.has("file") and v.has("files"):
+        raise FleetFileError(f"{v.path}: give file or files, not both")
+    if v.has("file"):
+        if len(variant_ids) != 1:
+            raise FleetFileError(f"{v.path}.file: the model has {len(variant_ids)} variants: "
+                                 "name each in files = {{VARIANT = PATH}}")
+        given = {variant_ids[0]: v.take("file", str)}
+        where = f"{v.path}.file"
+    else:
+        table = v.table("files", optional=True)
+        if table is None:
+            return ()
+        given = {k: table.take(k, str) for k in list(table.raw)}
+        table.done()
+        where = f"{v.path}.files"
+    out: list[tuple[str, Path]] = []
+    for vid, name in given.items():
+        if vid not in variant_ids:
+            raise FleetFileError(f"{where}.{vid}: no variant {vid!r} in this model")
+        path = base / name
+        if not path.is_file():
+            raise FleetFileError(f"{where}: {str(path)!r} is not a file")
+        out.append((vid, path))
+    return tuple(out)
+
+
+def _model(t: _Table, formations: set[str], nodes: set[str], base: Path) -> ModelSpec:
     model_id = t.take("id", str)
     try:
         validate_model_id(model_id)
@@ -494,7 +528,7 @@ def _model(t: _Table, formations: set[str], nodes: set[str]) -> ModelSpec:
     variants: list[VariantSpec] = []
     for v in t.tables("variant"):
         vid = v.take("id", str)
-        size = v.size("size")
+        size = v.size("size") if v.has("size") else 0   # 0: every version gives a file
         req = _requirements(v.table("requirements", optional=True))
         v.done()
         variants.append(VariantSpec(vid, size, req))
@@ -509,15 +543,28 @@ def _model(t: _Table, formations: set[str], nodes: set[str]) -> ModelSpec:
             validate_version(version)
         except InvalidValue as exc:
             raise FleetFileError(f"{v.path}.version: {exc}") from None
+        files = _files(v, [x.variant_id for x in variants], base)
+        if files and v.has("changed"):
+            raise FleetFileError(f"{v.path}.changed: a version given as files changes what "
+                                 "its files change; leave changed out")
         changed = v.number("changed", 1.0 if i == 0 else 0.1, hi=1.0)
         installed = v.strings("installed", [])
         for j, where in enumerate(installed):
             if where not in formations and where not in nodes:
                 raise FleetFileError(f"{v.path}.installed[{j}]: no formation or node {where!r}")
         v.done()
-        versions.append(VersionSpec(version, changed, tuple(installed)))
+        for x in variants:
+            if x.size == 0 and x.variant_id not in dict(files):
+                raise FleetFileError(f"{v.path}.files: no file for variant {x.variant_id!r}, "
+                                     f"which has no size (model.variant.size)")
+        versions.append(VersionSpec(version, changed, tuple(installed), files))
     if not versions:
         raise FleetFileError(f"{t.path}.version: at least one [[model.version]] is required")
+    for x in variants:
+        given = [x.variant_id in dict(ver.files) for ver in versions]
+        if any(given) and not all(given):
+            raise FleetFileError(f"{t.path}.version: variant {x.variant_id!r} is a file in "
+                                 "some versions: give it as a file in every version")
     if len({v.version for v in versions}) != len(versions):
         raise FleetFileError(f"{t.path}.version: two versions are the same")
     t.done()

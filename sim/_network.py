@@ -31,11 +31,12 @@ nothing. Small messages (``<= bypass_bytes``: gossip, requests, have-sets) are
 still charged their capacity but do not wait behind queued bulk data, which is
 what per-flow fair queuing (TCP flows sharing a link) gives a thin flow.
 
-``on_sent`` (optional) is called ``(src, dst, message)`` when a bulk message has
-left the sender's uplink (``up_done``) -- what a real driver learns when its ``send``
-returns. It is an observation, not a change to the model: nothing above depends on
-it. The swarm scenarios wire it to ``NodeMachine.upload_done`` (``Fleet.report_uploads``)
-so that upload queues stay in the swarm engine instead of in this FIFO.
+``on_sent`` (optional) is called ``(src, dst, message)`` when a bulk message (or a
+small one of a type in ``sent_small``) has left the sender's uplink (``up_done``) --
+what a real driver learns when its ``send`` returns. It is an observation, not a
+change to the model: nothing above depends on it. The swarm scenarios wire it to
+``NodeMachine.upload_done`` (``Fleet.report_uploads``) so that upload queues stay in
+the swarm engine instead of in this FIFO.
 
 Loss drops a message after it has used the sender's uplink. Duplication
 delivers a second copy with its own jitter. A partition is a list of groups:
@@ -142,6 +143,7 @@ class Network:
         # called (src, dst, message) when a bulk message has left src's uplink (the
         # "send returned" a real driver sees); not for a sender that crashed meanwhile
         self.on_sent: Deliver | None = None
+        self.sent_small: tuple[type, ...] = ()   # types reported even below bypass_bytes
         self._sent = self._delivered = self._lost = self._blocked = self._dup = 0
         self._bytes_sent = self._bytes_delivered = 0
         # link classes (empty: every pair uses the nodes' default links, as before)
@@ -298,7 +300,8 @@ class Network:
             up_start = max(now, self._up_free[src])
             self._up_free[src] = up_start + up_time
         up_done = up_start + up_time
-        if self.on_sent is not None and size > p.bypass_bytes:
+        if self.on_sent is not None and (size > p.bypass_bytes
+                                         or type(message) in self.sent_small):
             self.loop.call_at(up_done, self._sent_hook, src, dst, message, self._epoch[src])
         rng = self.rng
         if p.loss and rng.random() < p.loss:
@@ -349,7 +352,7 @@ class Network:
             up_start = max(now, free)
             self._if_up_free[key] = up_start + up_time
         up_done = up_start + up_time
-        if self.on_sent is not None and size > bypass:
+        if self.on_sent is not None and (size > bypass or type(message) in self.sent_small):
             self.loop.call_at(up_done, self._sent_hook, src, dst, message, self._epoch[src])
         rng = self.rng
         if link.loss and rng.random() < link.loss:

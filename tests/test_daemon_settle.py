@@ -89,6 +89,16 @@ def test_daemons_keep_two_versions_and_forget_settled_history(tmp_path: Path) ->
             stats = json.loads((await c.control.status()).statistics_json)
             return bool(stats["ledger"]["manifests"] == 2)
         wait_for(f, 0, two_manifests, timeout=40)        # 1.0.0's is forgotten
+        # and on disk: a target's store drops the manifest file its ledger forgot (the
+        # publisher's keeps it: its pinned pack of 1.0.0 is still there)
+
+        def manifest_files(i: int) -> int:
+            return len(list((f.nodes[i].data_dir / "store" / "manifests").iterdir()))
+        deadline = time.monotonic() + 30
+        while not all(manifest_files(i) == 2 for i in TARGETS):
+            assert time.monotonic() < deadline, [manifest_files(i) for i in TARGETS]
+            time.sleep(0.3)
+        assert manifest_files(0) == 3
         log_path = f.nodes[0].data_dir / "daemon.log"
         before = len(log_path.read_bytes())
         f.kill(0, signal.SIGTERM)

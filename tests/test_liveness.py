@@ -108,9 +108,9 @@ def test_a_hung_peer_with_an_open_session_is_suspected() -> None:
 
 def test_a_node_reachable_through_others_refutes_suspicion() -> None:
     # 3 writes at node 5 needs its suspicions of 0 and 1 to land on one timer tick (one
-    # write) and that write to refute theirs; with seed 2 they do (timer phases are
+    # write) and that write to refute theirs; with seed 3 they do (timer phases are
     # seeded: over seeds 1-12 node 5 writes 3 to 5 records)
-    fleet = InProcessFleet(6, seed=2)
+    fleet = InProcessFleet(6, seed=3)
     fleet.issue(0, intent("1.0.0"))
     fleet.advance(15)
     fleet.disconnect(5, 0)                  # two links of node 5 die for good ...

@@ -8,7 +8,9 @@ without the history."""
 
 from __future__ import annotations
 
-from protocol import Intent, IntentKind, ModelOperationalStatus, Scope
+from typing import Any
+
+from protocol import Intent, IntentKind, ModelOperationalStatus, Scope, ScopeKind
 from protocol._config import Config, LedgerConfig
 from protocol._hlc import HLC
 from protocol._intents import OnDegraded, RolloutPolicy, resolve
@@ -282,3 +284,41 @@ def test_an_install_that_finds_held_chunks_bad_fetches_them_again() -> None:
     assert [x.version for x in fleet.installs[2]] == ["1.0.0", "1.0.0"]   # again
     st = fleet.m(2).model_state("m")
     assert st is not None and st.status is S.OPERATIONAL and st.blocker is None
+
+
+class _KeeperFleet(InProcessFleet):
+    """Node 2 keeps every entry (``retire = false``); the others retire as by default."""
+
+    def _machine(self, **kw: Any) -> Any:
+        if self.by_id[kw["identity"].key_id].index == 2:
+            kw["config"] = Config(fleet_id="test-fleet", ledger=LedgerConfig(retire=False))
+        return super()._machine(**kw)
+
+
+def test_a_manifest_forgotten_here_comes_back_when_an_operator_names_it_again() -> None:
+    """Nodes retire at their own pace. Node 2 publishes three versions to nodes 0 and 1
+    (out of scope itself, it keeps every chunk it published) and still holds 1.0.0's
+    manifest after nodes 0 and 1 forgot it; an operator rolls them back to 1.0.0 there.
+    Their vectors still cover the forgotten entry, so no round sends it again: they ask
+    for it (``GossipWant``), get the signed entry back, fetch 1.0.0 from node 2 and run
+    it. (Without the want, they waited for that manifest for ever.)"""
+    fleet = _KeeperFleet(3)
+    pair = Scope(ScopeKind.NODES, nodes=("n0", "n1"))
+    for k, version in enumerate(("1.0.0", "2.0.0", "3.0.0")):
+        fleet.publish_files(version, seed="abc"[k], at=2)
+        fleet.issue(2, intent(version, wall=1 + 4 * k, scope=pair))
+        fleet.advance(20 + 2 * RETIRE_INTERVAL)
+    for n in (0, 1):
+        st = fleet.m(n).model_state("m")
+        assert st is not None and st.active_version == "3.0.0"
+        assert fleet.m(n).ledger.manifest_for("m", "1.0.0") is None      # forgotten
+    assert fleet.m(2).ledger.manifest_for("m", "1.0.0") is not None
+    fleet.issue(2, intent("1.0.0", wall=30, kind=IntentKind.ROLLBACK, scope=pair))
+    fleet.advance(40)
+    for n in (0, 1):
+        assert fleet.m(n).ledger.manifest_for("m", "1.0.0") is not None
+        st = fleet.m(n).model_state("m")
+        assert st is not None and st.active_version == "1.0.0"
+    stats = [fleet.m(n).gossip.statistics() for n in range(3)]
+    assert stats[0].wants_sent + stats[1].wants_sent >= 1
+    assert sum(s.wants_answered for s in stats) >= 1

@@ -86,6 +86,8 @@ def last_converged(result: dict[str, object], formation: str) -> float:
     ("[[formation]]\nname = 'a'\ncount = 1\n[[link]]\nname = 'x'\nup_mbit = 1\n"
      "within = ['a']\nloss = 0.9\n", "link[0].loss: 0.9 is outside"),
     ("[[formation]]\nname = 'a'\ncount = 1\n[[link]]\nname = 'x'\nup_mbit = 1\n"
+     "between = [['a', 'a-1']]\n", "link[0].between[0]: no formation or node 'a-1'"),
+    ("[[formation]]\nname = 'a'\ncount = 1\n[[link]]\nname = 'x'\nup_mbit = 1\n"
      "within = ['a']\nschedule = { every = '1h', up_for = '2h' }\n", "link[0].schedule"),
     ("[[formation]]\nname = 'a'\ncount = 1\n[[link]]\nname = 'x'\nup_mbit = 1\n"
      "within = ['a']\nheader_bytes = -1\n", "link[0].header_bytes: -1 is outside"),
@@ -151,6 +153,19 @@ def test_a_scheduled_outage_delays_convergence_by_about_the_outage() -> None:
     # sessions' re-dial once the link is back (13 s with seed 3)
     assert 117.0 <= t1 - t0 <= 117.0 + 20.0
     assert t0 < 60.0
+
+
+def test_a_link_may_join_one_pair_of_nodes() -> None:
+    """A 100 Mbit/s link from the ground station to field-2 alone: field-2 gets the
+    model over it long before the others can over the 2 Mbit/s satellite."""
+    direct = ('[[link]]\nname = "direct"\nup_mbit = 100\nlatency_ms = 5\n'
+              'between = [["hq-0", "field-2"]]\n')
+    result = simulate(parse(small() + direct))
+    assert result["converged"]
+    rows = {r["node"]: r for r in result["formations"]["field"]["node_rows"]}
+    assert rows["field-2"]["converged_at"] < 10.0 < min(
+        rows[n]["converged_at"] for n in ("field-0", "field-1"))
+    assert result["bytes_by_link"]["direct"] > 4 * 1024 * 1024
 
 
 def test_random_outages_replay_with_the_seed_and_delay_convergence() -> None:

@@ -397,3 +397,24 @@ def test_enospc_raises_insufficient_storage_and_leaves_nothing_partial(tmp_path:
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
         shutil.rmtree(mnt, ignore_errors=True)
+
+
+def test_forgetting_manifests_keeps_those_a_version_on_disk_or_a_pin_needs(
+        tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path / "store")
+    held, pinned, loose = (_manifest(v, [_data(k)]) for k, v in
+                           enumerate(("1.0.0", "2.0.0", "3.0.0")))
+    _fill(store, held, [_data(0)])                 # a pack of it is on disk
+    store.complete(held, "default")
+    store.unpin(held.manifest_id)
+    for m in (pinned, loose):
+        store.put_manifest(m)
+    store.pin(pinned.manifest_id)
+    ids = {m.manifest_id for m in (held, pinned, loose)}
+    assert store.forget_manifests(ids | {"f" * 64}) == [loose.manifest_id]
+    assert {m.manifest_id for m in store.manifests()} == ids - {loose.manifest_id}
+    files = {p.name for p in (tmp_path / "store" / "manifests").iterdir()}
+    assert files == ids - {loose.manifest_id}
+    store.close()
+    again = ChunkStore(tmp_path / "store")           # and it stays forgotten
+    assert loose.manifest_id not in {m.manifest_id for m in again.manifests()}

@@ -73,9 +73,17 @@ class DiskTasks:
     _last_save: float
     _save_retry_at: float
     _stored_manifests: set[str]
+    _store_keeps: set[str]          # forgotten by the ledger, still needed on this disk
+    _saved_manifests: int           # manifests the ledger held at the last save
 
     def post(self, event: InboxEvent) -> None:
         raise NotImplementedError
+
+    def _track_stored_manifests(self) -> None:
+        """Start from the manifests the store holds (the ledger's are added on save)."""
+        self._stored_manifests = {m.manifest_id for m in self.store.manifests()}
+        self._store_keeps = set()
+        self._saved_manifests = 0
 
     async def _read_served(self, hashes: list[bytes]) -> dict[bytes, bytes]:
         """The verified bytes of the chunks to serve that the store can give: those in
@@ -106,8 +114,11 @@ class DiskTasks:
         ``ledger_save_interval`` seconds, and retry a save that failed."""
         vv = self.machine.ledger.version_vector
         now = self.clock()
+        # (a retirement pass that forgot a manifest moves no vector: its file goes too)
+        forgot = len(self.machine.ledger.manifests()) < self._saved_manifests
         if self._owed_own > self._saved_own or (
-                vv != self._saved_vv and now - self._last_save >= self.ledger_save_interval):
+                (vv != self._saved_vv or forgot)
+                and now - self._last_save >= self.ledger_save_interval):
             await self._save(now)
 
     async def _save(self, now: float) -> None:
@@ -123,10 +134,17 @@ class DiskTasks:
             await trio.to_thread.run_sync(save_ledger, self.data.root, ledger)
             self._saved_own, self._saved_vv, self._last_save = own, vv, now
             self._saves += 1
-            for manifest in ledger.manifests():
-                if manifest.manifest_id not in self._stored_manifests:
+            live = {m.manifest_id: m for m in ledger.manifests()}
+            self._saved_manifests = len(live)
+            for mid, manifest in live.items():
+                if mid not in self._stored_manifests:
                     await trio.to_thread.run_sync(self.store.put_manifest, manifest)
-                    self._stored_manifests.add(manifest.manifest_id)
+                    self._stored_manifests.add(mid)
+            # forgotten by the ledger: the store drops those no version on this disk needs
+            if retired := self._stored_manifests - live.keys() - self._store_keeps:
+                gone = await trio.to_thread.run_sync(self.store.forget_manifests, retired)
+                self._stored_manifests -= set(gone)
+                self._store_keeps |= retired - set(gone)
         except AgentError as exc:
             # disk full or unwritable: keep serving and retry; own counters are
             # wall-clock floored, so an unsaved own entry is never reused
@@ -147,6 +165,7 @@ class DiskTasks:
                               extra={"model_id": out.model_id, "version": version})
             return before - self.store.hashes()
         gone = await trio.to_thread.run_sync(remove)
+        self._store_keeps.clear()        # a version left the disk: its manifest may go too
         if gone:
             self.post(ChunksGone(frozenset(gone)))
 

@@ -34,6 +34,7 @@ from agent._storage.paths import confine
 from agent._storage.store import ChunkStore
 from protocol import (
     DEFAULT_PARAMS,
+    ChunkList,
     ChunkRef,
     FileEntry,
     HostilePath,
@@ -99,7 +100,7 @@ def _chunk_file(store: ChunkStore, rel: str, data_source: Callable[[int], bytes]
             new_chunks += 1
             new_bytes += len(data)
         refs.append(ChunkRef(h, len(data)))
-    entry = FileEntry(rel, sum(r.size for r in refs), tuple(refs),
+    entry = FileEntry(rel, sum(r.size for r in refs), ChunkList(refs),
                       merkle_root([r.hash for r in refs]), executable)
     return entry, new_chunks, new_bytes
 

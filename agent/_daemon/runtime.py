@@ -236,7 +236,7 @@ class NodeRuntime(DiskTasks):
                         lambda m: self.machine.publish_manifest(m, now))
         for m in self.machine.ledger.manifests():
             self.store.put_manifest(m)
-        self._stored_manifests = {m.manifest_id for m in self.store.manifests()}
+        self._track_stored_manifests()
         self.port = 0
         self._sessions: dict[str, _Session] = {}
         self._banned: dict[str, float] = {}

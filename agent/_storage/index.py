@@ -4,6 +4,7 @@ chunk of its variant sits, packed small, and the tables from chunk to directorie
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from protocol import Manifest, Variant
@@ -50,13 +51,14 @@ class IndexedDir:
     def places(self, h: bytes) -> list[tuple[str, int]]:
         return [self._unpack(self.layout[h]), *map(self._unpack, self.dups.get(h, ()))]
 
-    def file_chunks(self, index: int) -> list[tuple[bytes, int]]:
-        """(hash, offset) of every chunk of the ``index``-th file, in order."""
-        out, off = [], 0
-        for ref in self.variant.files[index].chunks:
-            out.append((ref.hash, off))
-            off += ref.size
-        return out
+    def file_chunks(self, index: int) -> Iterator[tuple[bytes, int]]:
+        """(hash, offset) of every chunk of the ``index``-th file, in order, read from the
+        manifest's compact chunk list as it goes (no list per chunk of the file)."""
+        chunks = self.variant.files[index].chunks
+        off = 0
+        for h, size in zip(chunks.iter_hashes(), chunks.sizes(), strict=True):
+            yield h, off
+            off += size
 
 
 def new_dir(path: str, manifest: Manifest, variant: Variant, *, installed: bool) -> IndexedDir:
@@ -66,13 +68,13 @@ def new_dir(path: str, manifest: Manifest, variant: Variant, *, installed: bool)
     for i, entry in enumerate(variant.files):
         files.append((entry.path, entry.size, entry.executable))
         off = 0
-        for ref in entry.chunks:
-            packed = (ref.size << (2 * _OFF_BITS)) | (i << _OFF_BITS) | off
-            if ref.hash in layout:
-                dups.setdefault(ref.hash, []).append(packed)
+        for h, size in zip(entry.chunks.iter_hashes(), entry.chunks.sizes(), strict=True):
+            packed = (size << (2 * _OFF_BITS)) | (i << _OFF_BITS) | off
+            if h in layout:
+                dups.setdefault(h, []).append(packed)
             else:
-                layout[ref.hash] = packed
-            off += ref.size
+                layout[h] = packed
+            off += size
     return IndexedDir(path, manifest.manifest_id, variant.variant_id, installed, variant, files,
                 layout, dups)
 

@@ -59,6 +59,7 @@ from agent._storage.store import ChunkStore
 from protocol import (
     DEFAULT_PARAMS,
     DEFAULT_WINDOW,
+    ChunkList,
     ChunkParams,
     ChunkRef,
     FileEntry,
@@ -406,7 +407,7 @@ def _publish_file(rel: str, open_path: str, executable: bool, writer: _Writer, d
     finally:
         os.close(fd)
     try:
-        return FileEntry(rel, total, tuple(refs), merkle_root([r.hash for r in refs]),
+        return FileEntry(rel, total, ChunkList(refs), merkle_root([r.hash for r in refs]),
                          executable)
     except InvalidValue as exc:
         raise PublishError(f"cannot publish {open_path}: {exc}") from None

@@ -345,8 +345,8 @@ class ChunkStore(StoreReads, StorePins):
         """The chunks of the variant that no indexed file holds."""
         variant = manifest.variant(variant_id)
         with self._lock:
-            return list(dict.fromkeys(r.hash for r in variant.chunk_refs()
-                                      if r.hash not in self._sizes))
+            return [h for h in variant.distinct_chunks().iter_hashes()
+                    if h not in self._holders]
 
     def complete(self, manifest: Manifest, variant_id: str) -> str:
         """Make the variant's directory whole and durable; its path.
@@ -560,7 +560,7 @@ class ChunkStore(StoreReads, StorePins):
                         continue
                     targets = sorted(multi_get(self._wanting, chunk_hash))
                     if not targets:
-                        if chunk_hash in self._sizes:
+                        if chunk_hash in self._holders:
                             self._puts_duplicate += 1
                             results.append(False)
                         else:
@@ -616,11 +616,11 @@ class ChunkStore(StoreReads, StorePins):
         with self._lock:
             dirs = list(self._dirs.values())
             return StoreStatistics(
-                chunks=len(self._sizes),
+                chunks=len(self._holders),
                 bytes=self._bytes,
                 manifests=len(self._manifests),
                 pinned=len(self._pinned),
-                referenced_chunks=len(self._refs),
+                referenced_chunks=self._referenced_chunks(),
                 puts_new=self._puts_new,
                 puts_duplicate=self._puts_duplicate,
                 corrupt_detected=self._corrupt,

@@ -104,13 +104,15 @@ class StoreBase:
         self._lock = threading.RLock()
         self._dirs: dict[str, IndexedDir] = {}
         self._by_key: dict[tuple[str, str], str] = {}
-        self._holders: dict[bytes, str | list[str]] = {}   # hash -> dirs holding it
+        # hash -> dirs holding it: also the set of chunks held (a chunk's size is read
+        # from its first holder's index, not kept in a dict of its own)
+        self._holders: dict[bytes, str | list[str]] = {}
         self._wanting: dict[bytes, str | list[str]] = {}   # hash -> dirs lacking it
-        self._sizes: dict[bytes, int] = {}
         self._bytes = 0
         self._manifests: dict[str, Manifest] = {}
+        # (no per-chunk reference counts: refcount() and referenced_chunks are worked out
+        # from the pinned manifests when asked, so the store's memory is its index alone)
         self._pinned: set[str] = set()
-        self._refs: dict[bytes, int] = {}
         self._puts_new = 0
         self._puts_duplicate = 0
         self._corrupt = 0
@@ -143,9 +145,7 @@ class StoreBase:
         d.have.add(h)
         multi_remove(self._wanting, h, d.path)
         if multi_add(self._holders, h, d.path) == 1:
-            size = d.size(h)
-            self._sizes[h] = size
-            self._bytes += size
+            self._bytes += d.size(h)
             return True
         return False
 
@@ -158,9 +158,7 @@ class StoreBase:
             # -- a model that rewrote its own state -- is never written back over it)
             multi_add(self._wanting, h, d.path)
         if multi_remove(self._holders, h, d.path) == 0:
-            size = self._sizes.pop(h, None)
-            if size is not None:
-                self._bytes -= size
+            self._bytes -= d.size(h)
 
     def _unregister(self, path: str) -> IndexedDir | None:
         with self._lock:
@@ -256,5 +254,12 @@ class StoreBase:
 
     def _pin_refs(self, manifest_id: str) -> None:
         self._pinned.add(manifest_id)
-        for ref in {c.hash for c in self._manifests[manifest_id].iter_chunks()}:
-            self._refs[ref] = self._refs.get(ref, 0) + 1
+
+    def _referenced_chunks(self) -> int:
+        """Distinct chunks the pinned manifests name (worked out when asked)."""
+        seen: set[bytes] = set()
+        for manifest_id in self._pinned:
+            for v in self._manifests[manifest_id].variants:
+                for f in v.files:
+                    seen.update(f.chunks.iter_hashes())
+        return len(seen)

@@ -60,6 +60,22 @@ class StorePins(StoreBase):
         found.sort(key=lambda m: (m.manifest_id in self._pinned, m.created_at), reverse=True)
         return found[0]
 
+    def forget_manifests(self, manifest_ids: set[str]) -> list[str]:
+        """Delete these manifests' files, except those pinned or of a version held here
+        (a pack or an installed version): what the node's ledger retired and nothing on
+        this disk needs (``docs/LEDGER.md``). The ids deleted."""
+        gone: list[str] = []
+        with self._lock:
+            held = {d.manifest_id for d in self._dirs.values()}
+            for mid in sorted(manifest_ids):
+                if mid not in self._manifests or mid in self._pinned or mid in held:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self._manifests_dir, mid))
+                del self._manifests[mid]
+                gone.append(mid)
+        return gone
+
     # ------------------------------------------------------------------ pins and gc
 
     def pin(self, manifest_id: str) -> None:
@@ -79,18 +95,17 @@ class StorePins(StoreBase):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self._pins_dir, manifest_id))
             self._pinned.discard(manifest_id)
-            for ref in {c.hash for c in self._manifests[manifest_id].iter_chunks()}:
-                left = self._refs.get(ref, 0) - 1
-                if left > 0:
-                    self._refs[ref] = left
-                else:
-                    self._refs.pop(ref, None)
 
     def is_pinned(self, manifest_id: str) -> bool:
         return manifest_id in self._pinned
 
     def refcount(self, chunk_hash: bytes) -> int:
-        return self._refs.get(chunk_hash, 0)
+        """How many pinned manifests name ``chunk_hash`` (a scan of their hash buffers)."""
+        with self._lock:
+            return sum(1 for manifest_id in self._pinned
+                       if any(f.chunks.find(chunk_hash) >= 0
+                              for v in self._manifests[manifest_id].variants
+                              for f in v.files))
 
     def _kept_installed(self) -> set[str]:
         """Per model: the version ``current`` names and the newest other (rollback)."""
@@ -120,7 +135,7 @@ class StorePins(StoreBase):
         installed versions that are neither pinned, current, nor the rollback."""
         with self._lock:
             kept = self._kept_installed()
-            before_chunks, before_bytes = len(self._sizes), self._bytes
+            before_chunks, before_bytes = len(self._holders), self._bytes
             removed: list[str] = []
             for d in list(self._dirs.values()):
                 if d.manifest_id in self._pinned:
@@ -137,10 +152,10 @@ class StorePins(StoreBase):
                 else:
                     shutil.rmtree(d.path, ignore_errors=True)
                 removed.append(d.path)
-            freed_chunks = before_chunks - len(self._sizes)
+            freed_chunks = before_chunks - len(self._holders)
             freed_bytes = before_bytes - self._bytes
             self._gc_runs += 1
             self._gc_chunks += freed_chunks
             self._gc_bytes += freed_bytes
-            return GcResult(freed_chunks, freed_bytes, len(self._sizes), self._bytes,
+            return GcResult(freed_chunks, freed_bytes, len(self._holders), self._bytes,
                             tuple(removed))

@@ -23,20 +23,23 @@ class StoreReads(StoreBase):
     # ------------------------------------------------------------------ reads
 
     def has(self, chunk_hash: bytes) -> bool:
-        return chunk_hash in self._sizes
+        return chunk_hash in self._holders
 
     __contains__ = has
 
     def size_of(self, chunk_hash: bytes) -> int | None:
-        return self._sizes.get(chunk_hash)
+        holders = self._holders.get(chunk_hash)
+        if holders is None:
+            return None
+        return self._dirs[holders if isinstance(holders, str) else holders[0]].size(chunk_hash)
 
     def hashes(self) -> set[bytes]:
         """A copy of the set of held chunk hashes (what the node machine calls ``held``)."""
         with self._lock:
-            return set(self._sizes)
+            return set(self._holders)
 
     def __len__(self) -> int:
-        return len(self._sizes)
+        return len(self._holders)
 
     def get(self, chunk_hash: bytes) -> bytes:
         """The chunk's bytes, read from a file that holds it and verified.
