@@ -28,7 +28,14 @@ from agent._daemon.health import HealthSettings
 from agent._daemon.probe import ProbeOverrides, overrides_from_mapping
 from agent._daemon.transport import TransportSettings
 from agent._errors import ConfigError
-from protocol import Config, GossipConfig, LedgerConfig, OverlayConfig, SwarmConfig
+from protocol import (
+    DAEMON_SWARM,
+    Config,
+    GossipConfig,
+    LedgerConfig,
+    OverlayConfig,
+    SwarmConfig,
+)
 
 __all__ = [
     "DEFAULT_PORT",
@@ -53,14 +60,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
 _SWARM_RATES = ("upload_rate", "download_rate")
 
 
-#: The daemon's swarm defaults where they differ from the protocol's (which the
-#: simulator runs). On a real host a piece's round trip is mostly the two daemons'
-#: processing, which the link estimate (rtt / service, ``protocol/_swarm_links.py``)
-#: cannot see: a pipeline of 2 left both daemons waiting on each other, and an upload
-#: window of 1 cost a worker-thread hop and a write per 128 KiB piece. Measured
-#: (bench_daemon, 1 GiB, loopback, 2026-12-06): 17.5 / 14.1 s -> 11.4 / 8.9 s, CPU
-#: 15.6 / 14.1 -> 10.0 / 10.0 s per GiB (docs/JOURNAL.md).
-DAEMON_SWARM = SwarmConfig(min_requests_per_peer=8, upload_window=4)
 
 
 @dataclass(frozen=True, slots=True)

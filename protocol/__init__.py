@@ -37,7 +37,14 @@ from ._codec import (
     message,
     struct,
 )
-from ._config import Config, GossipConfig, LedgerConfig, OverlayConfig, SwarmConfig
+from ._config import (
+    DAEMON_SWARM,
+    Config,
+    GossipConfig,
+    LedgerConfig,
+    OverlayConfig,
+    SwarmConfig,
+)
 from ._convergence import ConvergenceBlocker, ModelConvergenceStatus, RolloutState
 from ._entries import Entry, EntryKind, encoded_entry
 from ._errors import (
@@ -137,7 +144,7 @@ from ._wire import WireMessage, is_wire_message
 __all__ = [
     "manifests_to_retire",
     # the node state machine, its inputs' types and its outputs
-    "NodeMachine", "NodeStatistics", "Config", "GossipConfig", "SwarmConfig",
+    "NodeMachine", "NodeStatistics", "Config", "GossipConfig", "SwarmConfig", "DAEMON_SWARM",
     "Output", "SendMessage", "ServeChunk", "StoreChunk", "InstallVariant",
     "ActivateVersion", "RemoveVersions", "DropPeer", "PersistLedger", "Notice", "NoticeKind",
     "DialPeer", "ClosePeer",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["GossipConfig", "SwarmConfig", "OverlayConfig", "Config"]
+__all__ = ["GossipConfig", "SwarmConfig", "OverlayConfig", "Config", "DAEMON_SWARM"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +117,15 @@ class LedgerConfig:
         if self.keep_versions == 1 or self.keep_versions < 0:
             raise ValueError("keep_versions must be 0 (all) or >= 2 (the active version "
                              "and at least one to roll back to)")
+
+
+#: The daemon's swarm settings where they differ from the protocol's defaults (which the
+#: reference simulator scenarios run): between real hosts a piece's round trip is mostly
+#: the two daemons' own processing, which the link estimate (rtt / service,
+#: ``_swarm_links.py``) cannot see: a pipeline of 2 left both daemons waiting on each
+#: other, and an upload window of 1 cost a worker-thread hop and a write per 128 KiB
+#: piece (docs/JOURNAL.md, 2026-12-06). Scenario-file simulations run these too.
+DAEMON_SWARM = SwarmConfig(min_requests_per_peer=8, upload_window=4)
 
 
 @dataclass(frozen=True, slots=True)
