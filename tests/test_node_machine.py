@@ -52,7 +52,7 @@ from protocol._events import (
 )
 from protocol._gossip import GossipDelta, GossipPush
 from protocol._intents import Intent, IntentKind, resolve
-from protocol._ledger import Entry, Ledger, encoded_entry
+from protocol._ledger import Entry, Ledger, content_key, encoded_entry
 from protocol._node import NodeMachine
 from protocol._settle import manifests_to_retire, void_intents
 from protocol._swarm import make_piece
@@ -116,6 +116,10 @@ class NodeFleet(RuleBasedStateMachine):
         # (signature, is a record); such a counter is taken for good
         self.seen: dict[tuple[str, int], tuple[bytes, bool]] = {}
         self.relayed: dict[tuple[str, int], Entry] = {}   # the non-record entries seen
+        # per node: the relay entries its ledger held after the last step (None: it
+        # restarted since, from its disk), and those it dropped by its own rule
+        self.holding: list[set[tuple[str, int]] | None] = [None] * N
+        self.forgot: list[set[tuple[str, int]]] = [set() for _ in range(N)]
         self.crash_after: dict[int, int] = {}           # node -> outputs left before it dies
 
     # ------------------------------------------------------------------ lifecycle
@@ -155,6 +159,7 @@ class NodeFleet(RuleBasedStateMachine):
 
     def _crash(self, i: int) -> None:
         self.machines[i] = None
+        self.holding[i] = None      # what it drops from now on is what it did not save
         self.crash_after.pop(i, None)
         for j in range(N):
             self._disconnect(i, j)
@@ -383,6 +388,27 @@ class NodeFleet(RuleBasedStateMachine):
                 assert held is None or held[0] == e.signature, (
                     f"{e.origin[:8]}:{e.counter} names two different entries")
 
+    def _note_forgotten(self) -> None:
+        """Relay entries a ledger dropped since the last step: each by the ledger's own
+        rule (void, or a manifest nothing live needs); the node is excused for them."""
+        for i, m in self._live():
+            led = m.ledger
+            now = {(e.origin, e.counter) for e in led.entries() if e.record is None}
+            before = self.holding[i]
+            self.holding[i] = now
+            if before is None:
+                continue
+            # (an entry replaced by a newer stamp of the same content is not dropped)
+            stamped = {(e.origin, content_key(e)) for e in led.entries() if e.record is None}
+            gone = [e for e in (self.relayed[k] for k in before - now)
+                    if (e.origin, content_key(e)) not in stamped]
+            also = [e.intent for e in gone if e.intent is not None]   # (dropped together)
+            for e in gone:
+                assert _forgotten(led, e, also), (
+                    f"node {i} dropped {e.origin[:8]}:{e.counter} ({e.kind.value}), "
+                    "which its rule does not retire")
+                self.forgot[i].add((e.origin, e.counter))
+
     @invariant()
     def vector_never_claims_what_is_missing(self) -> None:
         everything = {k: is_record for k, (_, is_record) in self.seen.items()}
@@ -393,7 +419,8 @@ class NodeFleet(RuleBasedStateMachine):
         for (origin, counter), is_record in everything.items():
             if is_record:
                 newest[origin] = max(newest.get(origin, 0), counter)
-        for _, m in self._live():
+        self._note_forgotten()
+        for i, m in self._live():
             led = m.ledger
             held = {(e.origin, e.counter) for e in led.entries()}
             vv = led.version_vector
@@ -401,7 +428,8 @@ class NodeFleet(RuleBasedStateMachine):
                 if counter > vv.get(origin, 0) or (origin, counter) in held:
                     continue
                 relayed = self.relayed.get((origin, counter))
-                if relayed is not None and _forgotten(led, relayed):
+                if relayed is not None and ((origin, counter) in self.forgot[i]
+                                            or _forgotten(led, relayed)):
                     continue
                 # otherwise only a record may be missing, and only because a newer record
                 # of its origin replaced it: held here, or on its way (the vector is below)
@@ -441,12 +469,14 @@ class NodeFleet(RuleBasedStateMachine):
             assert all(s == status[0] for s in status)
 
 
-def _forgotten(led: Ledger, e: Entry) -> bool:
-    """Did ``led``'s own rule retire ``e`` (``protocol/_settle.py``)? An intent it holds
-    void, or a manifest no live intent names of a version below a settled one (the
-    records half of that rule moves with time, so it is left out here)."""
+def _forgotten(led: Ledger, e: Entry, also: list[Intent] | None = None) -> bool:
+    """Could ``led``'s own rule retire ``e`` (``protocol/_settle.py``)? An intent void
+    among those it holds (and ``also``: intents dropped with it), or a manifest no live
+    intent names of a version below a settled one (the records half of that rule moves
+    with time, so it is left out here)."""
     if e.intent is not None:
-        return e.intent.intent_id in void_intents([*led.all_intents(), e.intent])
+        return e.intent.intent_id in void_intents([*led.all_intents(), *(also or ()),
+                                                   e.intent])
     if e.manifest is not None:
         return bool(manifests_to_retire([e.manifest], led.intents(), ()))
     return False
