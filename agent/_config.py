@@ -59,8 +59,12 @@ _SWARM_RATES = ("upload_rate", "download_rate")
 #: cannot see: a pipeline of 2 left both daemons waiting on each other, and an upload
 #: window of 1 cost a worker-thread hop and a write per 128 KiB piece. Measured
 #: (bench_daemon, 1 GiB, loopback, 2026-12-06): 17.5 / 14.1 s -> 11.4 / 8.9 s, CPU
-#: 15.6 / 14.1 -> 10.0 / 10.0 s per GiB (docs/JOURNAL.md).
-DAEMON_SWARM = SwarmConfig(min_requests_per_peer=8, upload_window=4)
+#: 15.6 / 14.1 -> 10.0 / 10.0 s per GiB (docs/JOURNAL.md). Since the writer sends a
+#: peer's queued pieces as one run (``Pieces``, up to 32 chunks / 4 MiB: agent/_daemon/
+#: writer.py), the pipeline and the window hold one such run: 32 requests per peer and
+#: 32 pieces handed out (8 / 4 gave runs of 4 chunks at most).
+DAEMON_SWARM = SwarmConfig(min_requests_per_peer=32, max_requests_per_peer=32,
+                           upload_window=32)
 
 
 @dataclass(frozen=True, slots=True)

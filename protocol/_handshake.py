@@ -152,6 +152,7 @@ DEFAULT_REKEY_BYTES = 64 * 2**30
 _TRANSCRIPT_LABEL = b"shoal-handshake-v1"
 _AUTH_LABEL = SigningContext.HANDSHAKE
 _LEN = _struct.Struct(">I")
+_BIG_RECORD = 256 * 1024   # a record this long is received into a buffer of its own
 _COUNTER = _struct.Struct(">4xQ")
 _MAX_COUNTER = 2**64 - 1
 
@@ -305,7 +306,7 @@ class SecureConnection:
         "_records_sent", "_records_received",
         "_pt_sent", "_pt_received", "_wire_sent", "_wire_received", "_received_any",
         "_peer_eph", "failure", "rekey_records", "rekey_bytes", "_send_epoch",
-        "_recv_epoch", "_send_key_bytes",
+        "_recv_epoch", "_send_key_bytes", "_big", "_big_fill",
     )
 
     def __init__(self, *, role: ConnectionRole, identity: SigningIdentity,
@@ -340,6 +341,10 @@ class SecureConnection:
         self._peer_eph = b""
         self._nonce = nonce
         self._rbuf = bytearray()   # received bytes not yet consumed as whole frames
+        # a large record being received: its body, allocated once at its full length
+        # when its header arrives, and how much of it has come (no regrowing buffer)
+        self._big: bytearray | None = None
+        self._big_fill = 0
         self._out: list[bytes | bytearray] = []
         self._hello_i: bytes | None = None
         self._hello_r: bytes | None = None
@@ -386,7 +391,7 @@ class SecureConnection:
     def buffered(self) -> int:
         """Received bytes held waiting for the rest of a frame (below 4 +
         :attr:`frame_limit` between calls of :meth:`receive_data`)."""
-        return len(self._rbuf)
+        return len(self._rbuf) + self._big_fill
 
     def data_to_send(self) -> bytes | bytearray:
         """Bytes to write to the stream now (possibly empty), in one buffer.
@@ -406,7 +411,7 @@ class SecureConnection:
             raise LocalProtocolError("key updates are the session's own business")
         self.send_bytes(encode(msg))
 
-    def send_bytes(self, plaintext: bytes) -> None:
+    def send_bytes(self, plaintext: bytes | bytearray) -> None:
         if self.state is not ConnectionState.ESTABLISHED:
             raise LocalProtocolError(f"cannot send records in state {self.state.value}")
         if len(plaintext) + _AEAD_TAG > self.max_frame:
@@ -419,7 +424,7 @@ class SecureConnection:
         self._records_sent += 1
         self._pt_sent += len(plaintext)
 
-    def _seal(self, plaintext: bytes) -> None:
+    def _seal(self, plaintext: bytes | bytearray) -> None:
         if self._send_ctr >= _MAX_COUNTER:
             raise LocalProtocolError("record counter exhausted; open a new session")
         assert self._send_aead is not None
@@ -459,9 +464,11 @@ class SecureConnection:
         self._wire_received += len(data)
         out: list[object] = []
         buf = self._rbuf
-        buf += data
         pos = 0
         try:
+            if self._big is not None:
+                data = self._fill_big(data, out)
+            buf += data
             with memoryview(buf) as view:
                 while len(buf) - pos >= _LEN.size:
                     (length,) = _LEN.unpack_from(buf, pos)
@@ -470,6 +477,11 @@ class SecureConnection:
                         raise FrameTooLarge(length, limit)
                     end = pos + _LEN.size + length
                     if end > len(buf):
+                        if length >= _BIG_RECORD and self.state is ConnectionState.ESTABLISHED:
+                            self._big = bytearray(length)
+                            self._big_fill = len(buf) - pos - _LEN.size
+                            self._big[:self._big_fill] = view[pos + _LEN.size:]
+                            pos = len(buf)
                         break
                     with view[pos + _LEN.size:end] as body:
                         pos = end
@@ -494,6 +506,24 @@ class SecureConnection:
 
     def close(self) -> None:
         self._close()
+
+    def _fill_big(self, data: bytes | bytearray | memoryview, out: list[object]
+                  ) -> bytes | bytearray | memoryview:
+        """Copy received bytes into the large record being received; once it is whole,
+        open it. The bytes after it."""
+        big = self._big
+        assert big is not None
+        n = min(len(data), len(big) - self._big_fill)
+        view = memoryview(data)
+        big[self._big_fill:self._big_fill + n] = view[:n]
+        self._big_fill += n
+        if self._big_fill < len(big):
+            return b""
+        self._big, self._big_fill = None, 0
+        msg = self._record(memoryview(big))
+        if msg is not _NO_MESSAGE:
+            out.append(msg)
+        return view[n:]
 
     def statistics(self) -> ConnectionStatistics:
         return ConnectionStatistics(
@@ -640,6 +670,7 @@ class SecureConnection:
     def _close(self) -> None:
         self.state = ConnectionState.CLOSED
         self._rbuf = bytearray()
+        self._big, self._big_fill = None, 0
         self._send_key = self._recv_key = self._eph_secret = b""
         self._send_aead = self._recv_aead = None
 

@@ -25,9 +25,11 @@ from ._swarm_messages import (
     Interested,
     NotInterested,
     Piece,
+    Pieces,
     Redirect,
     Reject,
     Request,
+    Requests,
 )
 
 __all__ = ["HandshakeMessage", "GossipMessage", "SwarmMessage", "OverlayMessage", "WireMessage",
@@ -36,7 +38,7 @@ __all__ = ["HandshakeMessage", "GossipMessage", "SwarmMessage", "OverlayMessage"
 HandshakeMessage = Hello | Auth | HandshakeReject
 GossipMessage = GossipSummary | GossipDigest | GossipDelta | GossipBuckets | GossipPush
 SwarmMessage = (Interested | NotInterested | HaveSet | CannotHelp | Have | Request | Piece
-                | Cancel | Reject | Redirect)
+                | Cancel | Reject | Redirect | Requests | Pieces)
 OverlayMessage = OverlayFull
 WireMessage = HandshakeMessage | GossipMessage | SwarmMessage | OverlayMessage
 
@@ -44,7 +46,7 @@ WIRE_MESSAGES: tuple[type[WireMessage], ...] = (
     Hello, Auth, HandshakeReject,
     GossipSummary, GossipDigest, GossipDelta, GossipBuckets, GossipPush,
     Interested, NotInterested, HaveSet, CannotHelp, Have, Request, Piece, Cancel, Reject,
-    Redirect, OverlayFull)
+    Redirect, Requests, Pieces, OverlayFull)
 
 
 def is_wire_message(message: object) -> TypeGuard[WireMessage]:
