@@ -61,10 +61,11 @@ _SWARM_RATES = ("upload_rate", "download_rate")
 #: (bench_daemon, 1 GiB, loopback, 2026-12-06): 17.5 / 14.1 s -> 11.4 / 8.9 s, CPU
 #: 15.6 / 14.1 -> 10.0 / 10.0 s per GiB (docs/JOURNAL.md). Since the writer sends a
 #: peer's queued pieces as one run (``Pieces``, up to 32 chunks / 4 MiB: agent/_daemon/
-#: writer.py), the pipeline and the window hold one such run: 32 requests per peer and
-#: 32 pieces handed out (8 / 4 gave runs of 4 chunks at most).
-DAEMON_SWARM = SwarmConfig(min_requests_per_peer=32, max_requests_per_peer=32,
-                           upload_window=32)
+#: writer.py), the floor and the window are 16 (runs of 4 at most before), the ceiling
+#: 32. Not deeper: a request times out after ``request_timeout`` (30 s) however long its
+#: queue at the peer, and 16 x 128 KiB take 17 s at 1 Mbit/s (32 would take 34 s).
+DAEMON_SWARM = SwarmConfig(min_requests_per_peer=16, max_requests_per_peer=32,
+                           upload_window=16)
 
 
 @dataclass(frozen=True, slots=True)

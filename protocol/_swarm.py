@@ -378,10 +378,8 @@ class SwarmEngine:
         elif isinstance(message, Pieces):
             self._on_pieces(peer, message, now)
         elif isinstance(message, Requests):
-            self._buckets(now)
-            info = self._info(message.key)
             for request in message.split():
-                self._uploader.request(peer, request, info, now, pump=False)
+                self._on_request(peer, request, now, pump=False)
             self._uploader.pump(now)
         elif isinstance(message, Have):
             info = self._info(message.key)
@@ -438,9 +436,9 @@ class SwarmEngine:
             d.cannot_help.pop(peer, None)
         self._schedule(now)
 
-    def _on_request(self, peer: str, message: Request, now: float) -> None:
+    def _on_request(self, peer: str, message: Request, now: float, pump: bool = True) -> None:
         self._buckets(now)
-        self._uploader.request(peer, message, self._info(message.key), now)
+        self._uploader.request(peer, message, self._info(message.key), now, pump)
 
     def _on_redirect(self, peer: str, message: Redirect, now: float) -> None:
         if not self._table.redirected(peer, message.chunk_hash, now):
