@@ -250,3 +250,15 @@ def test_a_tampered_large_record_kills_the_session() -> None:
     cr.receive_data(bytes(wire[:100_000]))
     with pytest.raises(RecordError):
         cr.receive_data(bytes(wire[100_000:]))
+
+
+def test_the_daemon_keeps_large_buffers_in_the_heap_on_glibc() -> None:
+    """``shoal daemon`` raises glibc's mmap and trim thresholds (agent/_daemon/heap.py)
+    so a run's multi-MiB buffers are reused, not mapped and zeroed afresh; elsewhere
+    it changes nothing."""
+    import platform
+
+    from agent._daemon.heap import MMAP_THRESHOLD, keep_large_buffers
+    from protocol import DEFAULT_MAX_FRAME
+    assert MMAP_THRESHOLD > DEFAULT_MAX_FRAME
+    assert keep_large_buffers() is (platform.libc_ver()[0] == "glibc")
