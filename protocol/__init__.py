@@ -137,7 +137,15 @@ from ._records import ModelState, NodeRecord, Suspicion
 from ._selection import VariantChoice, select_variant, unmet_requirements
 from ._settle import manifests_to_retire
 from ._swarm import SwarmEngine, TransferProgress, make_piece
-from ._swarm_messages import SWARM_MESSAGES, Piece
+from ._swarm_messages import (
+    MAX_RUN,
+    SWARM_MESSAGES,
+    Piece,
+    Pieces,
+    Request,
+    Requests,
+    pieces_header,
+)
 from ._types import BlockerReason, ModelOperationalStatus, TransferPriority
 from ._wire import WireMessage, is_wire_message
 
@@ -152,6 +160,7 @@ __all__ = [
     "LedgerConfig", "OverlayConfig", "OverlayFull", "OverlayStatistics", "PeerHint",
     # the wire: messages, codec, the secure session
     "WireMessage", "is_wire_message", "Piece", "SWARM_MESSAGES", "make_piece", "wire_size",
+    "Request", "Requests", "Pieces", "MAX_RUN", "pieces_header",
     "PROTOCOL_VERSION", "DEFAULT_MAX_FRAME", "FrameDecoder", "decode", "encode", "frame",
     "decode_value", "encode_value", "message", "struct",
     "HANDSHAKE_VERSION", "HANDSHAKE_MAX_FRAME", "ConnectionRole", "ConnectionStatistics",

@@ -134,7 +134,7 @@ def hash_chunk(data: bytes | memoryview) -> bytes:
     return blake3.blake3(data).digest()
 
 
-def chunk_matches(chunk_hash: bytes, size: int, data: bytes) -> bool:
+def chunk_matches(chunk_hash: bytes, size: int, data: bytes | memoryview) -> bool:
     """True when ``data`` is exactly the chunk named ``(chunk_hash, size)``."""
     return (len(chunk_hash) == HASH_SIZE and len(data) == size
             and hash_chunk(data) == chunk_hash)

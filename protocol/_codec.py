@@ -20,6 +20,15 @@ as their values; dicts as maps whose keys are sorted, so the encoding of a value
 is a pure function of the value. That makes :func:`canonical` (the bytes that
 get signed and hashed) simply the encoding itself.
 
+A message whose bulk is its last field, a byte string, may encode and decode itself
+(a *raw tail*): a class with a ``wire_encode(self) -> bytes`` method and a
+``wire_decode(body)`` static method is handed its whole body by :func:`decode` and
+its encoding by :func:`encode`. The encoding is still ``[version, type_id, fields]``
+(the last field under a bin 32 header, so a driver can write the bytes behind a
+header it encoded first); the decoder hands the byte string out as a view of the
+body rather than a copy, and must be as strict as :func:`decode` and raise only
+:class:`MalformedMessage` (``protocol/_swarm_messages.py``, ``Pieces``).
+
 Frames are a 4-byte big-endian length prefix and a body. :class:`FrameDecoder`
 is incremental (feed it whatever the socket returned) and checks the announced
 length against its limit *before* buffering the body, so a peer cannot make us
@@ -410,6 +419,8 @@ def encode(msg: Any) -> bytes:
     type_id = _ID_BY_MESSAGE.get(type(msg))
     if type_id is None:
         raise LocalProtocolError(f"{type(msg).__name__} is not a registered message")
+    if hasattr(msg, "wire_encode"):     # a raw tail (module doc)
+        return msg.wire_encode()  # type: ignore[no-any-return]
     return _pack([PROTOCOL_VERSION, type_id, _fields_of(msg)])
 
 
@@ -565,6 +576,9 @@ def decode(data: bytes | bytearray | memoryview, max_size: int = DEFAULT_MAX_FRA
     and size can hold."""
     if len(data) > max_size:
         raise FrameTooLarge(len(data), max_size)
+    fast = getattr(_peek_type(data), "wire_decode", None)
+    if fast is not None:            # a raw tail (module doc)
+        return fast(data)
     raw = _unpack(data, max_size, _peek_type(data))
     if type(raw) is not tuple or len(raw) != 3:
         raise MalformedMessage("a message is [version, type, fields]")

@@ -124,8 +124,13 @@ class LedgerConfig:
 #: the two daemons' own processing, which the link estimate (rtt / service,
 #: ``_swarm_links.py``) cannot see: a pipeline of 2 left both daemons waiting on each
 #: other, and an upload window of 1 cost a worker-thread hop and a write per 128 KiB
-#: piece (docs/JOURNAL.md, 2026-12-06). Scenario-file simulations run these too.
-DAEMON_SWARM = SwarmConfig(min_requests_per_peer=8, upload_window=4)
+#: piece. Since the daemon's writer sends a peer's queued pieces as one run (``Pieces``,
+#: up to 32 chunks / 4 MiB: agent/_daemon/writer.py), the floor and the window are 16,
+#: the ceiling 32. Not deeper: a request times out after ``request_timeout`` (30 s)
+#: however long its queue at the peer, and 16 x 128 KiB take 17 s at 1 Mbit/s (32 would
+#: take 34 s). Scenario-file simulations run these too (docs/JOURNAL.md, 2026-12-06).
+DAEMON_SWARM = SwarmConfig(min_requests_per_peer=16, max_requests_per_peer=32,
+                           upload_window=16)
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,10 +57,11 @@ class ServeChunk:
 @dataclass(frozen=True, slots=True)
 class StoreChunk:
     """Write verified chunk bytes to the store; answer with ``chunk_stored`` or
-    ``chunk_store_failed``."""
+    ``chunk_store_failed``. ``data`` may be a view into a larger buffer (a run of
+    pieces received together)."""
 
     chunk_hash: bytes
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)

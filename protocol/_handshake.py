@@ -109,9 +109,9 @@ from ._errors import (
 from ._identity import (
     Certificate,
     FleetTrust,
-    Role,
     SigningContext,
     SigningIdentity,
+    check_node_certificate,
     signing_payload,
     verify_signature,
 )
@@ -152,6 +152,7 @@ DEFAULT_REKEY_BYTES = 64 * 2**30
 _TRANSCRIPT_LABEL = b"shoal-handshake-v1"
 _AUTH_LABEL = SigningContext.HANDSHAKE
 _LEN = _struct.Struct(">I")
+_BIG_RECORD = 256 * 1024   # a record this long is received into a buffer of its own
 _COUNTER = _struct.Struct(">4xQ")
 _MAX_COUNTER = 2**64 - 1
 
@@ -242,37 +243,6 @@ class ConnectionStatistics:
     recv_epoch: int = 0   # key updates the peer has made (its sending key's number)
 
 
-def check_node_certificate(cert: Certificate, trust: FleetTrust) -> None:
-    """Raise :class:`UntrustedKey` unless ``cert`` admits its key as a node of ``trust``'s fleet.
-
-    Accepts a certificate the local trust store has not seen yet (it may arrive by
-    gossip later) as long as the fleet root signed it, and refuses revoked keys.
-    Does not modify ``trust``.
-    """
-    if cert.fleet_id != trust.fleet_id:
-        raise UntrustedKey(f"certificate of node {cert.subject_id} is for fleet "
-                           f"{cert.fleet_id!r}, not {trust.fleet_id!r}")
-    if cert.role is not Role.NODE:
-        raise UntrustedKey(f"key {cert.subject_id} presented a {cert.role.value} "
-                           f"certificate; a node certificate is required")
-    if cert.subject_key == trust.root_key:
-        raise UntrustedKey(f"key {cert.subject_id} is the fleet root key, which is never "
-                           f"a node key")
-    try:
-        cert.verify(trust.root_key, trust.fleet_id, trust.verifier)
-    except SignatureError:
-        raise UntrustedKey(f"node {cert.subject_id} ({cert.name!r}) is not admitted by the "
-                           f"root of fleet {trust.fleet_id!r}: its certificate is not signed "
-                           f"by the fleet root key") from None
-    for rev in trust.revocations():
-        if rev.subject_key == cert.subject_key and rev.issued_at >= cert.issued_at:
-            raise UntrustedKey(f"node {cert.subject_id} ({cert.name!r}) was revoked by the "
-                               f"fleet root (revocation issued at {rev.issued_at})")
-    if cert.expired(trust.now_ms):
-        raise UntrustedKey(f"the certificate of node {cert.subject_id} ({cert.name!r}) "
-                           f"expired at {cert.expires_at} ms (now {trust.now_ms} ms)")
-
-
 def _transcript(hello_i: bytes, hello_r: bytes) -> bytes:
     h = blake3.blake3(_TRANSCRIPT_LABEL)
     h.update(_LEN.pack(len(hello_i)))
@@ -305,7 +275,7 @@ class SecureConnection:
         "_records_sent", "_records_received",
         "_pt_sent", "_pt_received", "_wire_sent", "_wire_received", "_received_any",
         "_peer_eph", "failure", "rekey_records", "rekey_bytes", "_send_epoch",
-        "_recv_epoch", "_send_key_bytes",
+        "_recv_epoch", "_send_key_bytes", "_big", "_big_fill",
     )
 
     def __init__(self, *, role: ConnectionRole, identity: SigningIdentity,
@@ -340,6 +310,10 @@ class SecureConnection:
         self._peer_eph = b""
         self._nonce = nonce
         self._rbuf = bytearray()   # received bytes not yet consumed as whole frames
+        # a large record being received: its body, allocated once at its full length
+        # when its header arrives, and how much of it has come (no regrowing buffer)
+        self._big: bytearray | None = None
+        self._big_fill = 0
         self._out: list[bytes | bytearray] = []
         self._hello_i: bytes | None = None
         self._hello_r: bytes | None = None
@@ -386,7 +360,7 @@ class SecureConnection:
     def buffered(self) -> int:
         """Received bytes held waiting for the rest of a frame (below 4 +
         :attr:`frame_limit` between calls of :meth:`receive_data`)."""
-        return len(self._rbuf)
+        return len(self._rbuf) + self._big_fill
 
     def data_to_send(self) -> bytes | bytearray:
         """Bytes to write to the stream now (possibly empty), in one buffer.
@@ -406,7 +380,7 @@ class SecureConnection:
             raise LocalProtocolError("key updates are the session's own business")
         self.send_bytes(encode(msg))
 
-    def send_bytes(self, plaintext: bytes) -> None:
+    def send_bytes(self, plaintext: bytes | bytearray) -> None:
         if self.state is not ConnectionState.ESTABLISHED:
             raise LocalProtocolError(f"cannot send records in state {self.state.value}")
         if len(plaintext) + _AEAD_TAG > self.max_frame:
@@ -419,7 +393,7 @@ class SecureConnection:
         self._records_sent += 1
         self._pt_sent += len(plaintext)
 
-    def _seal(self, plaintext: bytes) -> None:
+    def _seal(self, plaintext: bytes | bytearray) -> None:
         if self._send_ctr >= _MAX_COUNTER:
             raise LocalProtocolError("record counter exhausted; open a new session")
         assert self._send_aead is not None
@@ -459,9 +433,11 @@ class SecureConnection:
         self._wire_received += len(data)
         out: list[object] = []
         buf = self._rbuf
-        buf += data
         pos = 0
         try:
+            if self._big is not None:
+                data = self._fill_big(data, out)
+            buf += data
             with memoryview(buf) as view:
                 while len(buf) - pos >= _LEN.size:
                     (length,) = _LEN.unpack_from(buf, pos)
@@ -470,6 +446,11 @@ class SecureConnection:
                         raise FrameTooLarge(length, limit)
                     end = pos + _LEN.size + length
                     if end > len(buf):
+                        if length >= _BIG_RECORD and self.state is ConnectionState.ESTABLISHED:
+                            self._big = bytearray(length)
+                            self._big_fill = len(buf) - pos - _LEN.size
+                            self._big[:self._big_fill] = view[pos + _LEN.size:]
+                            pos = len(buf)
                         break
                     with view[pos + _LEN.size:end] as body:
                         pos = end
@@ -494,6 +475,24 @@ class SecureConnection:
 
     def close(self) -> None:
         self._close()
+
+    def _fill_big(self, data: bytes | bytearray | memoryview, out: list[object]
+                  ) -> bytes | bytearray | memoryview:
+        """Copy received bytes into the large record being received; once it is whole,
+        open it. The bytes after it."""
+        big = self._big
+        assert big is not None
+        n = min(len(data), len(big) - self._big_fill)
+        view = memoryview(data)
+        big[self._big_fill:self._big_fill + n] = view[:n]
+        self._big_fill += n
+        if self._big_fill < len(big):
+            return b""
+        self._big, self._big_fill = None, 0
+        msg = self._record(memoryview(big))
+        if msg is not _NO_MESSAGE:
+            out.append(msg)
+        return view[n:]
 
     def statistics(self) -> ConnectionStatistics:
         return ConnectionStatistics(
@@ -640,6 +639,7 @@ class SecureConnection:
     def _close(self) -> None:
         self.state = ConnectionState.CLOSED
         self._rbuf = bytearray()
+        self._big, self._big_fill = None, 0
         self._send_key = self._recv_key = self._eph_secret = b""
         self._send_aead = self._recv_aead = None
 

@@ -33,6 +33,7 @@ from ._codec import canonical, struct
 from ._errors import InvalidValue, SignatureError, UntrustedKey
 
 __all__ = [
+    "check_node_certificate",
     "Role",
     "SigningIdentity",
     "fingerprint",
@@ -339,3 +340,34 @@ class FleetTrust:
                    if cert is not None and cert.expired(self.now_ms) else "")
             raise UntrustedKey(f"key {fingerprint(key)} is not an admitted {role.value} "
                                f"of fleet {self.fleet_id!r}{why}")
+
+
+def check_node_certificate(cert: Certificate, trust: FleetTrust) -> None:
+    """Raise :class:`UntrustedKey` unless ``cert`` admits its key as a node of ``trust``'s fleet.
+
+    Accepts a certificate the local trust store has not seen yet (it may arrive by
+    gossip later) as long as the fleet root signed it, and refuses revoked keys.
+    Does not modify ``trust``.
+    """
+    if cert.fleet_id != trust.fleet_id:
+        raise UntrustedKey(f"certificate of node {cert.subject_id} is for fleet "
+                           f"{cert.fleet_id!r}, not {trust.fleet_id!r}")
+    if cert.role is not Role.NODE:
+        raise UntrustedKey(f"key {cert.subject_id} presented a {cert.role.value} "
+                           f"certificate; a node certificate is required")
+    if cert.subject_key == trust.root_key:
+        raise UntrustedKey(f"key {cert.subject_id} is the fleet root key, which is never "
+                           f"a node key")
+    try:
+        cert.verify(trust.root_key, trust.fleet_id, trust.verifier)
+    except SignatureError:
+        raise UntrustedKey(f"node {cert.subject_id} ({cert.name!r}) is not admitted by the "
+                           f"root of fleet {trust.fleet_id!r}: its certificate is not signed "
+                           f"by the fleet root key") from None
+    for rev in trust.revocations():
+        if rev.subject_key == cert.subject_key and rev.issued_at >= cert.issued_at:
+            raise UntrustedKey(f"node {cert.subject_id} ({cert.name!r}) was revoked by the "
+                               f"fleet root (revocation issued at {rev.issued_at})")
+    if cert.expired(trust.now_ms):
+        raise UntrustedKey(f"the certificate of node {cert.subject_id} ({cert.name!r}) "
+                           f"expired at {cert.expires_at} ms (now {trust.now_ms} ms)")

@@ -119,7 +119,8 @@ class NodeMachine:
                  formation: str = "", capabilities: Capabilities | None = None,
                  held_chunks: Iterable[bytes] = (), ledger: Ledger | None = None,
                  installed: Iterable[tuple[str, str, str]] = (),
-                 chunk_verifier: Callable[[bytes, int, bytes], bool] | None = None) -> None:
+                 chunk_verifier: Callable[[bytes, int, bytes | memoryview], bool] | None = None
+                 ) -> None:
         self.config = config
         self.identity = identity
         self.node_id: str = fingerprint(identity.public_key)
@@ -589,6 +590,12 @@ class NodeMachine:
         self.swarm.chunk_stored(chunk_hash, now)
         self._after_input(now)
 
+    def chunks_stored(self, chunk_hashes: Iterable[bytes], now: float) -> None:
+        """:meth:`chunk_stored` for several chunks written together."""
+        self._observe_clock(now)
+        self.swarm.chunks_stored(chunk_hashes, now)
+        self._after_input(now)
+
     def chunk_store_failed(self, chunk_hash: bytes, reason: BlockerReason, detail: str,
                            now: float) -> None:
         self._observe_clock(now)
@@ -616,6 +623,12 @@ class NodeMachine:
         """The piece of a ``ServeChunk`` has been sent (see ``SwarmEngine.upload_done``)."""
         self._observe_clock(now)
         self.swarm.upload_done(peer, chunk_hash, now)
+        self._after_input(now)
+
+    def uploads_done(self, peer: str, chunk_hashes: Iterable[bytes], now: float) -> None:
+        """:meth:`upload_done` for a run of pieces sent together."""
+        self._observe_clock(now)
+        self.swarm.uploads_done(peer, chunk_hashes, now)
         self._after_input(now)
 
     def install_finished(self, model_id: str, version: str, variant_id: str, ok: bool,

@@ -61,9 +61,11 @@ from ._swarm_messages import (
     Interested,
     NotInterested,
     Piece,
+    Pieces,
     Redirect,
     Reject,
     Request,
+    Requests,
     bitfield_indices,
     make_bitfield,
 )
@@ -101,7 +103,7 @@ class SwarmEngine:
 
     def __init__(self, *, node_id: str, config: SwarmConfig, rng: Rng,
                  held: set[bytes], lookup: Callable[[str], Sequence[ChunkRef] | None],
-                 verifier: Callable[[bytes, int, bytes], bool]) -> None:
+                 verifier: Callable[[bytes, int, bytes | memoryview], bool]) -> None:
         self.node_id = node_id
         self._config = config
         self._rng = rng
@@ -271,6 +273,16 @@ class SwarmEngine:
         self._schedule(now)
 
     def chunk_stored(self, chunk_hash: bytes, now: float) -> None:
+        self._stored(chunk_hash, now)
+        self._schedule(now)
+
+    def chunks_stored(self, chunk_hashes: Iterable[bytes], now: float) -> None:
+        """:meth:`chunk_stored` for each of several chunks; one scheduling pass."""
+        for h in chunk_hashes:
+            self._stored(h, now)
+        self._schedule(now)
+
+    def _stored(self, chunk_hash: bytes, now: float) -> None:
         self._held.add(chunk_hash)
         self._table.stored(chunk_hash, now)
         for d in list(self._downloads.values()):
@@ -282,7 +294,6 @@ class SwarmEngine:
             for peer in sorted(self._connected):
                 if key in self._remote_interest.get(peer, ()):
                     self._send(peer, Have(key, index))
-        self._schedule(now)
 
     def chunk_store_failed(self, chunk_hash: bytes, now: float) -> None:
         self._picker.store_failed(chunk_hash, now)
@@ -326,6 +337,11 @@ class SwarmEngine:
         self._buckets(now)
         self._uploader.sent(peer, chunk_hash, now)
 
+    def uploads_done(self, peer: str, chunk_hashes: Iterable[bytes], now: float) -> None:
+        """:meth:`upload_done` for a run of pieces sent together."""
+        self._buckets(now)
+        self._uploader.sent_many(peer, chunk_hashes, now)
+
     # ================================================================== peers
 
     def peer_connected(self, peer: str, now: float) -> None:
@@ -355,9 +371,16 @@ class SwarmEngine:
         if peer not in self._connected:
             return   # a dropped or unknown peer: ignore whatever it still sends
         if isinstance(message, Piece):
-            self._on_piece(peer, message, now)
+            if self._on_piece(peer, message.chunk_hash, message.data, now):
+                self._schedule(now)
         elif isinstance(message, Request):
             self._on_request(peer, message, now)
+        elif isinstance(message, Pieces):
+            self._on_pieces(peer, message, now)
+        elif isinstance(message, Requests):
+            for request in message.split():
+                self._on_request(peer, request, now, pump=False)
+            self._uploader.pump(now)
         elif isinstance(message, Have):
             info = self._info(message.key)
             if info is None or message.index >= len(info.refs):
@@ -413,9 +436,9 @@ class SwarmEngine:
             d.cannot_help.pop(peer, None)
         self._schedule(now)
 
-    def _on_request(self, peer: str, message: Request, now: float) -> None:
+    def _on_request(self, peer: str, message: Request, now: float, pump: bool = True) -> None:
         self._buckets(now)
-        self._uploader.request(peer, message, self._info(message.key), now)
+        self._uploader.request(peer, message, self._info(message.key), now, pump)
 
     def _on_redirect(self, peer: str, message: Redirect, now: float) -> None:
         if not self._table.redirected(peer, message.chunk_hash, now):
@@ -441,26 +464,43 @@ class SwarmEngine:
             table.busy_until[peer] = now + self._config.interest_retry
         self._schedule(now)
 
-    def _on_piece(self, peer: str, message: Piece, now: float) -> None:
-        known = self._keys.known(message.chunk_hash)
+    def _on_pieces(self, peer: str, message: Pieces, now: float) -> None:
+        """A run of pieces: each good one is taken as a ``Piece`` would be, whatever
+        else the run holds; then a bad one (if any) drops the peer as a bad ``Piece``
+        does, and the chunks it still owed are asked of others. One scheduling pass."""
+        bad: list[tuple[bytes, memoryview]] = []
+        for h, data in message.runs():
+            known = self._keys.known(h)
+            if known is not None and not self._verifier(known[0], known[1], data):
+                bad.append((h, data))
+            else:
+                self._on_piece(peer, h, data, now, verified=True)
+        for h, data in bad[:1]:
+            self._on_piece(peer, h, data, now, verified=False)
+        self._schedule(now)
+
+    def _on_piece(self, peer: str, chunk_hash: bytes, data: bytes | memoryview, now: float,
+                  verified: bool | None = None) -> bool:
+        """Take one piece (``verified``: its bytes were already checked, with that
+        result); True when the engine should then schedule."""
+        known = self._keys.known(chunk_hash)
         if known is None:
             self._c.unsolicited_pieces += 1   # a chunk of no key we know: never asked
-            return
+            return False
         h, size = known
         self._c.pieces_received += 1
-        if not self._verifier(h, size, message.data):
+        if not (self._verifier(h, size, data) if verified is None else verified):
             self._c.corrupt_pieces += 1
             self._drop_peer(peer, f"sent bytes that do not match chunk {h.hex()[:16]} "
                                   "(corrupt or forged); banned from this node's swarms",
                             DropCause.MISBEHAVED, now)
-            self._schedule(now)
-            return
+            return True
         table = self._table
         asked, late = table.answered(peer, h)
         if asked is None and late is None:
             self._c.unsolicited_pieces += 1
             self._count_duplicate(h, size)
-            return
+            return False
         key = asked.key if asked is not None else None
         if asked is not None:
             self._links.measure(peer, asked.sent_at, now)
@@ -470,17 +510,16 @@ class SwarmEngine:
         if d is None or h in self._held or h in table.pending_store:
             self._c.duplicate_pieces += 1
             self._count_duplicate(h, size, key)
-            self._schedule(now)
-            return
+            return True
         if key is not None and key in self._downloads and h in self._downloads[key].missing:
             d = self._downloads[key]
         table.pending_store[h] = d.key
         d.bytes_fetched += size
         self._c.bytes_fetched += size
         self._c.pieces_accepted += 1
-        self._outputs.append(StoreChunk(h, message.data))
+        self._outputs.append(StoreChunk(h, data))
         table.cancel_all(h, now)   # endgame: the other copies are no longer needed
-        self._schedule(now)
+        return True
 
     def _count_duplicate(self, chunk_hash: bytes, size: int, key: str | None = None) -> None:
         self._c.bytes_duplicate += size

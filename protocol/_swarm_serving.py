@@ -25,7 +25,7 @@ interested in a key that holds it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ._config import SwarmConfig
@@ -81,8 +81,10 @@ class Uploader:
     def forget_key(self, key: str) -> None:
         self._unsent.pop(key, None)
 
-    def request(self, peer: str, message: Request, info: KeyInfo | None, now: float) -> None:
-        """``peer`` asks for a chunk of ``message.key`` (``info``: None if unknown here)."""
+    def request(self, peer: str, message: Request, info: KeyInfo | None, now: float,
+                pump: bool = True) -> None:
+        """``peer`` asks for a chunk of ``message.key`` (``info``: None if unknown here);
+        ``pump=False``: the caller pumps once after a run of requests."""
         uploads = self.start(now)
         h = message.chunk_hash
         size = info.size_of.get(h) if info is not None else None
@@ -105,11 +107,19 @@ class Uploader:
             self._send(peer, Reject(h, False))
             self._c.uploads_refused += 1
             return
-        self.pump(now)
+        if pump:
+            self.pump(now)
 
     def sent(self, peer: str, chunk_hash: bytes, now: float) -> None:
         """The driver has sent the piece of ``ServeChunk(peer, chunk_hash)``."""
         self.start(now).sent(peer, chunk_hash, now)
+        self.pump(now)
+
+    def sent_many(self, peer: str, chunk_hashes: Iterable[bytes], now: float) -> None:
+        """:meth:`sent` for each of a run of pieces sent together; one pump."""
+        uploads = self.start(now)
+        for h in chunk_hashes:
+            uploads.sent(peer, h, now)
         self.pump(now)
 
     def chunk_lost(self, chunk_hash: bytes, now: float) -> None:

@@ -32,9 +32,11 @@ from ._swarm_messages import (
     Interested,
     NotInterested,
     Piece,
+    Pieces,
     Redirect,
     Reject,
     Request,
+    Requests,
 )
 
 __all__ = ["HandshakeMessage", "GossipMessage", "SwarmMessage", "OverlayMessage", "WireMessage",
@@ -44,7 +46,7 @@ HandshakeMessage = Hello | Auth | HandshakeReject
 GossipMessage = (GossipSummary | GossipDigest | GossipDelta | GossipBuckets | GossipPush
                  | GossipWant)
 SwarmMessage = (Interested | NotInterested | HaveSet | CannotHelp | Have | Request | Piece
-                | Cancel | Reject | Redirect)
+                | Cancel | Reject | Redirect | Requests | Pieces)
 OverlayMessage = OverlayFull
 WireMessage = HandshakeMessage | GossipMessage | SwarmMessage | OverlayMessage
 
@@ -52,7 +54,7 @@ WIRE_MESSAGES: tuple[type[WireMessage], ...] = (
     Hello, Auth, HandshakeReject,
     GossipSummary, GossipDigest, GossipDelta, GossipBuckets, GossipPush, GossipWant,
     Interested, NotInterested, HaveSet, CannotHelp, Have, Request, Piece, Cancel, Reject,
-    Redirect, OverlayFull)
+    Redirect, Requests, Pieces, OverlayFull)
 
 
 def is_wire_message(message: object) -> TypeGuard[WireMessage]:

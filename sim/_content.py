@@ -50,7 +50,7 @@ class SyntheticModel:
         return self.manifest.variant(VARIANT_ID).size
 
 
-def verify_token(chunk_hash: bytes, size: int, data: bytes) -> bool:
+def verify_token(chunk_hash: bytes, size: int, data: bytes | memoryview) -> bool:
     """The simulator's chunk verifier: the hash must match; the declared size is modelled."""
     return blake3.blake3(data).digest() == chunk_hash
 

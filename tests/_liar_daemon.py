@@ -4,9 +4,11 @@
 daemon (``agent._cli daemon``: the real :class:`agent._daemon.runtime.NodeRuntime`, transport,
 gossip and swarm) with one narrow patch:
 
-* ``corrupt``: every piece it serves has one byte flipped. The patch replaces the
-  ``make_piece`` the runtime's per-peer writer calls after reading the chunk from its
-  (honest, verified) store — so the lie is exactly "right hash, wrong bytes".
+* ``corrupt``: every piece it serves has one byte flipped. The patch wraps the
+  per-peer writer's ``_run_record`` (agent/_daemon/writer.py), which builds the record
+  of a run of pieces from its (honest, verified) store: every chunk in it gets its
+  middle byte flipped — so the lie is exactly "right hash, wrong bytes", in a
+  ``Piece`` or in a ``Pieces`` run.
 * ``phantom``: it answers every :class:`Interested` for a key whose manifest it knows
   with a :class:`HaveSet` claiming *every* chunk, and never answers a
   :class:`Request` (no piece, no reject) — the swarm engine's two handlers are
@@ -22,20 +24,49 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import agent._daemon.runtime as runtime_mod
 from agent._cli.main import main as cli_main
+from agent._daemon.writer import SessionWriter
 from protocol import _swarm
-from protocol._swarm_messages import CannotHelp, HaveSet, Interested, Piece, Request, make_bitfield
+from protocol._codec import decode
+from protocol._events import ServeChunk
+from protocol._swarm_messages import (
+    CannotHelp,
+    HaveSet,
+    Interested,
+    Piece,
+    Pieces,
+    Request,
+    make_bitfield,
+)
 
 MODES = ("corrupt", "phantom")
 
 
-def _corrupt_piece(chunk_hash: bytes, data: bytes, priority: int) -> object:
-    """The honest piece with its middle byte flipped (the hash still names the chunk)."""
+def _flip(data: bytes | memoryview) -> bytes:
+    """The bytes with the middle one flipped."""
     bad = bytearray(data)
     if bad:
         bad[len(bad) // 2] ^= 0xFF
-    return Piece(chunk_hash, bytes(bad), int(priority))
+    return bytes(bad)
+
+
+_honest_run_record = SessionWriter._run_record
+
+
+async def _corrupt_run_record(self: SessionWriter, run: list[ServeChunk]
+                              ) -> tuple[object, list[bytes]] | None:
+    """The honest record of a run, every chunk in it with its middle byte flipped (the
+    hashes still name the chunks)."""
+    out = await _honest_run_record(self, run)
+    if out is None:
+        return None
+    record, hashes = out
+    msg = decode(bytes(record)) if isinstance(record, bytearray) else record
+    if isinstance(msg, Piece):
+        return Piece(msg.chunk_hash, _flip(msg.data), msg.priority), hashes
+    assert isinstance(msg, Pieces)
+    chunks = [_flip(data) for _, data in msg.runs()]
+    return Pieces(msg.priority, msg.chunk_hashes, msg.sizes, b"".join(chunks)), hashes
 
 
 def _phantom_interested(self: _swarm.SwarmEngine, peer: str, message: Interested) -> None:
@@ -49,14 +80,14 @@ def _phantom_interested(self: _swarm.SwarmEngine, peer: str, message: Interested
 
 
 def _phantom_request(self: _swarm.SwarmEngine, peer: str, message: Request,
-                     now: float) -> None:
+                     now: float, pump: bool = True) -> None:
     return                                # advertised, never served, never refused
 
 
 def install(mode: str) -> None:
     """Patch this process's daemon code for ``mode`` (see the module docstring)."""
     if mode == "corrupt":
-        runtime_mod.make_piece = _corrupt_piece  # type: ignore[attr-defined]
+        SessionWriter._run_record = _corrupt_run_record  # type: ignore[method-assign]
     elif mode == "phantom":
         _swarm.SwarmEngine._on_interested = _phantom_interested  # type: ignore[method-assign]
         _swarm.SwarmEngine._on_request = _phantom_request  # type: ignore[method-assign]

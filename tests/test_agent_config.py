@@ -260,8 +260,8 @@ def test_daemon_swarm_defaults() -> None:
     the window, see test_swarm_window.py and the partition test in test_netns.py); a
     ``[swarm]`` table changes only what it names."""
     assert parse_config(MINIMAL).swarm == DAEMON_SWARM
-    assert dataclasses.replace(SwarmConfig(), min_requests_per_peer=8,
-                                               upload_window=4) == DAEMON_SWARM
+    assert dataclasses.replace(SwarmConfig(), min_requests_per_peer=16,
+                               max_requests_per_peer=32, upload_window=16) == DAEMON_SWARM
     assert SwarmConfig().upload_window == 1     # the protocol's (the simulator's) own
     assert parse_config(MINIMAL + "[swarm]\nlaggard_patience = 1.0\n").swarm == \
         dataclasses.replace(DAEMON_SWARM, laggard_patience=1.0)

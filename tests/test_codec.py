@@ -36,6 +36,7 @@ from protocol._codec import (
 )
 from protocol._errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 from protocol._manifest import ChunkRef, FileEntry, Manifest, Variant, merkle_root
+from protocol._swarm_messages import Pieces, Requests
 
 # Import every protocol module so that every registered type is in the registry.
 for _mod in pkgutil.iter_modules(protocol.__path__):
@@ -139,9 +140,21 @@ def _valid_manifest() -> st.SearchStrategy[Manifest]:
     return build()
 
 
+_HASHES = st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=3).map(tuple)
+
+
+@st.composite
+def _valid_pieces(draw: st.DrawFn) -> Pieces:
+    chunks = draw(st.lists(st.binary(max_size=40), min_size=1, max_size=3))
+    hashes = [draw(st.binary(min_size=32, max_size=32)) for _ in chunks]
+    return Pieces(draw(st.integers(0, 3)), tuple(hashes), tuple(len(c) for c in chunks),
+                  b"".join(chunks))
+
+
 # Classes whose invariants span fields. Everything else is derived from type hints.
 OVERRIDES: dict[type[Any], st.SearchStrategy[Any]] = {
-    FileEntry: _valid_file_entry(), Manifest: _valid_manifest()}
+    FileEntry: _valid_file_entry(), Manifest: _valid_manifest(), Pieces: _valid_pieces(),
+    Requests: st.builds(Requests, _IDS, _HASHES, st.integers(0, 3))}
 
 
 def _field_strategy(name: str, tp: Any) -> st.SearchStrategy[Any]:

@@ -1,6 +1,6 @@
 """Lying peers that serve chunks, against LIVE daemons.
 
-Three real daemons on loopback: node 0 the honest seeder (publishes an 8 MiB model),
+Three real daemons on loopback: node 0 the honest seeder (publishes a 32 MiB model),
 node 1 an honest receiver, node 2 a liar: the test build ``python -m
 tests._liar_daemon`` of the real daemon, patched to
 
@@ -38,7 +38,10 @@ pytestmark = pytest.mark.slow
 
 SEEDER, RECEIVER, LIAR = 0, 1, 2
 SWARM = "[swarm]\nrequest_timeout = 1.0\nmax_peer_failures = 2\n"
-SEEDER_CAP = "[bandwidth]\nupload = \"4MiB\"\n"     # ~1 s per variant: node 1 asks the liar too
+# ~4 s per variant (128 chunks): longer than request_timeout even after the daemon's
+# pipeline of 16 per peer has asked the liar and the seeder for 16 each, so the liar's
+# requests time out before endgame could ask for them elsewhere
+SEEDER_CAP = "[bandwidth]\nupload = \"4MiB\"\n"
 
 
 def _start_liar(f: LocalFleet, mode: str) -> None:
@@ -107,7 +110,7 @@ async def _scenario(f: LocalFleet, mode: str, pkg: Path) -> dict[str, object]:
 def test_lying_chunk_server_is_dropped_and_nothing_corrupt_is_kept(
         fleet: tuple[LocalFleet, str], tmp_path: Path) -> None:
     f, mode = fleet
-    pkg = make_package(tmp_path / "pkg", 8 * MiB, seed=88)
+    pkg = make_package(tmp_path / "pkg", 32 * MiB, seed=88)
     f.start(SEEDER)
     f.start(RECEIVER)
     out = trio.run(_scenario, f, mode, pkg)

@@ -62,9 +62,12 @@ def _keys_dir(args: argparse.Namespace) -> Path:
 
 
 def _cmd_daemon(args: argparse.Namespace) -> tuple[Any, str]:
+    from agent._daemon.heap import keep_large_buffers
     from agent._daemon.log import configure_logging
     from agent._daemon.runtime import NodeRuntime
     from agent._daemon.serve import serve
+
+    keep_large_buffers()
 
     ctx = configure_logging(args.log_format or os.environ.get("SHOAL_LOG_FORMAT") or "text",
                             level=logging.DEBUG if args.verbose else logging.INFO)

@@ -190,10 +190,14 @@ class DiskTasks:
             targets = self._download_targets()
             results = await trio.to_thread.run_sync(
                 self._write_chunks, targets, [(o.chunk_hash, o.data) for o in batch])
+            stored = tuple(out.chunk_hash for out, failure in zip(batch, results, strict=True)
+                           if failure is None)
+            if stored:
+                self.post(ChunkStored(stored))
             for out, failure in zip(batch, results, strict=True):
                 if failure is None:
-                    self.post(ChunkStored(out.chunk_hash))
-                elif isinstance(failure, InsufficientStorage):
+                    continue
+                if isinstance(failure, InsufficientStorage):
                     self.post(ChunkStoreFailed(out.chunk_hash,
                                                BlockerReason.INSUFFICIENT_STORAGE, str(failure)))
                 else:
@@ -212,7 +216,7 @@ class DiskTasks:
         return out
 
     def _write_chunks(self, targets: list[tuple[Manifest, str]],
-                      chunks: list[tuple[bytes, bytes]]) -> list[Exception | None]:
+                      chunks: list[tuple[bytes, bytes | memoryview]]) -> list[Exception | None]:
         """Stage the packs of new downloads, then write verified chunks in place
         (worker thread)."""
         for manifest, variant_id in targets:

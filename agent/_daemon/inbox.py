@@ -15,7 +15,7 @@ from typing import Any
 from protocol import BlockerReason, NodeMachine, WireMessage
 
 __all__ = ["InboxEvent", "PeerMessage", "PeerUp", "PeerDown", "PeerKnown", "PeerGone",
-           "DialFailed", "ChunkStored", "ChunkStoreFailed", "ChunkMissing", "PieceSent",
+           "DialFailed", "ChunkStored", "ChunkStoreFailed", "ChunkMissing", "PiecesSent",
            "InstallDone", "HealthChecked", "ControlCall"]
 
 
@@ -66,9 +66,9 @@ class DialFailed:
 
 @dataclass(frozen=True, slots=True)
 class ChunkStored:
-    """A store worker made chunk ``chunk_hash`` durable."""
+    """A store worker made the chunks ``chunk_hashes`` durable (one batch)."""
 
-    chunk_hash: bytes
+    chunk_hashes: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +95,11 @@ class ChunksGone:
 
 
 @dataclass(frozen=True, slots=True)
-class PieceSent:
-    """The piece of ``chunk_hash`` has been written to ``peer``'s connection."""
+class PiecesSent:
+    """The pieces of ``chunk_hashes`` have been written to ``peer``'s connection."""
 
     peer: str
-    chunk_hash: bytes
+    chunk_hashes: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,5 +135,5 @@ class ControlCall:
 
 
 InboxEvent = (PeerMessage | PeerUp | PeerDown | PeerKnown | PeerGone | DialFailed | ChunkStored
-              | ChunkStoreFailed | ChunkMissing | ChunksGone | PieceSent | InstallDone
+              | ChunkStoreFailed | ChunkMissing | ChunksGone | PiecesSent | InstallDone
               | HealthChecked | ControlCall)

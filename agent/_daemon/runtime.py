@@ -50,7 +50,6 @@ transfer resumes.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -66,7 +65,7 @@ import trio
 from agent._config import AgentConfig
 from agent._daemon.control_messages import PeerEntry
 from agent._daemon.discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
-from agent._daemon.disk_tasks import STORE_BATCH, STORE_WORKERS, DiskTasks
+from agent._daemon.disk_tasks import STORE_BATCH, STORE_WORKERS
 from agent._daemon.health import HealthMonitor
 from agent._daemon.inbox import (
     ChunkMissing,
@@ -83,7 +82,7 @@ from agent._daemon.inbox import (
     PeerKnown,
     PeerMessage,
     PeerUp,
-    PieceSent,
+    PiecesSent,
 )
 from agent._daemon.lock import DataDirLock
 from agent._daemon.log import log_own_problems
@@ -95,6 +94,7 @@ from agent._daemon.transport import (
     backoff_delay,
     dial,
 )
+from agent._daemon.writer import CLOSE, Session, SessionWriter
 from agent._errors import AgentError
 from agent._storage.install import Installer
 from agent._storage.keys import load_key
@@ -115,7 +115,6 @@ from protocol import (
     Output,
     OverlayFull,
     PersistLedger,
-    Piece,
     ProtocolError,
     RemoveVersions,
     Role,
@@ -123,9 +122,7 @@ from protocol import (
     ServeChunk,
     SigningIdentity,
     StoreChunk,
-    TransferPriority,
     is_wire_message,
-    make_piece,
 )
 
 __all__ = ["NodeRuntime", "RuntimeStatistics"]
@@ -135,9 +132,6 @@ log = logging.getLogger("shoal.daemon")
 _INBOX_TOKENS = 64            # network messages queued for the machine at most
 _OUTBOX = 64                  # messages queued per peer before the machine waits
 _SEND_STALL = 10.0            # seconds a peer may refuse to drain its queue before it is dropped
-_SEND_BATCH = 16             # queued messages written to a peer at once at most
-_SERVE_BATCH = 4             # ... of which chunks (read into memory together) at most
-_CLOSE = object()              # queued after a peer's last message: close the session
 _GRACE = 2.0                  # the larger id waits this long before dialling
 
 
@@ -163,17 +157,7 @@ class RuntimeStatistics:
     health_failures: int = 0    # ... that failed
 
 
-@dataclass
-class _Session:
-    channel: SecureChannel
-    initiated_by_us: bool
-    outbox_send: trio.MemorySendChannel[Any]
-    outbox_recv: trio.MemoryReceiveChannel[Any]
-    since: float
-    done: trio.Event = dataclasses.field(default_factory=trio.Event)
-
-
-class NodeRuntime(DiskTasks):
+class NodeRuntime(SessionWriter):
     """Builds the node from its data directory and config and runs it until cancelled.
 
     ``clock`` gives the node's wall-clock time in seconds (``time.time`` by default);
@@ -238,7 +222,7 @@ class NodeRuntime(DiskTasks):
             self.store.put_manifest(m)
         self._track_stored_manifests()
         self.port = 0
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, Session] = {}
         self._banned: dict[str, float] = {}
         self._dialing: set[str] = set()     # peers a dial task is connecting to
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[InboxEvent](math.inf)
@@ -426,7 +410,7 @@ class NodeRuntime(DiskTasks):
             await old.channel.aclose()
             await old.done.wait()
         out_send, out_recv = trio.open_memory_channel[Any](_OUTBOX)
-        sess = _Session(channel, initiated_by_us, out_send, out_recv, self.clock())
+        sess = Session(channel, initiated_by_us, out_send, out_recv, self.clock())
         self._sessions[peer] = sess
         self.post(PeerUp(peer, inbound=not initiated_by_us))
         try:
@@ -452,57 +436,6 @@ class NodeRuntime(DiskTasks):
             sess.done.set()
             with trio.CancelScope(shield=True):
                 await channel.aclose()
-
-    async def _writer(self, peer: str, sess: _Session, scope: trio.CancelScope) -> None:
-        """Drain the peer's queue: whatever is waiting goes out as one write, and the
-        chunks among it are read from the store in one worker-thread call."""
-        try:
-            async for item in sess.outbox_recv:
-                batch = [item]
-                # bounded in count and in chunks: a peer that stops reading holds at
-                # most this batch (<= _SERVE_BATCH chunks and their records) here,
-                # and at most _OUTBOX queued items behind it (docs/RELIABILITY.md)
-                chunks_in = int(isinstance(item, ServeChunk))
-                while (len(batch) < _SEND_BATCH and chunks_in < _SERVE_BATCH
-                       and batch[-1] is not _CLOSE):
-                    try:
-                        batch.append(sess.outbox_recv.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                    chunks_in += isinstance(batch[-1], ServeChunk)
-                closing = batch[-1] is _CLOSE
-                if closing:
-                    batch.pop()
-                chunks = await self._read_served(
-                    [it.chunk_hash for it in batch if isinstance(it, ServeChunk)])
-                messages: list[object] = []
-                for it in batch:
-                    if not isinstance(it, ServeChunk):
-                        messages.append(it)
-                        continue
-                    data = chunks.get(it.chunk_hash)
-                    if data is None:
-                        self.post(ChunkMissing(it.chunk_hash))
-                        continue
-                    messages.append(make_piece(it.chunk_hash, data, it.priority))
-                    self._served += 1
-                    prio = TransferPriority(it.priority).name.lower()
-                    self.bytes_served_by_priority[prio] = (
-                        self.bytes_served_by_priority.get(prio, 0) + len(data))
-                if messages:
-                    await sess.channel.send_many(messages)
-                    # the pieces have left for the link: the engine may hand out more
-                    # (its upload window keeps the queue in the engine, where it is
-                    # ordered, rather than in this queue)
-                    for msg in messages:
-                        if isinstance(msg, Piece):
-                            self.post(PieceSent(peer, msg.chunk_hash))
-                if closing:     # the machine's ClosePeer: what it queued before has gone
-                    await sess.channel.aclose()
-                    break
-        except (ProtocolError, TransportError) as exc:
-            log.info("sending to %s failed: %s", peer, exc)
-        scope.cancel()
 
     async def _enqueue(self, peer: str, item: Any) -> None:
         sess = self._sessions.get(peer)
@@ -578,17 +511,17 @@ class NodeRuntime(DiskTasks):
                 m.peer_lost(peer, now)
             case DialFailed(peer):
                 m.dial_failed(peer, now)
-            case ChunkStored(chunk_hash):
-                self._stored += 1
-                m.chunk_stored(chunk_hash, now)
+            case ChunkStored(chunk_hashes):
+                self._stored += len(chunk_hashes)
+                m.chunks_stored(chunk_hashes, now)
             case ChunkStoreFailed(chunk_hash, reason, detail):
                 m.chunk_store_failed(chunk_hash, reason, detail, now)
             case ChunkMissing(chunk_hash):
                 m.chunk_missing(chunk_hash, now)
             case ChunksGone(chunk_hashes):
                 m.chunks_gone(chunk_hashes, now)
-            case PieceSent(peer, chunk_hash):
-                m.upload_done(peer, chunk_hash, now)
+            case PiecesSent(peer, chunk_hashes):
+                m.uploads_done(peer, chunk_hashes, now)
             case InstallDone(model_id, version, variant_id, ok, reason, detail, unhealthy,
                              refetch):
                 m.install_finished(model_id, version, variant_id, ok, reason, detail, now,
@@ -660,7 +593,7 @@ class NodeRuntime(DiskTasks):
         elif isinstance(out, ClosePeer):
             log.info("closing the session with %s: %s", out.peer, out.reason,
                      extra={"peer": out.peer})
-            await self._enqueue(out.peer, _CLOSE)
+            await self._enqueue(out.peer, CLOSE)
         elif isinstance(out, Notice):
             log.info("notice %s: %s", out.kind, out.detail,
                      extra={"model_id": out.model_id, "intent_id": out.intent_id})

@@ -48,8 +48,8 @@ other than chunk data (gossip, announcements, requests) are rated in plaintext
 bytes: a token bucket of ``peer_rate`` bytes a second, ``peer_burst`` deep. A read
 that leaves the bucket in debt is still delivered, but the next read waits until
 the debt is paid: the peer's sender blocks on TCP, and its decode cost here is
-bounded by the rate. Chunk data (a ``Piece``: bytes this node asked for) costs no
-tokens. An honest peer stays far below the rate; the burst and the debt a single
+bounded by the rate. Chunk data (a ``Piece`` or ``Pieces``: bytes this node asked
+for) costs no tokens. An honest peer stays far below the rate; the burst and the debt a single
 read may run into cover a record up to ``max_frame``, and a new node's first sync
 of a large ledger pulls from several peers at once.
 """
@@ -78,6 +78,7 @@ from protocol import (
     ConnectionStatistics,
     FleetTrust,
     Piece,
+    Pieces,
     ProtocolError,
     SecureConnection,
     SigningIdentity,
@@ -214,17 +215,30 @@ class SecureChannel:
         await self.send_many((message,))
 
     async def send_many(self, messages: Iterable[object]) -> None:
-        """Send ``messages`` in order, as records written with one ``send_all``."""
+        """Send ``messages`` in order, as records written with one ``send_all``; a
+        ``bytearray`` is a message already encoded (a run of pieces read in place),
+        written with a ``send_all`` of its own (its record is not copied into a join)."""
         if self._closed:
             raise ChannelClosed(f"channel to {self.peer_id} is closed")
         async with self._send_lock:
             for message in messages:
-                self._conn.send(message)
-            try:
-                await self._stream.send_all(self._conn.data_to_send())
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                await self.aclose()
-                raise ChannelClosed(f"connection to {self.peer_id} broke: {exc}") from None
+                if type(message) is bytearray:
+                    await self._flush()
+                    self._conn.send_bytes(message)
+                    await self._flush()
+                else:
+                    self._conn.send(message)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        data = self._conn.data_to_send()
+        if not data:
+            return
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await self.aclose()
+            raise ChannelClosed(f"connection to {self.peer_id} broke: {exc}") from None
 
     async def receive(self) -> object:
         """The next message; raises :class:`ChannelClosed` at the end."""
@@ -257,7 +271,7 @@ class SecureChannel:
                 await self.aclose()
                 raise
             self._charge(self._conn.plaintext_received - before
-                         - sum(len(m.data) for m in got if type(m) is Piece))
+                         - sum(len(m.data) for m in got if isinstance(m, Piece | Pieces)))
             self._pending.extend(got)
         return self._pending.popleft()
 

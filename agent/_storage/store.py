@@ -53,7 +53,7 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from agent._errors import ChunkCorrupted, ChunkNotFound, StoreError
@@ -544,7 +544,7 @@ class ChunkStore(StoreReads, StorePins):
             raise result
         return result
 
-    def _put_many(self, chunks: list[tuple[bytes, bytes]], trusted_hash: bool
+    def _put_many(self, chunks: Sequence[tuple[bytes, bytes | memoryview]], trusted_hash: bool
                   ) -> list[bool | Exception]:
         results: list[bool | Exception] = []
         logged: dict[int, list[bytes]] = {}
@@ -606,7 +606,8 @@ class ChunkStore(StoreReads, StorePins):
                 os.close(fd)
         return results
 
-    def put_verified_batch(self, chunks: list[tuple[bytes, bytes]]) -> list[Exception | None]:
+    def put_verified_batch(self, chunks: Sequence[tuple[bytes, bytes | memoryview]]
+                           ) -> list[Exception | None]:
         """Write chunks whose bytes were verified against their hashes; per chunk, None
         or why it failed."""
         return [r if isinstance(r, Exception) else None

@@ -87,25 +87,39 @@ class StoreReads(StoreBase):
                             chunk_hashes=(chunk_hash,))
 
     def get_cached(self, chunk_hash: bytes) -> bytes | None:
-        """The chunk's verified bytes when they can be had without waiting: the index
-        lock is free and every byte is in the page cache (``preadv`` with
-        ``RWF_NOWAIT``, which fails rather than wait for the disk). None otherwise, and
-        on any doubt (a short read, a mismatch, an error): :meth:`get` in a worker
-        thread then reads, verifies and quarantines as usual. Meant for the event
-        loop's thread, where a worker-thread hop per read costs more than the read."""
-        if _NOWAIT is None or not self._lock.acquire(blocking=False):
+        """The chunk's verified bytes when they can be had without waiting (see
+        :meth:`read_cached_into`); None otherwise."""
+        try:       # (no lock: a holder may go meanwhile; read_cached_into checks again)
+            size = self.size_of(chunk_hash)
+        except KeyError:
             return None
+        if size is None:
+            return None
+        buf = bytearray(size)
+        return bytes(buf) if self.read_cached_into(chunk_hash, memoryview(buf)) else None
+
+    def read_cached_into(self, chunk_hash: bytes, buf: memoryview) -> bool:
+        """Read the chunk into ``buf`` (exactly its size) and verify it, when that can
+        be done without waiting: the index lock is free and every byte is in the page
+        cache (``preadv`` with ``RWF_NOWAIT``, which fails rather than wait for the
+        disk). False otherwise, and on any doubt (a short read, a mismatch, an error):
+        :meth:`get` in a worker thread then reads, verifies and quarantines as usual.
+        Meant for the event loop's thread, where a worker-thread hop per read costs
+        more than the read."""
+        if _NOWAIT is None or not self._lock.acquire(blocking=False):
+            return False
         try:
             holders = self._holders.get(chunk_hash)
             if not holders:
-                return None
+                return False
             path = holders if isinstance(holders, str) else holders[0]
             d = self._dirs[path]
             rel, off = d.place(chunk_hash)
             size = d.size(chunk_hash)
         finally:
             self._lock.release()
-        buf = bytearray(size)
+        if len(buf) != size:
+            return False
         try:
             fd = os.open(os.path.join(path, *rel.split("/")),
                          os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -114,11 +128,8 @@ class StoreReads(StoreBase):
             finally:
                 os.close(fd)
         except OSError:         # EAGAIN: not all of it cached; or gone, or anything else
-            return None
-        data = bytes(buf)
-        if n != size or not chunk_matches(chunk_hash, size, data):
-            return None
-        return data
+            return False
+        return n == size and chunk_matches(chunk_hash, size, buf)
 
     def check(self, chunk_hash: bytes, size: int) -> str | None:
         """Re-read and verify one chunk: None when good, else ``"missing"``/``"corrupt"``."""
