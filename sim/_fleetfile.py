@@ -11,8 +11,7 @@ dotted path, e.g. ``formation[1].hardware.gpu_mem_gb``); :func:`simulate` builds
   :class:`~protocol.Capabilities` come from its ``hardware`` table, so the real
   variant selection and capability scopes see them; the fleet runs with
   ``disk_limits`` on, so a node whose free storage cannot take a model reports
-  ``insufficient_storage`` as a real node with a full disk does, and with the daemon's
-  swarm settings (``DAEMON_SWARM``, uploads reported as they leave the link);
+  ``insufficient_storage`` as a real node with a full disk does;
 * each ``[[link]]`` becomes a :class:`~sim._network.LinkClass` joining every pair
   inside the formations in ``within`` and every pair across the formation pairs in
   ``between``; pairs no link joins never reach each other (and discovery does not
@@ -48,11 +47,9 @@ from typing import Any
 import blake3
 
 from protocol import (
-    DAEMON_SWARM,
     ChunkList,
     ChunkParams,
     ChunkRef,
-    Config,
     FileEntry,
     IntentKind,
     Manifest,
@@ -250,11 +247,8 @@ def simulate(ff: FleetFile, seed: int | None = None,
     members: dict[str, list[int]] = {}
     for i, fname in enumerate(formation_of):
         members.setdefault(fname, []).append(i)
-    # the daemon's swarm settings, upload reports included: a file describes real nodes
     fleet = Fleet(specs, seed=seed, topology="overlay", degree=ff.degree,
-                  profile=LinkProfile(latency=0.005), disk_limits=True,
-                  config=Config(fleet_id="sim", swarm=DAEMON_SWARM))
-    fleet.report_uploads()
+                  profile=LinkProfile(latency=0.005), disk_limits=True)
     net = fleet.net
     ids = [n.node_id for n in fleet.nodes]
     for lk in ff.links:
