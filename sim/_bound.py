@@ -109,6 +109,28 @@ def _apply(st: _State, e: _Event) -> None:
         st.side = e.side
 
 
+class _Replay:
+    """The timeline's state as time moves on from ``t0`` (every event at or before it
+    applied)."""
+
+    def __init__(self, tl: Timeline, t0: float) -> None:
+        self._events = sorted(tl.events, key=lambda e: e.t)
+        self._k = 0
+        self.state = _State(set(), set(), None)
+        self.to(t0)
+
+    def next_time(self) -> float:
+        """When the next event not yet applied happens (``inf``: none is left)."""
+        return self._events[self._k].t if self._k < len(self._events) else math.inf
+
+    def to(self, t: float) -> None:
+        """Apply every event at or before ``t``."""
+        events = self._events
+        while self._k < len(events) and events[self._k].t <= t:
+            _apply(self.state, events[self._k])
+            self._k += 1
+
+
 def transfer_bound(tl: Timeline, t0: float, nodes: Sequence[int], nbytes: float,
                    upload: bool = False) -> float:
     """Seconds from ``t0`` until the interfaces of ``nodes`` together could have taken
@@ -116,25 +138,19 @@ def transfer_bound(tl: Timeline, t0: float, nodes: Sequence[int], nbytes: float,
     if they never could within the timeline (the last state lasts for ever)."""
     if nbytes <= 0:
         return 0.0
-    events = sorted(tl.events, key=lambda e: e.t)
-    st = _State(set(), set(), None)
-    k = 0
-    while k < len(events) and events[k].t <= t0:
-        _apply(st, events[k])
-        k += 1
+    replay = _Replay(tl, t0)
+    st = replay.state
     t, left = t0, float(nbytes)
     while True:
         rate = sum(_rate(tl, st, i, upload) for i in nodes)
-        nxt = events[k].t if k < len(events) else math.inf
+        nxt = replay.next_time()
         if rate > 0 and t + left / rate <= nxt:
             return t + left / rate - t0
         if nxt == math.inf:
             return math.inf
         left -= rate * (nxt - t)
         t = nxt
-        while k < len(events) and events[k].t <= t:
-            _apply(st, events[k])
-            k += 1
+        replay.to(t)
 
 
 def reach_times(tl: Timeline, t0: float, source: int) -> list[float]:
@@ -142,12 +158,8 @@ def reach_times(tl: Timeline, t0: float, source: int) -> list[float]:
     could be at each node, hopping only over links that are up between nodes that are
     up (no latency); ``inf`` for a node it never reaches within the timeline."""
     n = len(tl.peers)
-    events = sorted(tl.events, key=lambda e: e.t)
-    st = _State(set(), set(), None)
-    k = 0
-    while k < len(events) and events[k].t <= t0:
-        _apply(st, events[k])
-        k += 1
+    replay = _Replay(tl, t0)
+    st = replay.state
     at = [math.inf] * n
     if source in st.nodes_down:
         return at
@@ -166,12 +178,10 @@ def reach_times(tl: Timeline, t0: float, source: int) -> list[float]:
                             st.side is None or st.side[p] == st.side[i]):
                         at[p] = t
                         frontier.append(p)
-        if k >= len(events) or all(a < math.inf for a in at):
+        t = replay.next_time()
+        if t == math.inf or all(a < math.inf for a in at):
             return at
-        t = events[k].t
-        while k < len(events) and events[k].t <= t:
-            _apply(st, events[k])
-            k += 1
+        replay.to(t)
 
 
 def up_periods(tl: Timeline, end: float) -> dict[str, list[tuple[float, float]]]:
