@@ -28,14 +28,7 @@ from agent._daemon.health import HealthSettings
 from agent._daemon.probe import ProbeOverrides, overrides_from_mapping
 from agent._daemon.transport import TransportSettings
 from agent._errors import ConfigError
-from protocol import (
-    DAEMON_SWARM,
-    Config,
-    GossipConfig,
-    LedgerConfig,
-    OverlayConfig,
-    SwarmConfig,
-)
+from protocol import Config, GossipConfig, LedgerConfig, OverlayConfig, SwarmConfig
 
 __all__ = [
     "DEFAULT_PORT",
@@ -59,7 +52,18 @@ _FLEET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
 _SWARM_RATES = ("upload_rate", "download_rate")
 
-
+#: The daemon's swarm settings where they differ from the protocol's defaults (which the
+#: simulator runs): between real hosts a piece's round trip is mostly the two daemons'
+#: own processing, which the link estimate (rtt / service, ``protocol/_swarm_links.py``)
+#: cannot see: a pipeline of 2 left both daemons waiting on each other, and an upload
+#: window of 1 cost a worker-thread hop and a write per 128 KiB piece. Since the writer
+#: sends a peer's queued pieces as one run (``Pieces``, up to 32 chunks / 4 MiB:
+#: agent/_daemon/writer.py), the floor and the window are 16, the ceiling 32. Not
+#: deeper: a request times out after ``request_timeout`` (30 s) however long its queue
+#: at the peer, and 16 x 128 KiB take 17 s at 1 Mbit/s (32 would take 34 s)
+#: (docs/JOURNAL.md, 2026-12-06).
+DAEMON_SWARM = SwarmConfig(min_requests_per_peer=16, max_requests_per_peer=32,
+                           upload_window=16)
 
 
 @dataclass(frozen=True, slots=True)

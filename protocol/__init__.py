@@ -37,14 +37,7 @@ from ._codec import (
     message,
     struct,
 )
-from ._config import (
-    DAEMON_SWARM,
-    Config,
-    GossipConfig,
-    LedgerConfig,
-    OverlayConfig,
-    SwarmConfig,
-)
+from ._config import Config, GossipConfig, LedgerConfig, OverlayConfig, SwarmConfig
 from ._convergence import ConvergenceBlocker, ModelConvergenceStatus, RolloutState
 from ._entries import Entry, EntryKind, encoded_entry
 from ._errors import (
@@ -152,7 +145,7 @@ from ._wire import WireMessage, is_wire_message
 __all__ = [
     "manifests_to_retire",
     # the node state machine, its inputs' types and its outputs
-    "NodeMachine", "NodeStatistics", "Config", "GossipConfig", "SwarmConfig", "DAEMON_SWARM",
+    "NodeMachine", "NodeStatistics", "Config", "GossipConfig", "SwarmConfig",
     "Output", "SendMessage", "ServeChunk", "StoreChunk", "InstallVariant",
     "ActivateVersion", "RemoveVersions", "DropPeer", "PersistLedger", "Notice", "NoticeKind",
     "DialPeer", "ClosePeer",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["GossipConfig", "SwarmConfig", "OverlayConfig", "Config", "DAEMON_SWARM"]
+__all__ = ["GossipConfig", "SwarmConfig", "OverlayConfig", "Config"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,20 +117,6 @@ class LedgerConfig:
         if self.keep_versions == 1 or self.keep_versions < 0:
             raise ValueError("keep_versions must be 0 (all) or >= 2 (the active version "
                              "and at least one to roll back to)")
-
-
-#: The daemon's swarm settings where they differ from the protocol's defaults (which the
-#: reference simulator scenarios run): between real hosts a piece's round trip is mostly
-#: the two daemons' own processing, which the link estimate (rtt / service,
-#: ``_swarm_links.py``) cannot see: a pipeline of 2 left both daemons waiting on each
-#: other, and an upload window of 1 cost a worker-thread hop and a write per 128 KiB
-#: piece. Since the daemon's writer sends a peer's queued pieces as one run (``Pieces``,
-#: up to 32 chunks / 4 MiB: agent/_daemon/writer.py), the floor and the window are 16,
-#: the ceiling 32. Not deeper: a request times out after ``request_timeout`` (30 s)
-#: however long its queue at the peer, and 16 x 128 KiB take 17 s at 1 Mbit/s (32 would
-#: take 34 s). Scenario-file simulations run these too (docs/JOURNAL.md, 2026-12-06).
-DAEMON_SWARM = SwarmConfig(min_requests_per_peer=16, max_requests_per_peer=32,
-                           upload_window=16)
 
 
 @dataclass(frozen=True, slots=True)
