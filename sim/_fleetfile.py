@@ -196,8 +196,8 @@ def _against_bound(r: _Rollout, fleet: Fleet, timeline: Timeline,
                    tracks: dict[tuple[int, str], _Track], names: list[str]) -> dict[str, Any]:
     """The rollout's completion against its bound over the connected periods
     (``sim/_bound.py``): the nodes it decided at the end, when the last of them
-    first ran its version (to the sample), and the bound: the latest of the targets' own (from the
-    order's earliest possible arrival), the origin's and the fleet's uplinks'."""
+    first ran its version (to the sample), and the bound: the latest of the targets' own
+    (from the order's earliest possible arrival), the origin's and the fleet's uplinks'."""
     targets = [i for i, node in enumerate(fleet.nodes) if node.alive
                and (want := node.machine.desired(r.action.model)) is not None
                and want.intent_id == r.intent_id]
@@ -253,14 +253,17 @@ def simulate(ff: FleetFile, seed: int | None = None,
     ids = [n.node_id for n in fleet.nodes]
     for lk in ff.links:
         net.add_link_class(lk.link)
+    def group(name: str) -> list[int]:
+        """A formation's nodes, or the one node of that name."""
+        return members[name] if name in members else [index[name]]
+
     class_of: dict[tuple[int, int], str] = {}
     for lk in ff.links:      # in file order: a later link wins a pair two links join
         pairs = [(mem[x], mem[y]) for fname in lk.within
                  for mem in (members[fname],)
                  for x in range(len(mem)) for y in range(x + 1, len(mem))]
-        pairs += [(a, b) for fa, fb in lk.between
-                  for a in members.get(fa, [index.get(fa, -1)])
-                  for b in members.get(fb, [index.get(fb, -1)]) if a != b]
+        pairs += [(a, b) for fa, fb in lk.between for a in group(fa) for b in group(fb)
+                  if a != b]
         for a, b in pairs:
             net.join(ids[a], ids[b], lk.link.name)
             class_of[(min(a, b), max(a, b))] = lk.link.name

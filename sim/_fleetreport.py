@@ -15,14 +15,12 @@ The input is the result dict of :func:`sim._fleetfile.simulate`; matplotlib is t
 
 from __future__ import annotations
 
-import base64
 import html as _html
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._report import require_matplotlib
+from ._report import figure_png, page_html, require_matplotlib, table_html
 
 __all__ = ["html", "plot_png"]
 
@@ -92,66 +90,45 @@ def plot_png(result: dict[str, Any]) -> bytes:
                       fontsize="x-small")
         bx.set_xlabel("simulated seconds")
         bx.set_xlim(0, result["sim_seconds"])
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
+        return figure_png(fig)
     finally:
         plt.close(fig)
-    return buf.getvalue()
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            v = f"{v:.4g}"
-        return _html.escape("-" if v is None else str(v))
-    head = "".join(f"<th>{cell(c)}</th>" for c in header)
-    body = "\n".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in row) + "</tr>"
-                     for row in rows)
-    return f"<table><tr>{head}</tr>\n{body}\n</table>"
 
 
 def html(result: dict[str, Any], path: Path | str, png: bytes | None = None) -> Path:
     """One self-contained page of the run (see the module doc)."""
     png = plot_png(result) if png is None else png
-    rollouts = _table(
+    rollouts = table_html(
         ["command", "model", "version", "at (s)", "at node", "targets", "carried out",
          "took (s)", "bound (s)", "took / bound", "last node"],
         [[r["action"], r["model"], r["version"], r["at"], r["node"], r["targets"],
           r["carried_out"], r["measured_s"], r["bound_s"], r["ratio"], r["last_node"]]
          for r in result.get("rollouts", [])])
-    formations = _table(
+    formations = table_html(
         ["formation", "nodes", "targeted", "converged", "first (s)", "median (s)",
          "last (s)", "blocked by (nodes)"],
         [[name, f["nodes"], f["targeted"], f["converged"], f["first_converged_at"],
           f["median_converged_at"], f["last_converged_at"],
           ", ".join(f"{k} ({n})" for k, n in f["nodes_blocked_by"].items()) or "nothing"]
          for name, f in result["formations"].items()])
-    links = _table(["link class", "MB sent"],
-                   [[k, v / 1e6] for k, v in result["bytes_by_link"].items()])
-    actions = _table(["t (s)", "command", "node", "model", "version", "result"],
-                     [[a["t"], a["event"], a.get("node"), a.get("model"), a.get("version"),
-                       a.get("error", "ok")] for a in result["actions"]])
-    title = _html.escape(f"shoal simulator: fleet {result['name']}, seed {result['seed']}")
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:right}}</style></head>
-<body><h1>{title}</h1>
-<p>{result['nodes']} nodes, {result['sim_seconds']:.1f} simulated seconds, converged:
-{result['converged']}. Trace {_html.escape(result['trace'])} (the same seed replays it).</p>
-<img alt="convergence per formation, links and nodes over time" src="data:image/png;base64,{
-base64.b64encode(png).decode()}">
-<h2>Rollouts against their bound over the connected periods</h2>
+    links = table_html(["link class", "MB sent"],
+                       [[k, v / 1e6] for k, v in result["bytes_by_link"].items()])
+    actions = table_html(["t (s)", "command", "node", "model", "version", "result"],
+                         [[a["t"], a["event"], a.get("node"), a.get("model"),
+                           a.get("version"), a.get("error", "ok")] for a in result["actions"]])
+    page = page_html(
+        f"shoal simulator: fleet {result['name']}, seed {result['seed']}",
+        f"{result['nodes']} nodes, {result['sim_seconds']:.1f} simulated seconds, "
+        f"converged: {result['converged']}. Trace {_html.escape(result['trace'])} (the same "
+        "seed replays it).", png, "convergence per formation, links and nodes over time",
+        f"""<h2>Rollouts against their bound over the connected periods</h2>
 {rollouts}
 <h2>Formations</h2>
 {formations}
 <h2>Bytes per link class</h2>
 {links}
 <h2>Commands</h2>
-{actions}
-</body></html>
-"""
+{actions}""")
     out = Path(path)
     out.write_text(page)
     return out

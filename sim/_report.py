@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MissingExtra", "html", "plot", "plot_png", "require_matplotlib", "summary_rows"]
+__all__ = ["MissingExtra", "figure_png", "html", "page_html", "plot", "plot_png",
+           "require_matplotlib", "summary_rows", "table_html"]
 
 _SUMMARY = ("nodes", "size", "chunk_size", "up_mbit", "down_mbit", "hetero", "seed",
             "topology", "complete", "t_measured", "t_min", "ratio", "t_hub", "hub_speedup",
@@ -97,11 +98,16 @@ def plot_png(results: Sequence[dict[str, Any]]) -> bytes:
         bx.set_title("bytes per node")
         bx.set_ylim(bottom=0)
         bx.legend(fontsize="x-small", loc="lower right")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
+        return figure_png(fig)
     finally:
         plt.close(fig)
+
+
+def figure_png(fig: Any) -> bytes:
+    """A drawn matplotlib figure as PNG bytes (the caller closes it)."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
 
 
@@ -124,28 +130,42 @@ def summary_rows(results: Sequence[dict[str, Any]]) -> list[list[str]]:
                                    for i, r in enumerate(results)]
 
 
+def table_html(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    """An HTML table; floats to 4 significant digits, None as "-", all escaped."""
+    def cell(v: Any) -> str:
+        return _html.escape(_cell(v))
+    head = "".join(f"<th>{cell(c)}</th>" for c in header)
+    body = "\n".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in row) + "</tr>"
+                     for row in rows)
+    return f"<table><tr>{head}</tr>\n{body}\n</table>"
+
+
+def page_html(title: str, intro: str, png: bytes, alt: str, body: str) -> str:
+    """One self-contained page: ``title``, ``intro`` (HTML), the plot embedded, ``body``."""
+    t = _html.escape(title)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{t}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:right}}</style></head>
+<body><h1>{t}</h1>
+<p>{intro}</p>
+<img alt="{_html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">
+{body}
+</body></html>
+"""
+
+
 def html(results: Sequence[dict[str, Any]], path: Path | str,
          png: bytes | None = None) -> Path:
     """One self-contained page: the plot (embedded) and the summary table."""
     png = plot_png(results) if png is None else png
     rows = summary_rows(results)
-    head = "".join(f"<th>{_html.escape(c)}</th>" for c in rows[0])
-    body = "\n".join("<tr>" + "".join(f"<td>{_html.escape(c)}</td>" for c in row) + "</tr>"
-                     for row in rows[1:])
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>shoal simulator report</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:right}}</style></head>
-<body><h1>shoal simulator report</h1>
-<p>Fraction of nodes converged over time (solid: swarm, dashed: hub baseline, dotted:
-Kumar-Ross lower bound T_min) and bytes fetched per node. Times are simulated seconds.</p>
-<img alt="convergence and bytes per node" src="data:image/png;base64,{
-base64.b64encode(png).decode()}">
-<h2>Summary</h2>
-<table><tr>{head}</tr>
-{body}
-</table></body></html>
-"""
+    page = page_html(
+        "shoal simulator report",
+        "Fraction of nodes converged over time (solid: swarm, dashed: hub baseline, dotted:\n"
+        "Kumar-Ross lower bound T_min) and bytes fetched per node. Times are simulated "
+        "seconds.", png, "convergence and bytes per node",
+        f"<h2>Summary</h2>\n{table_html(rows[0], rows[1:])}")
     out = Path(path)
     out.write_text(page)
     return out
