@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import blake3
+from hypothesis import strategies as st
 
 from protocol._capabilities import Capabilities, GpuInfo, Requirements
 from protocol._chunking import chunk_bytes
@@ -24,7 +25,7 @@ from protocol._events import ActivateVersion, DropPeer, InstallVariant, ServeChu
 from protocol._hlc import HLC
 from protocol._identity import Certificate, FleetTrust, Role, SigningIdentity
 from protocol._intents import Intent, IntentKind, Scope
-from protocol._ledger import Ledger, ModelState, NodeRecord, Suspicion
+from protocol._ledger import DeltaPiece, Ledger, ModelState, NodeRecord, Suspicion
 from protocol._manifest import FileEntry, Manifest, Variant, merkle_root
 from protocol._node import NodeMachine
 from protocol._types import ModelOperationalStatus, TransferPriority
@@ -79,6 +80,16 @@ def anti_entropy(ledgers: Sequence[Ledger], rounds: int) -> None:
                 if a != b:
                     for p in la.delta_since(lb.version_vector):
                         lb.merge_entries(p.entries, p.ranges)
+
+
+def deliver_piece(ledgers: Sequence[Ledger], wire: list[tuple[int, DeltaPiece]],
+                  data: st.DataObject, keep: bool) -> None:
+    """Deliver any one delta piece in flight (``wire``: ``(destination, piece)``), in any
+    order; ``keep`` leaves it there to be delivered again (a duplicate)."""
+    if wire:
+        i = data.draw(st.integers(0, len(wire) - 1))
+        dst, piece = wire[i] if keep else wire.pop(i)
+        ledgers[dst].merge_entries(piece.entries, piece.ranges)
 
 
 def convergence_of(led: Ledger, version: str, model: str = "m") -> ModelConvergenceStatus:

@@ -14,6 +14,7 @@ from ._fleet import (
     anti_entropy,
     caps,
     convergence_of,
+    deliver_piece,
     intent,
     manifest,
     node_key,
@@ -64,10 +65,7 @@ class GossipingLedgers(RuleBasedStateMachine):
 
     @rule(data=st.data(), keep=st.booleans())
     def deliver(self, data: st.DataObject, keep: bool) -> None:
-        if self.wire:
-            i = data.draw(st.integers(0, len(self.wire) - 1))   # any order
-            dst, piece = self.wire[i] if keep else self.wire.pop(i)   # keep = duplicate later
-            self.ledgers[dst].merge_entries(piece.entries, piece.ranges)
+        deliver_piece(self.ledgers, self.wire, data, keep)
 
     @rule(node=st.integers(0, N - 1), which=st.integers(0, len(POOL)))
     def burst(self, node: int, which: int) -> None:

@@ -19,6 +19,7 @@ from ._fleet import (
     anti_entropy,
     caps,
     convergence_of,
+    deliver_piece,
     intent,
     manifest,
     node_key,
@@ -118,10 +119,7 @@ class RetiringLedgers(RuleBasedStateMachine):
 
     @rule(data=st.data(), keep=st.booleans())
     def deliver(self, data: st.DataObject, keep: bool) -> None:
-        if self.wire:
-            i = data.draw(st.integers(0, len(self.wire) - 1))    # any order
-            dst, piece = self.wire[i] if keep else self.wire.pop(i)
-            self.ledgers[dst].merge_entries(piece.entries, piece.ranges)
+        deliver_piece(self.ledgers, self.wire, data, keep)
 
     @rule(data=st.data())
     def lose(self, data: st.DataObject) -> None:
