@@ -4,12 +4,15 @@ so a rollout of the second moves only the chunks that differ from the first."""
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from sim._fleetfile import FleetFileError, load, parse, simulate
+from sim._fleetfile import FleetFileError, parse
 
 MiB = 1 << 20
 
@@ -81,7 +84,10 @@ def test_a_version_given_as_a_real_file_moves_only_what_changed(tmp_path: Path) 
     size, changed = _two_versions(tmp_path)
     path = tmp_path / "fleet.toml"
     path.write_text(FLEET.format(size="", v1='file = "v1.bin"', v2='file = "v2.bin"'))
-    result = simulate(load(path))
+    out = subprocess.run([sys.executable, "-m", "sim", "run", str(path), "--json"],
+                         capture_output=True, text=True, check=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent)   # (as shoal-sim)
+    result = json.loads(out.stdout)
     assert result["converged"]
     cars = result["formations"]["cars"]
     assert cars["converged"] == 4
