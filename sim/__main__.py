@@ -152,12 +152,18 @@ def _human_run(result: dict[str, Any]) -> str:
                          f"{_fmt_t(row.get('converged_at')):<9} {_status(row):<13}"
                          f" {('blocked: ' + blockers) if blockers else ''}")
     for r in result.get("rollouts", []):
-        took = "-" if r["measured_s"] is None else f"{r['measured_s']:.1f}s"
+        head = f"rollout {r['action']} {r['model']} {r['version']} at t={r['at']:.1f}s: "
         bound = "-" if r["bound_s"] is None else f"{r['bound_s']:.1f}s"
-        ratio = "" if r["ratio"] is None else f" = {r['ratio']:.2f}x"
-        lines.append(f"rollout {r['action']} {r['model']} {r['version']} at "
-                     f"t={r['at']:.1f}s: {r['carried_out']}/{r['targets']} targets, took "
-                     f"{took} against a bound of {bound} over the connected periods{ratio}")
+        if not r["targets"]:
+            lines.append(head + "no node follows it at the end (superseded or cancelled)")
+        elif r["measured_s"] is None:
+            lines.append(head + f"{r['carried_out']}/{r['targets']} targets ran it, "
+                         f"{r['targets'] - r['carried_out']} never did (see their blockers); "
+                         f"bound {bound} over the connected periods")
+        else:
+            ratio = "" if r["ratio"] is None else f" = {r['ratio']:.2f}x"
+            lines.append(head + f"{r['targets']} targets, took {r['measured_s']:.1f}s "
+                         f"against a bound of {bound} over the connected periods{ratio}")
     lines.append("bytes by link: " + ", ".join(f"{k} {v / 1e6:.1f} MB"
                                                for k, v in result["bytes_by_link"].items()))
     lines.append(f"trace {result['trace']}")
