@@ -9,8 +9,10 @@ Everything runs in one trio nursery:
   reports peers to it (``PeerKnown``/``PeerGone``), and the runtime carries out
   its ``DialPeer`` (one dial task; a failure is reported back as ``DialFailed``)
   and ``ClosePeer`` (the session closes once what is queued for it -- an
-  ``OverlayFull`` declining it -- has been written). A static peer, whose node
-  id is unknown until its handshake, is dialled once at start (again with
+  ``OverlayFull`` declining it -- has been written). While ``DECLINE_ROOM``
+  declines are under way, a further inbound session is closed unheard: a burst of
+  dials at start-up cannot hold more than ``limit + DECLINE_ROOM`` sessions open.
+  A static peer, whose node id is unknown until its handshake, is dialled once at start (again with
   back-off until it answers) and then reported like a discovered one; its session
   is offered to the machine like any other. Two nodes that dial each other at
   once end up with two channels; both sides keep the one *opened by the smaller
@@ -133,6 +135,7 @@ _INBOX_TOKENS = 64            # network messages queued for the machine at most
 _OUTBOX = 64                  # messages queued per peer before the machine waits
 _SEND_STALL = 10.0            # seconds a peer may refuse to drain its queue before it is dropped
 _GRACE = 2.0                  # the larger id waits this long before dialling
+DECLINE_ROOM = 2              # inbound sessions open beyond the overlay's limit, being declined
 
 
 #: Something the runtime starts beside it: ``await nursery.start(service, runtime)``.
@@ -249,7 +252,7 @@ class NodeRuntime(SessionWriter):
             running=self._running_version,
             report=lambda model, version, unhealthy: self.post(
                 HealthChecked(model, version, unhealthy)))
-        self._dials = self._dial_failures = 0
+        self._dials = self._dial_failures = self._over_room = 0
         self.migrator_timeout = float(config.migrator_timeout)  # seconds a migrator may run
         self.migrator_allow_remote = config.migrator_allow_remote   # non-loopback addresses
         self.bytes_served_by_priority: dict[str, int] = {}  # priority name -> bytes (metrics)
@@ -398,6 +401,10 @@ class NodeRuntime(SessionWriter):
     async def _session(self, channel: SecureChannel, *, initiated_by_us: bool) -> None:
         peer = channel.peer_id
         if self._banned.get(peer, 0) > self.clock():
+            return
+        if not initiated_by_us and peer not in self._sessions and \
+                len(self._sessions) >= self.machine.overlay.limit + DECLINE_ROOM:
+            self._over_room += 1     # (declines already under way: close, don't queue)
             return
         self.trust.add_certificate(channel.peer_certificate)
         old = self._sessions.get(peer)
@@ -606,7 +613,8 @@ class NodeRuntime(SessionWriter):
         return {"degree": st.degree, "sessions": len(self._sessions), "active": st.active,
                 "known": st.known, "dials": self._dials, "dial_failures": self._dial_failures,
                 "declined": st.declined, "declined_by_peers": st.declined_by_peers,
-                "rotations": st.rotations, "closed_excess": st.closed_excess}
+                "rotations": st.rotations, "closed_excess": st.closed_excess,
+                "over_room": self._over_room}
 
     def peers(self) -> list[PeerEntry]:
         now = self.clock()
