@@ -90,6 +90,7 @@ class Deployments:
         self._emit = emit                        # queue an output of the node
         self._write_record = write_record        # write the node's record at once
         self.dirty = False                       # a state changed since the record was written
+        self.bodies_wanted: set[str] = set()     # manifest ids whose chunk lists targets need
         self._states: dict[str, ModelState] = {}
         self._transfers: dict[str, str] = {}     # model -> swarm key being fetched
         self._installing: dict[str, str] = {}    # model -> swarm key being installed
@@ -255,7 +256,7 @@ class Deployments:
         if not gone:
             return
         for v in gone:          # no longer held: stop seeding it, forget its chunk list
-            m = self._ledger.manifest_for(model_id, v)
+            m = self._ledger.head_for(model_id, v)
             if m is not None:
                 self._swarm.drop(f"{m.manifest_id}/{disk[v]}", now)
             del disk[v]
@@ -270,6 +271,7 @@ class Deployments:
         changed."""
         records = self._ledger.records()
         intents = self._ledger.intents()
+        self.bodies_wanted = set()
         models = {i.model_id for i in intents} | set(self._states)
         status_changed = False
         for model_id in sorted(models):
@@ -331,7 +333,7 @@ class Deployments:
                            blocker=None, blocker_detail="")
             self._now_active(model_id, version, now)
             return
-        manifest = self._ledger.manifest_for(model_id, version)
+        manifest = self._ledger.head_for(model_id, version)
         if manifest is None:
             self.drop_transfer(model_id, now)
             self.set_state(model_id, now, version=version, status=_S.NOT_DEPLOYED,
@@ -339,6 +341,14 @@ class Deployments:
                            blocker_detail="waiting for the manifest to arrive by gossip")
             return
         choice = select_variant(manifest, capabilities, target.variant_id)
+        if choice.variant_id is not None and \
+                self._ledger.manifest_by_id(manifest.manifest_id) is None:
+            self.drop_transfer(model_id, now)     # the chunk list first (_manifest_fetch)
+            self.bodies_wanted.add(manifest.manifest_id)
+            self.set_state(model_id, now, version=version, status=_S.NOT_DEPLOYED,
+                           intent_id=iid, blocker=None, blocker_detail=(
+                               "fetching the manifest's chunk list from a peer"))
+            return
         if choice.variant_id is None:
             self.drop_transfer(model_id, now)
             assert choice.reason is not None

@@ -1,7 +1,8 @@
 """Ledger entries: one fact, stamped ``(origin, counter)`` and signed by its origin.
 
 An :class:`Entry` holds exactly one payload -- a :class:`~._records.NodeRecord`, an
-:class:`~._intents.Intent`, a :class:`~._manifest.Manifest`, a
+:class:`~._intents.Intent`, a :class:`~._manifest_head.ManifestHead` (the
+ledger carries a manifest's signed head; the chunk lists travel on demand), a
 :class:`~._identity.Certificate` or a :class:`~._identity.Revocation` -- and the
 origin's Ed25519 signature over the canonical encoding of the stamped payload
 (``_EntryBody``: the entry without its signature). :meth:`Entry.verify` checks the
@@ -37,6 +38,7 @@ from ._identity import (
 )
 from ._intents import Intent
 from ._manifest import Manifest
+from ._manifest_head import ManifestHead
 from ._records import NodeRecord
 
 __all__ = ["EntryKind", "Entry", "encoded_entry", "entry_size"]
@@ -57,7 +59,7 @@ class _EntryBody:
     counter: int
     record: NodeRecord | None
     intent: Intent | None
-    manifest: Manifest | None
+    manifest: ManifestHead | None
     certificate: Certificate | None
     revocation: Revocation | None
 
@@ -75,7 +77,7 @@ class Entry:
     counter: int
     record: NodeRecord | None
     intent: Intent | None
-    manifest: Manifest | None
+    manifest: ManifestHead | None
     certificate: Certificate | None
     revocation: Revocation | None
     signature: bytes
@@ -178,7 +180,9 @@ class Entry:
     def create(cls, origin: SigningIdentity, counter: int, payload: object) -> Entry:
         slots: dict[str, object] = {"record": None, "intent": None, "manifest": None,
                                     "certificate": None, "revocation": None}
-        name = {NodeRecord: "record", Intent: "intent", Manifest: "manifest",
+        if isinstance(payload, Manifest):      # the ledger carries its head
+            payload = payload.head()
+        name = {NodeRecord: "record", Intent: "intent", ManifestHead: "manifest",
                 Certificate: "certificate", Revocation: "revocation"}.get(type(payload))
         if name is None:
             raise InvalidValue(f"{type(payload).__name__} cannot go into the ledger")

@@ -66,6 +66,7 @@ class SigningContext(bytes, enum.Enum):
     REVOCATION = b"shoal/v1/revocation\0"
     INTENT = b"shoal/v1/intent\0"
     MANIFEST = b"shoal/v1/manifest\0"
+    MANIFEST_HEAD = b"shoal/v1/manifest-head\0"
     ENTRY = b"shoal/v1/ledger-entry\0"
     HANDSHAKE = b"shoal/v1/handshake-auth\0"
 

@@ -109,9 +109,11 @@ from operator import attrgetter, gt
 from ._entries import Entry, EntryKind, encoded_entry, entry_size
 from ._errors import InvalidValue, LocalProtocolError, RemoteProtocolError, SignatureError
 from ._hlc import VersionVector, vv_join
-from ._identity import FleetTrust, Role, SigningIdentity
+from ._identity import FleetTrust, SigningIdentity
 from ._intents import Intent
 from ._manifest import Manifest
+from ._manifest_head import ManifestHead
+from ._manifest_shelf import ManifestShelf
 from ._rate import TokenBuckets
 from ._records import ModelState, NodeRecord, Suspicion
 from ._settle import manifests_to_retire, void_intents
@@ -223,7 +225,7 @@ class Ledger:
         self._gaps: set[str] = set()            # own origins whose history is unknown
         self._duplicates = 0
         self._intents: dict[str, Intent] = {}
-        self._manifests: dict[str, Manifest] = {}
+        self._shelf = ManifestShelf(trust)     # manifest heads held, and bodies here
         self._intents_changed = 0               # bumped when the set of intents changes
         self._live: tuple[int, list[Intent], set[str]] = (-1, [], set())  # (at, live, void)
         self._retired = 0
@@ -305,22 +307,27 @@ class Ledger:
             self._live = (self._intents_changed, live, void)
         return live, void
 
-    def manifests(self) -> list[Manifest]:
-        return [self._manifests[k] for k in sorted(self._manifests)]
+    def manifests(self) -> list[ManifestHead]:
+        """The heads of the manifests held, by id (``_manifest_head``)."""
+        return self._shelf.heads()
+
+    def head_by_id(self, manifest_id: str) -> ManifestHead | None:
+        return self._shelf.head_by_id(manifest_id)
+
+    def head_for(self, model_id: str, version: str) -> ManifestHead | None:
+        return self._shelf.head_for(model_id, version)
 
     def manifest_by_id(self, manifest_id: str) -> Manifest | None:
-        return self._manifests.get(manifest_id)
+        return self._shelf.body_by_id(manifest_id)
 
     def manifest_for(self, model_id: str, version: str) -> Manifest | None:
-        """The manifest of ``(model_id, version)``; newest (created_at, id) if re-published."""
-        best: Manifest | None = None
-        for mid in sorted(self._manifests):
-            m = self._manifests[mid]
-            if (m.model_id == model_id and m.version == version and self.trust.is_admitted(
-                    m.publisher_key, Role.PUBLISHER)
-                    and (best is None or m.created_at >= best.created_at)):
-                best = m
-        return best
+        return self._shelf.body_for(model_id, version)
+
+    def bodies(self) -> list[Manifest]:
+        return self._shelf.bodies()
+
+    def add_body(self, manifest: Manifest) -> bool:
+        return self._shelf.add_body(manifest)
 
     def state_key(self) -> tuple[frozenset[tuple[str, int, bytes]], tuple[tuple[str, int], ...]]:
         """A value equal for two ledgers exactly when they hold the same state."""
@@ -355,6 +362,8 @@ class Ledger:
         result = self.merge_entries([entry], claim, limits=False)
         if result.errors:
             raise InvalidValue(f"local ledger write refused: {result.errors[0]}")
+        if isinstance(payload, Manifest):       # the writer holds the body too
+            self.add_body(payload)
         return entry
 
     # ------------------------------------------------------------------ retirement
@@ -363,7 +372,7 @@ class Ledger:
         void intents, and of manifests nothing live needs. An origin's newest entry is
         kept (it vouches for the origin's counter). The number of entries dropped."""
         live, void = self._live_intents()
-        gone_manifests = manifests_to_retire(self._manifests.values(), live,
+        gone_manifests = manifests_to_retire(self._shelf.heads(), live,
                                              self._records.values())
         if not void and not gone_manifests:
             return 0
@@ -384,8 +393,7 @@ class Ledger:
         for iid in [i for i in self._intents if i not in held_ids]:
             del self._intents[iid]
             self._intents_changed += 1
-        for mid in [m for m in self._manifests if m not in held_manifests]:
-            del self._manifests[mid]
+        self._shelf.keep_only(held_manifests)
         self._retired += dropped
         return dropped
 
@@ -573,7 +581,7 @@ class Ledger:
                 self._intents[e.intent.intent_id] = e.intent
                 self._intents_changed += 1
         elif e.manifest is not None:
-            self._manifests.setdefault(e.manifest.manifest_id, e.manifest)
+            self._shelf.put_head(e.manifest)
         self._entries[e.stamp] = e   # (the entry's own key tuple, shared by all ledgers)
         self._held.setdefault(origin, []).append(e.counter)
         if e.counter > self._top.get(origin, 0):

@@ -17,9 +17,9 @@ from __future__ import annotations
 import re
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import total_ordering
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import blake3
 
@@ -36,6 +36,9 @@ from ._identity import (
     signing_payload,
     verify_signature,
 )
+
+if TYPE_CHECKING:
+    from ._manifest_head import ManifestHead
 
 __all__ = [
     "GRPC_HEALTH_CHECK",
@@ -480,6 +483,9 @@ class Manifest:
     created_at: int  # ms since the epoch, as the publisher saw it
     base_version: str | None  # a derived version (migrator export) names its base
     signature: bytes
+    # (appended) the publisher's signature over the head (``_manifest_head``): what
+    # the ledger carries instead of the chunk lists. Not part of the id.
+    head_signature: bytes | None = appended(None)
     # memo of manifest_id: not a field on the wire, not compared (the id is a pure
     # function of the fields above, and computing it encodes every chunk reference)
     _id: str = field(default="", init=False, repr=False, compare=False)
@@ -522,8 +528,26 @@ class Manifest:
              base_version: str | None = None) -> Manifest:
         unsigned = cls(model_id, version, variants, publisher.public_key, created_at,
                        base_version, b"\x00" * 64)
-        return cls(model_id, version, variants, publisher.public_key, created_at,
-                   base_version, publisher.sign(unsigned.signed_bytes()))
+        signed = cls(model_id, version, variants, publisher.public_key, created_at,
+                     base_version, publisher.sign(unsigned.signed_bytes()))
+        return signed.with_head_signature(publisher)
+
+    def with_head_signature(self, publisher: SigningIdentity) -> Manifest:
+        """This manifest with its publisher's signature over its head (one stored
+        before heads existed gets one here; signing again gives the same bytes)."""
+        from ._manifest_head import ManifestHead
+        sig = ManifestHead.signature_for(publisher, self)
+        return replace(self, head_signature=sig)
+
+    def head(self) -> ManifestHead:
+        """What the ledger carries of this manifest (``_manifest_head``); raises
+        :class:`InvalidValue` if its publisher has not signed one."""
+        from ._manifest_head import ManifestHead
+        if self.head_signature is None:
+            raise InvalidValue(f"{self.model_id} {self.version}: the manifest has no head "
+                               "signature (stored before heads existed); its publisher "
+                               "signs one when it announces it")
+        return ManifestHead.unsigned(self)
 
     def verify(self, trust: FleetTrust | None = None) -> None:
         """Raise unless signed by its publisher key (admitted by ``trust`` if given) and
@@ -534,6 +558,8 @@ class Manifest:
             trust.check(self.publisher_key, Role.PUBLISHER)
             check = trust.verifier
         check(self.publisher_key, self.signed_bytes(), self.signature)
+        if self.head_signature is not None:
+            self.head().verify(trust)
         for v in self.variants:
             for f in v.files:
                 f.check_merkle()

@@ -2,59 +2,53 @@
 
 Theory of operation
 -------------------
-:class:`NodeMachine` is sans-IO (after h11): inputs are method calls carrying
-``now``; outputs (``protocol/_events.py``) pile up until the driver calls
-:meth:`take_outputs`. After every input that may have changed the ledger, the
-machine *reconciles* each model toward the intent the ledger resolves for this
-node: what it runs, fetches and installs, and the rules for each, are
-``_deployments``. This module dispatches the inputs to the engines (gossip,
-swarm, deployments), writes the node's own entries, and answers the queries.
+:class:`NodeMachine` is sans-IO (after h11): inputs are method calls carrying ``now``;
+outputs (``protocol/_events.py``) pile up until the driver calls :meth:`take_outputs`. After
+every input that may have changed the ledger, the machine *reconciles* each model toward the
+intent the ledger resolves for this node: what it runs, fetches and installs, and the rules
+for each, are ``_deployments``. This module dispatches the inputs to the engines (gossip,
+swarm, manifest fetch, deployments), writes the node's own entries, and answers the queries.
 
-What a driver must do beyond carrying out I/O is an output too:
-:class:`PersistLedger` before anything that may carry an entry the node just
-wrote, and ``DropPeer.ban_for`` -- how long a dropped peer stays away -- from the
-one policy in ``_bans``.
+What a driver must do beyond carrying out I/O is an output too: :class:`PersistLedger`
+before anything that may carry an entry the node just wrote, and ``DropPeer.ban_for`` -- how
+long a dropped peer stays away -- from the one policy in ``_bans``.
 
-Whom to hold sessions with is the overlay's decision (``_overlay``): discovery
-only reports peers (``peer_known``/``peer_lost``); the machine answers with
-``DialPeer`` and ``ClosePeer`` outputs, and a session it will not keep (over
-``degree + slack``) is declined with an ``OverlayFull`` before it is closed. A
-declined peer never reaches the gossip or swarm engines. Gossip, pushes and the
-swarm address connected peers only, so all of them run over the active set.
+Whom to hold sessions with is the overlay's decision (``_overlay``): discovery only reports
+peers (``peer_known``/``peer_lost``); the machine answers with ``DialPeer`` and
+``ClosePeer`` outputs, and a session it will not keep (over ``degree + slack``) is declined
+with an ``OverlayFull`` before it is closed. A declined peer never reaches the gossip or
+swarm engines. Gossip, pushes and the swarm address connected peers only, so all of them run
+over the active set.
 
-A revoked key loses its sessions at once: whenever the trust gains a revocation
-(merged from gossip, or announced here), every connected peer whose node key is no
-longer admitted is dropped (``DropPeer``, cause *revoked*), nothing more is sent or
-served to it, and any input that still arrives from it is refused (dropped again,
-not merged). The transport's trust refuses its new handshakes. A peer whose
-certificate expires while connected is dropped the same way (cause *expired*)
-as soon as an input's clock passes the expiry: the machine keeps the soonest
-expiry among its connected peers, so the check costs nothing until then.
+A revoked key loses its sessions at once: whenever the trust gains a revocation (merged from
+gossip, or announced here), every connected peer whose node key is no longer admitted is
+dropped (``DropPeer``, cause *revoked*), nothing more is sent or served to it, and any input
+that still arrives from it is refused (dropped again, not merged). The transport's trust
+refuses its new handshakes. A peer whose certificate expires while connected is dropped the
+same way (cause *expired*) as soon as an input's clock passes the expiry: the machine keeps
+the soonest expiry among its connected peers, so the check costs nothing until then.
 
 The node's own record is rewritten on every status change, at most every
-``record_min_interval`` seconds for mere progress (and at most every
-``N / fleet_progress_rate`` seconds in a fleet of N: every record a node writes
-reaches every other node, so progress alone would cost each node's links N
-records a second; docs/LEDGER.md), when its
-set of suspected direct peers changes (see ``_gossip``), and to *refute* a
-suspicion: when a record arrives that suspects this node at
-its current record counter, the node (alive, since it reads it) writes a new
-record, which makes that suspicion stale. A quiet fleet writes nothing.
+``record_min_interval`` seconds for mere progress (and at most every ``N /
+fleet_progress_rate`` seconds in a fleet of N: every record a node writes reaches every
+other node, so progress alone would cost each node's links N records a second;
+docs/LEDGER.md), when its set of suspected direct peers changes (see ``_gossip``), and to
+*refute* a suspicion: when a record arrives that suspects this node at its current record
+counter, the node (alive, since it reads it) writes a new record, which makes that suspicion
+stale. A quiet fleet writes nothing.
 
-Counters survive a restart without persistence: every own write is stamped
-at least the wall clock in milliseconds (``now``), so a node that comes back
-with an empty ledger writes above its earlier life; and when gossip brings an
-own entry with a higher counter (an older life's record, or a clock that went
-backwards), the ledger's next counter moves past it and the record is
-rewritten at once.
+Counters survive a restart without persistence: every own write is stamped at least the wall
+clock in milliseconds (``now``), so a node that comes back with an empty ledger writes above
+its earlier life; and when gossip brings an own entry with a higher counter (an older life's
+record, or a clock that went backwards), the ledger's next counter moves past it and the
+record is rewritten at once.
 
-A wall clock that steps *back* would otherwise leave every timer armed in the
-old time (the next gossip round, the next record write, when peers were last
-heard): the node would sleep, and suspect nobody, until the clock caught up.
-Every input that finds ``now`` below the previous input's ``now`` pulls those
-times back to ``now`` (``GossipEngine.clock_stepped_back``). A step *forward*
-needs nothing: due timers fire once and re-arm from the new ``now``.
-"""
+A wall clock that steps *back* would otherwise leave every timer armed in the old time (the
+next gossip round, the next record write, when peers were last heard): the node would sleep,
+and suspect nobody, until the clock caught up. Every input that finds ``now`` below the
+previous input's ``now`` pulls those times back to ``now``
+(``GossipEngine.clock_stepped_back``). A step *forward* needs nothing: due timers fire once
+and re-arm from the new ``now``."""
 
 from __future__ import annotations
 
@@ -84,6 +78,7 @@ from ._identity import Certificate, FleetTrust, Revocation, Role, SigningIdentit
 from ._intents import Intent, IntentKind, RolloutPolicy, Scope, resolve
 from ._ledger import Ledger, LedgerStatistics
 from ._manifest import ChunkRef, Manifest
+from ._manifest_fetch import BodyAnswer, BodyWant, FetchStatistics, ManifestFetch
 from ._operator import cancel_of, cancel_target, check_operator, check_request
 from ._overlay import Overlay, OverlayFull, OverlayStatistics
 from ._policy import POLICY_CHECK_INTERVAL, policies_to_enact
@@ -111,6 +106,7 @@ class NodeStatistics:
     swarm: SwarmStatistics
     policy_actions: int = 0              # rollout policies this node enacted
     overlay: OverlayStatistics | None = None
+    fetch: FetchStatistics | None = None   # manifest bodies asked for and answered
 
 
 class NodeMachine:
@@ -150,6 +146,7 @@ class NodeMachine:
         self.gossip = GossipEngine(node_id=self.node_id, config=config.gossip, rng=rng,
                                    ledger=self.ledger, now=now)
         self.overlay = Overlay(node_id=self.node_id, config=config.overlay, rng=rng, now=now)
+        self.fetch = ManifestFetch(self.ledger)      # chunk lists, by id (_manifest_fetch)
         self.swarm = SwarmEngine(node_id=self.node_id, config=config.swarm, rng=rng,
                                  held=set(held_chunks), lookup=self._lookup,
                                  verifier=chunk_verifier or chunk_matches)
@@ -171,13 +168,9 @@ class NodeMachine:
     # ------------------------------------------------------------------ helpers
     def _lookup(self, key: str) -> Sequence[ChunkRef] | None:
         manifest_id, _, variant_id = key.partition("/")
-        m = self.ledger.manifest_by_id(manifest_id)
-        if m is None:
-            return None
-        for v in m.variants:
-            if v.variant_id == variant_id:
-                return v.distinct_chunks()
-        return None
+        m = self.ledger.manifest_by_id(manifest_id)     # (the body: chunk lists)
+        v = next((v for v in m.variants if v.variant_id == variant_id), None) if m else None
+        return None if v is None else v.distinct_chunks()
 
     def _append(self, payload: object, now: float) -> int:
         """Write an own entry; counters never fall below the wall clock in ms. An urgent
@@ -232,6 +225,8 @@ class NodeMachine:
 
     def _reconcile(self, now: float) -> None:
         self._deployments.reconcile(self.capabilities, now)
+        self.fetch.want(self._deployments.bodies_wanted, now)
+
 
     # ------------------------------------------------------------------ revocation
     def _refresh_revoked(self) -> None:
@@ -304,7 +299,7 @@ class NodeMachine:
         self._deployments.drain_swarm(now)
         revoked = self._cut
         for out in (self.swarm.take_outputs() + self.gossip.take_outputs()
-                    + self.overlay.take_outputs()):
+                    + self.overlay.take_outputs() + self.fetch.take_outputs()):
             if isinstance(out, DropPeer):
                 if out.peer in revoked:
                     continue              # already dropped as revoked (or expired)
@@ -416,6 +411,9 @@ class NodeMachine:
                                          "signatures do not verify (forged or tampered)")
             elif self.swarm.handles(message):
                 self.swarm.receive(peer, message, now)
+            elif isinstance(message, (BodyWant, BodyAnswer)):
+                if self.fetch.receive(peer, message, now):
+                    self._reconcile(now)
             else:
                 self._outputs.append(Notice(NoticeKind.UNEXPECTED_MESSAGE,
                                             f"{type(message).__name__} from {peer}"))
@@ -438,6 +436,7 @@ class NodeMachine:
             self._deployments.prune(now)
         self.swarm.on_timer(now)
         self.overlay.on_timer(now)
+        self.fetch.on_timer(now, sorted(self._peers))
         self._deployments.update_progress(now)
         if self.gossip.on_timer(now) and self.gossip.update_suspicions(now):
             self._write_record(now, urgent=True)
@@ -477,9 +476,8 @@ class NodeMachine:
 
     def next_deadline(self) -> float | None:
         times = [self.gossip.next_deadline(), self.overlay.next_deadline()]
-        s = self.swarm.next_deadline()
-        if s is not None:
-            times.append(s)
+        times += [t for t in (self.swarm.next_deadline(), self.fetch.next_deadline())
+                  if t is not None]
         if self._deployments.dirty:
             times.append(self._last_write + self._progress_interval())
         return min(times)
@@ -561,18 +559,20 @@ class NodeMachine:
         """
         self._observe_clock(now)
         manifest.verify(self.trust)
-        existing = self.ledger.manifest_for(manifest.model_id, manifest.version)
+        existing = self.ledger.head_for(manifest.model_id, manifest.version)
         if existing is not None and existing.manifest_id != manifest.manifest_id:
-            if (existing.variants, existing.base_version) == (manifest.variants,
-                                                               manifest.base_version):
-                return existing
+            body = self.ledger.manifest_by_id(existing.manifest_id)
+            if body is not None and (body.variants, body.base_version) == (
+                    manifest.variants, manifest.base_version):
+                return body
             raise ManifestConflict(
                 f"{manifest.model_id} {manifest.version} is already published with different "
                 f"content (manifest {existing.manifest_id[:16]}); publish the change under "
                 f"a new version")
         self._ensure_cert(manifest.publisher_key, Role.PUBLISHER, now)
-        if self.ledger.manifest_by_id(manifest.manifest_id) is None:
+        if self.ledger.head_by_id(manifest.manifest_id) is None:
             self._append(manifest, now)
+        self.ledger.add_body(manifest)     # (a head held without its body: here it is)
         self._reconcile(now)
         self._after_input(now)
         return manifest
@@ -689,4 +689,4 @@ class NodeMachine:
         return NodeStatistics(self.node_id, len(self._peers), self._record_writes,
                               led.rejected, self._dropped, self.gossip.statistics(), led,
                               self.swarm.statistics(), self._policy_actions,
-                              self.overlay.statistics())
+                              self.overlay.statistics(), self.fetch.statistics())

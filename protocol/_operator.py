@@ -108,14 +108,14 @@ def check_request(ledger: Ledger, kind: IntentKind, model_id: str, version: str,
         raise UnknownModel(f"no published model {model_id!r} is known to this node; "
                            f"publish it first (`shoal publish`), or wait for its manifest "
                            f"to arrive by gossip")
-    manifest = ledger.manifest_for(model_id, version)
+    manifest = ledger.head_for(model_id, version)
     if manifest is None:
         raise UnknownVersion(f"{model_id} has no published version {version!r}; "
                              f"known versions: {', '.join(versions)}")
     if delta_from is not None:
         if delta_from == version:
             raise UnknownVersion(f"a delta from {version} to itself moves nothing")
-        if ledger.manifest_for(model_id, delta_from) is None:
+        if ledger.head_for(model_id, delta_from) is None:
             raise UnknownVersion(f"delta base {model_id} {delta_from!r} was never "
                                  f"published; known versions: {', '.join(versions)}")
     if variant_id is not None and variant_id not in {v.variant_id for v in manifest.variants}:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ._capabilities import Capabilities, Requirements
 from ._manifest import Manifest
+from ._manifest_head import ManifestHead
 from ._types import BlockerReason
 
 __all__ = ["VariantChoice", "select_variant", "unmet_requirements"]
@@ -41,7 +42,7 @@ def unmet_requirements(req: Requirements, caps: Capabilities) -> dict[str, str]:
     return unmet
 
 
-def select_variant(manifest: Manifest, capabilities: Capabilities | None,
+def select_variant(manifest: Manifest | ManifestHead, capabilities: Capabilities | None,
                    explicit: str | None) -> VariantChoice:
     """The best variant (manifest preference order) whose requirements ``capabilities``
     meet; with ``explicit``, that variant or a blocker saying why not.

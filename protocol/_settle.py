@@ -71,6 +71,7 @@ from ._intents import (
     standing_cancels,
 )
 from ._manifest import Manifest, SemVer
+from ._manifest_head import ManifestHead
 from ._records import NodeRecord
 from ._types import ModelOperationalStatus
 
@@ -150,7 +151,7 @@ def settles_to_write(intents: Iterable[Intent], records: Mapping[str, NodeRecord
     return out
 
 
-def manifests_to_retire(manifests: Iterable[Manifest], intents: Iterable[Intent],
+def manifests_to_retire(manifests: Iterable[Manifest | ManifestHead], intents: Iterable[Intent],
                         records: Iterable[NodeRecord]) -> set[str]:
     """Ids of the manifests nothing live needs any more (``intents``: the live ones)."""
     live = list(intents)
@@ -183,7 +184,7 @@ def manifests_to_retire(manifests: Iterable[Manifest], intents: Iterable[Intent]
 
 
 def wanted_manifests(intents: Iterable[Intent],
-                     manifests: Iterable[Manifest]) -> list[tuple[str, str]]:
+                     manifests: Iterable[Manifest | ManifestHead]) -> list[tuple[str, str]]:
     """``(model_id, version)`` pairs a live distribute or rollback among ``intents``
     names (its version, or the base of its delta) with none of ``manifests`` for it:
     a manifest still on its way, or one this node forgot and an operator named again."""

@@ -23,6 +23,7 @@ from ._gossip import (
     GossipWant,
 )
 from ._handshake import Auth, HandshakeReject, Hello
+from ._manifest_fetch import BodyAnswer, BodyWant
 from ._overlay import OverlayFull
 from ._swarm_messages import (
     Cancel,
@@ -44,7 +45,7 @@ __all__ = ["HandshakeMessage", "GossipMessage", "SwarmMessage", "OverlayMessage"
 
 HandshakeMessage = Hello | Auth | HandshakeReject
 GossipMessage = (GossipSummary | GossipDigest | GossipDelta | GossipBuckets | GossipPush
-                 | GossipWant)
+                 | GossipWant | BodyWant | BodyAnswer)
 SwarmMessage = (Interested | NotInterested | HaveSet | CannotHelp | Have | Request | Piece
                 | Cancel | Reject | Redirect | Requests | Pieces)
 OverlayMessage = OverlayFull
@@ -53,6 +54,7 @@ WireMessage = HandshakeMessage | GossipMessage | SwarmMessage | OverlayMessage
 WIRE_MESSAGES: tuple[type[WireMessage], ...] = (
     Hello, Auth, HandshakeReject,
     GossipSummary, GossipDigest, GossipDelta, GossipBuckets, GossipPush, GossipWant,
+    BodyWant, BodyAnswer,
     Interested, NotInterested, HaveSet, CannotHelp, Have, Request, Piece, Cancel, Reject,
     Redirect, Requests, Pieces, OverlayFull)
 

@@ -89,7 +89,7 @@ def test_a_want_is_answered_with_the_signed_entry_at_a_rate_per_peer() -> None:
     # and the asking ledger takes the entry back
     other = admitted_ledger(6)
     assert other.merge_entries(answers[0].message.entries).added == (entry,)
-    assert other.manifest_for("m", "1.0.0") == man
+    assert other.head_for("m", "1.0.0") == man.head()
 
 
 def test_bad_wants_are_typed_errors() -> None:

@@ -340,7 +340,9 @@ class ControlServer:
         if not os.path.isabs(req.path):
             raise AgentError(f"publish: {req.path!r} is not an absolute path (the daemon "
                              f"does not share the caller's working directory)")
-        known = await rt.call(lambda m, now: m.ledger.manifests())
+        # the manifests this node has whole, and the heads of those it has not
+        known = await rt.call(lambda m, now: [*m.ledger.bodies(), *(
+            h for h in m.ledger.manifests() if m.ledger.manifest_by_id(h.manifest_id) is None)])
         res = await trio.to_thread.run_sync(
             lambda: publish(rt.store, req.path, req.model_id, req.version, publisher,
                             base_version=req.base_version, known=known))

@@ -115,7 +115,7 @@ class DiskTasks:
         vv = self.machine.ledger.version_vector
         now = self.clock()
         # (a retirement pass that forgot a manifest moves no vector: its file goes too)
-        forgot = len(self.machine.ledger.manifests()) < self._saved_manifests
+        forgot = len(self.machine.ledger.bodies()) < self._saved_manifests
         if self._owed_own > self._saved_own or (
                 (vv != self._saved_vv or forgot)
                 and now - self._last_save >= self.ledger_save_interval):
@@ -134,7 +134,7 @@ class DiskTasks:
             await trio.to_thread.run_sync(save_ledger, self.data.root, ledger)
             self._saved_own, self._saved_vv, self._last_save = own, vv, now
             self._saves += 1
-            live = {m.manifest_id: m for m in ledger.manifests()}
+            live = {m.manifest_id: m for m in ledger.bodies()}
             self._saved_manifests = len(live)
             for mid, manifest in live.items():
                 if mid not in self._stored_manifests:

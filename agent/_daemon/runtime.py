@@ -111,6 +111,7 @@ from protocol import (
     DropPeer,
     FleetTrust,
     InstallVariant,
+    Manifest,
     NodeMachine,
     Notice,
     NoticeKind,
@@ -122,6 +123,7 @@ from protocol import (
     Role,
     SendMessage,
     ServeChunk,
+    ShoalError,
     SigningIdentity,
     StoreChunk,
     is_wire_message,
@@ -204,6 +206,12 @@ class NodeRuntime(SessionWriter):
         self.installer = Installer(self.data, self.store)
         ledger, note = load_ledger(self.data.root, self.trust)
         log.info("%s", note)
+        for m in self.store.manifests():      # the bodies of the manifest heads held
+            try:
+                ledger.add_body(m)
+            except ShoalError as exc:
+                log.warning("manifest %s in the store is not the one its head names: %s",
+                            m.manifest_id[:16], exc)
         installed: list[tuple[str, str, str]] = []
         for iv in sorted(self.installer.installed(), key=lambda v: (v.model_id, v.active)):
             installed.append((iv.model_id, iv.version, iv.variant_id))
@@ -220,8 +228,8 @@ class NodeRuntime(SessionWriter):
             installed=installed)
         self.node_id = self.machine.node_id
         announce_stored(self.store, self.machine.ledger,
-                        lambda m: self.machine.publish_manifest(m, now))
-        for m in self.machine.ledger.manifests():
+                        lambda m: self.machine.publish_manifest(self._head_signed(m), now))
+        for m in self.machine.ledger.bodies():
             self.store.put_manifest(m)
         self._track_stored_manifests()
         self.port = 0
@@ -256,6 +264,14 @@ class NodeRuntime(SessionWriter):
         self.migrator_timeout = float(config.migrator_timeout)  # seconds a migrator may run
         self.migrator_allow_remote = config.migrator_allow_remote   # non-loopback addresses
         self.bytes_served_by_priority: dict[str, int] = {}  # priority name -> bytes (metrics)
+
+    def _head_signed(self, m: Manifest) -> Manifest:
+        """``m`` with its head signed, when this node holds its publisher's key and it
+        was stored before heads existed (else as it is: the ledger refuses it then)."""
+        pub = self.publisher
+        if m.head_signature is None and pub is not None and pub.public_key == m.publisher_key:
+            return m.with_head_signature(pub)
+        return m
 
     def _optional_key(self, role: str) -> SigningIdentity | None:
         if not (self.data.keys / f"{role}.key").exists():

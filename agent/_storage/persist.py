@@ -30,8 +30,12 @@ from protocol import (
     Certificate,
     Entry,
     FleetTrust,
+    Intent,
     Ledger,
     MalformedMessage,
+    Manifest,
+    NodeRecord,
+    Revocation,
     SigningIdentity,
     decode_value,
     encode_value,
@@ -52,6 +56,22 @@ class LedgerSnapshot:
     fleet_id: str
     entries: tuple[Entry, ...]
     version_vector: dict[str, int]
+
+
+@struct
+@dataclass(frozen=True, slots=True)
+class _EarlierEntry:
+    """A ledger entry as saved before the ledger carried manifest heads: recognised
+    only to leave its manifest out (``_decode_ledger``)."""
+
+    origin_key: bytes
+    counter: int
+    record: NodeRecord | None
+    intent: Intent | None
+    manifest: Manifest | None
+    certificate: Certificate | None
+    revocation: Revocation | None
+    signature: bytes
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -93,14 +113,24 @@ def save_ledger(data_dir: Path, ledger: Ledger) -> int:
     return len(raw)
 
 
-def _decode_ledger(raw: bytes) -> LedgerSnapshot:
-    """Either format of ``ledger.bin``; :class:`MalformedMessage` if it is neither."""
+def _decode_ledger(raw: bytes) -> tuple[LedgerSnapshot, int]:
+    """Either format of ``ledger.bin``, and how many of its entries were left out:
+    manifest entries written before the ledger carried heads (``_manifest_head``),
+    whose manifests stay in the store and whose publisher announces them again.
+    :class:`MalformedMessage` if it is neither format."""
     try:
         f = decode_value(LedgerFile, raw, max_size=_MAX_LEDGER)
     except MalformedMessage:
-        return decode_value(LedgerSnapshot, raw, max_size=_MAX_LEDGER)  # the first format
-    entries = tuple(decode_value(Entry, e, max_size=_MAX_LEDGER) for e in f.entries)
-    return LedgerSnapshot(f.fleet_id, entries, f.version_vector)
+        return decode_value(LedgerSnapshot, raw, max_size=_MAX_LEDGER), 0  # the first format
+    entries: list[Entry] = []
+    for e in f.entries:
+        try:
+            entries.append(decode_value(Entry, e, max_size=_MAX_LEDGER))
+        except MalformedMessage:
+            if decode_value(_EarlierEntry, e, max_size=_MAX_LEDGER).manifest is None:
+                raise
+    return (LedgerSnapshot(f.fleet_id, tuple(entries), f.version_vector),
+            len(f.entries) - len(entries))
 
 
 def load_ledger(data_dir: Path, trust: FleetTrust) -> tuple[Ledger, str]:
@@ -112,7 +142,7 @@ def load_ledger(data_dir: Path, trust: FleetTrust) -> tuple[Ledger, str]:
     except FileNotFoundError:
         return ledger, "no saved ledger; starting empty"
     try:
-        snap = _decode_ledger(raw)
+        snap, earlier = _decode_ledger(raw)
         if snap.fleet_id != trust.fleet_id:
             raise MalformedMessage(f"saved ledger belongs to fleet {snap.fleet_id!r}")
     except MalformedMessage as exc:
@@ -124,6 +154,9 @@ def load_ledger(data_dir: Path, trust: FleetTrust) -> tuple[Ledger, str]:
     note = f"loaded {len(result.added)} ledger entries"
     if result.rejected:
         note += f" ({sum(result.rejected.values())} no longer verify, dropped)"
+    if earlier:
+        note += (f"; {earlier} manifest entries of the earlier format left out (the "
+                 f"manifests stay in the store; their publisher announces them again)")
     return ledger, note
 
 

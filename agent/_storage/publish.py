@@ -66,6 +66,7 @@ from protocol import (
     InvalidValue,
     Ledger,
     Manifest,
+    ManifestHead,
     Requirements,
     ShoalError,
     SigningIdentity,
@@ -418,7 +419,7 @@ def publish(store: ChunkStore, package: Path | str, model_id: str, version: str,
             window: int = DEFAULT_WINDOW, created_at_ms: int | None = None,
             writer_threads: int = 1, base_version: str | None = None,
             progress: Callable[[int, int], None] | None = None,
-            known: Iterable[Manifest] = ()) -> PublishResult:
+            known: Iterable[Manifest | ManifestHead] = ()) -> PublishResult:
     """Chunk, store, sign and pin ``package`` as ``(model_id, version)``.
 
     The files are copied into the store's packs (one per variant) in the same pass that
@@ -475,7 +476,8 @@ def publish(store: ChunkStore, package: Path | str, model_id: str, version: str,
         already = False
         for existing in [*store.manifests(), *known]:
             if existing.model_id == model_id and existing.version == version:
-                if existing.variants == body and existing.base_version == base_version:
+                if isinstance(existing, Manifest) and existing.variants == body and \
+                        existing.base_version == base_version:
                     manifest, already = existing, True
                     break
                 raise PublishError(f"{model_id} {version} is already published with "
@@ -527,7 +529,7 @@ def announce_stored(store: ChunkStore, ledger: Ledger,
     for manifest in stored:
         mid = manifest.manifest_id
         if not store.is_pinned(mid) or mid in forgotten or \
-                ledger.manifest_by_id(mid) is not None:
+                ledger.manifest_by_id(mid) is not None:     # (its head and body held)
             continue
         try:
             standing = publish_manifest(manifest)

@@ -1,0 +1,176 @@
+"""Manifest bodies fetched by id from peers: the chunk lists only nodes that need them
+hold (issue 21, "manifests as content"; ``_manifest_head``).
+
+Theory of operation
+-------------------
+The ledger carries signed heads. A node whose live intent makes a version its target
+needs that manifest's chunk lists to fetch the variant (``Deployments.bodies_wanted``);
+until the body is here the model waits, not blocked ("fetching the manifest's chunk
+list from a peer"). :class:`ManifestFetch` asks for it:
+
+* **Whom.** One connected peer at a time, first those whose record says they hold the
+  version or are fetching it (they needed the body: ``holders``), in turn; if none
+  does, every connected peer in turn. A further ask goes to the next peer
+  ``ASK_EVERY`` seconds later, until the body arrives or nothing wants it any more.
+  Several bodies due for one peer go in one :class:`BodyWant` (at most ``WANT_IDS``).
+* **Answers.** A peer that holds a body named in a want answers with the whole
+  manifest (:class:`BodyAnswer`), at most ``ANSWER_RATE`` wants a second per asking
+  peer (burst ``ANSWER_BURST``): a body can be megabytes. A peer without it says
+  nothing; the asker moves on at its next ask.
+* **Keeping.** A body is kept only if this node wants it (its id, the hash of its
+  content, is one asked for) and the ledger's head describes it
+  (:meth:`~._ledger.Ledger.add_body`: the head's signature binds the id, the id every
+  byte). A body nobody here asked for -- a late answer to an ask another peer already
+  answered -- is counted and dropped; it costs its sender nothing else, since an honest
+  peer sends one in a race. A body whose id matches but that fails its checks is the
+  publisher's fault, not the sender's: counted, and asked for again elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ._codec import message
+from ._errors import InvalidValue, MalformedMessage, ShoalError
+from ._events import Output, SendMessage
+from ._ledger import Ledger
+from ._manifest import Manifest
+from ._rate import TokenBuckets
+from ._types import ModelOperationalStatus
+
+__all__ = ["BodyWant", "BodyAnswer", "ManifestFetch", "FetchStatistics"]
+
+ASK_EVERY = 1.0         # seconds before a body still missing is asked of the next peer
+WANT_IDS = 8            # bodies one want may name
+ANSWER_RATE = 0.5       # wants answered a second per asking peer...
+ANSWER_BURST = 4.0      # ...with a bucket this deep
+_S = ModelOperationalStatus
+_HOLDS = (_S.DOWNLOADING, _S.LOADING, _S.OPERATIONAL, _S.DEGRADED)   # the body is there
+
+
+@message(26)
+@dataclass(frozen=True, slots=True)
+class BodyWant:
+    """Send me the whole manifests (chunk lists) of these ids (32 bytes each)."""
+
+    manifest_ids: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.manifest_ids) <= WANT_IDS:
+            raise InvalidValue(f"a body want names 1-{WANT_IDS} manifests")
+        if any(len(i) != 32 for i in self.manifest_ids):
+            raise InvalidValue("a manifest id is 32 bytes")
+
+
+@message(27)
+@dataclass(frozen=True, slots=True)
+class BodyAnswer:
+    """One whole manifest, answering a :class:`BodyWant`."""
+
+    manifest: Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class FetchStatistics:
+    wanted: int            # bodies wanted now
+    asks_sent: int         # BodyWant messages sent
+    bodies_added: int      # bodies received and kept
+    bodies_sent: int       # bodies sent to asking peers
+    answers_refused: int   # wants not answered: over the asking peer's rate
+    unsolicited: int       # bodies received that nobody here wanted (dropped)
+    rejected: int          # wanted bodies that failed their checks (dropped)
+
+
+class ManifestFetch:
+    """Asks peers for the bodies this node needs and answers their asks."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._wanted: dict[str, tuple[float, int]] = {}   # id -> (next ask, asks so far)
+        self._outputs: list[Output] = []
+        self._tokens = TokenBuckets(ANSWER_RATE, ANSWER_BURST)
+        self._asks = self._added = self._sent = self._refused = 0
+        self._unsolicited = self._rejected = 0
+
+    @staticmethod
+    def handles(msg: object) -> bool:
+        return isinstance(msg, (BodyWant, BodyAnswer))
+
+    def want(self, manifest_ids: set[str], now: float) -> None:
+        """Exactly these bodies are wanted now (new ones are due at once)."""
+        for mid in [m for m in self._wanted if m not in manifest_ids]:
+            del self._wanted[mid]
+        for mid in sorted(manifest_ids):
+            self._wanted.setdefault(mid, (now, 0))
+
+    def next_deadline(self) -> float | None:
+        return min((t for t, _ in self._wanted.values()), default=None)
+
+    def holders(self, manifest_id: str, peers: Sequence[str]) -> list[str]:
+        """Those of ``peers`` whose record says they hold or fetch that manifest's
+        version (and so have its body), by id."""
+        head = self.ledger.head_by_id(manifest_id)
+        if head is None:
+            return []
+        out = []
+        for p in sorted(peers):
+            r = self.ledger.record(p)
+            if r is not None and any(
+                    m.model_id == head.model_id and (head.version in m.installed or (
+                        m.version == head.version and m.status in _HOLDS)) for m in r.models):
+                out.append(p)
+        return out
+
+    def on_timer(self, now: float, peers: Sequence[str]) -> None:
+        """Ask for every body due (see "Whom")."""
+        due = sorted(m for m, (t, _) in self._wanted.items() if t <= now)
+        if not due or not peers:
+            return
+        connected = sorted(peers)
+        by_peer: dict[str, list[bytes]] = {}
+        for mid in due:
+            _, asked = self._wanted[mid]
+            pool = self.holders(mid, connected) or connected
+            peer = pool[asked % len(pool)]
+            by_peer.setdefault(peer, []).append(bytes.fromhex(mid))
+            self._wanted[mid] = (now + ASK_EVERY, asked + 1)
+        for peer, ids in sorted(by_peer.items()):
+            for k in range(0, len(ids), WANT_IDS):
+                self._asks += 1
+                self._outputs.append(SendMessage(peer, BodyWant(tuple(ids[k:k + WANT_IDS]))))
+
+    def receive(self, peer: str, msg: BodyWant | BodyAnswer, now: float) -> bool:
+        """Handle a want or an answer; True when a wanted body was kept."""
+        if isinstance(msg, BodyWant):
+            if not self._tokens.take(peer, 1.0, now):
+                self._refused += 1
+                return False
+            for raw in msg.manifest_ids:
+                body = self.ledger.manifest_by_id(raw.hex())
+                if body is not None:
+                    self._sent += 1
+                    self._outputs.append(SendMessage(peer, BodyAnswer(body)))
+            return False
+        if not isinstance(msg, BodyAnswer):
+            raise MalformedMessage(f"not a manifest fetch message: {type(msg).__name__}")
+        mid = msg.manifest.manifest_id
+        if mid not in self._wanted:
+            self._unsolicited += 1
+            return False
+        try:
+            added = self.ledger.add_body(msg.manifest)
+        except ShoalError:
+            self._rejected += 1
+            return False
+        del self._wanted[mid]
+        self._added += added
+        return added
+
+    def take_outputs(self) -> list[Output]:
+        out, self._outputs = self._outputs, []
+        return out
+
+    def statistics(self) -> FetchStatistics:
+        return FetchStatistics(len(self._wanted), self._asks, self._added, self._sent,
+                               self._refused, self._unsolicited, self._rejected)
