@@ -13,7 +13,8 @@ at one node (the median id), after rollout 2 and after the last:
 * what a node that joins then must sync: the entries a peer's ``delta_since({})``
   ships, and the virtual seconds until the joiner holds the fleet's live intents;
 * gossip bytes per node during the rollout (``GossipDelta``, ``GossipDigest``,
-  ``GossipPush``, ``GossipSummary``, ``GossipBuckets``).
+  ``GossipPush``, ``GossipSummary``, ``GossipBuckets``, ``GossipWant``, and the
+  manifest bodies fetched by id: ``BodyWant``, ``BodyAnswer``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from protocol import (
     Ledger,
     LedgerConfig,
     Scope,
+    ScopeKind,
     decode_value,
     encoded_entry,
 )
@@ -44,7 +46,8 @@ from sim._scenarios import _overlay_for, _specs
 
 GiB, KiB = 1 << 30, 1 << 10
 SETTLE_WAIT = 30.0   # virtual seconds after a rollout: three passes of the node's retirement
-_GOSSIP = ("GossipDelta", "GossipDigest", "GossipPush", "GossipSummary", "GossipBuckets")
+_GOSSIP = ("GossipDelta", "GossipDigest", "GossipPush", "GossipSummary", "GossipBuckets",
+           "GossipWant", "BodyWant", "BodyAnswer")
 
 
 def _ledger_memory(led: Ledger) -> int:
@@ -156,11 +159,60 @@ def rollouts(nodes: int, count: int, *, retire: bool, seed: int = 1) -> dict[str
     return out
 
 
+_MANIFEST_BYTES = ("GossipDelta", "GossipPush", "GossipWant", "BodyWant", "BodyAnswer")
+
+
+def scoped(nodes: int, targets: int, seed: int = 1) -> dict[str, Any]:
+    """One rollout of a 1 GiB model (8,192 chunks of 128 KiB, on every disk already)
+    to ``targets`` nodes of ``nodes``: the bytes of ledger entries and manifest bodies
+    the fleet's links carried, and how many nodes hold the chunk list after it."""
+    specs = _specs(nodes, 100.0, 100.0, False, seed)
+    topology, degree = _overlay_for(nodes, None)
+    fleet = Fleet(specs, seed=seed, topology=topology, degree=degree,
+                  config=Config(fleet_id="sim"), profile=LinkProfile(latency=0.01))
+    model = _versions(fleet, 1)[0]
+    fleet.add_content(model, range(nodes))
+    fleet.run(until=2.0)
+    before = {t: fleet.bytes_by_type.get(t, 0) for t in _MANIFEST_BYTES}
+    names = tuple(fleet.nodes[i].machine.node_id for i in range(1, targets + 1))  # type: ignore[union-attr]
+    fleet.publish(0, model)
+    fleet.issue(0, Intent.create(fleet.operator, IntentKind.DISTRIBUTE, "m",
+                                 model.manifest.version,
+                                 HLC(int(fleet.loop.now * 1000), 0, "op"),
+                                 scope=Scope(ScopeKind.NODES, nodes=names)))
+    version = model.manifest.version
+
+    def done() -> bool:
+        for i in range(1, targets + 1):
+            m = fleet.nodes[i].machine
+            st = m.model_state("m") if m is not None else None
+            if st is None or st.active_version != version:
+                return False
+        return True
+    t0 = fleet.loop.now
+    fleet.run(until=t0 + 600, stop_when=done)
+    took = fleet.loop.now - t0
+    fleet.run(until=fleet.loop.now + 10)
+    carried = sum(fleet.bytes_by_type.get(t, 0) - before[t] for t in _MANIFEST_BYTES)
+    holding = sum(1 for n in fleet.nodes if n.machine is not None
+                  and n.machine.ledger.manifest_for("m", version) is not None)
+    return {"nodes": nodes, "targets": targets, "manifest_bytes": carried,
+            "chunk_lists_held": holding, "rollout_s": took,
+            "manifest_size": len(encoded_entry(Entry.create(fleet.publisher, 1,
+                                                             model.manifest)))}
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     # keeping everything costs every node a decoded manifest per version (about 1 MiB
     # each at 8,192 chunks), so that side runs fewer rollouts: its growth is linear
     nodes, count, keep_count = (20, 10, 10) if quick else (100, 100, 10)
     rows: list[dict[str, Any]] = []
+    sc = scoped(nodes, 2)
+    rows.append({"name": f"N={nodes}, one rollout to 2 nodes: ledger and manifest bytes "
+                         "carried per node", "value": round(sc["manifest_bytes"] / nodes),
+                 "unit": "B", "detail": f"{sc['chunk_lists_held']} nodes hold the chunk list; "
+                                        f"ledger entry {sc['manifest_size']} B; "
+                                        f"rollout {sc['rollout_s']:.2f} s (virtual)"})
     for retire, n in ((True, count), (False, keep_count)):
         r = rollouts(nodes, n, retire=retire)
         name = f"N={nodes}, {n} rollouts, {'retiring' if retire else 'keeping all'}"

@@ -7,7 +7,7 @@ ledger carries a manifest's signed head; the chunk lists travel on demand), a
 origin's Ed25519 signature over the canonical encoding of the stamped payload
 (``_EntryBody``: the entry without its signature). :meth:`Entry.verify` checks the
 signature (the origin must be an admitted node) and then the payload by its own
-rule (an admitted operator, an admitted publisher and Merkle roots, the fleet root).
+rule (an admitted operator, an admitted publisher's head signature, the fleet root).
 
 An entry is immutable, so what is derived from it -- its origin id and its
 encoding -- is computed once per entry object and kept on it (``Entry.origin``,

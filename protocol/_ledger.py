@@ -83,7 +83,7 @@ second).
 
 Nothing enters unverified: the entry signature (origin admitted as a node),
 then the payload (record: origin must be the node it describes; intent: an
-admitted operator; manifest: an admitted publisher and Merkle roots;
+admitted operator; manifest head: an admitted publisher's head signature;
 certificate / revocation: the fleet root). Certificates and revocations in a
 batch are applied to the trust store first, so a node's certificate may travel
 in the same delta as its first entries. A rejected entry is counted by kind and

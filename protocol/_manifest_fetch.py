@@ -10,7 +10,8 @@ list from a peer"). :class:`ManifestFetch` asks for it:
 
 * **Whom.** One connected peer at a time, first those whose record says they hold the
   version or are fetching it (they needed the body: ``holders``), in turn; if none
-  does, every connected peer in turn. A further ask goes to the next peer
+  does, the node that wrote the head's entry (the publisher's); else every connected
+  peer in turn. A further ask goes to the next peer
   ``ASK_EVERY`` seconds later, until the body arrives or nothing wants it any more.
   Several bodies due for one peer go in one :class:`BodyWant` (at most ``WANT_IDS``).
 * **Answers.** A peer that holds a body named in a want answers with the whole
@@ -108,8 +109,9 @@ class ManifestFetch:
         return min((t for t, _ in self._wanted.values()), default=None)
 
     def holders(self, manifest_id: str, peers: Sequence[str]) -> list[str]:
-        """Those of ``peers`` whose record says they hold or fetch that manifest's
-        version (and so have its body), by id."""
+        """Those of ``peers`` likely to have that body, by id: those whose record says
+        they hold or fetch its version, else those that wrote its head's entry (the
+        publishing node)."""
         head = self.ledger.head_by_id(manifest_id)
         if head is None:
             return []
@@ -120,6 +122,10 @@ class ManifestFetch:
                     m.model_id == head.model_id and (head.version in m.installed or (
                         m.version == head.version and m.status in _HOLDS)) for m in r.models):
                 out.append(p)
+        if not out:
+            wrote = {e.origin for e in self.ledger.entries()
+                     if e.manifest is not None and e.manifest.manifest_id == manifest_id}
+            out = sorted(wrote.intersection(peers))
         return out
 
     def on_timer(self, now: float, peers: Sequence[str]) -> None:

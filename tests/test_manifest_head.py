@@ -112,7 +112,8 @@ def test_a_body_is_asked_of_holders_first_then_in_turn_until_it_arrives() -> Non
     led = admitted_ledger(4)
     m, _ = manifest()
     assert not led.merge_entries([Entry.create(node_key(1), 1, m)]).errors
-    # PEER_C runs 1.0.0 (it has the body); PEER_A only waits for it
+    # PEER_A wrote the head's entry; PEER_C runs 1.0.0 (it has the body); PEER_A's
+    # record only waits for it
     for i, (peer_idx, status) in enumerate(((3, S.OPERATIONAL), (1, S.NOT_DEPLOYED))):
         rec = record(models=(running("m", "1.0.0", status),))
         assert not led.merge_entries([Entry.create(node_key(peer_idx), 10 + i, rec)]).errors
@@ -124,9 +125,12 @@ def test_a_body_is_asked_of_holders_first_then_in_turn_until_it_arrives() -> Non
     assert _sent(f) == [(PEER_C, BodyWant((bytes.fromhex(m.manifest_id),)))]
     f.on_timer(0.5, peers)                            # not due again yet
     assert _sent(f) == []
-    f.on_timer(ASK_EVERY, [PEER_A, PEER_B])           # the holder left: anyone, in turn
-    f.on_timer(2 * ASK_EVERY, [PEER_A, PEER_B])
-    assert [p for p, _ in _sent(f)] == [PEER_B, PEER_A]
+    f.on_timer(ASK_EVERY, [PEER_A, PEER_B])           # the holder left: the head's writer
+    assert [p for p, _ in _sent(f)] == [PEER_A]
+    others = sorted([PEER_B, "0" * 32])
+    f.on_timer(2 * ASK_EVERY, others)                 # none of them: anyone, in turn
+    f.on_timer(3 * ASK_EVERY, others)
+    assert sorted(p for p, _ in _sent(f)) == others
     # a body nobody asked for is dropped; the wanted one is kept and the asking stops
     stray, _ = manifest(version="3.0.0")
     assert not f.receive(PEER_A, BodyAnswer(stray), 2.0)
@@ -136,7 +140,7 @@ def test_a_body_is_asked_of_holders_first_then_in_turn_until_it_arrives() -> Non
     f.on_timer(10.0, peers)
     assert _sent(f) == [] and f.next_deadline() is None
     st = f.statistics()
-    assert (st.bodies_added, st.unsolicited, st.asks_sent) == (1, 1, 3)
+    assert (st.bodies_added, st.unsolicited, st.asks_sent) == (1, 1, 4)
 
 
 def test_wants_are_answered_with_the_body_at_a_rate_per_peer() -> None:
