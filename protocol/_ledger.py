@@ -112,8 +112,7 @@ from ._hlc import VersionVector, vv_join
 from ._identity import FleetTrust, SigningIdentity
 from ._intents import Intent
 from ._manifest import Manifest
-from ._manifest_head import ManifestHead
-from ._manifest_shelf import ManifestShelf
+from ._manifest_shelf import ManifestShelf, ManifestViews
 from ._rate import TokenBuckets
 from ._records import ModelState, NodeRecord, Suspicion
 from ._settle import manifests_to_retire, void_intents
@@ -203,7 +202,7 @@ class LedgerStatistics:
     retired: int = 0     # entries forgotten as void history (``Ledger.retire``)
 
 
-class Ledger:
+class Ledger(ManifestViews):
     """The CRDT. Holds the node's :class:`FleetTrust` and feeds it root-signed certs."""
 
     def __init__(self, trust: FleetTrust, relay_quota: int = RELAY_QUOTA,
@@ -306,28 +305,6 @@ class Ledger:
                     and (i.cancels is None or i.cancels in self._intents)]
             self._live = (self._intents_changed, live, void)
         return live, void
-
-    def manifests(self) -> list[ManifestHead]:
-        """The heads of the manifests held, by id (``_manifest_head``)."""
-        return self._shelf.heads()
-
-    def head_by_id(self, manifest_id: str) -> ManifestHead | None:
-        return self._shelf.head_by_id(manifest_id)
-
-    def head_for(self, model_id: str, version: str) -> ManifestHead | None:
-        return self._shelf.head_for(model_id, version)
-
-    def manifest_by_id(self, manifest_id: str) -> Manifest | None:
-        return self._shelf.body_by_id(manifest_id)
-
-    def manifest_for(self, model_id: str, version: str) -> Manifest | None:
-        return self._shelf.body_for(model_id, version)
-
-    def bodies(self) -> list[Manifest]:
-        return self._shelf.bodies()
-
-    def add_body(self, manifest: Manifest) -> bool:
-        return self._shelf.add_body(manifest)
 
     def state_key(self) -> tuple[frozenset[tuple[str, int, bytes]], tuple[tuple[str, int], ...]]:
         """A value equal for two ledgers exactly when they hold the same state."""

@@ -16,8 +16,15 @@ list from a peer"). :class:`ManifestFetch` asks for it:
   Several bodies due for one peer go in one :class:`BodyWant` (at most ``WANT_IDS``).
 * **Answers.** A peer that holds a body named in a want answers with the whole
   manifest (:class:`BodyAnswer`), at most ``ANSWER_RATE`` wants a second per asking
-  peer (burst ``ANSWER_BURST``): a body can be megabytes. A peer without it says
-  nothing; the asker moves on at its next ask.
+  peer (burst ``ANSWER_BURST``): a body can be megabytes. A peer that holds the head
+  but not the body *relays*: for ``RELAY_FOR`` seconds it asks its own peers (never
+  those that asked it) as if it wanted the body, and sends it on to every peer that
+  asked once it arrives. So a want walks the overlay until it meets a holder and the
+  body comes back along the walk, at the pace of round trips: a node whose neighbours
+  are all out of scope still gets the chunk list, and the nodes on the way keep it
+  (bounded, like every body, by the live heads). Asks of the same body are spaced
+  ``ASK_EVERY`` seconds, doubling up to 8x, so walks started in turn rarely bring two
+  copies.
 * **Keeping.** A body is kept only if this node wants it (its id, the hash of its
   content, is one asked for) and the ledger's head describes it
   (:meth:`~._ledger.Ledger.add_body`: the head's signature binds the id, the id every
@@ -43,6 +50,8 @@ from ._types import ModelOperationalStatus
 __all__ = ["BodyWant", "BodyAnswer", "ManifestFetch", "FetchStatistics"]
 
 ASK_EVERY = 1.0         # seconds before a body still missing is asked of the next peer
+#                         (doubling after each ask, up to 8x)
+RELAY_FOR = 30.0        # seconds a node fetches a body it lacks for a peer that asked
 WANT_IDS = 8            # bodies one want may name
 ANSWER_RATE = 0.5       # wants answered a second per asking peer...
 ANSWER_BURST = 4.0      # ...with a bucket this deep
@@ -81,6 +90,7 @@ class FetchStatistics:
     answers_refused: int   # wants not answered: over the asking peer's rate
     unsolicited: int       # bodies received that nobody here wanted (dropped)
     rejected: int          # wanted bodies that failed their checks (dropped)
+    relayed: int = 0       # bodies fetched for a peer that asked and then sent to it
 
 
 class ManifestFetch:
@@ -89,24 +99,29 @@ class ManifestFetch:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self._wanted: dict[str, tuple[float, int]] = {}   # id -> (next ask, asks so far)
+        self._own: set[str] = set()                      # ids this node's targets need
+        self._relay: dict[str, tuple[float, set[str]]] = {}   # id -> (until, who asked us)
         self._outputs: list[Output] = []
         self._tokens = TokenBuckets(ANSWER_RATE, ANSWER_BURST)
         self._asks = self._added = self._sent = self._refused = 0
-        self._unsolicited = self._rejected = 0
+        self._unsolicited = self._rejected = self._relayed = 0
 
     @staticmethod
     def handles(msg: object) -> bool:
         return isinstance(msg, (BodyWant, BodyAnswer))
 
     def want(self, manifest_ids: set[str], now: float) -> None:
-        """Exactly these bodies are wanted now (new ones are due at once)."""
-        for mid in [m for m in self._wanted if m not in manifest_ids]:
+        """Exactly these bodies are wanted here now (new ones are due at once)."""
+        self._own = set(manifest_ids)
+        for mid in [m for m in self._wanted if m not in self._own and m not in self._relay]:
             del self._wanted[mid]
         for mid in sorted(manifest_ids):
             self._wanted.setdefault(mid, (now, 0))
 
     def next_deadline(self) -> float | None:
-        return min((t for t, _ in self._wanted.values()), default=None)
+        times = [t for t, _ in self._wanted.values()]
+        times += [t for t, _ in self._relay.values()]
+        return min(times, default=None)
 
     def holders(self, manifest_id: str, peers: Sequence[str]) -> list[str]:
         """Those of ``peers`` likely to have that body, by id: those whose record says
@@ -129,34 +144,44 @@ class ManifestFetch:
         return out
 
     def on_timer(self, now: float, peers: Sequence[str]) -> None:
-        """Ask for every body due (see "Whom")."""
+        """Ask for every body due (see "Whom"); give up relays past their time."""
+        for mid in [m for m, (until, _) in self._relay.items() if until <= now]:
+            del self._relay[mid]
+            if mid not in self._own:
+                self._wanted.pop(mid, None)
         due = sorted(m for m, (t, _) in self._wanted.items() if t <= now)
         if not due or not peers:
             return
-        connected = sorted(peers)
         by_peer: dict[str, list[bytes]] = {}
         for mid in due:
             _, asked = self._wanted[mid]
+            askers = self._relay.get(mid, (0.0, set()))[1]
+            connected = sorted(set(peers) - askers)      # (never back to who asked us)
             pool = self.holders(mid, connected) or connected
-            peer = pool[asked % len(pool)]
-            by_peer.setdefault(peer, []).append(bytes.fromhex(mid))
-            self._wanted[mid] = (now + ASK_EVERY, asked + 1)
+            self._wanted[mid] = (now + ASK_EVERY * 2 ** min(asked, 3), asked + 1)
+            if pool:
+                by_peer.setdefault(pool[asked % len(pool)], []).append(bytes.fromhex(mid))
         for peer, ids in sorted(by_peer.items()):
             for k in range(0, len(ids), WANT_IDS):
                 self._asks += 1
                 self._outputs.append(SendMessage(peer, BodyWant(tuple(ids[k:k + WANT_IDS]))))
 
     def receive(self, peer: str, msg: BodyWant | BodyAnswer, now: float) -> bool:
-        """Handle a want or an answer; True when a wanted body was kept."""
+        """Handle a want or an answer; True when a body this node wanted was kept."""
         if isinstance(msg, BodyWant):
             if not self._tokens.take(peer, 1.0, now):
                 self._refused += 1
                 return False
             for raw in msg.manifest_ids:
-                body = self.ledger.manifest_by_id(raw.hex())
+                mid = raw.hex()
+                body = self.ledger.manifest_by_id(mid)
                 if body is not None:
                     self._sent += 1
                     self._outputs.append(SendMessage(peer, BodyAnswer(body)))
+                elif self.ledger.head_by_id(mid) is not None:     # fetch it, then answer
+                    askers = self._relay.get(mid, (0.0, set()))[1] | {peer}
+                    self._relay[mid] = (now + RELAY_FOR, askers)
+                    self._wanted.setdefault(mid, (now, 0))
             return False
         if not isinstance(msg, BodyAnswer):
             raise MalformedMessage(f"not a manifest fetch message: {type(msg).__name__}")
@@ -170,8 +195,13 @@ class ManifestFetch:
             self._rejected += 1
             return False
         del self._wanted[mid]
+        body = self.ledger.manifest_by_id(mid)
+        for asker in sorted(self._relay.pop(mid, (0.0, set()))[1]):
+            if body is not None:
+                self._relayed += 1
+                self._outputs.append(SendMessage(asker, BodyAnswer(body)))
         self._added += added
-        return added
+        return added and mid in self._own
 
     def take_outputs(self) -> list[Output]:
         out, self._outputs = self._outputs, []
@@ -179,4 +209,5 @@ class ManifestFetch:
 
     def statistics(self) -> FetchStatistics:
         return FetchStatistics(len(self._wanted), self._asks, self._added, self._sent,
-                               self._refused, self._unsolicited, self._rejected)
+                               self._refused, self._unsolicited, self._rejected,
+                               self._relayed)

@@ -18,7 +18,7 @@ from protocol._errors import LocalProtocolError
 from protocol._events import SendMessage
 from protocol._gossip import GossipDelta, GossipEngine, GossipPush
 from protocol._ledger import MAX_COUNTER, CounterExhausted, Entry, Ledger
-from protocol._manifest import Manifest
+from protocol._manifest_head import ManifestHead
 
 from ._fleet import admitted_ledger, intent, manifest, node_key, record
 
@@ -87,14 +87,15 @@ def test_counters_far_above_the_clock_are_refused() -> None:
 
 
 def _counting_verify(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Count the checks of manifest heads (what ledger entries carry)."""
     calls: list[str] = []
-    real = Manifest.verify
+    real = ManifestHead.verify
 
-    def counted(self: Manifest, *args: object, **kwargs: object) -> None:
+    def counted(self: ManifestHead, *args: object, **kwargs: object) -> None:
         calls.append(self.manifest_id)
         real(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Manifest, "verify", counted)
+    monkeypatch.setattr(ManifestHead, "verify", counted)
     return calls
 
 

@@ -23,6 +23,7 @@ from protocol._manifest import Manifest
 from protocol._manifest_fetch import (
     ANSWER_BURST,
     ASK_EVERY,
+    RELAY_FOR,
     BodyAnswer,
     BodyWant,
     ManifestFetch,
@@ -127,17 +128,19 @@ def test_a_body_is_asked_of_holders_first_then_in_turn_until_it_arrives() -> Non
     assert _sent(f) == []
     f.on_timer(ASK_EVERY, [PEER_A, PEER_B])           # the holder left: the head's writer
     assert [p for p, _ in _sent(f)] == [PEER_A]
+    assert f.next_deadline() == 3 * ASK_EVERY         # the spacing doubles
     others = sorted([PEER_B, "0" * 32])
-    f.on_timer(2 * ASK_EVERY, others)                 # none of them: anyone, in turn
-    f.on_timer(3 * ASK_EVERY, others)
+    f.on_timer(3 * ASK_EVERY, others)                 # none of them: anyone, in turn
+    assert f.next_deadline() == 7 * ASK_EVERY
+    f.on_timer(7 * ASK_EVERY, others)
     assert sorted(p for p, _ in _sent(f)) == others
     # a body nobody asked for is dropped; the wanted one is kept and the asking stops
     stray, _ = manifest(version="3.0.0")
-    assert not f.receive(PEER_A, BodyAnswer(stray), 2.0)
-    assert f.receive(PEER_B, BodyAnswer(m), 2.0)
+    assert not f.receive(PEER_A, BodyAnswer(stray), 8.0)
+    assert f.receive(PEER_B, BodyAnswer(m), 8.0)
     assert led.manifest_for("m", "1.0.0") == m
-    f.want(set(), 3.0)
-    f.on_timer(10.0, peers)
+    f.want(set(), 9.0)
+    f.on_timer(20.0, peers)
     assert _sent(f) == [] and f.next_deadline() is None
     st = f.statistics()
     assert (st.bodies_added, st.unsolicited, st.asks_sent) == (1, 1, 4)
@@ -175,6 +178,30 @@ def test_a_body_that_its_head_does_not_describe_is_rejected_and_asked_again() ->
     assert not f.receive(PEER_A, BodyAnswer(torn), 0.5)
     assert f.statistics().rejected == 1 and led.manifest_for("m", "1.0.0") is None
     assert f.next_deadline() is not None              # still wanted
+
+
+def test_a_peer_without_the_body_relays_the_want_and_passes_the_body_on() -> None:
+    """PEER_A asks this node, which holds the head but not the body: it asks on (not
+    back to PEER_A), and once the body comes, sends it to PEER_A and keeps it. The
+    relay ends after RELAY_FOR seconds if nothing comes."""
+    led = admitted_ledger(4)
+    m, _ = manifest()
+    other, _ = manifest(version="2.0.0")
+    for k, man in enumerate((m, other), start=1):
+        assert not led.merge_entries([Entry.create(node_key(3), k, man)]).errors
+    f = ManifestFetch(led)
+    ids = (bytes.fromhex(m.manifest_id), bytes.fromhex(other.manifest_id))
+    assert not f.receive(PEER_A, BodyWant(ids), 0.0)
+    assert _sent(f) == []                             # nothing to answer with yet
+    f.on_timer(0.0, [PEER_A, PEER_B])
+    assert _sent(f) == [(PEER_B, BodyWant(ids))]      # on, never back to the asker
+    assert not f.receive(PEER_B, BodyAnswer(m), 0.2)  # kept, passed on; not this node's want
+    assert _sent(f) == [(PEER_A, BodyAnswer(m))]
+    assert led.manifest_for("m", "1.0.0") == m
+    assert f.statistics().relayed == 1
+    f.on_timer(RELAY_FOR, [PEER_A, PEER_B])           # the other never came: given up
+    f.on_timer(RELAY_FOR + 100, [PEER_A, PEER_B])
+    assert _sent(f) == [] and f.next_deadline() is None
 
 
 def test_bad_wants_are_typed_errors() -> None:

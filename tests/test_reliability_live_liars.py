@@ -72,27 +72,34 @@ async def _scenario(f: LocalFleet, mode: str, pkg: Path) -> dict[str, object]:
     for i in (SEEDER, RECEIVER):
         await f.wait_ready(i, timeout=30)
     pub = await f.call(SEEDER, lambda c: c.publish(str(pkg), "liar-test", "1.0.0"))
-    if mode == "corrupt":
-        # the liar must hold the chunks to be asked for them: copy the seeder's
-        src = ChunkStore(f.nodes[SEEDER].data_dir / "store", fsync=False)
-        dst = ChunkStore(f.nodes[LIAR].data_dir / "store", fsync=False)
-        for m in src.manifests():        # staged as a daemon stages what it fetches
+    # the liar must know the manifest's chunk list to lie about its chunks (out of
+    # scope, it would fetch it only if asked): its store holds the manifest, and in
+    # "corrupt" mode the chunks too, to be asked for them: copied from the seeder's
+    src = ChunkStore(f.nodes[SEEDER].data_dir / "store", fsync=False)
+    dst = ChunkStore(f.nodes[LIAR].data_dir / "store", fsync=False)
+    for m in src.manifests():
+        if mode == "corrupt":            # staged as a daemon stages what it fetches
             for v in m.variants:
                 dst.stage(m, v.variant_id)
             dst.unpin(m.manifest_id)        # not published by the liar: not announced
+        else:
+            dst.put_manifest(m)
+    if mode == "corrupt":
         for h in src.hashes():
             dst.put(h, src.get(h))
-        src.close()
-        dst.close()
+    src.close()
+    dst.close()
     _start_liar(f, mode)
     await f.wait_ready(LIAR, timeout=30)
     await f.wait_peers(RECEIVER, 2, timeout=30)
     await f.wait_peers(LIAR, 2, timeout=30)
-    # the liar must know the manifest (by gossip; the daemon files it in its store when
-    # it saves its ledger) before node 1 asks around, or it could only answer CannotHelp
-    known = f.nodes[LIAR].data_dir / "store" / "manifests" / pub.manifest_id
+    # the liar must hold the manifest's head (by gossip) before node 1 asks around, or
+    # it could not match its chunk list to the key and could only answer CannotHelp
     with trio.fail_after(20):
-        while not known.exists():
+        while True:
+            st = json.loads((await f.call(LIAR, lambda c: c.status())).statistics_json)
+            if st["ledger"]["manifests"] >= 1:
+                break
             await trio.sleep(0.2)
     receiver = f.nodes[RECEIVER].node_id
     await f.call(SEEDER, lambda c: c.distribute_model("liar-test", "1.0.0",

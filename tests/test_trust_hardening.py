@@ -208,7 +208,7 @@ def test_a_refused_auth_reaches_the_dialler_sealed() -> None:
 
 def test_every_signed_structure_has_its_own_context_label() -> None:
     labels = [c.value for c in SigningContext]
-    assert len(set(labels)) == len(labels) == 6
+    assert len(set(labels)) == len(labels) == 7
     for x in labels:
         assert x.endswith(b"\0") and b"\0" not in x[:-1] and x.isascii()
         assert not any(y != x and y.startswith(x) for y in labels)
@@ -228,6 +228,8 @@ def test_a_signature_over_one_structure_does_not_verify_as_another() -> None:
         SigningContext.REVOCATION: (rev.signed_bytes(), rev.signature),
         SigningContext.INTENT: (intent.signed_bytes(), intent.signature),
         SigningContext.MANIFEST: (manifest.signed_bytes(), manifest.signature),
+        SigningContext.MANIFEST_HEAD: (manifest.head().signed_bytes(),
+                                       manifest.head().signature),
         SigningContext.ENTRY: (entry.signed_bytes(), entry.signature),
     }
     for ctx, (data, sig) in signed.items():

@@ -206,9 +206,9 @@ class NodeRuntime(SessionWriter):
         self.installer = Installer(self.data, self.store)
         ledger, note = load_ledger(self.data.root, self.trust)
         log.info("%s", note)
-        for m in self.store.manifests():      # the bodies of the manifest heads held
+        for m in self.store.manifests():      # the bodies of manifest heads, held or to come
             try:
-                ledger.add_body(m)
+                ledger.offer_local_body(m)
             except ShoalError as exc:
                 log.warning("manifest %s in the store is not the one its head names: %s",
                             m.manifest_id[:16], exc)
