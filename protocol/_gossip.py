@@ -405,6 +405,8 @@ class GossipEngine:
         rounds stop and silent peers go unsuspected until the clock catches up."""
         period = self.config.interval * (1 + self.config.jitter)
         self._next_round = min(self._next_round, now + period)
+        for name, t in self._asks.items():          # wanted manifests: ask again soon
+            self._asks[name] = min(t, now + WANT_EVERY)
         for times in (self._heard, self._last_sent):
             for peer, t in times.items():
                 if t > now:

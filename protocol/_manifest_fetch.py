@@ -123,6 +123,13 @@ class ManifestFetch:
         times += [t for t, _ in self._relay.values()]
         return min(times, default=None)
 
+    def clock_stepped_back(self, now: float) -> None:
+        """The wall clock went back: no ask or relay may wait past what it would have."""
+        for mid, (t, asked) in self._wanted.items():
+            self._wanted[mid] = (min(t, now + ASK_EVERY * 8), asked)
+        for mid, (until, askers) in self._relay.items():
+            self._relay[mid] = (min(until, now + RELAY_FOR), askers)
+
     def holders(self, manifest_id: str, peers: Sequence[str]) -> list[str]:
         """Those of ``peers`` likely to have that body, by id: those whose record says
         they hold or fetch its version, else those that wrote its head's entry (the

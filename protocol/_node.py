@@ -288,6 +288,7 @@ class NodeMachine:
         the engines keep before this input records new ones in the new clock."""
         if now < self._latest_now:          # the wall clock stepped back: re-arm timers
             self.gossip.clock_stepped_back(now)
+            self.fetch.clock_stepped_back(now)
             self.swarm.clock_stepped_back(self._latest_now - now)
             self._last_write = min(self._last_write, now)
         self._latest_now = now

@@ -104,3 +104,20 @@ def test_bad_wants_are_typed_errors() -> None:
     raw = encode(GossipWant((("m", "1.0.0"),))).replace(b"1.0.0", b"1.0.x")
     with pytest.raises(MalformedMessage):
         decode(raw)
+
+
+def test_a_clock_that_steps_back_does_not_stall_the_want() -> None:
+    """A want timed by the old clock is asked again within WANT_EVERY of the new one."""
+    led = admitted_ledger(6)
+    led.append(node_key(5), intent("2.0.0"))          # a live intent names it; not held
+    g = _engine(led, (PEER_A,))
+    t = 10_000.0
+    g.on_timer(t)                                     # the want is noted (asked later)
+    g.take_outputs()
+    g.clock_stepped_back(t - 3600.0)
+    back = t - 3600.0
+    asked = False
+    for k in range(int(WANT_EVERY) * 2 + 4):
+        g.on_timer(back + k + 1.0)
+        asked = asked or bool(_sent(g, GossipWant))
+    assert asked

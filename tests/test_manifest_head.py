@@ -249,3 +249,19 @@ def test_a_manifest_body_is_not_published_without_its_head() -> None:
 def test_manifest_is_still_a_manifest() -> None:
     m, _ = manifest()
     assert isinstance(m, Manifest) and m.head_signature is not None
+
+
+def test_a_clock_that_steps_back_does_not_stall_the_asks() -> None:
+    """Asks spaced by the old clock would wait an hour after the wall clock stepped an
+    hour back; they come due within the longest spacing of the new one."""
+    led = admitted_ledger(4)
+    m, _ = manifest()
+    assert not led.merge_entries([Entry.create(node_key(1), 1, m)]).errors
+    f = ManifestFetch(led)
+    t0 = 10_000.0
+    f.want({m.manifest_id}, t0)
+    f.on_timer(t0, [PEER_A])
+    _sent(f)
+    f.clock_stepped_back(t0 - 3600.0)
+    deadline = f.next_deadline()
+    assert deadline is not None and deadline <= t0 - 3600.0 + 8 * ASK_EVERY
