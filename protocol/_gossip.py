@@ -229,7 +229,8 @@ def bucket_hashes(vv: Mapping[str, int], bits: int) -> bytes:
 
 def wire_size(msg: object, entries_size: int | None = None) -> int:
     """``len(encode(msg))``; for a gossip message, computed once and kept on the message
-    object (messages are immutable).
+    object (messages are immutable), or the length of the body a received one was
+    decoded from (the codec fills it in: ``SIZE_SLOT``).
 
     A sender counts what it sends and a receiver what it receives; when both live
     in one process (the simulator) the same object is encoded once, not three
