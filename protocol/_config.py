@@ -71,6 +71,10 @@ class SwarmConfig:
     #                                    redirected while never-uploaded chunks remain; 0 = off
     redirect_backoff: float = 1.0      # a redirected peer re-asks the redirector after this long
 
+    # Have announcements: each peer is told of stored chunks at most this often (s); what
+    # was stored in between goes out as one Haves message; 0 = at once (protocol/_swarm_haves.py)
+    have_interval: float = 0.05
+
 
 @dataclass(frozen=True, slots=True)
 class OverlayConfig:

@@ -28,6 +28,7 @@ from ._swarm_messages import (
     Cancel,
     CannotHelp,
     Have,
+    Haves,
     HaveSet,
     Interested,
     NotInterested,
@@ -46,7 +47,7 @@ HandshakeMessage = Hello | Auth | HandshakeReject
 GossipMessage = (GossipSummary | GossipDigest | GossipDelta | GossipBuckets | GossipPush
                  | GossipWant)
 SwarmMessage = (Interested | NotInterested | HaveSet | CannotHelp | Have | Request | Piece
-                | Cancel | Reject | Redirect | Requests | Pieces)
+                | Cancel | Reject | Redirect | Requests | Pieces | Haves)
 OverlayMessage = OverlayFull
 WireMessage = HandshakeMessage | GossipMessage | SwarmMessage | OverlayMessage
 
@@ -54,7 +55,7 @@ WIRE_MESSAGES: tuple[type[WireMessage], ...] = (
     Hello, Auth, HandshakeReject,
     GossipSummary, GossipDigest, GossipDelta, GossipBuckets, GossipPush, GossipWant,
     Interested, NotInterested, HaveSet, CannotHelp, Have, Request, Piece, Cancel, Reject,
-    Redirect, Requests, Pieces, OverlayFull)
+    Redirect, Requests, Pieces, Haves, OverlayFull)
 
 
 def is_wire_message(message: object) -> TypeGuard[WireMessage]:
