@@ -12,8 +12,12 @@ CPU seconds per node (means), the fleet's CPU, the
 rollout's wall time, the most peer sessions any daemon held at a poll during it
 (``status().peers``: every open session, one being declined included), the mean of
 those polls, the sessions at the window's start and end, and the dials per node in
-the window; then the
-large/small ratios of messages and CPU per node.
+the window; the messages per node by type in the window (``statistics.runtime
+.messages_by_type``); and, from two quiet windows of ``QUIET`` seconds just before the
+``distribute`` and just after the window, CPU and messages per node per second (what a
+node pays per second whatever it transfers: anything of that kind is paid longer when a
+larger fleet's rollout takes longer). Then the large/small ratios of messages and CPU per
+node.
 
 quick=True: 4 and 8 daemons, 4 MiB; full: 8 and 32 daemons, 16 MiB (issue 23's aim:
 per-node messages and CPU grow by at most 1.3x from 8 to 32).
@@ -43,6 +47,7 @@ from agent._demo.fleet import LocalFleet
 __all__ = ["run", "measure"]
 
 MiB = 1024 * 1024
+QUIET = 5.0     # seconds of each quiet window, before and after the rollout
 
 
 def _package(root: Path, size: int) -> Path:
@@ -83,15 +88,32 @@ async def _rollout(fleet: LocalFleet, n: int, pkg: Path, timeout: float) -> dict
     await trio.sleep(1.0)
     procs = [psutil.Process(p.pid) for p in fleet.procs if p is not None]
 
+    types: list[dict[str, int]] = []   # the last read's messages by type, per daemon
+
     async def messages() -> tuple[list[int], list[int]]:
         total, gossip = [], []
+        types.clear()
         for i in range(n):
             st = json.loads((await fleet.call(i, lambda c: c.status())).statistics_json)
             total.append(int(st["runtime"]["messages_in"]))
             gossip.append(int(st["gossip"]["messages_received"]))
+            types.append(dict(st["runtime"].get("messages_by_type", {})))
         return total, gossip
 
+    def by_type(before: list[dict[str, int]], after: list[dict[str, int]]
+                ) -> dict[str, float]:
+        names = sorted({k for d in after for k in d})
+        out = {k: sum(b.get(k, 0) - a.get(k, 0) for a, b in zip(before, after, strict=True))
+               / n for k in names}
+        return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v}
+
+    # a quiet window before the rollout and one after it, QUIET seconds each: what a
+    # node pays per second whatever it transfers (gossip rounds, keepalives, records)
+    (mq, _), cq = await messages(), _cpu(procs)
+    tq = [dict(d) for d in types]
+    await trio.sleep(QUIET)
     (m0, g0), c0 = await messages(), _cpu(procs)
+    t0_types = [dict(d) for d in types]
     d0 = [(await overlay(i))["dials"] for i in range(n)]
     sessions_start = [len((await fleet.call(i, lambda c: c.peers())).peers) for i in range(n)]
     polled: list[int] = []
@@ -109,6 +131,10 @@ async def _rollout(fleet: LocalFleet, n: int, pkg: Path, timeout: float) -> dict
             await trio.sleep(0.3)
     elapsed = time.perf_counter() - t0
     (m1, g1), c1 = await messages(), _cpu(procs)
+    t1_types = [dict(d) for d in types]
+    await trio.sleep(QUIET)
+    (m2, _), c2 = await messages(), _cpu(procs)
+    t2_types = [dict(d) for d in types]
     sessions = [len((await fleet.call(i, lambda c: c.peers())).peers) for i in range(n)]
     d1 = [(await overlay(i))["dials"] for i in range(n)]
     msgs = [b - a for a, b in zip(m0, m1, strict=True)]
@@ -120,7 +146,16 @@ async def _rollout(fleet: LocalFleet, n: int, pkg: Path, timeout: float) -> dict
             "settle_s": settle, "sessions_most": max(most, *sessions),
             "sessions_start": sorted(sessions_start), "sessions_end": sorted(sessions),
             "sessions_mean_polled": sum(polled) / max(1, len(polled)),
-            "dials_per_node": (sum(d1) - sum(d0)) / n}
+            "dials_per_node": (sum(d1) - sum(d0)) / n,
+            "by_type_per_node": by_type(t0_types, t1_types),
+            "quiet_before": {"cpu_per_node_s": (sum(c0) - sum(cq)) / n / QUIET,
+                             "messages_per_node_s": (sum(m0) - sum(mq)) / n / QUIET,
+                             "by_type_per_node_s": {k: round(v / QUIET, 2) for k, v in
+                                                    by_type(tq, t0_types).items()}},
+            "quiet_after": {"cpu_per_node_s": (sum(c2) - sum(c1)) / n / QUIET,
+                            "messages_per_node_s": (sum(m2) - sum(m1)) / n / QUIET,
+                            "by_type_per_node_s": {k: round(v / QUIET, 2) for k, v in
+                                                   by_type(t1_types, t2_types).items()}}}
 
 
 def measure(n: int, size: int, timeout: float = 300.0) -> dict[str, Any]:

@@ -88,6 +88,11 @@ _Schema = tuple[tuple[str, ...], tuple[_Converter, ...], tuple[_Converter, ...],
                 int, tuple[Any, ...]]
 APPENDED = "shoal.codec.appended"
 _SCHEMA: dict[type[Any], _Schema] = {}
+#: A message class with a field of this name, not set by ``__init__``, is given the
+#: length of the body :func:`decode` decoded it from (``protocol/_gossip.py``'s
+#: ``wire_size`` would otherwise encode a received message again to learn it).
+SIZE_SLOT = "_size"
+_SIZED: set[type[Any]] = set()
 
 
 class _Bad(Exception):
@@ -349,6 +354,9 @@ def message(type_id: int) -> Callable[[type[T]], type[T]]:
         _register(cls)
         _MESSAGE_BY_ID[type_id] = cls
         _ID_BY_MESSAGE[cls] = type_id
+        if any(f.name == SIZE_SLOT and not f.init
+               for f in dataclasses.fields(cls)):  # type: ignore[arg-type]
+            _SIZED.add(cls)
         return cls
 
     return wrap
@@ -593,11 +601,14 @@ def decode(data: bytes | bytearray | memoryview, max_size: int = DEFAULT_MAX_FRA
     if type(fields) is not tuple:
         raise MalformedMessage(f"{cls.__name__}: fields must be an array")
     try:
-        return _build(cls, fields)
+        msg = _build(cls, fields)
     except _Bad as exc:
         raise MalformedMessage(str(exc)) from None
     except RecursionError:
         raise MalformedMessage("message nested too deeply") from None
+    if cls in _SIZED:      # what it cost on the wire, known here for free
+        object.__setattr__(msg, SIZE_SLOT, len(data))
+    return msg
 
 
 # --------------------------------------------------------------------------- framing

@@ -22,9 +22,12 @@ class GossipConfig:
     unreachable_after: float = 30.0  # seconds of silence before a suspected node is unreachable
     min_suspecting_peers: int = 2  # distinct peers that must suspect it
     record_min_interval: float = 1.0  # seconds between progress-only writes of the own record
-    fleet_progress_rate: float = 100.0  # progress-only record writes per second for the whole
+    fleet_progress_rate: float = 10.0  # progress-only record writes per second for the whole
     #                                fleet: with N nodes in its ledger a node writes mere progress
     #                                at most every max(record_min_interval, N / this) s; 0 = off
+    #                                (each record costs every node a decode, a signature check
+    #                                and a merge: at 100, 32 daemons spent a node's CPU on 32
+    #                                records a second; docs/JOURNAL.md, 2026-12-06, issue 23)
     push: bool = True              # send new intents, manifests, certificates and revocations
     #                                to every peer at once instead of waiting for a round
 
@@ -70,6 +73,10 @@ class SwarmConfig:
     redirect_window: float = 5.0       # a repeat request for a chunk uploaded this recently is
     #                                    redirected while never-uploaded chunks remain; 0 = off
     redirect_backoff: float = 1.0      # a redirected peer re-asks the redirector after this long
+
+    # Have announcements: each peer is told of stored chunks at most this often (s); what
+    # was stored in between goes out as one Haves message; 0 = at once (protocol/_swarm_haves.py)
+    have_interval: float = 0.05
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,9 @@ Every ``interval`` (plus up to ``jitter`` x interval drawn from the injected
 rng) the engine picks ``fanout`` random connected peers and sends each a
 :class:`GossipSummary`: a 16-byte hash of its version vector. That is the
 whole cost of a quiet fleet: a peer whose vector hashes the same stays silent.
+While the vector moves (it changed since the node's previous round) and the fleet is
+under ``BUCKETS_FROM`` origins, the round opens with the node's :class:`GossipDigest`
+(``reply=True``) instead: a summary would only be answered by the peer's digest.
 
 When the hashes differ, the cost is kept proportional to the *difference*,
 not to the fleet. In a small fleet (fewer than ``BUCKETS_FROM`` origins) the
@@ -229,7 +232,8 @@ def bucket_hashes(vv: Mapping[str, int], bits: int) -> bytes:
 
 def wire_size(msg: object, entries_size: int | None = None) -> int:
     """``len(encode(msg))``; for a gossip message, computed once and kept on the message
-    object (messages are immutable).
+    object (messages are immutable), or the length of the body a received one was
+    decoded from (the codec fills it in: ``SIZE_SLOT``).
 
     A sender counts what it sends and a receiver what it receives; when both live
     in one process (the simulator) the same object is encoded once, not three
@@ -335,6 +339,7 @@ class GossipEngine:
         self._asks: dict[tuple[str, str], float] = {}   # manifest wanted -> when to ask
         self._want_tokens = TokenBuckets(WANT_RATE, WANT_BURST)   # wants answered, per peer
         self._wants = self._wants_answered = 0
+        self._round_gen = -1     # the ledger's vector generation at the last round
 
     # ------------------------------------------------------------------ peers
     def peer_connected(self, peer: str, now: float) -> None:
@@ -374,8 +379,14 @@ class GossipEngine:
         peers = sorted(self.peers)
         chosen = self._rng.sample(peers, min(self.config.fanout, len(peers)))
         summary = self._summary()
+        gen, self._round_gen = self._round_gen, self.ledger.vv_generation
+        opening: _Msg = summary
+        if gen != self._round_gen and summary.origins < BUCKETS_FROM:
+            # busy (the vector moved since the last round): a summary would only be
+            # answered by the peer's digest, so open with ours (one message less)
+            opening = GossipDigest(vv_to_wire(self.ledger.version_vector), True, 0, ())
         for p in chosen:
-            self._send(p, summary, now)
+            self._send(p, opening, now)
         keepalive = self.config.suspect_after / 3
         for p in peers:
             if now - self._last_sent.get(p, -1e18) >= keepalive:

@@ -7,7 +7,8 @@ list comes from ``lookup(key)`` (the signed manifest), so every peer agrees on i
 (:mod:`._swarm_keys`). ``want(key)`` sends :class:`Interested` to every connected
 peer; a peer that knows the key answers with a :class:`HaveSet` bitfield computed from
 its local store (``held``) -- so a chunk held because of *another* version counts --
-and from then on sends a :class:`Have` each time it stores another chunk of that key.
+and from then on tells it of each chunk of that key it stores: a :class:`Have`, or a
+:class:`Haves` for the chunks stored within one ``have_interval`` (:mod:`._swarm_haves`).
 A peer that lacks the manifest answers :class:`CannotHelp` and is asked again every
 ``interest_retry`` seconds; it also remembers who asked, and answers them with a
 :class:`HaveSet` as soon as it learns the manifest (during a rollout's start-up,
@@ -50,6 +51,7 @@ from ._config import SwarmConfig
 from ._events import DropPeer, Notice, NoticeKind, Output, SendMessage, StoreChunk
 from ._manifest import ChunkRef
 from ._rng import Rng
+from ._swarm_haves import HaveBatcher
 from ._swarm_keys import KeyCatalog, KeyInfo
 from ._swarm_links import LinkEstimates
 from ._swarm_messages import (
@@ -57,6 +59,7 @@ from ._swarm_messages import (
     Cancel,
     CannotHelp,
     Have,
+    Haves,
     HaveSet,
     Interested,
     NotInterested,
@@ -133,6 +136,7 @@ class SwarmEngine:
                                   peer_has=self._picker.peer_has, seeding=self._picker.seeding,
                                   counters=self._c, send=self._send, emit=self._emit)
         self._down_bucket: TokenBucket | None = None
+        self._haves = HaveBatcher(config.have_interval, self._send)
 
     def clock_stepped_back(self, delta: float) -> None:
         """The wall clock went back by ``delta`` seconds. Every time kept here (request
@@ -149,6 +153,7 @@ class SwarmEngine:
             self._uploader.scheduler.shift_time(shift)
         if self._down_bucket is not None:
             self._down_bucket.shift_time(shift)
+        self._haves.shift_time(shift)
 
     # ================================================================== helpers
 
@@ -210,6 +215,7 @@ class SwarmEngine:
                 self._send(peer, NotInterested(d.key))
 
     def _forget_peer(self, peer: str) -> None:
+        self._haves.drop(peer)
         self._table.forget_peer(peer)
         self._picker.forget_peer(peer)
         self._links.forget(peer)
@@ -274,12 +280,14 @@ class SwarmEngine:
 
     def chunk_stored(self, chunk_hash: bytes, now: float) -> None:
         self._stored(chunk_hash, now)
+        self._haves.release(now)
         self._schedule(now)
 
     def chunks_stored(self, chunk_hashes: Iterable[bytes], now: float) -> None:
         """:meth:`chunk_stored` for each of several chunks; one scheduling pass."""
         for h in chunk_hashes:
             self._stored(h, now)
+        self._haves.release(now)
         self._schedule(now)
 
     def _stored(self, chunk_hash: bytes, now: float) -> None:
@@ -293,7 +301,7 @@ class SwarmEngine:
             index = self._infos[key].index_of[chunk_hash]
             for peer in sorted(self._connected):
                 if key in self._remote_interest.get(peer, ()):
-                    self._send(peer, Have(key, index))
+                    self._haves.add(peer, key, index)
 
     def chunk_store_failed(self, chunk_hash: bytes, now: float) -> None:
         self._picker.store_failed(chunk_hash, now)
@@ -381,19 +389,15 @@ class SwarmEngine:
             for request in message.split():
                 self._on_request(peer, request, now, pump=False)
             self._uploader.pump(now)
-        elif isinstance(message, Have):
-            info = self._info(message.key)
-            if info is None or message.index >= len(info.refs):
-                self._c.bad_have_messages += 1
-                return
-            self._picker.has_add(peer, info.refs[message.index].hash)
-            self._schedule(now)
+        elif isinstance(message, Have | Haves):
+            self._on_haves(peer, message, now)
         elif isinstance(message, HaveSet):
             self._on_have_set(peer, message, now)
         elif isinstance(message, Interested):
             self._on_interested(peer, message)
         elif isinstance(message, NotInterested):
             self._remote_interest.get(peer, set()).discard(message.key)
+            self._haves.drop(peer, message.key)
             self._asked_early.get(message.key, set()).discard(peer)
             self._forget_info(message.key)
         elif isinstance(message, CannotHelp):
@@ -422,6 +426,17 @@ class SwarmEngine:
         self._remote_interest.setdefault(peer, set()).add(message.key)
         bits = make_bitfield([r.hash in self._held for r in info.refs])
         self._send(peer, HaveSet(message.key, len(info.refs), bits))
+
+    def _on_haves(self, peer: str, message: Have | Haves, now: float) -> None:
+        info = self._info(message.key)
+        indices = (message.index,) if isinstance(message, Have) else message.indices
+        if info is None or indices[-1] >= len(info.refs):   # Haves: indices increase
+            self._c.bad_have_messages += 1
+            return
+        refs, has_add = info.refs, self._picker.has_add
+        for i in indices:
+            has_add(peer, refs[i].hash)
+        self._schedule(now)
 
     def _on_have_set(self, peer: str, message: HaveSet, now: float) -> None:
         info = self._info(message.key)
@@ -559,10 +574,13 @@ class SwarmEngine:
                     self._send(peer, Interested(d.key))
         self._buckets(now)
         self._uploader.on_timer(now)
+        self._haves.release(now)
         self._schedule(now)
 
     def next_deadline(self) -> float | None:
         deadlines = self._table.deadlines()
+        if self._haves.next_deadline() < math.inf:
+            deadlines.append(self._haves.next_deadline())
         if self._picker.endgame_wake is not None:
             deadlines.append(self._picker.endgame_wake)
         for d in self._downloads.values():

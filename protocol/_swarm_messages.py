@@ -6,6 +6,10 @@ is a bitfield over positions in that list and a single ``Have`` names one
 index. Requests, pieces and cancels name chunks by hash: a chunk shared by two
 versions is the same chunk.
 
+``Haves`` names several indices of one key: the engine announces the chunks it
+stores to each peer at most once per ``have_interval`` (``protocol/_swarm_haves.py``),
+so what it stored in between goes out as one message (a lone index as a ``Have``).
+
 ``Requests`` and ``Pieces`` carry a *run* of chunks (at most :data:`MAX_RUN`) in one
 message: a driver may coalesce the ``Request`` s it sends one peer in one step, and
 the pieces it serves one peer in one write, and the receiving engine handles a run as
@@ -21,6 +25,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import msgpack
 
@@ -40,7 +45,9 @@ __all__ = [
     "Redirect",
     "Requests",
     "Pieces",
+    "Haves",
     "MAX_RUN",
+    "MAX_HAVES",
     "pieces_header",
     "SWARM_MESSAGES",
     "make_bitfield",
@@ -330,11 +337,30 @@ def _decode_pieces(body: bytes | bytearray | memoryview) -> Pieces:
         raise MalformedMessage(f"Pieces: {exc}") from None
 
 
+#: Indices in one ``Haves`` at most (a longer batch goes as several messages).
+MAX_HAVES = 1024
 
+
+@message(52)
+@dataclass(frozen=True, slots=True)
+class Haves:
+    """A batch of ``Have`` s: I stored the chunks at ``indices`` of ``key`` (strictly
+    increasing positions, 1-:data:`MAX_HAVES` of them) since I last told you."""
+
+    key: str
+    indices: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _check_key(self.key)
+        ix = self.indices
+        if not 1 <= len(ix) <= MAX_HAVES:
+            raise InvalidValue(f"a Haves names 1-{MAX_HAVES} indices, not {len(ix)}")
+        if ix[0] < 0 or any(a >= b for a, b in pairwise(ix)):
+            raise InvalidValue("Haves indices must be >= 0 and strictly increasing")
 
 
 SWARM_MESSAGES = (Interested, NotInterested, HaveSet, CannotHelp, Have, Request, Piece,
-                  Cancel, Reject, Redirect, Requests, Pieces)
+                  Cancel, Reject, Redirect, Requests, Pieces, Haves)
 
 
 def make_bitfield(flags: list[bool]) -> bytes:

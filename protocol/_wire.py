@@ -29,6 +29,7 @@ from ._swarm_messages import (
     Cancel,
     CannotHelp,
     Have,
+    Haves,
     HaveSet,
     Interested,
     NotInterested,
@@ -47,7 +48,7 @@ HandshakeMessage = Hello | Auth | HandshakeReject
 GossipMessage = (GossipSummary | GossipDigest | GossipDelta | GossipBuckets | GossipPush
                  | GossipWant | BodyWant | BodyAnswer)
 SwarmMessage = (Interested | NotInterested | HaveSet | CannotHelp | Have | Request | Piece
-                | Cancel | Reject | Redirect | Requests | Pieces)
+                | Cancel | Reject | Redirect | Requests | Pieces | Haves)
 OverlayMessage = OverlayFull
 WireMessage = HandshakeMessage | GossipMessage | SwarmMessage | OverlayMessage
 
@@ -56,7 +57,7 @@ WIRE_MESSAGES: tuple[type[WireMessage], ...] = (
     GossipSummary, GossipDigest, GossipDelta, GossipBuckets, GossipPush, GossipWant,
     BodyWant, BodyAnswer,
     Interested, NotInterested, HaveSet, CannotHelp, Have, Request, Piece, Cancel, Reject,
-    Redirect, Requests, Pieces, OverlayFull)
+    Redirect, Requests, Pieces, Haves, OverlayFull)
 
 
 def is_wire_message(message: object) -> TypeGuard[WireMessage]:

@@ -58,7 +58,7 @@ import random
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, assert_never
 
@@ -160,6 +160,7 @@ class RuntimeStatistics:
     throttled_s: float = 0.0    # seconds sessions' reads waited: peers over their rate
     health_checks: int = 0      # health checks run (agent/_daemon/health.py)
     health_failures: int = 0    # ... that failed
+    messages_by_type: dict[str, int] = field(default_factory=dict)  # messages_in by class
 
 
 class NodeRuntime(SessionWriter):
@@ -251,6 +252,7 @@ class NodeRuntime(SessionWriter):
         self.listener: PeerListener | None = None
         self.discovery: Discovery | None = None
         self._messages_in = self._outputs = self._stored = self._served = 0
+        self._by_type: dict[str, int] = {}   # messages in, by message class
         self._saves = self._installs = self._dup = self._drops = 0
         self._throttled = 0.0       # of sessions that ended (live ones: their channel)
         self.health = HealthMonitor(
@@ -521,6 +523,8 @@ class NodeRuntime(SessionWriter):
             case PeerMessage(peer, message):
                 self._tokens.release()
                 self._messages_in += 1
+                name = type(message).__name__
+                self._by_type[name] = self._by_type.get(name, 0) + 1
                 # (a decline is read after its session closed: it names peers to try)
                 if peer in self._sessions or isinstance(message, OverlayFull):
                     m.receive(peer, message, now)
@@ -649,7 +653,8 @@ class NodeRuntime(SessionWriter):
                                  self._throttled + sum(
                                      s.channel.statistics().throttled_s
                                      for s in self._sessions.values()),
-                                 self.health.checks, self.health.failures)
+                                 self.health.checks, self.health.failures,
+                                 dict(self._by_type))
 
 
 def _address(host: str, port: int) -> str:
