@@ -70,15 +70,15 @@ _AVAIL_BITS = 24                      # availability (peers holding a chunk) < 2
 _AVAIL_MASK = (1 << _AVAIL_BITS) - 1
 # A queue entry is one int that orders as the tuple (availability, rank, hash, seq) did:
 # from the top, the availability, the rank's IEEE-754 bits (which order as the float
-# does for ranks >= 0), the 256-bit hash, the chunk's position in the key (a function of
-# the hash, so it changes no order; read back without rebuilding the hash) and a 40-bit
-# sequence number. (~80 B an entry; the tuple, its seq and its live marker cost ~180 B.)
+# does for ranks >= 0), the chunk's place in the key's chunks sorted by hash (which
+# orders as the hash does among one download's chunks; ``Download.by_hash`` maps it
+# back to the position) and a 40-bit sequence number. 160 bits: a 48 B int (the 256-bit
+# hash made it 80 B; the tuple, its seq and its live marker cost ~180 B).
 _SEQ_BITS = 40
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
-_POS_BITS = 32
-_LOW_MASK = (1 << (_SEQ_BITS + _POS_BITS)) - 1
-_HASH_SHIFT = _SEQ_BITS + _POS_BITS
-_RANK_SHIFT = _HASH_SHIFT + 256
+_HRANK_BITS = 32
+_HRANK_MASK = (1 << _HRANK_BITS) - 1
+_RANK_SHIFT = _SEQ_BITS + _HRANK_BITS
 _AVAIL_SHIFT = _RANK_SHIFT + 64
 _NO_RANK = -1.0                       # a position with no rank drawn (never missing yet)
 
@@ -92,9 +92,9 @@ def _rank_bits(rank: float) -> int:
     return int.from_bytes(struct.pack(">d", rank), "big")
 
 
-def _entry(avail: int, rank: float, h: bytes, pos: int, seq: int) -> int:
+def _entry(avail: int, rank: float, hrank: int, seq: int) -> int:
     return (avail << _AVAIL_SHIFT) | (_rank_bits(rank) << _RANK_SHIFT) | (
-        int.from_bytes(h, "big") << _HASH_SHIFT) | (pos << _SEQ_BITS) | seq
+        hrank << _SEQ_BITS) | seq
 
 
 @dataclass(slots=True)
@@ -114,6 +114,9 @@ class Download:
     # live ones. Arrays, not dicts: they cover every missing chunk at the start.
     heap: list[int] = field(default_factory=list)
     queued: array[int] = field(default_factory=lambda: array("Q"))
+    # the key's distinct positions sorted by hash, and per position its place there
+    by_hash: array[int] = field(default_factory=lambda: array("I"))
+    hrank: array[int] = field(default_factory=lambda: array("I"))
     n_queued: int = 0
     bytes_total: int = 0
     bytes_reused: int = 0
@@ -183,6 +186,11 @@ class Picker:
         d.heap = []
         d.queued = array("Q", [0]) * n
         d.n_queued = 0
+        hashes = info.refs.hashes
+        d.by_hash = array("I", sorted(index_of.values(), key=hashes.__getitem__))
+        d.hrank = array("I", [0]) * n
+        for r, i in enumerate(d.by_hash):
+            d.hrank[i] = r
         self._rebuild_queue(d)
 
     def drop(self, key: str, now: float) -> Download | None:
@@ -304,7 +312,7 @@ class Picker:
         if not live:
             d.n_queued += 1
         d.queued[i] = _live(avail, seq)
-        heapq.heappush(d.heap, _entry(avail, d.rank[i], h, i, seq))
+        heapq.heappush(d.heap, _entry(avail, d.rank[i], d.hrank[i], seq))
         if len(d.heap) > 4 * d.n_queued + 1024:
             self._rebuild_queue(d)   # mostly stale entries (availability churn): compact
 
@@ -321,7 +329,7 @@ class Picker:
             self._queue_seq += 1
             i = index_of[h]
             queued[i] = _live(avail, self._queue_seq)
-            entries.append(_entry(avail, d.rank[i], h, i, self._queue_seq))
+            entries.append(_entry(avail, d.rank[i], d.hrank[i], self._queue_seq))
         heapq.heapify(entries)
         d.heap = entries
         d.queued = queued
@@ -426,7 +434,7 @@ class Picker:
         depth = self._links.depth
         c = self._c
         assert d.info is not None
-        index_of, hashes = d.info.index_of, d.info.refs.hashes
+        index_of, hashes, by_hash = d.info.index_of, d.info.refs.hashes, d.by_hash
         parked: list[int] = []
         aside: list[int] = []
         try:
@@ -436,7 +444,7 @@ class Picker:
                 # (they find no provider again: spare and back-off only shrink)
                 still = []
                 for e in aside:
-                    h = hashes[(e & _LOW_MASK) >> _SEQ_BITS]
+                    h = hashes[by_hash[(e >> _SEQ_BITS) & _HRANK_MASK]]
                     for has in pass_spare:
                         if h in has:
                             still.append(e)
@@ -452,11 +460,10 @@ class Picker:
                 while seen < window and heap:
                     e = heapq.heappop(heap)
                     c.picker_pops += 1
-                    low = e & _LOW_MASK
-                    i = low >> _SEQ_BITS
+                    i = by_hash[(e >> _SEQ_BITS) & _HRANK_MASK]
                     h = hashes[i]      # (the catalog's object)
                     live = queued[i]
-                    if not live or live >> _AVAIL_BITS != low & _SEQ_MASK:
+                    if not live or live >> _AVAIL_BITS != e & _SEQ_MASK:
                         continue   # stale: superseded or consumed
                     if h not in missing or h in requests or h in pending:
                         queued[i] = 0   # requeued when it becomes idle again
