@@ -607,7 +607,7 @@ class SwarmEngine:
                                     d.bytes_duplicate, False, "complete")
         requests, pending = self._table.by_chunk, self._table.pending_store
         in_flight = sum(1 for h in d.missing if h in requests or h in pending)
-        available = sum(1 for h in d.missing if h in self._picker.avail)
+        available = sum(1 for i in d.missing.positions() if d.avail[i])
         stalled = in_flight == 0 and available == 0
         parts = [f"{len(d.missing)} of {len(d.info.size_of)} chunks missing",
                  f"{in_flight} in flight", f"{available} available from "

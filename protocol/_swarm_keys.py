@@ -34,7 +34,7 @@ from typing import overload
 
 from ._manifest import ChunkList, ChunkRef
 
-__all__ = ["KeyInfo", "KeyCatalog", "KeyRefs"]
+__all__ = ["KeyInfo", "KeyCatalog", "KeyRefs", "PositionSet"]
 
 
 class KeyRefs(Sequence[ChunkRef]):
@@ -138,3 +138,75 @@ class KeyCatalog:
             if i is not None:
                 return info.refs.hashes[i], info.refs.chunks.size(i)
         return None
+
+
+class PositionSet:
+    """A set of a key's chunk hashes kept as a bitset over the key's positions (its
+    first positions, ``KeyInfo.index_of``): 1 bit a chunk instead of a set entry
+    (~64 B). Membership takes a hash (a dict probe in ``index_of``) or a position; it
+    iterates in position order, yielding the catalog's hash objects."""
+
+    __slots__ = ("_info", "bits", "_n")
+
+    def __init__(self, info: KeyInfo | None = None) -> None:
+        self._info = info
+        self.bits = bytearray((len(info.refs) + 7) >> 3) if info is not None else bytearray()
+        self._n = 0
+
+    def _pos(self, h: object) -> int:
+        info = self._info
+        if info is None or not isinstance(h, bytes):
+            return -1
+        return info.index_of.get(h, -1)
+
+    def has_pos(self, i: int) -> bool:
+        return bool(self.bits[i >> 3] >> (i & 7) & 1)
+
+    def __contains__(self, h: object) -> bool:
+        info = self._info
+        if info is None:
+            return False
+        i = info.index_of.get(h)  # type: ignore[call-overload]
+        return i is not None and bool(self.bits[i >> 3] >> (i & 7) & 1)
+
+    def add_pos(self, i: int) -> None:
+        bits = self.bits
+        if not 0 <= i < len(bits) << 3:
+            raise IndexError(f"position {i} is outside the key's {len(bits) << 3} bits")
+        if not bits[i >> 3] >> (i & 7) & 1:
+            bits[i >> 3] |= 1 << (i & 7)
+            self._n += 1
+
+    def add(self, h: bytes) -> None:
+        """Add a chunk of the key (:class:`KeyError` for a hash the key does not have)."""
+        i = self._pos(h)
+        if i < 0:
+            raise KeyError(h)
+        self.add_pos(i)
+
+    def discard(self, h: bytes) -> None:
+        i = self._pos(h)
+        if i >= 0 and self.bits[i >> 3] >> (i & 7) & 1:
+            self.bits[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+            self._n -= 1
+
+    def positions(self) -> Iterator[int]:
+        """The positions in the set, in order."""
+        for b, byte in enumerate(self.bits):
+            if byte:
+                base = b << 3
+                for k in range(8):
+                    if byte >> k & 1:
+                        yield base + k
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._info is None:
+            return iter(())
+        hashes = self._info.refs.hashes
+        return (hashes[i] for i in self.positions())
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __bool__(self) -> bool:
+        return self._n > 0

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING
 
 from ._config import SwarmConfig
 from ._rng import Rng
-from ._swarm_keys import KeyInfo
+from ._swarm_keys import KeyInfo, PositionSet
 from ._swarm_links import LinkEstimates
 from ._swarm_messages import Request
 from ._swarm_requests import RequestTable
@@ -103,7 +103,9 @@ class Download:
     priority: TransferPriority
     order: int
     info: KeyInfo | None = None
-    missing: set[bytes] = field(default_factory=set)
+    missing: PositionSet = field(default_factory=PositionSet)   # bits over positions
+    # per position: the connected peers that hold the chunk (4 bytes a chunk)
+    avail: array[int] = field(default_factory=lambda: array("I"))
     # per position of the key's chunk list (``info.index_of``): the random tie-break
     # (``_NO_RANK`` until drawn), 8 bytes a chunk
     rank: array[float] = field(default_factory=lambda: array("d"))
@@ -148,7 +150,6 @@ class Picker:
         self._send = send
         self.downloads: dict[str, Download] = {}
         self.peer_has: dict[str, set[bytes]] = {}
-        self.avail: dict[bytes, int] = {}   # hash -> connected peers that have it
         self.endgame_wake: float | None = None   # when endgame should look again
         self.blocked_on_tokens = False   # the download cap stopped the last schedule
         self._queue_seq = 0
@@ -175,13 +176,24 @@ class Picker:
     def init_download(self, d: Download, info: KeyInfo) -> None:
         d.info = info
         d.bytes_total = sum(info.size_of.values())
-        d.missing = {h for h in info.size_of if h not in self._held}
-        d.bytes_reused = d.bytes_total - sum(info.size_of[h] for h in d.missing)
-        self._c.bytes_reused += d.bytes_reused
         n = len(info.refs)
+        index_of, held, sizes = info.index_of, self._held, info.refs.chunks
+        d.missing = missing = PositionSet(info)
+        d.avail = avail = array("I", [0]) * n
+        reused = 0
+        for h, i in index_of.items():
+            if h in held:
+                reused += sizes.size(i)
+            else:
+                missing.add_pos(i)
+        for has in self.peer_has.values():
+            for h, i in index_of.items():
+                if h in has:
+                    avail[i] += 1
+        d.bytes_reused = reused
+        self._c.bytes_reused += d.bytes_reused
         d.rank = array("d", [_NO_RANK]) * n
-        index_of = info.index_of
-        for h in sorted(d.missing):
+        for h in sorted(missing):
             d.rank[index_of[h]] = self._rng.random()
         d.heap = []
         d.queued = array("Q", [0]) * n
@@ -255,30 +267,35 @@ class Picker:
     def forget_peer(self, peer: str) -> None:
         """``peer`` left (its requests are gone already): its holdings go."""
         for h in self.peer_has.pop(peer, ()):
-            n = self.avail[h] - 1
-            if n:
-                self.avail[h] = n
-            else:
-                del self.avail[h]
-            self.requeue(h)
+            self._count(h, -1)
 
     def has_add(self, peer: str, chunk_hash: bytes) -> None:
         has = self.peer_has[peer]
         if chunk_hash not in has:
             has.add(chunk_hash)
-            self.avail[chunk_hash] = self.avail.get(chunk_hash, 0) + 1
-            self.requeue(chunk_hash)
+            self._count(chunk_hash, 1)
 
     def has_discard(self, peer: str, chunk_hash: bytes) -> None:
         has = self.peer_has.get(peer)
         if has is not None and chunk_hash in has:
             has.discard(chunk_hash)
-            n = self.avail[chunk_hash] - 1
-            if n:
-                self.avail[chunk_hash] = n
-            else:
-                del self.avail[chunk_hash]
-            self.requeue(chunk_hash)
+            self._count(chunk_hash, -1)
+
+    def _count(self, h: bytes, change: int) -> None:
+        """One more (or one fewer) connected peer holds ``h``: every download that has
+        the chunk counts it (``Download.avail``), and its queue follows."""
+        for d in self.downloads.values():
+            if d.info is not None:
+                i = d.info.index_of.get(h)
+                if i is not None:
+                    d.avail[i] += change
+                    if d.missing.has_pos(i):
+                        self._requeue_in(d, h)
+
+    def available(self, d: Download, h: bytes) -> int:
+        """How many connected peers hold ``h``, a chunk of ``d``."""
+        assert d.info is not None
+        return d.avail[d.info.index_of[h]]
 
     # ================================================================== the queue
 
@@ -296,9 +313,9 @@ class Picker:
         table = self._table
         if h in table.by_chunk or h in table.pending_store or h in self._held:
             return
-        avail = self.avail.get(h, 0)
         assert d.info is not None
         i = d.info.index_of[h]
+        avail = d.avail[i]
         live = d.queued[i]
         if avail == 0:
             if live:
@@ -317,17 +334,17 @@ class Picker:
             self._rebuild_queue(d)   # mostly stale entries (availability churn): compact
 
     def _rebuild_queue(self, d: Download) -> None:
-        requests, pending, avail_of = self._table.by_chunk, self._table.pending_store, self.avail
+        requests, pending, avail_of = self._table.by_chunk, self._table.pending_store, d.avail
         assert d.info is not None
-        index_of = d.info.index_of
+        hashes = d.info.refs.hashes
         entries: list[int] = []
         queued = array("Q", [0]) * len(d.queued)
-        for h in d.missing:
-            avail = avail_of.get(h, 0)
+        for i in d.missing.positions():
+            avail = avail_of[i]
+            h = hashes[i]
             if avail == 0 or h in requests or h in pending:
                 continue
             self._queue_seq += 1
-            i = index_of[h]
             queued[i] = _live(avail, self._queue_seq)
             entries.append(_entry(avail, d.rank[i], d.hrank[i], self._queue_seq))
         heapq.heapify(entries)
@@ -365,7 +382,8 @@ class Picker:
             return
         table = self._table
         for peer, out in table.by_peer.items():
-            if not (self.peer_has[peer] & d.missing):
+            has = self.peer_has[peer]
+            if not any(h in has for h in d.missing):
                 continue
             for h, rec in list(out.items()):
                 low = self.downloads.get(rec.key)
@@ -431,6 +449,7 @@ class Picker:
         table = self._table
         requests, pending, retry = table.by_chunk, table.pending_store, table.retry_after
         peer_has, peer_out, missing = self.peer_has, table.by_peer, d.missing
+        mbits = missing.bits
         depth = self._links.depth
         c = self._c
         assert d.info is not None
@@ -465,7 +484,7 @@ class Picker:
                     live = queued[i]
                     if not live or live >> _AVAIL_BITS != e & _SEQ_MASK:
                         continue   # stale: superseded or consumed
-                    if h not in missing or h in requests or h in pending:
+                    if not mbits[i >> 3] >> (i & 7) & 1 or h in requests or h in pending:
                         queued[i] = 0   # requeued when it becomes idle again
                         d.n_queued -= 1
                         continue
