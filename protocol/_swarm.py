@@ -126,7 +126,7 @@ class SwarmEngine:
         self._table = RequestTable(config=config, counters=self._c, send=self._send)
         self._picker = Picker(config=config, rng=rng, held=held, connected=self._connected,
                               table=self._table, links=self._links, counters=self._c,
-                              send=self._send)
+                              send=self._send, keys=self._keys)
         self._downloads = self._picker.downloads
         self._uploader = Uploader(config=config, rng=rng, held=held, keys=self._keys,
                                   remote_interest=self._remote_interest,

@@ -34,7 +34,7 @@ from typing import overload
 
 from ._manifest import ChunkList, ChunkRef
 
-__all__ = ["KeyInfo", "KeyCatalog", "KeyRefs", "PositionSet"]
+__all__ = ["KeyInfo", "KeyCatalog", "KeyRefs", "PositionSet", "PeerHas"]
 
 
 class KeyRefs(Sequence[ChunkRef]):
@@ -102,12 +102,14 @@ class KeyInfo:
 
 
 class KeyCatalog:
-    """Known keys (``infos``), and which of them hold a chunk."""
+    """Known keys (``infos``), and which of them hold a chunk; the peers' have-sets
+    (``have_sets``, kept by position over the known keys, so they follow the keys)."""
 
-    __slots__ = ("infos",)
+    __slots__ = ("infos", "have_sets")
 
     def __init__(self) -> None:
         self.infos: dict[str, KeyInfo] = {}
+        self.have_sets: dict[str, PeerHas] = {}
 
     def add(self, key: str, refs: Sequence[ChunkRef]) -> KeyInfo:
         """Make ``key`` known with the chunk list ``refs``."""
@@ -119,10 +121,19 @@ class KeyCatalog:
             hashes.append(h if first == i else hashes[first])
         info = KeyInfo(KeyRefs(chunks, hashes), index_of)
         self.infos[key] = info
+        for has in self.have_sets.values():
+            has.key_added(key, info)
         return info
 
     def forget(self, key: str) -> None:
-        self.infos.pop(key, None)
+        info = self.infos.pop(key, None)
+        if info is not None:
+            for has in self.have_sets.values():
+                has.key_forgotten(key, info)
+
+    def new_have_set(self, peer: str) -> PeerHas:
+        has = self.have_sets[peer] = PeerHas(self.infos)
+        return has
 
     def keys_of(self, chunk_hash: bytes) -> tuple[str, ...]:
         """The known keys that hold ``chunk_hash`` (a dict probe per known key: the keys
@@ -210,3 +221,111 @@ class PositionSet:
 
     def __bool__(self) -> bool:
         return self._n > 0
+
+
+def _bit_positions(bits: bytearray) -> Iterator[int]:
+    for b, byte in enumerate(bits):
+        if byte:
+            base = b << 3
+            for k in range(8):
+                if byte >> k & 1:
+                    yield base + k
+
+
+class PeerHas:
+    """What one peer holds, as a set of chunk hashes kept by position: for every known
+    key a bitset over its positions (``by_key``), complete -- a chunk the peer holds
+    has its bit set in every known key that has it, whichever key's ``Have`` named it
+    -- and the hashes of no known key (``loose``: a key forgotten while the peer held
+    its chunks). So ``h in has`` and ``len(has)`` answer as the set of hashes did, at
+    1 bit a chunk per known key instead of a set entry (~64 B) per chunk."""
+
+    __slots__ = ("_infos", "by_key", "loose", "_n")
+
+    def __init__(self, infos: dict[str, KeyInfo]) -> None:
+        self._infos = infos
+        self.by_key = {key: bytearray((len(info.refs) + 7) >> 3)
+                       for key, info in infos.items()}
+        self.loose: set[bytes] = set()
+        self._n = 0
+
+    def __contains__(self, h: object) -> bool:
+        if h in self.loose:
+            return True
+        for key, info in self._infos.items():
+            i = info.index_of.get(h)  # type: ignore[call-overload]
+            if i is not None:
+                return bool(self.by_key[key][i >> 3] >> (i & 7) & 1)
+        return False
+
+    def add(self, h: bytes) -> bool:
+        """Add ``h``; True if the peer was not known to hold it."""
+        if h in self:
+            return False
+        found = False
+        for key, info in self._infos.items():
+            i = info.index_of.get(h)
+            if i is not None:
+                self.by_key[key][i >> 3] |= 1 << (i & 7)
+                found = True
+        if not found:
+            self.loose.add(h)
+        self._n += 1
+        return True
+
+    def discard(self, h: bytes) -> bool:
+        """Remove ``h``; True if the peer was known to hold it."""
+        if h not in self:
+            return False
+        for key, info in self._infos.items():
+            i = info.index_of.get(h)
+            if i is not None:
+                self.by_key[key][i >> 3] &= ~(1 << (i & 7)) & 0xFF
+        self.loose.discard(h)
+        self._n -= 1
+        return True
+
+    def key_added(self, key: str, info: KeyInfo) -> None:
+        """``key`` became known: set its bits for the chunks the peer holds."""
+        bits = bytearray((len(info.refs) + 7) >> 3)
+        index_of = info.index_of
+        for h in [h for h in self.loose if h in index_of]:
+            i = index_of[h]
+            bits[i >> 3] |= 1 << (i & 7)
+            self.loose.discard(h)
+        for other, obits in self.by_key.items():
+            if other == key:
+                continue
+            ohashes = self._infos[other].refs.hashes
+            for p in _bit_positions(obits):
+                j = index_of.get(ohashes[p])
+                if j is not None:
+                    bits[j >> 3] |= 1 << (j & 7)
+        self.by_key[key] = bits
+
+    def key_forgotten(self, key: str, info: KeyInfo) -> None:
+        """``key`` is no longer known (already out of the catalog): a chunk the peer
+        holds that no other known key has is kept as a loose hash."""
+        bits = self.by_key.pop(key, None)
+        if bits is None:
+            return
+        hashes = info.refs.hashes
+        for p in _bit_positions(bits):
+            h = hashes[p]
+            if not any(h in other.index_of for other in self._infos.values()):
+                self.loose.add(h)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.loose
+        seen: list[KeyInfo] = []
+        for key, bits in self.by_key.items():
+            info = self._infos[key]
+            hashes = info.refs.hashes
+            for p in _bit_positions(bits):
+                h = hashes[p]
+                if not any(h in earlier.index_of for earlier in seen):
+                    yield h
+            seen.append(info)
+
+    def __len__(self) -> int:
+        return self._n

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING
 
 from ._config import SwarmConfig
 from ._rng import Rng
-from ._swarm_keys import KeyInfo, PositionSet
+from ._swarm_keys import KeyCatalog, KeyInfo, PeerHas, PositionSet
 from ._swarm_links import LinkEstimates
 from ._swarm_messages import Request
 from ._swarm_requests import RequestTable
@@ -138,7 +138,8 @@ class Picker:
 
     def __init__(self, *, config: SwarmConfig, rng: Rng, held: set[bytes],
                  connected: set[str], table: RequestTable, links: LinkEstimates,
-                 counters: Counters, send: Callable[[str, SwarmMessage], None]) -> None:
+                 counters: Counters, send: Callable[[str, SwarmMessage], None],
+                 keys: KeyCatalog) -> None:
         self._config = config
         self._rng = rng
         self._held = held
@@ -149,7 +150,9 @@ class Picker:
         self._c = counters
         self._send = send
         self.downloads: dict[str, Download] = {}
-        self.peer_has: dict[str, set[bytes]] = {}
+        self._keys = keys
+        # per peer, what it holds: by position over the known keys (:class:`PeerHas`)
+        self.peer_has: dict[str, PeerHas] = keys.have_sets
         self.endgame_wake: float | None = None   # when endgame should look again
         self.blocked_on_tokens = False   # the download cap stopped the last schedule
         self._queue_seq = 0
@@ -187,8 +190,9 @@ class Picker:
             else:
                 missing.add_pos(i)
         for has in self.peer_has.values():
-            for h, i in index_of.items():
-                if h in has:
+            bits = has.by_key[d.key]      # (complete for a known key: see PeerHas)
+            for i in range(n):
+                if bits[i >> 3] >> (i & 7) & 1:
                     avail[i] += 1
         d.bytes_reused = reused
         self._c.bytes_reused += d.bytes_reused
@@ -262,7 +266,7 @@ class Picker:
     # ================================================================== peers
 
     def add_peer(self, peer: str) -> None:
-        self.peer_has[peer] = set()
+        self._keys.new_have_set(peer)
 
     def forget_peer(self, peer: str) -> None:
         """``peer`` left (its requests are gone already): its holdings go."""
@@ -270,15 +274,12 @@ class Picker:
             self._count(h, -1)
 
     def has_add(self, peer: str, chunk_hash: bytes) -> None:
-        has = self.peer_has[peer]
-        if chunk_hash not in has:
-            has.add(chunk_hash)
+        if self.peer_has[peer].add(chunk_hash):
             self._count(chunk_hash, 1)
 
     def has_discard(self, peer: str, chunk_hash: bytes) -> None:
         has = self.peer_has.get(peer)
-        if has is not None and chunk_hash in has:
-            has.discard(chunk_hash)
+        if has is not None and has.discard(chunk_hash):
             self._count(chunk_hash, -1)
 
     def _count(self, h: bytes, change: int) -> None:
@@ -382,8 +383,8 @@ class Picker:
             return
         table = self._table
         for peer, out in table.by_peer.items():
-            has = self.peer_has[peer]
-            if not any(h in has for h in d.missing):
+            has = self.peer_has[peer].by_key[d.key]
+            if not any(has[i >> 3] >> (i & 7) & 1 for i in d.missing.positions()):
                 continue
             for h, rec in list(out.items()):
                 low = self.downloads.get(rec.key)
@@ -454,18 +455,19 @@ class Picker:
         c = self._c
         assert d.info is not None
         index_of, hashes, by_hash = d.info.index_of, d.info.refs.hashes, d.by_hash
+        key = d.key
         parked: list[int] = []
         aside: list[int] = []
         try:
             while spare:
-                pass_spare = [peer_has[p] for p in spare]
+                pass_spare = [peer_has[p].by_key[key] for p in spare]
                 # candidates set aside by earlier passes that a spare peer still holds
                 # (they find no provider again: spare and back-off only shrink)
                 still = []
                 for e in aside:
-                    h = hashes[by_hash[(e >> _SEQ_BITS) & _HRANK_MASK]]
+                    i = by_hash[(e >> _SEQ_BITS) & _HRANK_MASK]
                     for has in pass_spare:
-                        if h in has:
+                        if has[i >> 3] >> (i & 7) & 1:
                             still.append(e)
                             break
                     else:
@@ -492,7 +494,7 @@ class Picker:
                         parked.append(e)
                         continue
                     for has in pass_spare:   # (a loop, not any(): this runs per pop)
-                        if h in has:
+                        if has[i >> 3] >> (i & 7) & 1:
                             break
                     else:
                         parked.append(e)
