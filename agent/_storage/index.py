@@ -4,8 +4,9 @@ compact chunk list -- no dict, set or object per chunk.
 
 A directory's distinct chunks are the positions of its variant's
 :meth:`~protocol.Variant.distinct_chunks` (a :class:`~protocol.ChunkList`: hashes in
-one buffer). A chunk's position is found by a binary search over ``order``, the
-positions sorted by hash (4 bytes a chunk); its first place is the chunk list's own
+one buffer). A chunk's position is found through the chunk list's own position index
+(:meth:`~protocol.ChunkList.find`: an open-addressing table of 4-byte slots, shared
+with the swarm engine when the variant is one file); its first place is the chunk list's own
 offset when the variant is one file without repeats, else a packed ``(file, offset)``
 in ``first`` (8 bytes a chunk); further places of a repeated chunk are in ``dups``;
 what the directory holds is a bitset. The store asks each of its directories (a few:
@@ -17,36 +18,15 @@ per-chunk state by position").
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from protocol import ChunkList, Manifest, Variant
 
-__all__ = ["IndexedDir", "new_dir", "sorted_positions"]
+__all__ = ["IndexedDir", "new_dir"]
 
 _OFF_BITS = 44                 # a packed place: file index << 44 | offset
 _OFF_MASK = (1 << _OFF_BITS) - 1
-_H = 32                        # bytes in a chunk hash
-
-
-def sorted_positions(chunks: ChunkList) -> array[int]:
-    """The positions of ``chunks`` ordered by hash (for :func:`find_position`)."""
-    buf = chunks.hash_bytes
-    return array("I", sorted(range(len(chunks)), key=lambda p: buf[p * _H:(p + 1) * _H]))
-
-
-def find_position(chunks: ChunkList, order: array[int], h: bytes) -> int:
-    """The position of ``h`` in ``chunks`` (whose hashes are distinct), or -1."""
-    if len(h) != _H:
-        return -1
-    buf = chunks.hash_bytes
-    at = bisect_left(order, h, key=lambda p: buf[p * _H:(p + 1) * _H])
-    if at < len(order):
-        p = order[at]
-        if buf[p * _H:(p + 1) * _H] == h:
-            return p
-    return -1
 
 
 @dataclass(slots=True)
@@ -60,7 +40,6 @@ class IndexedDir:
     variant: Variant
     files: list[tuple[str, int, bool]]                  # relative path, size, executable
     chunks: ChunkList                                   # distinct chunks, first-use order
-    order: array[int]                                   # positions sorted by hash
     first: array[int] | None                            # packed first place; None: one file
     dups: dict[int, list[int]]                          # position -> packed further places
     have: bytearray = field(default_factory=bytearray)  # bitset over positions
@@ -76,7 +55,7 @@ class IndexedDir:
 
     def position(self, h: bytes) -> int:
         """The chunk's position among the directory's distinct chunks, or -1."""
-        return find_position(self.chunks, self.order, h)
+        return self.chunks.find(h)
 
     def __contains__(self, h: object) -> bool:
         return isinstance(h, bytes) and self.position(h) >= 0
@@ -160,26 +139,10 @@ class IndexedDir:
                 self.set_have(p, True)
 
 
-def _repeats(chunks: ChunkList, order: array[int]) -> bool:
-    """Whether a hash occurs twice (they are neighbours in ``order``)."""
-    buf = chunks.hash_bytes
-    prev = b""
-    for p in order:
-        h = buf[p * _H:(p + 1) * _H]
-        if h == prev:
-            return True
-        prev = h
-    return False
-
-
 def new_dir(path: str, manifest: Manifest, variant: Variant, *, installed: bool) -> IndexedDir:
     """The index of ``variant``'s directory at ``path``, holding nothing yet."""
     files = [(entry.path, entry.size, entry.executable) for entry in variant.files]
-    chunks = variant.files[0].chunks if len(variant.files) == 1 else variant.distinct_chunks()
-    order = sorted_positions(chunks)
-    if len(variant.files) == 1 and _repeats(chunks, order):
-        chunks = variant.distinct_chunks()
-        order = sorted_positions(chunks)
+    chunks = variant.distinct_chunks()
     first: array[int] | None = None
     dups: dict[int, list[int]] = {}
     if not (len(variant.files) == 1 and chunks is variant.files[0].chunks):
@@ -188,7 +151,7 @@ def new_dir(path: str, manifest: Manifest, variant: Variant, *, installed: bool)
         for i, entry in enumerate(variant.files):
             off = 0
             for h, size in zip(entry.chunks.iter_hashes(), entry.chunks.sizes(), strict=True):
-                p = find_position(chunks, order, h)
+                p = chunks.find(h)
                 packed = (i << _OFF_BITS) | off
                 if seen[p >> 3] >> (p & 7) & 1:
                     dups.setdefault(p, []).append(packed)
@@ -197,6 +160,6 @@ def new_dir(path: str, manifest: Manifest, variant: Variant, *, installed: bool)
                     first[p] = packed
                 off += size
     d = IndexedDir(path, manifest.manifest_id, variant.variant_id, installed, variant, files,
-                   chunks, order, first, dups)
+                   chunks, first, dups)
     d.mark(())
     return d
