@@ -16,18 +16,35 @@ import random
 import sys
 import tempfile
 import tracemalloc
+from typing import Any
 
 import blake3
 
 from agent._storage.store import ChunkStore
-from protocol._capabilities import Requirements
-from protocol._codec import decode_value, encode_value
-from protocol._config import SwarmConfig
-from protocol._identity import SigningIdentity
-from protocol._manifest import ChunkRef, FileEntry, Manifest, Variant, merkle_root
-from protocol._swarm import SwarmEngine
-from protocol._swarm_messages import HaveSet, make_bitfield
-from protocol._types import TransferPriority
+from protocol import (
+    SWARM_MESSAGES,
+    ChunkRef,
+    FileEntry,
+    Manifest,
+    Requirements,
+    SigningIdentity,
+    SwarmConfig,
+    SwarmEngine,
+    TransferPriority,
+    Variant,
+    decode_value,
+    encode_value,
+    merkle_root,
+)
+
+# (the swarm's messages are public as a tuple; HaveSet is the whole-key announcement)
+HaveSet: Any = next(c for c in SWARM_MESSAGES if c.__name__ == "HaveSet")
+
+
+def _all_set(n: int) -> bytes:
+    """A have-set bitfield with every one of ``n`` bits set (MSB first)."""
+    return b"\xff" * (n >> 3) + (bytes([(0xFF00 >> (n & 7)) & 0xFF]) if n & 7 else b"")
+
 
 _SIZE = 4096
 
@@ -69,7 +86,7 @@ def main(argv: list[str]) -> int:
                           verifier=lambda h, s, d: True)
         eng.peer_connected("p", 0.0)
         eng.want(key, TransferPriority.NORMAL, 0.0)
-        eng.receive("p", HaveSet(key, n, make_bitfield([True] * n)), 0.0)
+        eng.receive("p", HaveSet(key, n, _all_set(n)), 0.0)
         eng.take_outputs()
         step("swarm engine wants it, one peer has all")
         snap = tracemalloc.take_snapshot()
