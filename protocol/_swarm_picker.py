@@ -192,7 +192,7 @@ class Picker:
         for has in self.peer_has.values():
             bits = has.by_key[d.key]      # (complete for a known key: see PeerHas)
             for i in range(n):
-                if bits[i >> 3] >> (i & 7) & 1:
+                if bits[i]:
                     avail[i] += 1
         d.bytes_reused = reused
         self._c.bytes_reused += d.bytes_reused
@@ -384,7 +384,7 @@ class Picker:
         table = self._table
         for peer, out in table.by_peer.items():
             has = self.peer_has[peer].by_key[d.key]
-            if not any(has[i >> 3] >> (i & 7) & 1 for i in d.missing.positions()):
+            if not any(has[i] for i in d.missing.positions()):
                 continue
             for h, rec in list(out.items()):
                 low = self.downloads.get(rec.key)
@@ -467,7 +467,7 @@ class Picker:
                 for e in aside:
                     i = by_hash[(e >> _SEQ_BITS) & _HRANK_MASK]
                     for has in pass_spare:
-                        if has[i >> 3] >> (i & 7) & 1:
+                        if has[i]:
                             still.append(e)
                             break
                     else:
@@ -486,7 +486,7 @@ class Picker:
                     live = queued[i]
                     if not live or live >> _AVAIL_BITS != e & _SEQ_MASK:
                         continue   # stale: superseded or consumed
-                    if not mbits[i >> 3] >> (i & 7) & 1 or h in requests or h in pending:
+                    if not mbits[i] or h in requests or h in pending:
                         queued[i] = 0   # requeued when it becomes idle again
                         d.n_queued -= 1
                         continue
@@ -494,7 +494,7 @@ class Picker:
                         parked.append(e)
                         continue
                     for has in pass_spare:   # (a loop, not any(): this runs per pop)
-                        if has[i >> 3] >> (i & 7) & 1:
+                        if has[i]:
                             break
                     else:
                         parked.append(e)
