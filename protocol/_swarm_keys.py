@@ -13,9 +13,12 @@ manifest's :class:`~._manifest.ChunkList`, shared with it when the key is one fi
 without repeats), one ``bytes`` object per position, and for each distinct hash its
 first position -- the one dict per chunk; a chunk's size is read from the chunk list
 through that position (:attr:`KeyInfo.size_of` is a view, not a second dict). The
-per-position hash objects are the ones the catalog's dict keys on, and every set of
-hashes the engine keeps (held, per-peer have-sets, missing) is filled from them, so a
-hash costs one 32-byte object however many sets hold it. Pieces, stores and losses name
+per-position hash objects are the ones the catalog's dict keys on, and ``held`` (the
+node's chunks, a set of hashes across keys) is filled from them. The rest of the
+engine's per-chunk state is by position: a download's missing chunks
+(:class:`PositionSet`) and each peer's have-set (:class:`PeerHas`, kept here so that it
+follows the keys that become known or are forgotten) are a flag byte per position,
+not a set entry (~64 B) per chunk. Pieces, stores and losses name
 chunks by hash, and a chunk shared by two versions is one chunk: a store of it advances
 both downloads and is announced in both swarms. :meth:`KeyCatalog.keys_of` finds the
 known keys that hold a chunk by probing each key's ``index_of`` (the known keys are the

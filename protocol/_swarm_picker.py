@@ -3,9 +3,11 @@
 Theory of operation
 -------------------
 The picker keeps the download side's state: the wanted keys (:class:`Download`) and
-what each connected peer holds (per peer, a set of chunk hashes, not per key, so a
-chunk shared by two keys is counted once); the requests in flight are in the request
-table it is given.
+what each connected peer holds (per peer a :class:`~._swarm_keys.PeerHas`: it answers
+as a set of chunk hashes, so a chunk shared by two keys is counted once, but is kept as
+a flag per position of each known key); the requests in flight are in the request
+table it is given. Per download, the missing chunks, the availability of each chunk
+(connected peers holding it), its random rank and its queue marker are kept by position.
 
 :meth:`Picker.schedule` runs after every input that can change its answer. It walks
 the wanted keys from the highest priority down (FIFO at equal priority) and requests
