@@ -19,6 +19,11 @@ their control sockets, in one run:
     window, as % of one core.
 
 quick=True: 128/256 MiB, a fleet of 4 and a 5 s window; full: 1/4 GiB, 10, 20 s.
+
+``python -m benchmarks.bench_daemon --rss [--quick]`` runs (b) alone -- the two
+transfers, each in a fresh fleet -- and prints the receiver's peak RSS for each, their
+ratio and the CPU of both daemons per GiB moved (issue 16's memory aim, a few minutes
+instead of the whole module).
 """
 
 from __future__ import annotations
@@ -202,6 +207,35 @@ def _progress(text: str) -> None:
     print(f"  [bench_daemon] {text}", file=sys.stderr, flush=True)
 
 
+def run_rss(quick: bool) -> list[dict[str, Any]]:
+    """(b) alone: the receiver's peak RSS for the small and the large model."""
+    small, large = (128 * MiB, 256 * MiB) if quick else (1024 * MiB, 4096 * MiB)
+    timeout = 120.0 if quick else 2400.0
+    tmp = Path(tempfile.mkdtemp(prefix="shoal-bench-daemon-"))
+    try:
+        a = _run_transfer(tmp / "a", small, timeout)
+        _progress(f"{small // MiB} MiB: {a.seconds:.1f} s; receiver peak RSS "
+                  f"{a.peak / MiB:.1f} MiB (before {a.start / MiB:.1f})")
+        b = _run_transfer(tmp / "b", large, timeout)
+        _progress(f"{large // MiB} MiB: {b.seconds:.1f} s; receiver peak RSS "
+                  f"{b.peak / MiB:.1f} MiB (before {b.start / MiB:.1f})")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rows: list[dict[str, Any]] = []
+    for label, t, size in ((f"{small // MiB} MiB", a, small), (f"{large // MiB} MiB", b, large)):
+        rows.append({"name": f"daemon: receiver peak RSS, {label} model",
+                     "value": round(t.peak / MiB, 1), "unit": "MiB",
+                     "detail": f"RSS before the transfer {t.start / MiB:.1f} MiB"})
+        rows.append({"name": f"daemon: CPU s per GiB moved, sender + receiver, {label}",
+                     "value": round(t.cpu_s / (size / (1 << 30)), 2), "unit": "s/GiB",
+                     "detail": f"{t.seconds:.2f} s from distribute to operational"})
+    rows.append({"name": "daemon: receiver peak RSS large / small",
+                 "value": round(b.peak / a.peak, 3), "unit": "ratio",
+                 "detail": f"aim <= 1.1; growth above the RSS before: "
+                           f"{(a.peak - a.start) / MiB:.1f} / {(b.peak - b.start) / MiB:.1f} MiB"})
+    return rows
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     small, large = (128 * MiB, 256 * MiB) if quick else (1024 * MiB, 4096 * MiB)
     n_idle, window = (4, 5.0) if quick else (10, 20.0)
@@ -273,3 +307,15 @@ def run(quick: bool) -> list[dict[str, Any]]:
          "detail": f"cpu_times over {window:g} s after convergence (reached in "
                    f"{settle:.1f} s), default gossip interval; max {max(idle):.2f}%"},
     ]
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_daemon")
+    parser.add_argument("--rss", action="store_true", help="the receiver's RSS alone (b)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes")
+    args = parser.parse_args()
+    for row in (run_rss if args.rss else run)(quick=args.quick):
+        print(f"  {row['name']:<58} {row['value']:>10} {row['unit']}  ({row.get('detail', '')})",
+              flush=True)

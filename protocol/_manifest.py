@@ -214,7 +214,7 @@ class ChunkList(Sequence[ChunkRef]):
     replaced: an array of ``[hash, size]`` arrays, so encodings, ids and signatures
     made before it are unchanged."""
 
-    __slots__ = ("_hashes", "_ends")
+    __slots__ = ("_hashes", "_ends", "_slots", "_distinct")
     __wire_item__ = ChunkRef
 
     def __init__(self, refs: Iterable[ChunkRef] = ()) -> None:
@@ -229,6 +229,8 @@ class ChunkList(Sequence[ChunkRef]):
             ends.append(end)
         self._hashes = bytes(hashes)
         self._ends = ends
+        self._slots: array[int] | None = None
+        self._distinct = True
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[Sequence[Any]]) -> ChunkList:
@@ -252,6 +254,8 @@ class ChunkList(Sequence[ChunkRef]):
         out = cls.__new__(cls)
         out._hashes = bytes(hashes)
         out._ends = ends
+        out._slots = None
+        out._distinct = True
         return out
 
     def iter_wire(self) -> Iterator[tuple[bytes, int]]:
@@ -291,17 +295,61 @@ class ChunkList(Sequence[ChunkRef]):
         return self._hashes
 
     def find(self, chunk_hash: bytes) -> int:
-        """The first position of ``chunk_hash`` in the list, or -1 (a scan of the buffer
-        at C speed, no object per chunk)."""
-        hashes = self._hashes
-        if len(chunk_hash) != HASH_SIZE:
+        """The first position of ``chunk_hash`` in the list, or -1: a probe of the
+        list's position index (:meth:`_index`), no object per chunk."""
+        if not isinstance(chunk_hash, bytes | bytearray | memoryview) \
+                or len(chunk_hash) != HASH_SIZE:
             return -1
-        at = hashes.find(chunk_hash)
-        while at >= 0:
-            if at % HASH_SIZE == 0:
-                return at // HASH_SIZE
-            at = hashes.find(chunk_hash, at + 1)
-        return -1
+        slots = self._slots if self._slots is not None else self._index()
+        mask = len(slots) - 1
+        hashes = self._hashes
+        at = int.from_bytes(chunk_hash[:8], "little") & mask
+        while True:
+            p = slots[at]
+            if not p:
+                return -1
+            p -= 1
+            if hashes[p * HASH_SIZE:(p + 1) * HASH_SIZE] == chunk_hash:
+                return p
+            at = (at + 1) & mask
+
+    @property
+    def distinct(self) -> bool:
+        """Whether no hash occurs twice in the list."""
+        if self._slots is None:
+            self._index()
+        return self._distinct
+
+    def _index(self) -> array[int]:
+        """Build the position index, once: an open-addressing table (linear probing) of
+        ``position + 1`` of each hash's first occurrence, at least twice as many slots
+        as chunks, 4 bytes a slot (~8-16 bytes a chunk), probed from the hash's first 8
+        bytes (BLAKE3 output: uniform). Built one hash at a time, so no object per chunk
+        outlives its step (a dict or a sort would hold one per chunk at once)."""
+        n = len(self._ends)
+        size = 8
+        while size < 2 * n:
+            size <<= 1
+        slots = array("i", [0]) * size
+        mask = size - 1
+        hashes = self._hashes
+        distinct = True
+        for p in range(n):
+            h = hashes[p * HASH_SIZE:(p + 1) * HASH_SIZE]
+            at = int.from_bytes(h[:8], "little") & mask
+            while True:
+                q = slots[at]
+                if not q:
+                    slots[at] = p + 1
+                    break
+                q -= 1
+                if hashes[q * HASH_SIZE:(q + 1) * HASH_SIZE] == h:
+                    distinct = False
+                    break
+                at = (at + 1) & mask
+        self._slots = slots
+        self._distinct = distinct
+        return slots
 
     def iter_hashes(self) -> Iterator[bytes]:
         hashes = self._hashes
@@ -448,7 +496,7 @@ class Variant:
         """Distinct chunks of the variant in first-use order, as one compact list."""
         if len(self.files) == 1:
             only = self.files[0].chunks
-            if len(set(only.iter_hashes())) == len(only):
+            if only.distinct:
                 return only
         seen: set[bytes] = set()
         out: list[ChunkRef] = []

@@ -129,7 +129,7 @@ class SwarmEngine:
         self._table = RequestTable(config=config, counters=self._c, send=self._send)
         self._picker = Picker(config=config, rng=rng, held=held, connected=self._connected,
                               table=self._table, links=self._links, counters=self._c,
-                              send=self._send)
+                              send=self._send, keys=self._keys)
         self._downloads = self._picker.downloads
         self._uploader = Uploader(config=config, rng=rng, held=held, keys=self._keys,
                                   remote_interest=self._remote_interest,
@@ -625,7 +625,7 @@ class SwarmEngine:
                                     d.bytes_duplicate, False, "complete")
         requests, pending = self._table.by_chunk, self._table.pending_store
         in_flight = sum(1 for h in d.missing if h in requests or h in pending)
-        available = sum(1 for h in d.missing if h in self._picker.avail)
+        available = sum(1 for i in d.missing.positions() if d.avail[i])
         stalled = in_flight == 0 and available == 0
         parts = [f"{len(d.missing)} of {len(d.info.size_of)} chunks missing",
                  f"{in_flight} in flight", f"{available} available from "

@@ -13,9 +13,12 @@ manifest's :class:`~._manifest.ChunkList`, shared with it when the key is one fi
 without repeats), one ``bytes`` object per position, and for each distinct hash its
 first position -- the one dict per chunk; a chunk's size is read from the chunk list
 through that position (:attr:`KeyInfo.size_of` is a view, not a second dict). The
-per-position hash objects are the ones the catalog's dict keys on, and every set of
-hashes the engine keeps (held, per-peer have-sets, missing) is filled from them, so a
-hash costs one 32-byte object however many sets hold it. Pieces, stores and losses name
+per-position hash objects are the ones the catalog's dict keys on, and ``held`` (the
+node's chunks, a set of hashes across keys) is filled from them. The rest of the
+engine's per-chunk state is by position: a download's missing chunks
+(:class:`PositionSet`) and each peer's have-set (:class:`PeerHas`, kept here so that it
+follows the keys that become known or are forgotten) are a flag byte per position,
+not a set entry (~64 B) per chunk. Pieces, stores and losses name
 chunks by hash, and a chunk shared by two versions is one chunk: a store of it advances
 both downloads and is announced in both swarms. :meth:`KeyCatalog.keys_of` finds the
 known keys that hold a chunk by probing each key's ``index_of`` (the known keys are the
@@ -34,7 +37,7 @@ from typing import overload
 
 from ._manifest import ChunkList, ChunkRef
 
-__all__ = ["KeyInfo", "KeyCatalog", "KeyRefs"]
+__all__ = ["KeyInfo", "KeyCatalog", "KeyRefs", "PositionSet", "PeerHas"]
 
 
 class KeyRefs(Sequence[ChunkRef]):
@@ -102,12 +105,14 @@ class KeyInfo:
 
 
 class KeyCatalog:
-    """Known keys (``infos``), and which of them hold a chunk."""
+    """Known keys (``infos``), and which of them hold a chunk; the peers' have-sets
+    (``have_sets``, kept by position over the known keys, so they follow the keys)."""
 
-    __slots__ = ("infos",)
+    __slots__ = ("infos", "have_sets")
 
     def __init__(self) -> None:
         self.infos: dict[str, KeyInfo] = {}
+        self.have_sets: dict[str, PeerHas] = {}
 
     def add(self, key: str, refs: Sequence[ChunkRef]) -> KeyInfo:
         """Make ``key`` known with the chunk list ``refs``."""
@@ -119,10 +124,19 @@ class KeyCatalog:
             hashes.append(h if first == i else hashes[first])
         info = KeyInfo(KeyRefs(chunks, hashes), index_of)
         self.infos[key] = info
+        for has in self.have_sets.values():
+            has.key_added(key, info)
         return info
 
     def forget(self, key: str) -> None:
-        self.infos.pop(key, None)
+        info = self.infos.pop(key, None)
+        if info is not None:
+            for has in self.have_sets.values():
+                has.key_forgotten(key, info)
+
+    def new_have_set(self, peer: str) -> PeerHas:
+        has = self.have_sets[peer] = PeerHas(self.infos)
+        return has
 
     def keys_of(self, chunk_hash: bytes) -> tuple[str, ...]:
         """The known keys that hold ``chunk_hash`` (a dict probe per known key: the keys
@@ -138,3 +152,178 @@ class KeyCatalog:
             if i is not None:
                 return info.refs.hashes[i], info.refs.chunks.size(i)
         return None
+
+
+class PositionSet:
+    """A set of a key's chunk hashes kept as flags over the key's positions (its
+    first positions, ``KeyInfo.index_of``): one byte a chunk -- a byte, not a bit, as
+    ``flags[i]`` is the picker's cheapest test -- instead of a set entry (~64 B).
+    Membership takes a hash (a dict probe in ``index_of``) or a position; it iterates
+    in position order, yielding the catalog's hash objects."""
+
+    __slots__ = ("_info", "bits", "_n")
+
+    def __init__(self, info: KeyInfo | None = None) -> None:
+        self._info = info
+        self.bits = bytearray(len(info.refs)) if info is not None else bytearray()
+        self._n = 0
+
+    def _pos(self, h: object) -> int:
+        info = self._info
+        if info is None or not isinstance(h, bytes):
+            return -1
+        return info.index_of.get(h, -1)
+
+    def has_pos(self, i: int) -> bool:
+        return bool(self.bits[i])
+
+    def __contains__(self, h: object) -> bool:
+        info = self._info
+        if info is None:
+            return False
+        i = info.index_of.get(h)  # type: ignore[call-overload]
+        return i is not None and bool(self.bits[i])
+
+    def add_pos(self, i: int) -> None:
+        bits = self.bits
+        if not 0 <= i < len(bits):
+            raise IndexError(f"position {i} is outside the key's {len(bits)} positions")
+        if not bits[i]:
+            bits[i] = 1
+            self._n += 1
+
+    def add(self, h: bytes) -> None:
+        """Add a chunk of the key (:class:`KeyError` for a hash the key does not have)."""
+        i = self._pos(h)
+        if i < 0:
+            raise KeyError(h)
+        self.add_pos(i)
+
+    def discard(self, h: bytes) -> None:
+        i = self._pos(h)
+        if i >= 0 and self.bits[i]:
+            self.bits[i] = 0
+            self._n -= 1
+
+    def positions(self) -> Iterator[int]:
+        """The positions in the set, in order."""
+        return _bit_positions(self.bits)
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._info is None:
+            return iter(())
+        hashes = self._info.refs.hashes
+        return (hashes[i] for i in self.positions())
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __bool__(self) -> bool:
+        return self._n > 0
+
+
+def _bit_positions(bits: bytearray) -> Iterator[int]:
+    """The positions set in a flag array (one byte a position), found at C speed."""
+    i = bits.find(1)
+    while i >= 0:
+        yield i
+        i = bits.find(1, i + 1)
+
+
+class PeerHas:
+    """What one peer holds, as a set of chunk hashes kept by position: for every known
+    key a flag per position (``by_key``, a byte each), complete -- a chunk the peer holds
+    has its bit set in every known key that has it, whichever key's ``Have`` named it
+    -- and the hashes of no known key (``loose``: a key forgotten while the peer held
+    its chunks). So ``h in has`` and ``len(has)`` answer as the set of hashes did, at
+    1 byte a chunk per known key instead of a set entry (~64 B) per chunk."""
+
+    __slots__ = ("_infos", "by_key", "loose", "_n")
+
+    def __init__(self, infos: dict[str, KeyInfo]) -> None:
+        self._infos = infos
+        self.by_key = {key: bytearray(len(info.refs))
+                       for key, info in infos.items()}
+        self.loose: set[bytes] = set()
+        self._n = 0
+
+    def __contains__(self, h: object) -> bool:
+        if h in self.loose:
+            return True
+        for key, info in self._infos.items():
+            i = info.index_of.get(h)  # type: ignore[call-overload]
+            if i is not None:
+                return bool(self.by_key[key][i])
+        return False
+
+    def add(self, h: bytes) -> bool:
+        """Add ``h``; True if the peer was not known to hold it."""
+        if h in self:
+            return False
+        found = False
+        for key, info in self._infos.items():
+            i = info.index_of.get(h)
+            if i is not None:
+                self.by_key[key][i] = 1
+                found = True
+        if not found:
+            self.loose.add(h)
+        self._n += 1
+        return True
+
+    def discard(self, h: bytes) -> bool:
+        """Remove ``h``; True if the peer was known to hold it."""
+        if h not in self:
+            return False
+        for key, info in self._infos.items():
+            i = info.index_of.get(h)
+            if i is not None:
+                self.by_key[key][i] = 0
+        self.loose.discard(h)
+        self._n -= 1
+        return True
+
+    def key_added(self, key: str, info: KeyInfo) -> None:
+        """``key`` became known: set its bits for the chunks the peer holds."""
+        bits = bytearray(len(info.refs))
+        index_of = info.index_of
+        for h in [h for h in self.loose if h in index_of]:
+            i = index_of[h]
+            bits[i] = 1
+            self.loose.discard(h)
+        for other, obits in self.by_key.items():
+            if other == key:
+                continue
+            ohashes = self._infos[other].refs.hashes
+            for p in _bit_positions(obits):
+                j = index_of.get(ohashes[p])
+                if j is not None:
+                    bits[j] = 1
+        self.by_key[key] = bits
+
+    def key_forgotten(self, key: str, info: KeyInfo) -> None:
+        """``key`` is no longer known (already out of the catalog): a chunk the peer
+        holds that no other known key has is kept as a loose hash."""
+        bits = self.by_key.pop(key, None)
+        if bits is None:
+            return
+        hashes = info.refs.hashes
+        for p in _bit_positions(bits):
+            h = hashes[p]
+            if not any(h in other.index_of for other in self._infos.values()):
+                self.loose.add(h)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.loose
+        seen: list[KeyInfo] = []
+        for key, bits in self.by_key.items():
+            info = self._infos[key]
+            hashes = info.refs.hashes
+            for p in _bit_positions(bits):
+                h = hashes[p]
+                if not any(h in earlier.index_of for earlier in seen):
+                    yield h
+            seen.append(info)
+
+    def __len__(self) -> int:
+        return self._n

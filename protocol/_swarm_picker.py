@@ -3,9 +3,11 @@
 Theory of operation
 -------------------
 The picker keeps the download side's state: the wanted keys (:class:`Download`) and
-what each connected peer holds (per peer, a set of chunk hashes, not per key, so a
-chunk shared by two keys is counted once); the requests in flight are in the request
-table it is given.
+what each connected peer holds (per peer a :class:`~._swarm_keys.PeerHas`: it answers
+as a set of chunk hashes, so a chunk shared by two keys is counted once, but is kept as
+a flag per position of each known key); the requests in flight are in the request
+table it is given. Per download, the missing chunks, the availability of each chunk
+(connected peers holding it), its random rank and its queue marker are kept by position.
 
 :meth:`Picker.schedule` runs after every input that can change its answer. It walks
 the wanted keys from the highest priority down (FIFO at equal priority) and requests
@@ -53,7 +55,7 @@ from typing import TYPE_CHECKING
 
 from ._config import SwarmConfig
 from ._rng import Rng
-from ._swarm_keys import KeyInfo
+from ._swarm_keys import KeyCatalog, KeyInfo, PeerHas, PositionSet
 from ._swarm_links import LinkEstimates
 from ._swarm_messages import Request
 from ._swarm_requests import RequestTable
@@ -70,15 +72,15 @@ _AVAIL_BITS = 24                      # availability (peers holding a chunk) < 2
 _AVAIL_MASK = (1 << _AVAIL_BITS) - 1
 # A queue entry is one int that orders as the tuple (availability, rank, hash, seq) did:
 # from the top, the availability, the rank's IEEE-754 bits (which order as the float
-# does for ranks >= 0), the 256-bit hash, the chunk's position in the key (a function of
-# the hash, so it changes no order; read back without rebuilding the hash) and a 40-bit
-# sequence number. (~80 B an entry; the tuple, its seq and its live marker cost ~180 B.)
+# does for ranks >= 0), the chunk's place in the key's chunks sorted by hash (which
+# orders as the hash does among one download's chunks; ``Download.by_hash`` maps it
+# back to the position) and a 40-bit sequence number. 160 bits: a 48 B int (the 256-bit
+# hash made it 80 B; the tuple, its seq and its live marker cost ~180 B).
 _SEQ_BITS = 40
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
-_POS_BITS = 32
-_LOW_MASK = (1 << (_SEQ_BITS + _POS_BITS)) - 1
-_HASH_SHIFT = _SEQ_BITS + _POS_BITS
-_RANK_SHIFT = _HASH_SHIFT + 256
+_HRANK_BITS = 32
+_HRANK_MASK = (1 << _HRANK_BITS) - 1
+_RANK_SHIFT = _SEQ_BITS + _HRANK_BITS
 _AVAIL_SHIFT = _RANK_SHIFT + 64
 _NO_RANK = -1.0                       # a position with no rank drawn (never missing yet)
 
@@ -92,9 +94,9 @@ def _rank_bits(rank: float) -> int:
     return int.from_bytes(struct.pack(">d", rank), "big")
 
 
-def _entry(avail: int, rank: float, h: bytes, pos: int, seq: int) -> int:
+def _entry(avail: int, rank: float, hrank: int, seq: int) -> int:
     return (avail << _AVAIL_SHIFT) | (_rank_bits(rank) << _RANK_SHIFT) | (
-        int.from_bytes(h, "big") << _HASH_SHIFT) | (pos << _SEQ_BITS) | seq
+        hrank << _SEQ_BITS) | seq
 
 
 @dataclass(slots=True)
@@ -103,7 +105,9 @@ class Download:
     priority: TransferPriority
     order: int
     info: KeyInfo | None = None
-    missing: set[bytes] = field(default_factory=set)
+    missing: PositionSet = field(default_factory=PositionSet)   # bits over positions
+    # per position: the connected peers that hold the chunk (4 bytes a chunk)
+    avail: array[int] = field(default_factory=lambda: array("I"))
     # per position of the key's chunk list (``info.index_of``): the random tie-break
     # (``_NO_RANK`` until drawn), 8 bytes a chunk
     rank: array[float] = field(default_factory=lambda: array("d"))
@@ -114,6 +118,9 @@ class Download:
     # live ones. Arrays, not dicts: they cover every missing chunk at the start.
     heap: list[int] = field(default_factory=list)
     queued: array[int] = field(default_factory=lambda: array("Q"))
+    # the key's distinct positions sorted by hash, and per position its place there
+    by_hash: array[int] = field(default_factory=lambda: array("I"))
+    hrank: array[int] = field(default_factory=lambda: array("I"))
     n_queued: int = 0
     bytes_total: int = 0
     bytes_reused: int = 0
@@ -133,7 +140,8 @@ class Picker:
 
     def __init__(self, *, config: SwarmConfig, rng: Rng, held: set[bytes],
                  connected: set[str], table: RequestTable, links: LinkEstimates,
-                 counters: Counters, send: Callable[[str, SwarmMessage], None]) -> None:
+                 counters: Counters, send: Callable[[str, SwarmMessage], None],
+                 keys: KeyCatalog) -> None:
         self._config = config
         self._rng = rng
         self._held = held
@@ -144,8 +152,9 @@ class Picker:
         self._c = counters
         self._send = send
         self.downloads: dict[str, Download] = {}
-        self.peer_has: dict[str, set[bytes]] = {}
-        self.avail: dict[bytes, int] = {}   # hash -> connected peers that have it
+        self._keys = keys
+        # per peer, what it holds: by position over the known keys (:class:`PeerHas`)
+        self.peer_has: dict[str, PeerHas] = keys.have_sets
         self.endgame_wake: float | None = None   # when endgame should look again
         self.blocked_on_tokens = False   # the download cap stopped the last schedule
         self._queue_seq = 0
@@ -172,17 +181,34 @@ class Picker:
     def init_download(self, d: Download, info: KeyInfo) -> None:
         d.info = info
         d.bytes_total = sum(info.size_of.values())
-        d.missing = {h for h in info.size_of if h not in self._held}
-        d.bytes_reused = d.bytes_total - sum(info.size_of[h] for h in d.missing)
-        self._c.bytes_reused += d.bytes_reused
         n = len(info.refs)
+        index_of, held, sizes = info.index_of, self._held, info.refs.chunks
+        d.missing = missing = PositionSet(info)
+        d.avail = avail = array("I", [0]) * n
+        reused = 0
+        for h, i in index_of.items():
+            if h in held:
+                reused += sizes.size(i)
+            else:
+                missing.add_pos(i)
+        for has in self.peer_has.values():
+            bits = has.by_key[d.key]      # (complete for a known key: see PeerHas)
+            for i in range(n):
+                if bits[i]:
+                    avail[i] += 1
+        d.bytes_reused = reused
+        self._c.bytes_reused += d.bytes_reused
         d.rank = array("d", [_NO_RANK]) * n
-        index_of = info.index_of
-        for h in sorted(d.missing):
+        for h in sorted(missing):
             d.rank[index_of[h]] = self._rng.random()
         d.heap = []
         d.queued = array("Q", [0]) * n
         d.n_queued = 0
+        hashes = info.refs.hashes
+        d.by_hash = array("I", sorted(index_of.values(), key=hashes.__getitem__))
+        d.hrank = array("I", [0]) * n
+        for r, i in enumerate(d.by_hash):
+            d.hrank[i] = r
         self._rebuild_queue(d)
 
     def drop(self, key: str, now: float) -> Download | None:
@@ -242,35 +268,37 @@ class Picker:
     # ================================================================== peers
 
     def add_peer(self, peer: str) -> None:
-        self.peer_has[peer] = set()
+        self._keys.new_have_set(peer)
 
     def forget_peer(self, peer: str) -> None:
         """``peer`` left (its requests are gone already): its holdings go."""
         for h in self.peer_has.pop(peer, ()):
-            n = self.avail[h] - 1
-            if n:
-                self.avail[h] = n
-            else:
-                del self.avail[h]
-            self.requeue(h)
+            self._count(h, -1)
 
     def has_add(self, peer: str, chunk_hash: bytes) -> None:
-        has = self.peer_has[peer]
-        if chunk_hash not in has:
-            has.add(chunk_hash)
-            self.avail[chunk_hash] = self.avail.get(chunk_hash, 0) + 1
-            self.requeue(chunk_hash)
+        if self.peer_has[peer].add(chunk_hash):
+            self._count(chunk_hash, 1)
 
     def has_discard(self, peer: str, chunk_hash: bytes) -> None:
         has = self.peer_has.get(peer)
-        if has is not None and chunk_hash in has:
-            has.discard(chunk_hash)
-            n = self.avail[chunk_hash] - 1
-            if n:
-                self.avail[chunk_hash] = n
-            else:
-                del self.avail[chunk_hash]
-            self.requeue(chunk_hash)
+        if has is not None and has.discard(chunk_hash):
+            self._count(chunk_hash, -1)
+
+    def _count(self, h: bytes, change: int) -> None:
+        """One more (or one fewer) connected peer holds ``h``: every download that has
+        the chunk counts it (``Download.avail``), and its queue follows."""
+        for d in self.downloads.values():
+            if d.info is not None:
+                i = d.info.index_of.get(h)
+                if i is not None:
+                    d.avail[i] += change
+                    if d.missing.has_pos(i):
+                        self._requeue_in(d, h)
+
+    def available(self, d: Download, h: bytes) -> int:
+        """How many connected peers hold ``h``, a chunk of ``d``."""
+        assert d.info is not None
+        return d.avail[d.info.index_of[h]]
 
     # ================================================================== the queue
 
@@ -288,9 +316,9 @@ class Picker:
         table = self._table
         if h in table.by_chunk or h in table.pending_store or h in self._held:
             return
-        avail = self.avail.get(h, 0)
         assert d.info is not None
         i = d.info.index_of[h]
+        avail = d.avail[i]
         live = d.queued[i]
         if avail == 0:
             if live:
@@ -304,24 +332,24 @@ class Picker:
         if not live:
             d.n_queued += 1
         d.queued[i] = _live(avail, seq)
-        heapq.heappush(d.heap, _entry(avail, d.rank[i], h, i, seq))
+        heapq.heappush(d.heap, _entry(avail, d.rank[i], d.hrank[i], seq))
         if len(d.heap) > 4 * d.n_queued + 1024:
             self._rebuild_queue(d)   # mostly stale entries (availability churn): compact
 
     def _rebuild_queue(self, d: Download) -> None:
-        requests, pending, avail_of = self._table.by_chunk, self._table.pending_store, self.avail
+        requests, pending, avail_of = self._table.by_chunk, self._table.pending_store, d.avail
         assert d.info is not None
-        index_of = d.info.index_of
+        hashes = d.info.refs.hashes
         entries: list[int] = []
         queued = array("Q", [0]) * len(d.queued)
-        for h in d.missing:
-            avail = avail_of.get(h, 0)
+        for i in d.missing.positions():
+            avail = avail_of[i]
+            h = hashes[i]
             if avail == 0 or h in requests or h in pending:
                 continue
             self._queue_seq += 1
-            i = index_of[h]
             queued[i] = _live(avail, self._queue_seq)
-            entries.append(_entry(avail, d.rank[i], h, i, self._queue_seq))
+            entries.append(_entry(avail, d.rank[i], d.hrank[i], self._queue_seq))
         heapq.heapify(entries)
         d.heap = entries
         d.queued = queued
@@ -357,7 +385,8 @@ class Picker:
             return
         table = self._table
         for peer, out in table.by_peer.items():
-            if not (self.peer_has[peer] & d.missing):
+            has = self.peer_has[peer].by_key[d.key]
+            if not any(has[i] for i in d.missing.positions()):
                 continue
             for h, rec in list(out.items()):
                 low = self.downloads.get(rec.key)
@@ -423,22 +452,24 @@ class Picker:
         table = self._table
         requests, pending, retry = table.by_chunk, table.pending_store, table.retry_after
         peer_has, peer_out, missing = self.peer_has, table.by_peer, d.missing
+        mbits = missing.bits
         depth = self._links.depth
         c = self._c
         assert d.info is not None
-        index_of, hashes = d.info.index_of, d.info.refs.hashes
+        index_of, hashes, by_hash = d.info.index_of, d.info.refs.hashes, d.by_hash
+        key = d.key
         parked: list[int] = []
         aside: list[int] = []
         try:
             while spare:
-                pass_spare = [peer_has[p] for p in spare]
+                pass_spare = [peer_has[p].by_key[key] for p in spare]
                 # candidates set aside by earlier passes that a spare peer still holds
                 # (they find no provider again: spare and back-off only shrink)
                 still = []
                 for e in aside:
-                    h = hashes[(e & _LOW_MASK) >> _SEQ_BITS]
+                    i = by_hash[(e >> _SEQ_BITS) & _HRANK_MASK]
                     for has in pass_spare:
-                        if h in has:
+                        if has[i]:
                             still.append(e)
                             break
                     else:
@@ -452,13 +483,12 @@ class Picker:
                 while seen < window and heap:
                     e = heapq.heappop(heap)
                     c.picker_pops += 1
-                    low = e & _LOW_MASK
-                    i = low >> _SEQ_BITS
+                    i = by_hash[(e >> _SEQ_BITS) & _HRANK_MASK]
                     h = hashes[i]      # (the catalog's object)
                     live = queued[i]
-                    if not live or live >> _AVAIL_BITS != low & _SEQ_MASK:
+                    if not live or live >> _AVAIL_BITS != e & _SEQ_MASK:
                         continue   # stale: superseded or consumed
-                    if h not in missing or h in requests or h in pending:
+                    if not mbits[i] or h in requests or h in pending:
                         queued[i] = 0   # requeued when it becomes idle again
                         d.n_queued -= 1
                         continue
@@ -466,7 +496,7 @@ class Picker:
                         parked.append(e)
                         continue
                     for has in pass_spare:   # (a loop, not any(): this runs per pop)
-                        if h in has:
+                        if has[i]:
                             break
                     else:
                         parked.append(e)

@@ -25,7 +25,7 @@ interested in a key that holds it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import TYPE_CHECKING
 
 from ._config import SwarmConfig
@@ -53,7 +53,7 @@ class Uploader:
     ways out. The scheduler starts with the first ``now`` the engine sees."""
 
     def __init__(self, *, config: SwarmConfig, rng: Rng, held: set[bytes], keys: KeyCatalog,
-                 remote_interest: dict[str, set[str]], peer_has: dict[str, set[bytes]],
+                 remote_interest: dict[str, set[str]], peer_has: Mapping[str, Sized],
                  seeding: Callable[[str], bool], counters: Counters,
                  send: Callable[[str, SwarmMessage], None], emit: Callable[[Output], None]) -> None:
         self._config = config

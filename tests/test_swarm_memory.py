@@ -46,13 +46,13 @@ def _held_by_engine(n: int) -> int:
 
 def test_engine_memory_per_chunk_is_bounded() -> None:
     # Per distinct chunk the engine needs: the hash object (72 B with its header), its
-    # slot in the position list (8), the hash -> position dict entry and int (~72), the
-    # missing-set entry (~50), the rank and live-marker array slots (16), one heap entry
-    # (an ~88 B int and its 8 B slot), the peer's have-set entry (~50) and the
-    # availability entry (~40): ~400 B, ~500 B as the tables stand at these sizes (dicts
-    # and sets grow by doubling). 600 B leaves room for that; the tuple-of-ChunkRef key
-    # with its size dict, reverse map, rank dict, queued dict and tuple heap entries
-    # measured 724 B here.
+    # slot in the position list (8), the hash -> position dict entry and int (~72), one
+    # heap entry (a 48 B int and its 8 B slot), the rank and live-marker array slots
+    # (16), the hash-order and hash-rank slots (8) and the availability count (4); the
+    # missing set and the peer's have-set are a bit each. ~240 B; 320 leaves room for
+    # the tables' doubling. The sets of hashes (missing, have-set), the availability
+    # dict and 80 B heap entries measured 503 B here; the tuple-of-ChunkRef key with its
+    # size dict, reverse map, rank dict, queued dict and tuple heap entries 724 B.
     small, large = _held_by_engine(3_000), _held_by_engine(24_000)
     per_chunk = (large - small) / 21_000
-    assert per_chunk <= 600, per_chunk
+    assert per_chunk <= 320, per_chunk

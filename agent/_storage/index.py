@@ -1,27 +1,37 @@
 """The store's index of one directory (an installed version or a pack): where each
-chunk of its variant sits, packed small, and the tables from chunk to directories."""
+chunk of its variant sits and which of them it holds, by position in the variant's
+compact chunk list -- no dict, set or object per chunk.
+
+A directory's distinct chunks are the positions of its variant's
+:meth:`~protocol.Variant.distinct_chunks` (a :class:`~protocol.ChunkList`: hashes in
+one buffer). A chunk's position is found through the chunk list's own position index
+(:meth:`~protocol.ChunkList.find`: an open-addressing table of 4-byte slots, shared
+with the swarm engine when the variant is one file); its first place is the chunk list's own
+offset when the variant is one file without repeats, else a packed ``(file, offset)``
+in ``first`` (8 bytes a chunk); further places of a repeated chunk are in ``dups``;
+what the directory holds is a bitset. The store asks each of its directories (a few:
+the versions a node keeps and the packs being fetched) instead of keeping tables from
+hash to directories (those cost ~300 B a chunk; docs/JOURNAL.md, 2026-12-06, "issue 16:
+per-chunk state by position").
+"""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from protocol import Manifest, Variant
+from protocol import ChunkList, Manifest, Variant
 
-__all__ = ["IndexedDir", "multi_add", "multi_get", "multi_remove", "multi_rename",
-           "new_dir"]
+__all__ = ["IndexedDir", "new_dir"]
 
-_OFF_BITS = 44                 # a packed place: size << 88 | file index << 44 | offset
+_OFF_BITS = 44                 # a packed place: file index << 44 | offset
 _OFF_MASK = (1 << _OFF_BITS) - 1
 
 
 @dataclass(slots=True)
 class IndexedDir:
-    """One indexed directory: an installed version or a pack.
-
-    Kept small (a daemon indexes every chunk of every version it keeps): one packed int
-    per distinct chunk, its first place; ``dups`` only for chunks that occur again."""
+    """One indexed directory: an installed version or a pack (module docstring)."""
 
     path: str
     manifest_id: str
@@ -29,27 +39,79 @@ class IndexedDir:
     installed: bool
     variant: Variant
     files: list[tuple[str, int, bool]]                  # relative path, size, executable
-    layout: dict[bytes, int]                            # hash -> packed first place
-    dups: dict[bytes, list[int]]                        # hash -> packed further places
-    have: set[bytes] = field(default_factory=set)
+    chunks: ChunkList                                   # distinct chunks, first-use order
+    first: array[int] | None                            # packed first place; None: one file
+    dups: dict[int, list[int]]                          # position -> packed further places
+    have: bytearray = field(default_factory=bytearray)  # bitset over positions
+    n_have: int = 0
     progress_fd: int | None = None                      # open while a pack is staged
 
     @property
     def complete(self) -> bool:
-        return self.progress_fd is None and len(self.have) == len(self.layout)
+        return self.progress_fd is None and self.n_have == len(self.chunks)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def position(self, h: bytes) -> int:
+        """The chunk's position among the directory's distinct chunks, or -1."""
+        return self.chunks.find(h)
+
+    def __contains__(self, h: object) -> bool:
+        return isinstance(h, bytes) and self.position(h) >= 0
+
+    def hashes(self) -> Iterator[bytes]:
+        """The distinct chunk hashes, in first-use order."""
+        return self.chunks.iter_hashes()
+
+    def holds(self, h: bytes) -> bool:
+        p = self.position(h)
+        return p >= 0 and self.has_at(p)
+
+    def has_at(self, p: int) -> bool:
+        return bool(self.have[p >> 3] >> (p & 7) & 1)
+
+    def set_have(self, p: int, value: bool) -> bool:
+        """Mark position ``p`` held (or not); True if that changed anything."""
+        if self.has_at(p) == value:
+            return False
+        self.have[p >> 3] ^= 1 << (p & 7)
+        self.n_have += 1 if value else -1
+        return True
+
+    def held_hashes(self) -> Iterator[bytes]:
+        """The hashes of the chunks the directory holds."""
+        have = self.have
+        for p, h in enumerate(self.chunks.iter_hashes()):
+            if have[p >> 3] >> (p & 7) & 1:
+                yield h
 
     def size(self, h: bytes) -> int:
-        return self.layout[h] >> (2 * _OFF_BITS)
+        p = self.position(h)
+        if p < 0:
+            raise KeyError(h)
+        return self.chunks.size(p)
 
     def _unpack(self, packed: int) -> tuple[str, int]:
-        return self.files[(packed >> _OFF_BITS) & _OFF_MASK][0], packed & _OFF_MASK
+        return self.files[packed >> _OFF_BITS][0], packed & _OFF_MASK
+
+    def _first(self, p: int) -> tuple[str, int]:
+        if self.first is None:
+            return self.files[0][0], self.chunks.offset(p)
+        return self._unpack(self.first[p])
 
     def place(self, h: bytes) -> tuple[str, int]:
         """(relative path, offset) of the chunk's first place."""
-        return self._unpack(self.layout[h])
+        p = self.position(h)
+        if p < 0:
+            raise KeyError(h)
+        return self._first(p)
 
     def places(self, h: bytes) -> list[tuple[str, int]]:
-        return [self._unpack(self.layout[h]), *map(self._unpack, self.dups.get(h, ()))]
+        p = self.position(h)
+        if p < 0:
+            raise KeyError(h)
+        return [self._first(p), *map(self._unpack, self.dups.get(p, ()))]
 
     def file_chunks(self, index: int) -> Iterator[tuple[bytes, int]]:
         """(hash, offset) of every chunk of the ``index``-th file, in order, read from the
@@ -60,71 +122,44 @@ class IndexedDir:
             yield h, off
             off += size
 
+    def mark(self, present: Iterable[bytes] | None) -> None:
+        """Hold every chunk (None) or those of ``present`` that are the directory's."""
+        n = len(self.chunks)
+        if present is None:
+            self.have = bytearray(b"\xff" * (n >> 3))
+            if n & 7:
+                self.have.append((1 << (n & 7)) - 1)
+            self.n_have = n
+            return
+        self.have = bytearray((n + 7) >> 3)
+        self.n_have = 0
+        for h in present:
+            p = self.position(h)
+            if p >= 0:
+                self.set_have(p, True)
+
 
 def new_dir(path: str, manifest: Manifest, variant: Variant, *, installed: bool) -> IndexedDir:
-    files: list[tuple[str, int, bool]] = []
-    layout: dict[bytes, int] = {}
-    dups: dict[bytes, list[int]] = {}
-    for i, entry in enumerate(variant.files):
-        files.append((entry.path, entry.size, entry.executable))
-        off = 0
-        for h, size in zip(entry.chunks.iter_hashes(), entry.chunks.sizes(), strict=True):
-            packed = (size << (2 * _OFF_BITS)) | (i << _OFF_BITS) | off
-            if h in layout:
-                dups.setdefault(h, []).append(packed)
-            else:
-                layout[h] = packed
-            off += size
-    return IndexedDir(path, manifest.manifest_id, variant.variant_id, installed, variant, files,
-                layout, dups)
-
-
-def multi_add(table: dict[bytes, str | list[str]], h: bytes, path: str) -> int:
-    """Add ``path`` to ``table[h]`` (a str, or a list when several); how many now."""
-    cur = table.get(h)
-    if cur is None:
-        table[h] = path
-        return 1
-    if isinstance(cur, str):
-        if cur == path:
-            return 1
-        table[h] = [cur, path]
-        return 2
-    if path not in cur:
-        cur.append(path)
-    return len(cur)
-
-
-def multi_remove(table: dict[bytes, str | list[str]], h: bytes, path: str) -> int:
-    """Remove ``path`` from ``table[h]``; how many are left."""
-    cur = table.get(h)
-    if cur is None:
-        return 0
-    if isinstance(cur, str):
-        if cur == path:
-            del table[h]
-            return 0
-        return 1
-    with contextlib.suppress(ValueError):
-        cur.remove(path)
-    if len(cur) == 1:
-        table[h] = cur[0]
-        return 1
-    if not cur:
-        del table[h]
-    return len(cur)
-
-
-def multi_get(table: dict[bytes, str | list[str]], h: bytes) -> list[str]:
-    cur = table.get(h)
-    if cur is None:
-        return []
-    return [cur] if isinstance(cur, str) else list(cur)
-
-
-def multi_rename(table: dict[bytes, str | list[str]], h: bytes, old: str, new: str) -> None:
-    cur = table.get(h)
-    if cur == old:
-        table[h] = new
-    elif isinstance(cur, list) and old in cur:
-        cur[cur.index(old)] = new
+    """The index of ``variant``'s directory at ``path``, holding nothing yet."""
+    files = [(entry.path, entry.size, entry.executable) for entry in variant.files]
+    chunks = variant.distinct_chunks()
+    first: array[int] | None = None
+    dups: dict[int, list[int]] = {}
+    if not (len(variant.files) == 1 and chunks is variant.files[0].chunks):
+        first = array("Q", [0]) * len(chunks)
+        seen = bytearray((len(chunks) + 7) >> 3)
+        for i, entry in enumerate(variant.files):
+            off = 0
+            for h, size in zip(entry.chunks.iter_hashes(), entry.chunks.sizes(), strict=True):
+                p = chunks.find(h)
+                packed = (i << _OFF_BITS) | off
+                if seen[p >> 3] >> (p & 7) & 1:
+                    dups.setdefault(p, []).append(packed)
+                else:
+                    seen[p >> 3] |= 1 << (p & 7)
+                    first[p] = packed
+                off += size
+    d = IndexedDir(path, manifest.manifest_id, variant.variant_id, installed, variant, files,
+                   chunks, first, dups)
+    d.mark(())
+    return d

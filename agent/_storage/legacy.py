@@ -57,7 +57,7 @@ def convert_legacy(store: ChunkStore, chunks_dir: Path) -> None:
                                      or store._dirs[path].complete):
                 continue
             hashes = {r.hash for r in v.chunk_refs()} & loose.keys()
-            if path is None and not hashes - store._holders.keys():
+            if path is None and all(store._held(h) for h in hashes):
                 continue
             plan.append((manifest, v.variant_id, hashes))
     needed: dict[bytes, int] = {}

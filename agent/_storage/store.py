@@ -53,7 +53,7 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from agent._errors import ChunkCorrupted, ChunkNotFound, StoreError
@@ -72,7 +72,6 @@ from agent._storage.files import (
 )
 from agent._storage.index import (
     IndexedDir,
-    multi_get,
     new_dir,
 )
 from agent._storage.legacy import convert_legacy
@@ -196,27 +195,27 @@ class ChunkStore(StoreReads, StorePins):
             return
         d = new_dir(path, manifest, variant, installed=installed)
         log = os.path.join(path, PROGRESS_LOG)
-        have: Iterable[bytes]
+        have: bytearray | None = None
         if not installed and os.path.exists(log):
             have = self._verify_logged(d, log)
             d.progress_fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        else:
-            have = d.layout
         self._register(d, have)
 
-    def _verify_logged(self, d: IndexedDir, log: str) -> set[bytes]:
-        """The chunks the progress log names whose bytes are there (re-read, hashed)."""
+    def _verify_logged(self, d: IndexedDir, log: str) -> bytearray:
+        """The chunks the progress log names whose bytes are there (re-read, hashed), as
+        a bitset over ``d``'s positions."""
         with open(log, "rb") as f:
             raw = f.read()
-        listed = {raw[i:i + HASH_SIZE] for i in range(0, len(raw) - HASH_SIZE + 1, HASH_SIZE)}
-        good: set[bytes] = set()
+        good = bytearray((len(d) + 7) >> 3)
         fds: dict[str, int] = {}
         try:
-            for h in listed:
-                if h not in d.layout:
+            for i in range(0, len(raw) - HASH_SIZE + 1, HASH_SIZE):
+                h = raw[i:i + HASH_SIZE]
+                p = d.position(h)
+                if p < 0 or good[p >> 3] >> (p & 7) & 1:
                     continue
                 if all(self._range_ok(d, fds, rel, off, h) for rel, off in d.places(h)):
-                    good.add(h)
+                    good[p >> 3] |= 1 << (p & 7)
         finally:
             for fd in fds.values():
                 os.close(fd)
@@ -346,7 +345,7 @@ class ChunkStore(StoreReads, StorePins):
         variant = manifest.variant(variant_id)
         with self._lock:
             return [h for h in variant.distinct_chunks().iter_hashes()
-                    if h not in self._holders]
+                    if not self._held(h)]
 
     def complete(self, manifest: Manifest, variant_id: str) -> str:
         """Make the variant's directory whole and durable; its path.
@@ -409,7 +408,7 @@ class ChunkStore(StoreReads, StorePins):
                 pos = 0
                 for h, off in d.file_chunks(index):
                     pos = off
-                    if h in d.have:
+                    if d.holds(h):
                         continue
                     src = self._source(h, exclude=d.path)
                     if src is None:
@@ -441,11 +440,11 @@ class ChunkStore(StoreReads, StorePins):
             finally:
                 os.close(dst)
         with self._lock:
-            for h in list(d.layout):
+            for h in d.hashes():
                 self._add_have(d, h)
 
     def _source(self, h: bytes, exclude: str | None = None) -> tuple[str, int] | None:
-        for path in multi_get(self._holders, h):
+        for path in self._holder_paths(h):
             if path == exclude:
                 continue
             rel, off = self._dirs[path].place(h)
@@ -558,9 +557,9 @@ class ChunkStore(StoreReads, StorePins):
                             f"chunk {chunk_hash.hex()}: {len(data)} bytes offered do not "
                             "match its BLAKE3 name; not stored"))
                         continue
-                    targets = sorted(multi_get(self._wanting, chunk_hash))
+                    targets = sorted(self._wanting_paths(chunk_hash))
                     if not targets:
-                        if chunk_hash in self._holders:
+                        if self._held(chunk_hash):
                             self._puts_duplicate += 1
                             results.append(False)
                         else:
@@ -617,7 +616,7 @@ class ChunkStore(StoreReads, StorePins):
         with self._lock:
             dirs = list(self._dirs.values())
             return StoreStatistics(
-                chunks=len(self._holders),
+                chunks=self._n_held,
                 bytes=self._bytes,
                 manifests=len(self._manifests),
                 pinned=len(self._pinned),

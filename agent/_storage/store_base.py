@@ -20,12 +20,7 @@ from agent._storage.files import (
     no_space,
     write_all,
 )
-from agent._storage.index import (
-    IndexedDir,
-    multi_add,
-    multi_remove,
-    multi_rename,
-)
+from agent._storage.index import IndexedDir
 from agent._storage.paths import fsync_dir
 from protocol import (
     Manifest,
@@ -104,10 +99,10 @@ class StoreBase:
         self._lock = threading.RLock()
         self._dirs: dict[str, IndexedDir] = {}
         self._by_key: dict[tuple[str, str], str] = {}
-        # hash -> dirs holding it: also the set of chunks held (a chunk's size is read
-        # from its first holder's index, not kept in a dict of its own)
-        self._holders: dict[bytes, str | list[str]] = {}
-        self._wanting: dict[bytes, str | list[str]] = {}   # hash -> dirs lacking it
+        # (no table from hash to the directories that hold or lack it: each directory's
+        # index answers by position, docs/JOURNAL.md "issue 16: per-chunk state by
+        # position"; the distinct chunks held are counted here)
+        self._n_held = 0
         self._bytes = 0
         self._manifests: dict[str, Manifest] = {}
         # (no per-chunk reference counts: refcount() and referenced_chunks are worked out
@@ -125,50 +120,74 @@ class StoreBase:
 
     # ------------------------------------------------------------------ index
 
-    def _register(self, d: IndexedDir, have: Iterable[bytes]) -> None:
+    def _register(self, d: IndexedDir, have: Iterable[bytes] | bytearray | None) -> None:
+        """Index ``d`` holding ``have`` (hashes, a bitset over ``d``'s positions, or None:
+        every chunk of it)."""
         with self._lock:
             self._dirs[d.path] = d
             key = (d.manifest_id, d.variant_id)
             if key not in self._by_key or d.installed:
                 self._by_key[key] = d.path
-            present = have if isinstance(have, set | dict) else set(have)
-            for h in d.layout:
-                if h in present:
-                    self._add_have(d, h)
-                else:
-                    multi_add(self._wanting, h, d.path)
+            d.mark(())
+            hashes: Iterable[bytes]
+            if have is None:
+                hashes = d.hashes()
+            elif isinstance(have, bytearray):
+                bits = have
+                hashes = (h for p, h in enumerate(d.hashes()) if bits[p >> 3] >> (p & 7) & 1)
+            else:
+                hashes = have
+            for h in hashes:
+                self._add_have(d, h)
+
+    def _holder_paths(self, h: bytes, exclude: IndexedDir | None = None) -> list[str]:
+        """The directories that hold ``h``, in the order they were indexed."""
+        return [path for path, d in self._dirs.items() if d is not exclude and d.holds(h)]
+
+    def _wanting_paths(self, h: bytes) -> list[str]:
+        """The staged directories (not installed) that lack ``h``."""
+        out = []
+        for path, d in self._dirs.items():
+            if not d.installed:
+                p = d.position(h)
+                if p >= 0 and not d.has_at(p):
+                    out.append(path)
+        return out
+
+    def _held(self, h: bytes) -> bool:
+        return any(d.holds(h) for d in self._dirs.values())
 
     def _add_have(self, d: IndexedDir, h: bytes) -> bool:
         """Mark ``h`` present in ``d``; True if the store did not hold it before."""
-        if h in d.have:
+        p = d.position(h)
+        if p < 0 or d.has_at(p):
             return False
-        d.have.add(h)
-        multi_remove(self._wanting, h, d.path)
-        if multi_add(self._holders, h, d.path) == 1:
-            self._bytes += d.size(h)
-            return True
-        return False
+        new = not any(o is not d and o.holds(h) for o in self._dirs.values())
+        d.set_have(p, True)
+        if new:
+            self._n_held += 1
+            self._bytes += d.chunks.size(p)
+        return new
 
     def _drop_have(self, d: IndexedDir, h: bytes) -> None:
-        if h not in d.have:
+        # (an installed version's files are its model's: a chunk found changed there
+        # -- a model that rewrote its own state -- is never written back over it, as
+        # :meth:`_wanting_paths` names staged directories only)
+        p = d.position(h)
+        if p < 0 or not d.set_have(p, False):
             return
-        d.have.discard(h)
-        if not d.installed:
-            # (an installed version's files are its model's: a chunk found changed there
-            # -- a model that rewrote its own state -- is never written back over it)
-            multi_add(self._wanting, h, d.path)
-        if multi_remove(self._holders, h, d.path) == 0:
-            self._bytes -= d.size(h)
+        if not any(o is not d and o.holds(h) for o in self._dirs.values()):
+            self._n_held -= 1
+            self._bytes -= d.chunks.size(p)
 
     def _unregister(self, path: str) -> IndexedDir | None:
         with self._lock:
-            d = self._dirs.pop(path, None)
+            d = self._dirs.get(path)
             if d is None:
                 return None
-            for h in list(d.have):
+            for h in list(d.held_hashes()):
                 self._drop_have(d, h)
-            for h in d.layout:
-                multi_remove(self._wanting, h, path)
+            del self._dirs[path]
             key = (d.manifest_id, d.variant_id)
             if self._by_key.get(key) == path:
                 del self._by_key[key]
@@ -187,9 +206,6 @@ class StoreBase:
             d = self._dirs.pop(old)
             d.path, d.installed = new, installed
             self._dirs[new] = d
-            for h in d.layout:
-                table = self._holders if h in d.have else self._wanting
-                multi_rename(table, h, old, new)
             key = (d.manifest_id, d.variant_id)
             if self._by_key.get(key) == old or installed:
                 self._by_key[key] = new

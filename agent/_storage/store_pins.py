@@ -135,7 +135,7 @@ class StorePins(StoreBase):
         installed versions that are neither pinned, current, nor the rollback."""
         with self._lock:
             kept = self._kept_installed()
-            before_chunks, before_bytes = len(self._holders), self._bytes
+            before_chunks, before_bytes = self._n_held, self._bytes
             removed: list[str] = []
             for d in list(self._dirs.values()):
                 if d.manifest_id in self._pinned:
@@ -152,10 +152,10 @@ class StorePins(StoreBase):
                 else:
                     shutil.rmtree(d.path, ignore_errors=True)
                 removed.append(d.path)
-            freed_chunks = before_chunks - len(self._holders)
+            freed_chunks = before_chunks - self._n_held
             freed_bytes = before_bytes - self._bytes
             self._gc_runs += 1
             self._gc_chunks += freed_chunks
             self._gc_bytes += freed_bytes
-            return GcResult(freed_chunks, freed_bytes, len(self._holders), self._bytes,
+            return GcResult(freed_chunks, freed_bytes, self._n_held, self._bytes,
                             tuple(removed))

@@ -23,23 +23,28 @@ class StoreReads(StoreBase):
     # ------------------------------------------------------------------ reads
 
     def has(self, chunk_hash: bytes) -> bool:
-        return chunk_hash in self._holders
+        # (no lock, as a dict probe needed none: a snapshot of the directories)
+        return any(d.holds(chunk_hash) for d in list(self._dirs.values()))
 
     __contains__ = has
 
     def size_of(self, chunk_hash: bytes) -> int | None:
-        holders = self._holders.get(chunk_hash)
-        if holders is None:
-            return None
-        return self._dirs[holders if isinstance(holders, str) else holders[0]].size(chunk_hash)
+        for d in list(self._dirs.values()):     # (no lock: see has)
+            p = d.position(chunk_hash)
+            if p >= 0 and d.has_at(p):
+                return d.chunks.size(p)
+        return None
 
     def hashes(self) -> set[bytes]:
         """A copy of the set of held chunk hashes (what the node machine calls ``held``)."""
         with self._lock:
-            return set(self._holders)
+            out: set[bytes] = set()
+            for d in self._dirs.values():
+                out.update(d.held_hashes())
+            return out
 
     def __len__(self) -> int:
-        return len(self._holders)
+        return self._n_held
 
     def get(self, chunk_hash: bytes) -> bytes:
         """The chunk's bytes, read from a file that holds it and verified.
@@ -49,10 +54,10 @@ class StoreReads(StoreBase):
         corrupt = False
         for _ in range(8):
             with self._lock:
-                holders = self._holders.get(chunk_hash)
+                holders = self._holder_paths(chunk_hash)
                 if not holders:
                     break
-                path = holders if isinstance(holders, str) else holders[0]
+                path = holders[0]
                 d = self._dirs[path]
                 rel, off = d.place(chunk_hash)
                 size = d.size(chunk_hash)
@@ -109,10 +114,10 @@ class StoreReads(StoreBase):
         if _NOWAIT is None or not self._lock.acquire(blocking=False):
             return False
         try:
-            holders = self._holders.get(chunk_hash)
+            holders = self._holder_paths(chunk_hash)
             if not holders:
                 return False
-            path = holders if isinstance(holders, str) else holders[0]
+            path = holders[0]
             d = self._dirs[path]
             rel, off = d.place(chunk_hash)
             size = d.size(chunk_hash)
