@@ -150,7 +150,8 @@ def test_window_holds_and_every_request_is_served_once(window: int, seed: int,
         if reported:   # pieces handed out before the first report are not counted
             counted.extend(new)
             counted = [s for s in counted if any(s is u for u in unreported)]
-            young = [s for s in counted if now - handed[id(s)] < _STALL_FLOOR]
+            # (the engine's own arithmetic: a piece stalls once since + floor <= now)
+            young = [s for s in counted if handed[id(s)] + _STALL_FLOOR > now]
             assert len(young) <= window
             for p in peers:
                 assert sum(1 for s in counted if s.peer == p) <= window
