@@ -64,6 +64,9 @@ class SwarmConfig:
     request_timeout: float = 30.0      # seconds before a request is re-issued elsewhere
     interest_retry: float = 5.0        # re-ask a peer that could not help (or was busy)
     #                                    after this long
+    lost_after_overtaken: int = 3      # a request is taken as lost (asked again at once) once
+    #                                    this many pieces asked of its peer later have arrived
+    #                                    (a peer serves its queue in order); 0 = off
     max_peer_failures: int = 16        # consecutive unanswered requests before a peer is dropped
 
     # Super-seeding: a seed steers repeat requests towards chunks it has never uploaded.

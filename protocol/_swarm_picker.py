@@ -120,7 +120,9 @@ class Download:
     bytes_fetched: int = 0
     bytes_duplicate: int = 0
     completed: bool = False
-    cannot_help: dict[str, float] = field(default_factory=dict)   # peer -> answered at
+    # peer -> when it was asked (Interested) and has not sent its HaveSet yet, or when it
+    # answered CannotHelp: asked again ``interest_retry`` later
+    cannot_help: dict[str, float] = field(default_factory=dict)
     lookup_retry_at: float = 0.0
     last_problem: str = ""
 

@@ -47,6 +47,7 @@ class Outstanding:
     key: str
     size: int
     sent_at: float
+    overtaken: int = 0    # pieces asked of the same peer later that arrived before it
 
 
 class RequestTable:
@@ -135,6 +136,25 @@ class RequestTable:
         when a request for it was given up (either may be None)."""
         return (self.by_peer[peer].get(chunk_hash),
                 self.stale.get(peer, {}).pop(chunk_hash, None))
+
+    def overtaken(self, peer: str, sent_at: float, now: float) -> list[bytes]:
+        """A piece asked of ``peer`` at ``sent_at`` arrived: every request to it asked
+        earlier is overtaken once more; those overtaken ``lost_after_overtaken`` times
+        are given up as lost (a piece that still arrives is accepted) and returned, so
+        the chunk is asked again at once rather than after ``request_timeout``."""
+        limit = self._config.lost_after_overtaken
+        if limit <= 0:
+            return []
+        lost: list[bytes] = []
+        for h, rec in self.by_peer[peer].items():
+            if rec.sent_at < sent_at:
+                rec.overtaken += 1
+                if rec.overtaken >= limit:
+                    lost.append(h)
+        for h in lost:
+            self.remove(peer, h, stale_at=now)
+            self._c.requests_lost += 1
+        return lost
 
     def avoid_until(self, peer: str, chunk_hash: bytes, until: float) -> None:
         table = self.avoid.setdefault(peer, {})

@@ -68,6 +68,7 @@ class Uploader:
         self._emit = emit
         self.scheduler: UploadScheduler | None = None
         self._unsent: dict[str, list[int]] = {}   # key -> positions maybe never uploaded
+        self._first_to: dict[bytes, str] = {}     # chunk -> the peer its first copy went to
 
     def start(self, now: float) -> UploadScheduler:
         if self.scheduler is None:
@@ -94,7 +95,7 @@ class Uploader:
             return
         cfg = self._config
         if (cfg.redirect_window > 0 and info is not None and uploads.copies(h) > 0
-                and uploads.uploaded_since(h, now - cfg.redirect_window)
+                and self._first_to.get(h) != peer
                 and self._seeding(message.key)):
             hints = self._hints(message.key, info, uploads)
             if hints:
@@ -151,6 +152,7 @@ class Uploader:
             self._c.bytes_uploaded += serve.size
             if uploads.copies(serve.chunk_hash) == 1:
                 firsts.append(serve.chunk_hash)
+                self._first_to[serve.chunk_hash] = serve.peer
         if firsts and self._config.redirect_window > 0:
             for h in firsts:
                 self._redirect_queued(h, uploads)
