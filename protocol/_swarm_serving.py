@@ -96,6 +96,7 @@ class Uploader:
         cfg = self._config
         if (cfg.redirect_window > 0 and info is not None and uploads.copies(h) > 0
                 and self._first_to.get(h) != peer
+                and uploads.uploaded_since(h, now - cfg.redirect_window)
                 and self._seeding(message.key)):
             hints = self._hints(message.key, info, uploads)
             if hints:
