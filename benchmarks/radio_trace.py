@@ -64,7 +64,8 @@ def _instrument(rec: _Recorder) -> Any:
     return orig_send, orig_deliver
 
 
-def analyse(path: Path, seed: int) -> dict[str, Any]:
+def analyse(path: Path, seed: int,
+            window: tuple[float, float] = (65.0, 125.0)) -> dict[str, Any]:
     rec = _Recorder()
     orig = _instrument(rec)
     fleets: list[Fleet] = []
@@ -114,7 +115,7 @@ def analyse(path: Path, seed: int) -> dict[str, Any]:
                            "bound_s": r["bound_s"], "t0": t0, "done": done}
     # 1. per node: bytes received per class against the class's downlink while up
     recv: dict[tuple[str, str], float] = defaultdict(float)
-    for src, dst, cls, _h, _a, _b, wire, lost in rec.sent:
+    for _src, dst, cls, _h, _a, _b, wire, lost in rec.sent:
         if not lost:
             recv[(dst, cls)] += wire
     rows = []
@@ -177,10 +178,10 @@ def analyse(path: Path, seed: int) -> dict[str, Any]:
                 if m != n and cls in member_classes[m] and _joined(lk, formation, n, m):
                     peers_on[(n, cls)].append(m)
     busy_steps: dict[tuple[str, str], set[int]] = defaultdict(set)
-    for src, dst, cls, _h, a, b, _w, lost in rec.sent:
+    for _src, dst, cls, _h, a, b, _w, lost in rec.sent:
         if lost:
             continue
-        for s in range(int(a), int(math.ceil(b)) + 1):
+        for s in range(int(a), math.ceil(b) + 1):
             busy_steps[(dst, cls)].add(s)
     idle: dict[str, float] = defaultdict(float)
     sets_at: dict[str, list[tuple[float, bytes]]] = {n: sorted(v) for n, v in holds.items()}
@@ -197,6 +198,31 @@ def analyse(path: Path, seed: int) -> dict[str, Any]:
                     idle[cls] += 1
     out["idle_downlink_seconds"] = dict(idle)
     out["chunks"] = chunks_total
+    # 4. interface use in the middle of the run (both classes up, transfers in full flow)
+    a0, b0 = window
+    up_busy: dict[tuple[str, str], float] = defaultdict(float)
+    down_busy: dict[tuple[str, str], float] = defaultdict(float)
+    for src, dst, cls, _h, a, b, _w, lost in rec.sent:
+        x = max(0.0, min(b0, b) - max(a0, a))
+        up_busy[(src, cls)] += x
+        if not lost:
+            down_busy[(dst, cls)] += x
+    out["window"] = window
+    out["busy"] = {f"{n} {c}": (round(up_busy[(n, c)] / (b0 - a0), 2),
+                                round(down_busy[(n, c)] / (b0 - a0), 2))
+                   for n, c in sorted(set(up_busy) | set(down_busy))}
+    # 5. the tail: when each node had its 120th, its next-to-last and its last chunk
+    first: dict[str, dict[bytes, float]] = defaultdict(dict)
+    for dst, _src, h, t in sorted(rec.arrived, key=lambda x: x[3]):
+        first[dst].setdefault(h, t)
+    tail = {}
+    for n, times in sorted(first.items()):
+        ts = sorted(times.values())
+        if len(ts) >= chunks_total >= 2:
+            tail[n] = (round(ts[int(0.94 * chunks_total) - 1] - t0, 1),
+                       round(ts[-2] - t0, 1), round(ts[-1] - t0, 1),
+                       round(done.get(n, math.nan) - t0, 1))
+    out["tail"] = tail
     return out
 
 
@@ -221,8 +247,10 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.radio_trace")
     p.add_argument("file", nargs="?", default=str(FILE))
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--window", type=float, nargs=2, default=(65.0, 125.0),
+                   help="seconds between which interface use is reported")
     args = p.parse_args()
-    res = analyse(Path(args.file), args.seed)
+    res = analyse(Path(args.file), args.seed, tuple(args.window))
     print(f"seed {res['seed']}: ratio {res['ratio']} ({res['measured_s']} s against "
           f"{res['bound_s']} s), order at {res['t0']} s")
     print("per node: class received/capacity while up (until it converged)")
@@ -241,6 +269,13 @@ def main() -> None:
     print(f"pieces: {res['pieces']}")
     print(f"idle downlink seconds while a peer across held a chunk the node lacked: "
           f"{ {k: round(v) for k, v in res['idle_downlink_seconds'].items()} }")
+    a, b = res["window"]
+    print(f"interfaces busy from {a:g} to {b:g} s (up, down):")
+    for k, (u, d) in res["busy"].items():
+        print(f"  {k:<18} up {u:4.0%}  down {d:4.0%}")
+    print("tail (s after the order): 94 % of chunks, next-to-last, last, converged")
+    for n, row in res["tail"].items():
+        print(f"  {n:>10} {row}")
 
 
 if __name__ == "__main__":

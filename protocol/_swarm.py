@@ -513,7 +513,7 @@ class SwarmEngine:
             self._links.measure(peer, asked.sent_at, now)
         table.remove(peer, h, stale_at=None)
         if asked is not None:
-            table.overtaken(peer, asked.sent_at, now)
+            table.overtaken(peer, asked.seq, now)
         self._failures[peer] = 0
         d = self._picker.needing(h)
         if d is None or h in self._held or h in table.pending_store:
