@@ -39,7 +39,7 @@ class SwarmConfig:
     # Endgame: duplicate requests for the last chunks, so one slow peer cannot hold the tail.
     endgame_chunks: int = 8            # duplicate requests allowed for the last N chunks
     endgame_fraction: float = 0.05     # ... and for no more than max(1, this x chunks) chunks
-    endgame_age: float = 3.0           # ... and only for requests older than this many times
+    endgame_age: float = 1.5           # ... and only for requests older than this many times
     #                                    their peer's expected answer time
     endgame_fanout: int = 2            # most peers asked for one chunk during endgame
 

@@ -80,6 +80,7 @@ _LOW_MASK = (1 << (_SEQ_BITS + _POS_BITS)) - 1
 _HASH_SHIFT = _SEQ_BITS + _POS_BITS
 _RANK_SHIFT = _HASH_SHIFT + 256
 _AVAIL_SHIFT = _RANK_SHIFT + 64
+_ENDGAME_FLOOR = 1.0   # s: endgame never duplicates a request younger than this
 _NO_RANK = -1.0                       # a position with no rank drawn (never missing yet)
 
 
@@ -506,8 +507,8 @@ class Picker:
                     recs = requests[h]
                     if len(recs) >= cfg.endgame_fanout:
                         continue
-                    due = min(r.sent_at + cfg.endgame_age
-                              * expected(r.peer, len(peer_out.get(r.peer, ())))
+                    due = min(r.sent_at + max(_ENDGAME_FLOOR, cfg.endgame_age
+                                              * expected(r.peer, len(peer_out.get(r.peer, ()))))
                               for r in recs.values())
                     if due > now:
                         if self.endgame_wake is None or due < self.endgame_wake:
