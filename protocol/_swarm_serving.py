@@ -14,7 +14,11 @@ Super-seeding. A seed (it holds the key and is not fetching it) asked for a chun
 uploaded less than ``redirect_window`` ago, while it still holds chunks it has never
 uploaded, answers :class:`Redirect` with up to four of those positions instead: the
 chunk is spreading already, and the uplink is better spent on bytes nobody else can
-serve yet. Asked again once the window has passed, it serves the chunk. Requests
+serve yet. It redirects each peer once per chunk: asked again by the same peer (after
+its ``redirect_backoff``, when nobody else it knows has the chunk yet), or by the peer
+the first copy went to (that copy was lost), or once the window has passed, it serves
+the chunk. So a redirect costs a peer one back-off at most, even when the hints are of
+no use to it (a delta: the chunks never uploaded are the ones everybody holds). Requests
 already queued for a chunk that has just left for the first time are redirected the
 same way. The positions never uploaded are kept per key as a pool that only shrinks,
 so drawing hints costs a few random probes, not a scan.
@@ -69,6 +73,7 @@ class Uploader:
         self.scheduler: UploadScheduler | None = None
         self._unsent: dict[str, list[int]] = {}   # key -> positions maybe never uploaded
         self._first_to: dict[bytes, str] = {}     # chunk -> the peer its first copy went to
+        self._redirected: dict[bytes, set[str]] = {}   # chunk -> peers redirected for it
 
     def start(self, now: float) -> UploadScheduler:
         if self.scheduler is None:
@@ -97,9 +102,11 @@ class Uploader:
         if (cfg.redirect_window > 0 and info is not None and uploads.copies(h) > 0
                 and self._first_to.get(h) != peer
                 and uploads.uploaded_since(h, now - cfg.redirect_window)
+                and peer not in self._redirected.get(h, ())
                 and self._seeding(message.key)):
             hints = self._hints(message.key, info, uploads)
             if hints:
+                self._redirected.setdefault(h, set()).add(peer)
                 self._send(peer, Redirect(message.key, h, hints))
                 self._c.redirects_sent += 1
                 return
@@ -165,7 +172,10 @@ class Uploader:
         that arrives after the upload."""
         keys = self._keys.keys_of(h)
         infos = self._keys.infos
+        redirected = self._redirected.setdefault(h, set())
         for peer in uploads.queued_for(h):
+            if peer in redirected:
+                continue
             key = next((k for k in sorted(self._remote_interest.get(peer, ()))
                         if k in keys and k in infos and self._seeding(k)), None)
             if key is None:
@@ -174,6 +184,7 @@ class Uploader:
             if not hints:
                 return
             uploads.cancel(peer, h)
+            redirected.add(peer)
             self._send(peer, Redirect(key, h, hints))
             self._c.redirects_sent += 1
 

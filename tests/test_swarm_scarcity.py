@@ -68,15 +68,27 @@ def test_seed_redirects_a_repeat_within_the_window_then_serves_it() -> None:
     assert len(redirects) == 1 and redirects[0].chunk_hash == x
     assert redirects[0].hints and 3 not in redirects[0].hints
     assert all(0 <= i < 10 for i in redirects[0].hints)
-    # asked again while the chunk is still spreading (it left 1.4 s ago): redirected again
-    eng.receive(b, Request(KEY, x, 2), 1.5)
+    # c asks while the chunk is still spreading: redirected too
+    c = node_id(3)
+    eng.peer_connected(c, 1.0)
+    eng.receive(c, Interested(KEY), 1.0)
+    eng.take_outputs()
+    eng.receive(c, Request(KEY, x, 2), 1.5)
     assert not [o for o in eng.take_outputs() if isinstance(o, ServeChunk)]
     assert eng.statistics().redirects_sent == 2
-    # asked again once redirect_window has passed since it left: served, never
-    # redirected forever
-    window = SwarmConfig().redirect_window
-    eng.receive(b, Request(KEY, x, 2), 0.1 + window + 0.01)
+    # b asks again (nobody else had it for b): a peer is redirected once per chunk, so
+    # it is served, never redirected forever
+    eng.receive(b, Request(KEY, x, 2), 1.6)
     assert [o for o in eng.take_outputs() if isinstance(o, ServeChunk)] == [ServeChunk(b, x, 2)]
+    assert eng.statistics().redirects_sent == 2
+    # once redirect_window has passed since it last left, a repeat is served at once
+    window = SwarmConfig().redirect_window
+    d = node_id(4)
+    eng.peer_connected(d, 2.0)
+    eng.receive(d, Interested(KEY), 2.0)
+    eng.take_outputs()
+    eng.receive(d, Request(KEY, x, 2), 1.6 + window + 0.01)
+    assert [o for o in eng.take_outputs() if isinstance(o, ServeChunk)] == [ServeChunk(d, x, 2)]
     assert eng.statistics().redirects_sent == 2
 
 
