@@ -61,9 +61,11 @@ _SWARM_RATES = ("upload_rate", "download_rate")
 #: agent/_daemon/writer.py), the floor and the window are 16, the ceiling 32. Not
 #: deeper: a request times out after ``request_timeout`` (30 s) however long its queue
 #: at the peer, and 16 x 128 KiB take 17 s at 1 Mbit/s (32 would take 34 s)
-#: (docs/JOURNAL.md, 2026-12-06).
+#: (docs/JOURNAL.md, 2026-12-06). A request overtaken by later pieces is not taken as
+#: lost (``lost_after_overtaken = 0``): TCP loses nothing, and the upload window lets a
+#: peer serve its queue out of order (first copies first), so it would only duplicate.
 DAEMON_SWARM = SwarmConfig(min_requests_per_peer=16, max_requests_per_peer=32,
-                           upload_window=16)
+                           upload_window=16, lost_after_overtaken=0)
 
 
 @dataclass(frozen=True, slots=True)

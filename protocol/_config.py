@@ -41,8 +41,8 @@ class SwarmConfig:
 
     # Endgame: duplicate requests for the last chunks, so one slow peer cannot hold the tail.
     endgame_chunks: int = 8            # duplicate requests allowed for the last N chunks
-    endgame_fraction: float = 0.02     # ... and for no more than max(1, this x chunks) chunks
-    endgame_age: float = 3.0           # ... and only for requests older than this many times
+    endgame_fraction: float = 0.05     # ... and for no more than max(1, this x chunks) chunks
+    endgame_age: float = 1.5           # ... and only for requests older than this many times
     #                                    their peer's expected answer time
     endgame_fanout: int = 2            # most peers asked for one chunk during endgame
 
@@ -67,10 +67,13 @@ class SwarmConfig:
     request_timeout: float = 30.0      # seconds before a request is re-issued elsewhere
     interest_retry: float = 5.0        # re-ask a peer that could not help (or was busy)
     #                                    after this long
+    lost_after_overtaken: int = 3      # a request is taken as lost (asked again at once) once
+    #                                    this many pieces asked of its peer later have arrived
+    #                                    (a peer serves its queue in order); 0 = off
     max_peer_failures: int = 16        # consecutive unanswered requests before a peer is dropped
 
     # Super-seeding: a seed steers repeat requests towards chunks it has never uploaded.
-    redirect_window: float = 5.0       # a repeat request for a chunk uploaded this recently is
+    redirect_window: float = 60.0      # a repeat request for a chunk uploaded this recently is
     #                                    redirected while never-uploaded chunks remain; 0 = off
     redirect_backoff: float = 1.0      # a redirected peer re-asks the redirector after this long
 

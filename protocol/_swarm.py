@@ -206,6 +206,13 @@ class SwarmEngine:
         self._uploader.forget_key(key)
         self._keys.forget(key)
 
+    def _ask(self, d: Download, peer: str, now: float) -> None:
+        """Send ``peer`` :class:`Interested` in ``d``; until its :class:`HaveSet` comes it
+        is asked again every ``interest_retry`` (as one that answered :class:`CannotHelp`
+        is), so a lost question or answer costs seconds, not the peer's chunks."""
+        d.cannot_help[peer] = now
+        self._send(peer, Interested(d.key))
+
     def _check_complete(self, d: Download) -> None:
         if d.info is not None and not d.missing and not d.completed:
             d.completed = True
@@ -261,7 +268,7 @@ class SwarmEngine:
                 d.lookup_retry_at = now + self._config.interest_retry
             if d.missing or info is None:
                 for peer in sorted(self._connected):
-                    self._send(peer, Interested(key))
+                    self._ask(d, peer, now)
             self._check_complete(d)
         self._picker.preempt(d, now)
         self._schedule(now)
@@ -361,7 +368,7 @@ class SwarmEngine:
         self._failures[peer] = 0
         for d in sorted(self._downloads.values(), key=lambda d: d.order):
             if not d.completed:
-                self._send(peer, Interested(d.key))
+                self._ask(d, peer, now)
 
     def peer_disconnected(self, peer: str, now: float) -> None:
         if peer not in self._connected:
@@ -520,6 +527,8 @@ class SwarmEngine:
         if asked is not None:
             self._links.measure(peer, asked.sent_at, now)
         table.remove(peer, h, stale_at=None)
+        if asked is not None:
+            table.overtaken(peer, asked.seq, now)
         self._failures[peer] = 0
         d = self._picker.needing(h)
         if d is None or h in self._held or h in table.pending_store:

@@ -82,6 +82,7 @@ _HRANK_BITS = 32
 _HRANK_MASK = (1 << _HRANK_BITS) - 1
 _RANK_SHIFT = _SEQ_BITS + _HRANK_BITS
 _AVAIL_SHIFT = _RANK_SHIFT + 64
+_ENDGAME_FLOOR = 1.0   # s: endgame never duplicates a request younger than this
 _NO_RANK = -1.0                       # a position with no rank drawn (never missing yet)
 
 
@@ -127,7 +128,9 @@ class Download:
     bytes_fetched: int = 0
     bytes_duplicate: int = 0
     completed: bool = False
-    cannot_help: dict[str, float] = field(default_factory=dict)   # peer -> answered at
+    # peer -> when it was asked (Interested) and has not sent its HaveSet yet, or when it
+    # answered CannotHelp: asked again ``interest_retry`` later
+    cannot_help: dict[str, float] = field(default_factory=dict)
     lookup_retry_at: float = 0.0
     last_problem: str = ""
 
@@ -534,8 +537,8 @@ class Picker:
                     recs = requests[h]
                     if len(recs) >= cfg.endgame_fanout:
                         continue
-                    due = min(r.sent_at + cfg.endgame_age
-                              * expected(r.peer, len(peer_out.get(r.peer, ())))
+                    due = min(r.sent_at + max(_ENDGAME_FLOOR, cfg.endgame_age
+                                              * expected(r.peer, len(peer_out.get(r.peer, ()))))
                               for r in recs.values())
                     if due > now:
                         if self.endgame_wake is None or due < self.endgame_wake:

@@ -47,6 +47,8 @@ class Outstanding:
     key: str
     size: int
     sent_at: float
+    seq: int = 0          # the order requests were sent in (several share one ``now``)
+    overtaken: int = 0    # pieces asked of the same peer later that arrived before it
 
 
 class RequestTable:
@@ -64,6 +66,7 @@ class RequestTable:
         self.by_chunk: dict[bytes, dict[str, Outstanding]] = {}
         self.by_age: dict[tuple[str, bytes], Outstanding] = {}
         self.n_out = 0
+        self._seq = 0
         self.pending_store: dict[bytes, str] = {}   # accepted, not stored yet -> its key
         self.stale: dict[str, dict[bytes, float]] = {}   # peer -> hash -> given up at
         self.avoid: dict[str, dict[bytes, float]] = {}   # peer -> hash -> do not ask before
@@ -96,7 +99,8 @@ class RequestTable:
     # ================================================================== requests
 
     def add(self, peer: str, key: str, chunk_hash: bytes, size: int, now: float) -> None:
-        rec = Outstanding(peer, key, size, now)
+        self._seq += 1
+        rec = Outstanding(peer, key, size, now, self._seq)
         self.by_peer[peer][chunk_hash] = rec
         self.by_chunk.setdefault(chunk_hash, {})[peer] = rec
         self.by_age[(peer, chunk_hash)] = rec
@@ -135,6 +139,25 @@ class RequestTable:
         when a request for it was given up (either may be None)."""
         return (self.by_peer[peer].get(chunk_hash),
                 self.stale.get(peer, {}).pop(chunk_hash, None))
+
+    def overtaken(self, peer: str, seq: int, now: float) -> list[bytes]:
+        """The piece of request ``seq`` arrived from ``peer``: every request to it sent
+        earlier is overtaken once more; those overtaken ``lost_after_overtaken`` times
+        are given up as lost (a piece that still arrives is accepted) and returned, so
+        the chunk is asked again at once rather than after ``request_timeout``."""
+        limit = self._config.lost_after_overtaken
+        if limit <= 0:
+            return []
+        lost: list[bytes] = []
+        for h, rec in self.by_peer[peer].items():
+            if rec.seq < seq:
+                rec.overtaken += 1
+                if rec.overtaken >= limit:
+                    lost.append(h)
+        for h in lost:
+            self.remove(peer, h, stale_at=now)
+            self._c.requests_lost += 1
+        return lost
 
     def avoid_until(self, peer: str, chunk_hash: bytes, until: float) -> None:
         table = self.avoid.setdefault(peer, {})

@@ -14,7 +14,12 @@ Super-seeding. A seed (it holds the key and is not fetching it) asked for a chun
 uploaded less than ``redirect_window`` ago, while it still holds chunks it has never
 uploaded, answers :class:`Redirect` with up to four of those positions instead: the
 chunk is spreading already, and the uplink is better spent on bytes nobody else can
-serve yet. Asked again once the window has passed, it serves the chunk. Requests
+serve yet. It redirects each peer ``_REDIRECTS_PER_PEER`` (2) times per chunk: asked
+again after that by the same peer (after its ``redirect_backoff``, when nobody else it
+knows has the chunk yet), or by the peer the first copy went to (that copy was lost),
+or once the window has passed, it serves the chunk. So redirects cost a peer two
+back-offs at most, even when the hints are of no use to it (a delta: the chunks never
+uploaded are the ones everybody holds). Requests
 already queued for a chunk that has just left for the first time are redirected the
 same way. The positions never uploaded are kept per key as a pool that only shrinks,
 so drawing hints costs a few random probes, not a scan.
@@ -42,6 +47,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Uploader"]
 
+_REDIRECTS_PER_PEER = 2   # a peer asking again for a chunk is served after this many redirects
+
 
 class Uploader:
     """The engine's upload side: answers peers' requests, redirects repeats
@@ -68,6 +75,9 @@ class Uploader:
         self._emit = emit
         self.scheduler: UploadScheduler | None = None
         self._unsent: dict[str, list[int]] = {}   # key -> positions maybe never uploaded
+        self._first_to: dict[bytes, str] = {}     # chunk -> the peer its first copy went to
+        # chunk -> peer -> how many times it was redirected for that chunk
+        self._redirected: dict[bytes, dict[str, int]] = {}
 
     def start(self, now: float) -> UploadScheduler:
         if self.scheduler is None:
@@ -94,10 +104,14 @@ class Uploader:
             return
         cfg = self._config
         if (cfg.redirect_window > 0 and info is not None and uploads.copies(h) > 0
+                and self._first_to.get(h) != peer
                 and uploads.uploaded_since(h, now - cfg.redirect_window)
+                and self._redirected.get(h, {}).get(peer, 0) < _REDIRECTS_PER_PEER
                 and self._seeding(message.key)):
             hints = self._hints(message.key, info, uploads)
             if hints:
+                times = self._redirected.setdefault(h, {})
+                times[peer] = times.get(peer, 0) + 1
                 self._send(peer, Redirect(message.key, h, hints))
                 self._c.redirects_sent += 1
                 return
@@ -151,6 +165,7 @@ class Uploader:
             self._c.bytes_uploaded += serve.size
             if uploads.copies(serve.chunk_hash) == 1:
                 firsts.append(serve.chunk_hash)
+                self._first_to[serve.chunk_hash] = serve.peer
         if firsts and self._config.redirect_window > 0:
             for h in firsts:
                 self._redirect_queued(h, uploads)
@@ -162,7 +177,10 @@ class Uploader:
         that arrives after the upload."""
         keys = self._keys.keys_of(h)
         infos = self._keys.infos
+        redirected = self._redirected.setdefault(h, {})
         for peer in uploads.queued_for(h):
+            if redirected.get(peer, 0) >= _REDIRECTS_PER_PEER:
+                continue
             key = next((k for k in sorted(self._remote_interest.get(peer, ()))
                         if k in keys and k in infos and self._seeding(k)), None)
             if key is None:
@@ -171,6 +189,7 @@ class Uploader:
             if not hints:
                 return
             uploads.cancel(peer, h)
+            redirected[peer] = redirected.get(peer, 0) + 1
             self._send(peer, Redirect(key, h, hints))
             self._c.redirects_sent += 1
 

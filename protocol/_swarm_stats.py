@@ -44,6 +44,7 @@ class SwarmStatistics:
     requests_outstanding: int
     endgame_requests: int
     requests_timed_out: int
+    requests_lost: int      # given up as lost: overtaken by later pieces of the same peer
     requests_rejected: int
     cancels_sent: int
     pieces_received: int
@@ -76,6 +77,7 @@ class Counters:
     requests_sent: int = 0
     endgame_requests: int = 0
     requests_timed_out: int = 0
+    requests_lost: int = 0
     requests_rejected: int = 0
     cancels_sent: int = 0
     pieces_received: int = 0
@@ -109,6 +111,7 @@ class Counters:
             requests_outstanding=requests_outstanding,
             endgame_requests=self.endgame_requests,
             requests_timed_out=self.requests_timed_out,
+            requests_lost=self.requests_lost,
             requests_rejected=self.requests_rejected,
             cancels_sent=self.cancels_sent,
             pieces_received=self.pieces_received,

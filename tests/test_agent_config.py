@@ -261,7 +261,8 @@ def test_daemon_swarm_defaults() -> None:
     ``[swarm]`` table changes only what it names."""
     assert parse_config(MINIMAL).swarm == DAEMON_SWARM
     assert dataclasses.replace(SwarmConfig(), min_requests_per_peer=16,
-                               max_requests_per_peer=32, upload_window=16) == DAEMON_SWARM
+                               max_requests_per_peer=32, upload_window=16,
+                               lost_after_overtaken=0) == DAEMON_SWARM
     assert SwarmConfig().upload_window == 1     # the protocol's (the simulator's) own
     assert parse_config(MINIMAL + "[swarm]\nlaggard_patience = 1.0\n").swarm == \
         dataclasses.replace(DAEMON_SWARM, laggard_patience=1.0)

@@ -9,7 +9,7 @@ import pytest
 
 from protocol._codec import decode, encode
 from protocol._config import SwarmConfig
-from protocol._events import SendMessage, ServeChunk
+from protocol._events import SendMessage, ServeChunk, StoreChunk
 from protocol._manifest import ChunkRef
 from protocol._swarm import SwarmEngine
 from protocol._swarm_messages import (
@@ -21,6 +21,7 @@ from protocol._swarm_messages import (
     Request,
     make_bitfield,
 )
+from protocol._swarm_serving import _REDIRECTS_PER_PEER
 from protocol._swarm_uploads import UploadScheduler
 from protocol._types import TransferPriority
 from tests.swarm_sim import KEY, fetch_from, lone_engine, make_key, node_id
@@ -68,16 +69,31 @@ def test_seed_redirects_a_repeat_within_the_window_then_serves_it() -> None:
     assert len(redirects) == 1 and redirects[0].chunk_hash == x
     assert redirects[0].hints and 3 not in redirects[0].hints
     assert all(0 <= i < 10 for i in redirects[0].hints)
-    # asked again while the chunk is still spreading (it left 1.4 s ago): redirected again
-    eng.receive(b, Request(KEY, x, 2), 1.5)
+    # c asks while the chunk is still spreading: redirected too
+    c = node_id(3)
+    eng.peer_connected(c, 1.0)
+    eng.receive(c, Interested(KEY), 1.0)
+    eng.take_outputs()
+    eng.receive(c, Request(KEY, x, 2), 1.5)
     assert not [o for o in eng.take_outputs() if isinstance(o, ServeChunk)]
     assert eng.statistics().redirects_sent == 2
-    # asked again once redirect_window has passed since it left: served, never
-    # redirected forever
-    window = SwarmConfig().redirect_window
-    eng.receive(b, Request(KEY, x, 2), 0.1 + window + 0.01)
+    # b asks again (nobody else had it for b): a peer is redirected a few times per
+    # chunk at most, then served, never redirected forever
+    for _ in range(_REDIRECTS_PER_PEER - 1):
+        eng.receive(b, Request(KEY, x, 2), 1.55)
+        assert not [o for o in eng.take_outputs() if isinstance(o, ServeChunk)]
+    eng.receive(b, Request(KEY, x, 2), 1.6)
     assert [o for o in eng.take_outputs() if isinstance(o, ServeChunk)] == [ServeChunk(b, x, 2)]
-    assert eng.statistics().redirects_sent == 2
+    assert eng.statistics().redirects_sent == 1 + _REDIRECTS_PER_PEER
+    # once redirect_window has passed since it last left, a repeat is served at once
+    window = SwarmConfig().redirect_window
+    d = node_id(4)
+    eng.peer_connected(d, 2.0)
+    eng.receive(d, Interested(KEY), 2.0)
+    eng.take_outputs()
+    eng.receive(d, Request(KEY, x, 2), 1.6 + window + 0.01)
+    assert [o for o in eng.take_outputs() if isinstance(o, ServeChunk)] == [ServeChunk(d, x, 2)]
+    assert eng.statistics().redirects_sent == 1 + _REDIRECTS_PER_PEER
 
 
 def test_requests_queued_for_a_chunk_are_redirected_when_its_first_copy_leaves() -> None:
@@ -213,7 +229,8 @@ def test_pipeline_is_sized_to_the_link_bandwidth_delay_product() -> None:
 
 def test_endgame_only_for_the_tail_and_only_when_overdue() -> None:
     refs, blobs = make_key("e", 100)
-    eng = lone_engine(refs, SwarmConfig(min_requests_per_peer=8, max_requests_per_peer=8),
+    eng = lone_engine(refs, SwarmConfig(min_requests_per_peer=8, max_requests_per_peer=8,
+                                        endgame_fraction=0.02),
                       seed=5, held={r.hash for r in refs[:97]})
     fetch_from(eng, [1, 2], 100)
     eng.take_outputs()
@@ -257,3 +274,89 @@ def test_a_critical_key_preempts_low_requests_in_flight() -> None:
     h = next(iter(low))
     eng.receive(s, Piece(h, low_blobs[h], 0), 0.2)
     assert eng.progress(LOW_KEY).bytes_fetched == 1000
+
+
+def test_seed_serves_a_repeat_to_the_peer_its_first_copy_went_to() -> None:
+    """A peer that asks again for the chunk it was sent lost it (or its request timed
+    out): only the seed can give it back, so the repeat is served, not redirected."""
+    refs, _ = make_key("f", 10)
+    eng = seed(refs)
+    a, b = node_id(1), node_id(2)
+    for p in (a, b):
+        eng.peer_connected(p, 0.0)
+        eng.receive(p, Interested(KEY), 0.0)
+    eng.take_outputs()
+    x = refs[3].hash
+    eng.receive(a, Request(KEY, x, 2), 0.1)
+    assert [o for o in eng.take_outputs() if isinstance(o, ServeChunk)] == [ServeChunk(a, x, 2)]
+    eng.receive(a, Request(KEY, x, 2), 3.0)
+    assert [o for o in eng.take_outputs() if isinstance(o, ServeChunk)] == [ServeChunk(a, x, 2)]
+    # anyone else is still redirected while never-uploaded chunks remain
+    eng.receive(b, Request(KEY, x, 2), 3.1)
+    assert [m.chunk_hash for _, m in sent(eng, Redirect)] == [x]   # type: ignore[attr-defined]
+    assert eng.statistics().redirects_sent == 1
+
+
+def _fetch_pipelined(n: int, **cfg: object) -> tuple[SwarmEngine, dict[bytes, bytes], list[bytes]]:
+    """Node 0 fetching ``n`` chunks from peer 1 alone, four requests in flight."""
+    refs, data = make_key("o", n)
+    config = SwarmConfig(min_requests_per_peer=4, max_requests_per_peer=4,  # type: ignore[arg-type]
+                         endgame_chunks=0, **cfg)
+    eng = lone_engine(refs, config, seed=3)
+    fetch_from(eng, [1], n)
+    asked = [m.chunk_hash for _, m in sent(eng, Request)]   # type: ignore[attr-defined]
+    return eng, data, asked
+
+
+def test_a_request_overtaken_by_three_later_pieces_is_asked_again_at_once() -> None:
+    """A peer serves its requests in order, so a piece that three pieces asked after it
+    have overtaken was lost on the way: it is asked again then, not after
+    ``request_timeout``; if it still arrives it is taken."""
+    eng, data, asked = _fetch_pipelined(12)
+    assert len(asked) == 4
+    peer = node_id(1)
+    lost = asked[0]
+    for i, h in enumerate(asked[1:3]):
+        eng.receive(peer, Piece(h, data[h], 2), 1.0 + i)
+    assert eng.statistics().requests_lost == 0
+    again = [m.chunk_hash for _, m in sent(eng, Request)]   # type: ignore[attr-defined]
+    assert lost not in again
+    eng.receive(peer, Piece(asked[3], data[asked[3]], 2), 3.0)   # the third to overtake it
+    assert eng.statistics().requests_lost == 1
+    assert eng.statistics().requests_timed_out == 0
+    again = [m.chunk_hash for _, m in sent(eng, Request)]   # type: ignore[attr-defined]
+    assert lost in again
+    # the first copy arrives after all (it was late, not lost): accepted, stored once
+    eng.receive(peer, Piece(lost, data[lost], 2), 3.5)
+    stores = [o.chunk_hash for o in eng.take_outputs() if isinstance(o, StoreChunk)]
+    assert stores.count(lost) == 1
+
+
+def test_overtaken_requests_wait_for_the_timeout_when_the_rule_is_off() -> None:
+    eng, data, asked = _fetch_pipelined(12, lost_after_overtaken=0, request_timeout=30.0)
+    peer = node_id(1)
+    for i, h in enumerate(asked[1:]):
+        eng.receive(peer, Piece(h, data[h], 2), 1.0 + i)
+    assert eng.statistics().requests_lost == 0
+    assert asked[0] not in [m.chunk_hash for _, m in sent(eng, Request)]   # type: ignore[attr-defined]
+
+
+def test_a_peer_that_never_answers_interested_is_asked_again() -> None:
+    """An :class:`Interested` or its :class:`HaveSet` lost on the way must not leave the
+    peer's chunks unknown for good: it is asked again every ``interest_retry``."""
+    refs, _ = make_key("i", 4)
+    eng = lone_engine(refs, SwarmConfig(interest_retry=5.0), seed=2)
+    p, q = node_id(1), node_id(2)
+    eng.peer_connected(p, 0.0)
+    eng.peer_connected(q, 0.0)
+    eng.want(KEY, TransferPriority.NORMAL, 0.0)
+    assert sorted(peer for peer, _ in sent(eng, Interested)) == [p, q]
+    eng.receive(q, HaveSet(KEY, 4, make_bitfield([True] * 4)), 0.2)   # q answered, p not
+    eng.take_outputs()
+    assert eng.next_deadline() == pytest.approx(5.0)
+    eng.on_timer(5.0)
+    assert [peer for peer, _ in sent(eng, Interested)] == [p]
+    eng.receive(p, HaveSet(KEY, 4, make_bitfield([True] * 4)), 5.1)
+    eng.take_outputs()
+    eng.on_timer(20.0)
+    assert sent(eng, Interested) == []
