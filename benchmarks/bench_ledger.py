@@ -122,6 +122,7 @@ def rollouts(nodes: int, count: int, *, retire: bool, seed: int = 1) -> dict[str
     fleet.run(until=2.0)
     watch = nodes // 2
     out: dict[str, Any] = {"nodes": nodes, "rollouts": count, "retire": retire}
+    series: list[float] = []      # gossip and manifest bytes per node, each rollout
     for k, model in enumerate(models, start=1):
         version = model.manifest.version
         before = {t: fleet.bytes_by_type.get(t, 0) for t in _GOSSIP}
@@ -139,6 +140,7 @@ def rollouts(nodes: int, count: int, *, retire: bool, seed: int = 1) -> dict[str
             return True
         fleet.run(until=fleet.loop.now + 600, stop_when=done)
         gossip = sum(fleet.bytes_by_type.get(t, 0) - before[t] for t in _GOSSIP)
+        series.append(gossip / nodes)
         fleet.run(until=fleet.loop.now + SETTLE_WAIT)   # settle, and forget
         if k in (2, count):
             led = fleet.nodes[watch].disk.ledger
@@ -154,6 +156,11 @@ def rollouts(nodes: int, count: int, *, retire: bool, seed: int = 1) -> dict[str
                 # (a node that joins after rollout 2: measured on a copy of the run would
                 # need a second fleet; the joiner here rejoins and the run goes on)
                 out["first_join_bytes"], out["first_join_s"] = _joiner(fleet, nodes - 1)
+    # one rollout's bytes vary with the timing of the asks (a second copy of a body);
+    # the mean of the first and of the last tenth of the rollouts (rollout 1 aside)
+    tenth = max(1, (count - 1) // 10)
+    out["first_tenth_gossip_per_node"] = sum(series[1:1 + tenth]) / tenth
+    out["last_tenth_gossip_per_node"] = sum(series[-tenth:]) / tenth
     out["wall_s"] = time.perf_counter() - wall
     out["cpu_s"] = time.process_time() - cpu
     return out
@@ -217,9 +224,12 @@ def run(quick: bool) -> list[dict[str, Any]]:
         r = rollouts(nodes, n, retire=retire)
         name = f"N={nodes}, {n} rollouts, {'retiring' if retire else 'keeping all'}"
         for what, unit in (("ledger_bytes", "B"), ("ledger_memory", "B"),
-                           ("join_bytes", "B"), ("gossip_per_node", "B")):
+                           ("join_bytes", "B"), ("gossip_per_node", "B"),
+                           ("tenth_gossip_per_node", "B")):
             first, last = r[f"first_{what}"], r[f"last_{what}"]
-            rows.append({"name": f"{name}: {what} after {n} / after 2",
+            when = "last / first tenth of the rollouts" if what.startswith("tenth") \
+                else f"after {n} / after 2"
+            rows.append({"name": f"{name}: {what} {when}",
                          "value": round(last / first, 3), "unit": "x",
                          "detail": f"{last:.0f} / {first:.0f} {unit}"})
         rows.append({"name": f"{name}: joiner catches up (s, virtual)",
