@@ -19,7 +19,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import total_ordering
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 import blake3
 
@@ -508,6 +508,48 @@ class Variant:
         return ChunkList(out)
 
 
+class _Header(Protocol):
+    """What a manifest and its head both state, checked alike."""
+
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def base_version(self) -> str | None: ...
+    @property
+    def publisher_key(self) -> bytes: ...
+    @property
+    def variants(self) -> Sequence[Any]: ...
+
+
+def check_header(m: _Header) -> None:
+    """The checks a manifest and its head share: ids, versions, the publisher key, and
+    at least one variant, with distinct ids."""
+    validate_model_id(m.model_id)
+    validate_version(m.version)
+    if m.base_version is not None:
+        validate_version(m.base_version)
+    if not m.variants:
+        raise InvalidValue(f"{m.model_id} {m.version}: a manifest needs a variant")
+    ids = [v.variant_id for v in m.variants]
+    if len(set(ids)) != len(ids):
+        raise InvalidValue(f"{m.model_id} {m.version}: duplicate variant ids")
+    if len(m.publisher_key) != 32:
+        raise InvalidValue("publisher key must be 32 bytes")
+
+
+def check_publisher_signature(key: bytes, data: bytes, signature: bytes,
+                              trust: FleetTrust | None) -> None:
+    """Raise unless ``signature`` over ``data`` is ``key``'s, and ``key`` an admitted
+    publisher of ``trust`` (checked through its verifier) when a trust is given."""
+    check: Verifier = verify_signature
+    if trust is not None:
+        trust.check(key, Role.PUBLISHER)
+        check = trust.verifier
+    check(key, data, signature)
+
+
 @struct
 @dataclass(frozen=True, slots=True)
 class _ManifestBody:
@@ -539,17 +581,7 @@ class Manifest:
     _id: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        validate_model_id(self.model_id)
-        validate_version(self.version)
-        if self.base_version is not None:
-            validate_version(self.base_version)
-        if not self.variants:
-            raise InvalidValue(f"{self.model_id} {self.version}: a manifest needs a variant")
-        ids = [v.variant_id for v in self.variants]
-        if len(set(ids)) != len(ids):
-            raise InvalidValue(f"{self.model_id} {self.version}: duplicate variant ids")
-        if len(self.publisher_key) != 32:
-            raise InvalidValue("publisher key must be 32 bytes")
+        check_header(self)
 
     def _body(self) -> _ManifestBody:
         return _ManifestBody(self.model_id, self.version, self.variants, self.publisher_key,
@@ -601,11 +633,8 @@ class Manifest:
         """Raise unless signed by its publisher key (admitted by ``trust`` if given) and
         every file's Merkle root matches its chunk list (the signature through
         ``trust.verifier`` when a trust is given)."""
-        check: Verifier = verify_signature
-        if trust is not None:
-            trust.check(self.publisher_key, Role.PUBLISHER)
-            check = trust.verifier
-        check(self.publisher_key, self.signed_bytes(), self.signature)
+        check_publisher_signature(self.publisher_key, self.signed_bytes(), self.signature,
+                                  trust)
         if self.head_signature is not None:
             self.head().verify(trust)
         for v in self.variants:

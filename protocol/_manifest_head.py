@@ -35,13 +35,10 @@ from ._codec import canonical, struct
 from ._errors import InvalidValue
 from ._identity import (
     FleetTrust,
-    Role,
     SigningContext,
     SigningIdentity,
-    Verifier,
     fingerprint,
     signing_payload,
-    verify_signature,
 )
 
 if TYPE_CHECKING:
@@ -96,20 +93,10 @@ class ManifestHead:
     _id: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        from ._manifest import validate_model_id, validate_version
-        validate_model_id(self.model_id)
-        validate_version(self.version)
-        if self.base_version is not None:
-            validate_version(self.base_version)
+        from ._manifest import check_header
+        check_header(self)
         if len(self.body_id) != 32:
             raise InvalidValue("a manifest id is 32 bytes")
-        if len(self.publisher_key) != 32:
-            raise InvalidValue("publisher key must be 32 bytes")
-        if not self.variants:
-            raise InvalidValue(f"{self.model_id} {self.version}: a manifest needs a variant")
-        ids = [v.variant_id for v in self.variants]
-        if len(set(ids)) != len(ids):
-            raise InvalidValue(f"{self.model_id} {self.version}: duplicate variant ids")
 
     @property
     def manifest_id(self) -> str:
@@ -148,11 +135,9 @@ class ManifestHead:
 
     def verify(self, trust: FleetTrust | None = None) -> None:
         """Raise unless signed by its publisher key (admitted by ``trust`` if given)."""
-        check: Verifier = verify_signature
-        if trust is not None:
-            trust.check(self.publisher_key, Role.PUBLISHER)
-            check = trust.verifier
-        check(self.publisher_key, self.signed_bytes(), self.signature)
+        from ._manifest import check_publisher_signature
+        check_publisher_signature(self.publisher_key, self.signed_bytes(), self.signature,
+                                  trust)
 
     def describes(self, manifest: Manifest) -> bool:
         """Whether ``manifest`` is the body this head names: its id (a hash of all of
