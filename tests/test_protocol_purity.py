@@ -94,7 +94,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     # the classes are defined (import time), read-only afterwards -- checked below:
     # nothing else in protocol/ writes them
     **{("_codec.py", name): "wire-type registry written only by @message/@struct"
-       for name in ("_MESSAGE_BY_ID", "_ID_BY_MESSAGE", "_STRUCTS", "_SCHEMA")},
+       for name in ("_MESSAGE_BY_ID", "_ID_BY_MESSAGE", "_STRUCTS", "_SCHEMA", "_SIZED")},
     ("_identity.py", "call:SigningIdentity.generate"):
         "key generation for agent/ and the CLI (documented: never called inside protocol)",
 }
