@@ -6,9 +6,6 @@ Every ``interval`` (plus up to ``jitter`` x interval drawn from the injected
 rng) the engine picks ``fanout`` random connected peers and sends each a
 :class:`GossipSummary`: a 16-byte hash of its version vector. That is the
 whole cost of a quiet fleet: a peer whose vector hashes the same stays silent.
-While the vector moves (it changed since the node's previous round) and the fleet is
-under ``BUCKETS_FROM`` origins, the round opens with the node's :class:`GossipDigest`
-(``reply=True``) instead: a summary would only be answered by the peer's digest.
 
 When the hashes differ, the cost is kept proportional to the *difference*,
 not to the fleet. In a small fleet (fewer than ``BUCKETS_FROM`` origins) the
