@@ -161,6 +161,7 @@ def rollouts(nodes: int, count: int, *, retire: bool, seed: int = 1) -> dict[str
     tenth = max(1, (count - 1) // 10)
     out["first_tenth_gossip_per_node"] = sum(series[1:1 + tenth]) / tenth
     out["last_tenth_gossip_per_node"] = sum(series[-tenth:]) / tenth
+    out["gossip_series"] = [round(x) for x in series]
     out["wall_s"] = time.perf_counter() - wall
     out["cpu_s"] = time.process_time() - cpu
     return out
