@@ -36,6 +36,8 @@ from protocol._codec import (
 )
 from protocol._errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 from protocol._manifest import ChunkRef, FileEntry, Manifest, Variant, merkle_root
+from protocol._manifest_fetch import BodyWant
+from protocol._manifest_head import ManifestHead
 from protocol._swarm_messages import Pieces, Requests
 
 # Import every protocol module so that every registered type is in the registry.
@@ -154,6 +156,9 @@ def _valid_pieces(draw: st.DrawFn) -> Pieces:
 # Classes whose invariants span fields. Everything else is derived from type hints.
 OVERRIDES: dict[type[Any], st.SearchStrategy[Any]] = {
     FileEntry: _valid_file_entry(), Manifest: _valid_manifest(), Pieces: _valid_pieces(),
+    ManifestHead: _valid_manifest().map(ManifestHead.unsigned),
+    BodyWant: st.builds(BodyWant, st.lists(st.binary(min_size=32, max_size=32),
+                                           min_size=1, max_size=8).map(tuple)),
     Requests: st.builds(Requests, _IDS, _HASHES, st.integers(0, 3))}
 
 
