@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from protocol import (
     Intent,
     IntentKind,
@@ -202,6 +204,9 @@ def _fleet_on_v1(tmp_path: Path) -> tuple[Any, tuple[str, ...]]:
     try:
         for i in range(3):
             f.start(i)
+        # (a `shoal publish` before node 0's daemon listens stores the version offline,
+        # to be announced when the daemon next starts: wait for the fleet first)
+        trio.run(f.wait_meshed, 30.0)
         cfg = ("--config", str(f.nodes[0].config_path))
         for pkg, version in ((_package(tmp_path / "v1", HEALTHY, 1), "1.0.0"),
                              (_package(tmp_path / "v2", FLAGGED, 2), "2.0.0")):
@@ -295,6 +300,9 @@ def test_real_daemons_roll_a_degraded_version_back_by_policy(tmp_path: Path) -> 
     try:
         for i in range(3):
             f.start(i)
+        # (a `shoal publish` before node 0's daemon listens stores the version offline,
+        # to be announced when the daemon next starts: wait for the fleet first)
+        trio.run(f.wait_meshed, 30.0)
         cfg = ("--config", str(f.nodes[0].config_path))
         v1 = _package(tmp_path / "v1", HEALTHY, 1)
         v2 = _package(tmp_path / "v2", FLAGGED, 2)
