@@ -39,6 +39,14 @@ def seed(refs: list[ChunkRef], **cfg: object) -> SwarmEngine:
                        held={r.hash for r in refs})
 
 
+def interested(eng: SwarmEngine, *peers: str) -> None:
+    """Connect ``peers``, each interested in the key; drop what the engine answered."""
+    for p in peers:
+        eng.peer_connected(p, 0.0)
+        eng.receive(p, Interested(KEY), 0.0)
+    eng.take_outputs()
+
+
 def test_redirect_round_trips_and_validates() -> None:
     h = bytes(range(32))
     msg = Redirect(KEY, h, (1, 5, 9))
@@ -53,10 +61,7 @@ def test_seed_redirects_a_repeat_within_the_window_then_serves_it() -> None:
     refs, _ = make_key("s", 10)
     eng = seed(refs)
     a, b = node_id(1), node_id(2)
-    for p in (a, b):
-        eng.peer_connected(p, 0.0)
-        eng.receive(p, Interested(KEY), 0.0)
-    eng.take_outputs()
+    interested(eng, a, b)
     x = refs[3].hash
     eng.receive(a, Request(KEY, x, 2), 0.1)
     assert [o for o in eng.take_outputs() if isinstance(o, ServeChunk)] == [ServeChunk(a, x, 2)]
@@ -103,10 +108,7 @@ def test_requests_queued_for_a_chunk_are_redirected_when_its_first_copy_leaves()
     refs, _ = make_key("q", 10)
     eng = seed(refs, upload_window=1)
     a, b = node_id(1), node_id(2)
-    for p in (a, b):
-        eng.peer_connected(p, 0.0)
-        eng.receive(p, Interested(KEY), 0.0)
-    eng.take_outputs()
+    interested(eng, a, b)
     first, y = refs[0].hash, refs[1].hash
     eng.receive(a, Request(KEY, first, 2), 0.05)
     assert len([o for o in eng.take_outputs() if isinstance(o, ServeChunk)]) == 1
@@ -282,10 +284,7 @@ def test_seed_serves_a_repeat_to_the_peer_its_first_copy_went_to() -> None:
     refs, _ = make_key("f", 10)
     eng = seed(refs)
     a, b = node_id(1), node_id(2)
-    for p in (a, b):
-        eng.peer_connected(p, 0.0)
-        eng.receive(p, Interested(KEY), 0.0)
-    eng.take_outputs()
+    interested(eng, a, b)
     x = refs[3].hash
     eng.receive(a, Request(KEY, x, 2), 0.1)
     assert [o for o in eng.take_outputs() if isinstance(o, ServeChunk)] == [ServeChunk(a, x, 2)]
