@@ -157,7 +157,9 @@ class ManifestFetch:
             if mid not in self._own:
                 self._wanted.pop(mid, None)
         due = sorted(m for m, (t, _) in self._wanted.items() if t <= now)
-        if not due or not peers:
+        if not peers:           # nobody to ask: look again in a while, not at once
+            for mid in due:
+                self._wanted[mid] = (now + ASK_EVERY, self._wanted[mid][1])
             return
         by_peer: dict[str, list[bytes]] = {}
         for mid in due:

@@ -146,6 +146,22 @@ def test_a_body_is_asked_of_holders_first_then_in_turn_until_it_arrives() -> Non
     assert (st.bodies_added, st.unsolicited, st.asks_sent) == (1, 1, 4)
 
 
+def test_a_node_with_no_peer_to_ask_waits_instead_of_spinning() -> None:
+    """With nobody connected the ask cannot go out; its time moves on (a driver that
+    fires the timer at the deadline must not be asked again at the same instant), and
+    the first ask leaves once a peer is there, still counted as the first."""
+    led = admitted_ledger(4)
+    m, _ = manifest()
+    assert not led.merge_entries([Entry.create(node_key(1), 1, m)]).errors
+    f = ManifestFetch(led)
+    f.want({m.manifest_id}, 0.0)
+    f.on_timer(0.0, [])
+    assert _sent(f) == [] and f.next_deadline() == ASK_EVERY
+    f.on_timer(ASK_EVERY, [PEER_B])
+    assert _sent(f) == [(PEER_B, BodyWant((bytes.fromhex(m.manifest_id),)))]
+    assert f.next_deadline() == 2 * ASK_EVERY         # first ask: the first spacing
+
+
 def test_wants_are_answered_with_the_body_at_a_rate_per_peer() -> None:
     led = admitted_ledger(4)
     m, _ = manifest()
