@@ -115,7 +115,7 @@ from ._manifest import (
     validate_relative_path,
     validate_version,
 )
-from ._manifest_fetch import BodyAnswer, BodyWant, FetchStatistics
+from ._manifest_fetch import BodyAnswer, BodyCancel, BodyWant, FetchStatistics
 from ._manifest_head import ManifestHead, VariantHead
 from ._node import NodeMachine, NodeStatistics
 from ._operator import (
@@ -168,7 +168,8 @@ __all__ = [
     "Suspicion", "Intent", "IntentKind", "Scope", "ScopeKind",
     "OnDegraded", "RolloutPolicy", "HLC",
     # manifests, chunking, variant selection
-    "Manifest", "ManifestHead", "VariantHead", "BodyWant", "BodyAnswer", "FetchStatistics",
+    "Manifest", "ManifestHead", "VariantHead", "BodyWant", "BodyAnswer", "BodyCancel",
+    "FetchStatistics",
     "Variant", "FileEntry", "ChunkRef", "ChunkList", "SemVer", "HASH_SIZE",
     "GRPC_HEALTH_CHECK",
     "merkle_root",

@@ -78,7 +78,7 @@ from ._identity import Certificate, FleetTrust, Revocation, Role, SigningIdentit
 from ._intents import Intent, IntentKind, RolloutPolicy, Scope, resolve
 from ._ledger import Ledger, LedgerStatistics
 from ._manifest import ChunkRef, Manifest
-from ._manifest_fetch import BodyAnswer, BodyWant, FetchStatistics, ManifestFetch
+from ._manifest_fetch import FetchStatistics, ManifestFetch
 from ._operator import cancel_of, cancel_target, check_operator, check_request
 from ._overlay import Overlay, OverlayFull, OverlayStatistics
 from ._policy import POLICY_CHECK_INTERVAL, policies_to_enact
@@ -412,7 +412,7 @@ class NodeMachine:
                                          "signatures do not verify (forged or tampered)")
             elif self.swarm.handles(message):
                 self.swarm.receive(peer, message, now)
-            elif isinstance(message, (BodyWant, BodyAnswer)):
+            elif self.fetch.handles(message):
                 if self.fetch.receive(peer, message, now):
                     self._reconcile(now)
             else:

@@ -23,7 +23,7 @@ from ._gossip import (
     GossipWant,
 )
 from ._handshake import Auth, HandshakeReject, Hello
-from ._manifest_fetch import BodyAnswer, BodyWant
+from ._manifest_fetch import BodyAnswer, BodyCancel, BodyWant
 from ._overlay import OverlayFull
 from ._swarm_messages import (
     Cancel,
@@ -46,7 +46,7 @@ __all__ = ["HandshakeMessage", "GossipMessage", "SwarmMessage", "OverlayMessage"
 
 HandshakeMessage = Hello | Auth | HandshakeReject
 GossipMessage = (GossipSummary | GossipDigest | GossipDelta | GossipBuckets | GossipPush
-                 | GossipWant | BodyWant | BodyAnswer)
+                 | GossipWant | BodyWant | BodyAnswer | BodyCancel)
 SwarmMessage = (Interested | NotInterested | HaveSet | CannotHelp | Have | Request | Piece
                 | Cancel | Reject | Redirect | Requests | Pieces | Haves)
 OverlayMessage = OverlayFull
@@ -55,7 +55,7 @@ WireMessage = HandshakeMessage | GossipMessage | SwarmMessage | OverlayMessage
 WIRE_MESSAGES: tuple[type[WireMessage], ...] = (
     Hello, Auth, HandshakeReject,
     GossipSummary, GossipDigest, GossipDelta, GossipBuckets, GossipPush, GossipWant,
-    BodyWant, BodyAnswer,
+    BodyWant, BodyAnswer, BodyCancel,
     Interested, NotInterested, HaveSet, CannotHelp, Have, Request, Piece, Cancel, Reject,
     Redirect, Requests, Pieces, Haves, OverlayFull)
 

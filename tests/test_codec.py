@@ -36,7 +36,7 @@ from protocol._codec import (
 )
 from protocol._errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 from protocol._manifest import ChunkRef, FileEntry, Manifest, Variant, merkle_root
-from protocol._manifest_fetch import BodyWant
+from protocol._manifest_fetch import BodyCancel, BodyWant
 from protocol._manifest_head import ManifestHead
 from protocol._swarm_messages import Pieces, Requests
 
@@ -154,11 +154,12 @@ def _valid_pieces(draw: st.DrawFn) -> Pieces:
 
 
 # Classes whose invariants span fields. Everything else is derived from type hints.
+_BODY_IDS = st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=8).map(tuple)
 OVERRIDES: dict[type[Any], st.SearchStrategy[Any]] = {
     FileEntry: _valid_file_entry(), Manifest: _valid_manifest(), Pieces: _valid_pieces(),
     ManifestHead: _valid_manifest().map(ManifestHead.unsigned),
-    BodyWant: st.builds(BodyWant, st.lists(st.binary(min_size=32, max_size=32),
-                                           min_size=1, max_size=8).map(tuple)),
+    BodyWant: st.builds(BodyWant, _BODY_IDS),
+    BodyCancel: st.builds(BodyCancel, _BODY_IDS),
     Requests: st.builds(Requests, _IDS, _HASHES, st.integers(0, 3))}
 
 

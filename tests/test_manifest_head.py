@@ -25,6 +25,7 @@ from protocol._manifest_fetch import (
     ASK_EVERY,
     RELAY_FOR,
     BodyAnswer,
+    BodyCancel,
     BodyWant,
     ManifestFetch,
 )
@@ -139,11 +140,56 @@ def test_a_body_is_asked_of_holders_first_then_in_turn_until_it_arrives() -> Non
     assert not f.receive(PEER_A, BodyAnswer(stray), 8.0)
     assert f.receive(PEER_B, BodyAnswer(m), 8.0)
     assert led.manifest_for("m", "1.0.0") == m
+    # every other peer asked is told not to send it (a relay among them stops)
+    cancel = BodyCancel((bytes.fromhex(m.manifest_id),))
+    assert _sent(f) == [(p, cancel) for p in sorted({PEER_C, PEER_A, "0" * 32})]
     f.want(set(), 9.0)
     f.on_timer(20.0, peers)
     assert _sent(f) == [] and f.next_deadline() is None
     st = f.statistics()
-    assert (st.bodies_added, st.unsolicited, st.asks_sent) == (1, 1, 4)
+    assert (st.bodies_added, st.unsolicited, st.asks_sent, st.cancels) == (1, 1, 4, 3)
+
+
+def test_a_relay_whose_askers_all_cancel_stops_and_cancels_its_own_ask() -> None:
+    """PEER_A and PEER_B ask this node, which holds only the head: it relays to PEER_C.
+    One asker cancelling leaves the relay on for the other; the last one cancelling
+    stops it, and the ask to PEER_C is cancelled in turn; a copy still on its way is
+    dropped as unsolicited and passed to nobody."""
+    led = admitted_ledger(4)
+    m, _ = manifest()
+    assert not led.merge_entries([Entry.create(node_key(3), 1, m)]).errors
+    f = ManifestFetch(led)
+    ids = (bytes.fromhex(m.manifest_id),)
+    f.receive(PEER_A, BodyWant(ids), 0.0)
+    f.receive(PEER_B, BodyWant(ids), 0.0)
+    f.on_timer(0.0, [PEER_A, PEER_B, PEER_C])
+    assert _sent(f) == [(PEER_C, BodyWant(ids))]
+    f.receive(PEER_A, BodyCancel(ids), 0.1)
+    assert _sent(f) == [] and f.statistics().wanted == 1    # still relaying for PEER_B
+    f.receive(PEER_C, BodyCancel(ids), 0.1)                 # not an asker: changes nothing
+    assert f.statistics().wanted == 1
+    f.receive(PEER_B, BodyCancel(ids), 0.2)
+    assert _sent(f) == [(PEER_C, BodyCancel(ids))]
+    assert f.statistics().wanted == 0 and f.next_deadline() is None
+    assert not f.receive(PEER_C, BodyAnswer(m), 0.3)
+    assert _sent(f) == [] and f.statistics().unsolicited == 1
+    assert led.manifest_for("m", "1.0.0") is None
+
+
+def test_a_node_that_wants_the_body_itself_keeps_asking_after_its_askers_cancel() -> None:
+    led = admitted_ledger(4)
+    m, _ = manifest()
+    assert not led.merge_entries([Entry.create(node_key(3), 1, m)]).errors
+    f = ManifestFetch(led)
+    ids = (bytes.fromhex(m.manifest_id),)
+    f.want({m.manifest_id}, 0.0)
+    f.receive(PEER_A, BodyWant(ids), 0.0)
+    f.on_timer(0.0, [PEER_A, PEER_B])
+    assert _sent(f) == [(PEER_B, BodyWant(ids))]
+    f.receive(PEER_A, BodyCancel(ids), 0.1)
+    assert _sent(f) == [] and f.statistics().wanted == 1
+    assert f.receive(PEER_B, BodyAnswer(m), 0.2)
+    assert _sent(f) == []                                   # nobody else asked, nobody to serve
 
 
 def test_a_node_with_no_peer_to_ask_waits_instead_of_spinning() -> None:
@@ -215,7 +261,8 @@ def test_a_peer_without_the_body_relays_the_want_and_passes_the_body_on() -> Non
     assert _sent(f) == [(PEER_A, BodyAnswer(m))]
     assert led.manifest_for("m", "1.0.0") == m
     assert f.statistics().relayed == 1
-    f.on_timer(RELAY_FOR, [PEER_A, PEER_B])           # the other never came: given up
+    f.on_timer(RELAY_FOR, [PEER_A, PEER_B])           # the other never came: given up,
+    assert _sent(f) == [(PEER_B, BodyCancel(ids[1:]))]  # and the ask of it taken back
     f.on_timer(RELAY_FOR + 100, [PEER_A, PEER_B])
     assert _sent(f) == [] and f.next_deadline() is None
 
