@@ -248,6 +248,56 @@ def test_publish_reaches_the_fleet_with_one_manifest_per_version(node: Provision
     assert len(models["manifests"]) == 2
 
 
+def test_a_daemon_started_during_an_offline_publish_announces_it(node: Provisioned,
+                                                                  tmp_path: Path) -> None:
+    """`shoal publish` with no daemon running writes the store holding the data
+    directory's lock as a publish; a daemon started meanwhile waits for it and then
+    announces the version, no restart needed. First the overlap made certain (this test
+    holds the lock as the command does and writes the store with the same function),
+    then the race as an operator meets it: the daemon started and `shoal publish` run
+    at once."""
+    from agent._daemon.lock import PUBLISH, DataDirLock, holder
+    from agent._storage.keys import load_key
+    from agent._storage.paths import DataDir
+    from agent._storage.publish import publish
+    from agent._storage.store import ChunkStore
+
+    cfg = str(node.config_path)
+    data = DataDir(node.data_dir)
+    lock = DataDirLock(node.data_dir, "", role=PUBLISH)
+    daemon = Daemon(node.config_path, tmp_path / "d.log")
+    try:
+        deadline = time.monotonic() + 30
+        while "waiting for `shoal publish`" not in daemon.log.read_text():
+            assert daemon.proc.poll() is None, daemon.log.read_text()
+            assert time.monotonic() < deadline, daemon.log.read_text()
+            time.sleep(0.1)
+        assert not node.control_socket.exists()        # not started: waiting
+        publish(ChunkStore(data.store), package(tmp_path / "p1", os.urandom(200_000)),
+                "det", "1.0.0", load_key(data.keys, "publisher"))
+        lock.release()
+        wait_status(node.config_path)
+        held = holder(node.data_dir)
+        assert held is not None and held.role == "daemon" and held.pid == daemon.proc.pid
+        dist = shoal("distribute", "det", "1.0.0", "--json", "--config", cfg)
+        assert dist.returncode == 0, dist.stderr
+        assert json.loads(dist.stdout)["targets"] == 1
+    finally:
+        lock.release()
+        assert daemon.stop() == 0
+    # the race itself: whichever takes the lock first, the running daemon knows 1.1.0
+    daemon = Daemon(node.config_path, tmp_path / "d2.log")
+    try:
+        pub = shoal("publish", str(package(tmp_path / "p2", os.urandom(200_000))),
+                    "--model", "det", "--version", "1.1.0", "--config", cfg)
+        assert pub.returncode == 0, pub.stderr
+        wait_status(node.config_path)
+        dist = shoal("distribute", "det", "1.1.0", "--json", "--config", cfg)
+        assert dist.returncode == 0, dist.stderr
+    finally:
+        assert daemon.stop() == 0
+
+
 def test_unknown_things_are_one_line_and_non_zero(node: Provisioned, tmp_path: Path) -> None:
     cfg = str(node.config_path)
     pkg = package(tmp_path / "pkg", os.urandom(50_000))

@@ -204,8 +204,7 @@ def _fleet_on_v1(tmp_path: Path) -> tuple[Any, tuple[str, ...]]:
     try:
         for i in range(3):
             f.start(i)
-        # (a `shoal publish` before node 0's daemon listens stores the version offline,
-        # to be announced when the daemon next starts: wait for the fleet first)
+        # (the fleet meshed first, so the distribute below reaches all three at once)
         trio.run(f.wait_meshed, 30.0)
         cfg = ("--config", str(f.nodes[0].config_path))
         for pkg, version in ((_package(tmp_path / "v1", HEALTHY, 1), "1.0.0"),
@@ -300,8 +299,7 @@ def test_real_daemons_roll_a_degraded_version_back_by_policy(tmp_path: Path) -> 
     try:
         for i in range(3):
             f.start(i)
-        # (a `shoal publish` before node 0's daemon listens stores the version offline,
-        # to be announced when the daemon next starts: wait for the fleet first)
+        # (the fleet meshed first, so the distribute below reaches all three at once)
         trio.run(f.wait_meshed, 30.0)
         cfg = ("--config", str(f.nodes[0].config_path))
         v1 = _package(tmp_path / "v1", HEALTHY, 1)

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 from agent._cli.location import control_socket, locate
 from agent._cli.result import Answered
-from agent._daemon.lock import holder
+from agent._daemon.lock import DAEMON, PUBLISH, DataDirBusy, DataDirLock, holder
 from agent._errors import InstallError
 from agent._storage.install import Installer
 from agent._storage.keys import load_key
@@ -91,15 +91,25 @@ def _cmd_publish(args: argparse.Namespace) -> tuple[Any, str]:
     starts."""
     data = _data(args)
     running = holder(data.root)
-    if running is not None:
-        res = _publish_via_daemon(args, running.control_socket or control_socket(args))
+    lock = None
+    if running is None or running.role != DAEMON:
+        try:        # (a daemon that starts meanwhile waits until the store holds it)
+            lock = DataDirLock(data.root, "", role=PUBLISH)
+        except DataDirBusy:
+            running = holder(data.root)           # a daemon took it first: through it
+    if lock is None:
+        sock = running.control_socket if running is not None else ""
+        res = _publish_via_daemon(args, sock or control_socket(args))
         where = "; announced to the fleet"
     else:
-        publisher = load_key(data.keys, "publisher")
-        store = ChunkStore(data.store)
-        with progress_bar(args, f"publish {args.model} {args.version}") as update:
-            res = publish(store, args.path, args.model, args.version, publisher,
-                          progress=update)
+        try:
+            publisher = load_key(data.keys, "publisher")
+            store = ChunkStore(data.store)
+            with progress_bar(args, f"publish {args.model} {args.version}") as update:
+                res = publish(store, args.path, args.model, args.version, publisher,
+                              progress=update)
+        finally:
+            lock.release()
         where = "; the daemon announces it to the fleet when it starts"
     if res.already_published:
         text = (f"{res.model_id} {res.version} is already published with these bytes "

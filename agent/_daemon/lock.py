@@ -5,6 +5,11 @@ life and writes its pid and control socket into the file. The kernel drops the
 lock when the process dies, however it dies, so a stale file never blocks a new
 daemon. Other commands read the file (without taking the lock) to learn whether
 a daemon owns the directory and where its control socket is.
+
+An offline ``shoal publish`` (no daemon running) holds the same lock while it writes
+the store, with the role ``publish``. A daemon that starts meanwhile waits for it, so
+it reads the store after the new version is in it and announces it; a publish that
+finds a daemon holding the lock goes through that daemon instead.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -19,10 +25,15 @@ from pathlib import Path
 
 from agent._errors import AgentError
 
-__all__ = ["LOCK_FILE", "DataDirBusy", "DataDirLock", "Holder", "holder"]
+__all__ = ["LOCK_FILE", "DAEMON", "PUBLISH", "DataDirBusy", "DataDirLock", "Holder",
+           "holder"]
 
 LOCK_FILE = "daemon.lock"
 _TRIES = 25
+DAEMON = "daemon"           # the holder's role: a daemon...
+PUBLISH = "publish"         # ...or an offline publish, which a starting daemon waits for
+_LOG_EVERY = 10.0           # seconds between "still waiting" lines
+log = logging.getLogger("shoal.daemon")
 
 
 class DataDirBusy(AgentError):
@@ -33,13 +44,15 @@ class DataDirBusy(AgentError):
 class Holder:
     pid: int
     control_socket: str
+    role: str = DAEMON
 
 
 def _read(fd: int) -> Holder:
     raw = os.pread(fd, 4096, 0)
     try:
         obj = json.loads(raw.decode())
-        return Holder(int(obj["pid"]), str(obj.get("control_socket", "")))
+        return Holder(int(obj["pid"]), str(obj.get("control_socket", "")),
+                      str(obj.get("role", DAEMON)))
     except (ValueError, KeyError, TypeError):
         return Holder(0, "")
 
@@ -62,29 +75,42 @@ def holder(root: Path) -> Holder | None:
 
 
 class DataDirLock:
-    """The exclusive lock of a data directory, held until :meth:`release`."""
+    """The exclusive lock of a data directory, held until :meth:`release`.
 
-    def __init__(self, root: Path, control_socket: str) -> None:
+    Raises :class:`DataDirBusy` when a daemon holds it; waits while an offline publish
+    (role ``publish``) does, however long that takes."""
+
+    def __init__(self, root: Path, control_socket: str, *, role: str = DAEMON) -> None:
         self._fd: int | None = None
         self.path = root / LOCK_FILE
         root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        for attempt in range(_TRIES):
+        busy, waited_since, said = 0, time.monotonic(), 0.0
+        while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if attempt + 1 < _TRIES:   # holder() peeks with a shared lock for a moment
+                held = _read(fd)
+                if held.role == PUBLISH:          # a publish finishing: wait for it
+                    waited = time.monotonic() - waited_since
+                    if waited >= said:
+                        log.info("waiting for `shoal publish` (pid %d) to finish with %s",
+                                 held.pid, root)
+                        said = waited + _LOG_EVERY
+                    time.sleep(0.1)
+                    continue
+                busy += 1                  # (holder() peeks with a shared lock for a moment)
+                if busy < _TRIES:
                     time.sleep(0.02)
-        else:
-            held = _read(fd)
-            os.close(fd)
-            who = f"pid {held.pid}" if held.pid else "another process"
-            raise DataDirBusy(f"data directory {root} is in use by a shoal daemon ({who}); "
-                              f"one daemon per data directory") from None
+                    continue
+                os.close(fd)
+                who = f"pid {held.pid}" if held.pid else "another process"
+                raise DataDirBusy(f"data directory {root} is in use by a shoal daemon "
+                                  f"({who}); one daemon per data directory") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(),
-                                  "control_socket": control_socket}).encode(), 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "control_socket": control_socket,
+                                  "role": role}).encode(), 0)
         self._fd = fd
 
     def release(self) -> None:
