@@ -65,6 +65,13 @@ _S = ModelOperationalStatus
 _HOLDS = (_S.DOWNLOADING, _S.LOADING, _S.OPERATIONAL, _S.DEGRADED)   # the body is there
 
 
+def _check_ids(ids: tuple[bytes, ...], what: str) -> None:
+    if not 0 < len(ids) <= WANT_IDS:
+        raise InvalidValue(f"{what} names 1-{WANT_IDS} manifests")
+    if any(len(i) != 32 for i in ids):
+        raise InvalidValue("a manifest id is 32 bytes")
+
+
 @message(26)
 @dataclass(frozen=True, slots=True)
 class BodyWant:
@@ -73,10 +80,7 @@ class BodyWant:
     manifest_ids: tuple[bytes, ...]
 
     def __post_init__(self) -> None:
-        if not 0 < len(self.manifest_ids) <= WANT_IDS:
-            raise InvalidValue(f"a body want names 1-{WANT_IDS} manifests")
-        if any(len(i) != 32 for i in self.manifest_ids):
-            raise InvalidValue("a manifest id is 32 bytes")
+        _check_ids(self.manifest_ids, "a body want")
 
 
 @message(27)
@@ -95,10 +99,7 @@ class BodyCancel:
     manifest_ids: tuple[bytes, ...]
 
     def __post_init__(self) -> None:
-        if not 0 < len(self.manifest_ids) <= WANT_IDS:
-            raise InvalidValue(f"a cancel names 1-{WANT_IDS} manifests")
-        if any(len(i) != 32 for i in self.manifest_ids):
-            raise InvalidValue("a manifest id is 32 bytes")
+        _check_ids(self.manifest_ids, "a cancel")
 
 
 @dataclass(frozen=True, slots=True)

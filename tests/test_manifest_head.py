@@ -274,6 +274,10 @@ def test_bad_wants_are_typed_errors() -> None:
         BodyWant((b"\x01" * 31,))
     with pytest.raises(InvalidValue):
         BodyWant(tuple(bytes([i]) * 32 for i in range(9)))
+    with pytest.raises(InvalidValue):
+        BodyCancel(())
+    with pytest.raises(InvalidValue):
+        BodyCancel((b"\x01" * 33,))
 
 
 # ------------------------------------------------------------------ whole machines
