@@ -136,7 +136,8 @@ class SwarmEngine:
                                   peer_has=self._picker.peer_has, seeding=self._picker.seeding,
                                   counters=self._c, send=self._send, emit=self._emit)
         self._down_bucket: TokenBucket | None = None
-        self._haves = HaveBatcher(config.have_interval, self._send)
+        self._haves = HaveBatcher(config.have_interval, self._send, self._serving,
+                                  config.have_busy_interval)
 
     def clock_stepped_back(self, delta: float) -> None:
         """The wall clock went back by ``delta`` seconds. Every time kept here (request
@@ -156,6 +157,11 @@ class SwarmEngine:
         self._haves.shift_time(shift)
 
     # ================================================================== helpers
+
+    def _serving(self, peer: str) -> bool:
+        """Whether a request of ``peer`` is queued or in flight here (HaveBatcher)."""
+        scheduler = self._uploader.scheduler
+        return scheduler is not None and scheduler.serving(peer)
 
     def _buckets(self, now: float) -> tuple[UploadScheduler, TokenBucket]:
         # Created lazily so that the first `now` the engine sees starts the buckets.

@@ -13,6 +13,15 @@ index as a :class:`Have`, several as one :class:`Haves` (sorted, at most
 as early as before, and only a burst is delayed, by at most ``interval``. Chunks
 stored in one input (a batch the driver reports together) always share a message.
 ``interval`` 0 sends every index at once, as before.
+
+A peer this node is serving (``busy``: a request of its queued or in flight here)
+is told at most once per ``busy_interval`` instead. It has work here already --
+its pipeline to this node is full -- so news of further chunks can wait without
+leaving it idle, and shares a message with what is stored meanwhile: on capped
+links a node stores a chunk every few tenths of a second, one ``Have`` per peer
+per store at ``interval`` alone (bench_overlay, docs/JOURNAL.md, 2026-12-06).
+Nothing is lost, only delayed by at most ``busy_interval``: every stored index
+still reaches every interested peer.
 """
 
 from __future__ import annotations
@@ -28,9 +37,13 @@ __all__ = ["HaveBatcher"]
 class HaveBatcher:
     """Pending announcements per peer and key; :meth:`release` sends the due ones."""
 
-    def __init__(self, interval: float, send: Callable[[str, Have | Haves], None]) -> None:
+    def __init__(self, interval: float, send: Callable[[str, Have | Haves], None],
+                 busy: Callable[[str], bool] | None = None,
+                 busy_interval: float = 0.0) -> None:
         self._interval = interval
         self._send = send
+        self._busy = busy
+        self._busy_interval = max(interval, busy_interval)
         self._pending: dict[str, dict[str, set[int]]] = {}   # peer -> key -> indices
         self._last: dict[str, float] = {}    # peer -> when its last announcement went out
         self._due = math.inf                 # the soonest a pending peer may be told
@@ -65,8 +78,10 @@ class HaveBatcher:
         """Send what is pending to every peer whose interval has passed; arm the
         deadline for the others."""
         due = math.inf
+        busy, slow = self._busy, self._busy_interval
         for peer in sorted(self._pending):
-            at = self._last.get(peer, -math.inf) + self._interval
+            at = self._last.get(peer, -math.inf) + (
+                slow if busy is not None and busy(peer) else self._interval)
             if at > now:
                 due = min(due, at)
                 continue
