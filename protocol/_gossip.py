@@ -489,10 +489,10 @@ class GossipEngine:
                 raise MalformedMessage(f"bad digest: {exc}") from None
             only = self._only(msg.bits, msg.buckets)
             self._learn_own(their, only is None or only(self.node_id))
-            origins = (None if only is None
-                       else self.ledger.origins_in_buckets(msg.bits, msg.buckets))
-            self._send_delta(peer, their, origins, now)
-            if msg.reply and self._lacks_from(peer, their, only, origins):
+            named = (None if only is None
+                     else self.ledger.origins_in_buckets(msg.bits, msg.buckets))
+            self._send_delta(peer, their, named, now)
+            if msg.reply and self._lacks_from(peer, their, only, named):
                 vv = (vv_to_wire(self.ledger.version_vector) if only is None
                       else self._partial_vv(msg.bits, msg.buckets))
                 self._send(peer, GossipDigest(vv, False, msg.bits, msg.buckets), now)

@@ -51,7 +51,7 @@ from ._config import SwarmConfig
 from ._events import DropPeer, Notice, NoticeKind, Output, SendMessage, StoreChunk
 from ._manifest import ChunkRef
 from ._rng import Rng
-from ._swarm_haves import HaveBatcher
+from ._swarm_haves import BUSY_BACKLOG, HaveBatcher
 from ._swarm_keys import KeyCatalog, KeyInfo
 from ._swarm_links import LinkEstimates
 from ._swarm_messages import (
@@ -159,9 +159,13 @@ class SwarmEngine:
     # ================================================================== helpers
 
     def _serving(self, peer: str) -> bool:
-        """Whether a request of ``peer`` is queued or in flight here (HaveBatcher)."""
+        """Whether ``peer`` is busy for the HaveBatcher: a request of it is queued or in
+        flight here, or it has work it could ask of this node (``BUSY_BACKLOG``)."""
         scheduler = self._uploader.scheduler
-        return scheduler is not None and scheduler.serving(peer)
+        if scheduler is not None and scheduler.serving(peer):
+            return True
+        has = self._picker.peer_has.get(peer)
+        return self._haves.backlog(peer, None if has is None else has.by_key.get) >= BUSY_BACKLOG
 
     def _buckets(self, now: float) -> tuple[UploadScheduler, TokenBucket]:
         # Created lazily so that the first `now` the engine sees starts the buckets.

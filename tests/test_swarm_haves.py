@@ -90,7 +90,8 @@ def test_a_peer_is_told_at_most_once_per_interval_and_a_lone_chunk_at_once() -> 
 def test_a_peer_being_served_is_told_once_per_busy_interval_and_nothing_is_lost() -> None:
     # 1,000 B chunks at 500 B/s (a 1 s burst): peer 1's second request waits here,
     # so peer 1 has work here and hears of new chunks at most every 0.5 s; peer 2,
-    # which asked for nothing, still hears of each at the plain interval
+    # which asked for nothing and holds each chunk it is told of (it says so), still
+    # hears of each at the plain interval
     eng, refs, peers = _seeding(0.05, busy=0.5, upload_rate=500.0)
     eng.chunks_stored([refs[0].hash, refs[1].hash], 1.0)
     eng.take_outputs()
@@ -104,15 +105,45 @@ def test_a_peer_being_served_is_told_once_per_busy_interval_and_nothing_is_lost(
         now = tick / 100
         if tick in stores:
             eng.chunk_stored(stores[tick], now)
-        elif eng.next_deadline() <= now:
+        elif (due := eng.next_deadline()) is not None and due <= now:
             eng.on_timer(now)
         for peer, msg in _announcements(eng):
             told[peer] += [msg.index] if isinstance(msg, Have) else list(msg.indices)
             sent[peer].append(now)
+            if peer == peers[1]:
+                eng.receive(peer, msg, now)
     assert all(sorted(told[p]) == list(range(2, 8)) for p in peers)   # nothing lost
     assert len(sent[peers[1]]) == 6                                    # one a store
     assert len(sent[peers[0]]) <= 3                                    # batched
     assert all(b - a >= 0.5 - 1e-9 for a, b in itertools.pairwise(sent[peers[0]]))
+
+
+def test_a_peer_told_of_chunks_it_lacks_has_work_here_and_is_told_less_often() -> None:
+    # nobody's requests wait here; peer 1 says it holds what it is told, peer 2 does
+    # not: once 4 chunks announced to peer 2 are not known to be held by it, it can
+    # ask for those, and hears of the next ones at most every 0.5 s
+    eng, refs, peers = _seeding(0.05, busy=0.5)
+    sent: dict[str, list[tuple[float, tuple[int, ...]]]] = {p: [] for p in peers}
+    for k in range(8):
+        now = 1.0 + 0.12 * k
+        eng.chunk_stored(refs[k].hash, now)
+        for later in (now + 0.06, now + 0.09):
+            due = eng.next_deadline()
+            if due is not None and due <= later:
+                eng.on_timer(later)
+        for peer, msg in _announcements(eng):
+            got = (msg.index,) if isinstance(msg, Have) else msg.indices
+            sent[peer].append((now, got))
+            if peer == peers[0]:
+                eng.receive(peer, msg, now)
+    eng.on_timer(3.0)
+    for peer, msg in _announcements(eng):
+        sent[peer].append((3.0, (msg.index,) if isinstance(msg, Have) else msg.indices))
+    assert [i for _, got in sent[peers[0]] for i in got] == list(range(8))
+    assert len(sent[peers[0]]) == 8
+    assert sorted(i for _, got in sent[peers[1]] for i in got) == list(range(8))
+    assert [got for _, got in sent[peers[1]][:4]] == [(0,), (1,), (2,), (3,)]
+    assert len(sent[peers[1]]) <= 6
 
 
 def test_pending_haves_are_dropped_for_a_peer_that_lost_interest_or_left() -> None:
