@@ -343,6 +343,7 @@ class GossipEngine:
         self._asks: dict[tuple[str, str], float] = {}   # manifest wanted -> when to ask
         self._want_tokens = TokenBuckets(WANT_RATE, WANT_BURST)   # wants answered, per peer
         self._wants = self._wants_answered = 0
+        self._round_gen = -1     # the ledger's vector generation at the last round
 
     # ------------------------------------------------------------------ peers
     def peer_connected(self, peer: str, now: float) -> None:
@@ -382,8 +383,14 @@ class GossipEngine:
         peers = sorted(self.peers)
         chosen = self._rng.sample(peers, min(self.config.fanout, len(peers)))
         summary = self._summary()
+        gen, self._round_gen = self._round_gen, self.ledger.vv_generation
+        opening: _Msg = summary
+        if gen != self._round_gen and summary.origins < BUCKETS_FROM:
+            # busy (the vector moved since the last round): a summary would only be
+            # answered by the peer's digest, so open with ours (one message less)
+            opening = GossipDigest(vv_to_wire(self.ledger.version_vector), True, 0, ())
         for p in chosen:
-            self._send(p, summary, now)
+            self._send(p, opening, now)
         keepalive = self.config.suspect_after / 3
         for p in peers:
             if now - self._last_sent.get(p, -1e18) >= keepalive:
