@@ -21,6 +21,11 @@ most ``max_delta_bytes`` of entries) plus our own digest (``reply=False``), and
 the peer sends back what we lack. One round is push-pull (Karp et al.):
 information spreads in about ``log3 N + ln ln N`` rounds.
 
+While a node's vector moves (a rollout: records change every few seconds), a
+summary is all but sure to differ and could only be answered by the peer's
+digest, so under ``BUCKETS_FROM`` origins a round whose node's vector moved since
+its previous round opens with the node's digest (``reply=True``) instead.
+
 A reply digest only when needed: the side that opened the round sends its own
 digest back only when the peer's shows something it lacks (or the peer is behind
 on its own origin: a restart gap closes on digests). Otherwise the peer could only
