@@ -225,7 +225,7 @@ def _rows(small: dict[str, Any], large: dict[str, Any], size: int) -> list[dict[
              "detail": f"at the start {r['sessions_start']}; dials per node in the window "
                        f"{r['dials_per_node']:.2f}"},
         ]
-    times = large["rollout_s"] / small["rollout_s"]
+    times = round(large["rollout_s"] / small["rollout_s"], 2)   # judged as shown
     judged = "aim <= 1.3" + (
         "" if not cap else
         f"; rollout times {times:.2f}x apart: "
