@@ -19,12 +19,22 @@ node pays per second whatever it transfers: anything of that kind is paid longer
 larger fleet's rollout takes longer). Then the large/small ratios of messages and CPU per
 node.
 
+Each fleet is measured twice in one sequence: uncapped, then with every daemon's own
+``[bandwidth]`` capped at ``cap`` Mbit/s up and down (``CAP``), so that both fleets
+are link-bound — what a fleet of separate boxes sees — rather than bound by the two
+cores they share here, where 32 daemons take 3-5x as long as 8 and so pay 3-5x the
+per-second costs (gossip rounds, ``Haves`` windows). Each row carries the rollout's
+wall time and the load average at the window's start and end; the capped ratio is
+the one to judge the aim on only when the two capped rollout times agree within
+~25 % (``time_ratio`` in the rows says how far they are apart).
+
 quick=True: 4 and 8 daemons, 4 MiB; full: 8 and 32 daemons, 16 MiB (issue 23's aim:
 per-node messages and CPU grow by at most 1.3x from 8 to 32).
 
-Also runnable as a script (``python benchmarks/bench_overlay.py [SMALL LARGE [MiB]]``),
-which prints the rows as JSON: run from another checkout's root (with that checkout
-first on ``PYTHONPATH``) it measures that checkout's daemons the same way.
+Also runnable as a script (``python benchmarks/bench_overlay.py [SMALL LARGE [MiB]]
+[--cap MBIT]``, ``--cap 0`` for the uncapped pair alone), which prints the rows as
+JSON: run from another checkout's root (with that checkout first on ``PYTHONPATH``) it
+measures that checkout's daemons the same way.
 """
 
 from __future__ import annotations
@@ -48,6 +58,12 @@ __all__ = ["run", "measure"]
 
 MiB = 1024 * 1024
 QUIET = 5.0     # seconds of each quiet window, before and after the rollout
+CAP = 8.0       # Mbit/s up and down per daemon for the capped pair: 16 MiB takes 16.8 s
+                # at T_min, longer than 32 uncapped daemons need on two shared cores
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
 def _package(root: Path, size: int) -> Path:
@@ -118,6 +134,7 @@ async def _rollout(fleet: LocalFleet, n: int, pkg: Path, timeout: float) -> dict
     sessions_start = [len((await fleet.call(i, lambda c: c.peers())).peers) for i in range(n)]
     polled: list[int] = []
     most = max(found)
+    load0 = _load()
     t0 = time.perf_counter()
     await fleet.call(0, lambda c: c.distribute_model("wide", "1.0.0"))
     with trio.fail_after(timeout):
@@ -130,6 +147,7 @@ async def _rollout(fleet: LocalFleet, n: int, pkg: Path, timeout: float) -> dict
                 break
             await trio.sleep(0.3)
     elapsed = time.perf_counter() - t0
+    load1 = _load()
     (m1, g1), c1 = await messages(), _cpu(procs)
     t1_types = [dict(d) for d in types]
     await trio.sleep(QUIET)
@@ -143,6 +161,7 @@ async def _rollout(fleet: LocalFleet, n: int, pkg: Path, timeout: float) -> dict
     return {"n": n, "messages_per_node": sum(msgs) / n, "messages_max": max(msgs),
             "gossip_messages_per_node": sum(gossip) / n,
             "cpu_per_node": sum(cpu) / n, "cpu_fleet": sum(cpu), "rollout_s": elapsed,
+            "load_start": load0, "load_end": load1,
             "settle_s": settle, "sessions_most": max(most, *sessions),
             "sessions_start": sorted(sessions_start), "sessions_end": sorted(sessions),
             "sessions_mean_polled": sum(polled) / max(1, len(polled)),
@@ -158,30 +177,44 @@ async def _rollout(fleet: LocalFleet, n: int, pkg: Path, timeout: float) -> dict
                                                    by_type(t1_types, t2_types).items()}}}
 
 
-def measure(n: int, size: int, timeout: float = 300.0) -> dict[str, Any]:
-    """One fleet of ``n`` daemons rolls out ``size`` bytes; the figures of the window."""
+def measure(n: int, size: int, timeout: float = 300.0, cap: float = 0.0) -> dict[str, Any]:
+    """One fleet of ``n`` daemons rolls out ``size`` bytes; the figures of the window.
+    ``cap`` > 0: every daemon's ``[bandwidth]`` up and down, Mbit/s."""
+    if cap < 0:
+        raise ValueError(f"cap must be >= 0 Mbit/s, not {cap}")
     base = Path(tempfile.mkdtemp(prefix=f"shoal-bench-overlay-{n}-"))
     pkg = _package(base / "pkg", size)
-    fleet = LocalFleet(base / "fleet", n, fleet_id=f"bench-overlay-{os.getpid()}-{n}",
-                       extra_config="")
+    config = (f'[bandwidth]\nupload = "{cap:g}mbit"\ndownload = "{cap:g}mbit"\n'
+              if cap else "")
+    fleet = LocalFleet(base / "fleet", n,
+                       fleet_id=f"bench-overlay-{os.getpid()}-{n}-{cap:g}",
+                       extra_config=config)
     try:
         fleet.start_all()
-        return trio.run(_rollout, fleet, n, pkg, timeout)
+        out = trio.run(_rollout, fleet, n, pkg, timeout)
     finally:
         fleet.stop_all()
         shutil.rmtree(base, ignore_errors=True)
+    out["cap_mbit"] = cap
+    if cap:
+        out["t_min_s"] = size * 8 / (cap * 1e6)
+    return out
 
 
 def _rows(small: dict[str, Any], large: dict[str, Any], size: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    cap = small.get("cap_mbit", 0.0)
+    tag = f", capped {cap:g} Mbit/s" if cap else ", uncapped"
     for r in (small, large):
         n = r["n"]
         rows += [
-            {"name": f"overlay: messages per node, rollout to {n} daemons",
+            {"name": f"overlay: messages per node, rollout to {n} daemons{tag}",
              "value": round(r["messages_per_node"]), "unit": "messages",
              "detail": f"{size // MiB} MiB model; max {r['messages_max']}; of them gossip "
-                       f"{r['gossip_messages_per_node']:.0f}; rollout {r['rollout_s']:.1f} s"},
-            {"name": f"overlay: CPU per node, rollout to {n} daemons",
+                       f"{r['gossip_messages_per_node']:.0f}; rollout {r['rollout_s']:.1f} s"
+                       + (f" (T_min {r['t_min_s']:.1f} s)" if r.get("t_min_s") else "")
+                       + f"; load {r['load_start']} -> {r['load_end']}"},
+            {"name": f"overlay: CPU per node, rollout to {n} daemons{tag}",
              "value": round(r["cpu_per_node"], 2), "unit": "s",
              "detail": f"fleet {r['cpu_fleet']:.1f} s of CPU"},
             {"name": f"overlay: most sessions of a daemon, {n} daemons",
@@ -192,31 +225,55 @@ def _rows(small: dict[str, Any], large: dict[str, Any], size: int) -> list[dict[
              "detail": f"at the start {r['sessions_start']}; dials per node in the window "
                        f"{r['dials_per_node']:.2f}"},
         ]
+    times = round(large["rollout_s"] / small["rollout_s"], 2)   # judged as shown
+    judged = "aim <= 1.3" + (
+        "" if not cap else
+        f"; rollout times {times:.2f}x apart: "
+        + ("link-bound alike, the ratio to judge" if 0.8 <= times <= 1.25
+           else "not comparable (> 25 % apart), not the ratio to judge"))
     rows += [
-        {"name": f"overlay: messages per node {large['n']} / {small['n']} daemons",
+        {"name": f"overlay: messages per node {large['n']} / {small['n']} daemons{tag}",
          "value": round(large["messages_per_node"] / small["messages_per_node"], 2),
-         "unit": "ratio", "detail": "aim <= 1.3"},
-        {"name": f"overlay: CPU per node {large['n']} / {small['n']} daemons",
+         "unit": "ratio", "detail": judged},
+        {"name": f"overlay: CPU per node {large['n']} / {small['n']} daemons{tag}",
          "value": round(large["cpu_per_node"] / small["cpu_per_node"], 2),
-         "unit": "ratio", "detail": "aim <= 1.3"},
+         "unit": "ratio", "detail": judged},
+        {"name": f"overlay: rollout time {large['n']} / {small['n']} daemons{tag}",
+         "value": round(times, 2), "unit": "ratio",
+         "detail": f"{small['rollout_s']:.1f} s -> {large['rollout_s']:.1f} s"},
     ]
+    return rows
+
+
+def sequence(small_n: int, large_n: int, size: int, cap: float,
+             report: Any = None) -> list[dict[str, Any]]:
+    """The uncapped pair, then (``cap`` > 0) the capped pair, in one sequence."""
+    rows: list[dict[str, Any]] = []
+    for c in ((0.0, cap) if cap else (0.0,)):
+        pair = []
+        for n in (small_n, large_n):
+            r = measure(n, size, timeout=600.0 if c else 300.0, cap=c)
+            if report is not None:
+                report(r)
+            pair.append(r)
+        rows += _rows(pair[0], pair[1], size)
     return rows
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
     small_n, large_n, size = (4, 8, 4 * MiB) if quick else (8, 32, 16 * MiB)
-    small = measure(small_n, size)
-    print(f"  [bench_overlay] {json.dumps(small)}", file=sys.stderr, flush=True)
-    large = measure(large_n, size)
-    print(f"  [bench_overlay] {json.dumps(large)}", file=sys.stderr, flush=True)
-    return _rows(small, large, size)
+    return sequence(small_n, large_n, size, CAP, report=lambda r: print(
+        f"  [bench_overlay] {json.dumps(r)}", file=sys.stderr, flush=True))
 
 
 if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:]]
-    a, b, mib = (args + [8, 32, 16][len(args):])[:3]
-    res_a = measure(a, mib * MiB)
-    print(json.dumps(res_a), flush=True)
-    res_b = measure(b, mib * MiB)
-    print(json.dumps(res_b), flush=True)
-    print(json.dumps(_rows(res_a, res_b, mib * MiB), indent=1))
+    import argparse
+    parser = argparse.ArgumentParser(prog="bench_overlay.py")
+    parser.add_argument("counts", nargs="*", type=int, help="SMALL LARGE MiB (8 32 16)")
+    parser.add_argument("--cap", type=float, default=CAP,
+                        help=f"Mbit/s per daemon for the capped pair ({CAP:g}; 0: none)")
+    ns = parser.parse_args()
+    a, b, mib = (ns.counts + [8, 32, 16][len(ns.counts):])[:3]
+    rows = sequence(a, b, mib * MiB, ns.cap,
+                    report=lambda r: print(json.dumps(r), flush=True))
+    print(json.dumps(rows, indent=1))

@@ -21,6 +21,18 @@ most ``max_delta_bytes`` of entries) plus our own digest (``reply=False``), and
 the peer sends back what we lack. One round is push-pull (Karp et al.):
 information spreads in about ``log3 N + ln ln N`` rounds.
 
+While a node's vector moves (a rollout: records change every few seconds), a
+summary is all but sure to differ and could only be answered by the peer's
+digest, so under ``BUCKETS_FROM`` origins a round whose node's vector moved since
+its previous round opens with the node's digest (``reply=True``) instead.
+
+A reply digest only when needed: the side that opened the round sends its own
+digest back only when the peer's shows something it lacks (or the peer is behind
+on its own origin: a restart gap closes on digests). Otherwise the peer could only
+answer with an empty delta; a round in which one side merely catches up (the
+usual case while records change) is then three messages, not four. What a peer
+holds above its vector (entries past a gap) comes back when it opens a round.
+
 Urgent entries are pushed, not left to the rounds. An operator's intent, a
 manifest, a revocation and the certificate of an operator or publisher
 (:func:`urgent`) are written once, never replaced, and a rollout cannot start
@@ -336,6 +348,7 @@ class GossipEngine:
         self._asks: dict[tuple[str, str], float] = {}   # manifest wanted -> when to ask
         self._want_tokens = TokenBuckets(WANT_RATE, WANT_BURST)   # wants answered, per peer
         self._wants = self._wants_answered = 0
+        self._round_gen = -1     # the ledger's vector generation at the last round
 
     # ------------------------------------------------------------------ peers
     def peer_connected(self, peer: str, now: float) -> None:
@@ -375,8 +388,14 @@ class GossipEngine:
         peers = sorted(self.peers)
         chosen = self._rng.sample(peers, min(self.config.fanout, len(peers)))
         summary = self._summary()
+        gen, self._round_gen = self._round_gen, self.ledger.vv_generation
+        opening: _Msg = summary
+        if gen != self._round_gen and summary.origins < BUCKETS_FROM:
+            # busy (the vector moved since the last round): a summary would only be
+            # answered by the peer's digest, so open with ours (one message less)
+            opening = GossipDigest(vv_to_wire(self.ledger.version_vector), True, 0, ())
         for p in chosen:
-            self._send(p, summary, now)
+            self._send(p, opening, now)
         keepalive = self.config.suspect_after / 3
         for p in peers:
             if now - self._last_sent.get(p, -1e18) >= keepalive:
@@ -482,9 +501,10 @@ class GossipEngine:
                 raise MalformedMessage(f"bad digest: {exc}") from None
             only = self._only(msg.bits, msg.buckets)
             self._learn_own(their, only is None or only(self.node_id))
-            self._send_delta(peer, their, None if only is None else
-                             self.ledger.origins_in_buckets(msg.bits, msg.buckets), now)
-            if msg.reply:
+            named = (None if only is None
+                     else self.ledger.origins_in_buckets(msg.bits, msg.buckets))
+            self._send_delta(peer, their, named, now)
+            if msg.reply and self._lacks_from(peer, their, only, named):
                 vv = (vv_to_wire(self.ledger.version_vector) if only is None
                       else self._partial_vv(msg.bits, msg.buckets))
                 self._send(peer, GossipDigest(vv, False, msg.bits, msg.buckets), now)
@@ -501,6 +521,19 @@ class GossipEngine:
                 self._forward(peer, msg, result, now)
             return result
         raise MalformedMessage(f"not a gossip message: {type(msg).__name__}")
+
+    def _lacks_from(self, peer: str, their: Mapping[str, int],
+                    only: Callable[[str], bool] | None, origins: list[str] | None) -> bool:
+        """Whether the reply digest to ``peer``'s digest ``their`` is worth sending: its
+        vector is ahead of ours somewhere (in the buckets asked about), or behind on
+        its own origin (a restart gap there closes on digests). Otherwise the peer could
+        only answer it with an empty delta, and whatever it holds above its vector (rare:
+        entries past a gap) comes back when it opens a round itself ("A reply digest
+        only when needed")."""
+        version_of = self.ledger.version_of
+        if their.get(peer, 0) < version_of(peer) and (origins is None or peer in origins):
+            return True
+        return any(c > version_of(o) for o, c in their.items() if only is None or only(o))
 
     def _answer_want(self, peer: str, msg: GossipWant, now: float) -> None:
         """Send ``peer`` the manifest entries held for the names of its want, one

@@ -51,7 +51,7 @@ from ._config import SwarmConfig
 from ._events import DropPeer, Notice, NoticeKind, Output, SendMessage, StoreChunk
 from ._manifest import ChunkRef
 from ._rng import Rng
-from ._swarm_haves import HaveBatcher
+from ._swarm_haves import BUSY_BACKLOG, HaveBatcher
 from ._swarm_keys import KeyCatalog, KeyInfo
 from ._swarm_links import LinkEstimates
 from ._swarm_messages import (
@@ -136,7 +136,8 @@ class SwarmEngine:
                                   peer_has=self._picker.peer_has, seeding=self._picker.seeding,
                                   counters=self._c, send=self._send, emit=self._emit)
         self._down_bucket: TokenBucket | None = None
-        self._haves = HaveBatcher(config.have_interval, self._send)
+        self._haves = HaveBatcher(config.have_interval, self._send, self._serving,
+                                  config.have_busy_interval)
 
     def clock_stepped_back(self, delta: float) -> None:
         """The wall clock went back by ``delta`` seconds. Every time kept here (request
@@ -156,6 +157,15 @@ class SwarmEngine:
         self._haves.shift_time(shift)
 
     # ================================================================== helpers
+
+    def _serving(self, peer: str) -> bool:
+        """Whether ``peer`` is busy for the HaveBatcher: a request of it is queued or in
+        flight here, or it has work it could ask of this node (``BUSY_BACKLOG``)."""
+        scheduler = self._uploader.scheduler
+        if scheduler is not None and scheduler.serving(peer):
+            return True
+        has = self._picker.peer_has.get(peer)
+        return self._haves.backlog(peer, None if has is None else has.by_key.get) >= BUSY_BACKLOG
 
     def _buckets(self, now: float) -> tuple[UploadScheduler, TokenBucket]:
         # Created lazily so that the first `now` the engine sees starts the buckets.

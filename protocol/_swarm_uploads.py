@@ -235,6 +235,10 @@ class UploadScheduler:
         self._served_bytes.pop(peer, None)
         self._last_turn.pop(peer, None)
 
+    def serving(self, peer: str) -> bool:
+        """Whether a request of ``peer`` is queued here or a piece for it unreported."""
+        return bool(self._queues.get(peer)) or self._peer_unreported.get(peer, 0) > 0
+
     @property
     def queued(self) -> int:
         return sum(len(q) for q in self._queues.values())

@@ -3,6 +3,8 @@ message, and the engine sending each peer one message per ``have_interval``."""
 
 from __future__ import annotations
 
+import itertools
+
 import msgpack
 import pytest
 
@@ -48,10 +50,12 @@ def test_haves_round_trips_and_decodes_strictly() -> None:
             decode(_raw(52, fields))
 
 
-def _seeding(interval: float = 0.05) -> tuple[SwarmEngine, list, list[str]]:
+def _seeding(interval: float = 0.05, busy: float = 0.0,
+             upload_rate: float = 0.0) -> tuple[SwarmEngine, list, list[str]]:
     """Node 0 downloads KEY (8 chunks) and has two peers interested in it."""
     refs, _ = make_key("h", 8)
-    eng = lone_engine(refs, SwarmConfig(have_interval=interval), seed=1)
+    eng = lone_engine(refs, SwarmConfig(have_interval=interval, have_busy_interval=busy,
+                                        upload_rate=upload_rate), seed=1)
     peers = [node_id(1), node_id(2)]
     for p in peers:
         eng.peer_connected(p, 0.0)
@@ -81,6 +85,65 @@ def test_a_peer_is_told_at_most_once_per_interval_and_a_lone_chunk_at_once() -> 
     assert _announcements(eng) == [(p, Haves(KEY, (3, 4))) for p in peers]
     eng.chunk_stored(refs[6].hash, 2.0)
     assert _announcements(eng) == [(p, Have(KEY, 6)) for p in peers]
+
+
+def test_a_peer_being_served_is_told_once_per_busy_interval_and_nothing_is_lost() -> None:
+    # 1,000 B chunks at 500 B/s (a 1 s burst): peer 1's second request waits here,
+    # so peer 1 has work here and hears of new chunks at most every 0.5 s; peer 2,
+    # which asked for nothing and holds each chunk it is told of (it says so), still
+    # hears of each at the plain interval
+    eng, refs, peers = _seeding(0.05, busy=0.5, upload_rate=500.0)
+    eng.chunks_stored([refs[0].hash, refs[1].hash], 1.0)
+    eng.take_outputs()
+    for r in refs[:2]:
+        eng.receive(peers[0], Request(KEY, r.hash, 2), 1.0)
+    eng.take_outputs()
+    told: dict[str, list[int]] = {p: [] for p in peers}
+    sent: dict[str, list[float]] = {p: [] for p in peers}
+    stores = {112 + 12 * k: refs[2 + k].hash for k in range(6)}   # every 0.12 s
+    for tick in range(101, 300):                                   # 1.01 .. 2.99 s
+        now = tick / 100
+        if tick in stores:
+            eng.chunk_stored(stores[tick], now)
+        elif (due := eng.next_deadline()) is not None and due <= now:
+            eng.on_timer(now)
+        for peer, msg in _announcements(eng):
+            told[peer] += [msg.index] if isinstance(msg, Have) else list(msg.indices)
+            sent[peer].append(now)
+            if peer == peers[1]:
+                eng.receive(peer, msg, now)
+    assert all(sorted(told[p]) == list(range(2, 8)) for p in peers)   # nothing lost
+    assert len(sent[peers[1]]) == 6                                    # one a store
+    assert len(sent[peers[0]]) <= 3                                    # batched
+    assert all(b - a >= 0.5 - 1e-9 for a, b in itertools.pairwise(sent[peers[0]]))
+
+
+def test_a_peer_told_of_chunks_it_lacks_has_work_here_and_is_told_less_often() -> None:
+    # nobody's requests wait here; peer 1 says it holds what it is told, peer 2 does
+    # not: once 4 chunks announced to peer 2 are not known to be held by it, it can
+    # ask for those, and hears of the next ones at most every 0.5 s
+    eng, refs, peers = _seeding(0.05, busy=0.5)
+    sent: dict[str, list[tuple[float, tuple[int, ...]]]] = {p: [] for p in peers}
+    for k in range(8):
+        now = 1.0 + 0.12 * k
+        eng.chunk_stored(refs[k].hash, now)
+        for later in (now + 0.06, now + 0.09):
+            due = eng.next_deadline()
+            if due is not None and due <= later:
+                eng.on_timer(later)
+        for peer, msg in _announcements(eng):
+            got = (msg.index,) if isinstance(msg, Have) else msg.indices
+            sent[peer].append((now, got))
+            if peer == peers[0]:
+                eng.receive(peer, msg, now)
+    eng.on_timer(3.0)
+    for peer, msg in _announcements(eng):
+        sent[peer].append((3.0, (msg.index,) if isinstance(msg, Have) else msg.indices))
+    assert [i for _, got in sent[peers[0]] for i in got] == list(range(8))
+    assert len(sent[peers[0]]) == 8
+    assert sorted(i for _, got in sent[peers[1]] for i in got) == list(range(8))
+    assert [got for _, got in sent[peers[1]][:4]] == [(0,), (1,), (2,), (3,)]
+    assert len(sent[peers[1]]) <= 6
 
 
 def test_pending_haves_are_dropped_for_a_peer_that_lost_interest_or_left() -> None:
