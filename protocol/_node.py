@@ -150,6 +150,7 @@ class NodeMachine:
         self.swarm = SwarmEngine(node_id=self.node_id, config=config.swarm, rng=rng,
                                  held=set(held_chunks), lookup=self._lookup,
                                  verifier=chunk_verifier or chunk_matches)
+        self.overlay.load = self.swarm.peer_load
         self._deployments = Deployments(
             node_id=self.node_id, trust=trust, ledger=self.ledger, swarm=self.swarm,
             lookup=self._lookup, emit=self._emit, write_record=self._write_urgent,

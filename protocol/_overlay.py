@@ -35,6 +35,9 @@ over the active set; the overlay is what bounds them.
 * **Trim.** The slack is for admitting, not for keeping: a node with more than
   ``degree`` open sessions closes one ``TRIM_AFTER`` (2-4 s, jittered) after it went
   above, then one more every 2-4 s while still above. It closes a random open peer
+  among the least loaded (``load``: the chunk transfers under way with it, from the
+  node's swarm; pieces queued on a closed session are lost, and on a 1 Mbit/s radio
+  with deep uplink queues that cost the issue-18 rollout about 100 pieces)
   other than the most recently added one -- the newcomer that took the node above is
   kept (as HyParView's active view keeps a joiner and drops a random other), since a
   node joining a fleet whose nodes all sit at ``degree`` is admitted only through the
@@ -56,8 +59,10 @@ over the active set; the overlay is what bounds them.
   during the hold, or any loss of a session the node had not been told about, is
   repaired at once.
 * **Rotation.** Every ``rotate_interval`` (jittered by +-25 %) a node closes one
-  active peer chosen at random -- any beyond ``degree`` first (should the trim not
-  have done so yet), else one to be replaced by a fresh known peer -- so no node stays
+  active peer chosen at random among the least loaded -- any beyond ``degree`` first
+  (should the trim not have done so yet), else one to be replaced by a fresh known
+  peer; while every session carries a transfer the rotation is retried every
+  ``ROTATE_RETRY`` s, for one ``rotate_interval`` at most -- so no node stays
   behind the same (perhaps slow) neighbours for ever, and an overlay that a
   partition cut in two mixes again after it heals.
 
@@ -79,6 +84,7 @@ the module does no I/O.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._codec import message, struct
@@ -95,6 +101,7 @@ TRIM_AFTER = 2.0         # seconds (x1-2) above the degree before one session is
 HOLD = 10.0              # seconds (x1-2) a node closed on purpose by a peer waits to refill
 STABLE_AFTER = 30.0      # seconds a session must last before the peer's strikes are forgiven
 MAX_HINTS = 32           # peers an OverlayFull may name
+ROTATE_RETRY = 5.0       # seconds a rotation waits while every session carries a transfer
 MAX_ADDRESS = 262        # "host:port" (a DNS name of 253 and a port) at most
 
 
@@ -167,6 +174,9 @@ class Overlay:
         self._hold_until = -math.inf           # one slot short of the degree is fine until
         self._dials = self._failures = self._declined = self._declined_by = 0
         self._excess = self._rotations = 0
+        self._postponed = 0                    # retries of the rotation now due
+        # peer -> chunk transfers under way with it (set by the node from its swarm)
+        self.load: Callable[[str, float], int] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -306,21 +316,39 @@ class Overlay:
             return
         if len(open_) > self.config.degree:
             self._excess += 1
-            self._close(self._rng.choice(open_), "overlay: above its degree", now)
+            self._close(self._rng.choice(self._least_loaded(open_, now)[0]),
+                        "overlay: above its degree", now)
         elif len(open_) >= self.config.degree and self._candidates(now):
+            quiet, load = self._least_loaded(open_, now)
+            if load > 0 and self._postponed * ROTATE_RETRY < self.config.rotate_interval:
+                self._postponed += 1   # see "Rotation": not in the middle of a transfer
+                self._next_rotate = now + ROTATE_RETRY
+                return
             self._rotations += 1
-            self._close(self._rng.choice(open_), "overlay: rotated", now)
+            self._close(self._rng.choice(quiet), "overlay: rotated", now)
             # (the slot it frees is filled at once, without waiting for the disconnect:
             # a peer being closed no longer counts)
+        self._postponed = 0
 
     def _trim(self, now: float) -> None:
-        """Close one open session above the degree: a random one other than the newest."""
+        """Close one open session above the degree: one of the least loaded other than
+        the newest, at random."""
         open_ = sorted((since, p) for p, since in self._active.items() if p not in self._closing)
         if len(open_) <= self.config.degree:
             return
         older = [p for _, p in open_[:-1]]   # (the newest is kept: it may be a joiner)
         self._excess += 1
-        self._close(self._rng.choice(older), "overlay: above its degree", now)
+        self._close(self._rng.choice(self._least_loaded(older, now)[0]),
+                    "overlay: above its degree", now)
+
+    def _least_loaded(self, peers: list[str], now: float) -> tuple[list[str], int]:
+        """The peers of ``peers`` with the fewest chunk transfers under way (``load``),
+        and that number (all of them and 0 without a ``load``)."""
+        if self.load is None:
+            return peers, 0
+        loads = [self.load(p, now) for p in peers]
+        least = min(loads)
+        return [p for p, n in zip(peers, loads, strict=True) if n == least], least
 
     def _close(self, peer: str, reason: str, now: float) -> None:
         """Close a kept session on purpose, telling the peer so (and whom to try)."""

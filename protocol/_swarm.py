@@ -94,6 +94,7 @@ __all__ = [
 ContentKey = str
 
 _MAX_ASKED_EARLY = 64   # keys remembered as asked for before we knew their manifest
+_RECENT_ASK = 10.0      # s: a peer that asked for a chunk this recently may have one coming
 
 
 def make_piece(chunk_hash: bytes, data: bytes, priority: int) -> Piece:
@@ -120,6 +121,7 @@ class SwarmEngine:
         self._banned_until: dict[str, float] = {}  # peer -> when its ban ends (DropPeer)
         self._failures: dict[str, int] = {}
         self._remote_interest: dict[str, set[str]] = {}   # peer -> keys it wants from us
+        self._asked_at: dict[str, float] = {}   # peer -> when it last asked us for a chunk
         # key -> peers that asked for it (Interested) before we knew it (answered later)
         self._asked_early: dict[str, set[str]] = {}
         self._c = Counters()
@@ -145,8 +147,9 @@ class SwarmEngine:
         timer keeps its remaining duration instead of waiting for the clock to catch up
         (an unanswered request would otherwise be re-issued only ``delta`` later)."""
         shift = -delta
-        for peer in self._banned_until:
-            self._banned_until[peer] += shift
+        for times in (self._banned_until, self._asked_at):
+            for peer in times:
+                times[peer] += shift
         self._table.shift_time(shift)
         self._picker.shift_time(shift)
         self._links.shift_time(shift)
@@ -233,6 +236,7 @@ class SwarmEngine:
 
     def _forget_peer(self, peer: str) -> None:
         self._haves.drop(peer)
+        self._asked_at.pop(peer, None)
         self._table.forget_peer(peer)
         self._picker.forget_peer(peer)
         self._links.forget(peer)
@@ -389,6 +393,14 @@ class SwarmEngine:
             self._pump_uploads(now)   # its unreported pieces no longer hold the window
         self._schedule(now)
 
+    def peer_load(self, peer: str, now: float) -> int:
+        """Chunk transfers under way with ``peer`` (ours asked of it, its own queued here,
+        one more if it asked within ``_RECENT_ASK`` s): the overlay closes the least loaded."""
+        sched = self._uploader.scheduler
+        recent = now - self._asked_at.get(peer, -math.inf) < _RECENT_ASK
+        return (len(self._table.by_peer.get(peer, ())) + int(recent)
+                + (sched.queued_by(peer) if sched is not None else 0))
+
     def handles(self, message: object) -> bool:
         return isinstance(message, SWARM_MESSAGES)
 
@@ -470,6 +482,7 @@ class SwarmEngine:
 
     def _on_request(self, peer: str, message: Request, now: float, pump: bool = True) -> None:
         self._buckets(now)
+        self._asked_at[peer] = now
         self._uploader.request(peer, message, self._info(message.key), now, pump)
 
     def _on_redirect(self, peer: str, message: Redirect, now: float) -> None:

@@ -243,6 +243,10 @@ class UploadScheduler:
     def queued(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
+    def queued_by(self, peer: str) -> int:
+        """``peer``'s requests waiting here or handed out and not reported sent."""
+        return len(self._queues.get(peer, ())) + self._peer_unreported.get(peer, 0)
+
     def slot_holders(self) -> frozenset[str]:
         return frozenset(self._regular) | frozenset(self._optimistic)
 

@@ -314,3 +314,68 @@ def test_a_node_trimmed_by_a_peer_waits_before_refilling_the_slot() -> None:
     assert len(dials(ov)) == 1
     ov.on_timer(wake)
     assert len(dials(ov)) == 1          # the hold over, the last slot is refilled
+
+
+def test_trim_and_rotation_close_the_least_loaded_session() -> None:
+    """With a ``load`` (the node's swarm: transfers under way per peer), the excess
+    session closed is one carrying the fewest transfers, and so is the one rotated."""
+    ov = make(degree=2, slack=2, rotate=60.0)
+    loads = {nid(1): 3, nid(2): 0, nid(3): 5, nid(4): 0}
+    ov.load = lambda peer, now: loads[peer]
+    for i in range(1, 5):
+        assert ov.accept(nid(i), True, 0.1 * i)
+    closed = []
+    while len(ov.active) > 2:
+        t = ov.next_deadline()
+        ov.on_timer(t)
+        (close,) = [o for o in ov.take_outputs() if isinstance(o, ClosePeer)]
+        assert ov.peer_disconnected(close.peer, t) is True
+        closed.append(close.peer)
+        loads[close.peer] = 0
+    # nid(2) is the only idle one of the older three; then nid(1) (3) before nid(3) (5)
+    assert closed == [nid(2), nid(1)]
+    assert sorted(ov.active) == [nid(3), nid(4)]
+    ov.peer_known(nid(9), "h9:1", t)
+    loads[nid(4)] = 1
+    while ov.statistics().rotations == 0:
+        ov.on_timer(ov.next_deadline())
+    (close,) = [o for o in ov.take_outputs() if isinstance(o, ClosePeer)]
+    assert close.peer == nid(4)          # load 1 against nid(3)'s 5
+
+
+def test_rotation_waits_for_a_quiet_session_at_most_one_interval() -> None:
+    """A rotation due while every session carries a transfer is retried every
+    ROTATE_RETRY s; a session that goes quiet meanwhile is the one rotated, and after
+    one whole ``rotate_interval`` of waiting the least loaded is rotated anyway."""
+    from protocol._overlay import ROTATE_RETRY
+    ov = make(degree=2, slack=0, rotate=20.0)
+    loads = {nid(1): 2, nid(2): 1}
+    ov.load = lambda peer, now: loads.get(peer, 0)
+    for i in (1, 2):
+        assert ov.accept(nid(i), True, 0.0)
+    ov.peer_known(nid(5), "h5:1", 0.0)
+    ov.on_timer(ov.next_deadline())
+    ov.take_outputs()
+    due = ov.next_deadline()            # the first rotation, 15-25 s in
+    assert 15.0 <= due <= 25.0
+    ov.on_timer(due)
+    assert not [o for o in ov.take_outputs() if isinstance(o, ClosePeer)]
+    assert ov.next_deadline() == pytest.approx(due + ROTATE_RETRY)
+    loads[nid(1)] = 0                   # nid(1)'s transfers end: it is rotated
+    ov.on_timer(ov.next_deadline())
+    (close,) = [o for o in ov.take_outputs() if isinstance(o, ClosePeer)]
+    assert close.peer == nid(1) and ov.statistics().rotations == 1
+    ov.peer_disconnected(nid(1), ov.next_deadline())
+    # busy for good: it waits one interval (20 s / ROTATE_RETRY retries), then rotates
+    loads.update({nid(2): 4, nid(5): 2})
+    ov.accept(nid(5), False, due + 6.0)
+    ov.peer_known(nid(6), "h6:1", due + 6.0)
+    first_wait = None
+    while ov.statistics().rotations == 1:
+        t = ov.next_deadline()
+        ov.on_timer(t)
+        if first_wait is None and ov.next_deadline() == pytest.approx(t + ROTATE_RETRY):
+            first_wait = t
+    (close,) = [o for o in ov.take_outputs() if isinstance(o, ClosePeer)]
+    assert close.peer == nid(5)         # the less loaded of the two
+    assert first_wait is not None and t - first_wait == pytest.approx(20.0)
