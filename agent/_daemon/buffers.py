@@ -75,22 +75,24 @@ class BufferPool:
             if n >= size:
                 if fit < 0 or n < len(bufs[fit]):
                     fit = i
-            elif small < 0:
+            elif small < 0 or n > len(bufs[small]):
                 small = i
         if fit >= 0:
             self._reused += 1
             return bufs[fit]
-        cap = -(-size // self.granule) * self.granule
-        if len(bufs) < self.keep:
-            bufs.append(bytearray(cap))
-            self._allocated += 1
-            return bufs[-1]
+        # as long as the longest held so far: records grow as a transfer ramps up, and
+        # the pool's buffers converge on one length instead of piling up shorter ones
+        cap = max(-(-size // self.granule) * self.granule, max(map(len, bufs), default=0))
         if small >= 0:            # free but too short: a longer one in its place
             bufs[small] = bytearray(cap)
-            self._allocated += 1
-            return bufs[small]
-        self._overflow += 1
-        return bytearray(size)
+        elif len(bufs) < self.keep:
+            bufs.append(bytearray(cap))
+            small = len(bufs) - 1
+        else:
+            self._overflow += 1
+            return bytearray(size)
+        self._allocated += 1
+        return bufs[small]
 
     def statistics(self) -> BufferPoolStatistics:
         return BufferPoolStatistics(self._taken, self._reused, self._allocated,
