@@ -445,8 +445,9 @@ class SecureConnection:
         big = self._big
         if big is None or self._big_fill < self._big_len:
             return
-        self._big = None
-        with memoryview(big) as whole, whole[:self._big_len] as body:
+        size = self._big_len
+        self._big, self._big_fill, self._big_len = None, 0, 0
+        with memoryview(big) as whole, whole[:size] as body:
             msg = self._record(body)
         if msg is not _NO_MESSAGE:
             out.append(msg)

@@ -137,6 +137,7 @@ def test_a_reused_buffer_never_shows_an_earlier_records_bytes(step: int) -> None
     assert len(got) == 2 and got[1] == Note("after", b"n")
     _check(got[0], 50, later)
     assert pool.statistics().reused > before.reused   # the same buffers, taken again
+    assert cr.buffered == 0 and cr.receive_buffer() is None
 
 
 def test_records_still_referred_to_are_never_overwritten() -> None:

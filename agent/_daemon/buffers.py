@@ -11,8 +11,11 @@ body is free as soon as it has been decrypted; its plaintext once every view of 
 "Nothing refers to it" is CPython's reference count: every ``memoryview`` of a
 buffer, and every slice of one, holds a reference to it, so a buffer whose count is
 the pool's own is seen by no one and may be overwritten. A buffer still referred to
-is never handed out; when every pooled buffer is in use (or too small and the pool
-full), a fresh one is allocated outside the pool, as before.
+is never handed out; a free one too short is replaced by a longer one (the pool's
+buffers converge on the longest record seen); when every pooled buffer is in use and
+the pool is full, a fresh one is allocated outside the pool, as before. The pool is
+the agent's (CPython-specific, process state): ``protocol/`` only takes a callable,
+``SecureConnection(buffers=pool.take)``.
 
 Callers use the first ``size`` bytes of what :meth:`BufferPool.take` returns (the
 buffer may be longer) and fill all of them before anything reads them, so bytes of
