@@ -117,6 +117,20 @@ def test_a_free_buffer_too_short_is_replaced_and_the_pool_is_bounded() -> None:
         BufferPool(keep=0)
 
 
+def test_the_pool_is_exhausted_only_when_full_and_every_buffer_is_in_use() -> None:
+    pool = BufferPool(keep=2, granule=1024)
+    a = pool.take(10)
+    assert not pool.exhausted()                 # room for one more
+    b = pool.take(10)
+    assert pool.exhausted()
+    view = memoryview(b)
+    del b
+    assert pool.exhausted()                     # a view is still out
+    view.release()
+    assert not pool.exhausted()
+    del a
+
+
 # ---------------------------------------------------------------------------- records
 
 

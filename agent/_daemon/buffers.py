@@ -97,6 +97,13 @@ class BufferPool:
         self._allocated += 1
         return bufs[small]
 
+    def exhausted(self) -> bool:
+        """True when the pool is full and every buffer in it is in use: a new large
+        record would be received into a fresh buffer (readers wait a little first)."""
+        bufs = self._bufs
+        return len(bufs) >= self.keep and all(_refs(bufs, i) > _IDLE
+                                              for i in range(len(bufs)))
+
     def statistics(self) -> BufferPoolStatistics:
         return BufferPoolStatistics(self._taken, self._reused, self._allocated,
                                     self._overflow, len(self._bufs),

@@ -48,7 +48,9 @@ record (64 KiB or more) once its length is known, at most ``read_size`` bytes a 
 (no copy of its bytes). Large records' bodies and plaintexts are taken from
 :data:`RECORD_POOL`, buffers reused once nothing refers to them
 (:mod:`agent._daemon.buffers`): in the steady state of a transfer no large block is
-allocated per record, so the heap does not grow with the bytes moved.
+allocated per record. While all of them hold records not yet written to disk, a session
+waits (up to a second, then reads on into a fresh buffer) before it reads on: the
+records in flight stay within the pool instead of piling up in the heap.
 
 CPU after authentication
 ------------------------
@@ -123,8 +125,10 @@ HANDSHAKE_RESERVE = 2 * HANDSHAKE_MAX_FRAME
 SMALL_READ = 64 * 1024
 #: The buffers large records are received and decrypted into, shared by the
 #: process's sessions (module doc, "Receive buffers"): a few runs of pieces in flight
-#: from each of a few peers.
-RECORD_POOL = BufferPool(keep=24)
+#: from each of a few peers; what a receiver holds in flight (see _pool_wait).
+RECORD_POOL = BufferPool(keep=6)
+#: Sleeps of 2 ms a reader takes at most while every pooled buffer is in use (1 s).
+POOL_WAIT_STEPS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +269,8 @@ class SecureChannel:
                 await trio.sleep(wait)
             # straight into the large record being received, else into our own buffer
             into = self._conn.receive_buffer()
+            if into is None and RECORD_POOL.exhausted():
+                await _pool_wait()
             n = 0
             with trio.move_on_after(self._settings.idle_timeout) as scope:
                 try:
@@ -337,6 +343,16 @@ class SecureChannel:
     def statistics(self) -> ChannelStatistics:
         return ChannelStatistics(self.peer_id, self.peer_address, self._conn.statistics(),
                                  self._closed, self._throttled)
+
+
+async def _pool_wait() -> None:
+    """Every pooled record buffer holds bytes not yet written: wait (a little) for one
+    to be free before reading what may be the next large record, so the bytes in flight
+    stay within the pool (module doc); then go on regardless."""
+    for _ in range(POOL_WAIT_STEPS):
+        await trio.sleep(0.002)
+        if not RECORD_POOL.exhausted():
+            return
 
 
 async def _recv_into(stream: trio.abc.Stream, view: memoryview) -> int:
