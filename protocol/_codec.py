@@ -370,14 +370,19 @@ def message_types() -> dict[int, type[Any]]:
 # --------------------------------------------------------------------------- encode
 
 
+_PACK_BUF = 4096
+
+
 def _pack(obj: Any) -> bytes:
     try:
+        # a small first buffer: msgpack's default (256 KiB) is a large block allocated
+        # and freed for every message encoded; longer messages grow it
         return msgpack.packb(obj, use_bin_type=True,  # type: ignore[no-any-return]
-                             default=_refuse_packed)
+                             default=_refuse_packed, buf_size=_PACK_BUF)
     except _Streamed:
         # a packed sequence inside: the same bytes, written as the tree is walked, so a
         # long sequence costs no list of per-item objects on the way out
-        packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+        packer = msgpack.Packer(use_bin_type=True, autoreset=False, buf_size=_PACK_BUF)
         _stream(obj, packer)
         return packer.bytes()  # type: ignore[no-any-return]
 

@@ -294,7 +294,7 @@ def _packed_map_size(value: Mapping[bytes, object],
     if not (set(map(type, value)) <= {bytes} and values_ok(value.values())):
         return None
     try:
-        return len(msgpack.packb(value, use_bin_type=True))
+        return len(msgpack.packb(value, use_bin_type=True, buf_size=4096))  # not 256 KiB
     except (OverflowError, ValueError, TypeError):
         return None
 

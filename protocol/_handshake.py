@@ -78,7 +78,10 @@ Copies on the record path are kept to the ones the work needs (measured with
 buffer that already holds its length prefix (one write per record), and
 received bytes are appended once to a receive buffer that records are
 decrypted from in place (no per-frame slice copies); the consumed prefix is
-dropped once per :meth:`SecureConnection.receive_data` call.
+dropped once per :meth:`SecureConnection.receive_data` call. A record of 64 KiB or
+more is received into a buffer of its own, which the caller may read the socket
+straight into (:meth:`SecureConnection.receive_buffer`); given ``buffers`` (the
+agent's pool) that buffer and the record's plaintext (``decrypt_into``) come from it.
 
 Randomness (the ephemeral secret, the nonce) is an input: ``protocol/`` has
 none of its own.
@@ -86,9 +89,8 @@ none of its own.
 
 from __future__ import annotations
 
-import enum
 import struct as _struct
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import blake3
 import nacl.bindings
@@ -96,7 +98,7 @@ import nacl.exceptions
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ._codec import DEFAULT_MAX_FRAME, decode, encode, frame, message
+from ._codec import DEFAULT_MAX_FRAME, decode, encode, frame
 from ._errors import (
     FrameTooLarge,
     LocalProtocolError,
@@ -105,6 +107,16 @@ from ._errors import (
     RemoteProtocolError,
     SignatureError,
     UntrustedKey,
+)
+from ._handshake_types import (
+    Auth,
+    ConnectionRole,
+    ConnectionState,
+    ConnectionStatistics,
+    HandshakeReject,
+    Hello,
+    KeyUpdate,
+    RejectCode,
 )
 from ._identity import (
     Certificate,
@@ -152,52 +164,9 @@ DEFAULT_REKEY_BYTES = 64 * 2**30
 _TRANSCRIPT_LABEL = b"shoal-handshake-v1"
 _AUTH_LABEL = SigningContext.HANDSHAKE
 _LEN = _struct.Struct(">I")
-_BIG_RECORD = 256 * 1024   # a record this long is received into a buffer of its own
+_BIG_RECORD = 64 * 1024   # a record this long is received into a buffer of its own
 _COUNTER = _struct.Struct(">4xQ")
 _MAX_COUNTER = 2**64 - 1
-
-
-class RejectCode(enum.StrEnum):
-    """Why a handshake was refused (sent to the peer in :class:`HandshakeReject`)."""
-
-    UNTRUSTED_KEY = "untrusted_key"    # no valid node certificate, or revoked
-    WRONG_FLEET = "wrong_fleet"
-    BAD_VERSION = "bad_version"
-    BAD_SIGNATURE = "bad_signature"
-    UNEXPECTED_PEER = "unexpected_peer"  # authenticated, but not the node we dialled
-    MALFORMED = "malformed"            # undecodable, oversize, or out-of-order message
-
-
-@message(1)
-@dataclass(frozen=True, slots=True)
-class Hello:
-    fleet_id: str
-    version: int
-    ephemeral_key: bytes  # X25519 public key, 32 bytes
-    certificate: Certificate
-    nonce: bytes  # 32 random bytes
-
-
-@message(2)
-@dataclass(frozen=True, slots=True)
-class Auth:
-    signature: bytes  # Ed25519 over "shoal/v1/handshake-auth\0" || role || transcript
-
-
-@message(3)
-@dataclass(frozen=True, slots=True)
-class HandshakeReject:
-    code: RejectCode
-    detail: str
-
-
-@message(4)
-@dataclass(frozen=True, slots=True)
-class KeyUpdate:
-    """Sealed as the last record under a direction's key: later records of that
-    direction use the next key (epoch ``epoch``, counter from 0). Never a handshake
-    message and never handed to the application."""
-    epoch: int
 
 
 class HandshakeRejected(RemoteProtocolError):
@@ -217,30 +186,6 @@ class SessionClosed(RemoteProtocolError):
     """The session ended without an authenticated reason: a plaintext
     ``HandshakeReject`` arrived where the first record was due. Anyone on the path
     can send one, so it is a bare close; its code and text are not believed."""
-
-
-class ConnectionRole(enum.Enum):
-    INITIATOR = "initiator"
-    RESPONDER = "responder"
-
-
-class ConnectionState(enum.Enum):
-    HANDSHAKE = "handshake"
-    ESTABLISHED = "established"
-    CLOSED = "closed"
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionStatistics:
-    state: ConnectionState
-    records_sent: int
-    records_received: int
-    plaintext_bytes_sent: int
-    plaintext_bytes_received: int
-    wire_bytes_sent: int
-    wire_bytes_received: int
-    send_epoch: int = 0   # key updates this end has made (its sending key's number)
-    recv_epoch: int = 0   # key updates the peer has made (its sending key's number)
 
 
 def _transcript(hello_i: bytes, hello_r: bytes) -> bytes:
@@ -275,7 +220,7 @@ class SecureConnection:
         "_records_sent", "_records_received",
         "_pt_sent", "_pt_received", "_wire_sent", "_wire_received", "_received_any",
         "_peer_eph", "failure", "rekey_records", "rekey_bytes", "_send_epoch",
-        "_recv_epoch", "_send_key_bytes", "_big", "_big_fill",
+        "_recv_epoch", "_send_key_bytes", "_big", "_big_fill", "_big_len", "_pool",
     )
 
     def __init__(self, *, role: ConnectionRole, identity: SigningIdentity,
@@ -283,7 +228,9 @@ class SecureConnection:
                  nonce: bytes, max_frame: int = DEFAULT_MAX_FRAME,
                  expected_peer: str | None = None,
                  rekey_records: int = DEFAULT_REKEY_RECORDS,
-                 rekey_bytes: int = DEFAULT_REKEY_BYTES) -> None:
+                 rekey_bytes: int = DEFAULT_REKEY_BYTES,
+                 buffers: Callable[[int], bytearray] | None = None
+                 ) -> None:
         if len(ephemeral_secret) != 32 or len(nonce) != _NONCE_SIZE:
             raise LocalProtocolError("the ephemeral secret and the nonce are 32 random bytes")
         if certificate.subject_key != identity.public_key:
@@ -313,7 +260,10 @@ class SecureConnection:
         # a large record being received: its body, allocated once at its full length
         # when its header arrives, and how much of it has come (no regrowing buffer)
         self._big: bytearray | None = None
-        self._big_fill = 0
+        self._big_fill = self._big_len = 0
+        # where large record bodies and plaintexts come from: a bytearray of at least n
+        # bytes that nothing else uses until this drops it (the agent's pool), or new ones
+        self._pool = buffers
         self._out: list[bytes | bytearray] = []
         self._hello_i: bytes | None = None
         self._hello_r: bytes | None = None
@@ -447,7 +397,9 @@ class SecureConnection:
                     end = pos + _LEN.size + length
                     if end > len(buf):
                         if length >= _BIG_RECORD and self.state is ConnectionState.ESTABLISHED:
-                            self._big = bytearray(length)
+                            self._big = (bytearray(length) if self._pool is None
+                                         else self._pool(length))
+                            self._big_len = length
                             self._big_fill = len(buf) - pos - _LEN.size
                             self._big[:self._big_fill] = view[pos + _LEN.size:]
                             pos = len(buf)
@@ -482,17 +434,47 @@ class SecureConnection:
         open it. The bytes after it."""
         big = self._big
         assert big is not None
-        n = min(len(data), len(big) - self._big_fill)
+        n = min(len(data), self._big_len - self._big_fill)
         view = memoryview(data)
         big[self._big_fill:self._big_fill + n] = view[:n]
         self._big_fill += n
-        if self._big_fill < len(big):
-            return b""
-        self._big, self._big_fill = None, 0
-        msg = self._record(memoryview(big))
+        self._open_big(out)
+        return view[n:]
+
+    def _open_big(self, out: list[object]) -> None:
+        big = self._big
+        if big is None or self._big_fill < self._big_len:
+            return
+        size = self._big_len
+        self._big, self._big_fill, self._big_len = None, 0, 0
+        with memoryview(big) as whole, whole[:size] as body:
+            msg = self._record(body)
         if msg is not _NO_MESSAGE:
             out.append(msg)
-        return view[n:]
+
+    def receive_buffer(self) -> memoryview | None:
+        """Where the next received bytes go while a large record is being received (a
+        writable view of its missing part; None otherwise): read the socket into it,
+        then call :meth:`received_into` with the count, instead of
+        :meth:`receive_data` (no copy of the record's bytes)."""
+        if self._big is None or self.state is not ConnectionState.ESTABLISHED:
+            return None
+        return memoryview(self._big)[self._big_fill:self._big_len]
+
+    def received_into(self, n: int) -> list[object]:
+        """``n`` bytes were written at the start of :meth:`receive_buffer`'s view; the
+        messages that completed (as :meth:`receive_data`)."""
+        if self._big is None or not 0 <= n <= self._big_len - self._big_fill:
+            raise LocalProtocolError("received_into: no large record takes that many bytes")
+        self._wire_received += n
+        self._big_fill += n
+        out: list[object] = []
+        try:
+            self._open_big(out)
+        except ProtocolError:
+            self._close()
+            raise
+        return out
 
     def statistics(self) -> ConnectionStatistics:
         return ConnectionStatistics(
@@ -604,8 +586,15 @@ class SecureConnection:
 
     def _record(self, body: memoryview) -> object:
         assert self._recv_aead is not None
+        pt: bytes | memoryview
+        size = len(body) - _AEAD_TAG
         try:
-            pt = self._recv_aead.decrypt(_COUNTER.pack(self._recv_ctr), body, None)
+            if self._pool is not None and size >= _BIG_RECORD:   # into a pooled buffer
+                pt = memoryview(self._pool(size))[:size]
+                self._recv_aead.decrypt_into(_COUNTER.pack(self._recv_ctr), body, None, pt)
+                pt = pt.toreadonly()     # what is decoded from it (Pieces.data) is a view
+            else:
+                pt = self._recv_aead.decrypt(_COUNTER.pack(self._recv_ctr), body, None)
         except InvalidTag:
             if (not self._received_any and self.role is ConnectionRole.INITIATOR
                     and _is_plain_reject(bytes(body), self.max_frame)):
@@ -639,7 +628,7 @@ class SecureConnection:
     def _close(self) -> None:
         self.state = ConnectionState.CLOSED
         self._rbuf = bytearray()
-        self._big, self._big_fill = None, 0
+        self._big, self._big_fill, self._big_len = None, 0, 0
         self._send_key = self._recv_key = self._eph_secret = b""
         self._send_aead = self._recv_aead = None
 

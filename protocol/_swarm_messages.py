@@ -283,7 +283,7 @@ def pieces_header(priority: int, chunk_hashes: Sequence[bytes], sizes: Sequence[
     if len(sizes) != len(hashes) or any(n < 0 for n in sizes):
         raise InvalidValue("a run has one size >= 0 per chunk")
     head = msgpack.packb([PROTOCOL_VERSION, 51, [int(priority), hashes, tuple(sizes)]],
-                         use_bin_type=True)
+                         use_bin_type=True, buf_size=_HEAD_MAX)   # not msgpack's 256 KiB
     # [0x93, version, type 51 (a fixint), fields]: the fields array has 3 entries
     # packed and 4 on the wire (a fixarray: 0x93 -> 0x94), the fourth a bin 32 header
     # whose bytes follow

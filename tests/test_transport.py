@@ -10,15 +10,14 @@ from functools import partial
 import pytest
 import trio
 
+from agent._daemon.redial import Redialer, backoff_delay
 from agent._daemon.transport import (
     ChannelClosed,
     HandshakeTimeout,
     IdleTimeout,
     PeerListener,
-    Redialer,
     SecureChannel,
     TransportSettings,
-    backoff_delay,
     dial,
 )
 from protocol._codec import FrameDecoder, decode, encode, frame

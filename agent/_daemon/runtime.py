@@ -89,11 +89,11 @@ from agent._daemon.inbox import (
 from agent._daemon.lock import DataDirLock
 from agent._daemon.log import log_own_problems
 from agent._daemon.probe import probe_machine
+from agent._daemon.redial import backoff_delay
 from agent._daemon.transport import (
     PeerListener,
     SecureChannel,
     TransportError,
-    backoff_delay,
     dial,
 )
 from agent._daemon.writer import CLOSE, Session, SessionWriter

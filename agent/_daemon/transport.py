@@ -11,8 +11,8 @@ the randomness (ephemeral keys, nonces) from the OS.
   connection and hands each channel to a handler coroutine; a failed session
   never affects another. Unauthenticated connections live in a bounded *pool of
   pending handshakes* (see "Memory before authentication" below).
-* :class:`Redialer` keeps one dialled peer connected: exponential backoff with
-  jitter between attempts, reset after a successful handshake.
+* :class:`~agent._daemon.redial.Redialer` (its own module) keeps one dialled peer
+  connected: exponential backoff with jitter, reset after a successful handshake.
 
 Frames on the wire are the codec's: a 4-byte length prefix (checked before the
 body is read) and a body, plaintext during the handshake and AES-256-GCM records
@@ -37,8 +37,20 @@ Nothing a stranger sends can make the daemon hold more than a fixed amount:
   authenticated within ``handshake_timeout``, is closed.
 
 After authentication a session buffers at most one partial record
-(``4 + max_frame`` bytes) plus one read (``read_size``), and the messages decoded
-from that read; authenticated inbound sessions are limited to ``max_connections``.
+(``4 + max_frame`` bytes) plus one read, and the messages decoded from that read;
+authenticated inbound sessions are limited to ``max_connections``.
+
+Receive buffers
+---------------
+A session reads the socket with ``recv_into``: into a small buffer of its own
+(:data:`SMALL_READ` bytes) between records, and straight into the body of a large
+record (64 KiB or more) once its length is known, at most ``read_size`` bytes a read
+(no copy of its bytes). Large records' bodies and plaintexts are taken from
+:data:`RECORD_POOL`, buffers reused once nothing refers to them
+(:mod:`agent._daemon.buffers`): in the steady state of a transfer no large block is
+allocated per record. While all of them hold records not yet written to disk, a session
+waits (up to a second, then reads on into a fresh buffer) before it reads on: the
+records in flight stay within the pool instead of piling up in the heap.
 
 CPU after authentication
 ------------------------
@@ -56,9 +68,9 @@ of a large ledger pulls from several peers at once.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
-import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -67,6 +79,7 @@ from typing import TYPE_CHECKING
 import nacl.utils
 import trio
 
+from agent._daemon.buffers import BufferPool
 from agent._errors import AgentError
 from protocol import (
     DEFAULT_MAX_FRAME,
@@ -85,7 +98,6 @@ from protocol import (
 )
 
 if TYPE_CHECKING:
-    import random
     from types import TracebackType
 
 __all__ = [
@@ -100,9 +112,6 @@ __all__ = [
     "dial",
     "PeerListener",
     "ListenerStatistics",
-    "Redialer",
-    "RedialerStatistics",
-    "backoff_delay",
 ]
 
 log = logging.getLogger("shoal.transport")
@@ -112,6 +121,14 @@ HANDSHAKE_READ = HANDSHAKE_MAX_FRAME - 4
 #: Most bytes one pending handshake can buffer, 16 KiB: a partial frame (at most
 #: 4 + HANDSHAKE_MAX_FRAME - 1 bytes) and one read.
 HANDSHAKE_RESERVE = 2 * HANDSHAKE_MAX_FRAME
+#: Bytes a session reads at once between large records (its own buffer).
+SMALL_READ = 64 * 1024
+#: The buffers large records are received and decrypted into, shared by the
+#: process's sessions (module doc, "Receive buffers"): a few runs of pieces in flight
+#: from each of a few peers; what a receiver holds in flight (see _pool_wait).
+RECORD_POOL = BufferPool(keep=6)
+#: Sleeps of 2 ms a reader takes at most while every pooled buffer is in use (1 s).
+POOL_WAIT_STEPS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +138,7 @@ class TransportSettings:
     connect_timeout: float = 10.0     # seconds for the TCP connect of a dial
     max_frame: int = DEFAULT_MAX_FRAME  # largest record after authentication
     max_connections: int = 64         # authenticated inbound sessions at once
-    read_size: int = 1048576          # bytes asked of the socket per read (sessions)
+    read_size: int = 1048576          # bytes asked of the socket per read of a large record
     first_byte_timeout: float = 2.0   # seconds a new connection may stay silent
     max_handshakes: int = 64          # pending inbound handshakes; the oldest makes room
     max_handshakes_per_address: int = 8  # pending handshakes of one address (IPv6: /64)
@@ -206,6 +223,7 @@ class SecureChannel:
         self._tokens = settings.peer_burst   # of the peer's message bytes (see module doc)
         self._tokens_at: float | None = None   # (trio's clock; set at the first read)
         self._throttled = 0.0
+        self._small = bytearray(min(settings.read_size, SMALL_READ))
 
     @property
     def closed(self) -> bool:
@@ -249,24 +267,39 @@ class SecureChannel:
                 wait = -self._tokens / self._settings.peer_rate
                 self._throttled += wait
                 await trio.sleep(wait)
-            data: bytes | bytearray = b""
+            # straight into the large record being received, else into our own buffer
+            into = self._conn.receive_buffer()
+            if into is None and RECORD_POOL.exhausted():
+                await _pool_wait()
+            n = 0
             with trio.move_on_after(self._settings.idle_timeout) as scope:
                 try:
-                    data = await self._stream.receive_some(self._settings.read_size)
+                    if into is not None:
+                        with into[:self._settings.read_size] as view:
+                            n = await _recv_into(self._stream, view)
+                    else:
+                        with memoryview(self._small) as view:
+                            n = await _recv_into(self._stream, view)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     await self.aclose()
                     raise ChannelClosed(f"connection to {self.peer_id} broke: {exc}") \
                         from None
+            if into is not None:
+                into.release()
             if scope.cancelled_caught:
                 await self.aclose()
                 raise IdleTimeout(f"nothing received from {self.peer_id} for "
                                   f"{self._settings.idle_timeout:g} s; closed the channel")
-            if not data:
+            if not n:
                 await self.aclose()
                 raise ChannelClosed(f"{self.peer_id} closed the connection")
             before = self._conn.plaintext_received
             try:
-                got = self._conn.receive_data(data)
+                if into is not None:
+                    got = self._conn.received_into(n)
+                else:
+                    with memoryview(self._small) as view, view[:n] as data:
+                        got = self._conn.receive_data(data)
             except ProtocolError:
                 await self.aclose()
                 raise
@@ -312,6 +345,32 @@ class SecureChannel:
                                  self._closed, self._throttled)
 
 
+async def _pool_wait() -> None:
+    """Every pooled record buffer holds bytes not yet written: wait (a little) for one
+    to be free before reading what may be the next large record, so the bytes in flight
+    stay within the pool (module doc); then go on regardless."""
+    for _ in range(POOL_WAIT_STEPS):
+        await trio.sleep(0.002)
+        if not RECORD_POOL.exhausted():
+            return
+
+
+async def _recv_into(stream: trio.abc.Stream, view: memoryview) -> int:
+    """Read at most ``len(view)`` bytes into ``view``; 0 at the end of the stream.
+    A socket is read with ``recv_into`` (errors as trio's ``receive_some`` raises
+    them); other streams (tests) through ``receive_some`` and a copy."""
+    if isinstance(stream, trio.SocketStream):
+        try:
+            return await stream.socket.recv_into(view)
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                raise trio.ClosedResourceError("this socket was already closed") from None
+            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+    data = await stream.receive_some(len(view))
+    view[:len(data)] = data
+    return len(data)
+
+
 def _address(stream: trio.abc.Stream) -> str:
     if isinstance(stream, trio.SocketStream):
         try:
@@ -336,7 +395,7 @@ async def secure_stream(stream: trio.abc.Stream, *, role: ConnectionRole,
                             nonce=nacl.utils.random(32), max_frame=settings.max_frame,
                             expected_peer=expected_peer,
                             rekey_records=settings.rekey_records,
-                            rekey_bytes=settings.rekey_bytes)
+                            rekey_bytes=settings.rekey_bytes, buffers=RECORD_POOL.take)
     address = _address(stream)
     pending: list[object] = []
     read = min(settings.read_size, HANDSHAKE_READ)
@@ -591,85 +650,3 @@ class PeerListener:
                                   self._sessions, self._session_errors, self._last_failure,
                                   len(self._pending), self._evicted, self._evicted_source,
                                   self._silent)
-
-
-# ---------------------------------------------------------------------------- redialer
-
-
-def backoff_delay(attempt: int, rng: random.Random, *, base: float, cap: float) -> float:
-    """Delay before retry number ``attempt`` (0-based): "equal jitter" exponential backoff.
-
-    Uniform in ``[d/2, d]`` with ``d = min(cap, base * 2**attempt)``, so retries from
-    many nodes spread out yet never wait less than half the nominal delay.
-    """
-    nominal = cap if attempt > 60 else min(cap, base * math.pow(2.0, attempt))
-    return rng.uniform(nominal / 2.0, nominal)
-
-
-@dataclass(frozen=True, slots=True)
-class RedialerStatistics:
-    attempts: int
-    failures: int
-    connections: int
-    consecutive_failures: int
-    last_error: str
-    last_delay: float
-
-
-class Redialer:
-    """Keeps a session to one dialled peer: connect, run ``on_channel``, retry with backoff.
-
-    ``connect`` returns a fresh channel (normally a :func:`dial` partial);
-    ``on_channel`` runs for as long as the session lives. Cancel the task running
-    :meth:`run` to stop.
-    """
-
-    def __init__(self, connect: Callable[[], Awaitable[SecureChannel]],
-                 on_channel: ChannelHandler, *, rng: random.Random,
-                 base_delay: float = 0.5, max_delay: float = 60.0,
-                 target: str = "peer") -> None:
-        if base_delay <= 0 or max_delay < base_delay:
-            raise ValueError("need 0 < base_delay <= max_delay")
-        self.target = target               # what the log lines name (e.g. "host:port")
-        self._connect = connect
-        self._on_channel = on_channel
-        self._rng = rng
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self._attempts = 0
-        self._failures = 0
-        self._connections = 0
-        self._streak = 0
-        self._last_error = ""
-        self._last_delay = 0.0
-
-    async def run(self) -> None:
-        while True:
-            self._attempts += 1
-            try:
-                channel = await self._connect()
-            except (ProtocolError, TransportError, OSError) as exc:
-                self._failures += 1
-                self._last_error = str(exc)
-                delay = backoff_delay(self._streak, self._rng, base=self.base_delay,
-                                      cap=self.max_delay)
-                self._streak += 1
-                self._last_delay = delay
-                log.info("dial %s failed (%s); retrying in %.1f s", self.target, exc, delay)
-                await trio.sleep(delay)
-                continue
-            self._streak = 0
-            self._connections += 1
-            async with channel:
-                try:
-                    await self._on_channel(channel)
-                except (ProtocolError, TransportError) as exc:
-                    self._last_error = str(exc)
-            # a session that ended: come back soon, but never in a hot loop
-            self._last_delay = backoff_delay(0, self._rng, base=self.base_delay,
-                                             cap=self.max_delay)
-            await trio.sleep(self._last_delay)
-
-    def statistics(self) -> RedialerStatistics:
-        return RedialerStatistics(self._attempts, self._failures, self._connections,
-                                  self._streak, self._last_error, self._last_delay)

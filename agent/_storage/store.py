@@ -459,10 +459,14 @@ class ChunkStore(StoreReads, StorePins):
             if os.fstat(fd).st_size != size:
                 raise StoreError(f"{rel}: {os.fstat(fd).st_size} bytes on disk, the manifest "
                                  f"says {size}")
+            buf = bytearray()   # one buffer for the file's chunks, not a new one each
             for h, off in d.file_chunks(index):
-                data = os.pread(fd, d.size(h), off)
-                if not chunk_matches(h, d.size(h), data):
-                    bad.append(h)
+                n = d.size(h)
+                if len(buf) < n:
+                    buf = bytearray(max(n, 2 * len(buf)))
+                with memoryview(buf) as whole, whole[:n] as slot:
+                    if os.preadv(fd, [slot], off) != n or not chunk_matches(h, n, slot):
+                        bad.append(h)
         finally:
             os.close(fd)
         return bad
