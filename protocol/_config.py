@@ -82,7 +82,7 @@ class SwarmConfig:
     have_interval: float = 0.05
     # ... and a busy peer (a request of it queued or in flight here, or 4 chunks announced
     # to it not known to be held by it) at most this often: it has work here already, so
-    # news can wait and share a message (0.5 slowed the simulator's 40-node swarm by 5 %);
+    # news can wait and share a message (the value's measurement: docs/JOURNAL.md);
     # 0 = have_interval for every peer (protocol/_swarm_haves.py)
     have_busy_interval: float = 0.25
 

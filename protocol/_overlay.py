@@ -36,8 +36,8 @@ over the active set; the overlay is what bounds them.
   ``degree`` open sessions closes one ``TRIM_AFTER`` (2-4 s, jittered) after it went
   above, then one more every 2-4 s while still above. It closes a random open peer
   among the least loaded (``load``: the chunk transfers under way with it, from the
-  node's swarm; pieces queued on a closed session are lost, and on a 1 Mbit/s radio
-  with deep uplink queues that cost the issue-18 rollout about 100 pieces)
+  node's swarm; pieces queued on a closed session are lost, many of them on a slow
+  link with a deep uplink queue)
   other than the most recently added one -- the newcomer that took the node above is
   kept (as HyParView's active view keeps a joiner and drops a random other), since a
   node joining a fleet whose nodes all sit at ``degree`` is admitted only through the
