@@ -93,6 +93,15 @@ def test_status_says_what_became_of_each_rollout(node: LocalFleet, tmp_path: Pat
     seen = api(node, 0, subscribe)
     assert seen[-1].state is RolloutState.SUPERSEDED and seen[-1].is_final
 
+    # rolled back: 1.1.0 gives way to a rollback to 1.0.0 (before the cancelled
+    # distribute below: a node that installs 1.2.0 before the cancel reaches it keeps
+    # 1.2.0 and 1.1.0 on disk, and 1.0.0 is then no longer a version to roll back to)
+    back = api(node, 0, lambda c: c.rollback("det", "1.0.0"))
+    r = shoal(node, "status", "det", "1.1.0", "--watch")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stdout.splitlines()[-1] == (f"rollout ended: rolled back to 1.0.0 "
+                                         f"(intent {back.handle_id[:16]}\u2026)")
+
     # cancelled: says "cancelled", never "0/0"
     pkg3 = make_package(tmp_path / "p3", 64 * 1024, seed=5)
     api(node, 0, lambda c: c.control.publish(str(pkg3), "det", "1.2.0"))
@@ -107,10 +116,3 @@ def test_status_says_what_became_of_each_rollout(node: LocalFleet, tmp_path: Pat
     r = shoal(node, "status", "det", "1.2.0", "--watch")
     assert r.returncode == 1
     assert r.stdout.splitlines()[-1].startswith("rollout ended: cancelled by intent ")
-
-    # rolled back: 1.1.0 gives way to a rollback to 1.0.0
-    back = api(node, 0, lambda c: c.rollback("det", "1.0.0"))
-    r = shoal(node, "status", "det", "1.1.0", "--watch")
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    assert r.stdout.splitlines()[-1] == (f"rollout ended: rolled back to 1.0.0 "
-                                         f"(intent {back.handle_id[:16]}\u2026)")
