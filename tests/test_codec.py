@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import protocol
 from protocol import _codec
+from protocol._capabilities import Requirements
 from protocol._codec import (
     DEFAULT_MAX_FRAME,
     FrameDecoder,
@@ -34,6 +35,7 @@ from protocol._codec import (
     encode_value,
     frame,
 )
+from protocol._entries import Entry
 from protocol._errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 from protocol._manifest import ChunkRef, FileEntry, Manifest, Variant, merkle_root
 from protocol._manifest_fetch import BodyCancel, BodyWant
@@ -130,8 +132,7 @@ def _valid_file_entry() -> st.SearchStrategy[FileEntry]:
 
 
 def _valid_manifest() -> st.SearchStrategy[Manifest]:
-    # Generic derivation works but needs ~1 s per example (nested retries); this keeps
-    # the suite fast while still nesting generically derived variants.
+    # Generic derivation works but needs ~1 s per example (nested retries).
     @st.composite
     def build(draw: st.DrawFn) -> Manifest:
         variants = draw(st.lists(instances(Variant), min_size=1, max_size=2,
@@ -139,6 +140,42 @@ def _valid_manifest() -> st.SearchStrategy[Manifest]:
         return Manifest(draw(_IDS), draw(_VERSIONS), tuple(variants),
                         draw(st.binary(min_size=32, max_size=32)), draw(st.integers(0, 2**50)),
                         draw(st.none() | _VERSIONS), draw(st.binary(min_size=64, max_size=64)))
+    return build()
+
+
+def _valid_variant() -> st.SearchStrategy[Variant]:
+    # Generic derivation retries until the migrator and the health check name files of
+    # the variant (~1 s an example, in every manifest-bearing type); this draws them so.
+    @st.composite
+    def build(draw: st.DrawFn) -> Variant:
+        files = draw(st.lists(_valid_file_entry(), max_size=3, unique_by=lambda f: f.path))
+        paths = [f.path for f in files]
+        migrator = draw(st.none() | st.sampled_from(paths)) if paths else None
+        address = None if migrator is not None else draw(
+            st.none() | FIELD_HINTS["migrator_address"])
+        checks = [p for p in (*paths, "grpc" if address else None) if p is not None]
+        health = draw(st.none() | st.sampled_from(checks)) if checks else None
+        return Variant(variant_id=draw(_IDS), requirements=draw(instances(Requirements)),
+                       files=tuple(files), migrator=migrator, migrator_address=address,
+                       health_check=health)
+    return build()
+
+
+def _valid_entry() -> st.SearchStrategy[Entry]:
+    # Exactly one of the five payloads: independent draws of each optional field
+    # would almost never give that.
+    payloads = ("record", "intent", "manifest", "certificate", "revocation")
+    hints = typing.get_type_hints(Entry)
+
+    @st.composite
+    def build(draw: st.DrawFn) -> Entry:
+        kind = draw(st.sampled_from(payloads))
+        inner = next(a for a in typing.get_args(hints[kind]) if a is not type(None))
+        body = {name: None for name in payloads}
+        body[kind] = draw(strategy_for(inner))
+        return Entry(origin_key=draw(st.binary(min_size=32, max_size=32)),
+                     counter=draw(st.integers(1, MAX_INT)),
+                     signature=draw(st.binary(min_size=64, max_size=64)), **body)
     return build()
 
 
@@ -157,6 +194,7 @@ def _valid_pieces(draw: st.DrawFn) -> Pieces:
 _BODY_IDS = st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=8).map(tuple)
 OVERRIDES: dict[type[Any], st.SearchStrategy[Any]] = {
     FileEntry: _valid_file_entry(), Manifest: _valid_manifest(), Pieces: _valid_pieces(),
+    Variant: _valid_variant(), Entry: _valid_entry(),
     ManifestHead: _valid_manifest().map(ManifestHead.unsigned),
     BodyWant: st.builds(BodyWant, _BODY_IDS),
     BodyCancel: st.builds(BodyCancel, _BODY_IDS),
