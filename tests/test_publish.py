@@ -9,6 +9,7 @@ import blake3
 import pytest
 
 from agent._errors import ConfigError, PublishError
+from agent._storage.files import copy_range_flushing
 from agent._storage.publish import load_package, publish
 from agent._storage.store import ChunkStore
 from protocol._chunking import ChunkParams, chunk_bytes
@@ -249,3 +250,18 @@ def test_package_keys_for_a_served_migrator_and_a_health_check(tmp_path: Path) -
         '[[variant]]\nid = "svc"\nhealth_check = "nope.py"\n')
     with pytest.raises((ConfigError, PublishError), match="health_check"):
         publish(store, pkg, "svc", "1.0.2", PUB)
+
+
+@pytest.mark.parametrize("size", [0, 1, 65536, 65536 * 3 + 123])
+def test_the_flushing_copy_is_byte_exact_across_its_steps(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    (tmp_path / "src").write_bytes(data)
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    dst = os.open(tmp_path / "dst", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        copy_range_flushing(src, dst, size, step=65536)
+        os.fsync(dst)
+    finally:
+        os.close(src)
+        os.close(dst)
+    assert (tmp_path / "dst").read_bytes() == data

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from agent._errors import ConfigError, InsufficientStorage, PublishError
-from agent._storage.files import copy_range, create_file, io_pool, preallocate
+from agent._storage.files import copy_range_flushing, create_file, io_pool, preallocate
 from agent._storage.store import ChunkStore
 from protocol import (
     DEFAULT_PARAMS,
@@ -300,8 +300,9 @@ class _Writer:
         return PublishError(f"cannot write {rel} into the store: {exc.strerror or exc}")
 
     def copy(self, src: int, dst: int, size: int) -> Future[None]:
-        """Copy ``size`` bytes of ``src`` to ``dst`` on the writer thread."""
-        return self.pool.submit(copy_range, src, dst, 0, 0, size)
+        """Copy ``size`` bytes of ``src`` to ``dst`` on the writer thread, writeback
+        started as it goes (the cut and hash of the same bytes overlap the disk)."""
+        return self.pool.submit(copy_range_flushing, src, dst, size)
 
     def wait(self, fut: Future[None], rel: str) -> None:
         try:
