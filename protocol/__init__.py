@@ -23,7 +23,9 @@ from ._chunking import (
     chunk_matches,
     chunk_stream,
     chunk_view,
+    cut_view,
     hash_chunk,
+    hash_cuts,
 )
 from ._codec import (
     DEFAULT_MAX_FRAME,
@@ -175,7 +177,7 @@ __all__ = [
     "merkle_root",
     "validate_model_id", "validate_relative_path", "validate_version",
     "ChunkParams", "DEFAULT_PARAMS", "DEFAULT_WINDOW", "chunk_bytes", "chunk_matches",
-    "chunk_stream", "chunk_view", "hash_chunk",
+    "chunk_stream", "chunk_view", "cut_view", "hash_chunk", "hash_cuts",
     "ACCELERATOR_KINDS", "Capabilities", "GpuInfo", "Requirements", "normalise_arch",
     "VariantChoice", "select_variant", "unmet_requirements",
     # the swarm, convergence and the seed API's types

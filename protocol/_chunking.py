@@ -49,6 +49,8 @@ __all__ = [
     "require_compiled_fastcdc",
     "hash_chunk",
     "chunk_view",
+    "cut_view",
+    "hash_cuts",
     "chunk_matches",
     "chunk_stream",
     "chunk_bytes",
@@ -147,9 +149,10 @@ def _cuts(data: memoryview, params: ChunkParams) -> Iterator[tuple[int, int]]:
         yield c.offset, c.length
 
 
-def chunk_view(view: memoryview, params: ChunkParams = DEFAULT_PARAMS, *,
-               eof: bool = True) -> tuple[list[ChunkRef], int]:
-    """The chunks of one window of a stream, and how many bytes of it they cover.
+def cut_view(view: memoryview, params: ChunkParams = DEFAULT_PARAMS, *,
+             eof: bool = True) -> tuple[list[tuple[int, int]], int]:
+    """The ``(offset, length)`` of each chunk of one window of a stream, and how many
+    bytes of it they cover; :func:`chunk_view` without the hashing.
 
     Unless ``eof``, a last chunk that ends where ``view`` ends and is shorter than
     ``max_size`` may have been cut short by the window: it is left out, and the next
@@ -162,7 +165,7 @@ def chunk_view(view: memoryview, params: ChunkParams = DEFAULT_PARAMS, *,
     if not eof and len(view) < params.max_size:
         raise InvalidValue(f"a chunking window of {len(view)} bytes is below max_size "
                            f"({params.max_size} bytes)")
-    refs: list[ChunkRef] = []
+    found: list[tuple[int, int]] = []
     consumed = 0
     cuts = _cdc(view, params.min_size, params.avg_size, params.max_size)
     try:
@@ -170,11 +173,24 @@ def chunk_view(view: memoryview, params: ChunkParams = DEFAULT_PARAMS, *,
             end = c.offset + c.length
             if end == len(view) and not eof and c.length < params.max_size:
                 break
-            refs.append(ChunkRef(hash_chunk(view[c.offset:end]), c.length))
+            found.append((c.offset, c.length))
             consumed = end
     finally:
         cuts.close()
-    return refs, consumed
+    return found, consumed
+
+
+def hash_cuts(view: memoryview, cuts: list[tuple[int, int]]) -> list[ChunkRef]:
+    """The chunk of ``view`` at each ``(offset, length)``, named."""
+    return [ChunkRef(hash_chunk(view[off:off + size]), size) for off, size in cuts]
+
+
+def chunk_view(view: memoryview, params: ChunkParams = DEFAULT_PARAMS, *,
+               eof: bool = True) -> tuple[list[ChunkRef], int]:
+    """The chunks of one window of a stream, and how many bytes of it they cover
+    (:func:`cut_view`, each chunk then hashed)."""
+    cuts, consumed = cut_view(view, params, eof=eof)
+    return hash_cuts(view, cuts), consumed
 
 
 def chunk_bytes(data: bytes, params: ChunkParams = DEFAULT_PARAMS) -> list[ChunkRef]:

@@ -21,9 +21,10 @@ A *package* is one of:
 * a directory without that file, or a single file: one variant named ``default``.
 
 Every file is copied into the variant's pack in the store (its files as they will
-be installed) by ``copy_file_range`` on a writer thread, while the main thread cuts
-and hashes it through a read-only mapping, a window at a time
-(:func:`protocol.chunk_view`: memory bounded by the window, whatever the file size).
+be installed) by ``copy_file_range`` on a writer thread, writeback started as it
+goes, while the main thread cuts it through a read-only mapping, a window at a time
+(:func:`protocol.cut_view`: memory bounded by the window, whatever the file size),
+and a hashing thread names the chunks of the window cut before.
 The package is read once and written once (on XFS and btrfs the copy may share the
 package's extents), and no file is made per chunk. Symlinks
 are followed only when they resolve to a regular file inside the package;
@@ -71,7 +72,8 @@ from protocol import (
     ShoalError,
     SigningIdentity,
     Variant,
-    chunk_view,
+    cut_view,
+    hash_cuts,
     manifests_to_retire,
     merkle_root,
     normalise_arch,
@@ -273,6 +275,7 @@ class _Writer:
     def __init__(self, store: ChunkStore) -> None:
         self.store = store
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-write")
+        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-hash")
         self.pending: collections.deque[Future[None]] = collections.deque()
         self.fds: list[tuple[int, str]] = []
         self.seen: set[bytes] = set()
@@ -344,6 +347,7 @@ class _Writer:
         for fut in self.pending:
             fut.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.hasher.shutdown(wait=True, cancel_futures=True)
         for fd, _ in self.fds:
             os.close(fd)
         self.fds = []
@@ -357,13 +361,58 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         offset += n
 
 
+def _hash_window(mm: mmap.mmap, start: int, cuts: list[tuple[int, int]]) -> list[ChunkRef]:
+    with memoryview(mm) as whole, whole[start:] as view:
+        return hash_cuts(view, cuts)
+
+
+def _cut_and_hash(mm: mmap.mmap, size: int, params: ChunkParams, window: int,
+                  writer: _Writer, tick: Callable[[int], None] | None) -> list[ChunkRef]:
+    """Cut the mapped file a window at a time on this thread while the window before
+    is hashed on the writer's hashing thread (BLAKE3 releases the GIL; the cutter does
+    not): at most two windows are mapped in, pages already hashed are dropped."""
+    refs: list[ChunkRef] = []
+    pos = 0
+    hashing: tuple[Future[list[ChunkRef]], int] | None = None
+
+    def collect() -> None:
+        assert hashing is not None
+        fut, done_to = hashing
+        got = fut.result()
+        for r in got:
+            writer.count(r.hash, r.size)
+            if tick is not None:
+                tick(r.size)
+        refs.extend(got)
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            mm.madvise(mmap.MADV_DONTNEED, 0, done_to - done_to % mmap.PAGESIZE)
+
+    try:
+        while pos < size:
+            end = min(size, pos + window)
+            with memoryview(mm) as whole, whole[pos:end] as view:
+                cuts, used = cut_view(view, params, eof=end == size)
+            job = (writer.hasher.submit(_hash_window, mm, pos, cuts), pos + used)
+            if hashing is not None:
+                collect()
+            hashing = job
+            pos += used
+        if hashing is not None:
+            collect()
+            hashing = None
+    finally:
+        if hashing is not None:     # an error on the way: let the hashing end first
+            with contextlib.suppress(Exception):
+                hashing[0].result()
+    return refs
+
+
 def _publish_file(rel: str, open_path: str, executable: bool, writer: _Writer, dest: Path,
                   params: ChunkParams, window: int,
                   tick: Callable[[int], None] | None = None) -> FileEntry:
     """Copy one file into the pack (in the kernel, ``copy_file_range``, on the writer
-    thread) while the main thread cuts and hashes it through a read-only mapping, one
-    window at a time (pages already cut are dropped from the mapping, so memory stays
-    bounded by the window). The source's bytes come from disk once."""
+    thread) while it is cut and hashed through a read-only mapping, one window at a
+    time (:func:`_cut_and_hash`). The source's bytes come from disk once."""
     try:
         fd = os.open(open_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
@@ -384,22 +433,7 @@ def _publish_file(rel: str, open_path: str, executable: bool, writer: _Writer, d
             except (OSError, ValueError) as exc:
                 raise PublishError(f"cannot read {open_path}: {exc}") from exc
             try:
-                pos = 0
-                while pos < size:
-                    end = min(size, pos + window)
-                    view = memoryview(mm)[pos:end]
-                    try:
-                        got, used = chunk_view(view, params, eof=end == size)
-                    finally:
-                        view.release()
-                    for r in got:
-                        writer.count(r.hash, r.size)
-                        if tick is not None:
-                            tick(r.size)
-                    refs.extend(got)
-                    pos += used
-                    with contextlib.suppress(OSError, AttributeError, ValueError):
-                        mm.madvise(mmap.MADV_DONTNEED, 0, pos - pos % mmap.PAGESIZE)
+                refs = _cut_and_hash(mm, size, params, window, writer, tick)
             finally:
                 mm.close()
         writer.wait(copy, rel)
