@@ -22,9 +22,9 @@ A *package* is one of:
 
 Every file is copied into the variant's pack in the store (its files as they will
 be installed) by ``copy_file_range`` on a writer thread, writeback started as it
-goes, while the main thread cuts it through a read-only mapping, a window at a time
+goes, while the main thread cuts it through a read-only mapping, half a window at a time
 (:func:`protocol.cut_view`: memory bounded by the window, whatever the file size),
-and a hashing thread names the chunks of the window cut before.
+and a hashing thread names the chunks of the half cut before.
 The package is read once and written once (on XFS and btrfs the copy may share the
 package's extents), and no file is made per chunk. Symlinks
 are followed only when they resolve to a regular file inside the package;
@@ -368,10 +368,12 @@ def _hash_window(mm: mmap.mmap, start: int, cuts: list[tuple[int, int]]) -> list
 
 def _cut_and_hash(mm: mmap.mmap, size: int, params: ChunkParams, window: int,
                   writer: _Writer, tick: Callable[[int], None] | None) -> list[ChunkRef]:
-    """Cut the mapped file a window at a time on this thread while the window before
-    is hashed on the writer's hashing thread (BLAKE3 releases the GIL; the cutter does
-    not): at most two windows are mapped in, pages already hashed are dropped."""
+    """Cut the mapped file half a window at a time on this thread while the half
+    before is hashed on the writer's hashing thread (BLAKE3 releases the GIL; the
+    cutter does not): at most a window is mapped in, pages already hashed are
+    dropped."""
     refs: list[ChunkRef] = []
+    step = max(params.max_size, window // 2)
     pos = 0
     hashing: tuple[Future[list[ChunkRef]], int] | None = None
 
@@ -389,7 +391,7 @@ def _cut_and_hash(mm: mmap.mmap, size: int, params: ChunkParams, window: int,
 
     try:
         while pos < size:
-            end = min(size, pos + window)
+            end = min(size, pos + step)
             with memoryview(mm) as whole, whole[pos:end] as view:
                 cuts, used = cut_view(view, params, eof=end == size)
             job = (writer.hasher.submit(_hash_window, mm, pos, cuts), pos + used)
