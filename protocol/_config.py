@@ -93,6 +93,8 @@ class OverlayConfig:
 
     degree: int = 8                # active sessions aimed at; 0 = off (the driver decides)
     slack: int = 2                 # sessions kept beyond ``degree`` before declining more
+    mesh_up_to: int = 16           # a node that knows fewer peers than this keeps a session
+    #                                with each of them (a fleet this small: a full mesh); 0 = off
     rotate_interval: float = 60.0  # seconds between rotations of one active peer; 0 = never
     known_max: int = 256           # known (passive) peers remembered
     hints: int = 8                 # peers named when declining a session (OverlayFull)
@@ -101,7 +103,7 @@ class OverlayConfig:
     retry_max: float = 60.0        # ... doubling per strike up to this (s)
 
     def __post_init__(self) -> None:
-        for name in ("degree", "slack", "known_max", "hints"):
+        for name in ("degree", "slack", "mesh_up_to", "known_max", "hints"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.hints > 32:

@@ -19,6 +19,13 @@ over the active set; the overlay is what bounds them.
   found made every node dial the first ``degree`` it heard of -- in the simulator,
   where all are found in the same order, the first ``degree + 1`` nodes formed a
   clique cut off from the rest.)
+* **Small fleets.** While a node knows fewer than ``mesh_up_to`` peers (and more than
+  ``degree``), it aims at all of them instead of ``degree``: a fleet that small is a
+  full mesh, where sessions cost little and every peer is both a source and a
+  requester of chunks (on the 13-node radio fleet of ``benchmarks/fleets/radio.toml``
+  a random degree-8 overlay left uplinks with chunks others lacked unasked). Once the
+  known set reaches ``mesh_up_to``, the aim is ``degree`` again and the trim below
+  brings the sessions down to it.
 * **Bound.** A new session (either direction) that would make ``active`` exceed
   ``degree + slack`` is not kept: an inbound one is declined politely -- an
   :class:`OverlayFull` naming up to ``hints`` known peers (with addresses), then
@@ -191,9 +198,17 @@ class Overlay:
         return dict(self._known)
 
     @property
+    def degree(self) -> int:
+        """Sessions aimed at: ``degree``, or every known peer while they are fewer than
+        ``mesh_up_to`` (see "Small fleets")."""
+        cfg = self.config
+        known = len(self._known)
+        return known if 0 < cfg.degree < known < cfg.mesh_up_to else cfg.degree
+
+    @property
     def limit(self) -> int:
         """Most sessions kept at once: ``degree + slack``."""
-        return self.config.degree + self.config.slack
+        return self.degree + self.config.slack
 
     # ------------------------------------------------------------------ discovery
     def peer_known(self, peer: str, address: str, now: float) -> None:
@@ -314,11 +329,11 @@ class Overlay:
         open_ = sorted(p for p in self._active if p not in self._closing)
         if not open_:
             return
-        if len(open_) > self.config.degree:
+        if len(open_) > self.degree:
             self._excess += 1
             self._close(self._rng.choice(self._least_loaded(open_, now)[0]),
                         "overlay: above its degree", now)
-        elif len(open_) >= self.config.degree and self._candidates(now):
+        elif len(open_) >= self.degree and self._candidates(now):
             quiet, load = self._least_loaded(open_, now)
             if load > 0 and self._postponed * ROTATE_RETRY < self.config.rotate_interval:
                 self._postponed += 1   # see "Rotation": not in the middle of a transfer
@@ -334,7 +349,7 @@ class Overlay:
         """Close one open session above the degree: one of the least loaded other than
         the newest, at random."""
         open_ = sorted((since, p) for p, since in self._active.items() if p not in self._closing)
-        if len(open_) <= self.config.degree:
+        if len(open_) <= self.degree:
             return
         older = [p for _, p in open_[:-1]]   # (the newest is kept: it may be a joiner)
         self._excess += 1
@@ -389,14 +404,14 @@ class Overlay:
         """Recompute when the overlay next needs a timer: a rotation, a dial timing out,
         or (while short of ``degree``) a back-off ending."""
         open_ = sum(1 for p in self._active if p not in self._closing)
-        if open_ <= self.config.degree:
+        if open_ <= self.degree:
             self._trim_at = math.inf
         elif self._trim_at == math.inf:
             self._trim_at = now + TRIM_AFTER * self._rng.uniform(1.0, 2.0)
         wake = min(self._next_rotate, self._fill_at, self._trim_at)
         if self._dialling:
             wake = min(wake, min(self._dialling.values()) + self.config.dial_timeout)
-        if open_ + len(self._dialling) < self.config.degree and self._hold_until > now:
+        if open_ + len(self._dialling) < self.degree and self._hold_until > now:
             wake = min(wake, self._hold_until)   # the hold ends
         if open_ + len(self._dialling) < self._target(now):
             ready = False
@@ -414,7 +429,7 @@ class Overlay:
 
     def _target(self, now: float) -> int:
         """Sessions a fill aims at: ``degree``, one fewer while a hold lasts."""
-        degree = self.config.degree
+        degree = self.degree
         return degree - 1 if degree >= 3 and now < self._hold_until else degree
 
     def _hints(self, exclude: str) -> tuple[PeerHint, ...]:

@@ -14,7 +14,8 @@ from agent._demo.fleet import FAST_GOSSIP, LocalFleet, make_package
 
 N = 8
 DEGREE, SLACK = 3, 1
-OVERLAY = f"[overlay]\ndegree = {DEGREE}\nslack = {SLACK}\n"
+# (8 daemons would be a full mesh by ``mesh_up_to``: off, so that the degree rule is seen)
+OVERLAY = f"[overlay]\ndegree = {DEGREE}\nslack = {SLACK}\nmesh_up_to = 0\n"
 
 
 async def _stats(fleet: LocalFleet, i: int) -> dict[str, object]:

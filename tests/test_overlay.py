@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -28,8 +29,12 @@ def nid(i: int) -> str:
 ME = nid(0)
 
 
-def make(degree: int = 4, slack: int = 1, rotate: float = 0.0, **kw: float) -> Overlay:
-    cfg = OverlayConfig(degree=degree, slack=slack, rotate_interval=rotate, **kw)  # type: ignore[arg-type]
+def make(degree: int = 4, slack: int = 1, rotate: float = 0.0, mesh: int = 0,
+         **kw: float) -> Overlay:
+    """An overlay; the small fleets of these tests are of the degree rule, so the full
+    mesh of small fleets (``mesh_up_to``) is off unless ``mesh`` is given."""
+    cfg = OverlayConfig(degree=degree, slack=slack, rotate_interval=rotate,  # type: ignore[arg-type]
+                        mesh_up_to=mesh, **kw)
     return Overlay(node_id=ME, config=cfg, rng=random.Random(1), now=0.0)
 
 
@@ -210,8 +215,8 @@ class _Fleet:
     """Overlays wired together in memory: a dial opens a session at once; OverlayFull
     and ClosePeer are delivered at once."""
 
-    def __init__(self, n: int, degree: int = 8, slack: int = 2) -> None:
-        self.cfg = OverlayConfig(degree=degree, slack=slack)
+    def __init__(self, n: int, degree: int = 8, slack: int = 2, mesh_up_to: int = 16) -> None:
+        self.cfg = OverlayConfig(degree=degree, slack=slack, mesh_up_to=mesh_up_to)
         self.nodes: dict[str, Overlay] = {}
         self.sessions: set[frozenset[str]] = set()
         self.dials = 0
@@ -379,3 +384,58 @@ def test_rotation_waits_for_a_quiet_session_at_most_one_interval() -> None:
     (close,) = [o for o in ov.take_outputs() if isinstance(o, ClosePeer)]
     assert close.peer == nid(5)         # the less loaded of the two
     assert first_wait is not None and t - first_wait == pytest.approx(20.0)
+
+
+def test_a_small_fleet_is_a_full_mesh_and_keeps_it() -> None:
+    fleet = _Fleet(13)                   # 12 peers each: fewer than mesh_up_to (16)
+    fleet.run_until(20.0)
+    assert set(fleet.degrees().values()) == {12}
+    assert all(len(ov.active) == 12 for ov in fleet.nodes.values())
+    sessions = set(fleet.sessions)
+    fleet.run_until(200.0)               # three rotation intervals: nothing to rotate to
+    assert fleet.sessions == sessions
+    assert all(ov.statistics().rotations == 0 and ov.statistics().closed_excess == 0
+               for ov in fleet.nodes.values())
+
+
+def test_the_full_mesh_ends_where_mesh_up_to_says() -> None:
+    fleet = _Fleet(16)                   # 15 peers each: a full mesh
+    fleet.run_until(20.0)
+    assert set(fleet.degrees().values()) == {15}
+    fleet = _Fleet(17)                   # 16 peers each: the degree rule
+    fleet.run_until(20.0)
+    deg = fleet.degrees()
+    assert max(deg.values()) <= 9 and min(deg.values()) >= 7, sorted(deg.values())
+    fleet = _Fleet(13, mesh_up_to=0)     # off: the degree rule in a small fleet too
+    fleet.run_until(20.0)
+    deg = fleet.degrees()
+    assert max(deg.values()) <= 9 and min(deg.values()) >= 7, sorted(deg.values())
+
+
+def test_a_mesh_shrinks_to_the_degree_once_the_fleet_outgrows_it() -> None:
+    ov = make(degree=4, slack=1, mesh=8)
+    for i in range(1, 7):                # 6 known, fewer than 8: dial them all
+        ov.peer_known(nid(i), f"h{i}:1", 0.0)
+    t = settle(ov)
+    assert sorted(dials(ov)) == [nid(i) for i in range(1, 7)]
+    for i in range(1, 7):
+        assert ov.accept(nid(i), False, t)
+    assert len(ov.active) == 6 and ov.next_deadline() == math.inf
+    for i in range(7, 13):               # 12 known now: back to degree 4, one close at a time
+        ov.peer_known(nid(i), f"h{i}:1", t)
+    ov.take_outputs()
+    closed = 0
+    while len(ov.active) > 4 and t < 30.0:
+        t = ov.next_deadline()
+        ov.on_timer(t)
+        for o in ov.take_outputs():
+            if isinstance(o, ClosePeer):
+                closed += 1
+                ov.peer_disconnected(o.peer, t)
+            assert not isinstance(o, DialPeer)
+    assert len(ov.active) == 4 and closed == 2 and t < 12.0
+
+
+def test_mesh_up_to_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="mesh_up_to"):
+        OverlayConfig(mesh_up_to=-1)
