@@ -7,7 +7,8 @@ of ``size`` bytes published on node 0; the time is from ``distribute`` until nod
 sees every node operational (``benchmarks/bench_overlay.py``'s window). The bound is
 Kumar and Ross's ``T_min = max(F/u_s, F/d_min, N F / (u_s + sum u))``, which with
 every node capped alike is ``F / rate``. Two fleets side by side in one run: the
-default overlay (degree 8) and a full mesh (``[overlay] degree`` = n - 1, what every
+overlay's degree rule (degree 8, ``mesh_up_to = 0``: else a fleet of up to 16 nodes is
+a full mesh by default) and a full mesh (``[overlay] degree`` = n - 1, what every
 daemon did before the overlay).
 
 quick: 8 daemons, 4 MiB at 16 Mbit/s; full: 16 daemons, 16 MiB at 16 Mbit/s. (At 8
@@ -36,7 +37,7 @@ def measure(n: int, size: int, rate_mbit: float, degree: int) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix=f"shoal-bench-bound-{n}-"))
     pkg = _package(base / "pkg", size)
     config = (f'[bandwidth]\nupload = "{rate_mbit:g}mbit"\ndownload = "{rate_mbit:g}mbit"\n'
-              f"[overlay]\ndegree = {degree}\n")
+              f"[overlay]\ndegree = {degree}\nmesh_up_to = 0\n")
     fleet = LocalFleet(base / "fleet", n, fleet_id=f"bench-bound-{os.getpid()}-{degree}",
                        extra_config=config)
     try:
