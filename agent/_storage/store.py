@@ -21,7 +21,9 @@ its offset(s) (:meth:`ChunkStore.put`), and its hash is then appended to the pac
 progress log ``.shoal-progress``. When the pack is completed (:meth:`ChunkStore.complete`),
 the chunks it lacks are copied from the files that hold them (``os.copy_file_range``,
 which shares extents on XFS and btrfs), every file is fsynced once, every chunk range
-is re-read and hashed, and the progress log is removed. After a crash the progress log
+is re-read and hashed (but for the chunks this process wrote from bytes it had just
+verified: the re-read would only hash the page cache's copy of them), and the progress
+log is removed. After a crash the progress log
 says which chunks were written; each is re-read and hashed when the store opens (a
 power cut may have lost unsynced bytes), so a node refetches no chunk it had verified
 and written, and never counts one that is not there.
@@ -200,6 +202,8 @@ class ChunkStore(StoreReads, StorePins):
             have = self._verify_logged(d, log)
             d.progress_fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         self._register(d, have)
+        if have is not None:
+            d.checked = bytearray(have)     # re-read and hashed just now
 
     def _verify_logged(self, d: IndexedDir, log: str) -> bytearray:
         """The chunks the progress log names whose bytes are there (re-read, hashed), as
@@ -352,8 +356,11 @@ class ChunkStore(StoreReads, StorePins):
 
         Chunks its files lack are copied from the files that hold them; each file is
         fsynced once; every chunk range is re-read and hashed (a mismatch drops the
-        chunk and raises :class:`ChunkCorrupted`). :class:`ChunkNotFound` when some
-        chunk is held nowhere."""
+        chunk and raises :class:`ChunkCorrupted`) -- except those this process wrote
+        itself from bytes it had verified, or re-read and hashed when it opened the
+        pack (``IndexedDir.checked``): reading them back would hash the page cache's copy
+        of what was just verified. :class:`ChunkNotFound` when some chunk is held
+        nowhere."""
         lacking = self.missing(manifest, variant_id)
         if lacking:
             raise ChunkNotFound(f"{len(lacking)} chunks of {manifest.model_id} "
@@ -461,7 +468,10 @@ class ChunkStore(StoreReads, StorePins):
                                  f"says {size}")
             buf = bytearray()   # one buffer for the file's chunks, not a new one each
             for h, off in d.file_chunks(index):
-                n = d.size(h)
+                p = d.position(h)
+                if d.is_checked(p):
+                    continue            # written here from verified bytes (``checked``)
+                n = d.chunks.size(p)
                 if len(buf) < n:
                     buf = bytearray(max(n, 2 * len(buf)))
                 with memoryview(buf) as whole, whole[:n] as slot:
@@ -587,6 +597,7 @@ class ChunkStore(StoreReads, StorePins):
                                         confine(Path(path), rel),
                                         os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                                 write_all(fd, data, off)
+                            d.set_checked(d.position(chunk_hash))
                             if d.progress_fd is not None:
                                 logged.setdefault(d.progress_fd, []).append(chunk_hash)
                             new = self._add_have(d, chunk_hash) or new
