@@ -239,7 +239,9 @@ class NodeRuntime(SessionWriter):
         self._dialing: set[str] = set()     # peers a dial task is connecting to
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[InboxEvent](math.inf)
         self._tokens = trio.Semaphore(_INBOX_TOKENS)
-        self._store_send, self._store_recv = trio.open_memory_channel[StoreChunk](STORE_BATCH)
+        # runs of StoreChunk (one machine step's, ≤ STORE_BATCH each): one channel hop a
+        # run, not one a chunk; at most one run waits, as 32 chunks did before
+        self._store_send, self._store_recv = trio.open_memory_channel[list[StoreChunk]](1)
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()       # pulsed after every machine step (subscribers)
         self._saved_own = -1               # own counter the last save covered
@@ -511,8 +513,20 @@ class NodeRuntime(SessionWriter):
             await self._save_if_due()
             outputs = m.take_outputs()
             self._outputs += len(outputs)
+            run: list[StoreChunk] = []
             for out in outputs:
+                if isinstance(out, StoreChunk):
+                    run.append(out)
+                    if len(run) >= STORE_BATCH:
+                        await self._store_send.send(run)
+                        run = []
+                    continue
+                if run:     # (in order with the outputs around them)
+                    await self._store_send.send(run)
+                    run = []
                 await self._carry_out(out)
+            if run:
+                await self._store_send.send(run)
             log_own_problems(self.machine.ledger.record(self.node_id), problems)
             self._changed.set()
             self._changed = trio.Event()
@@ -588,7 +602,7 @@ class NodeRuntime(SessionWriter):
         elif isinstance(out, ServeChunk):
             await self._enqueue(out.peer, out)
         elif isinstance(out, StoreChunk):
-            await self._store_send.send(out)
+            await self._store_send.send([out])
         elif isinstance(out, InstallVariant):
             assert self._nursery is not None
             self._nursery.start_soon(self._install, out)
