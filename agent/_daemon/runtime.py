@@ -254,6 +254,7 @@ class NodeRuntime(SessionWriter):
         self.listener: PeerListener | None = None
         self.discovery: Discovery | None = None
         self._messages_in = self._outputs = self._stored = self._served = 0
+        self._size_memo: dict[bytes, int] = {}   # writer.py: chunk sizes looked up
         self._by_type: dict[str, int] = {}   # messages in, by message class
         self._saves = self._installs = self._dup = self._drops = 0
         self._throttled = 0.0       # of sessions that ended (live ones: their channel)

@@ -70,6 +70,21 @@ class SessionWriter(DiskTasks):
 
     _served: int
     bytes_served_by_priority: dict[str, int]
+    _size_memo: dict[bytes, int]
+
+    def _size(self, chunk_hash: bytes) -> int | None:
+        """The size of a chunk the store holds (None: not held). A batch asks for each
+        chunk's size three times (its weight, its run, its record); a hash names one
+        size for good, so the answers are kept (a few thousand at most)."""
+        memo = self._size_memo
+        n = memo.get(chunk_hash)
+        if n is None:
+            n = self.store.size_of(chunk_hash)
+            if n is not None:
+                if len(memo) >= 4096:
+                    memo.clear()
+                memo[chunk_hash] = n
+        return n
 
     async def _writer(self, peer: str, sess: Session, scope: trio.CancelScope) -> None:
         """Drain the peer's queue: whatever is waiting goes out as one write."""
@@ -105,7 +120,7 @@ class SessionWriter(DiskTasks):
 
     def _weigh(self, item: object) -> tuple[int, int]:
         if isinstance(item, ServeChunk):
-            return 1, self.store.size_of(item.chunk_hash) or 0
+            return 1, self._size(item.chunk_hash) or 0
         return 0, 0
 
     async def _records(self, batch: list[Any]) -> tuple[list[object], list[bytes]]:
@@ -118,12 +133,12 @@ class SessionWriter(DiskTasks):
             it = batch[i]
             if isinstance(it, ServeChunk):
                 run = [it]
-                total = self.store.size_of(it.chunk_hash) or 0
+                total = self._size(it.chunk_hash) or 0
                 i += 1
                 while (i < len(batch) and len(run) < MAX_RUN
                        and isinstance(batch[i], ServeChunk)
                        and batch[i].priority == it.priority):
-                    size = self.store.size_of(batch[i].chunk_hash) or 0
+                    size = self._size(batch[i].chunk_hash) or 0
                     if total + size > RUN_BYTES:
                         break
                     run.append(batch[i])
@@ -155,7 +170,7 @@ class SessionWriter(DiskTasks):
         store = self.store
         priority = run[0].priority
         hashes = [s.chunk_hash for s in run]
-        sizes = [store.size_of(h) for h in hashes]
+        sizes = [self._size(h) for h in hashes]
         if len(run) > 1 and all(n is not None for n in sizes):
             known = [n for n in sizes if n is not None]
             head = pieces_header(priority, hashes, known)
