@@ -1,0 +1,123 @@
+"""What ``ChunkStore.complete`` re-reads and hashes (issue 16, CPU per GiB).
+
+A staged pack's chunks are verified before they are written in place. ``complete``
+re-reads and hashes every range *except* those this process wrote itself from bytes it
+had verified, or re-read and hashed when it reopened the pack after a crash
+(``IndexedDir.checked``): ranges copied from other versions and published packs are
+still hashed, and a chunk dropped as corrupt is no longer counted checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import blake3
+import pytest
+
+from agent._errors import ChunkCorrupted
+from agent._storage.store import ChunkStore
+from protocol._capabilities import Requirements
+from protocol._chunking import hash_chunk
+from protocol._identity import SigningIdentity
+from protocol._manifest import ChunkRef, FileEntry, Manifest, Variant, merkle_root
+
+PUB = SigningIdentity(b"\x02" * 32)
+
+
+def _data(i: int, size: int = 1500) -> bytes:
+    return blake3.blake3(f"checked-{i}".encode()).digest(length=size)
+
+
+def _manifest(version: str, chunks: list[bytes]) -> Manifest:
+    refs = tuple(ChunkRef(hash_chunk(c), len(c)) for c in chunks)
+    entry = FileEntry("w.bin", sum(r.size for r in refs), refs, merkle_root([r.hash for r in refs]))
+    return Manifest.sign(PUB, "m", version, (Variant("default", Requirements(), (entry,)),), 0)
+
+
+def _checked(store: ChunkStore, path: str) -> list[bool]:
+    d = store._dirs[path]
+    return [d.is_checked(p) for p in range(len(d))]
+
+
+def _flip(path: Path, at: int) -> None:
+    blob = bytearray(path.read_bytes())
+    blob[at] ^= 0xFF
+    path.write_bytes(bytes(blob))
+
+
+def test_chunks_written_here_are_checked_and_complete_installs_them(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path / "store")
+    chunks = [_data(i) for i in range(6)]
+    m = _manifest("1.0.0", chunks)
+    path = store.stage(m, "default")
+    assert _checked(store, path) == [False] * 6
+    for c in chunks[:4]:
+        store.put(hash_chunk(c), c)
+    store.put_verified_batch([(hash_chunk(c), c) for c in chunks[4:]])
+    assert _checked(store, path) == [True] * 6
+    assert store.complete(m, "default") == path
+    assert (Path(path) / "w.bin").read_bytes() == b"".join(chunks)
+    assert store.statistics().corrupt_detected == 0
+
+
+def test_a_range_copied_from_another_version_is_still_hashed(tmp_path: Path) -> None:
+    """2.0.0 shares a chunk with 1.0.0; completing 2.0.0 copies it from 1.0.0's file
+    without hashing it on the way, so ``complete`` hashes it: a bad copy is found."""
+    store = ChunkStore(tmp_path / "store")
+    shared, own1, own2 = _data(1, 3000), _data(2), _data(3)
+    m1 = _manifest("1.0.0", [shared, own1])
+    p1 = store.stage(m1, "default")
+    store.put(hash_chunk(shared), shared)
+    store.put(hash_chunk(own1), own1)
+    store.complete(m1, "default")
+    _flip(Path(p1) / "w.bin", 100)            # bit rot in 1.0.0, not seen yet
+    m2 = _manifest("2.0.0", [own2, shared])
+    p2 = store.stage(m2, "default")
+    store.put(hash_chunk(own2), own2)
+    assert _checked(store, p2) == [True, False]
+    with pytest.raises(ChunkCorrupted) as bad:
+        store.complete(m2, "default")
+    assert bad.value.chunk_hashes == (hash_chunk(shared),)
+    assert not store._dirs[p2].holds(hash_chunk(shared)) and _checked(store, p2) == [True, False]
+    with pytest.raises(ChunkCorrupted):
+        store.get(hash_chunk(shared))         # 1.0.0's copy is found bad when read
+    assert store.missing(m2, "default") == [hash_chunk(shared)]
+    store.put(hash_chunk(shared), shared)     # fetched again, written here, verified
+    assert store.complete(m2, "default") == p2
+    assert (Path(p2) / "w.bin").read_bytes() == own2 + shared
+
+
+def test_a_pack_reopened_after_a_crash_counts_what_it_rehashed_as_checked(
+        tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    chunks = [_data(i, 2000) for i in range(8)]
+    m = _manifest("1.0.0", chunks)
+    store = ChunkStore(root)
+    path = store.stage(m, "default")
+    for c in chunks[:5]:
+        store.put(hash_chunk(c), c)
+    store.close()                             # (a kill -9: the log names five)
+    _flip(Path(path) / "w.bin", 3 * 2000 + 11)   # chunk 3's bytes never reached the disk
+    again = ChunkStore(root)
+    assert _checked(again, path) == [True, True, True, False, True, False, False, False]
+    for c in chunks[3:]:
+        again.put(hash_chunk(c), c)
+    assert _checked(again, path) == [True] * 8
+    assert again.complete(m, "default") == path
+    assert (Path(path) / "w.bin").read_bytes() == b"".join(chunks)
+
+
+def test_a_chunk_dropped_as_corrupt_is_no_longer_checked(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path / "store")
+    chunks = [_data(i) for i in range(3)]
+    m = _manifest("1.0.0", chunks)
+    path = store.stage(m, "default")
+    for c in chunks:
+        store.put(hash_chunk(c), c)
+    _flip(Path(path) / "w.bin", 1500 + 5)     # chunk 1, changed on disk after the write
+    with pytest.raises(ChunkCorrupted):
+        store.get(hash_chunk(chunks[1]))      # a read hashes it: dropped
+    assert _checked(store, path) == [True, False, True]
+    assert store.missing(m, "default") == [hash_chunk(chunks[1])]
+    store.put(hash_chunk(chunks[1]), chunks[1])   # repaired in place
+    assert store.complete(m, "default") == path
+    assert (Path(path) / "w.bin").read_bytes() == b"".join(chunks)
