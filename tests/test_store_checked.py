@@ -121,3 +121,56 @@ def test_a_chunk_dropped_as_corrupt_is_no_longer_checked(tmp_path: Path) -> None
     store.put(hash_chunk(chunks[1]), chunks[1])   # repaired in place
     assert store.complete(m, "default") == path
     assert (Path(path) / "w.bin").read_bytes() == b"".join(chunks)
+
+
+# ---------------------------------------------------------------- read_cached_many
+
+
+def _views(sizes: list[int]) -> tuple[bytearray, list[memoryview]]:
+    buf = bytearray(b"\xee" * sum(sizes))
+    view, at, out = memoryview(buf), 0, []
+    for n in sizes:
+        out.append(view[at:at + n])
+        at += n
+    return buf, out
+
+
+def test_read_cached_many_reads_runs_and_answers_each_chunk_on_its_own(
+        tmp_path: Path) -> None:
+    """The serving writer's read of a run: adjacent chunks of one file in one
+    ``preadv``, every chunk verified on its own; a chunk it cannot vouch for (unknown,
+    a wrong-sized slot, bytes on disk that do not match, past the end of a short
+    file) is False and its slot is left for ``get``, the others are True and exact."""
+    store = ChunkStore(tmp_path / "store")
+    chunks = [_data(i, 1000 + 37 * i) for i in range(12)]
+    m = _manifest("1.0.0", chunks)
+    path = store.stage(m, "default")
+    for c in chunks:
+        store.put(hash_chunk(c), c)
+    f = Path(path) / "w.bin"
+    f.read_bytes()                            # in the page cache
+    order = [0, 1, 2, 3, 7, 8, 5, 11, 10]     # runs, a jump back, a reversed pair
+    hashes = [hash_chunk(chunks[i]) for i in order]
+    buf, views = _views([len(chunks[i]) for i in order])
+    assert store.read_cached_many(list(zip(hashes, views, strict=True))) == [True] * 9
+    assert bytes(buf) == b"".join(chunks[i] for i in order)
+    # an unknown chunk and a slot of the wrong size, amid good ones
+    odd = [hash_chunk(chunks[0]), hash_chunk(_data(99)), hash_chunk(chunks[2])]
+    _, views = _views([len(chunks[0]), 10, len(chunks[2]) - 1])
+    assert store.read_cached_many(list(zip(odd, views, strict=True))) == [True, False, False]
+    # bytes on disk changed under chunk 2: only it is refused
+    offset = sum(map(len, chunks[:2])) + 3
+    _flip(f, offset)
+    run = [hash_chunk(c) for c in chunks[:5]]
+    buf, views = _views([len(c) for c in chunks[:5]])
+    assert store.read_cached_many(list(zip(run, views, strict=True))) == [
+        True, True, False, True, True]
+    assert bytes(buf[:offset - 3]) == b"".join(chunks[:2])
+    # a file cut short: the chunks the read covered are good, the rest are not
+    _flip(f, offset)
+    with open(f, "r+b") as fh:
+        fh.truncate(sum(map(len, chunks[:3])) + 5)
+    buf, views = _views([len(c) for c in chunks[:5]])
+    assert store.read_cached_many(list(zip(run, views, strict=True))) == [
+        True, True, True, False, False]
+    assert bytes(buf[:sum(map(len, chunks[:3]))]) == b"".join(chunks[:3])

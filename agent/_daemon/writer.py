@@ -179,12 +179,14 @@ class SessionWriter(DiskTasks):
             at = [len(head)]
             for n in known:
                 at.append(at[-1] + n)
-            rest: list[int] = []
             with memoryview(buf) as view:
-                for k in range(len(known)):
-                    with view[at[k]:at[k + 1]] as slot:
-                        if not store.read_cached_into(hashes[k], slot):
-                            rest.append(k)
+                slots = [view[at[k]:at[k + 1]] for k in range(len(known))]
+                try:    # one lock, one open a file, one preadv a contiguous stretch
+                    cached = store.read_cached_many(list(zip(hashes, slots, strict=True)))
+                finally:
+                    for slot in slots:
+                        slot.release()
+            rest = [k for k, good in enumerate(cached) if not good]
             if rest:    # not in the page cache: read in a worker thread, copy in place
                 got = await trio.to_thread.run_sync(
                     self._read_chunks, [hashes[k] for k in rest])
