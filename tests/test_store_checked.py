@@ -8,12 +8,14 @@ still hashed, and a chunk dropped as corrupt is no longer counted checked."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import blake3
 import pytest
 
-from agent._errors import ChunkCorrupted
+from agent._errors import ChunkCorrupted, StoreError
+from agent._storage.files import pwrite_runs
 from agent._storage.store import ChunkStore
 from protocol._capabilities import Requirements
 from protocol._chunking import hash_chunk
@@ -174,3 +176,57 @@ def test_read_cached_many_reads_runs_and_answers_each_chunk_on_its_own(
     assert store.read_cached_many(list(zip(run, views, strict=True))) == [
         True, True, True, False, False]
     assert bytes(buf[:sum(map(len, chunks[:3]))]) == b"".join(chunks[:3])
+
+
+# ---------------------------------------------------------------- batched writes
+
+
+def test_pwrite_runs_writes_every_range_and_names_the_ones_that_failed(
+        tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"." * 40)
+    b.write_bytes(b"." * 40)
+    fa = os.open(a, os.O_WRONLY)
+    fb = os.open(b, os.O_WRONLY)
+    closed = os.open(a, os.O_RDONLY)          # not writable: its writes fail
+    try:
+        failed = pwrite_runs([
+            (fa, 10, b"CC", 3), (fa, 0, b"AAAA", 1), (fb, 5, memoryview(b"xy"), 4),
+            (fa, 4, b"BBBBBB", 2), (fa, 20, b"D", 5), (closed, 30, b"Z", 6),
+        ])
+    finally:
+        for fd in (fa, fb, closed):
+            os.close(fd)
+    assert set(failed) == {6} and isinstance(failed[6], OSError)
+    assert a.read_bytes() == b"AAAABBBBBBCC" + b"." * 8 + b"D" + b"." * 19
+    assert b.read_bytes() == b"....." + b"xy" + b"." * 33
+
+
+def test_a_batch_answers_per_chunk_as_single_puts_did(tmp_path: Path) -> None:
+    """One batch: the chunks in a run are written with one pwritev, and each chunk
+    gets the answer a put of its own would have got -- new, held already (twice in
+    the batch, or held before), wrong size, not wanted -- with the counters to match."""
+    store = ChunkStore(tmp_path / "store")
+    chunks = [_data(i, 700 + i) for i in range(6)]
+    m = _manifest("1.0.0", chunks)
+    path = store.stage(m, "default")
+    store.put(hash_chunk(chunks[5]), chunks[5])
+    batch: list[tuple[bytes, bytes]] = [
+        (hash_chunk(chunks[0]), chunks[0]),
+        (hash_chunk(chunks[1]), chunks[1]),
+        (hash_chunk(chunks[1]), chunks[1]),           # twice in the batch
+        (hash_chunk(chunks[2]), chunks[2][:-1]),      # wrong size
+        (hash_chunk(chunks[3]), chunks[3]),
+        (hash_chunk(chunks[5]), chunks[5]),           # held before
+        (hash_chunk(_data(77)), _data(77)),           # no version wants it
+    ]
+    results = store._put_many(batch, trusted_hash=True)
+    assert results[:3] == [True, True, False] and results[4:6] == [True, False]
+    assert isinstance(results[3], ChunkCorrupted) and isinstance(results[6], StoreError)
+    s = store.statistics()
+    assert (s.puts_new, s.puts_duplicate) == (1 + 3, 2)
+    assert store.missing(m, "default") == [hash_chunk(chunks[2]), hash_chunk(chunks[4])]
+    assert _checked(store, path) == [True, True, False, True, False, True]
+    store.put_verified_batch([(hash_chunk(c), c) for c in (chunks[2], chunks[4])])
+    assert store.complete(m, "default") == path
+    assert (Path(path) / "w.bin").read_bytes() == b"".join(chunks)

@@ -68,6 +68,7 @@ from agent._storage.files import (
     in_use,
     io_pool,
     preallocate,
+    pwrite_runs,
     read_record,
     write_all,
     write_record,
@@ -562,27 +563,33 @@ class ChunkStore(StoreReads, StorePins):
         results: list[bool | Exception] = []
         logged: dict[int, list[bytes]] = {}
         fds: dict[str, int] = {}
+        # the batch's writes (fd, offset, bytes, chunk), made together -- back-to-back
+        # ranges of a file in one pwritev -- and then the chunks written are marked
+        writes: list[tuple[int, int, bytes | memoryview, int]] = []
+        marks: list[tuple[int, IndexedDir, bytes]] = []
+        first: dict[bytes, int] = {}        # chunk -> its first place in the batch
         try:
             with self._lock:
-                for chunk_hash, data in chunks:
+                for k, (chunk_hash, data) in enumerate(chunks):
+                    results.append(False)
                     if not trusted_hash and not chunk_matches(chunk_hash, len(data), data):
                         self._corrupt += 1
-                        results.append(ChunkCorrupted(
+                        results[k] = ChunkCorrupted(
                             f"chunk {chunk_hash.hex()}: {len(data)} bytes offered do not "
-                            "match its BLAKE3 name; not stored"))
+                            "match its BLAKE3 name; not stored")
                         continue
+                    if chunk_hash in first:     # twice in one batch: the second is held
+                        continue                # (or fails as the first did, below)
                     targets = sorted(self._wanting_paths(chunk_hash))
                     if not targets:
                         if self._held(chunk_hash):
                             self._puts_duplicate += 1
-                            results.append(False)
                         else:
-                            results.append(StoreError(
+                            results[k] = StoreError(
                                 f"chunk {chunk_hash.hex()}: no version being fetched needs "
-                                "it; not stored"))
+                                "it; not stored")
                         continue
                     try:
-                        new = False
                         for path in targets:
                             d = self._dirs[path]
                             if d.size(chunk_hash) != len(data):
@@ -596,20 +603,31 @@ class ChunkStore(StoreReads, StorePins):
                                     fd = fds[full] = os.open(
                                         confine(Path(path), rel),
                                         os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                                write_all(fd, data, off)
-                            d.set_checked(d.position(chunk_hash))
-                            if d.progress_fd is not None:
-                                logged.setdefault(d.progress_fd, []).append(chunk_hash)
-                            new = self._add_have(d, chunk_hash) or new
-                        if new:
-                            self._puts_new += 1
-                        else:
-                            self._puts_duplicate += 1
-                        results.append(new)
+                                writes.append((fd, off, data, k))
+                            marks.append((k, d, chunk_hash))
+                        first[chunk_hash] = k
                     except OSError as exc:
-                        results.append(self._os_error(exc, f"writing chunk {chunk_hash.hex()}"))
+                        results[k] = self._os_error(exc, f"writing chunk {chunk_hash.hex()}")
                     except StoreError as exc:
-                        results.append(exc)
+                        results[k] = exc
+                failed = pwrite_runs(writes)
+                for k, d, chunk_hash in marks:
+                    if k not in failed and not isinstance(results[k], Exception):
+                        d.set_checked(d.position(chunk_hash))
+                        if d.progress_fd is not None:
+                            logged.setdefault(d.progress_fd, []).append(chunk_hash)
+                        results[k] = self._add_have(d, chunk_hash) or results[k]
+                for k, why in failed.items():
+                    results[k] = self._os_error(why, f"writing chunk {chunks[k][0].hex()}")
+                for k, (chunk_hash, _) in enumerate(chunks):
+                    at = first.get(chunk_hash, k)
+                    if at != k and not isinstance(results[k], Exception):
+                        results[k] = results[at] if isinstance(results[at], Exception) \
+                            else False
+                    if at == k and chunk_hash in first and results[k] is True:
+                        self._puts_new += 1
+                    elif results[k] is False and chunk_hash in first:
+                        self._puts_duplicate += 1
                 for fd, hashes in logged.items():
                     os.write(fd, b"".join(hashes))
         except OSError as exc:   # the progress log: the chunks stay held in this process
