@@ -473,9 +473,9 @@ class SwarmEngine:
         if info is None or message.count != len(info.refs):
             self._c.bad_have_messages += 1
             return
-        has_add = self._picker.has_add
+        has_add, hashes = self._picker.has_add, info.refs.hashes   # (no ChunkRef each)
         for i in bitfield_indices(message.bitfield, message.count):
-            has_add(peer, info.refs[i].hash)
+            has_add(peer, hashes[i])
         d = self._downloads.get(message.key)
         if d is not None:
             d.cannot_help.pop(peer, None)
