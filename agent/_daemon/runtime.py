@@ -69,6 +69,7 @@ from agent._daemon.control_messages import PeerEntry
 from agent._daemon.discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
 from agent._daemon.disk_tasks import STORE_BATCH, STORE_WORKERS
 from agent._daemon.health import HealthMonitor
+from agent._daemon.heap import HeapTrimmer
 from agent._daemon.inbox import (
     ChunkMissing,
     ChunksGone,
@@ -255,6 +256,7 @@ class NodeRuntime(SessionWriter):
         self.discovery: Discovery | None = None
         self._messages_in = self._outputs = self._stored = self._served = 0
         self._size_memo: dict[bytes, int] = {}   # writer.py: chunk sizes looked up
+        self.heap_trimmer = HeapTrimmer()       # off; `shoal daemon` reads $SHOAL_MALLOC_TRIM
         self._by_type: dict[str, int] = {}   # messages in, by message class
         self._saves = self._installs = self._dup = self._drops = 0
         self._throttled = 0.0       # of sessions that ended (live ones: their channel)
@@ -306,6 +308,8 @@ class NodeRuntime(SessionWriter):
                 self.port = await nursery.start(self.listener.serve)
                 nursery.start_soon(self._machine_task)
                 nursery.start_soon(self.health.run)
+                if self.heap_trimmer.enabled:
+                    nursery.start_soon(self._trim_task)
                 for _ in range(STORE_WORKERS):
                     nursery.start_soon(self._store_worker)
                 for service in services:
@@ -341,6 +345,13 @@ class NodeRuntime(SessionWriter):
         await self._changed.wait()
 
     # ------------------------------------------------------------------ discovery / dial
+
+    async def _trim_task(self) -> None:
+        """Give the heap's free pages back while a transfer runs (``heap.py``)."""
+        while True:
+            await trio.sleep(self.heap_trimmer.interval)
+            if self.machine.swarm.wanted():
+                self.heap_trimmer.trim()
 
     async def _discovery_task(self) -> None:
         send, recv = trio.open_memory_channel[DiscoveryEvent](math.inf)
