@@ -6,7 +6,8 @@ that are next to each other in the queue and share a priority become one
 :data:`~protocol.MAX_RUN` chunks): the run's header is encoded first
 (:func:`~protocol.pieces_header`), one buffer is allocated for the header and the
 chunks' bytes, each chunk that is in the page cache is read straight into its place
-(``preadv`` with ``RWF_NOWAIT``, verified), and that buffer is the record's
+(``read_cached_many``: one index lock and one open a file for the run, one ``preadv``
+with ``RWF_NOWAIT`` a stretch of adjacent chunks, each verified), and that buffer is the record's
 plaintext -- no copy of the bytes between the read and the encryption. Chunks that
 are not cached are read in one worker-thread call (verified and quarantined as
 usual) and copied into place; a chunk that cannot be read at all is reported
