@@ -54,8 +54,10 @@ def test_chunks_written_here_are_checked_and_complete_installs_them(tmp_path: Pa
     assert _checked(store, path) == [False] * 6
     for c in chunks[:4]:
         store.put(hash_chunk(c), c)
+    assert store.missing(m, "default") == [hash_chunk(c) for c in chunks[4:]]
     store.put_verified_batch([(hash_chunk(c), c) for c in chunks[4:]])
     assert _checked(store, path) == [True] * 6
+    assert store.missing(m, "default") == []        # (its own directory holds them all)
     assert store.complete(m, "default") == path
     assert (Path(path) / "w.bin").read_bytes() == b"".join(chunks)
     assert store.statistics().corrupt_detected == 0

@@ -349,6 +349,9 @@ class ChunkStore(StoreReads, StorePins):
         """The chunks of the variant that no indexed file holds."""
         variant = manifest.variant(variant_id)
         with self._lock:
+            own = self._by_key.get((manifest.manifest_id, variant_id))
+            if own is not None and self._dirs[own].n_have == len(self._dirs[own]):
+                return []       # its own directory holds every chunk: no pass over them
             return [h for h in variant.distinct_chunks().iter_hashes()
                     if not self._held(h)]
 
