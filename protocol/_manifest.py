@@ -214,7 +214,7 @@ class ChunkList(Sequence[ChunkRef]):
     replaced: an array of ``[hash, size]`` arrays, so encodings, ids and signatures
     made before it are unchanged."""
 
-    __slots__ = ("_hashes", "_ends", "_slots", "_distinct")
+    __slots__ = ("_hashes", "_ends", "_slots", "_distinct", "_last")
     __wire_item__ = ChunkRef
 
     def __init__(self, refs: Iterable[ChunkRef] = ()) -> None:
@@ -231,6 +231,7 @@ class ChunkList(Sequence[ChunkRef]):
         self._ends = ends
         self._slots: array[int] | None = None
         self._distinct = True
+        self._last: tuple[bytes, int] = (b"", -1)    # find()'s last answer
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[Sequence[Any]]) -> ChunkList:
@@ -256,6 +257,7 @@ class ChunkList(Sequence[ChunkRef]):
         out._ends = ends
         out._slots = None
         out._distinct = True
+        out._last = (b"", -1)
         return out
 
     def iter_wire(self) -> Iterator[tuple[bytes, int]]:
@@ -297,6 +299,9 @@ class ChunkList(Sequence[ChunkRef]):
     def find(self, chunk_hash: bytes) -> int:
         """The first position of ``chunk_hash`` in the list, or -1: a probe of the
         list's position index (:meth:`_index`), no object per chunk."""
+        last = self._last
+        if chunk_hash is last[0]:     # the same object asked again (a chunk's bookkeeping
+            return last[1]            # asks several times in a row); bytes: immutable
         if not isinstance(chunk_hash, bytes | bytearray | memoryview) \
                 or len(chunk_hash) != HASH_SIZE:
             return -1
@@ -310,6 +315,8 @@ class ChunkList(Sequence[ChunkRef]):
                 return -1
             p -= 1
             if hashes[p * HASH_SIZE:(p + 1) * HASH_SIZE] == chunk_hash:
+                if type(chunk_hash) is bytes:
+                    self._last = (chunk_hash, p)
                 return p
             at = (at + 1) & mask
 

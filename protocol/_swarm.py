@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ._bans import BANS, DropCause
@@ -472,9 +473,9 @@ class SwarmEngine:
         if info is None or message.count != len(info.refs):
             self._c.bad_have_messages += 1
             return
-        has_add = self._picker.has_add
+        has_add, hashes = self._picker.has_add, info.refs.hashes   # (no ChunkRef each)
         for i in bitfield_indices(message.bitfield, message.count):
-            has_add(peer, info.refs[i].hash)
+            has_add(peer, hashes[i])
         d = self._downloads.get(message.key)
         if d is not None:
             d.cannot_help.pop(peer, None)
@@ -643,36 +644,35 @@ class SwarmEngine:
     def wanted(self) -> Iterable[str]:
         return tuple(self._downloads)
 
-    def progress(self, key: str) -> TransferProgress:
+    def progress(self, key: str, *, detail: bool = True) -> TransferProgress:
+        """Where ``key`` stands; ``detail=False`` (the refresh on each timer) leaves
+        ``detail`` empty and stops at the first missing chunk available or in flight."""
         d = self._downloads.get(key)
-        if d is None:
-            return TransferProgress(0, 0, 0, 0, 0, False, f"{key} is not wanted")
-        if d.info is None:
-            return TransferProgress(0, 0, 0, 0, 0, True,
-                                    f"the manifest for {key} is not known yet")
-        missing_bytes = sum(d.info.size_of[h] for h in d.missing)
-        held = d.bytes_total - missing_bytes
+        if d is None or d.info is None:
+            return TransferProgress(0, 0, 0, 0, 0, d is not None, f"{key} is not wanted" if
+                                    d is None else f"the manifest for {key} is not known yet")
+        done = partial(TransferProgress, d.bytes_total, d.bytes_total - d.missing.size_sum,
+                       d.bytes_reused, d.bytes_fetched, d.bytes_duplicate)
         if not d.missing:
-            return TransferProgress(d.bytes_total, held, d.bytes_reused, d.bytes_fetched,
-                                    d.bytes_duplicate, False, "complete")
+            return done(False, "complete")
         requests, pending = self._table.by_chunk, self._table.pending_store
+        if not detail:
+            return done(not any(d.avail[i] for i in d.missing.positions()) and
+                        not any(h in requests or h in pending for h in d.missing), "")
         in_flight = sum(1 for h in d.missing if h in requests or h in pending)
         available = sum(1 for i in d.missing.positions() if d.avail[i])
         stalled = in_flight == 0 and available == 0
         parts = [f"{len(d.missing)} of {len(d.info.size_of)} chunks missing",
                  f"{in_flight} in flight", f"{available} available from "
                  f"{len(self._connected)} connected peers"]
-        if stalled:
-            parts.insert(0, "stalled: no connected peer holds any missing chunk")
-        if not self._connected:
-            parts.append("no peer connected")
+        parts[:0] = ["stalled: no connected peer holds any missing chunk"] if stalled else []
+        parts += [] if self._connected else ["no peer connected"]
         if self._banned:
             parts.append("dropped peers: " + "; ".join(
                 f"{p[:12]} ({r})" for p, r in sorted(self._banned.items())))
         if d.last_problem:
             parts.append(d.last_problem)
-        return TransferProgress(d.bytes_total, held, d.bytes_reused, d.bytes_fetched,
-                                d.bytes_duplicate, stalled, "; ".join(parts))
+        return done(stalled, "; ".join(parts))
 
     def statistics(self) -> SwarmStatistics:
         uploads = self._uploader.scheduler

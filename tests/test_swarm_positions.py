@@ -10,6 +10,8 @@ the dicts it replaced.
 
 from __future__ import annotations
 
+import dataclasses
+
 import blake3
 import pytest
 from hypothesis import given, settings
@@ -17,9 +19,11 @@ from hypothesis import strategies as st
 
 from agent._storage.index import new_dir
 from protocol._capabilities import Requirements
+from protocol._config import SwarmConfig
 from protocol._identity import SigningIdentity
 from protocol._manifest import ChunkList, ChunkRef, FileEntry, Manifest, Variant, merkle_root
 from protocol._swarm_keys import KeyCatalog, PositionSet
+from tests.swarm_sim import KEY, Net, make_key
 
 
 def _h(i: int) -> bytes:
@@ -50,6 +54,21 @@ def test_find_refuses_what_is_not_a_hash() -> None:
     assert chunks.find("not bytes") == -1   # type: ignore[arg-type]
     assert chunks.find(memoryview(_h(3))) == 2
     assert _list([]).find(_h(1)) == -1
+
+
+def test_find_remembers_an_answer_only_for_the_same_immutable_object() -> None:
+    chunks = _list([1, 2, 3])
+    h = _h(2)
+    assert chunks.find(h) == chunks.find(h) == 1            # asked twice: the memo
+    assert chunks.find(_h(3)) == 2 and chunks.find(h) == 1
+    mutable = bytearray(_h(1))
+    assert chunks.find(mutable) == 0
+    mutable[:] = _h(3)                                       # same object, new bytes
+    assert chunks.find(mutable) == 2
+    view = memoryview(bytearray(_h(2)))
+    assert chunks.find(view) == 1
+    view[:] = _h(9)
+    assert chunks.find(view) == -1
 
 
 # ---------------------------------------------------------------- PositionSet
@@ -90,6 +109,7 @@ def test_a_position_set_answers_as_a_set_of_hashes(ids: list[int],
             ref.discard(h)
         assert len(s) == len(ref) and bool(s) == bool(ref)
         assert (h in s) == (h in ref)
+        assert s.size_sum == sum(info.size_of[x] for x in ref)    # kept, not summed
     assert set(s) == ref
     assert list(s) == sorted(ref, key=lambda h: info.index_of[h])   # position order
     assert all(h in s for h in ref)
@@ -175,3 +195,39 @@ def test_a_store_directory_index_answers_as_the_dicts_did(files: list[list[int]]
     assert all(d.holds(h) == (h in ref) for h in places)
     d.mark(None)
     assert d.complete and set(d.held_hashes()) == set(places)
+
+
+# ---------------------------------------------------------------- progress
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_progress_without_detail_gives_the_same_figures_at_every_step(seed: int) -> None:
+    """The node's per-timer refresh (``detail=False``: the missing bytes kept, not
+    summed; ``stalled`` decided at the first chunk available or in flight) answers as
+    the full count does, at every step of transfers that stall and resume."""
+    refs, data = make_key(f"p{seed}", 40)
+    hashes = {r.hash for r in refs}
+    net = Net(seed=seed, n=3, keys={KEY: refs}, data=data,
+              holdings=[hashes, set(), set()], config=SwarmConfig(request_timeout=2.0))
+    net.connect(0, 1)
+    net.connect(1, 2)
+    net.want(1, KEY)
+    net.want(2, KEY)
+    seen: list[tuple[int, bool]] = []
+
+    def same() -> bool:
+        for eng in (net.engines[1], net.engines[2]):
+            full, fast = eng.progress(KEY), eng.progress(KEY, detail=False)
+            assert dataclasses.replace(full, detail="") == dataclasses.replace(fast,
+                                                                              detail="")
+            seen.append((fast.bytes_held, fast.stalled))
+        return net.now > 1.0
+
+    net.run(same)
+    net.disconnect(0, 1)             # node 2 may stall now, node 1 too
+    net.run(lambda: same() and net.now > 4.0)
+    net.connect(0, 1)
+    net.run(lambda: same() and net.holds_key(2, KEY), max_time=60.0)
+    assert {held for held, _ in seen} >= {0, 40_000}
+    assert {stalled for _, stalled in seen} == {False, True}     # both answers checked
+    assert net.engines[2].progress(KEY, detail=False).bytes_held == 40_000

@@ -62,7 +62,7 @@ def _keys_dir(args: argparse.Namespace) -> Path:
 
 
 def _cmd_daemon(args: argparse.Namespace) -> tuple[Any, str]:
-    from agent._daemon.heap import keep_large_buffers
+    from agent._daemon.heap import HeapTrimmer, keep_large_buffers
     from agent._daemon.log import configure_logging
     from agent._daemon.runtime import NodeRuntime
     from agent._daemon.serve import serve
@@ -73,6 +73,7 @@ def _cmd_daemon(args: argparse.Namespace) -> tuple[Any, str]:
                             level=logging.DEBUG if args.verbose else logging.INFO)
     cfg = load_config(_config_path(args))
     runtime = NodeRuntime(cfg)
+    runtime.heap_trimmer = HeapTrimmer.from_environment(dict(os.environ))
     ctx.node_id = runtime.node_id
 
     def intent_of(model_id: str) -> str | None:

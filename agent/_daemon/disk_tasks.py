@@ -46,7 +46,7 @@ __all__ = ["STORE_BATCH", "STORE_WORKERS", "DiskTasks"]
 log = logging.getLogger("shoal.daemon")
 
 STORE_WORKERS = 2            # store workers writing chunks at once
-STORE_BATCH = 32             # chunks written under one group commit at most
+STORE_BATCH = 32             # chunks a run sent to a store worker holds at most
 _STORE_GATHER = 8            # ... for which a store worker waits at most
 _STORE_GATHER_S = 0.002      # ... seconds before it writes what it has
 
@@ -60,7 +60,7 @@ class DiskTasks:
     health: HealthMonitor
     migrator_timeout: float
     migrator_allow_remote: bool
-    _store_recv: trio.MemoryReceiveChannel[StoreChunk]
+    _store_recv: trio.MemoryReceiveChannel[list[StoreChunk]]
     _installs: int
     node_id: str
     data: DataDir
@@ -176,17 +176,13 @@ class DiskTasks:
         chunks are re-read and hashed, so ``held`` never names a chunk that is not
         there). The files are fsynced once each, when the version is complete."""
         while True:
-            batch = [await self._store_recv.receive()]
-            # pieces arrive one machine step at a time: gather a few before the
-            # worker-thread hop, which costs more than writing one 128 KiB chunk
+            # a run of chunks a machine step stored (a Pieces run: up to 32); a short one
+            # waits a little for more before the worker-thread hop, which costs more than
+            # writing one 128 KiB chunk
+            batch = await self._store_recv.receive()
             with trio.move_on_after(_STORE_GATHER_S):
                 while len(batch) < _STORE_GATHER:
-                    batch.append(await self._store_recv.receive())
-            while len(batch) < STORE_BATCH:
-                try:
-                    batch.append(self._store_recv.receive_nowait())
-                except trio.WouldBlock:
-                    break
+                    batch = batch + await self._store_recv.receive()
             targets = self._download_targets()
             results = await trio.to_thread.run_sync(
                 self._write_chunks, targets, [(o.chunk_hash, o.data) for o in batch])

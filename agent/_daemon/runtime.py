@@ -69,6 +69,7 @@ from agent._daemon.control_messages import PeerEntry
 from agent._daemon.discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
 from agent._daemon.disk_tasks import STORE_BATCH, STORE_WORKERS
 from agent._daemon.health import HealthMonitor
+from agent._daemon.heap import HeapTrimmer
 from agent._daemon.inbox import (
     ChunkMissing,
     ChunksGone,
@@ -239,7 +240,9 @@ class NodeRuntime(SessionWriter):
         self._dialing: set[str] = set()     # peers a dial task is connecting to
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[InboxEvent](math.inf)
         self._tokens = trio.Semaphore(_INBOX_TOKENS)
-        self._store_send, self._store_recv = trio.open_memory_channel[StoreChunk](STORE_BATCH)
+        # runs of StoreChunk (one machine step's, ≤ STORE_BATCH each): one channel hop a
+        # run, not one a chunk; at most one run waits, as 32 chunks did before
+        self._store_send, self._store_recv = trio.open_memory_channel[list[StoreChunk]](1)
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()       # pulsed after every machine step (subscribers)
         self._saved_own = -1               # own counter the last save covered
@@ -252,6 +255,8 @@ class NodeRuntime(SessionWriter):
         self.listener: PeerListener | None = None
         self.discovery: Discovery | None = None
         self._messages_in = self._outputs = self._stored = self._served = 0
+        self._size_memo: dict[bytes, int] = {}   # writer.py: chunk sizes looked up
+        self.heap_trimmer = HeapTrimmer()       # off; `shoal daemon` reads $SHOAL_MALLOC_TRIM
         self._by_type: dict[str, int] = {}   # messages in, by message class
         self._saves = self._installs = self._dup = self._drops = 0
         self._throttled = 0.0       # of sessions that ended (live ones: their channel)
@@ -303,6 +308,8 @@ class NodeRuntime(SessionWriter):
                 self.port = await nursery.start(self.listener.serve)
                 nursery.start_soon(self._machine_task)
                 nursery.start_soon(self.health.run)
+                if self.heap_trimmer.enabled:
+                    nursery.start_soon(self._trim_task)
                 for _ in range(STORE_WORKERS):
                     nursery.start_soon(self._store_worker)
                 for service in services:
@@ -338,6 +345,13 @@ class NodeRuntime(SessionWriter):
         await self._changed.wait()
 
     # ------------------------------------------------------------------ discovery / dial
+
+    async def _trim_task(self) -> None:
+        """Give the heap's free pages back while a transfer runs (``heap.py``)."""
+        while True:
+            await trio.sleep(self.heap_trimmer.interval)
+            if self.machine.swarm.wanted():
+                self.heap_trimmer.trim()
 
     async def _discovery_task(self) -> None:
         send, recv = trio.open_memory_channel[DiscoveryEvent](math.inf)
@@ -511,8 +525,20 @@ class NodeRuntime(SessionWriter):
             await self._save_if_due()
             outputs = m.take_outputs()
             self._outputs += len(outputs)
+            run: list[StoreChunk] = []
             for out in outputs:
+                if isinstance(out, StoreChunk):
+                    run.append(out)
+                    if len(run) >= STORE_BATCH:
+                        await self._store_send.send(run)
+                        run = []
+                    continue
+                if run:     # (in order with the outputs around them)
+                    await self._store_send.send(run)
+                    run = []
                 await self._carry_out(out)
+            if run:
+                await self._store_send.send(run)
             log_own_problems(self.machine.ledger.record(self.node_id), problems)
             self._changed.set()
             self._changed = trio.Event()
@@ -588,7 +614,7 @@ class NodeRuntime(SessionWriter):
         elif isinstance(out, ServeChunk):
             await self._enqueue(out.peer, out)
         elif isinstance(out, StoreChunk):
-            await self._store_send.send(out)
+            await self._store_send.send([out])
         elif isinstance(out, InstallVariant):
             assert self._nursery is not None
             self._nursery.start_soon(self._install, out)

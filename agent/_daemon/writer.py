@@ -6,7 +6,8 @@ that are next to each other in the queue and share a priority become one
 :data:`~protocol.MAX_RUN` chunks): the run's header is encoded first
 (:func:`~protocol.pieces_header`), one buffer is allocated for the header and the
 chunks' bytes, each chunk that is in the page cache is read straight into its place
-(``preadv`` with ``RWF_NOWAIT``, verified), and that buffer is the record's
+(``read_cached_many``: one index lock and one open a file for the run, one ``preadv``
+with ``RWF_NOWAIT`` a stretch of adjacent chunks, each verified), and that buffer is the record's
 plaintext -- no copy of the bytes between the read and the encryption. Chunks that
 are not cached are read in one worker-thread call (verified and quarantined as
 usual) and copied into place; a chunk that cannot be read at all is reported
@@ -70,6 +71,21 @@ class SessionWriter(DiskTasks):
 
     _served: int
     bytes_served_by_priority: dict[str, int]
+    _size_memo: dict[bytes, int]
+
+    def _size(self, chunk_hash: bytes) -> int | None:
+        """The size of a chunk the store holds (None: not held). A batch asks for each
+        chunk's size three times (its weight, its run, its record); a hash names one
+        size for good, so the answers are kept (a few thousand at most)."""
+        memo = self._size_memo
+        n = memo.get(chunk_hash)
+        if n is None:
+            n = self.store.size_of(chunk_hash)
+            if n is not None:
+                if len(memo) >= 4096:
+                    memo.clear()
+                memo[chunk_hash] = n
+        return n
 
     async def _writer(self, peer: str, sess: Session, scope: trio.CancelScope) -> None:
         """Drain the peer's queue: whatever is waiting goes out as one write."""
@@ -105,7 +121,7 @@ class SessionWriter(DiskTasks):
 
     def _weigh(self, item: object) -> tuple[int, int]:
         if isinstance(item, ServeChunk):
-            return 1, self.store.size_of(item.chunk_hash) or 0
+            return 1, self._size(item.chunk_hash) or 0
         return 0, 0
 
     async def _records(self, batch: list[Any]) -> tuple[list[object], list[bytes]]:
@@ -118,12 +134,12 @@ class SessionWriter(DiskTasks):
             it = batch[i]
             if isinstance(it, ServeChunk):
                 run = [it]
-                total = self.store.size_of(it.chunk_hash) or 0
+                total = self._size(it.chunk_hash) or 0
                 i += 1
                 while (i < len(batch) and len(run) < MAX_RUN
                        and isinstance(batch[i], ServeChunk)
                        and batch[i].priority == it.priority):
-                    size = self.store.size_of(batch[i].chunk_hash) or 0
+                    size = self._size(batch[i].chunk_hash) or 0
                     if total + size > RUN_BYTES:
                         break
                     run.append(batch[i])
@@ -155,7 +171,7 @@ class SessionWriter(DiskTasks):
         store = self.store
         priority = run[0].priority
         hashes = [s.chunk_hash for s in run]
-        sizes = [store.size_of(h) for h in hashes]
+        sizes = [self._size(h) for h in hashes]
         if len(run) > 1 and all(n is not None for n in sizes):
             known = [n for n in sizes if n is not None]
             head = pieces_header(priority, hashes, known)
@@ -164,12 +180,14 @@ class SessionWriter(DiskTasks):
             at = [len(head)]
             for n in known:
                 at.append(at[-1] + n)
-            rest: list[int] = []
             with memoryview(buf) as view:
-                for k in range(len(known)):
-                    with view[at[k]:at[k + 1]] as slot:
-                        if not store.read_cached_into(hashes[k], slot):
-                            rest.append(k)
+                slots = [view[at[k]:at[k + 1]] for k in range(len(known))]
+                try:    # one lock, one open a file, one preadv a contiguous stretch
+                    cached = store.read_cached_many(list(zip(hashes, slots, strict=True)))
+                finally:
+                    for slot in slots:
+                        slot.release()
+            rest = [k for k, good in enumerate(cached) if not good]
             if rest:    # not in the page cache: read in a worker thread, copy in place
                 got = await trio.to_thread.run_sync(
                     self._read_chunks, [hashes[k] for k in rest])

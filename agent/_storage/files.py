@@ -73,6 +73,38 @@ def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += n
 
 
+_IOV_MAX = 1024          # buffers one pwritev may take (Linux's UIO_MAXIOV)
+
+
+def pwrite_runs(writes: list[tuple[int, int, bytes | memoryview, int]]) -> dict[int, OSError]:
+    """Make the writes ``(fd, offset, bytes, tag)``: ranges that lie back to back in one
+    file go out in one ``pwritev`` (a short one is finished piece by piece). The tags of
+    the writes that failed, with why (a failed ``pwritev`` fails all of its writes)."""
+    failed: dict[int, OSError] = {}
+    writes = sorted(writes, key=lambda w: (w[0], w[1]))
+    i = 0
+    while i < len(writes):
+        fd, start, data, _ = writes[i]
+        end = start + len(data)
+        j = i + 1
+        while j < len(writes) and writes[j][0] == fd and writes[j][1] == end \
+                and j - i < _IOV_MAX:
+            end += len(writes[j][2])
+            j += 1
+        group = writes[i:j]
+        try:
+            done = start + os.pwritev(fd, [w[2] for w in group], start)
+            for _, off, piece, _ in group:
+                if off + len(piece) > done:       # (short: the rest of it)
+                    skip = max(0, done - off)
+                    write_all(fd, memoryview(piece)[skip:], off + skip)
+        except OSError as exc:
+            for w in group:
+                failed[w[3]] = exc
+        i = j
+    return failed
+
+
 def copy_range(src: int, dst: int, src_off: int, dst_off: int, length: int) -> None:
     """Copy ``length`` bytes between two open files, in the kernel where it can
     (``copy_file_range``: on XFS and btrfs the block-aligned part shares extents)."""

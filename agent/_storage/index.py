@@ -45,6 +45,9 @@ class IndexedDir:
     have: bytearray = field(default_factory=bytearray)  # bitset over positions
     n_have: int = 0
     progress_fd: int | None = None                      # open while a pack is staged
+    # bitset over positions: bytes this process wrote from verified data, or re-read and
+    # hashed at open; complete() re-hashes only the others (copied or published ranges)
+    checked: bytearray = field(default_factory=bytearray)
 
     @property
     def complete(self) -> bool:
@@ -72,12 +75,25 @@ class IndexedDir:
         return bool(self.have[p >> 3] >> (p & 7) & 1)
 
     def set_have(self, p: int, value: bool) -> bool:
-        """Mark position ``p`` held (or not); True if that changed anything."""
+        """Mark position ``p`` held (or not); True if that changed anything. A chunk no
+        longer held is no longer checked either."""
+        if not value and p >> 3 < len(self.checked):
+            self.checked[p >> 3] &= ~(1 << (p & 7)) & 0xFF
         if self.has_at(p) == value:
             return False
         self.have[p >> 3] ^= 1 << (p & 7)
         self.n_have += 1 if value else -1
         return True
+
+    def set_checked(self, p: int) -> None:
+        """Position ``p``'s bytes on disk are known good: this process wrote them from
+        bytes it verified, or re-read and hashed them (see ``checked``)."""
+        if not self.checked:
+            self.checked = bytearray(len(self.have))
+        self.checked[p >> 3] |= 1 << (p & 7)
+
+    def is_checked(self, p: int) -> bool:
+        return p >> 3 < len(self.checked) and bool(self.checked[p >> 3] >> (p & 7) & 1)
 
     def held_hashes(self) -> Iterator[bytes]:
         """The hashes of the chunks the directory holds."""
@@ -125,6 +141,7 @@ class IndexedDir:
     def mark(self, present: Iterable[bytes] | None) -> None:
         """Hold every chunk (None) or those of ``present`` that are the directory's."""
         n = len(self.chunks)
+        self.checked = bytearray()
         if present is None:
             self.have = bytearray(b"\xff" * (n >> 3))
             if n & 7:

@@ -21,7 +21,9 @@ its offset(s) (:meth:`ChunkStore.put`), and its hash is then appended to the pac
 progress log ``.shoal-progress``. When the pack is completed (:meth:`ChunkStore.complete`),
 the chunks it lacks are copied from the files that hold them (``os.copy_file_range``,
 which shares extents on XFS and btrfs), every file is fsynced once, every chunk range
-is re-read and hashed, and the progress log is removed. After a crash the progress log
+is re-read and hashed (but for the chunks this process wrote from bytes it had just
+verified: the re-read would only hash the page cache's copy of them), and the progress
+log is removed. After a crash the progress log
 says which chunks were written; each is re-read and hashed when the store opens (a
 power cut may have lost unsynced bytes), so a node refetches no chunk it had verified
 and written, and never counts one that is not there.
@@ -66,6 +68,7 @@ from agent._storage.files import (
     in_use,
     io_pool,
     preallocate,
+    pwrite_runs,
     read_record,
     write_all,
     write_record,
@@ -200,6 +203,8 @@ class ChunkStore(StoreReads, StorePins):
             have = self._verify_logged(d, log)
             d.progress_fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         self._register(d, have)
+        if have is not None:
+            d.checked = bytearray(have)     # re-read and hashed just now
 
     def _verify_logged(self, d: IndexedDir, log: str) -> bytearray:
         """The chunks the progress log names whose bytes are there (re-read, hashed), as
@@ -344,6 +349,9 @@ class ChunkStore(StoreReads, StorePins):
         """The chunks of the variant that no indexed file holds."""
         variant = manifest.variant(variant_id)
         with self._lock:
+            own = self._by_key.get((manifest.manifest_id, variant_id))
+            if own is not None and self._dirs[own].n_have == len(self._dirs[own]):
+                return []       # its own directory holds every chunk: no pass over them
             return [h for h in variant.distinct_chunks().iter_hashes()
                     if not self._held(h)]
 
@@ -352,8 +360,11 @@ class ChunkStore(StoreReads, StorePins):
 
         Chunks its files lack are copied from the files that hold them; each file is
         fsynced once; every chunk range is re-read and hashed (a mismatch drops the
-        chunk and raises :class:`ChunkCorrupted`). :class:`ChunkNotFound` when some
-        chunk is held nowhere."""
+        chunk and raises :class:`ChunkCorrupted`) -- except those this process wrote
+        itself from bytes it had verified, or re-read and hashed when it opened the
+        pack (``IndexedDir.checked``): reading them back would hash the page cache's copy
+        of what was just verified. :class:`ChunkNotFound` when some chunk is held
+        nowhere."""
         lacking = self.missing(manifest, variant_id)
         if lacking:
             raise ChunkNotFound(f"{len(lacking)} chunks of {manifest.model_id} "
@@ -461,7 +472,10 @@ class ChunkStore(StoreReads, StorePins):
                                  f"says {size}")
             buf = bytearray()   # one buffer for the file's chunks, not a new one each
             for h, off in d.file_chunks(index):
-                n = d.size(h)
+                p = d.position(h)
+                if d.is_checked(p):
+                    continue            # written here from verified bytes (``checked``)
+                n = d.chunks.size(p)
                 if len(buf) < n:
                     buf = bytearray(max(n, 2 * len(buf)))
                 with memoryview(buf) as whole, whole[:n] as slot:
@@ -552,27 +566,33 @@ class ChunkStore(StoreReads, StorePins):
         results: list[bool | Exception] = []
         logged: dict[int, list[bytes]] = {}
         fds: dict[str, int] = {}
+        # the batch's writes (fd, offset, bytes, chunk), made together -- back-to-back
+        # ranges of a file in one pwritev -- and then the chunks written are marked
+        writes: list[tuple[int, int, bytes | memoryview, int]] = []
+        marks: list[tuple[int, IndexedDir, bytes]] = []
+        first: dict[bytes, int] = {}        # chunk -> its first place in the batch
         try:
             with self._lock:
-                for chunk_hash, data in chunks:
+                for k, (chunk_hash, data) in enumerate(chunks):
+                    results.append(False)
                     if not trusted_hash and not chunk_matches(chunk_hash, len(data), data):
                         self._corrupt += 1
-                        results.append(ChunkCorrupted(
+                        results[k] = ChunkCorrupted(
                             f"chunk {chunk_hash.hex()}: {len(data)} bytes offered do not "
-                            "match its BLAKE3 name; not stored"))
+                            "match its BLAKE3 name; not stored")
                         continue
+                    if chunk_hash in first:     # twice in one batch: the second is held
+                        continue                # (or fails as the first did, below)
                     targets = sorted(self._wanting_paths(chunk_hash))
                     if not targets:
                         if self._held(chunk_hash):
                             self._puts_duplicate += 1
-                            results.append(False)
                         else:
-                            results.append(StoreError(
+                            results[k] = StoreError(
                                 f"chunk {chunk_hash.hex()}: no version being fetched needs "
-                                "it; not stored"))
+                                "it; not stored")
                         continue
                     try:
-                        new = False
                         for path in targets:
                             d = self._dirs[path]
                             if d.size(chunk_hash) != len(data):
@@ -586,19 +606,31 @@ class ChunkStore(StoreReads, StorePins):
                                     fd = fds[full] = os.open(
                                         confine(Path(path), rel),
                                         os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                                write_all(fd, data, off)
-                            if d.progress_fd is not None:
-                                logged.setdefault(d.progress_fd, []).append(chunk_hash)
-                            new = self._add_have(d, chunk_hash) or new
-                        if new:
-                            self._puts_new += 1
-                        else:
-                            self._puts_duplicate += 1
-                        results.append(new)
+                                writes.append((fd, off, data, k))
+                            marks.append((k, d, chunk_hash))
+                        first[chunk_hash] = k
                     except OSError as exc:
-                        results.append(self._os_error(exc, f"writing chunk {chunk_hash.hex()}"))
+                        results[k] = self._os_error(exc, f"writing chunk {chunk_hash.hex()}")
                     except StoreError as exc:
-                        results.append(exc)
+                        results[k] = exc
+                failed = pwrite_runs(writes)
+                for k, d, chunk_hash in marks:
+                    if k not in failed and not isinstance(results[k], Exception):
+                        d.set_checked(d.position(chunk_hash))
+                        if d.progress_fd is not None:
+                            logged.setdefault(d.progress_fd, []).append(chunk_hash)
+                        results[k] = self._add_have(d, chunk_hash) or results[k]
+                for k, why in failed.items():
+                    results[k] = self._os_error(why, f"writing chunk {chunks[k][0].hex()}")
+                for k, (chunk_hash, _) in enumerate(chunks):
+                    at = first.get(chunk_hash, k)
+                    if at != k and not isinstance(results[k], Exception):
+                        results[k] = results[at] if isinstance(results[at], Exception) \
+                            else False
+                    if at == k and chunk_hash in first and results[k] is True:
+                        self._puts_new += 1
+                    elif results[k] is False and chunk_hash in first:
+                        self._puts_duplicate += 1
                 for fd, hashes in logged.items():
                     os.write(fd, b"".join(hashes))
         except OSError as exc:   # the progress log: the chunks stay held in this process
