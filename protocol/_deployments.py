@@ -384,7 +384,7 @@ class Deployments:
                 self._write_record(now)
 
     def _refresh_progress(self, model_id: str, key: str, now: float) -> None:
-        p = self._swarm.progress(key)
+        p = self._swarm.progress(key, detail=False)
         if p.bytes_total == 0:
             return          # the swarm does not know the key (yet, or any more)
         self.set_state(model_id, now, bytes_done=p.bytes_held, bytes_total=p.bytes_total,

@@ -82,14 +82,8 @@ from ._types import BlockerReason, TransferPriority
 if TYPE_CHECKING:
     from ._wire import SwarmMessage
 
-__all__ = [
-    "ContentKey",
-    "SwarmEngine",
-    "TransferProgress",
-    "SwarmStatistics",
-    "make_piece",
-    "Piece",
-]
+__all__ = ["ContentKey", "SwarmEngine", "TransferProgress", "SwarmStatistics", "make_piece",
+           "Piece"]
 
 ContentKey = str
 
@@ -643,19 +637,25 @@ class SwarmEngine:
     def wanted(self) -> Iterable[str]:
         return tuple(self._downloads)
 
-    def progress(self, key: str) -> TransferProgress:
+    def progress(self, key: str, detail: bool = True) -> TransferProgress:
+        """Where ``key`` stands; ``detail=False``: no ``detail``, and ``stalled`` found
+        without counting the missing chunks (the node asks at every timer)."""
         d = self._downloads.get(key)
         if d is None:
             return TransferProgress(0, 0, 0, 0, 0, False, f"{key} is not wanted")
         if d.info is None:
             return TransferProgress(0, 0, 0, 0, 0, True,
                                     f"the manifest for {key} is not known yet")
-        missing_bytes = sum(d.info.size_of[h] for h in d.missing)
-        held = d.bytes_total - missing_bytes
+        held = d.bytes_total - d.missing.size_bytes
         if not d.missing:
             return TransferProgress(d.bytes_total, held, d.bytes_reused, d.bytes_fetched,
                                     d.bytes_duplicate, False, "complete")
         requests, pending = self._table.by_chunk, self._table.pending_store
+        if not detail:
+            stalled = not any(d.avail[i] for i in d.missing.positions()) and not any(
+                h in requests or h in pending for h in d.missing)
+            return TransferProgress(d.bytes_total, held, d.bytes_reused, d.bytes_fetched,
+                                    d.bytes_duplicate, stalled, "")
         in_flight = sum(1 for h in d.missing if h in requests or h in pending)
         available = sum(1 for i in d.missing.positions() if d.avail[i])
         stalled = in_flight == 0 and available == 0

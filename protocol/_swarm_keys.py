@@ -161,12 +161,13 @@ class PositionSet:
     Membership takes a hash (a dict probe in ``index_of``) or a position; it iterates
     in position order, yielding the catalog's hash objects."""
 
-    __slots__ = ("_info", "bits", "_n")
+    __slots__ = ("_info", "bits", "_n", "_bytes")
 
     def __init__(self, info: KeyInfo | None = None) -> None:
         self._info = info
         self.bits = bytearray(len(info.refs)) if info is not None else bytearray()
         self._n = 0
+        self._bytes = 0    # the sizes of the chunks in the set, kept as they come and go
 
     def _pos(self, h: object) -> int:
         info = self._info
@@ -191,6 +192,8 @@ class PositionSet:
         if not bits[i]:
             bits[i] = 1
             self._n += 1
+            assert self._info is not None   # (bits is empty without one)
+            self._bytes += self._info.refs.chunks.size(i)
 
     def add(self, h: bytes) -> None:
         """Add a chunk of the key (:class:`KeyError` for a hash the key does not have)."""
@@ -204,6 +207,13 @@ class PositionSet:
         if i >= 0 and self.bits[i]:
             self.bits[i] = 0
             self._n -= 1
+            assert self._info is not None
+            self._bytes -= self._info.refs.chunks.size(i)
+
+    @property
+    def size_bytes(self) -> int:
+        """The chunks' sizes summed (what ``sum(size_of[h] for h in self)`` gives)."""
+        return self._bytes
 
     def positions(self) -> Iterator[int]:
         """The positions in the set, in order."""
