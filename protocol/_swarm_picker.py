@@ -40,7 +40,10 @@ Picker cost: each download keeps a lazy min-heap of its idle missing chunks keye
 (availability, rank), kept in step by :meth:`Picker.requeue` whenever a chunk's
 availability or request/store state changes; the picker pops from it instead of
 scanning every missing chunk, so its work follows the requests it issues (see
-:meth:`Picker._schedule_download` for why the picks are the same as a full scan).
+:meth:`Picker._schedule_download` for why the picks are the same as a full scan). On a
+long queue a call first counts the queued chunks some spare peer holds (the peers'
+flags ORed, ANDed with ``Download.qflag``) and stops popping once all have come off:
+the rest would only be parked and pushed back.
 """
 
 from __future__ import annotations
