@@ -120,6 +120,8 @@ class Deployments:
         """Every change of a model's state goes through here; a change of status must be
         one the table in :mod:`._state` allows."""
         old = self._states.get(model_id) or ModelState(model_id, "", "", _S.NOT_DEPLOYED)
+        if all(getattr(old, k) == v for k, v in changes.items()):
+            return   # nothing changes (the progress refreshed at every timer, mostly)
         new = change_state(old, **changes)
         if new != old:
             self._states[model_id] = replace(new, updated_at=now)

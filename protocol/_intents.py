@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import blake3
@@ -327,6 +327,8 @@ class Intent:
     cancels: str | None
     signature: bytes
     policy: RolloutPolicy | None = appended(None)   # a distribute's rollout policy
+    # the id, hashed once per object (no part of the encoding, equality or repr)
+    _id: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         validate_model_id(self.model_id)
@@ -349,7 +351,11 @@ class Intent:
 
     @property
     def intent_id(self) -> str:
-        return blake3.blake3(canonical(self._body())).hexdigest()
+        i = self._id
+        if i is None:
+            i = blake3.blake3(canonical(self._body())).hexdigest()
+            object.__setattr__(self, "_id", i)
+        return i
 
     def signed_bytes(self) -> bytes:
         """What the issuer signs: the intent context label, then the canonical body."""

@@ -152,6 +152,8 @@ class ManifestFetch:
             self._outputs.append(SendMessage(peer, BodyCancel((bytes.fromhex(mid),))))
 
     def next_deadline(self) -> float | None:
+        if not self._wanted and not self._relay:
+            return None
         times = [t for t, _ in self._wanted.values()]
         times += [t for t, _ in self._relay.values()]
         return min(times, default=None)

@@ -144,10 +144,16 @@ def settles_to_write(intents: Iterable[Intent], records: Mapping[str, NodeRecord
                 continue
             if j.policy is not None and j.policy.on_degraded is not OnDegraded.IGNORE:
                 continue    # its policy may still act on a later failed health check
-            targeted = [n for n, r in records.items() if intent_applies(j, n, r, trust)]
-            if targeted and min(targeted) == node_id and \
-                    all(carried_out(j, records[n]) for n in targeted):
-                out.append(j)
+            # the lowest targeted node writes it: any lower one targeted ends the look
+            targeted: list[str] = []
+            for n, r in records.items():
+                if intent_applies(j, n, r, trust):
+                    if n < node_id:
+                        break
+                    targeted.append(n)
+            else:
+                if node_id in targeted and all(carried_out(j, records[n]) for n in targeted):
+                    out.append(j)
     return out
 
 

@@ -83,14 +83,8 @@ from ._types import BlockerReason, TransferPriority
 if TYPE_CHECKING:
     from ._wire import SwarmMessage
 
-__all__ = [
-    "ContentKey",
-    "SwarmEngine",
-    "TransferProgress",
-    "SwarmStatistics",
-    "make_piece",
-    "Piece",
-]
+__all__ = ["ContentKey", "SwarmEngine", "TransferProgress", "SwarmStatistics", "make_piece",
+           "Piece"]
 
 ContentKey = str
 

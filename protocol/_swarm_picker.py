@@ -40,7 +40,10 @@ Picker cost: each download keeps a lazy min-heap of its idle missing chunks keye
 (availability, rank), kept in step by :meth:`Picker.requeue` whenever a chunk's
 availability or request/store state changes; the picker pops from it instead of
 scanning every missing chunk, so its work follows the requests it issues (see
-:meth:`Picker._schedule_download` for why the picks are the same as a full scan).
+:meth:`Picker._schedule_download` for why the picks are the same as a full scan). On a
+long queue a call first counts the queued chunks some spare peer holds (the peers'
+flags ORed, ANDed with ``Download.qflag``) and stops popping once all have come off:
+the rest would only be parked and pushed back.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ _HRANK_MASK = (1 << _HRANK_BITS) - 1
 _RANK_SHIFT = _SEQ_BITS + _HRANK_BITS
 _AVAIL_SHIFT = _RANK_SHIFT + 64
 _ENDGAME_FLOOR = 1.0   # s: endgame never duplicates a request younger than this
+_COUNT_FROM = 64    # entries on a download's heap from which a call counts its candidates
 _NO_RANK = -1.0                       # a position with no rank drawn (never missing yet)
 
 
@@ -119,6 +123,7 @@ class Download:
     # live ones. Arrays, not dicts: they cover every missing chunk at the start.
     heap: list[int] = field(default_factory=list)
     queued: array[int] = field(default_factory=lambda: array("Q"))
+    qflag: bytearray = field(default_factory=bytearray)   # per position: queued[i] != 0
     # the key's distinct positions sorted by hash, and per position its place there
     by_hash: array[int] = field(default_factory=lambda: array("I"))
     hrank: array[int] = field(default_factory=lambda: array("I"))
@@ -206,6 +211,7 @@ class Picker:
             d.rank[index_of[h]] = self._rng.random()
         d.heap = []
         d.queued = array("Q", [0]) * n
+        d.qflag = bytearray(n)
         d.n_queued = 0
         hashes = info.refs.hashes
         d.by_hash = array("I", sorted(index_of.values(), key=hashes.__getitem__))
@@ -326,6 +332,7 @@ class Picker:
         if avail == 0:
             if live:
                 d.queued[i] = 0
+                d.qflag[i] = 0
                 d.n_queued -= 1
             return
         if live and live & _AVAIL_MASK == avail:
@@ -335,6 +342,7 @@ class Picker:
         if not live:
             d.n_queued += 1
         d.queued[i] = _live(avail, seq)
+        d.qflag[i] = 1
         heapq.heappush(d.heap, _entry(avail, d.rank[i], d.hrank[i], seq))
         if len(d.heap) > 4 * d.n_queued + 1024:
             self._rebuild_queue(d)   # mostly stale entries (availability churn): compact
@@ -345,6 +353,7 @@ class Picker:
         hashes = d.info.refs.hashes
         entries: list[int] = []
         queued = array("Q", [0]) * len(d.queued)
+        qflag = bytearray(len(d.queued))
         for i in d.missing.positions():
             avail = avail_of[i]
             h = hashes[i]
@@ -352,10 +361,12 @@ class Picker:
                 continue
             self._queue_seq += 1
             queued[i] = _live(avail, self._queue_seq)
+            qflag[i] = 1
             entries.append(_entry(avail, d.rank[i], d.hrank[i], self._queue_seq))
         heapq.heapify(entries)
         d.heap = entries
         d.queued = queued
+        d.qflag = qflag
         d.n_queued = len(entries)
 
     # ================================================================== requests
@@ -451,7 +462,7 @@ class Picker:
         back on the heap at the end. So the work is proportional to the requests issued
         plus the chunks skipped, not to the chunks missing."""
         cfg = self._config
-        heap, queued = d.heap, d.queued
+        heap, queued, qflag = d.heap, d.queued, d.qflag
         table = self._table
         requests, pending, retry = table.by_chunk, table.pending_store, table.retry_after
         peer_has, peer_out, missing = self.peer_has, table.by_peer, d.missing
@@ -463,6 +474,16 @@ class Picker:
         key = d.key
         parked: list[int] = []
         aside: list[int] = []
+        # ``n_maybe``: the queued chunks a spare peer holds whose live entry is still on the
+        # heap (-1: not counted). Once none is left, every entry still on the heap would
+        # only be parked or dropped as stale: the pass stops popping there.
+        n_maybe, maybe = -1, b""
+        if len(heap) > _COUNT_FROM:
+            held = 0
+            for p in spare:
+                held |= int.from_bytes(peer_has[p].by_key[key], "big")
+            flags = held & int.from_bytes(qflag, "big")
+            n_maybe, maybe = flags.bit_count(), flags.to_bytes(len(qflag), "big")
         try:
             while spare:
                 pass_spare = [peer_has[p].by_key[key] for p in spare]
@@ -483,7 +504,7 @@ class Picker:
                 window = 2 * room + 4
                 seen = len(aside)
                 issued = 0
-                while seen < window and heap:
+                while seen < window and heap and n_maybe:
                     e = heapq.heappop(heap)
                     c.picker_pops += 1
                     i = by_hash[(e >> _SEQ_BITS) & _HRANK_MASK]
@@ -491,8 +512,11 @@ class Picker:
                     live = queued[i]
                     if not live or live >> _AVAIL_BITS != e & _SEQ_MASK:
                         continue   # stale: superseded or consumed
+                    if n_maybe > 0 and maybe[i]:
+                        n_maybe -= 1
                     if not mbits[i] or h in requests or h in pending:
                         queued[i] = 0   # requeued when it becomes idle again
+                        qflag[i] = 0
                         d.n_queued -= 1
                         continue
                     if retry and retry.get(h, now) > now:
@@ -509,6 +533,7 @@ class Picker:
                     if result is None:
                         if h in requests:
                             queued[i] = 0
+                            qflag[i] = 0
                             d.n_queued -= 1
                         else:
                             parked.append(e)   # the download cap: ask again later
@@ -516,6 +541,7 @@ class Picker:
                     if result:
                         issued += 1
                         queued[i] = 0
+                        qflag[i] = 0
                         d.n_queued -= 1
                     else:
                         aside.append(e)

@@ -185,8 +185,11 @@ class RequestTable:
     def overdue(self, now: float) -> list[tuple[bytes, str]]:
         """``(chunk, peer)`` of the requests older than ``request_timeout``, oldest first."""
         timeout = self._config.request_timeout
-        expired = [(rec.sent_at, h, peer) for peer, out in self.by_peer.items()
-                   for h, rec in out.items() if rec.sent_at + timeout <= now]
+        expired = []
+        for (peer, h), rec in self.by_age.items():   # sent_at order: the overdue come first
+            if rec.sent_at + timeout > now:
+                break
+            expired.append((rec.sent_at, h, peer))
         return [(h, peer) for _, h, peer in sorted(expired)]
 
     def time_out(self, peer: str, chunk_hash: bytes, now: float) -> None:
