@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -73,7 +74,24 @@ def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += n
 
 
-_IOV_MAX = 1024          # buffers one pwritev may take (Linux's UIO_MAXIOV)
+_IOV_MAX = 1024          # buffers one preadv / pwritev may take (Linux's UIO_MAXIOV)
+
+
+def back_to_back(spans: Sequence[tuple[object, int, int]]) -> Iterator[tuple[int, int]]:
+    """``(i, j)`` for each group ``spans[i:j]`` of ``(file, offset, length)`` that lie
+    back to back in one file, in the order given: one ``preadv`` / ``pwritev`` each (at
+    most ``_IOV_MAX`` spans a group)."""
+    i = 0
+    while i < len(spans):
+        name, start, length = spans[i]
+        end = start + length
+        j = i + 1
+        while j < len(spans) and spans[j][0] == name and spans[j][1] == end \
+                and j - i < _IOV_MAX:
+            end += spans[j][2]
+            j += 1
+        yield i, j
+        i = j
 
 
 def pwrite_runs(writes: list[tuple[int, int, bytes | memoryview, int]]) -> dict[int, OSError]:
@@ -82,16 +100,9 @@ def pwrite_runs(writes: list[tuple[int, int, bytes | memoryview, int]]) -> dict[
     the writes that failed, with why (a failed ``pwritev`` fails all of its writes)."""
     failed: dict[int, OSError] = {}
     writes = sorted(writes, key=lambda w: (w[0], w[1]))
-    i = 0
-    while i < len(writes):
-        fd, start, data, _ = writes[i]
-        end = start + len(data)
-        j = i + 1
-        while j < len(writes) and writes[j][0] == fd and writes[j][1] == end \
-                and j - i < _IOV_MAX:
-            end += len(writes[j][2])
-            j += 1
+    for i, j in back_to_back([(fd, off, len(data)) for fd, off, data, _ in writes]):
         group = writes[i:j]
+        fd, start = group[0][0], group[0][1]
         try:
             done = start + os.pwritev(fd, [w[2] for w in group], start)
             for _, off, piece, _ in group:
@@ -101,7 +112,6 @@ def pwrite_runs(writes: list[tuple[int, int, bytes | memoryview, int]]) -> dict[
         except OSError as exc:
             for w in group:
                 failed[w[3]] = exc
-        i = j
     return failed
 
 

@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterable, Sequence
 
 from agent._errors import ChunkCorrupted, ChunkNotFound, StoreError
+from agent._storage.files import back_to_back
 from agent._storage.store_base import _NOWAIT, ChunkProblem, StoreBase
 from protocol import (
     Manifest,
@@ -15,9 +16,6 @@ from protocol import (
 )
 
 __all__ = ["StoreReads"]
-
-_IOV_MAX = 1024          # buffers one preadv may take (Linux's UIO_MAXIOV)
-
 
 class StoreReads(StoreBase):
     """The reads of :class:`~agent._storage.store.ChunkStore`."""
@@ -161,15 +159,8 @@ class StoreReads(StoreBase):
             self._lock.release()
         fds: dict[str, int] = {}
         try:
-            i = 0
-            while i < len(plan):
-                _, name, start, size = plan[i]
-                end = start + size
-                j = i + 1
-                while j < len(plan) and plan[j][1] == name and plan[j][2] == end \
-                        and j - i < _IOV_MAX:
-                    end += plan[j][3]
-                    j += 1
+            for i, j in back_to_back([(name, off, size) for _, name, off, size in plan]):
+                _, name, start, _ = plan[i]
                 try:
                     if name not in fds:
                         fds[name] = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -181,7 +172,6 @@ class StoreReads(StoreBase):
                     if off + size - start > n:
                         break
                     ok[k] = chunk_matches(chunks[k][0], size, chunks[k][1])
-                i = j
         finally:
             for fd in fds.values():
                 os.close(fd)
