@@ -642,9 +642,11 @@ class SwarmEngine:
         """Where ``key`` stands; ``detail=False`` (the refresh on each timer) leaves
         ``detail`` empty and stops at the first missing chunk available or in flight."""
         d = self._downloads.get(key)
-        if d is None or d.info is None:
-            return TransferProgress(0, 0, 0, 0, 0, d is not None, f"{key} is not wanted" if
-                                    d is None else f"the manifest for {key} is not known yet")
+        if d is None:
+            return TransferProgress(0, 0, 0, 0, 0, False, f"{key} is not wanted")
+        if d.info is None:
+            return TransferProgress(0, 0, 0, 0, 0, True,
+                                    f"the manifest for {key} is not known yet")
         done = partial(TransferProgress, d.bytes_total, d.bytes_total - d.missing.size_sum,
                        d.bytes_reused, d.bytes_fetched, d.bytes_duplicate)
         if not d.missing:
@@ -659,8 +661,10 @@ class SwarmEngine:
         parts = [f"{len(d.missing)} of {len(d.info.size_of)} chunks missing",
                  f"{in_flight} in flight", f"{available} available from "
                  f"{len(self._connected)} connected peers"]
-        parts[:0] = ["stalled: no connected peer holds any missing chunk"] if stalled else []
-        parts += [] if self._connected else ["no peer connected"]
+        if stalled:
+            parts.insert(0, "stalled: no connected peer holds any missing chunk")
+        if not self._connected:
+            parts.append("no peer connected")
         if self._banned:
             parts.append("dropped peers: " + "; ".join(
                 f"{p[:12]} ({r})" for p, r in sorted(self._banned.items())))
