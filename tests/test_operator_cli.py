@@ -136,6 +136,10 @@ def test_start_up_mistakes_are_one_line(node: Provisioned, tmp_path: Path) -> No
         busy.close()
     assert f"cannot listen on 127.0.0.1:{port}" in line and "in use" in line
 
+    line = one_line_error(shoal("daemon", "--config", str(node.config_path),
+                                env={"SHOAL_MALLOC_TRIM": "2s"}))   # docs/CONFIG.md
+    assert "SHOAL_MALLOC_TRIM" in line and "'2s'" in line
+
     line = one_line_error(shoal("daemon", "--config", str(tmp_path / "nope.toml")))
     assert "nope.toml" in line and "does not exist" in line
     line = one_line_error(shoal("daemon", "--config", str(tmp_path)))     # a directory
