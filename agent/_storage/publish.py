@@ -377,9 +377,8 @@ def _cut_and_hash(mm: mmap.mmap, size: int, params: ChunkParams, window: int,
     pos = 0
     hashing: tuple[Future[list[ChunkRef]], int] | None = None
 
-    def collect() -> None:
-        assert hashing is not None
-        fut, done_to = hashing
+    def collect(job: tuple[Future[list[ChunkRef]], int]) -> None:
+        fut, done_to = job
         got = fut.result()
         for r in got:
             writer.count(r.hash, r.size)
@@ -396,11 +395,11 @@ def _cut_and_hash(mm: mmap.mmap, size: int, params: ChunkParams, window: int,
                 cuts, used = cut_view(view, params, eof=end == size)
             job = (writer.hasher.submit(_hash_window, mm, pos, cuts), pos + used)
             if hashing is not None:
-                collect()
+                collect(hashing)
             hashing = job
             pos += used
         if hashing is not None:
-            collect()
+            collect(hashing)
             hashing = None
     finally:
         if hashing is not None:     # an error on the way: let the hashing end first
