@@ -500,7 +500,9 @@ class SwarmEngine:
         table.remove(peer, h, stale_at=None)
         if message.missing:
             self._failure(peer, now, f"it answered 'missing' for chunk {h.hex()[:16]}")
-        else:
+        elif table.by_peer[peer]:   # its queue for us is full: ask only what it holds
+            self._links.cap(peer, len(table.by_peer[peer]), now + self._config.interest_retry)
+        else:                       # it holds none of ours: it choked us
             table.busy_until[peer] = now + self._config.interest_retry
         self._schedule(now)
 
@@ -585,6 +587,7 @@ class SwarmEngine:
             table.time_out(peer, h, now)
             self._failure(peer, now, f"chunk {h.hex()[:16]} unanswered after {timeout:g}s")
         table.expire(now)
+        self._links.expire(now)
         for d in sorted(self._downloads.values(), key=lambda d: d.order):
             if d.info is None and d.lookup_retry_at <= now:
                 info = self._info(d.key)
@@ -605,7 +608,7 @@ class SwarmEngine:
         self._schedule(now)
 
     def next_deadline(self) -> float | None:
-        deadlines = self._table.deadlines()
+        deadlines = self._table.deadlines() + self._links.deadlines()
         if self._haves.next_deadline() < math.inf:
             deadlines.append(self._haves.next_deadline())
         if self._picker.endgame_wake is not None:
@@ -617,10 +620,9 @@ class SwarmEngine:
                 deadlines.append(min(d.cannot_help.values()) + self._config.interest_retry)
         if self._picker.blocked_on_tokens and self._down_bucket is not None:
             deadlines.append(self._down_bucket.ready_at())
-        if self._uploader.scheduler is not None:
-            up = self._uploader.scheduler.next_deadline()
-            if up is not None:
-                deadlines.append(up)
+        up = None if (up_s := self._uploader.scheduler) is None else up_s.next_deadline()
+        if up is not None:
+            deadlines.append(up)
         return min(deadlines) if deadlines else None
 
     # ================================================================== queries

@@ -17,7 +17,9 @@ may be asked of a peer again:
   counted as unsolicited;
 * ``avoid``: a peer is not asked for a chunk it left unanswered for ``2 x
   request_timeout``, nor for one it redirected for ``redirect_backoff``;
-* ``busy_until``: a peer that answered "busy" is asked nothing for ``interest_retry``;
+* ``busy_until``: a peer that answered "busy" holding no other request of ours (it
+  choked us) is asked nothing for ``interest_retry`` (one that still holds some caps
+  its pipeline instead, :mod:`._swarm_links`);
 * ``pending_store``: a piece accepted and handed to the store is not asked for again;
   if the store refuses it, the chunk waits ``request_timeout`` (``retry_after``).
 
