@@ -172,8 +172,9 @@ class LocalFleet:
             await self.wait_peers(i, min(n - 1, OverlayConfig().degree), timeout=timeout)
 
     async def wait_converged(self, i: int, model: str, version: str, timeout: float,
-                             show: Callable[[ModelConvergenceStatus], None] | None = None
-                             ) -> ModelConvergenceStatus:
+                             show: Callable[[ModelConvergenceStatus], None] | None = None,
+                             poll: float = 0.3) -> ModelConvergenceStatus:
+        """Ask node ``i`` every ``poll`` seconds until every node runs ``version``."""
         with trio.fail_after(timeout):
             last = None
             while True:
@@ -184,7 +185,7 @@ class LocalFleet:
                 last = rep
                 if rep.is_success and rep.total_platforms == len(self.nodes):
                     return rep
-                await trio.sleep(0.3)
+                await trio.sleep(poll)
 
 
 
