@@ -34,6 +34,8 @@ CONFIG = SwarmConfig(max_requests_per_peer=2, max_requests_total=4, endgame_chun
                      optimistic_slots=1, upload_rate=UPLOAD_RATE, rate_burst=BURST,
                      interest_retry=1.0, max_peer_failures=3)
 CAPPED = 3   # this node also has a download cap
+SHORT_QUEUE = 2   # this node queues one request per peer and uploads slowly: the others'
+#                   pipelines overflow its queue while it still holds their first request
 
 _CHUNKS = [token_chunk(f"m-{i}", SIZE) for i in range(12)]
 KEYS = {"a/v": [r for r, _ in _CHUNKS[:8]], "b/v": [r for r, _ in _CHUNKS[4:]]}
@@ -47,10 +49,12 @@ class SwarmMachine(RuleBasedStateMachine):
     def setup(self, seed: int) -> None:
         rng = random.Random(seed)
         holdings = [{h for h in DATA if rng.random() < 0.4} for _ in range(N)]
-        capped = SwarmConfig(**{**{f: getattr(CONFIG, f) for f in CONFIG.__slots__},
-                                "download_rate": DOWNLOAD_RATE})
+        holdings[SHORT_QUEUE] |= {h for h in DATA if rng.random() < 0.5}   # asked often
+        fields = {f: getattr(CONFIG, f) for f in CONFIG.__slots__}
+        capped = SwarmConfig(**{**fields, "download_rate": DOWNLOAD_RATE})
+        short = SwarmConfig(**{**fields, "max_queued_per_peer": 1, "upload_rate": 500.0})
         self.net = Net(seed=seed, n=N, keys=KEYS, data=DATA, holdings=holdings,
-                       config=CONFIG, configs={CAPPED: capped})
+                       config=CONFIG, configs={CAPPED: capped, SHORT_QUEUE: short})
         self.before = [set(h) for h in self.net.held]
         self.forged = 0
 
@@ -129,6 +133,7 @@ class SwarmMachine(RuleBasedStateMachine):
         self.held_grows_only_by_verified_chunks()
         self.requests_are_bounded_and_unique()
         self.caps_hold()
+        self.pipeline_caps_run_out()
         self.corrupt_pieces_are_counted()
         self.timeouts_are_scheduled()
 
@@ -174,6 +179,18 @@ class SwarmMachine(RuleBasedStateMachine):
             if i == CAPPED:
                 requested = stats.requests_sent * SIZE
                 assert requested <= DOWNLOAD_RATE * (BURST + self.net.now) + SIZE
+
+    def pipeline_caps_run_out(self) -> None:
+        # a peer that answered "busy" holding some of ours caps our pipeline to it: within
+        # 1..max_requests_per_peer, and the engine has a timer to lift it
+        for engine in self.net.engines.values():
+            links = engine._links
+            caps = [c for p in self.net.ids if (c := links.capped(p)) is not None]
+            assert all(1 <= c <= CONFIG.max_requests_per_peer for c in caps)
+            if caps:
+                deadline = engine.next_deadline()
+                assert deadline is not None
+                assert deadline <= min(links.deadlines())
 
     def corrupt_pieces_are_counted(self) -> None:
         total = sum(e.statistics().corrupt_pieces for e in self.net.engines.values())
