@@ -31,7 +31,7 @@ becomes known it can also answer the peers that asked for it before.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import overload
 
@@ -191,11 +191,12 @@ class KeyCatalog:
     """Known keys (``infos``), and which of them hold a chunk; the peers' have-sets
     (``have_sets``, kept by position over the known keys, so they follow the keys)."""
 
-    __slots__ = ("infos", "have_sets")
+    __slots__ = ("infos", "have_sets", "_own")
 
     def __init__(self) -> None:
         self.infos: dict[str, KeyInfo] = {}
         self.have_sets: dict[str, PeerHas] = {}
+        self._own: list[PeerHas] = []      # the node's own held chunks (held_set)
 
     def add(self, key: str, refs: Sequence[ChunkRef]) -> KeyInfo:
         """Make ``key`` known with the chunk list ``refs``."""
@@ -204,6 +205,8 @@ class KeyCatalog:
         self.infos[key] = info
         for has in self.have_sets.values():
             has.key_added(key, info)
+        for has in self._own:
+            has.key_added(key, info)
         return info
 
     def forget(self, key: str) -> None:
@@ -211,6 +214,15 @@ class KeyCatalog:
         if info is not None:
             for has in self.have_sets.values():
                 has.key_forgotten(key, info)
+            for has in self._own:
+                has.key_forgotten(key, info)
+
+    def held_set(self, hashes: Iterable[bytes] = ()) -> PeerHas:
+        """A set of the node's own chunks, starting with ``hashes``, kept by position
+        over the known keys as a peer's have-set is (not one of ``have_sets``)."""
+        has = PeerHas(self.infos, hashes)
+        self._own.append(has)
+        return has
 
     def new_have_set(self, peer: str) -> PeerHas:
         has = self.have_sets[peer] = PeerHas(self.infos)
@@ -328,12 +340,14 @@ class PeerHas:
 
     __slots__ = ("_infos", "by_key", "loose", "_n")
 
-    def __init__(self, infos: dict[str, KeyInfo]) -> None:
+    def __init__(self, infos: dict[str, KeyInfo], hashes: Iterable[bytes] = ()) -> None:
         self._infos = infos
         self.by_key = {key: bytearray(len(info.refs))
                        for key, info in infos.items()}
         self.loose: set[bytes] = set()
         self._n = 0
+        for h in hashes:
+            self.add(h)
 
     def __contains__(self, h: object) -> bool:
         if h in self.loose:

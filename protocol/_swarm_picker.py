@@ -52,7 +52,7 @@ import heapq
 import math
 import struct
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -146,7 +146,7 @@ class Picker:
     ``held`` (chunks stored here) and ``connected`` (peers) are the engine's, read
     here; ``send`` is the engine's way out for a message to a peer."""
 
-    def __init__(self, *, config: SwarmConfig, rng: Rng, held: set[bytes],
+    def __init__(self, *, config: SwarmConfig, rng: Rng, held: Container[bytes],
                  connected: set[str], table: RequestTable, links: LinkEstimates,
                  counters: Counters, send: Callable[[str, SwarmMessage], None],
                  keys: KeyCatalog) -> None:
