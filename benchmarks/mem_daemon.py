@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import gc
 import json
 import os
@@ -46,17 +47,34 @@ _DIR_ENV = "SHOAL_MEM_DIR"
 
 # -- the wrapper (runs in the receiving daemon) ------------------------------------
 
+def _smaps() -> dict[str, int]:
+    """RSS by kind of mapping: the brk heap, anonymous maps (pymalloc's arenas, other
+    threads' malloc arenas, large blocks), thread stacks, files."""
+    out: collections.Counter[str] = collections.Counter()
+    kind = ""
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+            path = head[5] if len(head) > 5 else ""
+            kind = path if path.startswith("[") else ("file" if path else "anon")
+        elif head[0] == "Rss:":
+            out[kind] += int(head[1]) * 1024
+    return dict(out)
+
+
 def _dump(_sig: int, _frame: FrameType | None) -> None:
+    from agent._daemon.transport import RECORD_POOL
     out = Path(os.environ[_DIR_ENV])
-    n = len(list(out.glob("snap-*.pickle")))
+    n = len(list(out.glob("info-*.json")))
     counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
-    snap = tracemalloc.take_snapshot()
-    with open(out / f"snap-{n:03d}.pickle", "wb") as f:
-        pickle.dump(snap, f)
+    if tracemalloc.is_tracing():
+        with open(out / f"snap-{n:03d}.pickle", "wb") as f:
+            pickle.dump(tracemalloc.take_snapshot(), f)
     rollup = Path("/proc/self/smaps_rollup").read_text()
     with open(out / f"info-{n:03d}.json", "w") as f:
         json.dump({"rss": psutil.Process().memory_info().rss,
-                   "traced": tracemalloc.get_traced_memory(),
+                   "traced": tracemalloc.get_traced_memory(), "smaps": _smaps(),
+                   "pool": dataclasses.asdict(RECORD_POOL.statistics()),
                    "objects": dict(counts.most_common(60)), "rollup": rollup,
                    "t": time.time()}, f)
 
@@ -80,8 +98,9 @@ class _TracedFleet(LocalFleet):
         log = open(node.data_dir / "daemon.log", "ab")  # noqa: SIM115 - owned by the child
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         env[_DIR_ENV] = str(self.out)
+        trace = ["-X", f"tracemalloc={self.frames}"] if self.frames else []
         self.procs[i] = subprocess.Popen(
-            [sys.executable, "-X", f"tracemalloc={self.frames}", "-m", "benchmarks.mem_daemon",
+            [sys.executable, *trace, "-m", "benchmarks.mem_daemon",
              "--daemon", "daemon", "--config", str(node.config_path)],
             stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
@@ -110,11 +129,15 @@ async def _transfer(fleet: _TracedFleet, pkg: Path, every: float) -> float:
     return time.perf_counter() - t
 
 
-def _peak(out: Path) -> tuple[tracemalloc.Snapshot, dict[str, Any], list[dict[str, Any]]]:
+def _peak(out: Path) -> tuple[tracemalloc.Snapshot | None, dict[str, Any],
+                              list[dict[str, Any]]]:
+    """The snapshot at the highest traced memory (untraced: the highest RSS)."""
     infos = [json.loads(p.read_text()) for p in sorted(out.glob("info-*.json"))]
-    i = max(range(len(infos)), key=lambda k: infos[k]["traced"][0])
-    with open(out / f"snap-{i:03d}.pickle", "rb") as f:
-        snap = pickle.load(f)
+    i = max(range(len(infos)), key=lambda k: (infos[k]["traced"][0], infos[k]["rss"]))
+    snap = None
+    if (out / f"snap-{i:03d}.pickle").exists():
+        with open(out / f"snap-{i:03d}.pickle", "rb") as f:
+            snap = pickle.load(f)
     return snap, infos[i], infos
 
 
@@ -129,14 +152,14 @@ def main(argv: list[str]) -> int:
         return _daemon(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks.mem_daemon")
     parser.add_argument("sizes", nargs="+", type=int, help="model sizes in MiB")
-    parser.add_argument("--frames", type=int, default=1)
+    parser.add_argument("--frames", type=int, default=1, help="0: no tracemalloc")
     parser.add_argument("--every", type=float, default=4.0)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--keep", help="keep the snapshots in this directory")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="shoal-mem-daemon-"))
     keep = Path(args.keep) if args.keep else tmp / "snaps"
-    peaks: list[tuple[int, tracemalloc.Snapshot, dict[str, Any]]] = []
+    peaks: list[tuple[int, tracemalloc.Snapshot | None, dict[str, Any]]] = []
     key = "traceback" if args.frames > 1 else "lineno"
     try:
         for size in args.sizes:
@@ -155,15 +178,21 @@ def main(argv: list[str]) -> int:
                   + "; traced (MiB) " + " ".join(f"{i['traced'][0] / MiB:.1f}" for i in infos))
             print(f"   peak of traced: {info['traced'][0] / MiB:.1f} MiB, RSS "
                   f"{info['rss'] / MiB:.1f} MiB; {_rollup(info['rollup'])}")
-            for stat in snap.statistics(key)[:args.top]:
-                print(f"   {stat.size / 1024:10.1f} KiB {stat.count:8d}  {stat.traceback}")
+            print("   RSS by mapping (MiB), each snapshot: " + "; ".join(
+                " ".join(f"{k} {v / MiB:.1f}" for k, v in sorted(i["smaps"].items()))
+                for i in infos))
+            print(f"   record pool at the peak: {info['pool']}")
+            if snap is not None:
+                for stat in snap.statistics(key)[:args.top]:
+                    print(f"   {stat.size / 1024:10.1f} KiB {stat.count:8d}  {stat.traceback}")
             peaks.append((size, snap, info))
         if len(peaks) > 1:
             (s0, a, ia), (s1, b, ib) = peaks[0], peaks[-1]
-            print(f"== grew from {s0} to {s1} MiB at the traced peak: "
+            print(f"== grew from {s0} to {s1} MiB at the peak: "
                   f"{(ib['traced'][0] - ia['traced'][0]) / MiB:+.1f} MiB traced, "
                   f"{(ib['rss'] - ia['rss']) / MiB:+.1f} MiB RSS")
-            for d in b.compare_to(a, key)[:args.top]:
+            for d in (b.compare_to(a, key)[:args.top] if a is not None and b is not None
+                      else []):
                 tb = "\n          ".join(str(f) for f in d.traceback.format()[-2 * args.frames:])
                 print(f"   {d.size_diff / 1024:+10.1f} KiB {d.count_diff:+8d}  {tb}")
             oa, ob = ia["objects"], ib["objects"]
