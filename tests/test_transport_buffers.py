@@ -131,23 +131,6 @@ def test_the_pool_is_exhausted_only_when_full_and_every_buffer_is_in_use() -> No
     del a
 
 
-def test_free_counts_the_idle_buffers_and_the_room_left() -> None:
-    pool = BufferPool(keep=3, granule=1024)
-    assert pool.free() == 3
-    a = pool.take(10)
-    assert pool.free() == 2                     # one in use, room for two
-    b = pool.take(5000)
-    c = pool.take(10)
-    assert pool.free() == 0 and pool.exhausted()
-    view = memoryview(b)[:4]
-    del b
-    assert pool.free() == 0                     # a view of it is still out
-    view.release()
-    assert pool.free() == 1
-    del a, c
-    assert pool.free() == 3 and pool.statistics().pooled == 3
-
-
 # ---------------------------------------------------------------------------- records
 
 

@@ -104,12 +104,6 @@ class BufferPool:
         return len(bufs) >= self.keep and all(_refs(bufs, i) > _IDLE
                                               for i in range(len(bufs)))
 
-    def free(self) -> int:
-        """How many more buffers :meth:`take` can hand out from the pool before it
-        allocates outside it: the idle pooled ones and the room left in the pool."""
-        bufs = self._bufs
-        return self.keep - len(bufs) + sum(1 for i in range(len(bufs)) if _refs(bufs, i) <= _IDLE)
-
     def statistics(self) -> BufferPoolStatistics:
         return BufferPoolStatistics(self._taken, self._reused, self._allocated,
                                     self._overflow, len(self._bufs),

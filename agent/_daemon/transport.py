@@ -48,8 +48,7 @@ record (64 KiB or more) once its length is known, at most ``read_size`` bytes a 
 (no copy of its bytes). Large records' bodies and plaintexts are taken from
 :data:`RECORD_POOL`, buffers reused once nothing refers to them
 (:mod:`agent._daemon.buffers`): in the steady state of a transfer no large block is
-allocated per record. While fewer than two of them are free (a record takes its body
-and then its plaintext) because they hold records not yet written to disk, a session
+allocated per record. While all of them hold records not yet written to disk, a session
 waits (up to a second, then reads on into a fresh buffer) before it reads on: the
 records in flight stay within the pool instead of piling up in the heap.
 
@@ -128,10 +127,7 @@ SMALL_READ = 64 * 1024
 #: process's sessions (module doc, "Receive buffers"): a few runs of pieces in flight
 #: from each of a few peers; what a receiver holds in flight (see _pool_wait).
 RECORD_POOL = BufferPool(keep=6)
-#: Pooled buffers a large record takes while it is opened: its body, then its
-#: plaintext (the body is free once decrypted). A reader waits for this many.
-RECORD_BUFFERS = 2
-#: Sleeps of 2 ms a reader takes at most while fewer pooled buffers are free (1 s).
+#: Sleeps of 2 ms a reader takes at most while every pooled buffer is in use (1 s).
 POOL_WAIT_STEPS = 500
 
 
@@ -273,7 +269,7 @@ class SecureChannel:
                 await trio.sleep(wait)
             # straight into the large record being received, else into our own buffer
             into = self._conn.receive_buffer()
-            if into is None and RECORD_POOL.free() < RECORD_BUFFERS:
+            if into is None and RECORD_POOL.exhausted():
                 await _pool_wait()
             n = 0
             with trio.move_on_after(self._settings.idle_timeout) as scope:
@@ -350,12 +346,12 @@ class SecureChannel:
 
 
 async def _pool_wait() -> None:
-    """Too few pooled record buffers are free for a large record (its body and its
-    plaintext): wait (a little) for them before reading what may be the next one, so
-    the bytes in flight stay within the pool (module doc); then go on regardless."""
+    """Every pooled record buffer holds bytes not yet written: wait (a little) for one
+    to be free before reading what may be the next large record, so the bytes in flight
+    stay within the pool (module doc); then go on regardless."""
     for _ in range(POOL_WAIT_STEPS):
         await trio.sleep(0.002)
-        if RECORD_POOL.free() >= RECORD_BUFFERS:
+        if not RECORD_POOL.exhausted():
             return
 
 
