@@ -296,27 +296,32 @@ class ChunkList(Sequence[ChunkRef]):
         """Every hash, concatenated (the buffer itself, not a copy)."""
         return self._hashes
 
-    def find(self, chunk_hash: bytes) -> int:
+    def find(self, chunk_hash: object) -> int:
         """The first position of ``chunk_hash`` in the list, or -1: a probe of the
         list's position index (:meth:`_index`), no object per chunk."""
         last = self._last
         if chunk_hash is last[0]:     # the same object asked again (a chunk's bookkeeping
             return last[1]            # asks several times in a row); bytes: immutable
-        if not isinstance(chunk_hash, bytes | bytearray | memoryview) \
-                or len(chunk_hash) != HASH_SIZE:
+        h: bytes
+        if type(chunk_hash) is bytes:
+            h = chunk_hash
+        elif isinstance(chunk_hash, bytes | bytearray | memoryview):
+            h = bytes(chunk_hash)
+        else:
+            return -1
+        if len(h) != HASH_SIZE:
             return -1
         slots = self._slots if self._slots is not None else self._index()
         mask = len(slots) - 1
-        hashes = self._hashes
-        at = int.from_bytes(chunk_hash[:8], "little") & mask
+        at_hash = self._hashes.startswith
+        at = hash(h) & mask      # (cached in the bytes object once computed)
         while True:
             p = slots[at]
             if not p:
                 return -1
             p -= 1
-            if hashes[p * HASH_SIZE:(p + 1) * HASH_SIZE] == chunk_hash:
-                if type(chunk_hash) is bytes:
-                    self._last = (chunk_hash, p)
+            if at_hash(h, p * HASH_SIZE):
+                self._last = (h, p)
                 return p
             at = (at + 1) & mask
 
@@ -330,9 +335,11 @@ class ChunkList(Sequence[ChunkRef]):
     def _index(self) -> array[int]:
         """Build the position index, once: an open-addressing table (linear probing) of
         ``position + 1`` of each hash's first occurrence, at least twice as many slots
-        as chunks, 4 bytes a slot (~8-16 bytes a chunk), probed from the hash's first 8
-        bytes (BLAKE3 output: uniform). Built one hash at a time, so no object per chunk
-        outlives its step (a dict or a sort would hold one per chunk at once)."""
+        as chunks, 4 bytes a slot (~8-16 bytes a chunk), probed from Python's hash of the
+        32 bytes (computed once per bytes object and kept in it; the slots' order is
+        private to the process, the positions found are not). Built one hash at a time,
+        so no object per chunk outlives its step (a dict or a sort would hold one per
+        chunk at once)."""
         n = len(self._ends)
         size = 8
         while size < 2 * n:
@@ -341,16 +348,17 @@ class ChunkList(Sequence[ChunkRef]):
         mask = size - 1
         hashes = self._hashes
         distinct = True
+        at_hash = hashes.startswith
         for p in range(n):
             h = hashes[p * HASH_SIZE:(p + 1) * HASH_SIZE]
-            at = int.from_bytes(h[:8], "little") & mask
+            at = hash(h) & mask
             while True:
                 q = slots[at]
                 if not q:
                     slots[at] = p + 1
                     break
                 q -= 1
-                if hashes[q * HASH_SIZE:(q + 1) * HASH_SIZE] == h:
+                if at_hash(h, q * HASH_SIZE):
                     distinct = False
                     break
                 at = (at + 1) & mask

@@ -101,12 +101,11 @@ class SwarmEngine:
     """See the module docstring. Inputs append outputs; take them with :meth:`take_outputs`."""
 
     def __init__(self, *, node_id: str, config: SwarmConfig, rng: Rng,
-                 held: set[bytes], lookup: Callable[[str], Sequence[ChunkRef] | None],
+                 held: Iterable[bytes], lookup: Callable[[str], Sequence[ChunkRef] | None],
                  verifier: Callable[[bytes, int, bytes | memoryview], bool]) -> None:
         self.node_id = node_id
         self._config = config
         self._rng = rng
-        self._held = held
         self._lookup = lookup
         self._verifier = verifier
         self._outputs: list[Output] = []
@@ -122,6 +121,7 @@ class SwarmEngine:
         self._c = Counters()
         self._keys = KeyCatalog()
         self._infos = self._keys.infos
+        held = self._held = self._keys.held_set(held)   # by position over the known keys
         self._links = LinkEstimates(config)
         self._table = RequestTable(config=config, counters=self._c, send=self._send)
         self._picker = Picker(config=config, rng=rng, held=held, connected=self._connected,

@@ -10,15 +10,15 @@ progress, not every manifest in the ledger).
 
 For a known key the catalog holds a :class:`KeyInfo`: the chunk list, compact (the
 manifest's :class:`~._manifest.ChunkList`, shared with it when the key is one file
-without repeats), one ``bytes`` object per position, and for each distinct hash its
-first position -- the one dict per chunk; a chunk's size is read from the chunk list
-through that position (:attr:`KeyInfo.size_of` is a view, not a second dict). The
-per-position hash objects are the ones the catalog's dict keys on, and ``held`` (the
-node's chunks, a set of hashes across keys) is filled from them. The rest of the
-engine's per-chunk state is by position: a download's missing chunks
-(:class:`PositionSet`) and each peer's have-set (:class:`PeerHas`, kept here so that it
-follows the keys that become known or are forgotten) are a flag byte per position,
-not a set entry (~64 B) per chunk. Pieces, stores and losses name
+without repeats), and views of it -- position -> hash (:class:`HashView`, a slice of the
+list's hash buffer on demand), hash -> first position (:class:`FirstPositions`, a probe
+of the list's own position index) and hash -> size (:attr:`KeyInfo.size_of`) -- so the
+catalog keeps no object per chunk (a hash object, an int and a dict entry per chunk,
+~130 B, until issue 16's RSS work). The rest of the engine's per-chunk state is by
+position too: a download's missing chunks (:class:`PositionSet`), each peer's have-set
+and the node's own held chunks (:class:`PeerHas`, kept here so that they follow the
+keys that become known or are forgotten) are a flag byte per position, not a set entry
+(~64 B) and a hash object per chunk. Pieces, stores and losses name
 chunks by hash, and a chunk shared by two versions is one chunk: a store of it advances
 both downloads and is announced in both swarms. :meth:`KeyCatalog.keys_of` finds the
 known keys that hold a chunk by probing each key's ``index_of`` (the known keys are the
@@ -31,7 +31,7 @@ becomes known it can also answer the peers that asked for it before.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import overload
 
@@ -42,16 +42,16 @@ __all__ = ["KeyInfo", "KeyCatalog", "KeyRefs", "PositionSet", "PeerHas"]
 
 class KeyRefs(Sequence[ChunkRef]):
     """A key's chunk list as the engine reads it: position ``i`` is ``ChunkRef(hashes[i],
-    chunks.size(i))``, built on demand, whose hash is the catalog's own object."""
+    chunks.size(i))``, built on demand."""
 
     __slots__ = ("chunks", "hashes")
 
-    def __init__(self, chunks: ChunkList, hashes: list[bytes]) -> None:
+    def __init__(self, chunks: ChunkList, hashes: HashView) -> None:
         self.chunks = chunks
         self.hashes = hashes
 
     def __len__(self) -> int:
-        return len(self.hashes)
+        return len(self.chunks)
 
     @overload
     def __getitem__(self, i: int) -> ChunkRef: ...
@@ -63,12 +63,95 @@ class KeyRefs(Sequence[ChunkRef]):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         if i < 0:
-            i += len(self.hashes)
-        return ChunkRef(self.hashes[i], self.chunks.size(i))
+            i += len(self.chunks)
+        return ChunkRef(self.chunks.hash(i), self.chunks.size(i))
 
     def __iter__(self) -> Iterator[ChunkRef]:
-        for h, size in zip(self.hashes, self.chunks.sizes(), strict=True):
+        for h, size in zip(self.chunks.iter_hashes(), self.chunks.sizes(), strict=True):
             yield ChunkRef(h, size)
+
+
+class HashView(Sequence[bytes]):
+    """Position -> hash over a key's chunk list, sliced from the list's hash buffer on
+    demand (a new 32-byte object each time): no object is kept per position."""
+
+    __slots__ = ("_chunks",)
+
+    def __init__(self, chunks: ChunkList) -> None:
+        self._chunks = chunks
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[bytes]: ...
+
+    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self._chunks)
+        return self._chunks.hash(i)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks.iter_hashes()
+
+
+class FirstPositions:
+    """``hash -> first position`` of a key's chunk list, as the dict it replaces
+    answered (``get``, ``[]``, ``in``, iteration in position order, ``items``,
+    ``values``, ``len``), read from the list's own position index
+    (:meth:`~._manifest.ChunkList.find`: 4-byte slots, no object per chunk) instead of
+    a dict entry, a hash object and an int per chunk (~130 B)."""
+
+    __slots__ = ("_chunks", "_len")
+
+    def __init__(self, chunks: ChunkList) -> None:
+        self._chunks = chunks
+        self._len = -1
+
+    @overload
+    def get(self, h: object) -> int | None: ...
+
+    @overload
+    def get(self, h: object, default: int) -> int: ...
+
+    def get(self, h: object, default: int | None = None) -> int | None:
+        i = self._chunks.find(h) if type(h) is bytes else -1
+        return default if i < 0 else i
+
+    def __getitem__(self, h: bytes) -> int:
+        i = self._chunks.find(h) if type(h) is bytes else -1
+        if i < 0:
+            raise KeyError(h)
+        return i
+
+    def __contains__(self, h: object) -> bool:
+        return type(h) is bytes and self._chunks.find(h) >= 0
+
+    def items(self) -> Iterator[tuple[bytes, int]]:
+        """``(hash, first position)`` in position order, each hash once."""
+        chunks = self._chunks
+        if chunks.distinct:
+            return zip(chunks.iter_hashes(), range(len(chunks)), strict=True)
+        find = chunks.find
+        return ((h, i) for i, h in enumerate(chunks.iter_hashes()) if find(h) == i)
+
+    def values(self) -> Iterator[int]:
+        """The first positions, in order."""
+        return (i for _, i in self.items())
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (h for h, _ in self.items())
+
+    def __len__(self) -> int:
+        if self._len < 0:
+            chunks = self._chunks
+            self._len = len(chunks) if chunks.distinct else sum(1 for _ in self.items())
+        return self._len
 
 
 class KeySizes(Mapping[bytes, int]):
@@ -96,7 +179,7 @@ class KeySizes(Mapping[bytes, int]):
 @dataclass(slots=True)
 class KeyInfo:
     refs: KeyRefs
-    index_of: dict[bytes, int]     # first position of each hash: the one dict per chunk
+    index_of: FirstPositions       # first position of each hash (the chunk list's index)
 
     @property
     def size_of(self) -> KeySizes:
@@ -108,23 +191,21 @@ class KeyCatalog:
     """Known keys (``infos``), and which of them hold a chunk; the peers' have-sets
     (``have_sets``, kept by position over the known keys, so they follow the keys)."""
 
-    __slots__ = ("infos", "have_sets")
+    __slots__ = ("infos", "have_sets", "_own")
 
     def __init__(self) -> None:
         self.infos: dict[str, KeyInfo] = {}
         self.have_sets: dict[str, PeerHas] = {}
+        self._own: list[PeerHas] = []      # the node's own held chunks (held_set)
 
     def add(self, key: str, refs: Sequence[ChunkRef]) -> KeyInfo:
         """Make ``key`` known with the chunk list ``refs``."""
         chunks = refs if isinstance(refs, ChunkList) else ChunkList(refs)
-        index_of: dict[bytes, int] = {}
-        hashes: list[bytes] = []
-        for i, h in enumerate(chunks.iter_hashes()):
-            first = index_of.setdefault(h, i)
-            hashes.append(h if first == i else hashes[first])
-        info = KeyInfo(KeyRefs(chunks, hashes), index_of)
+        info = KeyInfo(KeyRefs(chunks, HashView(chunks)), FirstPositions(chunks))
         self.infos[key] = info
         for has in self.have_sets.values():
+            has.key_added(key, info)
+        for has in self._own:
             has.key_added(key, info)
         return info
 
@@ -133,6 +214,15 @@ class KeyCatalog:
         if info is not None:
             for has in self.have_sets.values():
                 has.key_forgotten(key, info)
+            for has in self._own:
+                has.key_forgotten(key, info)
+
+    def held_set(self, hashes: Iterable[bytes] = ()) -> PeerHas:
+        """A set of the node's own chunks, starting with ``hashes``, kept by position
+        over the known keys as a peer's have-set is (not one of ``have_sets``)."""
+        has = PeerHas(self.infos, hashes)
+        self._own.append(has)
+        return has
 
     def new_have_set(self, peer: str) -> PeerHas:
         has = self.have_sets[peer] = PeerHas(self.infos)
@@ -144,13 +234,12 @@ class KeyCatalog:
         return tuple(key for key, info in self.infos.items() if chunk_hash in info.index_of)
 
     def known(self, chunk_hash: bytes) -> tuple[bytes, int] | None:
-        """``(the catalog's own bytes object for this hash, the chunk's size)``, or None
-        for a chunk of no known key. Keeping the catalog's object (not the copy each
-        message decodes) keeps one 32-byte object per chunk in every set that holds it."""
+        """``(chunk_hash, the chunk's size)``, or None for a chunk of no known key (the
+        catalog keeps no object per chunk: the caller's own is handed back)."""
         for info in self.infos.values():
             i = info.index_of.get(chunk_hash)
             if i is not None:
-                return info.refs.hashes[i], info.refs.chunks.size(i)
+                return chunk_hash, info.refs.chunks.size(i)
         return None
 
 
@@ -188,7 +277,7 @@ class PositionSet:
         info = self._info
         if info is None:
             return False
-        i = info.index_of.get(h)  # type: ignore[call-overload]
+        i = info.index_of.get(h)
         return i is not None and bool(self.bits[i])
 
     def add_pos(self, i: int) -> None:
@@ -251,18 +340,20 @@ class PeerHas:
 
     __slots__ = ("_infos", "by_key", "loose", "_n")
 
-    def __init__(self, infos: dict[str, KeyInfo]) -> None:
+    def __init__(self, infos: dict[str, KeyInfo], hashes: Iterable[bytes] = ()) -> None:
         self._infos = infos
         self.by_key = {key: bytearray(len(info.refs))
                        for key, info in infos.items()}
         self.loose: set[bytes] = set()
         self._n = 0
+        for h in hashes:
+            self.add(h)
 
     def __contains__(self, h: object) -> bool:
         if h in self.loose:
             return True
         for key, info in self._infos.items():
-            i = info.index_of.get(h)  # type: ignore[call-overload]
+            i = info.index_of.get(h)
             if i is not None:
                 return bool(self.by_key[key][i])
         return False

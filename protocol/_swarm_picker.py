@@ -52,7 +52,7 @@ import heapq
 import math
 import struct
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -146,7 +146,7 @@ class Picker:
     ``held`` (chunks stored here) and ``connected`` (peers) are the engine's, read
     here; ``send`` is the engine's way out for a message to a peer."""
 
-    def __init__(self, *, config: SwarmConfig, rng: Rng, held: set[bytes],
+    def __init__(self, *, config: SwarmConfig, rng: Rng, held: Container[bytes],
                  connected: set[str], table: RequestTable, links: LinkEstimates,
                  counters: Counters, send: Callable[[str, SwarmMessage], None],
                  keys: KeyCatalog) -> None:
@@ -350,14 +350,16 @@ class Picker:
     def _rebuild_queue(self, d: Download) -> None:
         requests, pending, avail_of = self._table.by_chunk, self._table.pending_store, d.avail
         assert d.info is not None
-        hashes = d.info.refs.hashes
+        hash_bytes = d.info.refs.chunks.hash_bytes   # position i: [32 i, 32 i + 32)
         entries: list[int] = []
         queued = array("Q", [0]) * len(d.queued)
         qflag = bytearray(len(d.queued))
         for i in d.missing.positions():
             avail = avail_of[i]
-            h = hashes[i]
-            if avail == 0 or h in requests or h in pending:
+            if avail == 0:
+                continue
+            h = hash_bytes[i << 5:(i << 5) + 32]
+            if h in requests or h in pending:
                 continue
             self._queue_seq += 1
             queued[i] = _live(avail, self._queue_seq)
@@ -470,7 +472,8 @@ class Picker:
         depth = self._links.depth
         c = self._c
         assert d.info is not None
-        index_of, hashes, by_hash = d.info.index_of, d.info.refs.hashes, d.by_hash
+        index_of, by_hash = d.info.index_of, d.by_hash
+        hash_bytes = d.info.refs.chunks.hash_bytes   # position i: [32 i, 32 i + 32)
         key = d.key
         parked: list[int] = []
         aside: list[int] = []
@@ -508,13 +511,13 @@ class Picker:
                     e = heapq.heappop(heap)
                     c.picker_pops += 1
                     i = by_hash[(e >> _SEQ_BITS) & _HRANK_MASK]
-                    h = hashes[i]      # (the catalog's object)
                     live = queued[i]
                     if not live or live >> _AVAIL_BITS != e & _SEQ_MASK:
                         continue   # stale: superseded or consumed
                     if n_maybe > 0 and maybe[i]:
                         n_maybe -= 1
-                    if not mbits[i] or h in requests or h in pending:
+                    h = hash_bytes[i << 5:(i << 5) + 32] if mbits[i] else b""  # (per pop)
+                    if not h or h in requests or h in pending:
                         queued[i] = 0   # requeued when it becomes idle again
                         qflag[i] = 0
                         d.n_queued -= 1

@@ -30,7 +30,7 @@ interested in a key that holds it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sized
+from collections.abc import Callable, Container, Iterable, Mapping, Sized
 from typing import TYPE_CHECKING
 
 from ._config import SwarmConfig
@@ -59,7 +59,7 @@ class Uploader:
     whether this node serves ``key`` as a seed; ``send`` and ``emit`` are the engine's
     ways out. The scheduler starts with the first ``now`` the engine sees."""
 
-    def __init__(self, *, config: SwarmConfig, rng: Rng, held: set[bytes], keys: KeyCatalog,
+    def __init__(self, *, config: SwarmConfig, rng: Rng, held: Container[bytes], keys: KeyCatalog,
                  remote_interest: dict[str, set[str]], peer_has: Mapping[str, Sized],
                  seeding: Callable[[str], bool], counters: Counters,
                  send: Callable[[str, SwarmMessage], None], emit: Callable[[Output], None]) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import blake3
@@ -73,7 +73,7 @@ def lone_engine(refs: Sequence[ChunkRef] | Mapping[str, Sequence[ChunkRef]],
     table key -> refs), holds ``held``, and checks pieces with :func:`cheap_verifier`."""
     table = refs if isinstance(refs, Mapping) else {KEY: refs}   # live: a test may add keys
     return SwarmEngine(node_id=node_id(0), config=config or SwarmConfig(),
-                       rng=random.Random(seed), held=held if isinstance(held, set) else set(held),
+                       rng=random.Random(seed), held=held,
                        lookup=table.get, verifier=cheap_verifier)
 
 
@@ -128,7 +128,7 @@ class Net:
         self.liars = {i: Liar(kind) for i, kind in (liars or {}).items()}
         self.stores: list[dict[bytes, bytes]] = [
             {h: data[h] for h in held} for held in holdings]
-        self.held: list[set[bytes]] = [set(held) for held in holdings]
+        self._holdings: list[set[bytes]] = [set(held) for held in holdings]
         self.links: set[frozenset[int]] = set()
         self.engines: dict[int, SwarmEngine] = {}
         self.drops: list[tuple[int, str, str]] = []
@@ -141,7 +141,14 @@ class Net:
             cfg = (configs or {}).get(i, config or SwarmConfig())
             self.engines[i] = SwarmEngine(
                 node_id=self.ids[i], config=cfg, rng=random.Random(seed * 1000 + i),
-                held=self.held[i], lookup=self.keys.get, verifier=verifier)
+                held=self._holdings[i], lookup=self.keys.get, verifier=verifier)
+
+    @property
+    def held(self) -> list[Collection[bytes]]:
+        """Each node's held chunks: its engine's own set (live; the engine keeps it by
+        position), or a liar's holdings."""
+        return [self.engines[i]._held if i in self.engines else self._holdings[i]
+                for i in range(len(self._holdings))]
 
     # ---------------------------------------------------------------- topology
 

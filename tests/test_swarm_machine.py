@@ -139,7 +139,7 @@ class SwarmMachine(RuleBasedStateMachine):
 
     def held_grows_only_by_verified_chunks(self) -> None:
         for i in range(N):
-            held = self.net.held[i]
+            held = set(self.net.held[i])
             assert self.before[i] <= held
             for h in held - self.before[i]:
                 assert blake3.blake3(self.net.stores[i][h]).digest() == h

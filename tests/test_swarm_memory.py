@@ -45,14 +45,16 @@ def _held_by_engine(n: int) -> int:
 
 
 def test_engine_memory_per_chunk_is_bounded() -> None:
-    # Per distinct chunk the engine needs: the hash object (72 B with its header), its
-    # slot in the position list (8), the hash -> position dict entry and int (~72), one
-    # heap entry (a 48 B int and its 8 B slot), the rank and live-marker array slots
-    # (16), the hash-order and hash-rank slots (8) and the availability count (4); the
-    # missing set and the peer's have-set are a bit each. ~240 B; 320 leaves room for
-    # the tables' doubling. The sets of hashes (missing, have-set), the availability
-    # dict and 80 B heap entries measured 503 B here; the tuple-of-ChunkRef key with its
-    # size dict, reverse map, rank dict, queued dict and tuple heap entries 724 B.
+    # Per distinct chunk the engine needs: its slot in the chunk list's position index
+    # (4 B, 2-4 slots a chunk: 8-16), one heap entry (a 48 B int and its 8 B slot), the
+    # rank and live-marker array slots (16), the hash-order and hash-rank slots (8), the
+    # availability count (4) and a flag byte each in the missing set, the peer's have-set
+    # and the node's held chunks (3): ~95-105 B; 130 leaves room for the tables'
+    # doubling. The catalog's hash object, position list slot and hash -> position dict
+    # entry (~150 B) with `held` a set of hashes measured 251 B here; the sets of hashes
+    # (missing, have-set), the availability dict and 80 B heap entries 503 B; the
+    # tuple-of-ChunkRef key with its size dict, reverse map, rank dict, queued dict and
+    # tuple heap entries 724 B.
     small, large = _held_by_engine(3_000), _held_by_engine(24_000)
     per_chunk = (large - small) / 21_000
-    assert per_chunk <= 320, per_chunk
+    assert per_chunk <= 130, per_chunk

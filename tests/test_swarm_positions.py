@@ -2,10 +2,11 @@
 and dicts of hashes answer exactly as the sets did.
 
 Each representation is run against a plain set-based reference model on random
-sequences of operations (hypothesis): ``ChunkList.find`` against a scan,
-:class:`PositionSet` against a set of hashes, :class:`PeerHas` against a set of hashes
-while keys become known and are forgotten, and the store's :class:`IndexedDir` against
-the dicts it replaced.
+sequences of operations (hypothesis): ``ChunkList.find`` against a scan, a key's
+:class:`FirstPositions` and :class:`HashView` against the dict and list they replaced,
+:class:`PositionSet` against a set of hashes, :class:`PeerHas` (a peer's, and the
+node's own held chunks) against a set of hashes while keys become known and are
+forgotten, and the store's :class:`IndexedDir` against the dicts it replaced.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from protocol._capabilities import Requirements
 from protocol._config import SwarmConfig
 from protocol._identity import SigningIdentity
 from protocol._manifest import ChunkList, ChunkRef, FileEntry, Manifest, Variant, merkle_root
-from protocol._swarm_keys import KeyCatalog, PositionSet
+from protocol._swarm_keys import FirstPositions, HashView, KeyCatalog, PositionSet
 from tests.swarm_sim import KEY, Net, make_key
 
 
@@ -154,6 +155,78 @@ def test_a_peer_have_set_answers_as_a_set_of_hashes(ops: list[tuple[str, object]
             bits = has.by_key[key]
             for h, i in info.index_of.items():
                 assert bool(bits[i]) == (h in ref)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(0, 30), max_size=50), st.lists(st.integers(0, 40), max_size=20))
+def test_first_positions_and_hash_view_answer_as_the_dict_and_list(
+        ids: list[int], probes: list[int]) -> None:
+    """What ``KeyCatalog.add`` built before (a dict of each hash's first position, a
+    list of one hash per position) and the views of the chunk list that replaced them
+    give the same answers, duplicates in the list included."""
+    chunks = _list(ids)
+    index_of: dict[bytes, int] = {}
+    hashes: list[bytes] = []
+    for i, h in enumerate(chunks.iter_hashes()):
+        first = index_of.setdefault(h, i)
+        hashes.append(h if first == i else hashes[first])
+    first_of, view = FirstPositions(chunks), HashView(chunks)
+    assert len(first_of) == len(index_of)
+    assert list(first_of) == list(index_of)
+    assert list(first_of.items()) == list(index_of.items())
+    assert list(first_of.values()) == list(index_of.values())
+    for i in [*ids, *probes]:
+        h = _h(i)
+        assert (h in first_of) == (h in index_of)
+        assert first_of.get(h) == index_of.get(h)
+        assert first_of.get(h, -1) == index_of.get(h, -1)
+        if h in index_of:
+            assert first_of[h] == index_of[h]
+        else:
+            with pytest.raises(KeyError):
+                first_of[h]
+    for odd in (b"short", "text", None, memoryview(_h(0))):
+        assert odd not in first_of and first_of.get(odd) is None
+    assert len(view) == len(hashes) and list(view) == hashes
+    assert [view[i] for i in range(-len(hashes), len(hashes))] == hashes + hashes
+    assert view[1:-1:2] == hashes[1:-1:2]
+    with pytest.raises(IndexError):
+        view[len(hashes)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 44), max_size=10), st.lists(st.one_of(
+    st.tuples(st.just("add"), st.integers(0, 44)),
+    st.tuples(st.just("discard"), st.integers(0, 44)),
+    st.tuples(st.just("know"), st.sampled_from(sorted(_KEYS))),
+    st.tuples(st.just("forget"), st.sampled_from(sorted(_KEYS))),
+), max_size=80))
+def test_the_nodes_held_chunks_answer_as_a_set_of_hashes(
+        start: list[int], ops: list[tuple[str, object]]) -> None:
+    """The engine's ``held`` (``KeyCatalog.held_set``): starts from the store's hashes,
+    follows the keys as they become known and are forgotten, and is no peer's set."""
+    cat = KeyCatalog()
+    cat.add("a", _list(_KEYS["a"]))
+    held = cat.held_set(_h(i) for i in start)
+    ref = {_h(i) for i in start}
+    for op, arg in ops:
+        if op == "know" and arg not in cat.infos:
+            cat.add(str(arg), _list(_KEYS[str(arg)]))
+        elif op == "forget":
+            cat.forget(str(arg))
+        elif op == "add":
+            held.add(_h(int(str(arg))))
+            ref.add(_h(int(str(arg))))
+        elif op == "discard":
+            held.discard(_h(int(str(arg))))
+            ref.discard(_h(int(str(arg))))
+        assert len(held) == len(ref)
+        assert sorted(held) == sorted(ref)
+        assert not any((_h(i) in held) != (_h(i) in ref) for i in range(45))
+        for key, info in cat.infos.items():
+            bits = held.by_key[key]
+            assert all(bool(bits[i]) == (h in ref) for h, i in info.index_of.items())
+    assert held not in cat.have_sets.values()
 
 
 # ---------------------------------------------------------------- the store's index
