@@ -22,9 +22,10 @@ A *package* is one of:
 
 Every file is cut through a read-only mapping on the main thread, half a window at a
 time (:func:`protocol.cut_view`: memory bounded by the window, whatever the file size);
-each half cut is copied into the variant's pack in the store (its files as they will
-be installed) by ``copy_file_range`` on a writer thread, writeback started, and then a
-hashing thread names its chunks from the *copy's* bytes (a mapping of the pack's file),
+the file is copied into the variant's pack in the store (its files as they will be
+installed) by ``copy_file_range`` on a writer thread, 32 MiB a step, writeback started
+as it goes, and a hashing thread names each half's chunks from the *copy's* bytes (a
+mapping of the pack's file, once the steps under that half are copied),
 not the package's: the manifest names what the pack holds, so the store marks the pack's
 chunks checked and installing it here does not read and hash them again
 (``ChunkStore.add_pack(..., hashed=True)``), and a package changed while it is published
@@ -99,6 +100,7 @@ _VARIANT_KEYS = _REQUIREMENT_KEYS | {"id", "path", "migrator", "migrator_address
                                      "health_check"}
 #: Blocks handed to the writer thread but not yet written (bounds memory: 8 reads of <= 4 MiB).
 _MAX_IN_FLIGHT = 8
+_COPY_STEP = 32 << 20       # bytes a copy step (its writeback started when it is done)
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,9 +366,10 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         offset += n
 
 
-def _hash_window(copied: Future[None], mm: mmap.mmap, start: int,
+def _hash_window(copied: list[Future[None]], mm: mmap.mmap, start: int,
                  cuts: list[tuple[int, int]]) -> list[ChunkRef]:
-    copied.result()         # the copy's bytes are what is named (OSError: raised here)
+    for step in copied:     # the copy's bytes are what is named (OSError: raised here)
+        step.result()
     with memoryview(mm) as whole, whole[start:] as view:
         return hash_cuts(view, cuts)
 
@@ -374,12 +377,15 @@ def _hash_window(copied: Future[None], mm: mmap.mmap, start: int,
 def _cut_and_hash(mm: mmap.mmap, out: mmap.mmap, fds: tuple[int, int], params: ChunkParams,
                   window: int, writer: _Writer, tick: Callable[[int], None] | None,
                   rel: str) -> list[ChunkRef]:
-    """Cut the package's mapped file (``mm``) half a window at a time on this thread;
-    each half is copied into the pack's file (``fds``: source, destination) on the
-    writer thread and then hashed from ``out``, the pack file's mapping, on the hashing
-    thread (BLAKE3 releases the GIL; the cutter does not), while the next half is cut:
-    at most a window is mapped in, pages already hashed are dropped."""
+    """Cut the package's mapped file (``mm``) half a window at a time on this thread
+    while the writer thread copies the whole file into the pack's (``fds``: source,
+    destination), :data:`_COPY_STEP` bytes a step, and the hashing thread names each
+    half cut from ``out``, the pack file's mapping, once the steps under it are copied
+    (BLAKE3 releases the GIL; the cutter does not): at most a window is mapped in,
+    pages already hashed are dropped."""
     size = len(mm)
+    steps = [writer.copy(fds[0], fds[1], off, min(_COPY_STEP, size - off))
+             for off in range(0, size, _COPY_STEP)]
     refs: list[ChunkRef] = []
     step = max(params.max_size, window // 2)
     pos = 0
@@ -405,8 +411,8 @@ def _cut_and_hash(mm: mmap.mmap, out: mmap.mmap, fds: tuple[int, int], params: C
             end = min(size, pos + step)
             with memoryview(mm) as whole, whole[pos:end] as view:
                 cuts, used = cut_view(view, params, eof=end == size)
-            copied = writer.copy(fds[0], fds[1], pos, used)
-            job = (writer.hasher.submit(_hash_window, copied, out, pos, cuts), pos + used)
+            under = steps[pos // _COPY_STEP:(pos + used - 1) // _COPY_STEP + 1]
+            job = (writer.hasher.submit(_hash_window, under, out, pos, cuts), pos + used)
             if hashing is not None:
                 collect(hashing)
             hashing = job
