@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
 import errno
 import fcntl
 import json
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -158,7 +158,8 @@ _SYNC_FILE_RANGE_WRITE = 2
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range   # libc, already loaded
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
     except (OSError, AttributeError):
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
@@ -166,7 +167,7 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     return cast(Callable[[int, int, int, int], int], fn)
 
 
-_sync_file_range = _load_sync_file_range() if sys.platform == "linux" else None
+_sync_file_range = _load_sync_file_range()
 
 
 _flusher: ThreadPoolExecutor | None = None
@@ -202,15 +203,8 @@ def writeback_file(path: str, fd: int) -> None:
             _flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-flush")
         _flushing.add(path)
     try:
-        dup = os.dup(fd)
-    except OSError:                     # no fd left: it is advisory
-        with _flush_lock:
-            _flushing.discard(path)
-        return
-    try:
-        _flusher.submit(_writeback, path, dup)
-    except RuntimeError:                # the interpreter is shutting down
-        os.close(dup)
+        _flusher.submit(_writeback, path, os.dup(fd))
+    except (OSError, RuntimeError):     # no fd left, or shutting down: it is advisory
         with _flush_lock:
             _flushing.discard(path)
 
