@@ -4,24 +4,20 @@ records a version directory carries, and the process's pool of fsync/verify thre
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import cast
 
 from agent._storage.paths import confine
 from protocol import Manifest
 
 __all__ = ["TMP_PREFIX", "copy_range", "create_file", "fsync_path", "hold", "in_use", "io_pool",
-           "no_space", "preallocate", "read_record", "write_all", "write_record",
-           "writeback_file"]
+           "no_space", "preallocate", "read_record", "write_all", "write_record"]
 
 TMP_PREFIX = ".tmp-"   # a file or directory being written; removed at open if left
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -151,62 +147,6 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     the pages already clean), so that a later ``fsync`` has less left to wait for."""
     with contextlib.suppress(OSError, AttributeError):
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return cast(Callable[[int, int, int, int], int], fn)
-
-
-_sync_file_range = _load_sync_file_range()
-
-
-_flusher: ThreadPoolExecutor | None = None
-_flushing: set[str] = set()
-_flush_lock = threading.Lock()
-
-
-def _writeback(path: str, fd: int) -> None:
-    try:
-        if _sync_file_range is not None:
-            _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)   # advisory: errors ignored
-    finally:
-        os.close(fd)
-        with _flush_lock:
-            _flushing.discard(path)
-
-
-def writeback_file(path: str, fd: int) -> None:
-    """Start writing every dirty page of the open file ``path`` back to the disk, on a
-    thread of its own (``sync_file_range`` with ``SYNC_FILE_RANGE_WRITE`` blocks while
-    the disk's queue is full), without dropping any page from the cache; nothing where
-    libc lacks it, once at a time a file. The file's later ``fsync`` then waits for what
-    is still in flight, not for the whole file: a receiver calls this as a staged file
-    fills, so that the disk works during the transfer instead of after it. Durability
-    still comes from that ``fsync`` alone."""
-    global _flusher
-    if _sync_file_range is None:
-        return
-    with _flush_lock:
-        if path in _flushing:
-            return
-        if _flusher is None:
-            _flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-flush")
-        _flushing.add(path)
-    try:
-        _flusher.submit(_writeback, path, os.dup(fd))
-    except (OSError, RuntimeError):     # no fd left, or shutting down: it is advisory
-        with _flush_lock:
-            _flushing.discard(path)
 
 
 def copy_range_flushing(src: int, dst: int, length: int, step: int = 32 << 20) -> None:

@@ -72,7 +72,6 @@ from agent._storage.files import (
     read_record,
     write_all,
     write_record,
-    writeback_file,
 )
 from agent._storage.index import (
     IndexedDir,
@@ -104,9 +103,6 @@ from protocol import (
 __all__ = ["ChunkStore", "StoreBatch", "StoreStatistics", "GcResult", "ChunkProblem",
            "PACK_RECORD", "PROGRESS_LOG", "INSTALL_RECORD", "copy_range", "create_file",
            "preallocate", "fsync_path", "io_pool"]
-
-WRITEBACK_BYTES = 32 * 1024 * 1024    # written into a staged file between writeback starts
-
 
 class ChunkStore(StoreReads, StorePins):
     """Manifests, pins, packs and the chunk index under ``root`` (created if missing).
@@ -329,8 +325,9 @@ class ChunkStore(StoreReads, StorePins):
         """Index the complete, fsynced files of ``variant_id`` in ``tmp`` (made by
         :meth:`new_pack_dir`) as its pack; the pack's path. If the variant is held
         already, ``tmp`` is deleted and the existing directory's path returned.
-        ``hashed``: this process named the chunks from these files' bytes (``publish``):
-        they are marked checked, :meth:`complete` does not re-read them."""
+        ``hashed``: the manifest's chunk hashes were computed, in this process, from
+        these files' bytes (``publish`` hashes its copy, not the package), so the chunks
+        are marked checked and :meth:`complete` does not re-read them."""
         manifest.variant(variant_id)
         with self._lock:
             found = self._by_key.get((manifest.manifest_id, variant_id))
@@ -389,8 +386,6 @@ class ChunkStore(StoreReads, StorePins):
             if not d.complete:
                 self._fill(d)
                 paths = [os.fspath(confine(Path(path), rel)) for rel, _, _ in d.files]
-                for rel, _, _ in d.files:
-                    self._unflushed.pop(os.path.join(path, *rel.split("/")), None)
                 if self._fsync:
                     list(io_pool().map(fsync_path, paths))
             bad = [h for found in io_pool().map(lambda i: self._verify_file(d, i),
@@ -578,7 +573,6 @@ class ChunkStore(StoreReads, StorePins):
         results: list[bool | Exception] = []
         logged: dict[int, list[bytes]] = {}
         fds: dict[str, int] = {}
-        paths: dict[int, str] = {}
         # the batch's writes (fd, offset, bytes, chunk), made together -- back-to-back
         # ranges of a file in one pwritev -- and then the chunks written are marked
         writes: list[tuple[int, int, bytes | memoryview, int]] = []
@@ -619,7 +613,6 @@ class ChunkStore(StoreReads, StorePins):
                                     fd = fds[full] = os.open(
                                         confine(Path(path), rel),
                                         os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                                    paths[fd] = full
                                 writes.append((fd, off, data, k))
                             marks.append((k, d, chunk_hash))
                         first[chunk_hash] = k
@@ -628,10 +621,6 @@ class ChunkStore(StoreReads, StorePins):
                     except StoreError as exc:
                         results[k] = exc
                 failed = pwrite_runs(writes)
-                unflushed = self._unflushed
-                for fd, _, data, k in writes:
-                    if k not in failed and self._fsync:
-                        unflushed[paths[fd]] = unflushed.get(paths[fd], 0) + len(data)
                 for k, d, chunk_hash in marks:
                     if k not in failed and not isinstance(results[k], Exception):
                         d.set_checked(d.position(chunk_hash))
@@ -655,12 +644,7 @@ class ChunkStore(StoreReads, StorePins):
             err = self._os_error(exc, "appending to a progress log")
             return [err if r is not False else r for r in results]
         finally:
-            for full, fd in fds.items():
-                # every WRITEBACK_BYTES written into a staged file, its writeback is
-                # started (outside the lock): its fsync at the end waits for less
-                if self._unflushed.get(full, 0) >= WRITEBACK_BYTES:
-                    self._unflushed.pop(full, None)
-                    writeback_file(full, fd)
+            for fd in fds.values():
                 os.close(fd)
         return results
 

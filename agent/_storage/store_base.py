@@ -109,7 +109,6 @@ class StoreBase:
         # from the pinned manifests when asked, so the store's memory is its index alone)
         self._pinned: set[str] = set()
         self._puts_new = 0
-        self._unflushed: dict[str, int] = {}  # staged file -> bytes written, writeback not started
         self._puts_duplicate = 0
         self._corrupt = 0
         self._quarantined = 0
