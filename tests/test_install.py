@@ -106,6 +106,11 @@ def test_upgrade_keeps_previous_and_activate_switches_back(tmp_path: Path) -> No
 def test_tampered_chunk_fails_install_and_keeps_current(tmp_path: Path) -> None:
     data, store, inst, ids = _setup(tmp_path)
     inst.install(store.get_manifest(ids["1.0.0"]), "default")
+    # a store opened afresh (the daemon restarted since it published): the packs were
+    # hashed by another process, so install re-reads them (a pack installed by the
+    # process that published it is not re-read: tests/test_publish_hashed.py)
+    store = ChunkStore(data.store)
+    inst = Installer(data, store)
     m2 = store.get_manifest(ids["2.0.0"])
     entry = m2.variant("default").files[0]
     victim = entry.chunks[2].hash  # a chunk only 2.0.0 has

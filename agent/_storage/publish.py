@@ -20,11 +20,16 @@ A *package* is one of:
 
 * a directory without that file, or a single file: one variant named ``default``.
 
-Every file is copied into the variant's pack in the store (its files as they will
-be installed) by ``copy_file_range`` on a writer thread, writeback started as it
-goes, while the main thread cuts it through a read-only mapping, half a window at a time
-(:func:`protocol.cut_view`: memory bounded by the window, whatever the file size),
-and a hashing thread names the chunks of the half cut before.
+Every file is cut through a read-only mapping on the main thread, half a window at a
+time (:func:`protocol.cut_view`: memory bounded by the window, whatever the file size);
+the file is copied into the variant's pack in the store (its files as they will be
+installed) by ``copy_file_range`` on a writer thread, 32 MiB a step, writeback started
+as it goes, and a hashing thread names each half's chunks from the *copy's* bytes (a
+mapping of the pack's file, once the steps under that half are copied),
+not the package's: the manifest names what the pack holds, so the store marks the pack's
+chunks checked and installing it here does not read and hash them again
+(``ChunkStore.add_pack(..., hashed=True)``), and a package changed while it is published
+can move chunk boundaries but never make the pack disagree with its manifest.
 The package is read once and written once (on XFS and btrfs the copy may share the
 package's extents), and no file is made per chunk. Symlinks
 are followed only when they resolve to a regular file inside the package;
@@ -55,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from agent._errors import ConfigError, InsufficientStorage, PublishError
-from agent._storage.files import copy_range_flushing, create_file, io_pool, preallocate
+from agent._storage.files import copy_range, create_file, io_pool, preallocate, start_writeback
 from agent._storage.store import ChunkStore
 from protocol import (
     DEFAULT_PARAMS,
@@ -95,6 +100,7 @@ _VARIANT_KEYS = _REQUIREMENT_KEYS | {"id", "path", "migrator", "migrator_address
                                      "health_check"}
 #: Blocks handed to the writer thread but not yet written (bounds memory: 8 reads of <= 4 MiB).
 _MAX_IN_FLIGHT = 8
+_COPY_STEP = 32 << 20       # bytes a copy step (its writeback started when it is done)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,16 +308,10 @@ class _Writer:
                                        "space and retry")
         return PublishError(f"cannot write {rel} into the store: {exc.strerror or exc}")
 
-    def copy(self, src: int, dst: int, size: int) -> Future[None]:
-        """Copy ``size`` bytes of ``src`` to ``dst`` on the writer thread, writeback
-        started as it goes (the cut and hash of the same bytes overlap the disk)."""
-        return self.pool.submit(copy_range_flushing, src, dst, size)
-
-    def wait(self, fut: Future[None], rel: str) -> None:
-        try:
-            fut.result()
-        except OSError as exc:
-            raise self._error(exc, rel) from exc
+    def copy(self, src: int, dst: int, offset: int, size: int) -> Future[None]:
+        """Copy ``size`` bytes at ``offset`` of ``src`` to the same place in ``dst`` on
+        the writer thread (one at a time, in order), writeback started."""
+        return self.pool.submit(_copy_flushing, src, dst, offset, size)
 
     def write(self, fd: int, data: bytes, offset: int) -> None:
         while len(self.pending) >= _MAX_IN_FLIGHT:
@@ -353,6 +353,11 @@ class _Writer:
         self.fds = []
 
 
+def _copy_flushing(src: int, dst: int, offset: int, size: int) -> None:
+    copy_range(src, dst, offset, offset, size)
+    start_writeback(dst, offset, size)
+
+
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -361,17 +366,26 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         offset += n
 
 
-def _hash_window(mm: mmap.mmap, start: int, cuts: list[tuple[int, int]]) -> list[ChunkRef]:
+def _hash_window(copied: list[Future[None]], mm: mmap.mmap, start: int,
+                 cuts: list[tuple[int, int]]) -> list[ChunkRef]:
+    for step in copied:     # the copy's bytes are what is named (OSError: raised here)
+        step.result()
     with memoryview(mm) as whole, whole[start:] as view:
         return hash_cuts(view, cuts)
 
 
-def _cut_and_hash(mm: mmap.mmap, size: int, params: ChunkParams, window: int,
-                  writer: _Writer, tick: Callable[[int], None] | None) -> list[ChunkRef]:
-    """Cut the mapped file half a window at a time on this thread while the half
-    before is hashed on the writer's hashing thread (BLAKE3 releases the GIL; the
-    cutter does not): at most a window is mapped in, pages already hashed are
-    dropped."""
+def _cut_and_hash(mm: mmap.mmap, out: mmap.mmap, fds: tuple[int, int], params: ChunkParams,
+                  window: int, writer: _Writer, tick: Callable[[int], None] | None,
+                  rel: str) -> list[ChunkRef]:
+    """Cut the package's mapped file (``mm``) half a window at a time on this thread
+    while the writer thread copies the whole file into the pack's (``fds``: source,
+    destination), :data:`_COPY_STEP` bytes a step, and the hashing thread names each
+    half cut from ``out``, the pack file's mapping, once the steps under it are copied
+    (BLAKE3 releases the GIL; the cutter does not): at most a window is mapped in,
+    pages already hashed are dropped."""
+    size = len(mm)
+    steps = [writer.copy(fds[0], fds[1], off, min(_COPY_STEP, size - off))
+             for off in range(0, size, _COPY_STEP)]
     refs: list[ChunkRef] = []
     step = max(params.max_size, window // 2)
     pos = 0
@@ -379,7 +393,10 @@ def _cut_and_hash(mm: mmap.mmap, size: int, params: ChunkParams, window: int,
 
     def collect(job: tuple[Future[list[ChunkRef]], int]) -> None:
         fut, done_to = job
-        got = fut.result()
+        try:
+            got = fut.result()
+        except OSError as exc:
+            raise writer._error(exc, rel) from exc
         for r in got:
             writer.count(r.hash, r.size)
             if tick is not None:
@@ -387,13 +404,15 @@ def _cut_and_hash(mm: mmap.mmap, size: int, params: ChunkParams, window: int,
         refs.extend(got)
         with contextlib.suppress(OSError, AttributeError, ValueError):
             mm.madvise(mmap.MADV_DONTNEED, 0, done_to - done_to % mmap.PAGESIZE)
+            out.madvise(mmap.MADV_DONTNEED, 0, done_to - done_to % mmap.PAGESIZE)
 
     try:
         while pos < size:
             end = min(size, pos + step)
             with memoryview(mm) as whole, whole[pos:end] as view:
                 cuts, used = cut_view(view, params, eof=end == size)
-            job = (writer.hasher.submit(_hash_window, mm, pos, cuts), pos + used)
+            under = steps[pos // _COPY_STEP:(pos + used - 1) // _COPY_STEP + 1]
+            job = (writer.hasher.submit(_hash_window, under, out, pos, cuts), pos + used)
             if hashing is not None:
                 collect(hashing)
             hashing = job
@@ -412,8 +431,9 @@ def _publish_file(rel: str, open_path: str, executable: bool, writer: _Writer, d
                   params: ChunkParams, window: int,
                   tick: Callable[[int], None] | None = None) -> FileEntry:
     """Copy one file into the pack (in the kernel, ``copy_file_range``, on the writer
-    thread) while it is cut and hashed through a read-only mapping, one window at a
-    time (:func:`_cut_and_hash`). The source's bytes come from disk once."""
+    thread, half a window at a time as it is cut through a read-only mapping), and name
+    its chunks from the copy's bytes (:func:`_cut_and_hash`). The source's bytes come
+    from disk once."""
     try:
         fd = os.open(open_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
@@ -426,7 +446,6 @@ def _publish_file(rel: str, open_path: str, executable: bool, writer: _Writer, d
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         size = st.st_size
         out = writer.open(dest, rel, executable, size)
-        copy = writer.copy(fd, out, size)
         refs: list[ChunkRef] = []
         if size:
             try:
@@ -434,10 +453,17 @@ def _publish_file(rel: str, open_path: str, executable: bool, writer: _Writer, d
             except (OSError, ValueError) as exc:
                 raise PublishError(f"cannot read {open_path}: {exc}") from exc
             try:
-                refs = _cut_and_hash(mm, size, params, window, writer, tick)
+                try:
+                    copy = mmap.mmap(out, size, prot=mmap.PROT_READ)
+                except (OSError, ValueError) as exc:
+                    raise PublishError(f"cannot map {rel} in the store: {exc}") from exc
+                try:
+                    refs = _cut_and_hash(mm, copy, (fd, out), params, window, writer,
+                                         tick, rel)
+                finally:
+                    copy.close()
             finally:
                 mm.close()
-        writer.wait(copy, rel)
         total = sum(r.size for r in refs)
         if total != size or os.fstat(fd).st_size != size:
             raise PublishError(f"{open_path} changed while it was being published; retry")
@@ -527,7 +553,7 @@ def publish(store: ChunkStore, package: Path | str, model_id: str, version: str,
                                      base_version=base_version)
         store.put_manifest(manifest)
         for spec, dest in zip(specs, dirs, strict=True):
-            store.add_pack(dest, manifest, spec.variant_id)
+            store.add_pack(dest, manifest, spec.variant_id, hashed=True)
         store.pin(manifest.manifest_id)
     finally:
         for dest in dirs:       # what was not moved into place (an error, a duplicate)

@@ -320,10 +320,14 @@ class ChunkStore(StoreReads, StorePins):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def add_pack(self, tmp: Path, manifest: Manifest, variant_id: str) -> str:
+    def add_pack(self, tmp: Path, manifest: Manifest, variant_id: str, *,
+                 hashed: bool = False) -> str:
         """Index the complete, fsynced files of ``variant_id`` in ``tmp`` (made by
         :meth:`new_pack_dir`) as its pack; the pack's path. If the variant is held
-        already, ``tmp`` is deleted and the existing directory's path returned."""
+        already, ``tmp`` is deleted and the existing directory's path returned.
+        ``hashed``: the manifest's chunk hashes were computed, in this process, from
+        these files' bytes (``publish`` hashes its copy, not the package), so the chunks
+        are marked checked and :meth:`complete` does not re-read them."""
         manifest.variant(variant_id)
         with self._lock:
             found = self._by_key.get((manifest.manifest_id, variant_id))
@@ -343,6 +347,9 @@ class ChunkStore(StoreReads, StorePins):
             finally:
                 self.release_pack_dir(tmp)
             self._index_dir(final, manifest.manifest_id, variant_id, installed=False)
+            d = self._dirs.get(final)
+            if hashed and d is not None:
+                d.checked = bytearray(d.have)
             return final
 
     def missing(self, manifest: Manifest, variant_id: str) -> list[bytes]:
