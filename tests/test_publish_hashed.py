@@ -17,6 +17,7 @@ from agent._storage.publish import publish
 from agent._storage.store import ChunkStore
 from protocol._chunking import ChunkParams, hash_chunk
 from protocol._identity import SigningIdentity
+from protocol._manifest import Manifest
 
 PUB = SigningIdentity(b"\x23" * 32)
 SMALL = ChunkParams.around(16 * 1024)
@@ -30,6 +31,15 @@ def _package(root: Path) -> Path:
     return root
 
 
+def _published(tmp_path: Path) -> tuple[DataDir, ChunkStore, Manifest]:
+    """A data dir, its store, and the manifest of ``_package`` published into it."""
+    data = DataDir(tmp_path / "data")
+    store = ChunkStore(data.store)
+    m = store.get_manifest(publish(store, _package(tmp_path / "pkg"), "m", "1.0.0", PUB,
+                                   params=SMALL).manifest_id)
+    return data, store, m
+
+
 def _flip(path: Path, at: int) -> None:
     blob = bytearray(path.read_bytes())
     blob[at] ^= 0xFF
@@ -37,10 +47,7 @@ def _flip(path: Path, at: int) -> None:
 
 
 def test_the_manifest_names_the_packs_bytes_and_they_are_checked(tmp_path: Path) -> None:
-    data = DataDir(tmp_path / "data")
-    store = ChunkStore(data.store)
-    m = store.get_manifest(publish(store, _package(tmp_path / "pkg"), "m", "1.0.0", PUB,
-                                   params=SMALL).manifest_id)
+    _, store, m = _published(tmp_path)
     pack = store.locate(m.manifest_id, "default")
     assert pack is not None
     d = store._dirs[pack]
@@ -56,10 +63,7 @@ def test_the_manifest_names_the_packs_bytes_and_they_are_checked(tmp_path: Path)
 
 
 def test_install_after_publish_trusts_the_pack_serving_still_checks(tmp_path: Path) -> None:
-    data = DataDir(tmp_path / "data")
-    store = ChunkStore(data.store)
-    m = store.get_manifest(publish(store, _package(tmp_path / "pkg"), "m", "1.0.0", PUB,
-                                   params=SMALL).manifest_id)
+    data, store, m = _published(tmp_path)
     entry = next(f for f in m.variant("default").files if f.path == "model.bin")
     victim = entry.chunks[1].hash
     pack = store.locate(m.manifest_id, "default")
@@ -78,10 +82,7 @@ def test_install_after_publish_trusts_the_pack_serving_still_checks(tmp_path: Pa
 
 
 def test_a_store_opened_afresh_rehashes_a_published_pack(tmp_path: Path) -> None:
-    data = DataDir(tmp_path / "data")
-    store = ChunkStore(data.store)
-    m = store.get_manifest(publish(store, _package(tmp_path / "pkg"), "m", "1.0.0", PUB,
-                                   params=SMALL).manifest_id)
+    data, store, m = _published(tmp_path)
     entry = next(f for f in m.variant("default").files if f.path == "model.bin")
     pack = store.locate(m.manifest_id, "default")
     assert pack is not None
