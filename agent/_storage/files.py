@@ -149,12 +149,13 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
-def copy_range_flushing(src: int, dst: int, length: int, step: int = 32 << 20) -> None:
-    """:func:`copy_range` of ``length`` bytes from offset 0, ``step`` bytes at a time,
-    each step's writeback started as soon as it is copied."""
-    off = 0
-    while off < length:
-        n = min(step, length - off)
+def copy_range_flushing(src: int, dst: int, length: int, step: int = 32 << 20,
+                        offset: int = 0) -> None:
+    """:func:`copy_range` of ``length`` bytes at ``offset`` (the same in both files),
+    ``step`` bytes at a time, each step's writeback started as soon as it is copied."""
+    off, end = offset, offset + length
+    while off < end:
+        n = min(step, end - off)
         copy_range(src, dst, off, off, n)
         start_writeback(dst, off, n)
         off += n

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from agent._errors import ConfigError, InsufficientStorage, PublishError
-from agent._storage.files import copy_range, create_file, io_pool, preallocate, start_writeback
+from agent._storage.files import copy_range_flushing, create_file, io_pool, preallocate
 from agent._storage.store import ChunkStore
 from protocol import (
     DEFAULT_PARAMS,
@@ -311,7 +311,7 @@ class _Writer:
     def copy(self, src: int, dst: int, offset: int, size: int) -> Future[None]:
         """Copy ``size`` bytes at ``offset`` of ``src`` to the same place in ``dst`` on
         the writer thread (one at a time, in order), writeback started."""
-        return self.pool.submit(_copy_flushing, src, dst, offset, size)
+        return self.pool.submit(copy_range_flushing, src, dst, size, size, offset)
 
     def write(self, fd: int, data: bytes, offset: int) -> None:
         while len(self.pending) >= _MAX_IN_FLIGHT:
@@ -351,11 +351,6 @@ class _Writer:
         for fd, _ in self.fds:
             os.close(fd)
         self.fds = []
-
-
-def _copy_flushing(src: int, dst: int, offset: int, size: int) -> None:
-    copy_range(src, dst, offset, offset, size)
-    start_writeback(dst, offset, size)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -431,9 +426,9 @@ def _publish_file(rel: str, open_path: str, executable: bool, writer: _Writer, d
                   params: ChunkParams, window: int,
                   tick: Callable[[int], None] | None = None) -> FileEntry:
     """Copy one file into the pack (in the kernel, ``copy_file_range``, on the writer
-    thread, half a window at a time as it is cut through a read-only mapping), and name
-    its chunks from the copy's bytes (:func:`_cut_and_hash`). The source's bytes come
-    from disk once."""
+    thread, :data:`_COPY_STEP` bytes a step) while it is cut through a read-only mapping,
+    and name its chunks from the copy's bytes (:func:`_cut_and_hash`). The source's
+    bytes come from disk once."""
     try:
         fd = os.open(open_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
