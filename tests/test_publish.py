@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import blake3
@@ -265,3 +266,46 @@ def test_the_flushing_copy_is_byte_exact_across_its_steps(tmp_path: Path, size: 
         os.close(src)
         os.close(dst)
     assert (tmp_path / "dst").read_bytes() == data
+
+
+def test_an_error_while_cutting_leaves_no_copy_step_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copy of a file is queued ahead in steps; when cutting or hashing fails half
+    way, every step has ended (cancelled or run) before the error leaves, so none runs
+    after the source's descriptor is closed (its number could be another file's)."""
+    from concurrent.futures import Future
+
+    import agent._storage.publish as pub
+
+    monkeypatch.setattr(pub, "_COPY_STEP", 64 * 1024)
+    real_copy = pub.copy_range_flushing
+
+    def slow_copy(*args: int) -> None:   # 64 steps of 10 ms: most are queued at the error
+        time.sleep(0.01)
+        real_copy(*args)
+
+    monkeypatch.setattr(pub, "copy_range_flushing", slow_copy)
+    steps: list[Future[None]] = []
+    copy = pub._Writer.copy
+
+    def recording(self: pub._Writer, src: int, dst: int, offset: int, size: int) -> Future[None]:
+        steps.append(copy(self, src, dst, offset, size))
+        return steps[-1]
+
+    monkeypatch.setattr(pub._Writer, "copy", recording)
+    (tmp_path / "model.bin").write_bytes(os.urandom(4 << 20))
+    store = ChunkStore(tmp_path / "store")
+    writer = pub._Writer(store)
+    dest = store.new_pack_dir()
+
+    def fail(_: int) -> None:
+        raise RuntimeError("the cut failed")
+
+    try:
+        with pytest.raises(RuntimeError, match="the cut failed"):
+            pub._publish_file("model.bin", str(tmp_path / "model.bin"), False, writer, dest,
+                              ChunkParams.around(16 * 1024), 256 * 1024, tick=fail)
+        assert len(steps) == 64
+        assert all(s.done() for s in steps)
+    finally:
+        writer.close()

@@ -416,9 +416,13 @@ def _cut_and_hash(mm: mmap.mmap, out: mmap.mmap, fds: tuple[int, int], params: C
             collect(hashing)
             hashing = None
     finally:
-        if hashing is not None:     # an error on the way: let the hashing end first
+        if hashing is not None:     # an error on the way: let the hashing end first,
             with contextlib.suppress(Exception):
                 hashing[0].result()
+        for copied in steps:        # and the copy: no step may outlive the source's fd
+            if not copied.cancel():
+                with contextlib.suppress(Exception):
+                    copied.result()
     return refs
 
 
